@@ -1,0 +1,210 @@
+#![forbid(unsafe_code)]
+//! `haven-certs`, the command line of Haven's development PKI. It only parses arguments and prints what
+//! was done; every operation lives in the `haven_certs` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use haven_certs::{CertKind, InitReport, Issued, Layout, Party};
+use haven_trust::ids::OrgId;
+
+#[derive(Debug, Parser)]
+#[command(name = "haven-certs", version, about = "Haven's development PKI: CA, certificates, CRL, pins, CSR signing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make the network CA, the gateway's and every organization's certificates, the CRL and pins.toml.
+    /// A rerun reuses the CA and only adds what is missing.
+    Init {
+        /// The organization registry.
+        #[arg(long, default_value = "policies/orgs.toml")]
+        orgs: PathBuf,
+        /// The PKI directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Delete everything init wrote before (including the CA) and start over.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a certificate: add it to crl.pem and remove its pin.
+    Revoke {
+        /// The PKI directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: RevokeTarget,
+        /// Revoke the signing certificate instead of the TLS certificate.
+        #[arg(long)]
+        signing: bool,
+    },
+    /// Reissue a certificate with a new key, revoke the old one and update the pins.
+    Renew {
+        /// The PKI directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Renew the signing certificate instead of the TLS certificate.
+        #[arg(long)]
+        signing: bool,
+    },
+    /// Sign an organization's certificate request. The certificate gets haven://org/<ID> and the usages
+    /// of --kind, whatever the request asked for.
+    SignCsr {
+        /// The PKI directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The organization the certificate names.
+        #[arg(long)]
+        org: OrgId,
+        /// The request (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        /// `tls` or `signing`.
+        #[arg(long)]
+        kind: CertKind,
+        /// Where to write the certificate (must not exist).
+        #[arg(long)]
+        cert_out: PathBuf,
+    },
+    /// Make a new key and a certificate request, as an organization does (its key never leaves it).
+    Csr {
+        /// The organization making the request.
+        #[arg(long)]
+        org: OrgId,
+        /// `tls` or `signing`.
+        #[arg(long)]
+        kind: CertKind,
+        /// Where to write the new private key (mode 0600, must not exist).
+        #[arg(long)]
+        key_out: PathBuf,
+        /// Where to write the request (must not exist).
+        #[arg(long)]
+        csr_out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// The organization whose certificate it is.
+    #[arg(long)]
+    org: Option<OrgId>,
+    /// The gateway's certificate.
+    #[arg(long)]
+    gateway: bool,
+}
+
+impl Target {
+    fn party(self) -> Party {
+        self.org.map_or(Party::Gateway, Party::Org)
+    }
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RevokeTarget {
+    /// The organization whose certificate it is.
+    #[arg(long)]
+    org: Option<OrgId>,
+    /// The gateway's certificate.
+    #[arg(long)]
+    gateway: bool,
+    /// A certificate file (e.g. one issued from a CSR and kept elsewhere).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+}
+
+fn kind(signing: bool) -> CertKind {
+    if signing { CertKind::Signing } else { CertKind::Tls }
+}
+
+fn print_issued(issued: &Issued) {
+    println!(
+        "issued   {} {} certificate {}  serial {}  sha256 {}",
+        issued.party,
+        issued.kind,
+        issued.cert_path.display(),
+        issued.serial,
+        issued.fingerprint
+    );
+}
+
+fn print_init(report: &InitReport) {
+    let layout = &report.layout;
+    let verb = if report.ca_created { "created" } else { "reused " };
+    println!("{verb}  network CA {}", layout.ca_cert().display());
+    for issued in &report.issued {
+        print_issued(issued);
+    }
+    if report.issued.is_empty() {
+        println!("nothing to issue: every certificate was already there");
+    }
+    if report.pseudonym_key_created {
+        println!("created  pseudonym secret {}", layout.pseudonym_key().display());
+    }
+    println!("wrote    {}", layout.crl().display());
+    println!("wrote    {} (gateway and {} organizations)", layout.pins().display(), report.pins.org.len());
+}
+
+fn run(cli: Cli) -> Result<(), haven_certs::CertsError> {
+    match cli.command {
+        Command::Init { orgs, out, force } => {
+            let report = haven_certs::init(&orgs, &out, force)?;
+            print_init(&report);
+        }
+        Command::Revoke { out, target, signing } => {
+            let entry = match (target.cert, target.org, target.gateway) {
+                (Some(cert), _, _) => haven_certs::revoke_cert_file(&out, &cert)?,
+                (None, org, _) => {
+                    haven_certs::revoke_party(&out, &org.map_or(Party::Gateway, Party::Org), kind(signing))?
+                }
+            };
+            println!(
+                "revoked  {} {} certificate  serial {}  sha256 {}",
+                entry.party(),
+                entry.which,
+                entry.serial,
+                entry.fingerprint
+            );
+            let layout = Layout::new(&out);
+            println!("wrote    {} and {}", layout.crl().display(), layout.pins().display());
+        }
+        Command::Renew { out, target, signing } => {
+            let issued = haven_certs::renew(&out, &target.party(), kind(signing))?;
+            print_issued(&issued);
+            let layout = Layout::new(&out);
+            println!(
+                "revoked  the previous certificate; wrote {} and {}",
+                layout.crl().display(),
+                layout.pins().display()
+            );
+        }
+        Command::SignCsr { out, org, csr, kind, cert_out } => {
+            let issued = haven_certs::sign_csr(&out, &org, &csr, kind, &cert_out)?;
+            print_issued(&issued);
+            println!("pinned   in {}", Layout::new(&out).pins().display());
+        }
+        Command::Csr { org, kind, key_out, csr_out } => {
+            haven_certs::make_csr(&org, kind, &key_out, &csr_out)?;
+            println!("wrote    key {} (keep it; never send it)", key_out.display());
+            println!("wrote    request {} (send it to the network operator)", csr_out.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haven-certs: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Owns certificate renewal: a party's certificate is reissued with a new key, the old one is revoked
+//! (reason superseded) and unpinned, and the new one pinned.
+
+use std::path::Path;
+
+use crate::ca::NetworkCa;
+use crate::error::CertsError;
+use crate::issue::{Issued, OnDisk, Validity, issue_with_new_key};
+use crate::layout::Layout;
+use crate::party::{CertKind, Party};
+use crate::pins;
+use crate::revocation::{self, RevocationCause, RevocationList};
+use crate::store::Existing;
+
+/// Reissues `party`'s certificate of kind `which` with a fresh key, in place, and revokes the old one
+/// (unless it was revoked already, e.g. by `revoke` after a key compromise).
+pub fn renew(out: &Path, party: &Party, which: CertKind) -> Result<Issued, CertsError> {
+    let layout = Layout::new(out);
+    let ca = NetworkCa::load(&layout)?;
+    let cert_path = layout.cert(party, which);
+    let key_path = layout.key(party, which);
+    if !cert_path.exists() {
+        return Err(CertsError::NoCertificate {
+            path: cert_path,
+            hint: "nothing to renew; run `haven-certs init` to issue it",
+        });
+    }
+    let mut revoked = RevocationList::load(&layout)?;
+    let mut pins = pins::load(&layout)?;
+
+    let old = OnDisk::read(&cert_path)?;
+    if !revoked.contains_serial(&old.serial) {
+        revocation::record(&ca, &mut revoked, &cert_path, party, which, RevocationCause::Superseded)?;
+    }
+    let new = issue_with_new_key(&ca, party, which, Validity::leaf_from_now())?;
+    new.write(&cert_path, &key_path, Existing::Replace)?;
+    revocation::publish(&layout, &ca, &mut revoked)?;
+
+    pins::remove(&mut pins, &old.fingerprint);
+    pins::add(&mut pins, party, which, new.fingerprint);
+    pins::save(&layout, &pins)?;
+    Ok(Issued { party: party.clone(), kind: which, cert_path, serial: new.serial, fingerprint: new.fingerprint })
+}

@@ -1,0 +1,440 @@
+//! End-to-end tests of the development PKI: what `init` writes, reruns, revocation (checked with
+//! x509-parser and with rustls-webpki, as the gateway will use it), renewal, CSR signing and the bad
+//! certificates for TLS tests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use haven_certs::{CertKind, CertsError, Layout, Party};
+use haven_trust::ids::OrgId;
+use haven_trust::registry::{Fingerprint, PinsFile, Registry};
+use rcgen::PublicKeyData;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn repo_orgs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/orgs.toml")
+}
+
+fn org(id: &str) -> OrgId {
+    OrgId::parse(id).unwrap()
+}
+
+fn read_der(path: &Path) -> CertificateDer<'static> {
+    let all: Vec<_> = CertificateDer::pem_file_iter(path).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.len(), 1, "{} must hold only the leaf", path.display());
+    all.into_iter().next().unwrap()
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    Fingerprint::of_der(&read_der(path))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn uris(cert: &X509Certificate<'_>) -> Vec<String> {
+    sans(cert).into_iter().filter_map(|s| s.strip_prefix("URI:").map(str::to_owned)).collect()
+}
+
+fn sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::URI(u) => format!("URI:{u}"),
+                    GeneralName::DNSName(d) => format!("DNS:{d}"),
+                    GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (clientAuth, serverAuth), or None without an EKU extension.
+fn ekus(cert: &X509Certificate<'_>) -> Option<(bool, bool)> {
+    cert.extended_key_usage().unwrap().map(|e| (e.value.client_auth, e.value.server_auth))
+}
+
+fn client_verifier(layout: &Layout) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+    let mut roots = RootCertStore::empty();
+    roots.add(read_der(&layout.ca_cert())).unwrap();
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        vec![CertificateRevocationListDer::from_pem_file(layout.crl()).unwrap()];
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(rustls::crypto::ring::default_provider()))
+        .with_crls(crls)
+        .build()
+        .unwrap()
+}
+
+fn verify_client(layout: &Layout, cert: &Path) -> Result<(), rustls::Error> {
+    client_verifier(layout).verify_client_cert(&read_der(cert), &[], UnixTime::now()).map(|_| ())
+}
+
+#[test]
+fn init_writes_every_file_with_the_network_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let report = haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let layout = Layout::new(&out);
+    let registry = Registry::load(&repo_orgs(), None).unwrap();
+    let ids: Vec<OrgId> = registry.iter().map(|o| o.id.clone()).collect();
+    assert!(report.ca_created);
+    assert_eq!(report.issued.len(), 2 + 2 * ids.len());
+
+    // The CA.
+    let ca_der = read_der(&layout.ca_cert());
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    assert!(ca.is_ca());
+    let ku = ca.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.crl_sign());
+    assert!(ca.subject().to_string().contains("Haven Development Network CA"));
+
+    // Secrets are 0600.
+    let mut secrets =
+        vec![layout.ca_key(), layout.gateway_tls_key(), layout.gateway_signing_key(), layout.pseudonym_key()];
+    for id in &ids {
+        secrets.push(layout.org_tls_key(id));
+        secrets.push(layout.org_signing_key(id));
+    }
+    for secret in &secrets {
+        assert_eq!(mode(secret), 0o600, "{}", secret.display());
+    }
+    let pseudonym = std::fs::read_to_string(layout.pseudonym_key()).unwrap();
+    assert_eq!(hex::decode(&pseudonym).unwrap().len(), 32);
+
+    // The gateway.
+    let gw_der = read_der(&layout.gateway_tls_cert());
+    let (_, gw) = X509Certificate::from_der(&gw_der).unwrap();
+    assert_eq!(sans(&gw), vec!["DNS:localhost", "IP:[127, 0, 0, 1]", "URI:haven://gateway"]);
+    assert_eq!(ekus(&gw), Some((true, true)));
+    let gws_der = read_der(&layout.gateway_signing_cert());
+    let (_, gws) = X509Certificate::from_der(&gws_der).unwrap();
+    assert_eq!(uris(&gws), vec!["haven://gateway"]);
+    assert_eq!(ekus(&gws), None);
+    let ku = gws.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.key_encipherment());
+
+    // Every organization.
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert_eq!(pins, report.pins);
+    assert_eq!(pins.gateway.tls, vec![fingerprint(&layout.gateway_tls_cert())]);
+    assert_eq!(pins.gateway.signing, vec![fingerprint(&layout.gateway_signing_cert())]);
+    for id in &ids {
+        let tls_der = read_der(&layout.org_tls_cert(id));
+        let (_, tls) = X509Certificate::from_der(&tls_der).unwrap();
+        assert_eq!(uris(&tls), vec![id.uri()]);
+        assert_eq!(ekus(&tls), Some((true, true)));
+        assert!(tls.subject().to_string().contains(&format!("CN={id}")), "{}", tls.subject());
+        assert!(!tls.is_ca());
+        assert!(tls.verify_signature(Some(ca.public_key())).is_ok());
+
+        let sig_der = read_der(&layout.org_signing_cert(id));
+        let (_, sig) = X509Certificate::from_der(&sig_der).unwrap();
+        assert_eq!(uris(&sig), vec![id.uri()]);
+        assert_eq!(ekus(&sig), None);
+        assert_eq!(sig.key_usage().unwrap().unwrap().value.flags, 1, "digitalSignature only");
+
+        let set = &pins.org[id];
+        assert_eq!(set.tls, vec![Fingerprint::of_der(&tls_der)]);
+        assert_eq!(set.signing, vec![Fingerprint::of_der(&sig_der)]);
+        verify_client(&layout, &layout.org_tls_cert(id)).unwrap();
+    }
+
+    // The registry merges the pins, and the gateway certificate serves localhost.
+    let merged = Registry::load(&repo_orgs(), Some(&layout.pins())).unwrap();
+    assert_eq!(merged.get(&ids[0]).unwrap().tls_pins.len(), 1);
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der.clone()).unwrap();
+    let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    server_verifier
+        .verify_server_cert(&gw_der, &[], &ServerName::try_from("localhost").unwrap(), &[], UnixTime::now())
+        .unwrap();
+}
+
+#[test]
+fn rerun_keeps_the_ca_and_adds_a_newly_listed_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let orgs = dir.path().join("orgs.toml");
+    std::fs::copy(repo_orgs(), &orgs).unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&orgs, &out, false).unwrap();
+    let ca_before = std::fs::read(layout.ca_cert()).unwrap();
+    let ca_key_before = std::fs::read(layout.ca_key()).unwrap();
+    let harbor_before = std::fs::read(layout.org_tls_cert(&org("harbor"))).unwrap();
+    let pseudonym_before = std::fs::read(layout.pseudonym_key()).unwrap();
+
+    let mut text = std::fs::read_to_string(&orgs).unwrap();
+    text.push_str("\n[[org]]\nid = \"new-shelter\"\nname = \"New Shelter\"\ntype = \"shelter\"\n");
+    std::fs::write(&orgs, text).unwrap();
+    let report = haven_certs::init(&orgs, &out, false).unwrap();
+
+    assert!(!report.ca_created);
+    assert!(!report.pseudonym_key_created);
+    assert_eq!(std::fs::read(layout.ca_cert()).unwrap(), ca_before);
+    assert_eq!(std::fs::read(layout.ca_key()).unwrap(), ca_key_before);
+    assert_eq!(std::fs::read(layout.org_tls_cert(&org("harbor"))).unwrap(), harbor_before);
+    assert_eq!(std::fs::read(layout.pseudonym_key()).unwrap(), pseudonym_before);
+    let new = org("new-shelter");
+    let issued: Vec<_> = report.issued.iter().map(|i| (i.party.clone(), i.kind)).collect();
+    assert_eq!(issued, vec![(Party::Org(new.clone()), CertKind::Tls), (Party::Org(new.clone()), CertKind::Signing)]);
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert_eq!(pins.org[&new].tls, vec![fingerprint(&layout.org_tls_cert(&new))]);
+    assert_eq!(pins.org.len(), 10);
+    verify_client(&layout, &layout.org_tls_cert(&new)).unwrap();
+
+    // A deleted file is reissued; the others stay.
+    std::fs::remove_file(layout.org_signing_cert(&new)).unwrap();
+    std::fs::remove_file(layout.org_signing_key(&new)).unwrap();
+    let report = haven_certs::init(&orgs, &out, false).unwrap();
+    assert_eq!(report.issued.len(), 1);
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert_eq!(pins.org[&new].signing.len(), 2, "the old signing pin stays until revoked");
+    assert!(pins.org[&new].signing.contains(&fingerprint(&layout.org_signing_cert(&new))));
+
+    // --force makes a new CA.
+    let report = haven_certs::init(&orgs, &out, true).unwrap();
+    assert!(report.ca_created);
+    assert_ne!(std::fs::read(layout.ca_cert()).unwrap(), ca_before);
+    assert_eq!(PinsFile::load(&layout.pins()).unwrap().org[&new].signing.len(), 1);
+}
+
+#[test]
+fn init_never_overwrites_half_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let ca = std::fs::read(layout.ca_cert()).unwrap();
+    std::fs::remove_file(layout.ca_key()).unwrap();
+    let err = haven_certs::init(&repo_orgs(), &out, false).unwrap_err();
+    assert!(matches!(err, CertsError::CaIncomplete { .. }), "{err}");
+    assert!(err.to_string().contains("ca.key"), "{err}");
+    assert_eq!(std::fs::read(layout.ca_cert()).unwrap(), ca);
+
+    std::fs::remove_file(layout.ca_cert()).unwrap();
+    let err = haven_certs::init(&repo_orgs(), &out, false).unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+}
+
+#[test]
+fn revoke_lists_the_serial_in_a_crl_that_webpki_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let harbor = org("harbor");
+    let cert_path = layout.org_tls_cert(&harbor);
+    let der = read_der(&cert_path);
+    let serial = X509Certificate::from_der(&der).unwrap().1.raw_serial().to_vec();
+    let fp = Fingerprint::of_der(&der);
+    verify_client(&layout, &cert_path).unwrap();
+
+    haven_certs::revoke(&out, &harbor, CertKind::Tls).unwrap();
+
+    let crl_der = CertificateRevocationListDer::from_pem_file(layout.crl()).unwrap();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl_der).unwrap();
+    let listed: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+    assert_eq!(listed, vec![serial.as_slice()]);
+    assert_eq!(crl.crl_number().map(|n| n.to_string()), Some("2".to_owned()), "init wrote CRL 1");
+    let ca_der = read_der(&layout.ca_cert());
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    assert!(crl.verify_signature(ca.public_key()).is_ok());
+
+    let err = verify_client(&layout, &cert_path).unwrap_err();
+    assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::Revoked));
+    verify_client(&layout, &layout.org_tls_cert(&org("northstar"))).unwrap();
+
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert!(pins.org[&harbor].tls.is_empty());
+    assert_eq!(pins.org[&harbor].signing.len(), 1);
+
+    let again = haven_certs::revoke(&out, &harbor, CertKind::Tls).unwrap_err();
+    assert!(matches!(again, CertsError::AlreadyRevoked { .. }), "{again}");
+
+    // A rerun of init neither re-pins the revoked certificate nor forgets the revocation.
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    assert!(PinsFile::load(&layout.pins()).unwrap().org[&harbor].tls.is_empty());
+    assert!(!haven_certs::pins::is_pinned(
+        &PinsFile::load(&layout.pins()).unwrap(),
+        &Party::Org(harbor.clone()),
+        CertKind::Tls,
+        &fp
+    ));
+    assert_eq!(
+        verify_client(&layout, &cert_path).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked)
+    );
+}
+
+#[test]
+fn renew_replaces_the_key_revokes_the_old_certificate_and_repins() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let party = Party::Org(org("maple-house"));
+    let old_cert = read_der(&layout.cert(&party, CertKind::Signing));
+    let old_key = std::fs::read(layout.key(&party, CertKind::Signing)).unwrap();
+
+    let issued = haven_certs::renew(&out, &party, CertKind::Signing).unwrap();
+    let new_cert = read_der(&layout.cert(&party, CertKind::Signing));
+    assert_ne!(new_cert, old_cert);
+    assert_ne!(std::fs::read(layout.key(&party, CertKind::Signing)).unwrap(), old_key);
+    assert_eq!(mode(&layout.key(&party, CertKind::Signing)), 0o600);
+    assert_eq!(issued.fingerprint, Fingerprint::of_der(&new_cert));
+
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert_eq!(pins.org[party.org().unwrap()].signing, vec![issued.fingerprint]);
+    let revoked = haven_certs::RevocationList::load(&layout).unwrap();
+    assert_eq!(revoked.revoked.len(), 1);
+    assert_eq!(revoked.revoked[0].fingerprint, Fingerprint::of_der(&old_cert));
+    assert_eq!(revoked.revoked[0].reason, haven_certs::RevocationCause::Superseded);
+
+    // The gateway's TLS certificate renews too, and the new one is not revoked.
+    haven_certs::renew(&out, &Party::Gateway, CertKind::Tls).unwrap();
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert_eq!(pins.gateway.tls, vec![fingerprint(&layout.gateway_tls_cert())]);
+    client_verifier(&layout); // the CRL with two entries still loads
+
+    // Revoke then renew (key compromise): the renewal does not revoke twice.
+    let harbor = org("harbor");
+    haven_certs::revoke(&out, &harbor, CertKind::Tls).unwrap();
+    haven_certs::renew(&out, &Party::Org(harbor.clone()), CertKind::Tls).unwrap();
+    assert_eq!(haven_certs::RevocationList::load(&layout).unwrap().revoked.len(), 3);
+    verify_client(&layout, &layout.org_tls_cert(&harbor)).unwrap();
+}
+
+#[test]
+fn sign_csr_forces_the_network_profile_and_refuses_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let harbor = org("harbor");
+
+    // A request asking for far more than it should get.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI("haven://org/metro-police".try_into().unwrap()));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+    let csr_path = dir.path().join("greedy.csr");
+    std::fs::write(&csr_path, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+
+    let cert_out = dir.path().join("harbor-tls.crt");
+    let issued = haven_certs::sign_csr(&out, &harbor, &csr_path, CertKind::Tls, &cert_out).unwrap();
+    let der = read_der(&cert_out);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(sans(&cert), vec!["URI:haven://org/harbor"]);
+    assert_eq!(ekus(&cert), Some((true, true)));
+    assert!(!cert.is_ca());
+    assert_eq!(cert.public_key().raw, key.subject_public_key_info().as_slice());
+    assert_eq!(issued.fingerprint, Fingerprint::of_der(&der));
+    assert!(PinsFile::load(&layout.pins()).unwrap().org[&harbor].tls.contains(&issued.fingerprint));
+    verify_client(&layout, &cert_out).unwrap();
+
+    // The same request as a signing certificate: no TLS usage at all.
+    let sig_out = dir.path().join("harbor-signing.crt");
+    haven_certs::sign_csr(&out, &harbor, &csr_path, CertKind::Signing, &sig_out).unwrap();
+    let sig_der = read_der(&sig_out);
+    let (_, sig) = X509Certificate::from_der(&sig_der).unwrap();
+    assert_eq!(ekus(&sig), None);
+    assert_eq!(sig.key_usage().unwrap().unwrap().value.flags, 1);
+
+    // Never overwrite the output.
+    let err = haven_certs::sign_csr(&out, &harbor, &csr_path, CertKind::Tls, &cert_out).unwrap_err();
+    assert!(matches!(err, CertsError::AlreadyExists { .. }), "{err}");
+
+    // The organization's own flow.
+    let key_out = dir.path().join("own.key");
+    let own_csr = dir.path().join("own.csr");
+    haven_certs::make_csr(&harbor, CertKind::Tls, &key_out, &own_csr).unwrap();
+    assert_eq!(mode(&key_out), 0o600);
+    let own_cert = dir.path().join("own.crt");
+    haven_certs::sign_csr(&out, &harbor, &own_csr, CertKind::Tls, &own_cert).unwrap();
+    verify_client(&layout, &own_cert).unwrap();
+    // A certificate kept outside the layout can be revoked by file.
+    let entry = haven_certs::revoke_cert_file(&out, &own_cert).unwrap();
+    assert_eq!((entry.party(), entry.which), (Party::Org(harbor.clone()), CertKind::Tls));
+    assert_eq!(
+        verify_client(&layout, &own_cert).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked)
+    );
+
+    // A P-384 key is refused, clearly.
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let p384_csr = dir.path().join("p384.csr");
+    let req = rcgen::CertificateParams::default().serialize_request(&p384).unwrap();
+    std::fs::write(&p384_csr, req.pem().unwrap()).unwrap();
+    let err = haven_certs::sign_csr(&out, &harbor, &p384_csr, CertKind::Tls, &dir.path().join("x.crt")).unwrap_err();
+    assert!(matches!(err, CertsError::NotP256 { .. }), "{err}");
+    assert!(err.to_string().contains("P-384"), "{err}");
+
+    // A tampered request (one signature byte changed) is refused.
+    let pem = std::fs::read_to_string(&csr_path).unwrap();
+    let mut lines: Vec<String> = pem.lines().map(str::to_owned).collect();
+    let last_b64 = lines.len() - 2;
+    let first = lines[last_b64].remove(0);
+    lines[last_b64].insert(0, if first == 'A' { 'B' } else { 'A' });
+    let tampered = dir.path().join("tampered.csr");
+    std::fs::write(&tampered, lines.join("\n")).unwrap();
+    let err = haven_certs::sign_csr(&out, &harbor, &tampered, CertKind::Tls, &dir.path().join("y.crt")).unwrap_err();
+    assert!(matches!(err, CertsError::BadCsr { .. }), "{err}");
+}
+
+#[test]
+fn bad_certificates_fail_for_the_intended_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let harbor = org("harbor");
+
+    let expired = dir.path().join("expired");
+    haven_certs::issue_expired_org_cert(&out, &harbor, &expired).unwrap();
+    assert_eq!(mode(&expired.join("tls.key")), 0o600);
+    let err = verify_client(&layout, &expired.join("tls.crt")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })
+        ),
+        "{err:?}"
+    );
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert!(pins.org[&harbor].tls.contains(&fingerprint(&expired.join("tls.crt"))));
+
+    let unpinned = dir.path().join("unpinned");
+    haven_certs::issue_unpinned_org_cert(&out, &harbor, &unpinned).unwrap();
+    verify_client(&layout, &unpinned.join("tls.crt")).unwrap();
+    let pins = PinsFile::load(&layout.pins()).unwrap();
+    assert!(!pins.org[&harbor].tls.contains(&fingerprint(&unpinned.join("tls.crt"))));
+
+    let foreign = dir.path().join("foreign");
+    haven_certs::foreign_ca_org_cert(&harbor, &foreign).unwrap();
+    let foreign_der = read_der(&foreign.join("tls.crt"));
+    let (_, cert) = X509Certificate::from_der(&foreign_der).unwrap();
+    assert_eq!(uris(&cert), vec!["haven://org/harbor"]);
+    assert!(foreign.join("ca.pem").exists());
+    let err = verify_client(&layout, &foreign.join("tls.crt")).unwrap_err();
+    assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+}

@@ -1,0 +1,122 @@
+//! The gateway's side of the audit log: appending entries in the same transaction as the state change
+//! they record, and aggregating authentication rejections so that an attacker cannot make the log grow
+//! without bound.
+
+mod rejections;
+
+pub use rejections::Rejections;
+
+use haven_trust::audit::AuditEntry;
+use haven_trust::merkle;
+use sqlx::Row;
+
+use crate::store::{StoreError, Tx};
+
+/// Appends entries in the caller's transaction and returns the first assigned `seq`.
+///
+/// `seq` comes from the single `audit_head` row, which stays locked until the transaction ends: if the
+/// transaction rolls back, neither the entries nor their positions exist; if it commits, both do, and
+/// positions are gap-free in commit order. `counterparty_subject` carries, per entry, the subject as
+/// the counterparty knows it (its recipient-scoped pseudonym), for that counterparty's privacy officer.
+pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let row = sqlx::query("UPDATE audit_head SET next_seq = next_seq + $1 WHERE id = 1 RETURNING next_seq")
+        .bind(n)
+        .fetch_one(&mut **tx)
+        .await?;
+    let end: i64 = row.try_get(0)?;
+    let first = end - n;
+    for (i, (entry, counterparty_subject)) in entries.iter_mut().enumerate() {
+        entry.seq = u64::try_from(first + i as i64).unwrap_or(0);
+        let leaf = merkle::leaf_hash(&entry.canonical());
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        )
+        .bind(first + i as i64)
+        .bind(entry.time_micros)
+        .bind(entry.actor_org.as_str())
+        .bind(entry.actor_person.as_str())
+        .bind(entry.actor_role.as_str())
+        .bind(entry.action.as_str())
+        .bind(entry.object_id.as_str())
+        .bind(entry.counterparty.as_str())
+        .bind(entry.subject.as_str())
+        .bind(entry.purpose.as_str())
+        .bind(entry.consent_id.as_str())
+        .bind(list(&entry.rule_ids))
+        .bind(entry.bundle_version.as_str())
+        .bind(entry.decision.as_str())
+        .bind(entry.reason.as_str())
+        .bind(list(&entry.released_fields))
+        .bind(list(&entry.withheld_fields))
+        .bind(entry.outcome.as_str())
+        .bind(entry.correlation_id.as_str())
+        .bind(entry.source_node.as_str())
+        .bind(counterparty_subject.as_str())
+        .bind(leaf.to_vec())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(u64::try_from(first).unwrap_or(0))
+}
+
+/// Appends one entry with no counterparty-scoped subject.
+pub async fn append_one(tx: &mut Tx, entry: AuditEntry) -> Result<u64, StoreError> {
+    append(tx, &mut [(entry, String::new())]).await
+}
+
+/// Lists are stored as JSON arrays of strings.
+fn list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// Reads a stored list back.
+pub fn parse_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+/// Reads entries `[from, to)` in order, as stored.
+pub async fn read_range(pool: &sqlx::AnyPool, from: u64, to: u64) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query("SELECT seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq")
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(entry_from_row).collect()
+}
+
+/// Decodes an `audit_log` row.
+pub fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    let s = |name: &str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(name)?) };
+    Ok(AuditEntry {
+        seq: u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
+        time_micros: row.try_get("time_micros")?,
+        actor_org: s("actor_org")?,
+        actor_person: s("actor_person")?,
+        actor_role: s("actor_role")?,
+        action: s("action")?,
+        object_id: s("object_id")?,
+        counterparty: s("counterparty")?,
+        subject: s("subject")?,
+        purpose: s("purpose")?,
+        consent_id: s("consent_id")?,
+        rule_ids: parse_list(&s("rule_ids")?),
+        bundle_version: s("bundle_version")?,
+        decision: s("decision")?,
+        reason: s("reason")?,
+        released_fields: parse_list(&s("released_fields")?),
+        withheld_fields: parse_list(&s("withheld_fields")?),
+        outcome: s("outcome")?,
+        correlation_id: s("correlation_id")?,
+        source_node: s("source_node")?,
+    })
+}
+
+/// How many entries the log holds.
+pub async fn size(pool: &sqlx::AnyPool) -> Result<u64, StoreError> {
+    let row = sqlx::query("SELECT next_seq FROM audit_head WHERE id = 1").fetch_one(pool).await?;
+    Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
+}

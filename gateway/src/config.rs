@@ -1,0 +1,62 @@
+//! The gateway's configuration, parsed once from flags, `HAVEN_*` environment variables and an
+//! optional TOML file (in that order of precedence), then handed to [`crate::app::Gateway::open`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings for `haven-gateway serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen for nodes (mTLS).
+    pub listen: SocketAddr,
+    /// The certificate directory: CA, CRL, the gateway's own keys, pins.
+    pub certs: PathBuf,
+    /// The policy bundle directory.
+    pub policies: PathBuf,
+    /// A SQLite file path or a `postgres://` URL.
+    pub database: String,
+    /// The largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// How long a unary call may take.
+    pub request_timeout: Duration,
+    /// HTTP/2 keepalive ping interval; also the delivery stream's heartbeat.
+    pub keepalive: Duration,
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the paths.
+    pub fn new(certs: PathBuf, policies: PathBuf, database: String) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            certs,
+            policies,
+            database,
+            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The TOML form of the configuration; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub certs: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+    pub database: Option<String>,
+    pub max_message_bytes: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub keepalive_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads a config file, naming the file and the place of any problem.
+    pub fn load(path: &Path) -> Result<Self, haven_trust::source::Located> {
+        haven_trust::source::SourceFile::read(path)?.parse()
+    }
+}

@@ -1,0 +1,50 @@
+//! The gateway's errors, and the one place they become gRPC statuses.
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// A failure while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message says what to fix.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing named does not exist (or the caller may not know that it does).
+    #[error("{0}")]
+    NotFound(String),
+    /// The id is taken by different content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database failed; nothing was committed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(StoreError::Sql(e))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Store(e) => {
+                tracing::error!(error = %e, "storage failure");
+                Status::unavailable("the gateway's database is unavailable; nothing was committed, retry later")
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The `Gateway` service: identity, decisions, submissions, the delivery stream, status updates,
+//! consent, pins and policy reload.
+
+use futures::Stream;
+use haven_proto::v1::gateway_server::Gateway as GatewayRpc;
+use haven_proto::v1::*;
+use haven_trust::ids::{Caller, Role};
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{caller, caller_proto, not_yet};
+use crate::app::Gateway;
+use crate::identity::PeerInfo;
+
+/// Serves `haven.v1.Gateway`.
+pub struct GatewayService {
+    gateway: Gateway,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Gateway) -> Self {
+        GatewayService { gateway }
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<GatewayFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GatewayRpc for GatewayService {
+    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(WhoAmIResponse { caller: Some(caller_proto(&caller)), bundle_version: String::new() }))
+    }
+
+    async fn decide(&self, req: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.Decide"))
+    }
+
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.Submit"))
+    }
+
+    type DeliveriesStream = FrameStream;
+
+    async fn deliveries(&self, req: Request<Streaming<NodeFrame>>) -> Result<Response<FrameStream>, Status> {
+        let caller = caller(&req)?;
+        if caller.role != Role::Node {
+            return Err(Status::permission_denied(format!(
+                "the delivery stream needs a token with role `node`, not `{}`",
+                caller.role
+            )));
+        }
+        let peer = req
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no verified client certificate on this connection"))?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(crate::stream::run(self.gateway.clone(), caller, peer, inbound, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.UpdateStatus"))
+    }
+
+    async fn register_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.RegisterConsent"))
+    }
+
+    async fn renew_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.RenewConsent"))
+    }
+
+    async fn revoke_consent(&self, req: Request<RevokeConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.RevokeConsent"))
+    }
+
+    async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.GetConsent"))
+    }
+
+    async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
+        caller(&req)?;
+        Err(not_yet("Gateway.ListConsents"))
+    }
+
+    async fn get_pins(&self, req: Request<GetPinsRequest>) -> Result<Response<GetPinsResponse>, Status> {
+        caller(&req)?;
+        let wanted = req.get_ref().org_id.as_str();
+        let trust = self.gateway.0.auth.trust();
+        let orgs = trust
+            .registry
+            .iter()
+            .filter(|o| wanted.is_empty() || o.id.as_str() == wanted)
+            .map(|o| OrgPins {
+                org_id: o.id.to_string(),
+                name: o.name.clone(),
+                org_type: o.org_type.to_string(),
+                tls_pins: o.tls_pins.iter().map(|f| f.to_hex()).collect(),
+                signing_pins: o.signing_pins.iter().map(|f| f.to_hex()).collect(),
+            })
+            .collect::<Vec<_>>();
+        if orgs.is_empty() && !wanted.is_empty() {
+            return Err(Status::not_found(format!(
+                "organization `{}` is not in the registry",
+                wanted.chars().take(64).collect::<String>()
+            )));
+        }
+        Ok(Response::new(GetPinsResponse { orgs, bundle_version: String::new() }))
+    }
+
+    async fn reload_policy(&self, req: Request<ReloadPolicyRequest>) -> Result<Response<ReloadPolicyResponse>, Status> {
+        let caller: Caller = caller(&req)?;
+        if caller.role != Role::Admin || caller.org_type.as_str() != "operator" {
+            return Err(Status::permission_denied(
+                "policy reload needs role `admin` in the organization of type `operator`",
+            ));
+        }
+        self.gateway.reload().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(ReloadPolicyResponse::default()))
+    }
+}

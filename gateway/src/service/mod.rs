@@ -1,0 +1,30 @@
+//! The gRPC services the gateway offers to nodes.
+
+mod audit;
+mod gateway;
+
+pub use audit::AuditService;
+pub use gateway::GatewayService;
+
+use haven_trust::ids::Caller;
+use tonic::{Request, Status};
+
+/// The caller the interceptor authenticated.
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("request was not authenticated"))
+}
+
+/// The wire form of a caller.
+pub(crate) fn caller_proto(c: &Caller) -> haven_proto::v1::Caller {
+    haven_proto::v1::Caller {
+        org_id: c.org.to_string(),
+        org_type: c.org_type.to_string(),
+        person: c.person.to_string(),
+        role: c.role.as_str().to_owned(),
+    }
+}
+
+/// The answer of a method that a later version of the gateway implements.
+pub(crate) fn not_yet(method: &str) -> Status {
+    Status::unimplemented(format!("{method} is part of the v1 contract but not implemented by this gateway version"))
+}

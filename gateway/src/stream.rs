@@ -1,0 +1,140 @@
+//! One node's delivery stream: opened by the node with role `node`, kept alive with heartbeats, and
+//! closed when the node's certificate expires, is revoked or unpinned, or a newer stream of the same
+//! organization replaces it (the older one is fenced and can no longer acknowledge).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use haven_proto::v1::{GatewayFrame, Heartbeat, NodeFrame, Welcome, gateway_frame, node_frame};
+use haven_trust::ids::{Caller, OrgId};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use uuid::Uuid;
+
+use crate::app::Gateway;
+use crate::identity::PeerInfo;
+use crate::service::caller_proto;
+
+/// How often the gateway sends a heartbeat down a stream.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The open streams, one per organization. Opening a stream fences the previous one.
+#[derive(Default)]
+pub struct Streams {
+    open: Mutex<HashMap<OrgId, (Uuid, watch::Sender<bool>)>>,
+}
+
+impl Streams {
+    /// Registers a new stream for `org`, fencing the one it replaces.
+    fn open(&self, org: &OrgId, id: Uuid) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        if let Ok(mut open) = self.open.lock()
+            && let Some((_, old)) = open.insert(org.clone(), (id, tx))
+        {
+            let _ = old.send(true);
+        }
+        rx
+    }
+
+    /// Forgets a stream, if it is still the current one.
+    fn close(&self, org: &OrgId, id: Uuid) {
+        if let Ok(mut open) = self.open.lock()
+            && open.get(org).is_some_and(|(cur, _)| *cur == id)
+        {
+            open.remove(org);
+        }
+    }
+
+    /// Whether `id` is the organization's current stream (acknowledgements from any other are refused).
+    pub fn is_current(&self, org: &OrgId, id: Uuid) -> bool {
+        self.open.lock().map(|o| o.get(org).is_some_and(|(cur, _)| *cur == id)).unwrap_or(false)
+    }
+
+    /// How many streams are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn frame(f: gateway_frame::Frame) -> Result<GatewayFrame, Status> {
+    Ok(GatewayFrame { frame: Some(f) })
+}
+
+/// Runs a stream until the node leaves or the gateway closes it.
+pub async fn run(
+    gateway: Gateway,
+    caller: Caller,
+    peer: PeerInfo,
+    mut inbound: Streaming<NodeFrame>,
+    tx: mpsc::Sender<Result<GatewayFrame, Status>>,
+) {
+    let g = &gateway.0;
+    let id = Uuid::now_v7();
+    let mut fenced = g.streams.open(&caller.org, id);
+    let mut reloads = g.reloads.subscribe();
+    let welcome = Welcome {
+        caller: Some(caller_proto(&caller)),
+        max_unacked: 64,
+        stream_id: id.to_string(),
+        bundle_version: String::new(),
+    };
+    if tx.send(frame(gateway_frame::Frame::Welcome(welcome))).await.is_err() {
+        g.streams.close(&caller.org, id);
+        return;
+    }
+    tracing::info!(org = %caller.org, stream = %id, "delivery stream opened");
+    let expires_in = peer.cert.as_ref().map(|c| c.not_after.saturating_sub(g.clock.now_secs()).max(0)).unwrap_or(0);
+    let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(expires_in).unwrap_or(0)));
+    tokio::pin!(expiry);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    let reason: Status = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Heartbeat(_)) })) => {}
+                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Hello(_)) })) => {}
+                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Ack(_)) })) => {
+                    if !g.streams.is_current(&caller.org, id) {
+                        break Status::aborted("this stream was replaced by a newer one; acknowledgements are refused");
+                    }
+                }
+                Ok(Some(NodeFrame { frame: None })) => {
+                    break Status::invalid_argument("empty frame: send hello, ack or heartbeat");
+                }
+                Ok(None) => break Status::ok("node closed the stream"),
+                Err(e) => break e,
+            },
+            _ = heartbeat.tick() => {
+                let hb = Heartbeat { sent_at_micros: g.clock.now_micros() };
+                if tx.send(frame(gateway_frame::Frame::Heartbeat(hb))).await.is_err() {
+                    break Status::cancelled("node went away");
+                }
+            }
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    break Status::unavailable("gateway is shutting down");
+                }
+                if let Err(e) = g.auth.check_peer(&peer) {
+                    break Status::unauthenticated(format!("stream closed: {e}"));
+                }
+            }
+            _ = fenced.changed() => {
+                break Status::aborted("a newer delivery stream of this organization replaced this one");
+            }
+            _ = &mut expiry => {
+                break Status::unauthenticated("stream closed: the client certificate expired");
+            }
+        }
+    };
+    g.streams.close(&caller.org, id);
+    tracing::info!(org = %caller.org, stream = %id, reason = %reason.message(), "delivery stream closed");
+    if reason.code() != tonic::Code::Ok {
+        let _ = tx.send(Err(reason)).await;
+    }
+}

@@ -1,0 +1,20 @@
+#![forbid(unsafe_code)]
+//! What the gateway, the nodes and the tools must agree on to trust each other.
+//!
+//! - [`ids`]: typed identities, parsed once at the edge;
+//! - [`registry`]: the organization registry and its certificate pins;
+//! - [`source`]: contract files that report problems as `file:line:col`;
+//! - [`pki`]: reading certificates and keys, and building the TLS configurations;
+//! - [`token`]: the short-lived person tokens a node mints and the gateway verifies;
+//! - [`receipt`]: the signed consent receipt;
+//! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints.
+
+pub mod audit;
+pub mod clock;
+pub mod ids;
+pub mod merkle;
+pub mod pki;
+pub mod receipt;
+pub mod registry;
+pub mod source;
+pub mod token;

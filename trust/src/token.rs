@@ -1,0 +1,289 @@
+//! Person tokens: the short-lived JWTs that name the person acting.
+//!
+//! A node mints one for each person it acts for, ES256-signed with the organization's signing key, with
+//! `kid` = the signing certificate's fingerprint and `x5c` = that certificate. The gateway verifies it
+//! against the registry's signing pins, checks that it names the organization of the TLS certificate and
+//! that it is bound to that very certificate (`cnf.x5t#S256`, RFC 8705). See `docs/wire-protocol.md`.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{OrgId, PersonId, Role};
+use crate::pki::CertInfo;
+use crate::registry::{Fingerprint, Registry};
+
+/// The only audience a gateway token may carry.
+pub const AUDIENCE: &str = "haven-gateway";
+/// The longest lifetime a token may claim, in seconds.
+pub const MAX_LIFETIME_SECS: i64 = 300;
+/// Clock skew tolerated between a node and the gateway, in seconds.
+pub const SKEW_SECS: i64 = 30;
+
+/// The RFC 8705 confirmation claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url(SHA-256(DER of the organization's TLS certificate)).
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The claims of a person token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub org: String,
+    pub role: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    #[serde(default)]
+    pub jti: String,
+    pub cnf: Confirmation,
+}
+
+/// The thumbprint a token must carry to be bound to a TLS certificate.
+pub fn thumbprint(fp: &Fingerprint) -> String {
+    URL_SAFE_NO_PAD.encode(fp.0)
+}
+
+/// Why a signing key or token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("signing certificate: {0}")]
+    Cert(String),
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+/// An organization's signing key, held by its node. Mints person tokens and signs consent receipts.
+#[derive(Clone)]
+pub struct OrgSigner {
+    org: OrgId,
+    key: EncodingKey,
+    kid: String,
+    x5c: String,
+    tls_thumbprint: String,
+}
+
+impl OrgSigner {
+    /// Builds a signer from the organization's signing key (PKCS#8 PEM), its signing certificate (DER)
+    /// and its TLS certificate (DER), to which every token is bound.
+    pub fn new(org: OrgId, key_pem: &[u8], signing_cert_der: &[u8], tls_cert_der: &[u8]) -> Result<Self, SignerError> {
+        let key = EncodingKey::from_ec_pem(key_pem).map_err(|e| SignerError::Key(e.to_string()))?;
+        Ok(OrgSigner {
+            org,
+            key,
+            kid: Fingerprint::of_der(signing_cert_der).to_hex(),
+            x5c: STANDARD.encode(signing_cert_der),
+            tls_thumbprint: thumbprint(&Fingerprint::of_der(tls_cert_der)),
+        })
+    }
+
+    /// The organization this signer speaks for.
+    pub fn org(&self) -> &OrgId {
+        &self.org
+    }
+
+    /// The JWS header every signature carries.
+    pub fn header(&self) -> Header {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(self.kid.clone());
+        h.x5c = Some(vec![self.x5c.clone()]);
+        h
+    }
+
+    /// Mints a person token valid from `now` (Unix seconds) for `lifetime` seconds.
+    pub fn mint(&self, person: &PersonId, role: Role, now: i64, lifetime: i64) -> Result<String, SignerError> {
+        let claims = Claims {
+            sub: person.to_string(),
+            org: self.org.to_string(),
+            role: role.as_str().to_owned(),
+            aud: AUDIENCE.to_owned(),
+            iat: now,
+            exp: now + lifetime,
+            jti: uuid::Uuid::new_v4().to_string(),
+            cnf: Confirmation { x5t_s256: self.tls_thumbprint.clone() },
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs any serializable payload as a compact JWS with this organization's key.
+    pub fn sign<T: Serialize>(&self, payload: &T) -> Result<String, SignerError> {
+        jsonwebtoken::encode(&self.header(), payload, &self.key).map_err(|e| SignerError::Sign(e.to_string()))
+    }
+}
+
+/// Why a token was refused. Each message tells the operator of the calling node what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing bearer token: send `authorization: Bearer <jwt>`")]
+    Missing,
+    #[error("garbled token: {0}")]
+    Garbled(String),
+    #[error("token algorithm {0} is not allowed (only ES256)")]
+    WrongAlgorithm(String),
+    #[error("token header has no `kid` naming the signing certificate")]
+    NoKid,
+    #[error("token signing certificate {0} is not pinned for any organization")]
+    UnknownKey(String),
+    #[error("token is signed with a key pinned to organization `{key_org}`, not `{tls_org}`")]
+    OtherOrganizationKey { key_org: String, tls_org: String },
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token names organization `{token_org}` but the TLS certificate is `{tls_org}`")]
+    OrgMismatch { token_org: String, tls_org: String },
+    #[error("token is bound to another TLS certificate (cnf.x5t#S256 does not match)")]
+    WrongCertificate,
+    #[error("token expired at {exp} (now {now}, {SKEW_SECS}s skew allowed)")]
+    Expired { exp: i64, now: i64 },
+    #[error("token is not yet valid (iat {iat}, now {now}, {SKEW_SECS}s skew allowed)")]
+    NotYetValid { iat: i64, now: i64 },
+    #[error("token lifetime {0}s is longer than the {MAX_LIFETIME_SECS}s allowed")]
+    TooLong(i64),
+    #[error("token audience `{0}` is not `{AUDIENCE}`")]
+    WrongAudience(String),
+    #[error("token has no `jti`")]
+    NoJti,
+    #[error("token claims are invalid: {0}")]
+    BadClaims(String),
+}
+
+impl TokenError {
+    /// A stable code for the audit log's aggregated rejections.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "token_missing",
+            TokenError::Garbled(_) => "token_garbled",
+            TokenError::WrongAlgorithm(_) => "token_wrong_algorithm",
+            TokenError::NoKid => "token_no_kid",
+            TokenError::UnknownKey(_) => "token_unknown_key",
+            TokenError::OtherOrganizationKey { .. } => "token_other_org_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::OrgMismatch { .. } => "token_org_mismatch",
+            TokenError::WrongCertificate => "token_wrong_certificate",
+            TokenError::Expired { .. } => "token_expired",
+            TokenError::NotYetValid { .. } => "token_not_yet_valid",
+            TokenError::TooLong(_) => "token_too_long",
+            TokenError::WrongAudience(_) => "token_wrong_audience",
+            TokenError::NoJti => "token_no_jti",
+            TokenError::BadClaims(_) => "token_bad_claims",
+        }
+    }
+}
+
+/// A verified person token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub person: PersonId,
+    pub role: Role,
+    pub exp: i64,
+}
+
+/// Verifies a compact JWS signed by an organization whose signing certificate the registry pins.
+/// Returns the payload and the organization that signed it.
+pub fn verify_signed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    registry: &Registry,
+) -> Result<(T, OrgId, Fingerprint), TokenError> {
+    let header = jsonwebtoken::decode_header(jws).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => {
+            TokenError::WrongAlgorithm(alg_of(jws).unwrap_or_else(|| "unknown".into()))
+        }
+        _ => TokenError::Garbled(e.to_string()),
+    })?;
+    if header.alg != Algorithm::ES256 {
+        return Err(TokenError::WrongAlgorithm(format!("{:?}", header.alg)));
+    }
+    let kid = header.kid.ok_or(TokenError::NoKid)?;
+    let kid_fp: Fingerprint = kid.parse().map_err(|_| TokenError::UnknownKey(kid.clone()))?;
+    let key_org = registry
+        .iter()
+        .find(|o| o.signing_pins.contains(&kid_fp))
+        .map(|o| o.id.clone())
+        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+    let cert_b64 = header
+        .x5c
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| TokenError::Garbled("token header has no `x5c` carrying the signing certificate".into()))?;
+    let der = STANDARD.decode(cert_b64).map_err(|e| TokenError::Garbled(format!("x5c is not base64: {e}")))?;
+    if Fingerprint::of_der(&der) != kid_fp {
+        return Err(TokenError::UnknownKey(kid));
+    }
+    let info = CertInfo::parse(&der).map_err(|e| TokenError::Garbled(e.to_string()))?;
+    let key = DecodingKey::from_ec_der(&info.public_key);
+    let mut validation = Validation::new(Algorithm::ES256);
+    // Time, audience and required claims are checked by the caller against an injectable clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<T>(jws, &key, &validation).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+        jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::BadClaims(e.to_string()),
+        _ => TokenError::Garbled(e.to_string()),
+    })?;
+    Ok((data.claims, key_org, kid_fp))
+}
+
+fn alg_of(jws: &str) -> Option<String> {
+    let head = jws.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(head).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("alg")?.as_str().map(|s| s.chars().take(16).collect())
+}
+
+/// Verifies a person token presented on a connection whose TLS certificate names `tls_org` and has
+/// fingerprint `tls_fp`, at `now` (Unix seconds).
+pub fn verify_person_token(
+    token: &str,
+    registry: &Registry,
+    tls_org: &OrgId,
+    tls_fp: &Fingerprint,
+    now: i64,
+) -> Result<VerifiedToken, TokenError> {
+    let (claims, key_org, _) = verify_signed::<Claims>(token, registry)?;
+    if &key_org != tls_org {
+        return Err(TokenError::OtherOrganizationKey { key_org: key_org.to_string(), tls_org: tls_org.to_string() });
+    }
+    check_claims(&claims, tls_org, tls_fp, now)
+}
+
+/// The claim checks that do not need the signature; also run on every cache hit.
+pub fn check_claims(
+    claims: &Claims,
+    tls_org: &OrgId,
+    tls_fp: &Fingerprint,
+    now: i64,
+) -> Result<VerifiedToken, TokenError> {
+    if claims.org != tls_org.as_str() {
+        return Err(TokenError::OrgMismatch {
+            token_org: claims.org.chars().take(64).collect(),
+            tls_org: tls_org.to_string(),
+        });
+    }
+    if claims.cnf.x5t_s256 != thumbprint(tls_fp) {
+        return Err(TokenError::WrongCertificate);
+    }
+    if claims.aud != AUDIENCE {
+        return Err(TokenError::WrongAudience(claims.aud.chars().take(64).collect()));
+    }
+    if claims.jti.is_empty() {
+        return Err(TokenError::NoJti);
+    }
+    if claims.exp - claims.iat > MAX_LIFETIME_SECS {
+        return Err(TokenError::TooLong(claims.exp - claims.iat));
+    }
+    if claims.iat > now + SKEW_SECS {
+        return Err(TokenError::NotYetValid { iat: claims.iat, now });
+    }
+    if claims.exp + SKEW_SECS <= now {
+        return Err(TokenError::Expired { exp: claims.exp, now });
+    }
+    let person = PersonId::parse(&claims.sub).map_err(|e| TokenError::BadClaims(format!("sub: {e}")))?;
+    let role = Role::parse(&claims.role).map_err(|e| TokenError::BadClaims(format!("role: {e}")))?;
+    Ok(VerifiedToken { person, role, exp: claims.exp })
+}
