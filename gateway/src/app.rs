@@ -187,6 +187,33 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Serves until SIGTERM or Ctrl-C, reloading the CRL and registry on SIGHUP.
+    pub async fn serve_until_signal(self, listener: TcpListener) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let reloader = {
+            let g = self.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = g.reload().await;
+                }
+            })
+        };
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        let result = self.serve(listener, shutdown).await;
+        reloader.abort();
+        result.map_err(std::io::Error::other)
+    }
+}
+
 fn parse_pseudonym_key(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(text.trim()).map_err(|_| "not hex".to_owned())?;
     bytes.try_into().map_err(|_| "must hold 32 bytes in hex".to_owned())

@@ -131,24 +131,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let gateway = Gateway::open(config, Arc::new(SystemClock)).await?;
     let listener = gateway.bind().await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (mTLS)");
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let reloader = {
-        let g = gateway.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let _ = g.reload().await;
-            }
-        })
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down");
-    };
-    gateway.serve(listener, shutdown).await?;
-    reloader.abort();
+    gateway.serve_until_signal(listener).await?;
     Ok(())
 }

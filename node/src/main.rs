@@ -1,1 +1,166 @@
-fn main() {}
+#![forbid(unsafe_code)]
+//! `haven-node`: run an organization's node, manage its users, and talk to it as a person.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use haven_node::app::{Node, NodeConfig};
+use haven_node::link::LinkConfig;
+use haven_node::users::Users;
+use haven_proto::v1::WhoAmIRequest;
+use haven_proto::v1::node_client::NodeClient;
+use haven_trust::clock::SystemClock;
+use haven_trust::ids::{OrgId, PersonId, Role};
+use haven_trust::pki::CertsDir;
+
+#[derive(Parser)]
+#[command(name = "haven-node", version, about = "An organization's Haven node")]
+struct Cli {
+    #[arg(long, global = true, value_enum, default_value = "human", env = "HAVEN_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the gateway and serve the Node API.
+    Serve(ServeArgs),
+    /// Manage the people who may use this node.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Show who you are signed in as, as the gateway sees it.
+    Whoami(ClientArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// This organization's id (the haven://org/<id> of its certificate).
+    #[arg(long, env = "HAVEN_ORG")]
+    org: OrgId,
+    /// The gateway, for example https://localhost:7443.
+    #[arg(long, env = "HAVEN_GATEWAY")]
+    gateway: String,
+    /// The name the gateway's certificate must carry.
+    #[arg(long, env = "HAVEN_GATEWAY_NAME", default_value = "localhost")]
+    gateway_name: String,
+    /// Certificate directory laid out as `haven-certs init` writes it (ca.pem, orgs/<id>/...).
+    #[arg(long, env = "HAVEN_CERTS")]
+    certs: PathBuf,
+    /// The node's SQLite file.
+    #[arg(long, env = "HAVEN_NODE_DATABASE", default_value = "haven-node.db")]
+    database: String,
+    /// The users file.
+    #[arg(long, env = "HAVEN_USERS", default_value = "users.toml")]
+    users: PathBuf,
+    /// Where people reach this node's API.
+    #[arg(long, env = "HAVEN_NODE_LISTEN", default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// TLS certificate for the API (required when --listen is not loopback).
+    #[arg(long, requires = "api_key")]
+    api_cert: Option<PathBuf>,
+    #[arg(long, requires = "api_cert")]
+    api_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a person (or give them a new token) and print their token once.
+    Add {
+        #[arg(long, default_value = "users.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        name: PersonId,
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The node's API address.
+    #[arg(long, env = "HAVEN_NODE", default_value = "http://127.0.0.1:7600")]
+    node: String,
+    /// Your node token.
+    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("haven-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging(cli.log_format);
+            runtime.block_on(serve(args))
+        }
+        Command::Users(UsersCommand::Add { file, name, role }) => add_user(&file, name, role),
+        Command::Whoami(args) => runtime.block_on(whoami(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haven-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let link = LinkConfig { gateway_name: args.gateway_name, ..LinkConfig::from_certs_dir(args.gateway, &CertsDir(args.certs), args.org) };
+    let config = NodeConfig {
+        link,
+        database: args.database,
+        users: args.users,
+        listen: args.listen,
+        api_tls: args.api_cert.zip(args.api_key),
+    };
+    let node = Node::open(config, Arc::new(SystemClock)).await?;
+    let listener = node.bind().await?;
+    tracing::info!(addr = %listener.local_addr()?, "node API listening");
+    node.serve_until_signal(listener).await?;
+    Ok(())
+}
+
+fn add_user(file: &std::path::Path, name: PersonId, role: Role) -> anyhow::Result<()> {
+    let mut users = if file.exists() { Users::load(file).map_err(|e| anyhow::anyhow!("{e}"))? } else { Users::default() };
+    let token = users.add(name.clone(), role);
+    users.save(file)?;
+    println!("added {name} ({role}) to {}", file.display());
+    println!("token (shown once): {token}");
+    Ok(())
+}
+
+async fn whoami(args: ClientArgs) -> anyhow::Result<()> {
+    let mut client = NodeClient::connect(args.node.clone()).await.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", args.node))?;
+    let mut req = tonic::Request::new(WhoAmIRequest {});
+    req.metadata_mut().insert("authorization", format!("Bearer {}", args.token).parse()?);
+    let resp = client.who_am_i(req).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?.into_inner();
+    let c = resp.caller.unwrap_or_default();
+    println!("organization: {} ({})\nperson:       {}\nrole:         {}", c.org_id, c.org_type, c.person, c.role);
+    Ok(())
+}

@@ -63,7 +63,7 @@ macro_rules! token_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -103,6 +103,13 @@ token_id!(
     /// organization's own account name, never a legal name.
     PersonId, "person id", 128
 );
+
+impl PersonId {
+    /// The person a node acts as for its own delivery stream.
+    pub fn node() -> Self {
+        PersonId("node".to_owned())
+    }
+}
 
 /// The prefix of an organization's URI SAN.
 pub const ORG_URI_PREFIX: &str = "haven://org/";

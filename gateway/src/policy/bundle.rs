@@ -13,6 +13,7 @@ use haven_trust::registry::Registry;
 use haven_trust::source::{Located, SourceFile};
 use sha2::{Digest, Sha256};
 
+use super::files;
 use super::index::{Directory, RuleIndex};
 use super::network::{NetworkParams, Purposes};
 use super::rules::{self, Compiled, Context, Part, Rule, RuleSpans, role_bit};
@@ -114,10 +115,10 @@ impl Bundle {
         }
         let (Some(registry), Some(network), Some(purposes), Some(schema)) = (registry, network, purposes, schema)
         else {
-            return Err(problems);
+            return Err(files::in_order(problems));
         };
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(files::in_order(problems));
         }
         let mut content: Vec<(String, &str)> = Vec::new();
         for (name, src) in TOP_FILES.iter().zip([&network_src, &orgs_src, &purposes_src, &schema_src]) {
@@ -327,7 +328,7 @@ fn assemble(
         }
     }
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(files::in_order(problems));
     }
     let index = RuleIndex::build(&compiled);
     let version = BundleVersion { digest, label: parts.network.label.clone() };
@@ -344,3 +345,6 @@ fn assemble(
         index,
     })
 }
+
+#[cfg(test)]
+mod tests;

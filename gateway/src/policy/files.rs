@@ -34,6 +34,12 @@ fn locate(src: &SourceFile, e: &toml::de::Error, fallback: usize) -> Located {
     src.at(at, reword(e.message().trim()))
 }
 
+/// Problems in reading order: by file, then line, then column.
+pub(crate) fn in_order(mut problems: Vec<Located>) -> Vec<Located> {
+    problems.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    problems
+}
+
 /// The value of a top-level key.
 pub(crate) fn get<'d, 'a>(table: &'d DeTable<'a>, key: &str) -> Option<&'d Node<'a>> {
     table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
@@ -109,6 +115,9 @@ pub(crate) fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = 
 /// Rewords serde's messages for the people who edit policy files: a TOML *key* is not a message field,
 /// and a typo deserves its near miss.
 pub(crate) fn reword(message: &str) -> String {
+    if message == "duplicate key" {
+        return "duplicate key: it is already set earlier in the same table".to_owned();
+    }
     if let Some(rest) = message.strip_prefix("missing field `") {
         return format!("missing key `{rest}");
     }

@@ -20,6 +20,8 @@ pub mod cli;
 pub mod engine;
 pub mod explain;
 mod files;
+#[cfg(test)]
+mod fixtures;
 mod index;
 pub mod network;
 pub mod rules;

@@ -181,7 +181,7 @@ impl Purposes {
             None => problems.push(src.whole("no purposes defined; add `[purpose.<name>]` tables with a description")),
         }
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(files::in_order(problems));
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Purposes { list })

@@ -93,13 +93,6 @@ pub struct FieldDef {
     label_bits: u8,
 }
 
-impl FieldDef {
-    /// The field's labels as a mask over [`LABELS`].
-    pub(crate) fn label_bits(&self) -> u8 {
-        self.label_bits
-    }
-}
-
 /// A message kind and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindDef {
@@ -333,7 +326,7 @@ impl Schema {
             }
         }
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(files::in_order(problems));
         }
         kinds.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Schema { kinds })
@@ -611,14 +604,14 @@ labels = ["operational"]
         let s = schema(SMALL).unwrap();
         let fields = BTreeMap::from([
             ("name".to_owned(), FieldValue::Str("Alexandra".into())),
-            ("nmae".to_owned(), FieldValue::Str("x".into())),
+            ("nam".to_owned(), FieldValue::Str("x".into())),
             ("size".to_owned(), FieldValue::Int(99)),
             ("needs".to_owned(), FieldValue::List(vec!["housing".into(), "secret".into(), "medical".into()])),
         ]);
         let problems = s.validate("referral", &fields).unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(problems.contains(&FieldProblem::TooLong { field: "name".into(), max: 5, len: 9 }), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("no field `nmae` (did you mean `name`?)")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("no field `nam` (did you mean `name`?)")), "{text:?}");
         assert!(problems.contains(&FieldProblem::OutOfRange { field: "size".into(), min: Some(1), max: Some(20) }));
         assert!(problems.contains(&FieldProblem::TooManyItems { field: "needs".into(), max: 2, len: 3 }));
         assert!(text.iter().any(|t| t.starts_with("field `needs[1]` holds a value outside")), "{text:?}");

@@ -1,0 +1,142 @@
+//! A running node: its link to the gateway, its delivery stream, its database and its API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use haven_proto::v1::node_server::NodeServer;
+use haven_trust::clock::SharedClock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::NodeService;
+use crate::link::{GatewayLink, LinkConfig, LinkError};
+use crate::store::{NodeStore, NodeStoreError};
+use crate::stream::StreamState;
+use crate::users::Users;
+
+/// Settings for `haven-node serve`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub link: LinkConfig,
+    /// The node's own SQLite file.
+    pub database: String,
+    /// The users file.
+    pub users: PathBuf,
+    /// Where people reach the node's API (127.0.0.1 by default).
+    pub listen: SocketAddr,
+    /// Certificate and key for serving the API over TLS, required when `listen` is not loopback.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] NodeStoreError),
+    #[error("users file: {0}")]
+    Users(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("the node API listens on {0}, which is not loopback: give --api-cert and --api-key to serve it over TLS")]
+    NeedsTls(SocketAddr),
+    #[error("API TLS: {0}")]
+    Tls(String),
+}
+
+/// What the node's services share.
+pub struct NodeState {
+    pub link: GatewayLink,
+    pub store: NodeStore,
+    pub users: Users,
+    pub clock: SharedClock,
+    pub stream: watch::Receiver<StreamState>,
+}
+
+/// A node ready to serve.
+pub struct Node {
+    pub state: Arc<NodeState>,
+    config: NodeConfig,
+    stream_tx: watch::Sender<StreamState>,
+}
+
+impl Node {
+    /// Reads the users file, opens the database and prepares the gateway link.
+    pub async fn open(config: NodeConfig, clock: SharedClock) -> Result<Node, NodeError> {
+        if !config.listen.ip().is_loopback() && config.api_tls.is_none() {
+            return Err(NodeError::NeedsTls(config.listen));
+        }
+        let users = Users::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
+        let store = NodeStore::open(&config.database).await?;
+        let link = GatewayLink::new(&config.link, clock.clone())?;
+        let (stream_tx, stream) = watch::channel(StreamState::default());
+        Ok(Node { state: Arc::new(NodeState { link, store, users, clock, stream }), config, stream_tx })
+    }
+
+    /// Binds the API address, naming it if it is taken.
+    pub async fn bind(&self) -> Result<TcpListener, NodeError> {
+        let addr = self.config.listen;
+        TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })
+    }
+
+    /// Runs the delivery stream and serves the API on `listener` until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stream = tokio::spawn(crate::stream::run(self.state.link.clone(), self.stream_tx, stop_rx));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<NodeServer<NodeService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(haven_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .ok();
+        let router = tonic::transport::Server::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_optional_service(reflection)
+            .add_service(
+                NodeServer::new(NodeService::new(self.state.clone()))
+                    .max_decoding_message_size(4 * 1024 * 1024)
+                    .max_encoding_message_size(4 * 1024 * 1024),
+            );
+        let result = match &self.config.api_tls {
+            None => router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await,
+            Some((cert, key)) => {
+                let chain = haven_trust::pki::load_certs(cert).map_err(|e| NodeError::Tls(e.to_string()))?;
+                let key = haven_trust::pki::load_key(key).map_err(|e| NodeError::Tls(e.to_string()))?;
+                let config = haven_trust::pki::plain_server_config(chain, key).map_err(|e| NodeError::Tls(e.to_string()))?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                let incoming = futures::StreamExt::filter_map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |tcp| {
+                    let acceptor = acceptor.clone();
+                    async move {
+                        let tcp = tcp.ok()?;
+                        acceptor.accept(tcp).await.ok().map(Ok::<_, std::io::Error>)
+                    }
+                });
+                router.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+        };
+        let _ = stop_tx.send(true);
+        let _ = stream.await;
+        result.map_err(|e| NodeError::Tls(e.to_string()))
+    }
+}
+
+impl Node {
+    /// Serves until SIGTERM or Ctrl-C.
+    pub async fn serve_until_signal(self, listener: TcpListener) -> Result<(), NodeError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| NodeError::Tls(format!("signal handler: {e}")))?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        self.serve(listener, shutdown).await
+    }
+}

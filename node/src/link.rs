@@ -1,0 +1,149 @@
+//! The node's link to the gateway: one mTLS channel, and person tokens minted with the organization's
+//! signing key for each call.
+//!
+//! Tokens are reused within their lifetime (the gateway caches verified tokens, so reuse saves both
+//! sides an ECDSA operation) and replaced a minute before they expire.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use haven_trust::clock::SharedClock;
+use haven_trust::ids::{OrgId, PersonId, Role};
+use haven_trust::pki::CertsDir;
+use haven_trust::token::{MAX_LIFETIME_SECS, OrgSigner};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Why the link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("gateway address `{0}` is not a valid https URL")]
+    BadUrl(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("signing key: {0}")]
+    Signer(String),
+}
+
+/// Where the organization's files are.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// For example `https://gateway.example.org:7443`.
+    pub gateway_url: String,
+    /// The name the gateway's certificate must carry.
+    pub gateway_name: String,
+    pub org: OrgId,
+    /// The network CA certificate.
+    pub ca_cert: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub signing_cert: PathBuf,
+    pub signing_key: PathBuf,
+}
+
+impl LinkConfig {
+    /// The files of `org` in a certificate directory laid out like `haven-certs init` writes it.
+    pub fn from_certs_dir(gateway_url: String, dir: &CertsDir, org: OrgId) -> Self {
+        LinkConfig {
+            gateway_url,
+            gateway_name: "localhost".into(),
+            ca_cert: dir.ca_cert(),
+            tls_cert: dir.org_tls_cert(&org),
+            tls_key: dir.org_tls_key(&org),
+            signing_cert: dir.org_signing_cert(&org),
+            signing_key: dir.org_signing_key(&org),
+            org,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
+    std::fs::read(path).map_err(|source| LinkError::Read { path: path.to_owned(), source })
+}
+
+fn first_der(path: &Path) -> Result<Vec<u8>, LinkError> {
+    let certs = haven_trust::pki::load_certs(path).map_err(|e| LinkError::Tls(e.to_string()))?;
+    Ok(certs.into_iter().next().map(|c| c.as_ref().to_vec()).unwrap_or_default())
+}
+
+/// Minted tokens by (person, role), with their expiry.
+type TokenCache = HashMap<(String, Role), (String, i64)>;
+
+/// The node's authenticated link to the gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayLink {
+    channel: Channel,
+    signer: OrgSigner,
+    clock: SharedClock,
+    tokens: Arc<Mutex<TokenCache>>,
+}
+
+impl GatewayLink {
+    /// Prepares the channel; it connects lazily and reconnects on its own.
+    pub fn new(config: &LinkConfig, clock: SharedClock) -> Result<Self, LinkError> {
+        haven_trust::pki::install_crypto_provider();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&config.ca_cert)?))
+            .identity(Identity::from_pem(read(&config.tls_cert)?, read(&config.tls_key)?))
+            .domain_name(config.gateway_name.clone());
+        let endpoint = Endpoint::from_shared(config.gateway_url.clone())
+            .map_err(|_| LinkError::BadUrl(config.gateway_url.clone()))?
+            .tls_config(tls)
+            .map_err(|e| LinkError::Tls(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        let signer = OrgSigner::new(
+            config.org.clone(),
+            &read(&config.signing_key)?,
+            &first_der(&config.signing_cert)?,
+            &first_der(&config.tls_cert)?,
+        )
+        .map_err(|e| LinkError::Signer(e.to_string()))?;
+        Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())) })
+    }
+
+    /// The channel to the gateway.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The organization's signer (for consent receipts).
+    pub fn signer(&self) -> &OrgSigner {
+        &self.signer
+    }
+
+    /// A bearer token for `person` acting as `role`, reused while it has more than a minute left.
+    pub fn token(&self, person: &PersonId, role: Role) -> Result<String, LinkError> {
+        let now = self.clock.now_secs();
+        let key = (person.to_string(), role);
+        if let Ok(tokens) = self.tokens.lock()
+            && let Some((tok, exp)) = tokens.get(&key)
+            && *exp - 60 > now
+        {
+            return Ok(tok.clone());
+        }
+        let tok = self.signer.mint(person, role, now, MAX_LIFETIME_SECS).map_err(|e| LinkError::Signer(e.to_string()))?;
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(key, (tok.clone(), now + MAX_LIFETIME_SECS));
+        }
+        Ok(tok)
+    }
+
+    /// Wraps a message in a request carrying the person's token.
+    pub fn request<T>(&self, person: &PersonId, role: Role, msg: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let token = self.token(person, role).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let mut req = tonic::Request::new(msg);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("token is not a valid header value"))?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}

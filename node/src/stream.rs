@@ -1,0 +1,89 @@
+//! The node's outbound delivery stream: opened with role `node`, kept open, and reopened after any
+//! outage with exponential backoff and jitter.
+
+use std::time::Duration;
+
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_proto::v1::{GatewayFrame, Hello, NodeFrame, gateway_frame, node_frame};
+use haven_trust::ids::{PersonId, Role};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::link::GatewayLink;
+
+/// What the node knows about its stream, for its users and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamState {
+    pub connected: bool,
+    /// How many times the stream has been (re)opened.
+    pub sessions: u64,
+    /// Why the last session ended.
+    pub last_error: String,
+}
+
+/// Keeps the stream open until `shutdown` flips to true.
+pub async fn run(link: GatewayLink, state: watch::Sender<StreamState>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = std::time::Instant::now();
+        let ended = tokio::select! {
+            r = session(&link, &state) => r,
+            _ = shutdown.changed() => break,
+        };
+        state.send_modify(|s| {
+            s.connected = false;
+            s.last_error = ended.clone();
+        });
+        tracing::warn!(reason = %ended, "delivery stream ended; reconnecting");
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        let wait = backoff + Duration::from_millis(jitter);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn session(link: &GatewayLink, state: &watch::Sender<StreamState>) -> String {
+    let (tx, rx) = mpsc::channel::<NodeFrame>(64);
+    let hello = NodeFrame { frame: Some(node_frame::Frame::Hello(Hello { witnessed_tree_size: 0 })) };
+    if tx.send(hello).await.is_err() {
+        return "internal channel closed".into();
+    }
+    let req = match link.request(&PersonId::node(), Role::Node, tokio_stream::wrappers::ReceiverStream::new(rx)) {
+        Ok(r) => r,
+        Err(e) => return e.message().to_owned(),
+    };
+    let mut client = GatewayClient::new(link.channel());
+    let mut inbound = match client.deliveries(req).await {
+        Ok(resp) => resp.into_inner(),
+        Err(e) => return format!("{}: {}", e.code(), e.message()),
+    };
+    loop {
+        match inbound.message().await {
+            Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Welcome(w)) })) => {
+                tracing::info!(stream = %w.stream_id, "delivery stream open");
+                state.send_modify(|s| {
+                    s.connected = true;
+                    s.sessions += 1;
+                });
+            }
+            Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Heartbeat(_)) })) => {
+                let hb = NodeFrame { frame: Some(node_frame::Frame::Heartbeat(Default::default())) };
+                if tx.send(hb).await.is_err() {
+                    return "internal channel closed".into();
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return "gateway closed the stream".into(),
+            Err(e) => return format!("{}: {}", e.code(), e.message()),
+        }
+    }
+}

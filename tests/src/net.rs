@@ -1,0 +1,138 @@
+//! Bringing up a gateway (and its clients) for a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use haven_gateway::app::Gateway;
+use haven_gateway::config::Config;
+use haven_node::link::{GatewayLink, LinkConfig};
+use haven_trust::clock::{SharedClock, SystemClock};
+use haven_trust::ids::OrgId;
+use haven_trust::pki::CertsDir;
+use sqlx::Connection;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The repository's `policies/` directory.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// Which database the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The database selected by `HAVEN_TEST_DB`.
+pub fn db() -> Db {
+    match std::env::var("HAVEN_TEST_DB").as_deref() {
+        Ok("postgres") => Db::Postgres,
+        Ok("sqlite") | Err(_) => Db::Sqlite,
+        Ok(other) => panic!("HAVEN_TEST_DB must be `sqlite` or `postgres`, not `{other}`"),
+    }
+}
+
+/// A fresh, empty database URL for one test.
+pub async fn fresh_database(dir: &Path) -> String {
+    match db() {
+        Db::Sqlite => dir.join("gateway.db").display().to_string(),
+        Db::Postgres => {
+            let admin = std::env::var("HAVEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let name = format!("haven_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for HAVEN_TEST_DB=postgres: {e}"));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// A running gateway with development certificates for the sample network.
+pub struct TestNet {
+    pub dir: TempDir,
+    pub certs: CertsDir,
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+    pub database: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNet {
+    /// Makes certificates, opens a fresh database and serves a gateway on 127.0.0.1:0.
+    pub async fn start() -> TestNet {
+        Self::start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// The same, with a given clock.
+    pub async fn start_with_clock(clock: SharedClock) -> TestNet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs_path = dir.path().join("certs");
+        haven_certs::init(&policies_dir().join("orgs.toml"), &certs_path, false).expect("dev PKI");
+        let database = fresh_database(dir.path()).await;
+        let mut config = Config::new(certs_path.clone(), policies_dir(), database.clone());
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let gateway = Gateway::open(config, clock).await.expect("gateway starts");
+        let listener = gateway.bind().await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let g = gateway.clone();
+        let server = tokio::spawn(async move {
+            let _ = g
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        TestNet { dir, certs: CertsDir(certs_path), gateway, addr, database, stop: Some(stop), server: Some(server) }
+    }
+
+    /// The gateway URL.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// A node's link to this gateway, with the organization's dev certificates.
+    pub fn link(&self, org: &str) -> GatewayLink {
+        let org = OrgId::parse(org).expect("org id");
+        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), Arc::new(SystemClock)).expect("link")
+    }
+
+    /// A channel presenting an arbitrary client certificate (or none), trusting `ca`.
+    pub async fn channel_with(&self, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(std::fs::read(cert).expect("cert"), std::fs::read(key).expect("key")));
+        }
+        Endpoint::from_shared(self.url()).expect("url").tls_config(tls)?.connect().await
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
