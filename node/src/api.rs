@@ -31,11 +31,9 @@ impl NodeService {
         let token = raw
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <your node token>`"))?;
-        self.state
-            .users
-            .authenticate(token)
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown node token; ask your administrator for one (`haven-node users add`)"))
+        self.state.users.authenticate(token).cloned().ok_or_else(|| {
+            Status::unauthenticated("unknown node token; ask your administrator for one (`haven-node users add`)")
+        })
     }
 }
 
@@ -110,7 +108,10 @@ impl Node for NodeService {
         Err(not_yet("Node.ListConsents"))
     }
 
-    async fn witness_status(&self, req: Request<WitnessStatusRequest>) -> Result<Response<WitnessStatusResponse>, Status> {
+    async fn witness_status(
+        &self,
+        req: Request<WitnessStatusRequest>,
+    ) -> Result<Response<WitnessStatusResponse>, Status> {
         self.user(&req)?;
         Err(not_yet("Node.WitnessStatus"))
     }

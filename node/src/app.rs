@@ -83,7 +83,11 @@ impl Node {
     }
 
     /// Runs the delivery stream and serves the API on `listener` until `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stream = tokio::spawn(crate::stream::run(self.state.link.clone(), self.stream_tx, stop_rx));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -104,19 +108,27 @@ impl Node {
                     .max_encoding_message_size(4 * 1024 * 1024),
             );
         let result = match &self.config.api_tls {
-            None => router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await,
+            None => {
+                router
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+                    .await
+            }
             Some((cert, key)) => {
                 let chain = haven_trust::pki::load_certs(cert).map_err(|e| NodeError::Tls(e.to_string()))?;
                 let key = haven_trust::pki::load_key(key).map_err(|e| NodeError::Tls(e.to_string()))?;
-                let config = haven_trust::pki::plain_server_config(chain, key).map_err(|e| NodeError::Tls(e.to_string()))?;
+                let config =
+                    haven_trust::pki::plain_server_config(chain, key).map_err(|e| NodeError::Tls(e.to_string()))?;
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-                let incoming = futures::StreamExt::filter_map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |tcp| {
-                    let acceptor = acceptor.clone();
-                    async move {
-                        let tcp = tcp.ok()?;
-                        acceptor.accept(tcp).await.ok().map(Ok::<_, std::io::Error>)
-                    }
-                });
+                let incoming = futures::StreamExt::filter_map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    move |tcp| {
+                        let acceptor = acceptor.clone();
+                        async move {
+                            let tcp = tcp.ok()?;
+                            acceptor.accept(tcp).await.ok().map(Ok::<_, std::io::Error>)
+                        }
+                    },
+                );
                 router.serve_with_incoming_shutdown(incoming, shutdown).await
             }
         };

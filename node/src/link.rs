@@ -129,7 +129,8 @@ impl GatewayLink {
         {
             return Ok(tok.clone());
         }
-        let tok = self.signer.mint(person, role, now, MAX_LIFETIME_SECS).map_err(|e| LinkError::Signer(e.to_string()))?;
+        let tok =
+            self.signer.mint(person, role, now, MAX_LIFETIME_SECS).map_err(|e| LinkError::Signer(e.to_string()))?;
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(key, (tok.clone(), now + MAX_LIFETIME_SECS));
         }

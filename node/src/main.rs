@@ -131,7 +131,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let link = LinkConfig { gateway_name: args.gateway_name, ..LinkConfig::from_certs_dir(args.gateway, &CertsDir(args.certs), args.org) };
+    let link = LinkConfig {
+        gateway_name: args.gateway_name,
+        ..LinkConfig::from_certs_dir(args.gateway, &CertsDir(args.certs), args.org)
+    };
     let config = NodeConfig {
         link,
         database: args.database,
@@ -147,7 +150,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn add_user(file: &std::path::Path, name: PersonId, role: Role) -> anyhow::Result<()> {
-    let mut users = if file.exists() { Users::load(file).map_err(|e| anyhow::anyhow!("{e}"))? } else { Users::default() };
+    let mut users =
+        if file.exists() { Users::load(file).map_err(|e| anyhow::anyhow!("{e}"))? } else { Users::default() };
     let token = users.add(name.clone(), role);
     users.save(file)?;
     println!("added {name} ({role}) to {}", file.display());
@@ -156,7 +160,9 @@ fn add_user(file: &std::path::Path, name: PersonId, role: Role) -> anyhow::Resul
 }
 
 async fn whoami(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = NodeClient::connect(args.node.clone()).await.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", args.node))?;
+    let mut client = NodeClient::connect(args.node.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", args.node))?;
     let mut req = tonic::Request::new(WhoAmIRequest {});
     req.metadata_mut().insert("authorization", format!("Bearer {}", args.token).parse()?);
     let resp = client.who_am_i(req).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?.into_inner();

@@ -41,7 +41,8 @@ pub async fn fresh_database(dir: &Path) -> String {
     match db() {
         Db::Sqlite => dir.join("gateway.db").display().to_string(),
         Db::Postgres => {
-            let admin = std::env::var("HAVEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let admin =
+                std::env::var("HAVEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let name = format!("haven_test_{}", uuid::Uuid::new_v4().simple());
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
@@ -104,16 +105,22 @@ impl TestNet {
     /// A node's link to this gateway, with the organization's dev certificates.
     pub fn link(&self, org: &str) -> GatewayLink {
         let org = OrgId::parse(org).expect("org id");
-        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), Arc::new(SystemClock)).expect("link")
+        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), Arc::new(SystemClock))
+            .expect("link")
     }
 
     /// A channel presenting an arbitrary client certificate (or none), trusting `ca`.
-    pub async fn channel_with(&self, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel_with(
+        &self,
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")))
             .domain_name("localhost");
         if let Some((cert, key)) = identity {
-            tls = tls.identity(Identity::from_pem(std::fs::read(cert).expect("cert"), std::fs::read(key).expect("key")));
+            tls =
+                tls.identity(Identity::from_pem(std::fs::read(cert).expect("cert"), std::fs::read(key).expect("key")));
         }
         Endpoint::from_shared(self.url()).expect("url").tls_config(tls)?.connect().await
     }

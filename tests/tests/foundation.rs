@@ -88,11 +88,17 @@ async fn a_pinned_certificate_and_valid_token_reach_whoami() {
 }
 
 /// A refused handshake shows up at connect time or on the first call, never as a successful call.
-async fn handshake_refused(net: &TestNet, ca: &std::path::Path, identity: Option<(&std::path::Path, &std::path::Path)>) {
+async fn handshake_refused(
+    net: &TestNet,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) {
     match net.channel_with(ca, identity).await {
         Err(_) => {}
         Ok(ch) => {
-            let token = signer(net, "harbor", "harbor").mint(&PersonId::parse("casey").unwrap(), Role::Caseworker, SystemClock.now_secs(), 60).unwrap();
+            let token = signer(net, "harbor", "harbor")
+                .mint(&PersonId::parse("casey").unwrap(), Role::Caseworker, SystemClock.now_secs(), 60)
+                .unwrap();
             let mut req = tonic::Request::new(WhoAmIRequest {});
             req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
             let err = GatewayClient::new(ch).who_am_i(req).await.expect_err("handshake must be refused");
@@ -133,7 +139,9 @@ async fn a_ca_signed_certificate_that_is_not_pinned_is_unauthenticated() {
     let bad = net.dir.path().join("unpinned");
     haven_certs::issue_unpinned_org_cert(net.certs.0.as_path(), &org("harbor"), &bad).unwrap();
     let ch = net.channel_with(&net.certs.ca_cert(), Some((&bad.join("tls.crt"), &bad.join("tls.key")))).await.unwrap();
-    let token = signer(&net, "harbor", "harbor").mint(&PersonId::parse("casey").unwrap(), Role::Caseworker, SystemClock.now_secs(), 60).unwrap();
+    let token = signer(&net, "harbor", "harbor")
+        .mint(&PersonId::parse("casey").unwrap(), Role::Caseworker, SystemClock.now_secs(), 60)
+        .unwrap();
     let mut req = tonic::Request::new(WhoAmIRequest {});
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let err = GatewayClient::new(ch).who_am_i(req).await.expect_err("unpinned");
@@ -169,7 +177,12 @@ async fn revocation_and_reload_refuse_new_handshakes_and_close_open_streams() {
     let status = closed.expect("closed with a status");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     drop(tx);
-    handshake_refused(&net, &net.certs.ca_cert(), Some((&net.certs.org_tls_cert(&org("harbor")), &net.certs.org_tls_key(&org("harbor"))))).await;
+    handshake_refused(
+        &net,
+        &net.certs.ca_cert(),
+        Some((&net.certs.org_tls_cert(&org("harbor")), &net.certs.org_tls_key(&org("harbor")))),
+    )
+    .await;
     net.stop().await;
 }
 
@@ -178,7 +191,9 @@ async fn the_delivery_stream_requires_role_node() {
     let net = TestNet::start().await;
     let link = net.link("harbor");
     let (_tx, rx) = tokio::sync::mpsc::channel::<NodeFrame>(4);
-    let req = link.request(&PersonId::parse("casey").unwrap(), Role::Caseworker, tokio_stream::wrappers::ReceiverStream::new(rx)).unwrap();
+    let req = link
+        .request(&PersonId::parse("casey").unwrap(), Role::Caseworker, tokio_stream::wrappers::ReceiverStream::new(rx))
+        .unwrap();
     let err = GatewayClient::new(link.channel()).deliveries(req).await.expect_err("caseworker cannot open the stream");
     assert_eq!(err.code(), Code::PermissionDenied);
     net.stop().await;
@@ -221,7 +236,12 @@ async fn an_hs256_token_keyed_with_the_public_key_is_unauthenticated() {
     let mut header = s.header();
     header.alg = jsonwebtoken::Algorithm::HS256;
     let public = std::fs::read(net.certs.org_signing_cert(&org("harbor"))).unwrap();
-    let token = jsonwebtoken::encode(&header, &claims(&net, "harbor"), &jsonwebtoken::EncodingKey::from_secret(&public).unwrap()).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(&net, "harbor"),
+        &jsonwebtoken::EncodingKey::from_secret(&public).unwrap(),
+    )
+    .unwrap();
     refused(&net, token, "not allowed").await;
     net.stop().await;
 }
@@ -322,7 +342,9 @@ async fn rejections_are_aggregated_into_the_audit_log() {
 async fn pins_are_readable_by_any_organization() {
     let net = TestNet::start().await;
     let link = net.link("maple-house");
-    let req = link.request(&PersonId::parse("sam").unwrap(), Role::Caseworker, GetPinsRequest { org_id: "maple-house".into() }).unwrap();
+    let req = link
+        .request(&PersonId::parse("sam").unwrap(), Role::Caseworker, GetPinsRequest { org_id: "maple-house".into() })
+        .unwrap();
     let pins = GatewayClient::new(link.channel()).get_pins(req).await.unwrap().into_inner();
     let own = haven_trust::pki::load_certs(&net.certs.org_tls_cert(&org("maple-house"))).unwrap();
     assert_eq!(pins.orgs.len(), 1);
@@ -346,7 +368,12 @@ async fn migrations_run_on_a_fresh_database_and_twice_is_harmless() {
 async fn a_rolled_back_change_leaves_no_audit_entry_and_a_committed_one_always_has_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&fresh_database(dir.path()).await).await.unwrap();
-    let entry = || AuditEntry { time_micros: 1, action: "consent_registered".into(), outcome: "ok".into(), ..Default::default() };
+    let entry = || AuditEntry {
+        time_micros: 1,
+        action: "consent_registered".into(),
+        outcome: "ok".into(),
+        ..Default::default()
+    };
 
     let mut tx = store.begin().await.unwrap();
     audit::append_one(&mut tx, entry()).await.unwrap();
@@ -367,7 +394,9 @@ async fn the_audit_log_refuses_update_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&fresh_database(dir.path()).await).await.unwrap();
     let mut tx = store.begin().await.unwrap();
-    audit::append_one(&mut tx, AuditEntry { time_micros: 1, action: "decided".into(), ..Default::default() }).await.unwrap();
+    audit::append_one(&mut tx, AuditEntry { time_micros: 1, action: "decided".into(), ..Default::default() })
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let upd = sqlx::query("UPDATE audit_log SET outcome = 'forged'").execute(store.pool()).await;
     assert!(upd.unwrap_err().to_string().contains("append-only"));

@@ -113,13 +113,9 @@ impl Bundle {
                 spans.push(Some((n, rule_spans)));
             }
         }
-        let (Some(registry), Some(network), Some(purposes), Some(schema)) = (registry, network, purposes, schema)
-        else {
+        let (Some(registry), Some(purposes), Some(schema)) = (registry, purposes, schema) else {
             return Err(files::in_order(problems));
         };
-        if !problems.is_empty() {
-            return Err(files::in_order(problems));
-        }
         let mut content: Vec<(String, &str)> = Vec::new();
         for (name, src) in TOP_FILES.iter().zip([&network_src, &orgs_src, &purposes_src, &schema_src]) {
             content.extend(src.as_ref().map(|s| ((*name).to_owned(), s.text.as_str())));
@@ -129,8 +125,17 @@ impl Bundle {
             content.push((format!("rules/{name}"), src.text.as_str()));
         }
         let digest = digest_files(content);
-        let parts = BundleParts { registry, network, purposes, schema, rules };
-        assemble(parts, &spans, &rule_sources, digest)
+        // The rules that did parse are checked even when something else is wrong (with default network
+        // parameters if network.toml is broken), so one run lists every problem.
+        let parts = BundleParts { registry, network: network.unwrap_or_default(), purposes, schema, rules };
+        match assemble(parts, &spans, &rule_sources, digest) {
+            Ok(bundle) if problems.is_empty() => Ok(bundle),
+            Ok(_) => Err(files::in_order(problems)),
+            Err(more) => {
+                problems.extend(more);
+                Err(files::in_order(problems))
+            }
+        }
     }
 
     /// Builds a bundle from parts made in memory. The rules are checked exactly as loaded rules are;
@@ -328,7 +333,7 @@ fn assemble(
         }
     }
     if !problems.is_empty() {
-        return Err(files::in_order(problems));
+        return Err(problems);
     }
     let index = RuleIndex::build(&compiled);
     let version = BundleVersion { digest, label: parts.network.label.clone() };

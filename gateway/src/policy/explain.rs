@@ -178,3 +178,67 @@ impl fmt::Display for Explanation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use haven_trust::ids::Role;
+
+    use super::*;
+    use crate::policy::fixtures::{NOW, Req, consent, given, shipped};
+
+    #[test]
+    fn every_rule_says_whether_it_applied_and_if_not_why() {
+        let b = shipped();
+        let c = consent("harbor", &["investigation"], &["metro-police"], &["identifying", "contact", "operational"]);
+        let mut req =
+            Req::new("harbor", "metro-police", "referral", "investigation", &["safe_to_contact_by", "urgency"]);
+        req.role = Role::Liaison;
+        let e = explain(&req.get(), &b, given(&c), NOW);
+        assert_eq!(e.decision, decide(&req.get(), &b, given(&c), NOW), "explain reports decide's decision");
+        assert_eq!(e.rules.len(), b.rules().len());
+        let why = |id: &str| e.rules.iter().find(|r| r.rule_id == id).map(|r| (r.applied, r.why.clone())).unwrap();
+        assert_eq!(
+            why("ngo-to-law-enforcement-investigation"),
+            (false, "person role `liaison` is not in its person_roles (caseworker, privacy_officer)".to_owned())
+        );
+        assert_eq!(
+            why("ngo-to-shelter-housing"),
+            (false, "recipient `metro-police` (law_enforcement) is not in `to` (type shelter)".to_owned())
+        );
+        assert_eq!(
+            why("no-identity-in-safety-alerts"),
+            (false, "purpose `investigation` is not in its purposes (safety_alert)".to_owned())
+        );
+        assert_eq!(
+            why("ngo-safety-alert-to-law-enforcement"),
+            (false, "it is about kind `alert`, not `referral`".to_owned())
+        );
+        assert_eq!(
+            why("clinic-to-legal-aid-pilot"),
+            (false, "sender `harbor` (ngo) is not in `from` (riverside-clinic)".to_owned())
+        );
+        let text = e.to_string();
+        assert!(text.starts_with("decision: deny, role_not_permitted (the allow rule does not let a person in this role use it): ngo-to-law-enforcement-investigation\n"), "{text}");
+        assert!(text.contains("  - ngo-to-law-enforcement-investigation (allow, "), "{text}");
+
+        req.role = Role::Caseworker;
+        let mut revoked = c.clone();
+        revoked.purposes = vec!["housing".to_owned()];
+        let e = explain(&req.get(), &b, given(&revoked), NOW);
+        assert!(
+            e.rules.iter().any(|r| r.why.starts_with("fits, but its consent check fails: consent_purpose_not_covered")),
+            "{e}"
+        );
+        let e = explain(&req.get(), &b, given(&c), NOW);
+        let applied: Vec<&str> = e.rules.iter().filter(|r| r.applied).map(|r| r.why.as_str()).collect();
+        assert_eq!(applied, ["applies under the consent: grants `safe_to_contact_by`, `urgency`"]);
+    }
+
+    #[test]
+    fn a_request_naming_an_unknown_organization_is_explained_without_rules() {
+        let b = shipped();
+        let e = explain(&Req::new("harbor", "ghost-shelter", "referral", "housing", &[]).get(), &b, None, NOW);
+        assert!(e.rules.is_empty());
+        assert!(e.to_string().contains("no rule was evaluated"), "{e}");
+    }
+}

@@ -190,7 +190,7 @@ pub fn load(tests_dir: &Path, bundle: &Bundle) -> Result<Vec<TestCase>, Vec<Loca
     if cases.is_empty() && problems.is_empty() {
         problems.push(whole("no test cases: add `[[case]]` tables to a .toml file here".to_owned()));
     }
-    if problems.is_empty() { Ok(cases) } else { Err(problems) }
+    if problems.is_empty() { Ok(cases) } else { Err(files::in_order(problems)) }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -363,9 +363,13 @@ fn check_case(c: &mut Checker<'_>, at: usize, raw: RawCase, file_now: Option<Off
     let sender_role = match &raw.sender_role {
         None => Some(Role::Caseworker),
         Some(r) => Role::parse(r.get_ref())
-            .map_err(|e| {
-                let hint = files::did_you_mean(r.get_ref(), Role::ALL.map(Role::as_str));
-                c.say(r.span().start, format!("{e}{hint}"));
+            .map_err(|_| {
+                let known = Role::ALL.map(Role::as_str);
+                let hint = files::did_you_mean(r.get_ref(), known);
+                c.say(
+                    r.span().start,
+                    format!("unknown person role `{}`{hint} (known: {})", r.get_ref(), known.join(", ")),
+                );
             })
             .ok(),
     };
@@ -504,4 +508,98 @@ fn check_consent(
         supersedes: None,
     };
     Some((receipt, state?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::policy::fixtures::{copy_shipped, shipped, shipped_dir};
+
+    #[test]
+    fn every_shipped_case_passes() {
+        let report = run(&shipped_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert!(report.outcomes.len() >= 30, "{report}");
+        assert_eq!(report.failed(), 0, "{report}");
+        assert!(report.to_string().ends_with(&format!("\n{} passed, 0 failed\n", report.passed())));
+    }
+
+    #[test]
+    fn the_shipped_cases_cover_every_rule_and_every_reason_decide_can_give() {
+        let bundle = shipped();
+        let cases = load(&shipped_dir().join("tests"), &bundle).unwrap();
+        let decisions: Vec<Decision> = cases.iter().map(|c| c.run(&bundle).decision).collect();
+        let rules: BTreeSet<&str> = decisions.iter().flat_map(|d| d.rule_ids.iter().map(String::as_str)).collect();
+        for rule in bundle.rules() {
+            assert!(rules.contains(rule.id.as_str()), "no case exercises rule `{}`", rule.id);
+        }
+        let reasons: BTreeSet<DenyReason> = decisions.iter().filter_map(|d| d.reason).collect();
+        for reason in DenyReason::all().iter().filter(|r| **r != DenyReason::QuotaExceeded) {
+            assert!(reasons.contains(reason), "no case produces `{}`", reason.code());
+        }
+        assert!(decisions.iter().any(|d| d.allowed));
+    }
+
+    #[test]
+    fn a_failing_case_says_what_differed() {
+        let dir = copy_shipped();
+        std::fs::create_dir(dir.path().join("tests")).unwrap();
+        std::fs::write(
+            dir.path().join("tests/wrong.toml"),
+            r#"
+now = 2025-06-01T12:00:00Z
+
+[[case]]
+name = "expects the wrong thing"
+sender = "harbor"
+recipient = "metro-police"
+kind = "alert"
+purpose = "safety_alert"
+fields = ["incident_type", "victim_name"]
+expect = { decision = "allow", released = ["incident_type", "victim_name"] }
+"#,
+        )
+        .unwrap();
+        let report = run(dir.path()).unwrap();
+        assert_eq!((report.passed(), report.failed()), (0, 1));
+        let text = report.to_string();
+        assert!(text.contains("FAIL "), "{text}");
+        assert!(text.contains("expected released [incident_type, victim_name], got [incident_type]"), "{text}");
+        assert!(text.ends_with("0 passed, 1 failed\n"), "{text}");
+    }
+
+    #[test]
+    fn a_case_with_a_typo_is_refused_rather_than_testing_something_else() {
+        let dir = copy_shipped();
+        std::fs::create_dir(dir.path().join("tests")).unwrap();
+        std::fs::write(
+            dir.path().join("tests/typos.toml"),
+            r#"
+[[case]]
+name = "typos"
+sender = "harbour"
+sender_role = "case_worker"
+recipient = "maple-house"
+kind = "referral"
+purpose = "housing"
+fields = ["urgncy"]
+expect = { decision = "deny", reason = "consent_mising" }
+"#,
+        )
+        .unwrap();
+        let prefix = format!("{}/", dir.path().display());
+        let errs: Vec<String> =
+            run(dir.path()).unwrap_err().iter().map(|e| e.to_string().replace(&prefix, "")).collect();
+        assert_eq!(
+            errs,
+            [
+                "tests/typos.toml:2:1: the case needs a time: give `now` in the case or at the top of the file",
+                "tests/typos.toml:4:10: sender: unknown organization `harbour` (did you mean `harbor`?)",
+                "tests/typos.toml:5:15: unknown person role `case_worker` (did you mean `caseworker`?) (known: caseworker, liaison, privacy_officer, auditor, admin, node)",
+                "tests/typos.toml:9:11: a referral has no field `urgncy` (did you mean `urgency`?)",
+                "tests/typos.toml:10:40: unknown reason `consent_mising` (did you mean `consent_missing`?)",
+            ]
+        );
+    }
 }

@@ -42,7 +42,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum RoleCmd {
     #[command(hide = true)]
-    Gateway { dir: PathBuf, policies: PathBuf },
+    Gateway {
+        dir: PathBuf,
+        policies: PathBuf,
+        /// Defaults to DIR/gateway.db.
+        #[arg(long)]
+        database: Option<String>,
+    },
     #[command(hide = true)]
     Node { dir: PathBuf, org: OrgId, gateway: String },
 }
@@ -59,7 +65,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.role {
-        Some(RoleCmd::Gateway { dir, policies }) => rt.block_on(run_gateway(&dir, &policies)),
+        Some(RoleCmd::Gateway { dir, policies, database }) => rt.block_on(run_gateway(&dir, &policies, database)),
         Some(RoleCmd::Node { dir, org, gateway }) => rt.block_on(run_node(&dir, org, gateway)),
         None => rt.block_on(story(&cli.dir, &cli.policies, cli.keep_running)),
     };
@@ -78,9 +84,10 @@ fn quiet_logs(name: &str) {
     tracing::debug!(process = name, "starting");
 }
 
-async fn run_gateway(dir: &Path, policies: &Path) -> anyhow::Result<()> {
+async fn run_gateway(dir: &Path, policies: &Path, database: Option<String>) -> anyhow::Result<()> {
     quiet_logs("gateway");
-    let mut config = haven_gateway::config::Config::new(dir.join("certs"), policies.to_owned(), dir.join("gateway.db").display().to_string());
+    let database = database.unwrap_or_else(|| dir.join("gateway.db").display().to_string());
+    let mut config = haven_gateway::config::Config::new(dir.join("certs"), policies.to_owned(), database);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let gateway = haven_gateway::app::Gateway::open(config, Arc::new(SystemClock)).await?;
     let listener = gateway.bind().await?;
@@ -213,8 +220,7 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
     println!("\nEvery node reached the gateway over mutual TLS and signed a person token the gateway verified.");
     if keep_running {
         let tokens_file = dir.join("tokens.txt");
-        let text: String =
-            tokens.iter().map(|(o, p, r, t)| format!("{o}\t{p}\t{r}\t{t}\n")).collect();
+        let text: String = tokens.iter().map(|(o, p, r, t)| format!("{o}\t{p}\t{r}\t{t}\n")).collect();
         std::fs::write(&tokens_file, text)?;
         let (org, _, _, token) = &tokens[0];
         let node = nodes.iter().find(|(o, _)| o == org).map(|(_, p)| p.addr).context("node")?;

@@ -162,7 +162,12 @@ fn each_kind_of_mistake_is_refused_with_a_precise_located_message() {
             "[purposes.housing]",
             "purposes.toml:4:2: unknown key `purposes` in purposes.toml (did you mean `purpose`?); known keys: purpose",
         ),
-        ("network.toml", "queue_quota = 10000", "queue_quota = -1", "network.toml:14:15: invalid value: integer `-1`, expected u32"),
+        (
+            "network.toml",
+            "queue_quota = 10000",
+            "queue_quota = -1",
+            "network.toml:14:15: invalid value: integer `-1`, expected u32",
+        ),
         (
             "rules/referrals.toml",
             "consent = \"required\"",
@@ -223,7 +228,7 @@ fn rules_that_can_never_match_are_refused() {
             "rules/law-enforcement.toml",
             "fields = { labels = [\"operational\", \"location\"] }",
             "fields = { labels = [\"location\"] }",
-            "rules/law-enforcement.toml:31:10: rule `ngo-safety-alert-to-law-enforcement`: the rule can never allow a message: it does not release the required field(s) `incident_type` (operational) of kind `alert`",
+            "rules/law-enforcement.toml:32:10: rule `ngo-safety-alert-to-law-enforcement`: the rule can never allow a message: it does not release the required field(s) `incident_type` (operational) of kind `alert`",
         ),
         (
             "rules/law-enforcement.toml",
@@ -269,10 +274,13 @@ fields = { names = ["summary"] }
     )
     .unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
-    assert_eq!(text, [
-        "rule `alerts-with-nothing`: `fields` is empty, so the rule releases nothing; name fields and/or labels",
-        "rule `strips-nothing`: kind `alert` has no field `summary`",
-    ]);
+    assert_eq!(
+        text,
+        [
+            "rule `alerts-with-nothing`: `fields` is empty, so the rule releases nothing; name fields and/or labels",
+            "rule `strips-nothing`: kind `alert` has no field `summary`",
+        ]
+    );
 }
 
 #[test]
@@ -280,17 +288,22 @@ fn every_problem_in_every_file_is_listed_not_just_the_first() {
     let problems = problems_after(|dir| {
         replace(dir, "rules/referrals.toml", "kind = \"referral\"", "kind = \"refferal\"");
         replace(dir, "rules/referrals.toml", "purposes = [\"medical\"]", "purposes = [\"medicine\"]");
-        replace(dir, "rules/referrals.toml", "effect = \"allow\"\nfrom = [\"shelter\"]", "effect = \"allow\"\nform = [\"shelter\"]");
+        replace(
+            dir,
+            "rules/referrals.toml",
+            "effect = \"allow\"\nfrom = [\"shelter\"]",
+            "effect = \"allow\"\nform = [\"shelter\"]",
+        );
         replace(dir, "rules/law-enforcement.toml", "to = [\"county-sheriff\"]", "to = [\"county-sherif\"]");
-        replace(dir, "schema.toml", "max_len = 32", "max_len = 0");
+        replace(dir, "network.toml", "queue_quota = 10000", "queue_quota = 0");
     });
     assert_eq!(problems.len(), 5, "{problems:#?}");
     let expect = [
-        ("rules/law-enforcement.toml:51:7:", "did you mean `county-sheriff`?"),
+        ("network.toml:14:15:", "`queue_quota` must be at least 1"),
+        ("rules/law-enforcement.toml:52:7:", "did you mean `county-sheriff`?"),
         ("rules/referrals.toml:15:8:", "did you mean `referral`?"),
         ("rules/referrals.toml:30:13:", "unknown purpose `medicine`"),
-        ("rules/referrals.toml:40:1:", "unknown key `form` (did you mean `from`?)"),
-        ("schema.toml:32:11:", "`max_len` must be at least 1"),
+        ("rules/referrals.toml:40:1:", "unknown key `form`"),
     ];
     for (p, (at, says)) in problems.iter().zip(expect) {
         assert!(p.starts_with(at) && p.contains(says), "{p} should start {at} and say {says}");
@@ -350,7 +363,10 @@ fn rules_built_in_memory_are_checked_like_loaded_ones() {
         rules: vec![rule],
     };
     let errs = Bundle::from_parts(parts.clone()).unwrap_err();
-    assert_eq!(errs[0].to_string(), "<in-memory bundle>: rule `ngo-to-shelter-housing`: unknown message kind `refferal` (did you mean `referral`?) (known: alert, referral)");
+    assert_eq!(
+        errs[0].to_string(),
+        "<in-memory bundle>: rule `ngo-to-shelter-housing`: unknown message kind `refferal` (did you mean `referral`?) (known: alert, referral)"
+    );
     let mut fixed = parts;
     fixed.rules[0].kind = Some("referral".to_owned());
     let a = Bundle::from_parts(fixed.clone()).unwrap();

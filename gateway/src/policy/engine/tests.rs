@@ -56,7 +56,13 @@ fn a_field_must_have_every_one_of_its_labels_granted() {
     let b = shipped();
     let mut c = housing_consent();
     c.labels.push("sensitive".to_owned());
-    let req = Req::new("harbor", "maple-house", "referral", "housing", &["safe_to_contact_by", "urgency", "accessibility_needs"]);
+    let req = Req::new(
+        "harbor",
+        "maple-house",
+        "referral",
+        "housing",
+        &["safe_to_contact_by", "urgency", "accessibility_needs"],
+    );
     let d = decide(&req.get(), &b, given(&c), NOW);
     assert_eq!(d.released, ["safe_to_contact_by", "urgency"]);
     assert_eq!(d.withheld, ["accessibility_needs"]);
@@ -66,7 +72,8 @@ fn a_field_must_have_every_one_of_its_labels_granted() {
 fn fields_the_kind_does_not_define_are_never_released() {
     let b = shipped();
     let c = housing_consent();
-    let req = Req::new("harbor", "maple-house", "referral", "housing", &["safe_to_contact_by", "urgency", "passport_number"]);
+    let req =
+        Req::new("harbor", "maple-house", "referral", "housing", &["safe_to_contact_by", "urgency", "passport_number"]);
     let d = decide(&req.get(), &b, given(&c), NOW);
     assert!(d.allowed);
     assert_eq!(d.withheld, ["passport_number"]);
@@ -117,7 +124,10 @@ fn a_matching_deny_wins_over_any_allow() {
 
 #[test]
 fn a_deny_with_fields_strips_them_and_lets_the_message_through() {
-    let rules = ALLOW_AND_DENY.replace("to = [\"maple-house\"]", "to = [\"maple-house\"]\nfields = { labels = [\"sensitive\", \"location\"] }");
+    let rules = ALLOW_AND_DENY.replace(
+        "to = [\"maple-house\"]",
+        "to = [\"maple-house\"]\nfields = { labels = [\"sensitive\", \"location\"] }",
+    );
     let b = bundle_with_rules(&rules).unwrap();
     let d = decide(&housing().get(), &b, None, NOW);
     assert!(d.allowed, "{d:?}");
@@ -127,7 +137,10 @@ fn a_deny_with_fields_strips_them_and_lets_the_message_through() {
 
 #[test]
 fn a_deny_that_strips_a_required_field_denies_the_message() {
-    let rules = ALLOW_AND_DENY.replace("to = [\"maple-house\"]", "to = [\"maple-house\"]\nfields = { names = [\"urgency\"] }\nkind = \"referral\"");
+    let rules = ALLOW_AND_DENY.replace(
+        "to = [\"maple-house\"]",
+        "to = [\"maple-house\"]\nfields = { names = [\"urgency\"] }\nkind = \"referral\"",
+    );
     let b = bundle_with_rules(&rules).unwrap();
     let d = decide(&housing().get(), &b, None, NOW);
     denied(&d, DenyReason::RequiredFieldNotReleased);
@@ -164,18 +177,43 @@ fn every_way_a_consent_can_fail_has_its_own_reason() {
     let b = shipped();
     type Breaker = fn(&mut haven_trust::receipt::ConsentReceipt, &mut ConsentState, &mut Req);
     let cases: &[(&str, Breaker, DenyReason, Option<&str>)] = &[
-        ("another org's consent", |c, _, _| c.controller = org("northstar"), DenyReason::ConsentOtherOrganization, Some("northstar")),
+        (
+            "another org's consent",
+            |c, _, _| c.controller = org("northstar"),
+            DenyReason::ConsentOtherOrganization,
+            Some("northstar"),
+        ),
         ("another subject", |c, _, _| c.subject = "s-2".into(), DenyReason::ConsentOtherSubject, Some("c-1")),
         ("no subject named", |_, _, r| r.subject = None, DenyReason::ConsentOtherSubject, Some("c-1")),
         ("withdrawn", |_, s, _| *s = ConsentState::Withdrawn, DenyReason::ConsentWithdrawn, Some("c-1")),
         ("revoked", |_, s, _| *s = ConsentState::Revoked, DenyReason::ConsentRevoked, Some("c-1")),
         ("superseded", |_, s, _| *s = ConsentState::Superseded, DenyReason::ConsentSuperseded, Some("c-1")),
         ("marked expired", |_, s, _| *s = ConsentState::Expired, DenyReason::ConsentExpired, Some("c-1")),
-        ("not yet valid", |c, _, _| c.valid_from = NOW + Duration::seconds(1), DenyReason::ConsentNotYetValid, Some("c-1")),
+        (
+            "not yet valid",
+            |c, _, _| c.valid_from = NOW + Duration::seconds(1),
+            DenyReason::ConsentNotYetValid,
+            Some("c-1"),
+        ),
         ("window ended", |c, _, _| c.valid_until = NOW, DenyReason::ConsentExpired, Some("c-1")),
-        ("other purpose", |c, _, _| c.purposes = vec!["medical".into()], DenyReason::ConsentPurposeNotCovered, Some("housing")),
-        ("other recipient", |c, _, _| c.recipient_orgs = vec![org("riverside-clinic")], DenyReason::ConsentRecipientNotCovered, Some("maple-house")),
-        ("another consent than the one named", |_, _, r| r.consent_id = Some("c-9".into()), DenyReason::ConsentMissing, Some("c-9")),
+        (
+            "other purpose",
+            |c, _, _| c.purposes = vec!["medical".into()],
+            DenyReason::ConsentPurposeNotCovered,
+            Some("housing"),
+        ),
+        (
+            "other recipient",
+            |c, _, _| c.recipient_orgs = vec![org("riverside-clinic")],
+            DenyReason::ConsentRecipientNotCovered,
+            Some("maple-house"),
+        ),
+        (
+            "another consent than the one named",
+            |_, _, r| r.consent_id = Some("c-9".into()),
+            DenyReason::ConsentMissing,
+            Some("c-9"),
+        ),
     ];
     for (what, breaker, reason, detail) in cases {
         let (mut c, mut state, mut req) = (housing_consent(), ConsentState::Given, housing());
@@ -196,7 +234,10 @@ fn a_consent_window_includes_its_start_and_excludes_its_end() {
     assert!(decide(&housing().get(), &b, given(&c), c.valid_from).allowed);
     assert!(decide(&housing().get(), &b, given(&c), c.valid_until - Duration::nanoseconds(1)).allowed);
     denied(&decide(&housing().get(), &b, given(&c), c.valid_until), DenyReason::ConsentExpired);
-    denied(&decide(&housing().get(), &b, given(&c), c.valid_from - Duration::seconds(1)), DenyReason::ConsentNotYetValid);
+    denied(
+        &decide(&housing().get(), &b, given(&c), c.valid_from - Duration::seconds(1)),
+        DenyReason::ConsentNotYetValid,
+    );
 }
 
 #[test]
@@ -213,7 +254,8 @@ fn rules_without_consent_ignore_any_consent_given() {
     let b = shipped();
     let mut c = housing_consent();
     c.controller = org("northstar");
-    let req = Req::new("harbor", "metro-police", "alert", "safety_alert", &["incident_type", "location_area", "victim_name"]);
+    let req =
+        Req::new("harbor", "metro-police", "alert", "safety_alert", &["incident_type", "location_area", "victim_name"]);
     let d = decide(&req.get(), &b, Some(ConsentView { receipt: &c, state: ConsentState::Revoked }), NOW);
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.released, ["incident_type", "location_area"]);
@@ -323,7 +365,10 @@ fn names_the_bundle_does_not_know_are_denied_without_looking_at_rules() {
     let b = shipped();
     let d = decide(&Req::new("harbor", "ghost-shelter", "referral", "housing", &["urgency"]).get(), &b, None, NOW);
     denied(&d, DenyReason::UnknownRecipient);
-    assert_eq!((d.reason_detail.as_deref(), d.withheld.as_slice()), (Some("ghost-shelter"), &["urgency".to_owned()][..]));
+    assert_eq!(
+        (d.reason_detail.as_deref(), d.withheld.as_slice()),
+        (Some("ghost-shelter"), &["urgency".to_owned()][..])
+    );
     let d = decide(&Req::new("ghost-ngo", "maple-house", "referral", "housing", &[]).get(), &b, None, NOW);
     denied(&d, DenyReason::NoRuleMatched);
     let d = decide(&Req::new("harbor", "maple-house", "postcard", "housing", &[]).get(), &b, None, NOW);
@@ -356,8 +401,15 @@ fn candidate_recipients_are_the_organizations_an_allow_rule_could_reach() {
     let b = shipped();
     let ids = |v: Vec<haven_trust::ids::OrgId>| v.into_iter().map(|o| o.to_string()).collect::<Vec<_>>();
     let harbor = org("harbor");
-    assert_eq!(ids(b.candidate_recipients(&harbor, Role::Caseworker, "alert", "safety_alert")), ["county-sheriff", "metro-police"]);
-    assert_eq!(ids(b.candidate_recipients(&harbor, Role::Caseworker, "referral", "counselling")), ["northstar"], "never the sender");
+    assert_eq!(
+        ids(b.candidate_recipients(&harbor, Role::Caseworker, "alert", "safety_alert")),
+        ["county-sheriff", "metro-police"]
+    );
+    assert_eq!(
+        ids(b.candidate_recipients(&harbor, Role::Caseworker, "referral", "counselling")),
+        ["northstar"],
+        "never the sender"
+    );
     assert!(b.candidate_recipients(&harbor, Role::Liaison, "alert", "safety_alert").is_empty());
     assert!(b.candidate_recipients(&org("maple-house"), Role::Caseworker, "alert", "safety_alert").is_empty());
     assert!(b.candidate_recipients(&harbor, Role::Caseworker, "alert", "no_such_purpose").is_empty());
@@ -396,7 +448,12 @@ fn the_index_decides_exactly_as_the_linear_scan_on_the_shipped_bundle() {
                 for purpose in &purposes {
                     for role in Role::ALL {
                         let fields: Vec<&str> = b.schema().kind(kind).unwrap().field_names().collect();
-                        let c = consent(sender.as_str(), &[purpose], &[recipient.as_str()], &["identifying", "contact", "operational"]);
+                        let c = consent(
+                            sender.as_str(),
+                            &[purpose],
+                            &[recipient.as_str()],
+                            &["identifying", "contact", "operational"],
+                        );
                         let req = DecisionRequest {
                             sender,
                             sender_role: role,
