@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use haven_trust::audit::{Action, AuditEntry, CheckpointSigner};
 use haven_trust::clock::SharedClock;
 use haven_trust::pki::{self, CertsDir, PkiError};
-use haven_trust::registry::Registry;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use crate::audit::{self, Rejections};
 use crate::config::Config;
 use crate::identity::{Authenticator, Trust};
+use crate::policy::Bundle;
 use crate::store::{Store, StoreError};
 
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
@@ -43,10 +43,16 @@ pub struct Inner {
     pub tls: Arc<RwLock<Arc<ServerConfig>>>,
     pub rejections: Arc<Rejections>,
     pub checkpoints: CheckpointSigner,
+    /// The audit log's Merkle tree, checkpoints and proofs; `audit_log.subscribe()` yields each newly
+    /// signed checkpoint for the delivery streams.
+    pub audit_log: audit::AuditLog,
     /// The secret for recipient-scoped pseudonyms; shared by replicas.
     pub pseudonym_key: [u8; 32],
     /// Bumped on every reload, so open streams re-check their peer.
     pub reloads: watch::Sender<u64>,
+    /// Flips to true when the gateway starts shutting down, so open streams end and shutdown is not
+    /// held up by nodes that never hang up.
+    pub closing: watch::Sender<bool>,
     /// The open delivery streams, one per organization.
     pub streams: crate::stream::Streams,
 }
@@ -63,11 +69,14 @@ fn read_text(path: PathBuf) -> Result<String, StartError> {
     std::fs::read_to_string(&path).map_err(|e| StartError::File(format!("cannot read {}: {e}", path.display())))
 }
 
-fn load_trust(config: &Config) -> Result<(Trust, Arc<ServerConfig>), StartError> {
+fn load_bundle(config: &Config) -> Result<Bundle, StartError> {
+    let pins = certs(config).pins();
+    Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
+        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))
+}
+
+fn load_tls(config: &Config) -> Result<(std::collections::HashSet<Vec<u8>>, Arc<ServerConfig>), StartError> {
     let dir = certs(config);
-    let pins = dir.pins();
-    let registry = Registry::load(&config.policies.join("orgs.toml"), pins.exists().then_some(pins.as_path()))
-        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))?;
     let ca = pki::load_certs(&dir.ca_cert())?;
     let crls = pki::load_crls(&dir.crl())?;
     let revoked_serials = pki::revoked_serials(&crls)?.into_iter().collect();
@@ -77,7 +86,7 @@ fn load_trust(config: &Config) -> Result<(Trust, Arc<ServerConfig>), StartError>
         pki::load_certs(&dir.gateway_tls_cert())?,
         pki::load_key(&dir.gateway_tls_key())?,
     )?;
-    Ok((Trust { registry, revoked_serials }, Arc::new(tls)))
+    Ok((revoked_serials, Arc::new(tls)))
 }
 
 impl Gateway {
@@ -85,13 +94,21 @@ impl Gateway {
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
         let dir = certs(&config);
-        let (trust, tls) = load_trust(&config)?;
+        let bundle = Arc::new(load_bundle(&config)?);
+        let (revoked_serials, tls) = load_tls(&config)?;
+        let trust = Trust { bundle, revoked_serials };
         let signing_cert = pki::load_certs(&dir.gateway_signing_cert())?;
         let checkpoints = CheckpointSigner::new(&read_text(dir.gateway_signing_key())?, signing_cert[0].as_ref())
             .map_err(|e| StartError::File(format!("{}: {e}", dir.gateway_signing_key().display())))?;
         let pseudonym_key = parse_pseudonym_key(&read_text(dir.pseudonym_key())?)
             .map_err(|e| StartError::File(format!("{}: {e}", dir.pseudonym_key().display())))?;
         let store = Store::open(&config.database).await?;
+        let network = trust.bundle.network();
+        let cadence = audit::Cadence {
+            every_entries: network.checkpoint_every_entries,
+            every: std::time::Duration::from_secs(network.checkpoint_every_secs),
+        };
+        let audit_log = audit::AuditLog::new(store.clone(), checkpoints.clone(), clock.clone(), cadence);
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let rejections = Arc::new(Rejections::default());
         let auth = Authenticator::new(trust.clone(), clock.clone(), rejections.clone());
@@ -104,54 +121,90 @@ impl Gateway {
             tls: Arc::new(RwLock::new(tls)),
             rejections,
             checkpoints,
+            audit_log,
             pseudonym_key,
             reloads: watch::channel(0).0,
             streams: Default::default(),
+            closing: watch::channel(false).0,
         }));
         gateway.record_system(Action::GatewayStarted, "ok", "").await?;
         Ok(gateway)
     }
 
-    /// Re-reads the CRL and the registry (SIGHUP). On success, new handshakes use the new CRL, cached
-    /// tokens are forgotten, and open streams re-check their certificates. On failure nothing changes.
-    pub async fn reload(&self) -> Result<(), StartError> {
-        match load_trust(&self.0.config) {
-            Ok((trust, tls)) => {
-                if let Ok(mut t) = self.0.trust.write() {
-                    *t = Arc::new(trust);
-                }
-                if let Ok(mut t) = self.0.tls.write() {
-                    *t = tls;
-                }
-                self.0.auth.clear_cache();
-                self.0.reloads.send_modify(|g| *g += 1);
-                tracing::info!("reloaded CRL and registry");
-                Ok(())
+    /// Re-reads the CRL and the policy bundle, registry included (SIGHUP, and the reload RPC). The
+    /// CRL applies to the next handshake and open streams re-check their certificates. A bundle that
+    /// fails validation is refused, with every problem logged and a `policy_reload_rejected` entry, and
+    /// the old one stays in force; a good one is swapped in atomically (each decision uses exactly one
+    /// bundle) with a `policy_reloaded` entry naming the old (`object_id`) and new (`bundle_version`)
+    /// versions. Returns the old and new versions.
+    pub async fn reload(&self, actor: Option<&haven_trust::ids::Caller>) -> Result<(String, String), StartError> {
+        let (revoked_serials, tls) = load_tls(&self.0.config)?;
+        let old = self.bundle();
+        let loaded = load_bundle(&self.0.config);
+        let bundle = match &loaded {
+            Ok(b) => Arc::new(b.clone()),
+            Err(_) => old.clone(),
+        };
+        if let Ok(mut t) = self.0.trust.write() {
+            *t = Arc::new(Trust { bundle: bundle.clone(), revoked_serials });
+        }
+        if let Ok(mut t) = self.0.tls.write() {
+            *t = tls;
+        }
+        self.0.auth.clear_cache();
+        self.0.reloads.send_modify(|g| *g += 1);
+        let mut entry = AuditEntry {
+            time_micros: self.0.clock.now_micros(),
+            actor_org: actor.map(|c| c.org.to_string()).unwrap_or_default(),
+            actor_person: actor.map(|c| c.person.to_string()).unwrap_or_default(),
+            actor_role: actor.map_or_else(|| "system".to_owned(), |c| c.role.to_string()),
+            object_id: old.version_id().to_owned(),
+            bundle_version: bundle.version_id().to_owned(),
+            ..Default::default()
+        };
+        match loaded {
+            Ok(_) => {
+                entry.action = Action::PolicyReloaded.as_str().into();
+                entry.outcome = "ok".into();
+                self.append_entry(entry).await?;
+                tracing::info!(old = %old.version(), new = %bundle.version(), "reloaded CRL and policy bundle");
+                Ok((old.version_id().to_owned(), bundle.version_id().to_owned()))
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload refused; the previous CRL and registry stay in force");
+                entry.action = Action::PolicyReloadRejected.as_str().into();
+                entry.outcome = "refused".into();
+                entry.reason = "bundle_invalid".into();
+                self.append_entry(entry).await?;
+                tracing::error!(error = %e, "policy bundle refused; the previous bundle stays in force");
                 Err(e)
             }
         }
     }
 
-    /// Writes a system entry (no person acted) in its own transaction.
-    async fn record_system(&self, action: Action, outcome: &str, reason: &str) -> Result<(), StoreError> {
+    /// The policy bundle in force.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        self.0.auth.trust().bundle.clone()
+    }
+
+    async fn append_entry(&self, entry: AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.0.store.begin().await?;
-        audit::append_one(
-            &mut tx,
-            AuditEntry {
-                time_micros: self.0.clock.now_micros(),
-                actor_role: "system".into(),
-                action: action.as_str().into(),
-                outcome: outcome.into(),
-                reason: reason.into(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        audit::append_one(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Writes a system entry (no person acted) in its own transaction.
+    async fn record_system(&self, action: Action, outcome: &str, reason: &str) -> Result<(), StoreError> {
+        self.append_entry(AuditEntry {
+            time_micros: self.0.clock.now_micros(),
+            actor_role: "system".into(),
+            action: action.as_str().into(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+            bundle_version: self.bundle().version_id().to_owned(),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Binds the configured listen address, naming it if it is taken.
@@ -178,8 +231,15 @@ impl Gateway {
                 }
             })
         };
+        let integrator = self.0.audit_log.spawn();
+        let closing = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing.0.closing.send(true);
+        };
         let result = crate::server::run(self.clone(), listener, shutdown).await;
         flusher.abort();
+        integrator.abort();
         if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
             tracing::warn!(error = %e, "could not write aggregated rejections at shutdown");
         }
@@ -197,7 +257,7 @@ impl Gateway {
             let g = self.clone();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    let _ = g.reload().await;
+                    let _ = g.reload(None).await;
                 }
             })
         };

@@ -22,7 +22,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// How long a unary call may take.
     pub request_timeout: Duration,
-    /// HTTP/2 keepalive ping interval; also the delivery stream's heartbeat.
+    /// HTTP/2 keepalive ping interval and timeout.
     pub keepalive: Duration,
 }
 

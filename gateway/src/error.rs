@@ -22,6 +22,12 @@ pub enum Error {
     /// The state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A position or size past the end (a cursor, a tree size); the message says where the end is.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// An invariant of stored data does not hold (for example a damaged Merkle tree).
+    #[error("{0}")]
+    Internal(String),
     /// The database failed; nothing was committed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -41,6 +47,11 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal(m)
+            }
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("the gateway's database is unavailable; nothing was committed, retry later")

@@ -168,15 +168,21 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
-/// Revocation state read from the CRL, beside the registry it was loaded with.
-#[derive(Debug, Default)]
+/// What the gateway trusts right now: the policy bundle (which holds the registry and its pins) and
+/// the serial numbers on the CRL. Swapped as a whole on reload.
+#[derive(Debug)]
 pub struct Trust {
-    pub registry: Registry,
+    pub bundle: Arc<crate::policy::Bundle>,
     /// Serial numbers on the CRL.
     pub revoked_serials: HashSet<Vec<u8>>,
 }
 
 impl Trust {
+    /// The organization registry of the bundle in force.
+    pub fn registry(&self) -> &Registry {
+        self.bundle.registry()
+    }
+
     /// Checks a connection's certificate against the current registry and CRL.
     pub fn check_peer(&self, cert: &CertInfo, now_secs: i64) -> Result<(OrgId, haven_trust::ids::OrgType), AuthError> {
         if self.revoked_serials.contains(&cert.serial) {
@@ -186,7 +192,7 @@ impl Trust {
             return Err(AuthError::CertificateExpired);
         }
         let org = cert.org().map_err(AuthError::BadCertificate)?;
-        let entry = self.registry.get(&org).ok_or_else(|| AuthError::UnknownOrg(org.to_string()))?;
+        let entry = self.registry().get(&org).ok_or_else(|| AuthError::UnknownOrg(org.to_string()))?;
         if !entry.tls_pins.contains(&cert.fingerprint) {
             return Err(AuthError::NotPinned { org: org.to_string(), fingerprint: cert.fingerprint.to_hex() });
         }
@@ -221,7 +227,10 @@ impl Authenticator {
 
     /// The current trust state.
     pub fn trust(&self) -> Arc<Trust> {
-        self.trust.read().map(|t| t.clone()).unwrap_or_default()
+        match self.trust.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Authenticates a request from its peer info and metadata, recording a rejection when it fails.
@@ -271,7 +280,7 @@ impl Authenticator {
         let verified = match cached {
             Some(claims) => token::check_claims(&claims, &org, &cert.fingerprint, now)?,
             None => {
-                let (claims, key_org, _) = token::verify_signed::<Claims>(jwt, &trust.registry)?;
+                let (claims, key_org, _) = token::verify_signed::<Claims>(jwt, trust.registry())?;
                 if key_org != org {
                     return Err(TokenError::OtherOrganizationKey {
                         key_org: key_org.to_string(),

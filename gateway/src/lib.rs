@@ -12,9 +12,12 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod consent;
+pub mod envelope;
 pub mod error;
 pub mod identity;
 pub mod policy;
+pub mod routing;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -37,6 +37,9 @@ enum Command {
     /// Check, test and explain a policy bundle.
     #[command(subcommand)]
     Policy(haven_gateway::policy::cli::PolicyCommand),
+    /// Verify an audit export offline.
+    #[command(subcommand)]
+    Audit(haven_gateway::audit::cli::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy(cmd) => haven_gateway::policy::cli::run(cmd),
+        Command::Audit(cmd) => haven_gateway::audit::cli::run(cmd),
         Command::Serve(args) => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Runtime::new() {

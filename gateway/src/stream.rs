@@ -78,11 +78,16 @@ pub async fn run(
     let id = Uuid::now_v7();
     let mut fenced = g.streams.open(&caller.org, id);
     let mut reloads = g.reloads.subscribe();
+    let mut closing = g.closing.subscribe();
+    let closed = async move {
+        let _ = closing.wait_for(|c| *c).await.map(|_| ());
+    };
+    tokio::pin!(closed);
     let welcome = Welcome {
         caller: Some(caller_proto(&caller)),
         max_unacked: 64,
         stream_id: id.to_string(),
-        bundle_version: String::new(),
+        bundle_version: gateway.bundle().version_id().to_owned(),
     };
     if tx.send(frame(gateway_frame::Frame::Welcome(welcome))).await.is_err() {
         g.streams.close(&caller.org, id);
@@ -123,6 +128,9 @@ pub async fn run(
                 if let Err(e) = g.auth.check_peer(&peer) {
                     break Status::unauthenticated(format!("stream closed: {e}"));
                 }
+            }
+            _ = &mut closed => {
+                break Status::unavailable("the gateway is shutting down; reconnect");
             }
             _ = fenced.changed() => {
                 break Status::aborted("a newer delivery stream of this organization replaced this one");

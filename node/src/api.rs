@@ -9,6 +9,7 @@ use haven_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::app::NodeState;
+use crate::consent;
 use crate::users::User;
 
 /// Serves `haven.v1.Node`.
@@ -84,28 +85,59 @@ impl Node for NodeService {
     }
 
     async fn record_consent(&self, req: Request<RecordConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.RecordConsent"))
+        let user = self.user(&req)?;
+        consent::may_manage(&user)?;
+        let receipt = consent::receipt(&self.state, &user, req.into_inner(), None)?;
+        Ok(Response::new(consent::register(&self.state, &user, receipt, false).await?))
     }
 
     async fn renew_consent(&self, req: Request<RenewConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.RenewConsent"))
+        let user = self.user(&req)?;
+        consent::may_manage(&user)?;
+        let r = req.into_inner();
+        if r.supersedes.is_empty() {
+            return Err(Status::invalid_argument("name the consent this renewal supersedes"));
+        }
+        let mut draft = r.consent.unwrap_or_default();
+        if draft.subject_pseudonym.is_empty() {
+            let mut gw = GatewayClient::new(self.state.link.channel());
+            let old = gw
+                .get_consent(self.state.link.request(
+                    &user.name,
+                    user.role,
+                    GetConsentRequest { consent_id: r.supersedes.clone() },
+                )?)
+                .await?
+                .into_inner();
+            let v: serde_json::Value = serde_json::from_str(&old.receipt_json).unwrap_or_default();
+            draft.subject_pseudonym = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+        }
+        let receipt = consent::receipt(&self.state, &user, draft, Some(r.supersedes))?;
+        Ok(Response::new(consent::register(&self.state, &user, receipt, true).await?))
     }
 
     async fn revoke_consent(&self, req: Request<RevokeConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.RevokeConsent"))
+        let user = self.user(&req)?;
+        consent::may_manage(&user)?;
+        let mut gw = GatewayClient::new(self.state.link.channel());
+        let record =
+            gw.revoke_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await?.into_inner();
+        let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
+        let subject = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+        consent::remember(&self.state, &record, &subject, &user).await?;
+        Ok(Response::new(record))
     }
 
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.GetConsent"))
+        let user = self.user(&req)?;
+        let mut gw = GatewayClient::new(self.state.link.channel());
+        gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.ListConsents"))
+        let user = self.user(&req)?;
+        let mut gw = GatewayClient::new(self.state.link.channel());
+        gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?).await
     }
 
     async fn witness_status(
@@ -113,6 +145,12 @@ impl Node for NodeService {
         req: Request<WitnessStatusRequest>,
     ) -> Result<Response<WitnessStatusResponse>, Status> {
         self.user(&req)?;
-        Err(not_yet("Node.WitnessStatus"))
+        let report = self.state.witness.report();
+        Ok(Response::new(WitnessStatusResponse {
+            latest: report.latest,
+            state: report.state.as_str().to_owned(),
+            detail: report.detail,
+            checked_at_micros: report.checked_at_micros,
+        }))
     }
 }

@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use haven_proto::v1::audit_server::AuditServer;
 use haven_proto::v1::node_server::NodeServer;
 use haven_trust::clock::SharedClock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::NodeService;
+use crate::audit_proxy::AuditProxy;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::store::{NodeStore, NodeStoreError};
 use crate::stream::StreamState;
@@ -45,6 +47,8 @@ pub enum NodeError {
     NeedsTls(SocketAddr),
     #[error("API TLS: {0}")]
     Tls(String),
+    #[error("audit witness: {0}")]
+    Witness(#[from] crate::witness::WitnessError),
 }
 
 /// What the node's services share.
@@ -54,6 +58,8 @@ pub struct NodeState {
     pub users: Users,
     pub clock: SharedClock,
     pub stream: watch::Receiver<StreamState>,
+    /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
+    pub witness: crate::witness::Witness,
 }
 
 /// A node ready to serve.
@@ -73,7 +79,8 @@ impl Node {
         let store = NodeStore::open(&config.database).await?;
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());
-        Ok(Node { state: Arc::new(NodeState { link, store, users, clock, stream }), config, stream_tx })
+        let witness = crate::witness::Witness::new(store.clone(), link.clone(), &config.link, clock.clone()).await?;
+        Ok(Node { state: Arc::new(NodeState { link, store, users, clock, stream, witness }), config, stream_tx })
     }
 
     /// Binds the API address, naming it if it is taken.
@@ -104,6 +111,11 @@ impl Node {
             .add_optional_service(reflection)
             .add_service(
                 NodeServer::new(NodeService::new(self.state.clone()))
+                    .max_decoding_message_size(4 * 1024 * 1024)
+                    .max_encoding_message_size(4 * 1024 * 1024),
+            )
+            .add_service(
+                AuditServer::new(AuditProxy::new(self.state.clone()))
                     .max_decoding_message_size(4 * 1024 * 1024)
                     .max_encoding_message_size(4 * 1024 * 1024),
             );

@@ -5,11 +5,17 @@
 //! - [`stream`]: the long-lived delivery stream, reopened after any outage;
 //! - [`users`]: the organization's people and their node tokens;
 //! - [`store`]: the node's own SQLite database;
-//! - [`api`]: the `Node` service; [`app`]: the running node.
+//! - [`api`]: the `Node` service; [`app`]: the running node;
+//! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
+//!   forwarded to the gateway; [`cli_audit`]: `haven-node audit ...`.
 
 pub mod api;
 pub mod app;
+pub mod audit_proxy;
+pub mod cli_audit;
+pub mod consent;
 pub mod link;
 pub mod store;
 pub mod stream;
 pub mod users;
+pub mod witness;

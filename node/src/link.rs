@@ -42,6 +42,8 @@ pub struct LinkConfig {
     pub tls_key: PathBuf,
     pub signing_cert: PathBuf,
     pub signing_key: PathBuf,
+    /// The gateway's signing certificate, which signs audit checkpoints (the node witnesses them).
+    pub gateway_signing_cert: PathBuf,
 }
 
 impl LinkConfig {
@@ -55,6 +57,7 @@ impl LinkConfig {
             tls_key: dir.org_tls_key(&org),
             signing_cert: dir.org_signing_cert(&org),
             signing_key: dir.org_signing_key(&org),
+            gateway_signing_cert: dir.gateway_signing_cert(),
             org,
         }
     }

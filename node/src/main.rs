@@ -40,6 +40,9 @@ enum Command {
     Users(UsersCommand),
     /// Show who you are signed in as, as the gateway sees it.
     Whoami(ClientArgs),
+    /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
+    #[command(subcommand)]
+    Audit(haven_node::cli_audit::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         }
         Command::Users(UsersCommand::Add { file, name, role }) => add_user(&file, name, role),
         Command::Whoami(args) => runtime.block_on(whoami(args)),
+        Command::Audit(cmd) => runtime.block_on(haven_node::cli_audit::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,7 +23,11 @@ pub struct NodeStore {
     pool: SqlitePool,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_node.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_node.sql")),
+    (2, include_str!("migrations/0002_witness.sql")),
+    (3, include_str!("migrations/0003_consent.sql")),
+];
 
 impl NodeStore {
     /// Opens (creating if needed) and migrates the node database at `path`.

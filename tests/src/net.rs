@@ -64,6 +64,8 @@ pub struct TestNet {
     pub gateway: Gateway,
     pub addr: SocketAddr,
     pub database: String,
+    /// The gateway's clock; clients of this net mint their tokens with it.
+    pub clock: SharedClock,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -82,7 +84,7 @@ impl TestNet {
         let database = fresh_database(dir.path()).await;
         let mut config = Config::new(certs_path.clone(), policies_dir(), database.clone());
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let gateway = Gateway::open(config, clock).await.expect("gateway starts");
+        let gateway = Gateway::open(config, clock.clone()).await.expect("gateway starts");
         let listener = gateway.bind().await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -94,7 +96,16 @@ impl TestNet {
                 })
                 .await;
         });
-        TestNet { dir, certs: CertsDir(certs_path), gateway, addr, database, stop: Some(stop), server: Some(server) }
+        TestNet {
+            dir,
+            certs: CertsDir(certs_path),
+            gateway,
+            addr,
+            database,
+            clock,
+            stop: Some(stop),
+            server: Some(server),
+        }
     }
 
     /// The gateway URL.
@@ -105,8 +116,7 @@ impl TestNet {
     /// A node's link to this gateway, with the organization's dev certificates.
     pub fn link(&self, org: &str) -> GatewayLink {
         let org = OrgId::parse(org).expect("org id");
-        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), Arc::new(SystemClock))
-            .expect("link")
+        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), self.clock.clone()).expect("link")
     }
 
     /// A channel presenting an arbitrary client certificate (or none), trusting `ca`.
@@ -137,6 +147,94 @@ impl TestNet {
 }
 
 impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A node running in this process against a [`TestNet`], with people signed up.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub state: Arc<haven_node::app::NodeState>,
+    tokens: std::collections::HashMap<String, String>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNet {
+    /// Starts `org`'s node with the given people, on its own SQLite file.
+    pub async fn node(&self, org: &str, people: &[(&str, haven_trust::ids::Role)]) -> TestNode {
+        self.node_with_clock(org, people, Arc::new(SystemClock)).await
+    }
+
+    /// The same, with a given clock.
+    pub async fn node_with_clock(
+        &self,
+        org: &str,
+        people: &[(&str, haven_trust::ids::Role)],
+        clock: SharedClock,
+    ) -> TestNode {
+        let org_id = OrgId::parse(org).expect("org id");
+        let node_dir = self.dir.path().join("nodes").join(org);
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        let mut users = haven_node::users::Users::default();
+        let mut tokens = std::collections::HashMap::new();
+        for (name, role) in people {
+            let t = users.add(haven_trust::ids::PersonId::parse(name).expect("person"), *role);
+            tokens.insert((*name).to_owned(), t);
+        }
+        users.save(&node_dir.join("users.toml")).expect("users");
+        let config = haven_node::app::NodeConfig {
+            link: LinkConfig::from_certs_dir(self.url(), &self.certs, org_id),
+            database: node_dir.join("node.db").display().to_string(),
+            users: node_dir.join("users.toml"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_tls: None,
+        };
+        let node = haven_node::app::Node::open(config, clock).await.expect("node opens");
+        let state = node.state.clone();
+        let listener = node.bind().await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = node
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        TestNode { addr, state, tokens, stop: Some(stop), server: Some(server) }
+    }
+}
+
+impl TestNode {
+    /// A client of this node's API.
+    pub async fn client(&self) -> haven_proto::v1::node_client::NodeClient<Channel> {
+        haven_proto::v1::node_client::NodeClient::connect(format!("http://{}", self.addr)).await.expect("node client")
+    }
+
+    /// A request signed in as `person`.
+    pub fn as_person<T>(&self, person: &str, msg: T) -> tonic::Request<T> {
+        let token = self.tokens.get(person).unwrap_or_else(|| panic!("no person {person} on this node"));
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        req
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(h) = self.server.take() {
             h.abort();

@@ -161,7 +161,7 @@ async fn revocation_and_reload_refuse_new_handshakes_and_close_open_streams() {
     assert!(matches!(welcome.frame, Some(haven_proto::v1::gateway_frame::Frame::Welcome(_))));
 
     haven_certs::revoke(net.certs.0.as_path(), &org("harbor"), haven_certs::CertKind::Tls).unwrap();
-    net.gateway.reload().await.unwrap();
+    net.gateway.reload(None).await.unwrap();
 
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -3,17 +3,44 @@
 //! The gateway appends entries; nodes witness checkpoints; auditors verify exports offline. All three
 //! use this module, so there is one definition of what is hashed and what is signed. The encoding is
 //! documented in `docs/audit-export.md`; changing it means a new [`ENCODING_VERSION`].
+//!
+//! # The subject commitment (encoding version 2)
+//!
+//! The canonical encoding does not hold the subject pseudonym itself but a commitment to it,
+//! [`subject_commitment`] = SHA-256(`haven.audit.subject/v1` ‖ 0x00 ‖ seq ‖ subject). A privacy officer
+//! of an organization that *received* data about a subject must never see the controller's pseudonym;
+//! their export shows the recipient-scoped pseudonym instead and carries the commitment, from which the
+//! verifier still recomputes the leaf and checks its inclusion proof. Pseudonyms are 128-bit random
+//! values, so the commitment cannot be reversed by guessing (unlike a hash of a field value, which the
+//! log never holds), and because `seq` is hashed in, two entries about the same subject carry unrelated
+//! commitments: a redacted export does not let recipients link what they hold.
 
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::DecodePrivateKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use crate::merkle::Hash;
 use crate::pki::CertInfo;
 use crate::registry::Fingerprint;
 
-/// The first byte of every canonical entry.
-pub const ENCODING_VERSION: u8 = 1;
+/// The first byte of every canonical entry. Version 2 commits to the subject through
+/// [`subject_commitment`]; version 1 (the subject in clear) was never released.
+pub const ENCODING_VERSION: u8 = 2;
+
+/// The domain separation prefix of [`subject_commitment`].
+const SUBJECT_DOMAIN: &[u8] = b"haven.audit.subject/v1\0";
+
+/// The commitment to the subject pseudonym of entry `seq` that the canonical encoding holds:
+/// SHA-256(`haven.audit.subject/v1` ‖ 0x00 ‖ seq as u64 big-endian ‖ subject as UTF-8).
+pub fn subject_commitment(seq: u64, subject: &str) -> Hash {
+    let mut h = Sha256::new();
+    h.update(SUBJECT_DOMAIN);
+    h.update(seq.to_be_bytes());
+    h.update(subject.as_bytes());
+    h.finalize().into()
+}
 
 /// One audit entry. Only verified identifiers, enumerated codes and field *names* go in: never field
 /// values, hashes of field values, or free text from callers. Empty strings mean "not applicable".
@@ -32,7 +59,8 @@ pub struct AuditEntry {
     /// The message, delivery or consent the action concerns.
     pub object_id: String,
     pub counterparty: String,
-    /// The controller's subject pseudonym.
+    /// The controller's subject pseudonym. The canonical encoding holds only its
+    /// [`subject_commitment`].
     pub subject: String,
     pub purpose: String,
     pub consent_id: String,
@@ -143,51 +171,145 @@ impl Action {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+/// Where canonical bytes go: a buffer, or straight into a hash so that verifying needs no allocation.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
 }
 
-fn put_list(out: &mut Vec<u8>, items: &[String]) {
-    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+fn put_str(out: &mut impl Sink, s: &str) {
+    out.put(&(s.len() as u32).to_be_bytes());
+    out.put(s.as_bytes());
+}
+
+fn put_list<S: AsRef<str>>(out: &mut impl Sink, items: &[S]) {
+    out.put(&(items.len() as u32).to_be_bytes());
     for i in items {
-        put_str(out, i);
+        put_str(out, i.as_ref());
+    }
+}
+
+/// The fields of an entry as the canonical encoding sees them, borrowed from an [`AuditEntry`] or from
+/// a line of an export (where strings may be borrowed from the line itself). The subject is given as
+/// its commitment.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFields<'a, S: AsRef<str>> {
+    pub seq: u64,
+    pub time_micros: i64,
+    pub actor_org: &'a str,
+    pub actor_person: &'a str,
+    pub actor_role: &'a str,
+    pub action: &'a str,
+    pub object_id: &'a str,
+    pub counterparty: &'a str,
+    pub subject_commitment: &'a Hash,
+    pub purpose: &'a str,
+    pub consent_id: &'a str,
+    pub rule_ids: &'a [S],
+    pub bundle_version: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub released_fields: &'a [S],
+    pub withheld_fields: &'a [S],
+    pub outcome: &'a str,
+    pub correlation_id: &'a str,
+    pub source_node: &'a str,
+}
+
+impl<S: AsRef<str>> EntryFields<'_, S> {
+    fn write(&self, out: &mut impl Sink) {
+        out.put(&[ENCODING_VERSION]);
+        out.put(&self.seq.to_be_bytes());
+        out.put(&self.time_micros.to_be_bytes());
+        for s in [self.actor_org, self.actor_person, self.actor_role, self.action, self.object_id, self.counterparty] {
+            put_str(out, s);
+        }
+        out.put(self.subject_commitment);
+        for s in [self.purpose, self.consent_id] {
+            put_str(out, s);
+        }
+        put_list(out, self.rule_ids);
+        for s in [self.bundle_version, self.decision, self.reason] {
+            put_str(out, s);
+        }
+        put_list(out, self.released_fields);
+        put_list(out, self.withheld_fields);
+        for s in [self.outcome, self.correlation_id, self.source_node] {
+            put_str(out, s);
+        }
+    }
+
+    /// The canonical encoding (see [`AuditEntry::canonical`]).
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write(&mut out);
+        out
+    }
+
+    /// The Merkle leaf hash, SHA-256(0x00 ‖ canonical), computed without building the encoding.
+    pub fn leaf_hash(&self) -> Hash {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        self.write(&mut h);
+        h.finalize().into()
     }
 }
 
 impl AuditEntry {
+    /// The entry's fields with the subject replaced by `commitment`.
+    pub fn fields<'a>(&'a self, commitment: &'a Hash) -> EntryFields<'a, String> {
+        EntryFields {
+            seq: self.seq,
+            time_micros: self.time_micros,
+            actor_org: &self.actor_org,
+            actor_person: &self.actor_person,
+            actor_role: &self.actor_role,
+            action: &self.action,
+            object_id: &self.object_id,
+            counterparty: &self.counterparty,
+            subject_commitment: commitment,
+            purpose: &self.purpose,
+            consent_id: &self.consent_id,
+            rule_ids: &self.rule_ids,
+            bundle_version: &self.bundle_version,
+            decision: &self.decision,
+            reason: &self.reason,
+            released_fields: &self.released_fields,
+            withheld_fields: &self.withheld_fields,
+            outcome: &self.outcome,
+            correlation_id: &self.correlation_id,
+            source_node: &self.source_node,
+        }
+    }
+
+    /// The commitment to this entry's subject (see [`subject_commitment`]).
+    pub fn subject_commitment(&self) -> Hash {
+        subject_commitment(self.seq, &self.subject)
+    }
+
     /// The canonical encoding the Merkle leaf hashes: the version byte, `seq` (u64 big-endian),
     /// `time_micros` (i64 big-endian), then every other field in declaration order, each string as a
     /// u32 big-endian byte length followed by its UTF-8 bytes, each list as a u32 big-endian count
-    /// followed by its strings.
+    /// followed by its strings, except the subject, which is written as its 32-byte
+    /// [`subject_commitment`] with no length.
     pub fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        out.push(ENCODING_VERSION);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.time_micros.to_be_bytes());
-        for s in [
-            &self.actor_org,
-            &self.actor_person,
-            &self.actor_role,
-            &self.action,
-            &self.object_id,
-            &self.counterparty,
-            &self.subject,
-            &self.purpose,
-            &self.consent_id,
-        ] {
-            put_str(&mut out, s);
-        }
-        put_list(&mut out, &self.rule_ids);
-        for s in [&self.bundle_version, &self.decision, &self.reason] {
-            put_str(&mut out, s);
-        }
-        put_list(&mut out, &self.released_fields);
-        put_list(&mut out, &self.withheld_fields);
-        for s in [&self.outcome, &self.correlation_id, &self.source_node] {
-            put_str(&mut out, s);
-        }
-        out
+        self.fields(&self.subject_commitment()).canonical()
+    }
+
+    /// The Merkle leaf hash of the entry: SHA-256(0x00 ‖ [`AuditEntry::canonical`]).
+    pub fn leaf_hash(&self) -> Hash {
+        self.fields(&self.subject_commitment()).leaf_hash()
     }
 }
 
@@ -234,16 +356,38 @@ impl Checkpoint {
 
     /// Verifies the signature with the gateway's signing certificate.
     pub fn verify(&self, gateway_signing_cert_der: &[u8]) -> Result<(), CheckpointError> {
-        let expected = Fingerprint::of_der(gateway_signing_cert_der).to_hex();
-        if self.key_id != expected {
-            return Err(CheckpointError::WrongKey { got: self.key_id.chars().take(64).collect(), expected });
-        }
+        CheckpointKey::new(gateway_signing_cert_der)?.verify(self)
+    }
+}
+
+/// The gateway's checkpoint verification key, read once from its signing certificate, for checking
+/// many checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointKey {
+    key: VerifyingKey,
+    key_id: String,
+}
+
+impl CheckpointKey {
+    /// Reads the key from the gateway signing certificate (DER).
+    pub fn new(gateway_signing_cert_der: &[u8]) -> Result<Self, CheckpointError> {
         let info = CertInfo::parse(gateway_signing_cert_der).map_err(|e| CheckpointError::Key(e.to_string()))?;
         let key = VerifyingKey::from_sec1_bytes(&info.public_key).map_err(|e| CheckpointError::Key(e.to_string()))?;
-        let sig_bytes = hex::decode(&self.signature).map_err(|_| CheckpointError::Malformed)?;
-        let sig = Signature::from_der(&sig_bytes).map_err(|_| CheckpointError::BadSignature(self.tree_size))?;
-        let body = Checkpoint::body(self.tree_size, &self.root()?, self.timestamp_micros);
-        key.verify(&body, &sig).map_err(|_| CheckpointError::BadSignature(self.tree_size))
+        Ok(CheckpointKey { key, key_id: Fingerprint::of_der(gateway_signing_cert_der).to_hex() })
+    }
+
+    /// Verifies a checkpoint's key id and signature.
+    pub fn verify(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        if cp.key_id != self.key_id {
+            return Err(CheckpointError::WrongKey {
+                got: cp.key_id.chars().take(64).collect(),
+                expected: self.key_id.clone(),
+            });
+        }
+        let sig_bytes = hex::decode(&cp.signature).map_err(|_| CheckpointError::Malformed)?;
+        let sig = Signature::from_der(&sig_bytes).map_err(|_| CheckpointError::BadSignature(cp.tree_size))?;
+        let body = Checkpoint::body(cp.tree_size, &cp.root()?, cp.timestamp_micros);
+        self.key.verify(&body, &sig).map_err(|_| CheckpointError::BadSignature(cp.tree_size))
     }
 }
 
@@ -289,6 +433,22 @@ mod tests {
         moved.action = String::new();
         moved.object_id = "submitted".into();
         assert_ne!(a, moved.canonical());
+        assert_eq!(e.leaf_hash(), crate::merkle::leaf_hash(&a));
+    }
+
+    #[test]
+    fn the_encoding_commits_to_the_subject_without_holding_it() {
+        let e = AuditEntry { seq: 3, subject: "subj-0123456789abcdef".into(), ..Default::default() };
+        let bytes = e.canonical();
+        assert!(!bytes.windows(e.subject.len()).any(|w| w == e.subject.as_bytes()));
+        assert!(bytes.windows(32).any(|w| w == e.subject_commitment()));
+        // The same subject at another position gets an unrelated commitment (no linking).
+        assert_ne!(subject_commitment(3, &e.subject), subject_commitment(4, &e.subject));
+        // A redacted copy that carries the commitment hashes to the same leaf.
+        let shown = AuditEntry { subject: "recipient-scoped".into(), ..e.clone() };
+        assert_eq!(shown.fields(&e.subject_commitment()).leaf_hash(), e.leaf_hash());
+        let other = AuditEntry { subject: "subj-other".into(), ..e.clone() };
+        assert_ne!(other.leaf_hash(), e.leaf_hash());
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! - [`pki`]: reading certificates and keys, and building the TLS configurations;
 //! - [`token`]: the short-lived person tokens a node mints and the gateway verifies;
 //! - [`receipt`]: the signed consent receipt;
-//! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints.
+//! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints;
+//! - [`export`]: the audit export format and the offline verifier.
 
 pub mod audit;
 pub mod clock;
+pub mod export;
 pub mod ids;
 pub mod merkle;
 pub mod pki;

@@ -1,13 +1,25 @@
 //! The gateway's side of the audit log: appending entries in the same transaction as the state change
 //! they record, and aggregating authentication rejections so that an attacker cannot make the log grow
 //! without bound.
+//!
+//! - [`log`]: the Merkle tree over the stored entries, its single integrator, signed checkpoints and
+//!   proofs read from stored subtrees; [`AuditLog`] is the handle the gateway keeps;
+//! - [`group`]: group commit for entries that stand alone (audit queries, rejections, system events);
+//! - [`query`]: filters, access scopes and redaction for the auditor API;
+//! - [`export`]: the JSON-lines export stream;
+//! - [`cli`]: `haven-gateway audit verify`.
 
+pub mod cli;
+pub mod export;
+mod group;
+pub mod log;
+pub mod query;
 mod rejections;
 
+pub use log::{AuditLog, Cadence, LogError};
 pub use rejections::Rejections;
 
 use haven_trust::audit::AuditEntry;
-use haven_trust::merkle;
 use sqlx::Row;
 
 use crate::store::{StoreError, Tx};
@@ -29,39 +41,60 @@ pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result
         .await?;
     let end: i64 = row.try_get(0)?;
     let first = end - n;
-    for (i, (entry, counterparty_subject)) in entries.iter_mut().enumerate() {
+    for (i, (entry, _)) in entries.iter_mut().enumerate() {
         entry.seq = u64::try_from(first + i as i64).unwrap_or(0);
-        let leaf = merkle::leaf_hash(&entry.canonical());
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-        )
-        .bind(first + i as i64)
-        .bind(entry.time_micros)
-        .bind(entry.actor_org.as_str())
-        .bind(entry.actor_person.as_str())
-        .bind(entry.actor_role.as_str())
-        .bind(entry.action.as_str())
-        .bind(entry.object_id.as_str())
-        .bind(entry.counterparty.as_str())
-        .bind(entry.subject.as_str())
-        .bind(entry.purpose.as_str())
-        .bind(entry.consent_id.as_str())
-        .bind(list(&entry.rule_ids))
-        .bind(entry.bundle_version.as_str())
-        .bind(entry.decision.as_str())
-        .bind(entry.reason.as_str())
-        .bind(list(&entry.released_fields))
-        .bind(list(&entry.withheld_fields))
-        .bind(entry.outcome.as_str())
-        .bind(entry.correlation_id.as_str())
-        .bind(entry.source_node.as_str())
-        .bind(counterparty_subject.as_str())
-        .bind(leaf.to_vec())
-        .execute(&mut **tx)
-        .await?;
+    }
+    // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
+    for chunk in entries.chunks(INSERT_CHUNK) {
+        let mut sql = String::with_capacity(INSERT_HEAD.len() + chunk.len() * 120);
+        sql.push_str(INSERT_HEAD);
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { " (" } else { ", (" });
+            for c in 0..INSERT_COLUMNS {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                sql.push_str(&(i * INSERT_COLUMNS + c + 1).to_string());
+            }
+            sql.push(')');
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (entry, counterparty_subject) in chunk {
+            q = q
+                .bind(i64::try_from(entry.seq).unwrap_or(i64::MAX))
+                .bind(entry.time_micros)
+                .bind(entry.actor_org.as_str())
+                .bind(entry.actor_person.as_str())
+                .bind(entry.actor_role.as_str())
+                .bind(entry.action.as_str())
+                .bind(entry.object_id.as_str())
+                .bind(entry.counterparty.as_str())
+                .bind(entry.subject.as_str())
+                .bind(entry.purpose.as_str())
+                .bind(entry.consent_id.as_str())
+                .bind(list(&entry.rule_ids))
+                .bind(entry.bundle_version.as_str())
+                .bind(entry.decision.as_str())
+                .bind(entry.reason.as_str())
+                .bind(list(&entry.released_fields))
+                .bind(list(&entry.withheld_fields))
+                .bind(entry.outcome.as_str())
+                .bind(entry.correlation_id.as_str())
+                .bind(entry.source_node.as_str())
+                .bind(counterparty_subject.as_str())
+                .bind(entry.leaf_hash().to_vec());
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(u64::try_from(first).unwrap_or(0))
 }
+
+/// The columns of an `audit_log` row, in the order [`append`] binds them.
+const INSERT_HEAD: &str = "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, leaf_hash) VALUES";
+const INSERT_COLUMNS: usize = 22;
+/// Rows per INSERT: 22 columns each stays far below SQLite's 32,766 and PostgreSQL's 65,535 binds.
+const INSERT_CHUNK: usize = 256;
 
 /// Appends one entry with no counterparty-scoped subject.
 pub async fn append_one(tx: &mut Tx, entry: AuditEntry) -> Result<u64, StoreError> {

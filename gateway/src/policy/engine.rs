@@ -170,18 +170,19 @@ pub(crate) struct Facts<'r> {
 }
 
 impl<'r> Facts<'r> {
-    /// Numbers the request, or decides at once when it names something the bundle does not know.
-    pub(crate) fn of(bundle: &Bundle, req: &DecisionRequest<'r>) -> Result<Facts<'r>, Decision> {
-        let early = |reason, detail: String| Err(denial(bundle, req, None, reason, Some(detail), Vec::new()));
+    /// Numbers the request, or gives the reason to deny it at once when it names something the bundle
+    /// does not know. Details hold identifiers only, never text a caller chose, so an unknown kind or
+    /// sender is not echoed (the gateway refuses such requests before deciding anyway).
+    pub(crate) fn of(bundle: &Bundle, req: &DecisionRequest<'r>) -> Result<Facts<'r>, (DenyReason, Option<String>)> {
         let dir = &bundle.dir;
         let Some(recipient) = dir.org(req.recipient.as_str()) else {
-            return early(DenyReason::UnknownRecipient, req.recipient.to_string());
+            return Err((DenyReason::UnknownRecipient, Some(req.recipient.to_string())));
         };
         let Some(sender) = dir.org(req.sender.as_str()) else {
-            return early(DenyReason::NoRuleMatched, format!("sender `{}` is not in the registry", req.sender));
+            return Err((DenyReason::NoRuleMatched, None));
         };
         let Some(kind) = bundle.schema().kind_index(req.kind) else {
-            return early(DenyReason::NoRuleMatched, format!("unknown message kind `{}`", req.kind));
+            return Err((DenyReason::NoRuleMatched, None));
         };
         let def = bundle.schema().kind_at(kind);
         let mut present = 0u128;
@@ -230,7 +231,7 @@ pub(crate) fn fit(rule: &Compiled, f: &Facts<'_>, now: OffsetDateTime) -> Fit {
         return Fit::OtherKind;
     }
     if let Some(purposes) = &rule.purposes
-        && !f.purpose.is_some_and(|p| purposes.binary_search(&p).is_ok())
+        && f.purpose.is_none_or(|p| purposes.binary_search(&p).is_err())
     {
         return Fit::PurposeNotListed;
     }
@@ -304,7 +305,7 @@ pub fn decide(
 ) -> Decision {
     let f = match Facts::of(bundle, req) {
         Ok(f) => f,
-        Err(d) => return d,
+        Err((reason, detail)) => return denial(bundle, req, None, reason, detail, Vec::new()),
     };
     let mut candidates = Vec::with_capacity(16);
     bundle.index.candidates(f.kind, (f.sender, f.sender_type), (f.recipient, f.recipient_type), &mut candidates);
@@ -321,7 +322,7 @@ pub fn decide_linear(
 ) -> Decision {
     let f = match Facts::of(bundle, req) {
         Ok(f) => f,
-        Err(d) => return d,
+        Err((reason, detail)) => return denial(bundle, req, None, reason, detail, Vec::new()),
     };
     evaluate(bundle, req, &f, consent, now, 0..bundle.compiled.len())
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::files::{self, Node};
+use super::index::FxMap;
 
 /// The sensitivity labels, fixed by the network (FHIR security labels in spirit).
 pub const LABELS: [&str; 5] = ["identifying", "contact", "sensitive", "operational", "location"];
@@ -101,6 +102,8 @@ pub struct KindDef {
     pub description: String,
     /// Sorted by name; a field's position is its bit in a field mask.
     fields: Vec<FieldDef>,
+    /// Field positions by name: the lookup every decision makes for every field it carries.
+    positions: FxMap<String, usize>,
     required: u128,
     /// For each of the 32 label sets, the fields whose labels all lie inside it.
     within_labels: [u128; 32],
@@ -130,7 +133,8 @@ impl KindDef {
                 }
             }
         }
-        KindDef { name, description, fields, required, within_labels, with_label }
+        let positions = fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+        KindDef { name, description, fields, positions, required, within_labels, with_label }
     }
 
     /// The fields, sorted by name.
@@ -149,7 +153,7 @@ impl KindDef {
     }
 
     pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
-        self.fields.binary_search_by(|f| f.name.as_str().cmp(name)).ok()
+        self.positions.get(name).copied()
     }
 
     /// The fields a message of this kind must carry and every recipient must be able to see.
@@ -210,7 +214,7 @@ pub enum FieldProblem {
     #[error("unknown message kind `{kind}`{}", hint(.did_you_mean))]
     UnknownKind { kind: String, did_you_mean: Option<String> },
     /// The kind has no such field.
-    #[error("a {kind} has no field `{field}`{}", hint(.did_you_mean))]
+    #[error("kind `{kind}` has no field `{field}`{}", hint(.did_you_mean))]
     UnknownField { kind: String, field: String, did_you_mean: Option<String> },
     /// A required field is absent.
     #[error("required field `{field}` is missing")]

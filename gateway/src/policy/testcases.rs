@@ -303,7 +303,7 @@ impl Checker<'_> {
         let known = def.field(name.get_ref()).is_some();
         if !known {
             let hint = files::did_you_mean(name.get_ref(), def.field_names());
-            self.say(name.span().start, format!("a {kind} has no field `{}`{hint}", name.get_ref()));
+            self.say(name.span().start, format!("kind `{kind}` has no field `{}`{hint}", name.get_ref()));
         }
         known.then(|| name.get_ref().clone())
     }
@@ -597,7 +597,7 @@ expect = { decision = "deny", reason = "consent_mising" }
                 "tests/typos.toml:2:1: the case needs a time: give `now` in the case or at the top of the file",
                 "tests/typos.toml:4:10: sender: unknown organization `harbour` (did you mean `harbor`?)",
                 "tests/typos.toml:5:15: unknown person role `case_worker` (did you mean `caseworker`?) (known: caseworker, liaison, privacy_officer, auditor, admin, node)",
-                "tests/typos.toml:9:11: a referral has no field `urgncy` (did you mean `urgency`?)",
+                "tests/typos.toml:9:11: kind `referral` has no field `urgncy` (did you mean `urgency`?)",
                 "tests/typos.toml:10:40: unknown reason `consent_mising` (did you mean `consent_missing`?)",
             ]
         );

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{caller, caller_proto, not_yet};
 use crate::app::Gateway;
 use crate::identity::PeerInfo;
+use crate::{consent, envelope, routing};
 
 /// Serves `haven.v1.Gateway`.
 pub struct GatewayService {
@@ -30,12 +31,16 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<GatewayFrame, Status>> + Sen
 impl GatewayRpc for GatewayService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(WhoAmIResponse { caller: Some(caller_proto(&caller)), bundle_version: String::new() }))
+        Ok(Response::new(WhoAmIResponse {
+            caller: Some(caller_proto(&caller)),
+            bundle_version: self.gateway.bundle().version_id().to_owned(),
+        }))
     }
 
     async fn decide(&self, req: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.Decide"))
+        let caller = caller(&req)?;
+        let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, false)?;
+        Ok(Response::new(routing::dry_run(&self.gateway, &caller, &env).await?))
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
@@ -70,28 +75,43 @@ impl GatewayRpc for GatewayService {
     }
 
     async fn register_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.RegisterConsent"))
+        let caller = caller(&req)?;
+        let jws = req.into_inner().receipt_jws;
+        Ok(Response::new(consent::register(&self.gateway, &caller, &jws, false).await?.to_proto()))
     }
 
     async fn renew_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.RenewConsent"))
+        let caller = caller(&req)?;
+        let jws = req.into_inner().receipt_jws;
+        Ok(Response::new(consent::register(&self.gateway, &caller, &jws, true).await?.to_proto()))
     }
 
     async fn revoke_consent(&self, req: Request<RevokeConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.RevokeConsent"))
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(consent::revoke(&self.gateway, &caller, &r.consent_id, &r.reason).await?.to_proto()))
     }
 
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.GetConsent"))
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(consent::get(&self.gateway, &caller, &r.consent_id).await?.to_proto()))
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.ListConsents"))
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let page = if r.page_size == 0 { 100 } else { r.page_size };
+        let list = consent::list(&self.gateway, &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
+        let next_page_token = if list.len() as u32 >= page.clamp(1, 500) {
+            list.last().map(|c| c.receipt.consent_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListConsentsResponse {
+            consents: list.iter().map(|c| c.to_proto()).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_pins(&self, req: Request<GetPinsRequest>) -> Result<Response<GetPinsResponse>, Status> {
@@ -99,7 +119,7 @@ impl GatewayRpc for GatewayService {
         let wanted = req.get_ref().org_id.as_str();
         let trust = self.gateway.0.auth.trust();
         let orgs = trust
-            .registry
+            .registry()
             .iter()
             .filter(|o| wanted.is_empty() || o.id.as_str() == wanted)
             .map(|o| OrgPins {
@@ -116,7 +136,7 @@ impl GatewayRpc for GatewayService {
                 wanted.chars().take(64).collect::<String>()
             )));
         }
-        Ok(Response::new(GetPinsResponse { orgs, bundle_version: String::new() }))
+        Ok(Response::new(GetPinsResponse { orgs, bundle_version: trust.bundle.version_id().to_owned() }))
     }
 
     async fn reload_policy(&self, req: Request<ReloadPolicyRequest>) -> Result<Response<ReloadPolicyResponse>, Status> {
@@ -126,7 +146,8 @@ impl GatewayRpc for GatewayService {
                 "policy reload needs role `admin` in the organization of type `operator`",
             ));
         }
-        self.gateway.reload().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(ReloadPolicyResponse::default()))
+        let (old_version, new_version) =
+            self.gateway.reload(Some(&caller)).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(ReloadPolicyResponse { old_version, new_version }))
     }
 }

@@ -15,12 +15,26 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "audit_log",
-    sqlite: include_str!("migrations/sqlite/0001_audit_log.sql"),
-    postgres: include_str!("migrations/postgres/0001_audit_log.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "audit_log",
+        sqlite: include_str!("migrations/sqlite/0001_audit_log.sql"),
+        postgres: include_str!("migrations/postgres/0001_audit_log.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "consent",
+        sqlite: include_str!("migrations/sqlite/0002_consent.sql"),
+        postgres: include_str!("migrations/postgres/0002_consent.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "merkle",
+        sqlite: include_str!("migrations/sqlite/0003_merkle.sql"),
+        postgres: include_str!("migrations/postgres/0003_merkle.sql"),
+    },
+];
 
 /// An arbitrary constant naming Haven's migration lock.
 const PG_LOCK_KEY: i64 = 0x4841_5645_4e00_0001;

@@ -1,0 +1,403 @@
+//! Reading the log for people: who may see which entries, the filters they may apply, and how an entry
+//! is shown to a privacy officer whose organization only received data.
+//!
+//! - A network auditor (role `auditor` in an organization of type `auditor`) sees every entry as
+//!   stored.
+//! - A `privacy_officer` sees the entries in which their organization is the actor or the
+//!   counterparty. In an entry where their organization is only the counterparty, the subject shown is
+//!   the recipient-scoped pseudonym (`counterparty_subject`), never the controller's; the entry then
+//!   carries the commitment the leaf was built from, so it still verifies (see
+//!   `haven_trust::audit::subject_commitment`). A subject filter matches what the officer is shown.
+//! - Everyone else gets PERMISSION_DENIED.
+
+use haven_proto::v1::AuditFilter;
+use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::ids::{Caller, OrgId, Role};
+use haven_trust::merkle::Hash;
+use sqlx::Row;
+
+use crate::error::Error;
+use crate::store::StoreError;
+
+/// The largest page a query returns.
+pub const MAX_PAGE: u32 = 1000;
+/// The page size when none is given.
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// Which entries a caller may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// A network auditor: every entry, as stored.
+    All,
+    /// A privacy officer: entries where this organization is the actor or the counterparty.
+    Org(OrgId),
+}
+
+impl Scope {
+    /// The scope of a caller, or PERMISSION_DENIED naming who may read the log.
+    pub fn of(caller: &Caller) -> Result<Scope, Error> {
+        match caller.role {
+            Role::Auditor if caller.org_type.as_str() == "auditor" => Ok(Scope::All),
+            Role::PrivacyOfficer => Ok(Scope::Org(caller.org.clone())),
+            _ => Err(Error::PermissionDenied(format!(
+                "the audit log is open to network auditors (role `auditor` in an organization of type `auditor`) and to privacy officers (role `privacy_officer`), not to role `{}` in an organization of type `{}`",
+                caller.role, caller.org_type
+            ))),
+        }
+    }
+}
+
+/// A validated filter. Absent values do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub from_micros: i64,
+    /// Exclusive.
+    pub until_micros: Option<i64>,
+    /// The actor or the counterparty.
+    pub org: Option<String>,
+    pub person: Option<String>,
+    pub action: Option<String>,
+    pub decision: Option<String>,
+    pub subject: Option<String>,
+    /// Matches `object_id`.
+    pub message_id: Option<String>,
+    pub consent_id: Option<String>,
+}
+
+/// The longest identifier a filter accepts.
+const MAX_ID: usize = 128;
+
+/// Filter values are identifiers (organization and person ids, pseudonyms, UUIDs), never free text:
+/// they are written into the query's own audit entry.
+fn identifier(name: &str, value: &str) -> Result<Option<String>, Error> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_ID
+        || !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "filter.{name} must be an identifier of at most {MAX_ID} characters from `A-Z a-z 0-9 - _ . :`"
+        )));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+impl Filter {
+    /// Validates a filter from the wire.
+    pub fn parse(f: Option<&AuditFilter>) -> Result<Filter, Error> {
+        let Some(f) = f else { return Ok(Filter::default()) };
+        if f.from_micros < 0 || f.until_micros < 0 {
+            return Err(Error::InvalidArgument("filter.from_micros and filter.until_micros cannot be negative".into()));
+        }
+        let until_micros = (f.until_micros != 0).then_some(f.until_micros);
+        if let Some(until) = until_micros
+            && until <= f.from_micros
+        {
+            return Err(Error::InvalidArgument(format!(
+                "inverted time range: filter.until_micros ({until}) must be after filter.from_micros ({}); 0 means no upper bound",
+                f.from_micros
+            )));
+        }
+        let action = identifier("action", &f.action)?;
+        if let Some(a) = &action
+            && Action::parse(a).is_none()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "unknown filter.action `{a}` (known: {})",
+                Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let decision = identifier("decision", &f.decision)?;
+        if let Some(d) = &decision
+            && d != "allow"
+            && d != "deny"
+        {
+            return Err(Error::InvalidArgument(format!("unknown filter.decision `{d}` (known: allow, deny)")));
+        }
+        Ok(Filter {
+            from_micros: f.from_micros,
+            until_micros,
+            org: identifier("org", &f.org)?,
+            person: identifier("person", &f.person)?,
+            action,
+            decision,
+            subject: identifier("subject", &f.subject)?,
+            message_id: identifier("message_id", &f.message_id)?,
+            consent_id: identifier("consent_id", &f.consent_id)?,
+        })
+    }
+
+    /// Whether nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    /// The filter as `name = value` pairs, for an export's header.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.from_micros != 0 {
+            out.push(("from_micros", self.from_micros.to_string()));
+        }
+        if let Some(u) = self.until_micros {
+            out.push(("until_micros", u.to_string()));
+        }
+        for (name, v) in [
+            ("org", &self.org),
+            ("person", &self.person),
+            ("action", &self.action),
+            ("decision", &self.decision),
+            ("subject", &self.subject),
+            ("message_id", &self.message_id),
+            ("consent_id", &self.consent_id),
+        ] {
+            if let Some(v) = v {
+                out.push((name, v.clone()));
+            }
+        }
+        out
+    }
+
+    /// The audit entry that records a read with this filter: the identifiers the reader looked for go
+    /// into the fields of the same name, so "who looked up subject X" is itself in the log.
+    pub fn audit_entry(&self, caller: &Caller, action: Action, now_micros: i64) -> AuditEntry {
+        AuditEntry {
+            time_micros: now_micros,
+            actor_org: caller.org.to_string(),
+            actor_person: caller.person.to_string(),
+            actor_role: caller.role.to_string(),
+            action: action.as_str().into(),
+            object_id: self.message_id.clone().unwrap_or_default(),
+            counterparty: self.org.clone().unwrap_or_default(),
+            subject: self.subject.clone().unwrap_or_default(),
+            consent_id: self.consent_id.clone().unwrap_or_default(),
+            outcome: "ok".into(),
+            source_node: caller.org.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One entry as a reader is allowed to see it.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// The entry; for a redacted one, `subject` is the recipient-scoped pseudonym.
+    pub entry: AuditEntry,
+    /// For a redacted entry, the commitment its leaf was built from.
+    pub commitment: Option<Hash>,
+}
+
+impl Shown {
+    /// The commitment the leaf hashes.
+    pub fn leaf_commitment(&self) -> Hash {
+        self.commitment.unwrap_or_else(|| self.entry.subject_commitment())
+    }
+
+    /// The entry's leaf hash, recomputed from what is shown.
+    pub fn leaf_hash(&self) -> Hash {
+        self.entry.fields(&self.leaf_commitment()).leaf_hash()
+    }
+
+    /// The wire form, with the canonical bytes the leaf hashes.
+    pub fn to_proto(&self) -> haven_proto::v1::AuditEntry {
+        let e = &self.entry;
+        haven_proto::v1::AuditEntry {
+            seq: e.seq,
+            time_micros: e.time_micros,
+            actor_org: e.actor_org.clone(),
+            actor_person: e.actor_person.clone(),
+            actor_role: e.actor_role.clone(),
+            action: e.action.clone(),
+            object_id: e.object_id.clone(),
+            counterparty: e.counterparty.clone(),
+            subject: e.subject.clone(),
+            purpose: e.purpose.clone(),
+            consent_id: e.consent_id.clone(),
+            rule_ids: e.rule_ids.clone(),
+            bundle_version: e.bundle_version.clone(),
+            decision: e.decision.clone(),
+            reason: e.reason.clone(),
+            released_fields: e.released_fields.clone(),
+            withheld_fields: e.withheld_fields.clone(),
+            outcome: e.outcome.clone(),
+            correlation_id: e.correlation_id.clone(),
+            source_node: e.source_node.clone(),
+            canonical: e.fields(&self.leaf_commitment()).canonical(),
+        }
+    }
+}
+
+/// A value bound to a query.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// A WHERE clause with `$N` placeholders and the values to bind.
+struct Where {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Where {
+    fn new() -> Self {
+        Where { sql: String::from("WHERE 1 = 1"), binds: Vec::new() }
+    }
+
+    fn bind(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    fn and(&mut self, clause: impl FnOnce(&mut Self) -> String) {
+        let c = clause(self);
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&c);
+    }
+}
+
+/// The columns an entry is read from, plus the counterparty's pseudonym.
+const COLUMNS: &str = "seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject";
+
+/// Entries with `from_seq <= seq < to_seq` that `scope` may see and `filter` selects, in seq order, at
+/// most `limit` of them, as the reader may see them.
+pub async fn select(
+    pool: &sqlx::AnyPool,
+    scope: &Scope,
+    filter: &Filter,
+    from_seq: u64,
+    to_seq: Option<u64>,
+    limit: u32,
+) -> Result<Vec<Shown>, StoreError> {
+    let mut w = Where::new();
+    w.and(|w| format!("seq >= {}", w.bind(Bind::Int(i64::try_from(from_seq).unwrap_or(i64::MAX)))));
+    if let Some(to) = to_seq {
+        w.and(|w| format!("seq < {}", w.bind(Bind::Int(i64::try_from(to).unwrap_or(i64::MAX)))));
+    }
+    if filter.from_micros != 0 {
+        w.and(|w| format!("time_micros >= {}", w.bind(Bind::Int(filter.from_micros))));
+    }
+    if let Some(u) = filter.until_micros {
+        w.and(|w| format!("time_micros < {}", w.bind(Bind::Int(u))));
+    }
+    if let Scope::Org(org) = scope {
+        w.and(|w| {
+            let o = w.bind(Bind::Text(org.to_string()));
+            format!("(actor_org = {o} OR counterparty = {o})")
+        });
+    }
+    if let Some(org) = &filter.org {
+        w.and(|w| {
+            let o = w.bind(Bind::Text(org.clone()));
+            format!("(actor_org = {o} OR counterparty = {o})")
+        });
+    }
+    for (column, value) in [
+        ("actor_person", &filter.person),
+        ("action", &filter.action),
+        ("decision", &filter.decision),
+        ("object_id", &filter.message_id),
+        ("consent_id", &filter.consent_id),
+    ] {
+        if let Some(v) = value {
+            w.and(|w| format!("{column} = {}", w.bind(Bind::Text(v.clone()))));
+        }
+    }
+    if let Some(subject) = &filter.subject {
+        match scope {
+            Scope::All => w.and(|w| format!("subject = {}", w.bind(Bind::Text(subject.clone())))),
+            // Match the subject as the officer is shown it, so the filter cannot probe the controller's
+            // pseudonyms.
+            Scope::Org(org) => w.and(|w| {
+                let o = w.bind(Bind::Text(org.to_string()));
+                let s = w.bind(Bind::Text(subject.clone()));
+                format!("((actor_org = {o} AND subject = {s}) OR (actor_org <> {o} AND counterparty_subject = {s}))")
+            }),
+        }
+    }
+    let limit_param = w.bind(Bind::Int(i64::from(limit)));
+    let sql = format!("SELECT {COLUMNS} FROM audit_log {} ORDER BY seq LIMIT {limit_param}", w.sql);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in w.binds {
+        q = match b {
+            Bind::Int(i) => q.bind(i),
+            Bind::Text(t) => q.bind(t),
+        };
+    }
+    let rows = q.fetch_all(pool).await?;
+    rows.iter().map(|row| shown(row, scope)).collect()
+}
+
+/// Decodes a row and applies the scope's redaction.
+fn shown(row: &sqlx::any::AnyRow, scope: &Scope) -> Result<Shown, StoreError> {
+    let mut entry = super::entry_from_row(row)?;
+    let mut commitment = None;
+    if let Scope::Org(org) = scope
+        && entry.actor_org != org.as_str()
+    {
+        commitment = Some(entry.subject_commitment());
+        entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+    }
+    Ok(Shown { entry, commitment })
+}
+
+/// Whether `org` controls a consent about `subject`: the test for a privacy officer's subject access
+/// report. It reads the consent registry (`consents`, migration 2).
+pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM consents WHERE controller = $1 AND subject = $2 LIMIT 1")
+        .bind(org.as_str())
+        .bind(subject)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Every disclosure about `subject` (the controller's pseudonym): a submission queued for a recipient,
+/// or a delivery, in seq order.
+pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE subject = $1 AND ((action = 'submitted' AND outcome = 'queued') OR action = 'delivered') ORDER BY seq"
+    )))
+    .bind(subject)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let e = super::entry_from_row(row)?;
+            Ok(haven_proto::v1::Disclosure {
+                time_micros: e.time_micros,
+                recipient: e.counterparty,
+                purpose: e.purpose,
+                released_fields: e.released_fields,
+                consent_id: e.consent_id,
+                message_id: e.object_id,
+                seq: e.seq,
+                action: if e.action == Action::Delivered.as_str() { "delivered".into() } else { "queued".into() },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> AuditFilter {
+        AuditFilter::default()
+    }
+
+    #[test]
+    fn bad_filters_are_invalid_arguments_with_a_reason() {
+        let e = Filter::parse(Some(&AuditFilter { from_micros: 10, until_micros: 5, ..f() })).unwrap_err();
+        assert!(e.to_string().contains("inverted time range"), "{e}");
+        let e = Filter::parse(Some(&AuditFilter { action: "peeked".into(), ..f() })).unwrap_err();
+        assert!(e.to_string().contains("unknown filter.action `peeked`"), "{e}");
+        let e = Filter::parse(Some(&AuditFilter { decision: "maybe".into(), ..f() })).unwrap_err();
+        assert!(e.to_string().contains("known: allow, deny"), "{e}");
+        let e = Filter::parse(Some(&AuditFilter { subject: "a b".into(), ..f() })).unwrap_err();
+        assert!(e.to_string().contains("filter.subject"), "{e}");
+        assert!(Filter::parse(None).unwrap().is_empty());
+        let ok = Filter::parse(Some(&AuditFilter { action: "submitted".into(), until_micros: 9, ..f() })).unwrap();
+        assert_eq!(ok.pairs(), vec![("until_micros", "9".to_owned()), ("action", "submitted".to_owned())]);
+    }
+}

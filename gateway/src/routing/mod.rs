@@ -1,0 +1,158 @@
+//! Routing: deciding each recipient of an envelope, and (for a submission) minimizing, pseudonymizing
+//! and queueing each copy in one transaction with its audit entries.
+
+pub mod pseudonym;
+
+use std::sync::Arc;
+
+use haven_proto::v1 as pb;
+use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::ids::{Caller, OrgId};
+use haven_trust::receipt::{ConsentState, ConsentView};
+
+use crate::app::Gateway;
+use crate::audit;
+use crate::consent::{self, Stored};
+use crate::envelope::{Envelope, Recipients};
+use crate::error::Error;
+use crate::policy::{self, Bundle, Decision, DecisionRequest};
+
+/// The decisions for every recipient of one envelope, all from one bundle version.
+pub struct Decided {
+    pub bundle: Arc<Bundle>,
+    pub consent: Option<Stored>,
+    pub outcomes: Vec<(OrgId, Decision)>,
+}
+
+/// The consent's state as a decision must see it: a given consent past its window is expired even
+/// before the sweep records it.
+pub fn effective_state(stored: &Stored, now_micros: i64) -> ConsentState {
+    let until = i64::try_from(stored.receipt.valid_until.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    if stored.state == ConsentState::Given && now_micros >= until { ConsentState::Expired } else { stored.state }
+}
+
+/// Decides every recipient of `env` for `caller`.
+pub async fn decide_all(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<Decided, Error> {
+    let bundle = g.bundle();
+    let consent = match &env.consent_id {
+        Some(id) => consent::load_read(g.0.store.pool(), id).await?,
+        None => None,
+    };
+    Ok(decide_with(g, caller, env, bundle, consent))
+}
+
+/// The pure part of [`decide_all`]: given the bundle and the consent, decide each recipient.
+pub fn decide_with(
+    g: &Gateway,
+    caller: &Caller,
+    env: &Envelope,
+    bundle: Arc<Bundle>,
+    consent: Option<Stored>,
+) -> Decided {
+    let now_micros = g.0.clock.now_micros();
+    let now = g.0.clock.now();
+    let recipients = match &env.recipients {
+        Recipients::Named(list) => list.clone(),
+        Recipients::AllPermitted => bundle.candidate_recipients(&caller.org, caller.role, &env.kind, &env.purpose),
+    };
+    let names: Vec<&str> = env.fields.keys().map(String::as_str).collect();
+    let state = consent.as_ref().map(|c| effective_state(c, now_micros));
+    let outcomes = recipients
+        .into_iter()
+        .map(|recipient| {
+            let req = DecisionRequest {
+                sender: &caller.org,
+                sender_role: caller.role,
+                recipient: &recipient,
+                kind: &env.kind,
+                purpose: &env.purpose,
+                subject: env.subject.as_deref(),
+                consent_id: env.consent_id.as_deref(),
+                fields: &names,
+            };
+            let view = consent.as_ref().zip(state).map(|(c, state)| ConsentView { receipt: &c.receipt, state });
+            let d = policy::decide(&req, &bundle, view, now);
+            (recipient, d)
+        })
+        .collect();
+    Decided { bundle, consent, outcomes }
+}
+
+/// The wire form of a decision.
+pub fn decision_proto(d: &Decision) -> pb::Decision {
+    let code = d.reason.map(|r| r.code()).unwrap_or("");
+    pb::Decision {
+        allowed: d.allowed,
+        rule_ids: d.rule_ids.clone(),
+        released_fields: d.released.clone(),
+        withheld_fields: d.withheld.clone(),
+        bundle_version: d.bundle_version.clone(),
+        reason: pb::DenyReason::from_str_name(&code.to_ascii_uppercase()).map_or(0, |r| r as i32),
+        reason_code: code.to_owned(),
+        reason_detail: d.reason_detail.clone().unwrap_or_default(),
+    }
+}
+
+/// The audit entry for one recipient's decision.
+pub fn decision_entry(
+    g: &Gateway,
+    caller: &Caller,
+    env: &Envelope,
+    action: Action,
+    recipient: &OrgId,
+    d: &Decision,
+    outcome: &str,
+) -> AuditEntry {
+    AuditEntry {
+        time_micros: g.0.clock.now_micros(),
+        actor_org: caller.org.to_string(),
+        actor_person: caller.person.to_string(),
+        actor_role: caller.role.to_string(),
+        action: action.as_str().into(),
+        object_id: if env.message_id.is_nil() { String::new() } else { env.message_id.to_string() },
+        counterparty: recipient.to_string(),
+        subject: env.subject.clone().unwrap_or_default(),
+        purpose: env.purpose.clone(),
+        consent_id: env.consent_id.clone().unwrap_or_default(),
+        rule_ids: d.rule_ids.clone(),
+        bundle_version: d.bundle_version.clone(),
+        decision: if d.allowed { "allow" } else { "deny" }.into(),
+        reason: d.reason.map(|r| r.code().to_owned()).unwrap_or_default(),
+        released_fields: d.released.clone(),
+        withheld_fields: d.withheld.clone(),
+        outcome: outcome.into(),
+        correlation_id: env.correlation_id.clone(),
+        source_node: caller.org.to_string(),
+        seq: 0,
+    }
+}
+
+/// The dry run: decides every recipient and audits each decision; queues nothing.
+pub async fn dry_run(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<pb::DecideResponse, Error> {
+    let decided = decide_all(g, caller, env).await?;
+    let mut entries: Vec<(AuditEntry, String)> = decided
+        .outcomes
+        .iter()
+        .map(|(r, d)| (decision_entry(g, caller, env, Action::Decided, r, d, "dry_run"), String::new()))
+        .collect();
+    let mut tx = g.0.store.begin().await?;
+    audit::append(&mut tx, &mut entries).await?;
+    tx.commit().await?;
+    Ok(pb::DecideResponse {
+        outcomes: decided
+            .outcomes
+            .iter()
+            .map(|(r, d)| pb::RecipientOutcome {
+                recipient: r.to_string(),
+                outcome: if d.allowed {
+                    pb::recipient_outcome::Outcome::Queued
+                } else {
+                    pb::recipient_outcome::Outcome::Denied
+                } as i32,
+                decision: Some(decision_proto(d)),
+                delivery_id: String::new(),
+            })
+            .collect(),
+        bundle_version: decided.bundle.version_id().to_owned(),
+    })
+}

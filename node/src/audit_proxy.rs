@@ -1,0 +1,94 @@
+//! The node's `Audit` service: the organization's people reach the gateway's audit API through their
+//! own node. Each call is authenticated with the person's node token and forwarded to the gateway with
+//! the person's short-lived gateway token, so the gateway decides what they may see (and records that
+//! they looked) as itself; the node adds nothing and removes nothing.
+
+use std::sync::Arc;
+
+use haven_proto::v1::audit_client::AuditClient;
+use haven_proto::v1::audit_server::Audit;
+use haven_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::app::NodeState;
+use crate::users::User;
+
+/// Serves `haven.v1.Audit` on the node.
+pub struct AuditProxy {
+    state: Arc<NodeState>,
+}
+
+impl AuditProxy {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        AuditProxy { state }
+    }
+
+    /// The signed-in person, from `authorization: Bearer <node token>` (as for the `Node` service).
+    fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
+        let raw = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("sign in: send `authorization: Bearer <your node token>`"))?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <your node token>`"))?;
+        self.state.users.authenticate(token).cloned().ok_or_else(|| {
+            Status::unauthenticated("unknown node token; ask your administrator for one (`haven-node users add`)")
+        })
+    }
+
+    /// The person's request to the gateway and a client to send it with.
+    fn forward<T>(&self, req: Request<T>) -> Result<(AuditClient<tonic::transport::Channel>, Request<T>), Status> {
+        let user = self.user(&req)?;
+        let out = self.state.link.request(&user.name, user.role, req.into_inner())?;
+        Ok((AuditClient::new(self.state.link.channel()), out))
+    }
+}
+
+type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditProxy {
+    async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        gw.query(req).await
+    }
+
+    type ExportStream = ExportStream;
+
+    async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        let stream = gw.export(req).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<SignedCheckpoint>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        gw.get_checkpoint(req).await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<InclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        gw.get_inclusion_proof(req).await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<ConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        gw.get_consistency_proof(req).await
+    }
+
+    async fn subject_access_report(
+        &self,
+        req: Request<SubjectAccessRequest>,
+    ) -> Result<Response<SubjectAccessResponse>, Status> {
+        let (mut gw, req) = self.forward(req)?;
+        gw.subject_access_report(req).await
+    }
+}

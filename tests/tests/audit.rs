@@ -1,0 +1,862 @@
+//! The tamper-evident audit trail over real mTLS, on SQLite and PostgreSQL alike: entries for every
+//! action built so far, the auditor API and who may use it, exports that verify offline and every way
+//! of tampering with them, proofs, bad input, and a witnessing node that catches a forked log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use haven_gateway::audit;
+use haven_gateway::store::Backend;
+use haven_node::link::GatewayLink;
+use haven_node::witness::{WitnessState, to_proto as witness_proto};
+use haven_proto::v1::audit_client::AuditClient;
+use haven_proto::v1::*;
+use haven_tests::net::TestNet;
+use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner};
+use haven_trust::clock::{Clock, SystemClock};
+use haven_trust::export::{Kind, Summary, VerifyError, verify_files};
+use haven_trust::ids::{OrgId, PersonId, Role};
+use haven_trust::merkle;
+use sqlx::Row;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A person at an organization, calling the gateway through that organization's link.
+struct As {
+    link: GatewayLink,
+    person: PersonId,
+    role: Role,
+}
+
+impl As {
+    fn new(net: &TestNet, org: &str, person: &str, role: Role) -> As {
+        As { link: net.link(org), person: PersonId::parse(person).unwrap(), role }
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        self.link.request(&self.person, self.role, msg).unwrap()
+    }
+
+    fn client(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.link.channel())
+    }
+
+    async fn query(
+        &self,
+        filter: AuditFilter,
+        page_size: u32,
+        cursor: u64,
+    ) -> Result<AuditQueryResponse, tonic::Status> {
+        let r = AuditQueryRequest { filter: Some(filter), page_size, cursor };
+        self.client().query(self.req(r)).await.map(|r| r.into_inner())
+    }
+
+    async fn export(&self, filter: AuditFilter) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream =
+            self.client().export(self.req(AuditExportRequest { filter: Some(filter) })).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+
+    async fn report(&self, subject: &str) -> Result<SubjectAccessResponse, tonic::Status> {
+        let r = SubjectAccessRequest { subject_pseudonym: subject.into() };
+        self.client().subject_access_report(self.req(r)).await.map(|r| r.into_inner())
+    }
+
+    async fn checkpoint(&self, refresh: bool) -> Result<SignedCheckpoint, tonic::Status> {
+        self.client().get_checkpoint(self.req(GetCheckpointRequest { refresh })).await.map(|r| r.into_inner())
+    }
+}
+
+fn auditor(net: &TestNet) -> As {
+    As::new(net, "audit-office", "ada", Role::Auditor)
+}
+
+fn officer(net: &TestNet, org: &str) -> As {
+    As::new(net, org, "pat", Role::PrivacyOfficer)
+}
+
+fn all() -> AuditFilter {
+    AuditFilter::default()
+}
+
+fn signing_cert(net: &TestNet) -> PathBuf {
+    net.certs.gateway_signing_cert()
+}
+
+fn cert_der(net: &TestNet) -> Vec<u8> {
+    haven_trust::pki::load_certs(&signing_cert(net)).unwrap()[0].as_ref().to_vec()
+}
+
+/// Writes bytes to a fresh file in the test directory and verifies it as the CLIs do.
+fn verify(net: &TestNet, bytes: &[u8], checkpoints: &[PathBuf]) -> Result<Summary, VerifyError> {
+    let path = net.dir.path().join(format!("export-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, bytes).unwrap();
+    verify_files(&path, &signing_cert(net), checkpoints)
+}
+
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8(bytes.to_vec()).unwrap().split_inclusive('\n').map(str::to_owned).collect()
+}
+
+fn entry_line(lines: &[String], seq: u64) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with("{\"type\":\"entry\"") && l.contains(&format!("\"seq\":{seq},")))
+        .unwrap_or_else(|| panic!("no entry line for seq {seq}"))
+}
+
+fn edit(line: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    f(&mut v);
+    format!("{v}\n")
+}
+
+/// A disclosure as routing writes it: `actor` sent data about `subject` to `counterparty`, who knows
+/// the subject as `recipient_subject`.
+fn disclosure(actor: &str, counterparty: &str, subject: &str, action: &str, outcome: &str) -> AuditEntry {
+    AuditEntry {
+        time_micros: SystemClock.now_micros(),
+        actor_org: actor.into(),
+        actor_person: "casey".into(),
+        actor_role: "caseworker".into(),
+        action: action.into(),
+        object_id: uuid::Uuid::now_v7().to_string(),
+        counterparty: counterparty.into(),
+        subject: subject.into(),
+        purpose: "housing".into(),
+        consent_id: "c-0001".into(),
+        rule_ids: vec!["ngo-to-shelter-housing".into()],
+        bundle_version: "sha256:test".into(),
+        decision: "allow".into(),
+        released_fields: vec!["first_name".into(), "needs".into()],
+        withheld_fields: vec!["date_of_birth".into()],
+        outcome: outcome.into(),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        source_node: actor.into(),
+        ..Default::default()
+    }
+}
+
+const SUBJECT: &str = "subj-5f1c0a3e9b7d4e2a8c6b1d0f3a5e7c9b";
+const RECIPIENT_SUBJECT: &str = "rcpt-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+/// Commits entries in one transaction, as a state change would.
+async fn append(net: &TestNet, entries: Vec<(AuditEntry, String)>) -> u64 {
+    let mut entries = entries;
+    let store = &net.gateway.0.store;
+    let mut tx = store.begin().await.unwrap();
+    let first = audit::append(&mut tx, &mut entries).await.unwrap();
+    tx.commit().await.unwrap();
+    first
+}
+
+/// A few dozen entries of the kinds routing writes, so exports have something to show.
+async fn some_traffic(net: &TestNet) {
+    let mut entries = Vec::new();
+    for i in 0..20 {
+        entries
+            .push((disclosure("harbor", "maple-house", SUBJECT, "submitted", "queued"), RECIPIENT_SUBJECT.to_owned()));
+        if i % 4 == 0 {
+            entries
+                .push((disclosure("northstar", "riverside-clinic", "subj-other", "delivered", "ok"), "rcpt-x".into()));
+        }
+    }
+    append(net, entries).await;
+}
+
+async fn actions(net: &TestNet) -> Vec<String> {
+    let pool = net.gateway.0.store.pool();
+    let size = audit::size(pool).await.unwrap();
+    audit::read_range(pool, 0, size).await.unwrap().into_iter().map(|e| e.action).collect()
+}
+
+#[tokio::test]
+async fn every_action_built_so_far_writes_its_entry() {
+    let net = TestNet::start().await;
+    assert_eq!(actions(&net).await.first().map(String::as_str), Some("gateway_started"));
+
+    // A refused call, aggregated.
+    let ch = net
+        .channel_with(
+            &net.certs.ca_cert(),
+            Some((
+                &net.certs.org_tls_cert(&OrgId::parse("harbor").unwrap()),
+                &net.certs.org_tls_key(&OrgId::parse("harbor").unwrap()),
+            )),
+        )
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(GetCheckpointRequest { refresh: false });
+    req.metadata_mut().insert("authorization", "Bearer garbage".parse().unwrap());
+    assert_eq!(AuditClient::new(ch).get_checkpoint(req).await.unwrap_err().code(), Code::Unauthenticated);
+    net.gateway.0.rejections.flush(&net.gateway.0.store, SystemClock.now_micros()).await.unwrap();
+
+    // A policy reload.
+    net.gateway.reload(None).await.unwrap();
+
+    // Every read of the log.
+    let ada = auditor(&net);
+    ada.query(all(), 10, 0).await.unwrap();
+    ada.export(all()).await.unwrap();
+    ada.client()
+        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+        .await
+        .unwrap();
+
+    let seen = actions(&net).await;
+    for action in
+        ["gateway_started", "auth_rejected", "policy_reloaded", "audit_queried", "audit_exported", "subject_report"]
+    {
+        assert!(seen.iter().any(|a| a == action), "no `{action}` entry in {seen:?}");
+    }
+    // The reads name who read.
+    let pool = net.gateway.0.store.pool();
+    let size = audit::size(pool).await.unwrap();
+    let report =
+        audit::read_range(pool, 0, size).await.unwrap().into_iter().find(|e| e.action == "subject_report").unwrap();
+    assert_eq!(
+        (report.actor_org.as_str(), report.actor_person.as_str(), report.actor_role.as_str()),
+        ("audit-office", "ada", "auditor")
+    );
+    assert_eq!(report.subject, SUBJECT);
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_export_verifies_offline_and_catches_every_kind_of_tampering() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let bytes = ada.export(all()).await.unwrap();
+    let ok = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(ok.kind, Kind::Full);
+    assert!(ok.entries >= 26, "{ok:?}");
+    assert_eq!(ok.covering.tree_size, ok.entries);
+    let original = lines(&bytes);
+
+    // An edited entry.
+    let mut t = original.clone();
+    let i = entry_line(&t, 5);
+    t[i] = edit(&t[i], |v| v["entry"]["released_fields"] = serde_json::json!(["first_name", "needs", "address"]));
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::EditedEntry { seq: 5, .. }), "{e}");
+
+    // An edited entry whose leaf was recomputed too: the signed root no longer matches.
+    let mut t = original.clone();
+    let i = entry_line(&t, 5);
+    let mut forged: AuditEntry =
+        serde_json::from_value(serde_json::from_str::<serde_json::Value>(&t[i]).unwrap()["entry"].clone()).unwrap();
+    forged.purpose = "investigation".into();
+    t[i] = edit(&t[i], |v| {
+        v["entry"]["purpose"] = "investigation".into();
+        v["leaf"] = hex::encode(forged.leaf_hash()).into();
+    });
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::RootMismatch { .. }), "{e}");
+
+    // A deleted entry.
+    let mut t = original.clone();
+    t.remove(entry_line(&t, 7));
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::MissingEntry { expected: 7, found: 8, .. }), "{e}");
+
+    // Reordered entries.
+    let mut t = original.clone();
+    let (a, b) = (entry_line(&t, 10), entry_line(&t, 11));
+    t.swap(a, b);
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::MissingEntry { expected: 10, found: 11, .. }), "{e}");
+
+    // A truncated tail: the last entries, the covering checkpoint and the end line cut off.
+    let last = ok.entries - 1;
+    let t = &original[..entry_line(&original, last)];
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::Uncovered { .. } | VerifyError::Truncated { .. }), "{e}");
+
+    // An entry inserted later, after the covering checkpoint.
+    let mut t = original.clone();
+    let end = t.pop().unwrap();
+    let extra = edit(&t[entry_line(&t, last)], |v| v["entry"]["seq"] = (last + 1).into());
+    t.push(extra);
+    t.push(edit(&end, |v| v["entries"] = (ok.entries + 1).into()));
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::EditedEntry { .. } | VerifyError::Uncovered { .. }), "{e}");
+
+    // A bad checkpoint signature.
+    let mut t = original.clone();
+    let i = t.iter().rposition(|l| l.starts_with("{\"type\":\"checkpoint\"")).unwrap();
+    t[i] = edit(&t[i], |v| v["timestamp_micros"] = 1.into());
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::BadSignature { .. }), "{e}");
+
+    // Malformed, truncated mid-line, not UTF-8: the line number, never a panic.
+    let mut t = original.clone();
+    t[3] = "{\"type\":\"entry\",\n".into();
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::Malformed { line: 4, .. }), "{e}");
+    let e = verify(&net, &bytes[..bytes.len() - 3], &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::TruncatedLine { .. }), "{e}");
+    let mut t = bytes.clone();
+    let at = t.windows(5).position(|w| w == b"casey").unwrap();
+    t[at] = 0xfe;
+    let e = verify(&net, &t, &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::NotUtf8 { .. }), "{e}");
+    net.stop().await;
+}
+
+/// Drops an append-only trigger, as an attacker with the database owner's rights would.
+async fn drop_trigger(net: &TestNet, table: &str, trigger: &str) {
+    let sql = match net.gateway.0.store.backend() {
+        Backend::Sqlite => format!("DROP TRIGGER {trigger}"),
+        Backend::Postgres => format!("DROP TRIGGER {trigger} ON {table}"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(net.gateway.0.store.pool()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_entry_edited_in_the_database_is_named_by_the_verifier() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    // Integrated and checkpointed before the attack.
+    auditor(&net).checkpoint(true).await.unwrap();
+    drop_trigger(&net, "audit_log", "audit_log_no_update").await;
+    let pool = net.gateway.0.store.pool();
+    let edited = sqlx::query("UPDATE audit_log SET released_fields = '[\"first_name\"]', withheld_fields = '[\"needs\",\"date_of_birth\"]' WHERE seq = 4")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(edited.rows_affected(), 1);
+    let bytes = auditor(&net).export(all()).await.unwrap();
+    let e = verify(&net, &bytes, &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::EditedEntry { seq: 4, .. }), "{e}");
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_deleted_from_the_database_is_named_by_the_verifier() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    auditor(&net).checkpoint(true).await.unwrap();
+    match net.gateway.0.store.backend() {
+        Backend::Sqlite => drop_trigger(&net, "audit_log", "audit_log_no_delete").await,
+        Backend::Postgres => drop_trigger(&net, "audit_log", "audit_log_no_update").await,
+    }
+    sqlx::query("DELETE FROM audit_log WHERE seq = 9").execute(net.gateway.0.store.pool()).await.unwrap();
+    let bytes = auditor(&net).export(all()).await.unwrap();
+    let e = verify(&net, &bytes, &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::MissingEntry { expected: 9, .. }), "{e}");
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn the_tree_and_checkpoint_tables_are_append_only() {
+    let net = TestNet::start().await;
+    auditor(&net).checkpoint(true).await.unwrap();
+    let pool = net.gateway.0.store.pool();
+    for sql in [
+        "UPDATE merkle_node SET hash = hash",
+        "DELETE FROM merkle_node",
+        "UPDATE audit_checkpoint SET key_id = 'x'",
+        "DELETE FROM audit_checkpoint",
+        "UPDATE merkle_head SET size = 0",
+        "DELETE FROM merkle_head",
+    ] {
+        let e = sqlx::query(sql).execute(pool).await.expect_err(sql).to_string();
+        assert!(e.contains("append-only") || e.contains("only moves forward"), "{sql}: {e}");
+    }
+    if net.gateway.0.store.backend() == Backend::Postgres {
+        for table in ["merkle_node", "audit_checkpoint", "merkle_head"] {
+            let e = sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}"))).execute(pool).await.unwrap_err();
+            assert!(e.to_string().contains("append-only"), "{table}: {e}");
+        }
+    }
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_forked_checkpoint_collected_by_a_node_is_caught_against_an_export() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let early = ada.checkpoint(true).await.unwrap();
+    some_traffic(&net).await;
+    let bytes = ada.export(all()).await.unwrap();
+
+    // An honest older checkpoint, as a node kept it, is consistent with the export.
+    let file = |name: &str, cp: &Checkpoint| {
+        let path = net.dir.path().join(name);
+        std::fs::write(&path, haven_trust::export::Line::Checkpoint(cp).to_json_line()).unwrap();
+        path
+    };
+    let honest = file("honest.json", &haven_node::witness::from_proto(&early));
+    assert_eq!(verify(&net, &bytes, &[honest.clone()]).unwrap().independent, 1);
+
+    // The gateway's key signed, for some node, a different history of the same size: a fork.
+    let signer =
+        CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
+            .unwrap();
+    let forked = signer.sign(early.tree_size, &[0x42; 32], early.timestamp_micros + 1);
+    let forked = file("forked.json", &forked);
+    let e = verify(&net, &bytes, &[forked.clone()]).unwrap_err();
+    assert!(matches!(e, VerifyError::Fork { .. }), "{e}");
+    assert!(e.to_string().contains("forked.json"), "{e}");
+    let e = verify(&net, &bytes, &[honest, forked]).unwrap_err();
+    assert!(matches!(e, VerifyError::Fork { .. }), "{e}");
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn privacy_officers_see_their_organizations_entries_with_recipient_scoped_subjects() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+
+    // The recipient's officer: only entries naming maple-house, with maple-house's pseudonym.
+    let maple = officer(&net, "maple-house");
+    let page = maple.query(all(), 1000, 0).await.unwrap();
+    assert_eq!(page.entries.len(), 20);
+    for e in &page.entries {
+        assert!(e.actor_org == "maple-house" || e.counterparty == "maple-house", "{e:?}");
+        assert_eq!(e.subject, RECIPIENT_SUBJECT);
+    }
+    // The canonical bytes never carry the controller's pseudonym, and still hash to the integrated leaf.
+    let seq = page.entries[0].seq;
+    let leaf = merkle::leaf_hash(&page.entries[0].canonical);
+    let proof = maple
+        .client()
+        .get_inclusion_proof(maple.req(InclusionProofRequest { seq, tree_size: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.leaf_hash, leaf.to_vec());
+    // The subject filter matches what the officer is shown, never the controller's pseudonym.
+    let by_own = maple.query(AuditFilter { subject: RECIPIENT_SUBJECT.into(), ..all() }, 1000, 0).await.unwrap();
+    assert_eq!(by_own.entries.len(), 20);
+    let probe = maple.query(AuditFilter { subject: SUBJECT.into(), ..all() }, 1000, 0).await.unwrap();
+    assert!(probe.entries.is_empty(), "the controller's pseudonym must not be probe-able");
+
+    // Their export is filtered, redacted, and verifies by inclusion proofs.
+    let bytes = maple.export(all()).await.unwrap();
+    // (The officer's own probe above is in it, as their own query: that is the only place the
+    // controller's pseudonym may appear, because they typed it.)
+    for line in lines(&bytes) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "entry" && v["entry"]["actor_org"] != "maple-house" {
+            assert!(!line.contains(SUBJECT), "the controller's pseudonym leaked into a recipient's export: {line}");
+        }
+    }
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.kind, Kind::Filtered);
+    assert!(s.entries >= 20, "{s:?}");
+    // Tampering with a redacted entry is still caught.
+    let mut t = lines(&bytes);
+    let i = entry_line(&t, seq);
+    t[i] = edit(&t[i], |v| {
+        v["entry"]["purpose"] = "investigation".into();
+        v.as_object_mut().unwrap().remove("leaf");
+    });
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::NotIncluded { .. }), "{e}");
+
+    // The sender's officer sees the controller's pseudonym.
+    let harbor = officer(&net, "harbor");
+    let page = harbor.query(AuditFilter { action: "submitted".into(), ..all() }, 1000, 0).await.unwrap();
+    assert_eq!(page.entries.len(), 20);
+    assert!(page.entries.iter().all(|e| e.subject == SUBJECT));
+    let s = verify(&net, &harbor.export(AuditFilter { subject: SUBJECT.into(), ..all() }).await.unwrap(), &[]).unwrap();
+    assert_eq!(s.entries, 20);
+
+    // An uninvolved organization's officer sees none of it.
+    let lantern = officer(&net, "lantern-legal");
+    let page = lantern.query(AuditFilter { action: "submitted".into(), ..all() }, 1000, 0).await.unwrap();
+    assert!(page.entries.is_empty());
+    let e = lantern
+        .client()
+        .get_inclusion_proof(lantern.req(InclusionProofRequest { seq, tree_size: 0 }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn each_role_gets_exactly_its_access() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let denied = [
+        As::new(&net, "harbor", "casey", Role::Caseworker),
+        As::new(&net, "metro-police", "lee", Role::Liaison),
+        As::new(&net, "operator", "root", Role::Admin),
+        // The auditor role counts only in an organization of type `auditor`.
+        As::new(&net, "harbor", "ann", Role::Auditor),
+    ];
+    for who in &denied {
+        let e = who.query(all(), 10, 0).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{}: {e:?}", who.role);
+        assert_eq!(who.export(all()).await.unwrap_err().code(), Code::PermissionDenied);
+        let e = who
+            .client()
+            .subject_access_report(who.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = who
+            .client()
+            .get_inclusion_proof(who.req(InclusionProofRequest { seq: 0, tree_size: 0 }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // Checkpoints and consistency proofs are open to every authenticated organization.
+        let cp = who.checkpoint(true).await.unwrap();
+        assert!(cp.tree_size > 0);
+        let proof = who
+            .client()
+            .get_consistency_proof(who.req(ConsistencyProofRequest { first_size: 1, second_size: cp.tree_size }))
+            .await
+            .unwrap();
+        assert_eq!(proof.into_inner().second_size, cp.tree_size);
+    }
+    // The network auditor sees everything.
+    let ada = auditor(&net);
+    let page = ada.query(all(), 1000, 0).await.unwrap();
+    assert!(
+        page.entries.iter().any(|e| e.actor_org == "northstar") && page.entries.iter().any(|e| e.actor_org == "harbor")
+    );
+    assert!(page.entries.iter().any(|e| e.subject == SUBJECT));
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors_only() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let mut other = disclosure("harbor", "maple-house", SUBJECT, "submitted", "refused");
+    other.decision = "deny".into();
+    append(
+        &net,
+        vec![
+            (other, String::new()),
+            (disclosure("harbor", "maple-house", SUBJECT, "delivered", "ok"), RECIPIENT_SUBJECT.into()),
+        ],
+    )
+    .await;
+
+    let ada = auditor(&net);
+    let report = ada
+        .client()
+        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.disclosures.len(), 21, "20 queued submissions and one delivery; the refusal is no disclosure");
+    let d = &report.disclosures[0];
+    assert_eq!(
+        (d.recipient.as_str(), d.purpose.as_str(), d.consent_id.as_str(), d.action.as_str()),
+        ("maple-house", "housing", "c-0001", "queued")
+    );
+    assert_eq!(d.released_fields, vec!["first_name", "needs"]);
+    assert_eq!(report.disclosures.last().unwrap().action, "delivered");
+
+    // harbor's officer may ask once harbor controls a consent for the subject, maple-house's never.
+    let harbor = officer(&net, "harbor");
+    assert_eq!(harbor.report(SUBJECT).await.unwrap_err().code(), Code::PermissionDenied);
+    let now = SystemClock.now_micros();
+    sqlx::query("INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) VALUES ('c-0001', 'harbor', $1, 'jws', '{}', 'sha', $2, $3, 'given', $2, $2)")
+        .bind(SUBJECT)
+        .bind(now)
+        .bind(now + 86_400_000_000)
+        .execute(net.gateway.0.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(harbor.report(SUBJECT).await.unwrap().disclosures.len(), 21);
+    assert_eq!(officer(&net, "maple-house").report(SUBJECT).await.unwrap_err().code(), Code::PermissionDenied);
+    let e = ada
+        .client()
+        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: String::new() }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn proofs_from_the_gateway_verify_against_its_signed_checkpoints() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let first = ada.checkpoint(true).await.unwrap();
+    some_traffic(&net).await;
+    let second = ada.checkpoint(true).await.unwrap();
+    assert!(second.tree_size > first.tree_size);
+    let der = cert_der(&net);
+    for cp in [&first, &second] {
+        haven_node::witness::from_proto(cp).verify(&der).unwrap();
+    }
+    let r1 = merkle::hash_from_slice(&first.root_hash).unwrap();
+    let r2 = merkle::hash_from_slice(&second.root_hash).unwrap();
+    let c = ada
+        .client()
+        .get_consistency_proof(
+            ada.req(ConsistencyProofRequest { first_size: first.tree_size, second_size: second.tree_size }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    merkle::verify_consistency(
+        first.tree_size,
+        second.tree_size,
+        &r1,
+        &r2,
+        &merkle::proof_from_slices(&c.hashes).unwrap(),
+    )
+    .unwrap();
+
+    let entries = ada.query(all(), 1000, 0).await.unwrap().entries;
+    for e in entries.iter().filter(|e| e.seq < second.tree_size) {
+        let p = ada
+            .client()
+            .get_inclusion_proof(ada.req(InclusionProofRequest { seq: e.seq, tree_size: second.tree_size }))
+            .await
+            .unwrap()
+            .into_inner();
+        let leaf = merkle::leaf_hash(&e.canonical);
+        assert_eq!(p.leaf_hash, leaf.to_vec(), "seq {}", e.seq);
+        merkle::verify_inclusion(&leaf, e.seq, second.tree_size, &merkle::proof_from_slices(&p.hashes).unwrap(), &r2)
+            .unwrap();
+    }
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_status_and_reason() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let status = |r: Result<AuditQueryResponse, tonic::Status>| r.unwrap_err();
+
+    let e = status(ada.query(AuditFilter { from_micros: 100, until_micros: 50, ..all() }, 10, 0).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("inverted time range"), "{}", e.message());
+    let e = status(ada.query(AuditFilter { action: "peeked".into(), ..all() }, 10, 0).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("unknown filter.action `peeked`"), "{}", e.message());
+    let e = status(ada.query(AuditFilter { decision: "perhaps".into(), ..all() }, 10, 0).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = status(ada.query(all(), 1001, 0).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("over the maximum of 1000"), "{}", e.message());
+    let e = status(ada.query(all(), 10, 1_000_000).await);
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(e.message().contains("beyond the end of the log"), "{}", e.message());
+
+    // Pagination by cursor visits every entry once.
+    let (mut cursor, mut seen) = (0, Vec::new());
+    loop {
+        let page = ada.query(all(), 7, cursor).await.unwrap();
+        seen.extend(page.entries.iter().map(|e| e.seq));
+        if page.next_cursor == 0 {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1) && seen[0] == 0, "{seen:?}");
+
+    let cp = ada.checkpoint(true).await.unwrap();
+    let mut c = ada.client();
+    let e = c.get_inclusion_proof(ada.req(InclusionProofRequest { seq: 0, tree_size: 1_000_000 })).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    let e = c.get_inclusion_proof(ada.req(InclusionProofRequest { seq: 1_000_000, tree_size: 0 })).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c
+        .get_inclusion_proof(ada.req(InclusionProofRequest { seq: cp.tree_size - 1, tree_size: 1 }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e =
+        c.get_consistency_proof(ada.req(ConsistencyProofRequest { first_size: 5, second_size: 3 })).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = c
+        .get_consistency_proof(ada.req(ConsistencyProofRequest { first_size: 1, second_size: 1_000_000 }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_standalone_entries_share_commits_and_stay_gap_free() {
+    let net = TestNet::start().await;
+    let log = net.gateway.0.audit_log.clone();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for _ in 0..5 {
+                let mut e = disclosure("harbor", "maple-house", SUBJECT, "decided", "ok");
+                e.correlation_id = format!("task-{i}");
+                seqs.push(log.record(vec![(e, String::new())]).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 320, "every caller got its own seq");
+    let s = verify(&net, &auditor(&net).export(all()).await.unwrap(), &[]).unwrap();
+    assert!(s.entries >= 321);
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn checkpoints_are_signed_on_the_cadence_and_published_to_subscribers() {
+    let net = TestNet::start().await;
+    let mut sub = net.gateway.0.audit_log.subscribe();
+    // The first checkpoint follows the gateway_started entry without anyone asking.
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.wait_for(|c| c.is_some()))
+        .await
+        .expect("a checkpoint within 10 s")
+        .unwrap()
+        .clone()
+        .unwrap();
+    // network.toml: every 1000 entries.
+    let batch: Vec<_> =
+        (0..1000).map(|_| (disclosure("harbor", "maple-house", SUBJECT, "decided", "ok"), String::new())).collect();
+    append(&net, batch).await;
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        sub.wait_for(|c| c.as_ref().is_some_and(|c| c.tree_size >= first.tree_size + 1000)),
+    )
+    .await
+    .expect("a checkpoint after 1000 entries within 10 s")
+    .unwrap()
+    .clone()
+    .unwrap();
+    haven_node::witness::from_proto(&next).verify(&cert_der(&net)).unwrap();
+    assert_eq!(net.gateway.0.audit_log.latest_signed(), Some(next));
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_witnessing_node_accepts_honest_checkpoints_and_detects_a_fork() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let node = net.node("harbor", &[("pat", Role::PrivacyOfficer)]).await;
+    let witness = node.state.witness.clone();
+    let r = witness.check_now().await;
+    assert_eq!(r.state, WitnessState::Ok, "{}", r.detail);
+    let kept = r.latest.clone().unwrap();
+    some_traffic(&net).await;
+    let newer = auditor(&net).checkpoint(true).await.unwrap();
+    let r = witness.observe(newer.clone()).await;
+    assert_eq!(r.state, WitnessState::Ok, "{}", r.detail);
+    assert_eq!(r.latest.as_ref().map(|c| c.tree_size), Some(newer.tree_size));
+    assert!(newer.tree_size > kept.tree_size);
+
+    // A checkpoint another key signed.
+    let other_key =
+        haven_trust::export::read_key(&net.certs.org_signing_cert(&OrgId::parse("harbor").unwrap())).unwrap();
+    let impostor = CheckpointSigner::new(
+        &std::fs::read_to_string(net.certs.org_signing_key(&OrgId::parse("harbor").unwrap())).unwrap(),
+        &other_key,
+    )
+    .unwrap()
+    .sign(newer.tree_size + 1, &[1; 32], 1);
+    let node2 = net.node("northstar", &[]).await;
+    let r = node2.state.witness.observe(witness_proto(&impostor)).await;
+    assert_eq!(r.state, WitnessState::BadSignature, "{}", r.detail);
+
+    // The gateway's own key signs a different history that claims to extend what the node witnessed.
+    let signer =
+        CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
+            .unwrap();
+    some_traffic(&net).await;
+    net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
+    let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
+    let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
+    let r = witness.observe(witness_proto(&forked)).await;
+    assert_eq!(r.state, WitnessState::Fork, "{}", r.detail);
+    assert!(r.detail.contains("fork"), "{}", r.detail);
+    // The kept checkpoint is still the honest one, and the alarm stands for the node's users.
+    assert_eq!(r.latest.as_ref().map(|c| c.tree_size), Some(newer.tree_size));
+    let honest = witness.check_now().await;
+    assert_eq!(honest.state, WitnessState::Fork, "an alarm stands until an operator clears it");
+    let status =
+        node.client().await.witness_status(node.as_person("pat", WitnessStatusRequest {})).await.unwrap().into_inner();
+    assert_eq!(status.state, "fork");
+    assert!(status.detail.contains("does not extend"), "{}", status.detail);
+    node.stop().await;
+    node2.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_witnessing_node_detects_a_foreign_key_pinned_for_its_organization() {
+    let net = TestNet::start().await;
+    let node = net.node("maple-house", &[]).await;
+    assert_eq!(node.state.witness.check_now().await.state, WitnessState::Ok);
+    // The operator (or whoever holds the CA) pins a second TLS certificate for maple-house.
+    let org = OrgId::parse("maple-house").unwrap();
+    let dir = net.dir.path().join("impostor");
+    std::fs::create_dir_all(&dir).unwrap();
+    haven_certs::make_csr(&org, haven_certs::CertKind::Tls, &dir.join("tls.key"), &dir.join("tls.csr")).unwrap();
+    haven_certs::sign_csr(
+        net.certs.0.as_path(),
+        &org,
+        &dir.join("tls.csr"),
+        haven_certs::CertKind::Tls,
+        &dir.join("tls.crt"),
+    )
+    .unwrap();
+    net.gateway.reload(None).await.unwrap();
+    let r = node.state.witness.check_now().await;
+    assert_eq!(r.state, WitnessState::Unpinned, "{}", r.detail);
+    assert!(r.detail.contains("which is not this node's"), "{}", r.detail);
+    node.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn people_reach_the_audit_api_through_their_own_node() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let node = net.node("audit-office", &[("ada", Role::Auditor), ("sam", Role::Caseworker)]).await;
+    let ch = Channel::from_shared(format!("http://{}", node.addr)).unwrap().connect().await.unwrap();
+    let mut audit = AuditClient::new(ch);
+    let page = audit
+        .query(node.as_person("ada", AuditQueryRequest { filter: None, page_size: 5, cursor: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.entries.len(), 5);
+    assert_eq!(page.next_cursor, 5);
+    let e = audit.query(node.as_person("sam", AuditQueryRequest::default())).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = audit.query(AuditQueryRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // The export streams through the node and verifies.
+    let mut stream = audit.export(node.as_person("ada", AuditExportRequest::default())).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        bytes.extend(c.data);
+    }
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.kind, Kind::Full);
+    // The gateway recorded who read, through the node.
+    let pool = net.gateway.0.store.pool();
+    let row = sqlx::query("SELECT actor_org, actor_person FROM audit_log WHERE action = 'audit_exported'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>(0), "audit-office");
+    assert_eq!(row.get::<String, _>(1), "ada");
+    node.stop().await;
+    net.stop().await;
+}
