@@ -53,6 +53,8 @@ pub struct Inner {
     /// Flips to true when the gateway starts shutting down, so open streams end and shutdown is not
     /// held up by nodes that never hang up.
     pub closing: watch::Sender<bool>,
+    /// Wakes an organization's delivery stream when something is queued for it.
+    pub wakeups: crate::routing::queue::Wakeups,
     /// The open delivery streams, one per organization.
     pub streams: crate::stream::Streams,
 }
@@ -125,6 +127,7 @@ impl Gateway {
             pseudonym_key,
             reloads: watch::channel(0).0,
             streams: Default::default(),
+            wakeups: Default::default(),
             closing: watch::channel(false).0,
         }));
         gateway.record_system(Action::GatewayStarted, "ok", "").await?;
@@ -232,12 +235,35 @@ impl Gateway {
             })
         };
         let integrator = self.0.audit_log.spawn();
+        let sweeper = {
+            let g = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = crate::routing::lifecycle::expire_due(&g).await {
+                        tracing::warn!(error = %e, "delivery expiry sweep failed");
+                    }
+                    if let Err(e) = crate::consent::sweep_expired(&g).await {
+                        tracing::warn!(error = %e, "consent expiry sweep failed");
+                    }
+                }
+            })
+        };
+        let listener_task = (self.0.store.backend() == crate::store::Backend::Postgres).then(|| {
+            let g = self.clone();
+            tokio::spawn(async move { listen_for_wakeups(g).await })
+        });
         let closing = self.clone();
         let shutdown = async move {
             shutdown.await;
             let _ = closing.0.closing.send(true);
         };
         let result = crate::server::run(self.clone(), listener, shutdown).await;
+        sweeper.abort();
+        if let Some(t) = listener_task {
+            t.abort();
+        }
         flusher.abort();
         integrator.abort();
         if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
@@ -271,6 +297,25 @@ impl Gateway {
         let result = self.serve(listener, shutdown).await;
         reloader.abort();
         result.map_err(std::io::Error::other)
+    }
+}
+
+/// On PostgreSQL, wakes local streams when any replica queues an item for their organization.
+async fn listen_for_wakeups(g: Gateway) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&g.0.config.database).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(crate::routing::queue::PG_CHANNEL).await {
+                    tracing::warn!(error = %e, "LISTEN failed; streams fall back to polling");
+                } else {
+                    while let Ok(n) = listener.recv().await {
+                        g.0.wakeups.wake(n.payload());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; streams fall back to polling"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }
 

@@ -388,7 +388,11 @@ pub async fn revoke(g: &Gateway, caller: &Caller, consent_id: &str, reason: &str
     .await?;
     let mut entries = vec![(entry(g, caller, Action::ConsentRevoked, &stored.receipt, reason.as_str()), String::new())];
     audit::append(&mut tx, &mut entries).await?;
+    let wake = crate::routing::lifecycle::consent_ended(g, &mut tx, consent_id, reason.as_str(), now).await?;
     tx.commit().await?;
+    for org in wake {
+        g.0.wakeups.wake(&org);
+    }
     stored.state = state;
     stored.revocation_reason = reason.as_str().into();
     stored.state_changed_at_micros = now;
@@ -474,7 +478,13 @@ pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
                 ..Default::default()
             };
             audit::append(&mut tx, &mut [(system, String::new())]).await?;
+            let wake = crate::routing::lifecycle::consent_ended(g, &mut tx, &id, "expired", now).await?;
+            tx.commit().await?;
+            for org in wake {
+                g.0.wakeups.wake(&org);
+            }
             n += 1;
+            continue;
         }
         tx.commit().await?;
     }

@@ -2,7 +2,7 @@
 //! closed when the node's certificate expires, is revoked or unpinned, or a newer stream of the same
 //! organization replaces it (the older one is fenced and can no longer acknowledge).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,8 +13,11 @@ use tonic::{Status, Streaming};
 use uuid::Uuid;
 
 use crate::app::Gateway;
+use crate::consent;
 use crate::identity::PeerInfo;
+use crate::routing::{lifecycle, queue};
 use crate::service::caller_proto;
+use haven_trust::receipt::ConsentState;
 
 /// How often the gateway sends a heartbeat down a stream.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -66,6 +69,60 @@ fn frame(f: gateway_frame::Frame) -> Result<GatewayFrame, Status> {
     Ok(GatewayFrame { frame: Some(f) })
 }
 
+/// How often a stream looks for queued items even without a wake-up (a safety net behind the
+/// notifier and PostgreSQL's LISTEN/NOTIFY).
+pub const SAFETY_POLL: Duration = Duration::from_secs(2);
+
+/// The items sent down one stream and not yet acknowledged.
+struct Window {
+    inflight: HashSet<String>,
+    /// Items held back because their consent no longer covers them; the cascade cancels them.
+    held: HashSet<String>,
+    max: usize,
+}
+
+/// Sends the oldest pending items until the window is full. Every delivery rechecks its consent.
+async fn fill(
+    gateway: &Gateway,
+    org: &OrgId,
+    window: &mut Window,
+    tx: &mpsc::Sender<Result<GatewayFrame, Status>>,
+) -> Result<(), Status> {
+    let g = &gateway.0;
+    if window.inflight.len() >= window.max {
+        return Ok(());
+    }
+    let limit = i64::try_from(window.max + window.inflight.len() + window.held.len()).unwrap_or(i64::MAX);
+    let items = queue::pending(g.store.pool(), org.as_str(), "", limit).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the queue");
+        Status::unavailable("the gateway's database is unavailable; reconnect later")
+    })?;
+    for p in items {
+        if window.inflight.len() >= window.max {
+            break;
+        }
+        if window.inflight.contains(&p.item_id) || window.held.contains(&p.item_id) {
+            continue;
+        }
+        if !p.consent_id.is_empty() {
+            let usable = match consent::load_read(g.store.pool(), &p.consent_id).await {
+                Ok(Some(c)) => crate::routing::effective_state(&c, g.clock.now_micros()) == ConsentState::Given,
+                Ok(None) => false,
+                Err(_) => return Err(Status::unavailable("the gateway's database is unavailable; reconnect later")),
+            };
+            if !usable {
+                window.held.insert(p.item_id);
+                continue;
+            }
+        }
+        window.inflight.insert(p.item_id.clone());
+        if tx.send(frame(gateway_frame::Frame::Item(p.item))).await.is_err() {
+            return Err(Status::cancelled("node went away"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a stream until the node leaves or the gateway closes it.
 pub async fn run(
     gateway: Gateway,
@@ -83,9 +140,10 @@ pub async fn run(
         let _ = closing.wait_for(|c| *c).await.map(|_| ());
     };
     tokio::pin!(closed);
+    let max = usize::try_from(gateway.bundle().network().max_unacked_per_stream).unwrap_or(64).max(1);
     let welcome = Welcome {
         caller: Some(caller_proto(&caller)),
-        max_unacked: 64,
+        max_unacked: u32::try_from(max).unwrap_or(64),
         stream_id: id.to_string(),
         bundle_version: gateway.bundle().version_id().to_owned(),
     };
@@ -99,14 +157,28 @@ pub async fn run(
     tokio::pin!(expiry);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
+    let mut poll = tokio::time::interval(SAFETY_POLL);
+    let wake = g.wakeups.get(caller.org.as_str());
+    let mut window = Window { inflight: HashSet::new(), held: HashSet::new(), max };
     let reason: Status = loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Heartbeat(_)) })) => {}
-                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Hello(_)) })) => {}
-                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Ack(_)) })) => {
+                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Hello(_)) })) => {
+                    if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
+                        break s;
+                    }
+                }
+                Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Ack(ack)) })) => {
                     if !g.streams.is_current(&caller.org, id) {
                         break Status::aborted("this stream was replaced by a newer one; acknowledgements are refused");
+                    }
+                    if let Err(e) = lifecycle::ack(&gateway, &caller.org, &ack.item_id).await {
+                        break Status::from(e);
+                    }
+                    window.inflight.remove(&ack.item_id);
+                    if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
+                        break s;
                     }
                 }
                 Ok(Some(NodeFrame { frame: None })) => {
@@ -115,6 +187,17 @@ pub async fn run(
                 Ok(None) => break Status::ok("node closed the stream"),
                 Err(e) => break e,
             },
+            _ = wake.notified() => {
+                if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
+                    break s;
+                }
+            }
+            _ = poll.tick() => {
+                window.held.clear();
+                if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
+                    break s;
+                }
+            }
             _ = heartbeat.tick() => {
                 let hb = Heartbeat { sent_at_micros: g.clock.now_micros() };
                 if tx.send(frame(gateway_frame::Frame::Heartbeat(hb))).await.is_err() {

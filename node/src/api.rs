@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::NodeState;
 use crate::consent;
+use crate::mailbox;
 use crate::users::User;
 
 /// Serves `haven.v1.Node`.
@@ -38,10 +39,6 @@ impl NodeService {
     }
 }
 
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is part of the v1 contract but not implemented by this node version"))
-}
-
 type InboxStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<InboxItem, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -53,35 +50,99 @@ impl Node for NodeService {
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.Send"))
+        let user = self.user(&req)?;
+        let mut env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
+        if env.message_id.is_empty() {
+            env.message_id = uuid::Uuid::now_v7().to_string();
+        }
+        let now = self.state.clock.now_micros();
+        mailbox::record_sent(&self.state.store, &env, user.name.as_str(), user.role.as_str(), now).await.map_err(db)?;
+        Ok(Response::new(submit(&self.state, env, &user.name, user.role).await?))
     }
 
     async fn list_sent(&self, req: Request<ListSentRequest>) -> Result<Response<ListSentResponse>, Status> {
         self.user(&req)?;
-        Err(not_yet("Node.ListSent"))
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 50 } else { r.limit };
+        let messages = mailbox::sent_list(&self.state.store, &r.kind, limit).await.map_err(db)?;
+        Ok(Response::new(ListSentResponse { messages }))
     }
 
     async fn inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxResponse>, Status> {
         self.user(&req)?;
-        Err(not_yet("Node.Inbox"))
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 50 } else { r.limit };
+        Ok(Response::new(InboxResponse { items: mailbox::inbox(&self.state.store, &r.kind, limit).await.map_err(db)? }))
     }
 
     type WatchInboxStream = InboxStream;
 
     async fn watch_inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxStream>, Status> {
         self.user(&req)?;
-        Err(not_yet("Node.WatchInbox"))
+        let kind = req.into_inner().kind;
+        let rx = self.state.arrivals.subscribe();
+        let stream = futures::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(rx), move |r| {
+            let kind = kind.clone();
+            async move {
+                match r {
+                    Ok(item) => {
+                        let k = match &item.item {
+                            Some(Item { body: Some(item::Body::Delivery(d)), .. }) => d.kind.clone(),
+                            _ => item.item_kind.clone(),
+                        };
+                        (kind.is_empty() || k == kind || item.item_kind == kind).then_some(Ok(item))
+                    }
+                    Err(_) => {
+                        Some(Err(Status::data_loss("missed arrivals while this watch lagged; list the inbox again")))
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Result<Response<MessageView>, Status> {
         self.user(&req)?;
-        Err(not_yet("Node.GetMessage"))
+        let id = req.into_inner().message_id;
+        if let Some(sent) = mailbox::sent(&self.state.store, &id).await.map_err(db)? {
+            return Ok(Response::new(MessageView { direction: "sent".into(), sent: Some(sent), received: None }));
+        }
+        if let Some(received) = mailbox::received(&self.state.store, &id).await.map_err(db)? {
+            return Ok(Response::new(MessageView {
+                direction: "received".into(),
+                sent: None,
+                received: Some(received),
+            }));
+        }
+        Err(Status::not_found(format!("no message `{}` on this node", id.chars().take(40).collect::<String>())))
     }
 
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
-        self.user(&req)?;
-        Err(not_yet("Node.UpdateStatus"))
+        let user = self.user(&req)?;
+        let mut r = req.into_inner();
+        if r.update_id.is_empty() {
+            r.update_id = uuid::Uuid::new_v4().to_string();
+        }
+        let as_sender = r.status == MessageStatus::Withdrawn as i32;
+        let counterparty = if as_sender { r.recipient.clone() } else { r.sender.clone() };
+        let (message_id, code) = (r.message_id.clone(), r.code.clone());
+        let mut gw = GatewayClient::new(self.state.link.channel());
+        let resp = gw.update_status(self.state.link.request(&user.name, user.role, r)?).await?.into_inner();
+        let status =
+            MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
+        mailbox::local_status(
+            &self.state.store,
+            &message_id,
+            &counterparty,
+            &status,
+            &code,
+            user.name.as_str(),
+            self.state.clock.now_micros(),
+            as_sender,
+        )
+        .await
+        .map_err(db)?;
+        Ok(Response::new(resp))
     }
 
     async fn record_consent(&self, req: Request<RecordConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
@@ -152,5 +213,81 @@ impl Node for NodeService {
             detail: report.detail,
             checked_at_micros: report.checked_at_micros,
         }))
+    }
+}
+
+fn db(e: sqlx::Error) -> Status {
+    tracing::error!(error = %e, "node database");
+    Status::unavailable("the node's database is unavailable")
+}
+
+/// Whether a failed submission should stay pending and be retried (the gateway could not be reached
+/// or did not answer), as opposed to a refusal of the message itself.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+    )
+}
+
+/// Submits a recorded send and records the outcome. An unreachable gateway leaves it pending.
+pub async fn submit(
+    state: &NodeState,
+    env: Envelope,
+    person: &haven_trust::ids::PersonId,
+    role: haven_trust::ids::Role,
+) -> Result<SendResponse, Status> {
+    let message_id = env.message_id.clone();
+    let mut gw = GatewayClient::new(state.link.channel());
+    match gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            mailbox::record_outcome(&state.store, &resp, state.clock.now_micros()).await.map_err(db)?;
+            Ok(SendResponse {
+                message_id,
+                state: "submitted".into(),
+                outcomes: resp.outcomes,
+                bundle_version: resp.bundle_version,
+            })
+        }
+        Err(s) if retryable(&s) => {
+            tracing::warn!(%message_id, status = %s.message(), "gateway unreachable; the message stays pending and will be retried");
+            Ok(SendResponse {
+                message_id,
+                state: "pending".into(),
+                outcomes: Vec::new(),
+                bundle_version: String::new(),
+            })
+        }
+        Err(s) => {
+            mailbox::record_failure(&state.store, &message_id, s.message()).await.map_err(db)?;
+            Err(s)
+        }
+    }
+}
+
+/// Retries pending sends with their original message ids until the gateway answers.
+pub async fn retry_pending(state: Arc<NodeState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(pending) = mailbox::pending_sends(&state.store).await else { continue };
+        for (env, person, role) in pending {
+            let (Ok(person), Ok(role)) =
+                (haven_trust::ids::PersonId::parse(&person), haven_trust::ids::Role::parse(&role))
+            else {
+                continue;
+            };
+            if submit(&state, env, &person, role).await.map(|r| r.state == "pending").unwrap_or(false) {
+                break;
+            }
+        }
     }
 }

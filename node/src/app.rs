@@ -60,6 +60,8 @@ pub struct NodeState {
     pub stream: watch::Receiver<StreamState>,
     /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
     pub witness: crate::witness::Witness,
+    /// New arrivals, as they are stored.
+    pub arrivals: crate::mailbox::Arrivals,
 }
 
 /// A node ready to serve.
@@ -80,7 +82,12 @@ impl Node {
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());
         let witness = crate::witness::Witness::new(store.clone(), link.clone(), &config.link, clock.clone()).await?;
-        Ok(Node { state: Arc::new(NodeState { link, store, users, clock, stream, witness }), config, stream_tx })
+        let arrivals = tokio::sync::broadcast::channel(256).0;
+        Ok(Node {
+            state: Arc::new(NodeState { link, store, users, clock, stream, witness, arrivals }),
+            config,
+            stream_tx,
+        })
     }
 
     /// Binds the API address, naming it if it is taken.
@@ -96,7 +103,8 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stream = tokio::spawn(crate::stream::run(self.state.link.clone(), self.stream_tx, stop_rx));
+        let stream = tokio::spawn(crate::stream::run(self.state.clone(), self.stream_tx, stop_rx.clone()));
+        let retrier = tokio::spawn(crate::api::retry_pending(self.state.clone(), stop_rx));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<NodeServer<NodeService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -146,6 +154,7 @@ impl Node {
         };
         let _ = stop_tx.send(true);
         let _ = stream.await;
+        let _ = retrier.await;
         result.map_err(|e| NodeError::Tls(e.to_string()))
     }
 }

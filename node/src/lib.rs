@@ -15,6 +15,7 @@ pub mod audit_proxy;
 pub mod cli_audit;
 pub mod consent;
 pub mod link;
+pub mod mailbox;
 pub mod store;
 pub mod stream;
 pub mod users;

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_node.sql")),
     (2, include_str!("migrations/0002_witness.sql")),
     (3, include_str!("migrations/0003_consent.sql")),
+    (4, include_str!("migrations/0004_mail.sql")),
 ];
 
 impl NodeStore {

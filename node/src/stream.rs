@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use haven_proto::v1::gateway_client::GatewayClient;
-use haven_proto::v1::{GatewayFrame, Hello, NodeFrame, gateway_frame, node_frame};
+use haven_proto::v1::{Ack, GatewayFrame, Hello, NodeFrame, gateway_frame, node_frame};
 use haven_trust::ids::{PersonId, Role};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use crate::link::GatewayLink;
+use std::sync::Arc;
+
+use crate::app::NodeState;
+use crate::mailbox;
 
 /// What the node knows about its stream, for its users and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,7 +25,7 @@ pub struct StreamState {
 }
 
 /// Keeps the stream open until `shutdown` flips to true.
-pub async fn run(link: GatewayLink, state: watch::Sender<StreamState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(node: Arc<NodeState>, state: watch::Sender<StreamState>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
@@ -30,7 +33,7 @@ pub async fn run(link: GatewayLink, state: watch::Sender<StreamState>, mut shutd
         }
         let started = std::time::Instant::now();
         let ended = tokio::select! {
-            r = session(&link, &state) => r,
+            r = session(&node, &state) => r,
             _ = shutdown.changed() => break,
         };
         state.send_modify(|s| {
@@ -51,9 +54,12 @@ pub async fn run(link: GatewayLink, state: watch::Sender<StreamState>, mut shutd
     }
 }
 
-async fn session(link: &GatewayLink, state: &watch::Sender<StreamState>) -> String {
-    let (tx, rx) = mpsc::channel::<NodeFrame>(64);
-    let hello = NodeFrame { frame: Some(node_frame::Frame::Hello(Hello { witnessed_tree_size: 0 })) };
+async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String {
+    let link = &node.link;
+    let (tx, rx) = mpsc::channel::<NodeFrame>(256);
+    let hello = NodeFrame {
+        frame: Some(node_frame::Frame::Hello(Hello { witnessed_tree_size: node.witness.witnessed_size() })),
+    };
     if tx.send(hello).await.is_err() {
         return "internal channel closed".into();
     }
@@ -75,6 +81,27 @@ async fn session(link: &GatewayLink, state: &watch::Sender<StreamState>) -> Stri
                     s.sessions += 1;
                 });
             }
+            Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Item(item)) })) => {
+                // Stored durably first, then acknowledged: a crash in between means a repeat, which
+                // is stored once and acknowledged again.
+                let now = node.clock.now_micros();
+                match mailbox::store_item(&node.store, &item, now).await {
+                    Ok(new) => {
+                        if new && let Ok(Some(v)) = view_of(node, &item.item_id).await {
+                            let _ = node.arrivals.send(v);
+                        }
+                    }
+                    Err(e) => return format!("cannot store a delivery: {e}"),
+                }
+                let ack = NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id })) };
+                if tx.send(ack).await.is_err() {
+                    return "internal channel closed".into();
+                }
+            }
+            Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Checkpoint(cp)) })) => {
+                let report = node.witness.observe(cp).await;
+                tracing::debug!(?report, "checkpoint witnessed");
+            }
             Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Heartbeat(_)) })) => {
                 let hb = NodeFrame { frame: Some(node_frame::Frame::Heartbeat(Default::default())) };
                 if tx.send(hb).await.is_err() {
@@ -86,4 +113,14 @@ async fn session(link: &GatewayLink, state: &watch::Sender<StreamState>) -> Stri
             Err(e) => return format!("{}: {}", e.code(), e.message()),
         }
     }
+}
+
+async fn view_of(node: &NodeState, item_id: &str) -> Result<Option<haven_proto::v1::InboxItem>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE item_id = $1",
+    )
+    .bind(item_id)
+    .fetch_optional(node.store.pool())
+    .await?;
+    row.as_ref().map(mailbox::view).transpose()
 }

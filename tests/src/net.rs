@@ -20,6 +20,22 @@ pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
+/// Copies the repository's policy bundle into `dest`, so a test can change it.
+pub fn copy_policies(dest: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                copy(&p, &to.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+            }
+        }
+    }
+    copy(&policies_dir(), dest);
+}
+
 /// Which database the suite runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -78,11 +94,16 @@ impl TestNet {
 
     /// The same, with a given clock.
     pub async fn start_with_clock(clock: SharedClock) -> TestNet {
+        Self::start_with(policies_dir(), clock).await
+    }
+
+    /// The same, with a given policy directory and clock.
+    pub async fn start_with(policies: PathBuf, clock: SharedClock) -> TestNet {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs_path = dir.path().join("certs");
         haven_certs::init(&policies_dir().join("orgs.toml"), &certs_path, false).expect("dev PKI");
         let database = fresh_database(dir.path()).await;
-        let mut config = Config::new(certs_path.clone(), policies_dir(), database.clone());
+        let mut config = Config::new(certs_path.clone(), policies, database.clone());
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let gateway = Gateway::open(config, clock.clone()).await.expect("gateway starts");
         let listener = gateway.bind().await.expect("bind");

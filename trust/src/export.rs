@@ -373,26 +373,38 @@ impl LineIn<'_> {
     }
 }
 
+/// The value of each hex digit, or 0xff.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Reads 64 hex characters (either case) into a hash, without allocating.
 fn parse_hash(hex_text: &str) -> Result<Hash, String> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
     let bytes = hex_text.as_bytes();
     let mut out = [0u8; 32];
     if bytes.len() != 64 {
         return Err("expected 64 hex characters".to_owned());
     }
+    let mut bad = 0u8;
     for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(hi), Some(lo)) => *o = hi << 4 | lo,
-            _ => return Err("expected 64 hex characters".to_owned()),
-        }
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = hi << 4 | (lo & 0x0f);
+    }
+    if bad & 0xf0 != 0 {
+        return Err("expected 64 hex characters".to_owned());
     }
     Ok(out)
 }
@@ -571,16 +583,23 @@ enum Bad {
 /// One line, parsed and (for an entry) hashed.
 enum Item {
     Header(Result<Header, String>),
-    Entry { seq: u64, leaf: Hash, proof: Option<Vec<Hash>> },
-    Checkpoint(Checkpoint),
+    Entry {
+        seq: u64,
+        leaf: Hash,
+        proof: Option<Vec<Hash>>,
+    },
+    /// A checkpoint and whether its signature verified (checked by the worker, reported in order).
+    Checkpoint(Checkpoint, Result<(), String>),
     Consistency,
-    End { entries: u64, checkpoints: u64 },
+    End {
+        entries: u64,
+        checkpoints: u64,
+    },
 }
 
 /// Parses and hashes one line: everything about a line that does not depend on the lines before it.
-fn parse_line(bytes: &[u8]) -> Result<Item, Bad> {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    let text = std::str::from_utf8(bytes).map_err(|_| Bad::NotUtf8)?;
+fn parse_line(text: &str, key: &CheckpointKey) -> Result<Item, Bad> {
+    let text = text.strip_suffix('\r').unwrap_or(text);
     let line: LineIn<'_> = serde_json::from_str(text).map_err(|e| Bad::Malformed(e.to_string()))?;
     Ok(match line.line_kind(None).map_err(Bad::Malformed)? {
         LineKind::Header => Item::Header(header_of(&line)),
@@ -608,7 +627,11 @@ fn parse_line(bytes: &[u8]) -> Result<Item, Bad> {
             };
             Item::Entry { seq, leaf, proof }
         }
-        LineKind::Checkpoint => Item::Checkpoint(line.checkpoint().map_err(Bad::Malformed)?),
+        LineKind::Checkpoint => {
+            let cp = line.checkpoint().map_err(Bad::Malformed)?;
+            let signature = key.verify(&cp).map_err(|e| e.to_string());
+            Item::Checkpoint(cp, signature)
+        }
         LineKind::Consistency => {
             line.consistency().map_err(Bad::Malformed)?;
             Item::Consistency
@@ -622,21 +645,29 @@ fn parse_line(bytes: &[u8]) -> Result<Item, Bad> {
 
 /// Parses a block of whole lines; with `cut`, the block's last line has no newline (the file ends
 /// in the middle of it).
-fn parse_block(block: &[u8], cut: bool) -> Vec<Result<Item, Bad>> {
+fn parse_block(block: &[u8], cut: bool, key: &CheckpointKey) -> Vec<Result<Item, Bad>> {
     let mut items = Vec::with_capacity(block.len() / 400 + 1);
-    let mut rest = block;
-    while !rest.is_empty() {
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                items.push(parse_line(&rest[..i]));
-                rest = &rest[i + 1..];
-            }
-            None => {
-                debug_assert!(cut);
-                items.push(Err(Bad::Truncated));
-                break;
+    let (whole, tail) = if cut {
+        let at = block.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        block.split_at(at)
+    } else {
+        (block, &[][..])
+    };
+    match std::str::from_utf8(whole) {
+        // The usual case: one validation for the block, then a fast split.
+        Ok(text) => {
+            for line in text.split_terminator('\n') {
+                items.push(parse_line(line, key));
             }
         }
+        Err(_) => {
+            for line in whole.split(|&b| b == b'\n').take(whole.iter().filter(|&&b| b == b'\n').count()) {
+                items.push(std::str::from_utf8(line).map_err(|_| Bad::NotUtf8).and_then(|l| parse_line(l, key)));
+            }
+        }
+    }
+    if !tail.is_empty() {
+        items.push(Err(Bad::Truncated));
     }
     items
 }
@@ -715,6 +746,7 @@ pub fn verify<R: Read + Send>(
         let job_rx = Arc::new(Mutex::new(job_rx));
         for _ in 0..workers {
             let job_rx = job_rx.clone();
+            let key = &key;
             scope.spawn(move || {
                 loop {
                     let job = match job_rx.lock() {
@@ -722,12 +754,12 @@ pub fn verify<R: Read + Send>(
                         Err(_) => return,
                     };
                     let Ok((block, cut, tx)) = job else { return };
-                    let _ = tx.send(parse_block(&block, cut));
+                    let _ = tx.send(parse_block(&block, cut, key));
                 }
             });
         }
         scope.spawn(move || read_blocks(reader, order_tx, job_tx));
-        let mut check = Check::new(name, &key, independent);
+        let mut check = Check::new(name, independent);
         let mut line = 0u64;
         let result = (|| {
             for rx in order_rx.iter() {
@@ -751,7 +783,6 @@ pub fn verify<R: Read + Send>(
 /// The in-order checks of one export.
 struct Check<'a> {
     name: &'a str,
-    key: &'a CheckpointKey,
     independent: &'a Independent,
     header: Option<Header>,
     /// Prefix roots a full export must report for the independent checkpoints.
@@ -766,7 +797,7 @@ struct Check<'a> {
 }
 
 impl<'a> Check<'a> {
-    fn new(name: &'a str, key: &'a CheckpointKey, independent: &'a Independent) -> Self {
+    fn new(name: &'a str, independent: &'a Independent) -> Self {
         let mut wanted: BTreeMap<u64, Option<Hash>> =
             independent.checkpoints.iter().map(|c| (c.checkpoint.tree_size, None)).collect();
         if let Some(slot) = wanted.get_mut(&0) {
@@ -774,7 +805,6 @@ impl<'a> Check<'a> {
         }
         Check {
             name,
-            key,
             independent,
             header: None,
             wanted,
@@ -859,11 +889,11 @@ impl<'a> Check<'a> {
                 self.next_seq = seq + 1;
                 self.entries += 1;
             }
-            Item::Checkpoint(cp) => {
-                self.key.verify(&cp).map_err(|e| VerifyError::BadSignature {
+            Item::Checkpoint(cp, signature) => {
+                signature.map_err(|reason| VerifyError::BadSignature {
                     source_name: format!("{name} line {line}"),
                     tree_size: cp.tree_size,
-                    reason: e.to_string(),
+                    reason,
                 })?;
                 let root = cp.root().map_err(|e| malformed(name, line, e.to_string()))?;
                 match kind {

@@ -45,19 +45,13 @@ pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result
         entry.seq = u64::try_from(first + i as i64).unwrap_or(0);
     }
     // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
+    let sqlite = is_sqlite(tx);
     for chunk in entries.chunks(INSERT_CHUNK) {
         let mut sql = String::with_capacity(INSERT_HEAD.len() + chunk.len() * 120);
         sql.push_str(INSERT_HEAD);
         for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { " (" } else { ", (" });
-            for c in 0..INSERT_COLUMNS {
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('$');
-                sql.push_str(&(i * INSERT_COLUMNS + c + 1).to_string());
-            }
-            sql.push(')');
+            sql.push_str(if i == 0 { " " } else { ", " });
+            push_row(&mut sql, sqlite, i, INSERT_COLUMNS);
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (entry, counterparty_subject) in chunk {
@@ -88,6 +82,30 @@ pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result
         q.execute(&mut **tx).await?;
     }
     Ok(u64::try_from(first).unwrap_or(0))
+}
+
+/// Whether a connection is SQLite's.
+pub(crate) fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name() == "SQLite"
+}
+
+/// Writes the placeholders of row `row` of a multi-row statement of `columns` columns: `($1, $2, ...)`,
+/// or `(?, ?, ...)` on SQLite, which looks each named placeholder up by a linear scan of all of them,
+/// so that a statement of thousands of `$N` binds would cost quadratic time to bind.
+pub(crate) fn push_row(sql: &mut String, sqlite: bool, row: usize, columns: usize) {
+    sql.push('(');
+    for c in 0..columns {
+        if c > 0 {
+            sql.push_str(", ");
+        }
+        if sqlite {
+            sql.push('?');
+        } else {
+            sql.push('$');
+            sql.push_str(&(row * columns + c + 1).to_string());
+        }
+    }
+    sql.push(')');
 }
 
 /// The columns of an `audit_log` row, in the order [`append`] binds them.

@@ -1,7 +1,10 @@
 //! Routing: deciding each recipient of an envelope, and (for a submission) minimizing, pseudonymizing
 //! and queueing each copy in one transaction with its audit entries.
 
+pub mod lifecycle;
 pub mod pseudonym;
+pub mod queue;
+pub mod submit;
 
 use std::sync::Arc;
 

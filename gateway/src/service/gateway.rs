@@ -9,7 +9,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, caller_proto, not_yet};
+use super::{caller, caller_proto};
 use crate::app::Gateway;
 use crate::identity::PeerInfo;
 use crate::{consent, envelope, routing};
@@ -44,8 +44,10 @@ impl GatewayRpc for GatewayService {
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.Submit"))
+        let caller = caller(&req)?;
+        let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, true)?;
+        let (resp, _) = routing::submit::submit(&self.gateway, &caller, env).await?;
+        Ok(Response::new(resp))
     }
 
     type DeliveriesStream = FrameStream;
@@ -70,8 +72,8 @@ impl GatewayRpc for GatewayService {
     }
 
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
-        caller(&req)?;
-        Err(not_yet("Gateway.UpdateStatus"))
+        let caller = caller(&req)?;
+        Ok(Response::new(routing::lifecycle::update_status(&self.gateway, &caller, req.into_inner()).await?))
     }
 
     async fn register_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {

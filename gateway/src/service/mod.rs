@@ -23,8 +23,3 @@ pub(crate) fn caller_proto(c: &Caller) -> haven_proto::v1::Caller {
         role: c.role.as_str().to_owned(),
     }
 }
-
-/// The answer of a method that a later version of the gateway implements.
-pub(crate) fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is part of the v1 contract but not implemented by this gateway version"))
-}

@@ -34,6 +34,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/0003_merkle.sql"),
         postgres: include_str!("migrations/postgres/0003_merkle.sql"),
     },
+    Migration {
+        version: 4,
+        name: "routing",
+        sqlite: include_str!("migrations/sqlite/0004_routing.sql"),
+        postgres: include_str!("migrations/postgres/0004_routing.sql"),
+    },
 ];
 
 /// An arbitrary constant naming Haven's migration lock.

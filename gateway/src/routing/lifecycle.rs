@@ -1,0 +1,474 @@
+//! What happens to a queued copy after submission: its transport acknowledgement, the closed-loop
+//! status changes (accept, decline, close, withdraw, acknowledge), cancellation when its consent ends,
+//! and expiry. Each change commits with its audit entry and any notice it owes the other party.
+
+use haven_proto::v1 as pb;
+use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::ids::{Caller, OrgId, Role};
+use sqlx::Row;
+
+use super::queue::{self, NewItem};
+use crate::app::Gateway;
+use crate::audit;
+use crate::error::Error;
+use crate::store::Tx;
+
+/// One recipient copy, as stored (no field values).
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub delivery_id: String,
+    pub sender: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub kind: String,
+    pub purpose: String,
+    pub consent_id: String,
+    pub subject: String,
+    pub recipient_subject: String,
+    pub status: String,
+    pub expires_at_micros: i64,
+}
+
+const COPY_COLUMNS: &str = "delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros";
+
+fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
+    Ok(Copy {
+        delivery_id: r.try_get("delivery_id")?,
+        sender: r.try_get("sender")?,
+        message_id: r.try_get("message_id")?,
+        recipient: r.try_get("recipient")?,
+        kind: r.try_get("kind")?,
+        purpose: r.try_get("purpose")?,
+        consent_id: r.try_get("consent_id")?,
+        subject: r.try_get("subject")?,
+        recipient_subject: r.try_get("recipient_subject")?,
+        status: r.try_get("status")?,
+        expires_at_micros: r.try_get("expires_at_micros")?,
+    })
+}
+
+async fn copy_by_id(tx: &mut Tx, delivery_id: &str) -> Result<Option<Copy>, sqlx::Error> {
+    let _ = COPY_COLUMNS;
+    let r = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE delivery_id = $1")
+        .bind(delivery_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    r.as_ref().map(copy_from).transpose()
+}
+
+async fn set_status(
+    tx: &mut Tx,
+    delivery_id: &str,
+    status: &str,
+    code: &str,
+    by: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deliveries SET status = $1, status_code = $2, status_by = $3, updated_at_micros = $4 WHERE delivery_id = $5")
+        .bind(status)
+        .bind(code)
+        .bind(by)
+        .bind(now)
+        .bind(delivery_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn base_entry(g: &Gateway, now: i64, action: Action, c: &Copy) -> AuditEntry {
+    AuditEntry {
+        time_micros: now,
+        action: action.as_str().into(),
+        object_id: c.message_id.clone(),
+        purpose: c.purpose.clone(),
+        consent_id: c.consent_id.clone(),
+        bundle_version: g.bundle().version_id().to_owned(),
+        outcome: "ok".into(),
+        ..Default::default()
+    }
+}
+
+/// The sender's entry about a copy: the recipient is the counterparty and sees its own pseudonym.
+fn sender_side(g: &Gateway, now: i64, action: Action, c: &Copy) -> (AuditEntry, String) {
+    let mut e = base_entry(g, now, action, c);
+    e.actor_org = c.sender.clone();
+    e.actor_role = "system".into();
+    e.counterparty = c.recipient.clone();
+    e.subject = c.subject.clone();
+    e.source_node = c.sender.clone();
+    (e, c.recipient_subject.clone())
+}
+
+async fn notify_sender(
+    g: &Gateway,
+    tx: &mut Tx,
+    now: i64,
+    c: &Copy,
+    kind: pb::sender_notice::Kind,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let notice = pb::SenderNotice {
+        message_id: c.message_id.clone(),
+        recipient: c.recipient.clone(),
+        kind: kind as i32,
+        reason: reason.to_owned(),
+        at_micros: now,
+    };
+    queue::enqueue(
+        tx,
+        g.0.store.backend(),
+        now,
+        NewItem {
+            org: &c.sender,
+            body: pb::item::Body::SenderNotice(notice),
+            delivery_id: "",
+            consent_id: "",
+            sender: "",
+            expires_at_micros: i64::MAX,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A node's transport acknowledgement: the item is stored at the node, so its payload goes, and a
+/// delivery becomes `delivered`. A repeated acknowledgement is harmless.
+pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+    let now = g.0.clock.now_micros();
+    let mut tx = g.0.store.begin().await?;
+    let row = queue::get(&mut tx, item_id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
+    if row.org != org.as_str() {
+        return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
+    }
+    if !queue::finish(&mut tx, item_id, "acked", now).await? {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let mut entries = Vec::new();
+    let mut wake = None;
+    if row.kind == queue::ItemKind::Delivery.as_str()
+        && let Some(c) = copy_by_id(&mut tx, &row.delivery_id).await?
+    {
+        if c.status == "sent" {
+            set_status(&mut tx, &c.delivery_id, "delivered", "", org.as_str(), now).await?;
+        }
+        // The recipient acts; the controller's pseudonym is not written where the recipient reads.
+        let mut e = base_entry(g, now, Action::Delivered, &c);
+        e.actor_org = org.to_string();
+        e.actor_person = "node".into();
+        e.actor_role = Role::Node.to_string();
+        e.counterparty = c.sender.clone();
+        e.source_node = org.to_string();
+        entries.push((e, String::new()));
+        notify_sender(g, &mut tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
+        wake = Some(c.sender.clone());
+    } else {
+        let e = AuditEntry {
+            time_micros: now,
+            actor_org: org.to_string(),
+            actor_person: "node".into(),
+            actor_role: Role::Node.to_string(),
+            action: Action::Delivered.as_str().into(),
+            object_id: item_id.to_owned(),
+            reason: row.kind.clone(),
+            outcome: "ok".into(),
+            source_node: org.to_string(),
+            ..Default::default()
+        };
+        entries.push((e, String::new()));
+    }
+    audit::append(&mut tx, &mut entries).await?;
+    tx.commit().await?;
+    if let Some(s) = wake {
+        g.0.wakeups.wake(&s);
+    }
+    Ok(())
+}
+
+/// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
+/// copy that depends on it (payload deleted, sender told) and queue a withdrawal notice for every
+/// recipient that holds, or may be receiving, data under it. Returns the organizations to wake.
+pub async fn consent_ended(
+    g: &Gateway,
+    tx: &mut Tx,
+    consent_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>, Error> {
+    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 ORDER BY delivery_id")
+        .bind(consent_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
+    let mut entries = Vec::new();
+    let mut wake = Vec::new();
+    let mut holders: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+    for c in &copies {
+        let mut cancelled_in_flight = false;
+        if c.status == "sent" {
+            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
+                .bind(c.delivery_id.as_str())
+                .fetch_all(&mut **tx)
+                .await?;
+            for it in items {
+                let id: String = it.try_get(0)?;
+                queue::finish(tx, &id, "cancelled", now).await?;
+            }
+            set_status(tx, &c.delivery_id, "revoked", reason, "", now).await?;
+            let (mut e, rs) = sender_side(g, now, Action::Cancelled, c);
+            e.reason = reason.into();
+            entries.push((e, rs));
+            notify_sender(g, tx, now, c, pb::sender_notice::Kind::Cancelled, reason).await?;
+            wake.push(c.sender.clone());
+            // It may already be on its way to the node: count it as received.
+            cancelled_in_flight = true;
+        }
+        if cancelled_in_flight
+            || matches!(c.status.as_str(), "delivered" | "accepted" | "declined" | "closed" | "acknowledged")
+        {
+            holders
+                .entry(c.recipient.clone())
+                .or_insert_with(|| (c.recipient_subject.clone(), Vec::new()))
+                .1
+                .push(c.message_id.clone());
+        }
+    }
+    for (recipient, (recipient_subject, message_ids)) in holders {
+        let notice = pb::ConsentWithdrawn {
+            message_ids,
+            subject_pseudonym: recipient_subject.clone(),
+            reason: reason.into(),
+            at_micros: now,
+        };
+        queue::enqueue(
+            tx,
+            g.0.store.backend(),
+            now,
+            NewItem {
+                org: &recipient,
+                body: pb::item::Body::ConsentWithdrawn(notice),
+                delivery_id: "",
+                consent_id: "",
+                sender: "",
+                expires_at_micros: i64::MAX,
+            },
+        )
+        .await?;
+        if let Some(c) = copies.iter().find(|c| c.recipient == recipient) {
+            let (mut e, rs) = sender_side(g, now, Action::WithdrawalNotified, c);
+            e.object_id = consent_id.to_owned();
+            e.reason = reason.into();
+            entries.push((e, rs));
+        }
+        wake.push(recipient);
+    }
+    audit::append(tx, &mut entries).await?;
+    Ok(wake)
+}
+
+/// Expires queued copies past their TTL: payload deleted, the sender told. Returns how many.
+pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
+    let now = g.0.clock.now_micros();
+    let due: Vec<(String, String)> = sqlx::query("SELECT item_id, delivery_id FROM outbox WHERE state = 'pending' AND expires_at_micros <= $1 ORDER BY expires_at_micros LIMIT 1000")
+        .bind(now)
+        .fetch_all(g.0.store.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut n = 0;
+    for (item_id, delivery_id) in due {
+        let mut tx = g.0.store.begin().await?;
+        if !queue::finish(&mut tx, &item_id, "expired", now).await? {
+            tx.rollback().await?;
+            continue;
+        }
+        let mut entries = Vec::new();
+        let mut wake = None;
+        if let Some(c) = copy_by_id(&mut tx, &delivery_id).await? {
+            set_status(&mut tx, &c.delivery_id, "expired", "ttl", "", now).await?;
+            entries.push(sender_side(g, now, Action::Expired, &c));
+            notify_sender(g, &mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
+            wake = Some(c.sender.clone());
+        }
+        audit::append(&mut tx, &mut entries).await?;
+        tx.commit().await?;
+        if let Some(s) = wake {
+            g.0.wakeups.wake(&s);
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Which party may make which change, from which states.
+fn transition(
+    kind: &str,
+    status: pb::MessageStatus,
+    from: &str,
+    caller_is_sender: bool,
+) -> Result<&'static str, Error> {
+    use pb::MessageStatus as S;
+    let wrong_party = |who: &str| Err(Error::PermissionDenied(format!("only the {who} may set this status")));
+    let (to, by_sender, allowed_from): (&'static str, bool, &[&str]) = match (kind, status) {
+        ("referral", S::Accepted) => ("accepted", false, &["delivered"]),
+        ("referral", S::Declined) => ("declined", false, &["delivered"]),
+        ("referral", S::Closed) => ("closed", false, &["accepted"]),
+        ("referral", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered", "accepted"]),
+        ("alert", S::Acknowledged) => ("acknowledged", false, &["delivered"]),
+        ("alert", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered"]),
+        (k, s) => {
+            return Err(Error::InvalidArgument(format!("status {} does not apply to a {k}", s.as_str_name())));
+        }
+    };
+    if by_sender != caller_is_sender {
+        return wrong_party(if by_sender { "sender" } else { "recipient" });
+    }
+    if !allowed_from.contains(&from) {
+        return Err(Error::FailedPrecondition(format!(
+            "cannot move a {kind} from `{from}` to `{to}` (allowed from: {})",
+            allowed_from.join(", ")
+        )));
+    }
+    Ok(to)
+}
+
+/// Applies a status update from either party, with its idempotency key.
+pub async fn update_status(
+    g: &Gateway,
+    caller: &Caller,
+    req: pb::UpdateStatusRequest,
+) -> Result<pb::UpdateStatusResponse, Error> {
+    let status = pb::MessageStatus::try_from(req.status)
+        .map_err(|_| Error::InvalidArgument(format!("unknown status {}", req.status)))?;
+    if uuid::Uuid::parse_str(&req.update_id).is_err() {
+        return Err(Error::InvalidArgument("update_id must be a UUID (the idempotency key of this change)".into()));
+    }
+    let code_ok =
+        req.code.len() <= 64 && req.code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !code_ok {
+        return Err(Error::InvalidArgument(
+            "code must be a snake_case code of at most 64 characters, never free text".into(),
+        ));
+    }
+    if matches!(status, pb::MessageStatus::Declined | pb::MessageStatus::Closed) && req.code.is_empty() {
+        return Err(Error::InvalidArgument("a decline needs a reason code and a close needs an outcome code".into()));
+    }
+    let now = g.0.clock.now_micros();
+    let mut tx = g.0.store.begin().await?;
+    if let Some(r) = sqlx::query("SELECT status FROM status_updates WHERE org = $1 AND update_id = $2")
+        .bind(caller.org.as_str())
+        .bind(req.update_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        tx.rollback().await?;
+        let s: String = r.try_get(0)?;
+        let st = pb::MessageStatus::from_str_name(&s.to_ascii_uppercase()).unwrap_or(status);
+        return Ok(pb::UpdateStatusResponse { status: st as i32, replayed: true });
+    }
+    // Find the copies: the recipient names the sender; the sender names the recipient (or all).
+    let rows = if status == pb::MessageStatus::Withdrawn {
+        sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE sender = $1 AND message_id = $2 AND ($3 = '' OR recipient = $3) ORDER BY delivery_id")
+            .bind(caller.org.as_str())
+            .bind(req.message_id.as_str())
+            .bind(req.recipient.as_str())
+            .fetch_all(&mut *tx)
+            .await?
+    } else {
+        sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE sender = $1 AND message_id = $2 AND recipient = $3")
+            .bind(req.sender.as_str())
+            .bind(req.message_id.as_str())
+            .bind(caller.org.as_str())
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
+    if copies.is_empty() {
+        // Distinguish "not yours" from "does not exist" without revealing other organizations' traffic.
+        return Err(Error::NotFound(format!(
+            "no message `{}` between your organization and that party",
+            req.message_id.chars().take(40).collect::<String>()
+        )));
+    }
+    let mut entries = Vec::new();
+    let mut wake = Vec::new();
+    let mut final_status = "";
+    for c in &copies {
+        let to = transition(&c.kind, status, &c.status, c.sender == caller.org.as_str())?;
+        final_status = to;
+        if to == "withdrawn" && c.status == "sent" {
+            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
+                .bind(c.delivery_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            for it in items {
+                let id: String = it.try_get(0)?;
+                queue::finish(&mut tx, &id, "cancelled", now).await?;
+            }
+        }
+        set_status(&mut tx, &c.delivery_id, to, &req.code, caller.person.as_str(), now).await?;
+        let other = if c.sender == caller.org.as_str() { c.recipient.clone() } else { c.sender.clone() };
+        if !(to == "withdrawn" && c.status == "sent") {
+            let notice = pb::StatusNotice {
+                message_id: c.message_id.clone(),
+                from_org: caller.org.to_string(),
+                from_person: caller.person.to_string(),
+                status: status as i32,
+                code: req.code.clone(),
+                at_micros: now,
+            };
+            queue::enqueue(
+                &mut tx,
+                g.0.store.backend(),
+                now,
+                NewItem {
+                    org: &other,
+                    body: pb::item::Body::Status(notice),
+                    delivery_id: "",
+                    consent_id: "",
+                    sender: "",
+                    expires_at_micros: i64::MAX,
+                },
+            )
+            .await?;
+            wake.push(other.clone());
+        }
+        let mut e = base_entry(g, now, Action::StatusChanged, c);
+        e.actor_org = caller.org.to_string();
+        e.actor_person = caller.person.to_string();
+        e.actor_role = caller.role.to_string();
+        e.counterparty = other;
+        e.reason = req.code.clone();
+        e.outcome = to.into();
+        e.source_node = caller.org.to_string();
+        // The controller (sender) sees its own pseudonym; the recipient never sees it.
+        let recipient_subject = if c.sender == caller.org.as_str() {
+            e.subject = c.subject.clone();
+            c.recipient_subject.clone()
+        } else {
+            String::new()
+        };
+        entries.push((e, recipient_subject));
+        if let Some(first) = copies.first()
+            && first.delivery_id == c.delivery_id
+        {
+            sqlx::query("INSERT INTO status_updates (org, update_id, delivery_id, status) VALUES ($1, $2, $3, $4)")
+                .bind(caller.org.as_str())
+                .bind(req.update_id.as_str())
+                .bind(c.delivery_id.as_str())
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    audit::append(&mut tx, &mut entries).await?;
+    tx.commit().await?;
+    for o in wake {
+        g.0.wakeups.wake(&o);
+    }
+    let st = pb::MessageStatus::from_str_name(&final_status.to_ascii_uppercase()).unwrap_or(status);
+    Ok(pb::UpdateStatusResponse { status: st as i32, replayed: false })
+}

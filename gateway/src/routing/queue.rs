@@ -1,0 +1,186 @@
+//! The durable per-organization queue. Every item an organization's node must receive — a delivery, a
+//! consent-withdrawal notice, a status notice, a notice for the sender — is a row here until the node
+//! acknowledges it. The payload is emptied in the same transaction that acknowledges, cancels or
+//! expires the item; the row remains as a tombstone so a repeated acknowledgement is recognised.
+//!
+//! Wake-ups: on SQLite an in-process [`Wakeups`] notifier; on PostgreSQL also `pg_notify`, sent at
+//! commit, so a node connected to another replica hears of it. Streams poll slowly behind both.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use haven_proto::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::store::{Backend, Tx};
+
+/// The channel name for PostgreSQL wake-ups.
+pub const PG_CHANNEL: &str = "haven_queue";
+
+/// What kind of item a row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Delivery,
+    ConsentWithdrawn,
+    Status,
+    SenderNotice,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Delivery => "delivery",
+            ItemKind::ConsentWithdrawn => "consent_withdrawn",
+            ItemKind::Status => "status",
+            ItemKind::SenderNotice => "sender_notice",
+        }
+    }
+
+    fn of(body: &pb::item::Body) -> Self {
+        match body {
+            pb::item::Body::Delivery(_) => ItemKind::Delivery,
+            pb::item::Body::ConsentWithdrawn(_) => ItemKind::ConsentWithdrawn,
+            pb::item::Body::Status(_) => ItemKind::Status,
+            pb::item::Body::SenderNotice(_) => ItemKind::SenderNotice,
+        }
+    }
+}
+
+/// Per-organization wake-ups for open streams.
+#[derive(Default)]
+pub struct Wakeups {
+    orgs: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Wakeups {
+    /// The notifier an organization's stream waits on.
+    pub fn get(&self, org: &str) -> Arc<Notify> {
+        match self.orgs.lock() {
+            Ok(mut m) => m.entry(org.to_owned()).or_default().clone(),
+            Err(_) => Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes an organization's stream, if one waits here.
+    pub fn wake(&self, org: &str) {
+        if let Ok(m) = self.orgs.lock()
+            && let Some(n) = m.get(org)
+        {
+            n.notify_one();
+        }
+    }
+}
+
+/// Where a new item goes.
+pub struct NewItem<'a> {
+    pub org: &'a str,
+    pub body: pb::item::Body,
+    pub delivery_id: &'a str,
+    pub consent_id: &'a str,
+    pub sender: &'a str,
+    pub expires_at_micros: i64,
+}
+
+/// Queues an item in the caller's transaction. Returns its id (a UUIDv7, so ids sort oldest first).
+pub async fn enqueue(tx: &mut Tx, backend: Backend, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
+    let item_id = Uuid::now_v7().to_string();
+    let kind = ItemKind::of(&item.body);
+    let payload = pb::Item { item_id: item_id.clone(), queued_at_micros: now, body: Some(item.body) }.encode_to_vec();
+    sqlx::query("INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')")
+        .bind(item_id.as_str())
+        .bind(item.org)
+        .bind(kind.as_str())
+        .bind(item.delivery_id)
+        .bind(item.consent_id)
+        .bind(item.sender)
+        .bind(payload)
+        .bind(now)
+        .bind(item.expires_at_micros)
+        .execute(&mut **tx)
+        .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(item.org).execute(&mut **tx).await?;
+    }
+    Ok(item_id)
+}
+
+/// A pending item read for sending.
+pub struct Pending {
+    pub item_id: String,
+    pub item: pb::Item,
+    pub consent_id: String,
+}
+
+/// The organization's oldest pending items after `after` (exclusive), at most `limit`.
+pub async fn pending(pool: &sqlx::AnyPool, org: &str, after: &str, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+    let rows = sqlx::query("SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' AND item_id > $2 ORDER BY item_id LIMIT $3")
+        .bind(org)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let payload: Vec<u8> = r.try_get("payload")?;
+        let Ok(item) = pb::Item::decode(payload.as_slice()) else {
+            tracing::error!("undecodable queued item skipped");
+            continue;
+        };
+        out.push(Pending { item_id: r.try_get("item_id")?, item, consent_id: r.try_get("consent_id")? });
+    }
+    Ok(out)
+}
+
+/// A queued row's identity, read under the transaction.
+pub struct QueuedRow {
+    pub org: String,
+    pub state: String,
+    pub kind: String,
+    pub delivery_id: String,
+}
+
+/// Reads an item's row.
+pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::Error> {
+    let row = sqlx::query("SELECT org, state, item_kind, delivery_id FROM outbox WHERE item_id = $1")
+        .bind(item_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|r| {
+        Ok(QueuedRow {
+            org: r.try_get("org")?,
+            state: r.try_get("state")?,
+            kind: r.try_get("item_kind")?,
+            delivery_id: r.try_get("delivery_id")?,
+        })
+    })
+    .transpose()
+}
+
+/// Ends an item (acked, cancelled or expired), deleting its payload. Returns whether it was pending.
+pub async fn finish(tx: &mut Tx, item_id: &str, state: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE outbox SET state = $1, payload = $2, done_at_micros = $3 WHERE item_id = $4 AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(Vec::<u8>::new())
+    .bind(now)
+    .bind(item_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// How many deliveries from `sender` wait for `org`.
+pub async fn queued_between(tx: &mut Tx, sender: &str, org: &str) -> Result<i64, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT COUNT(*) FROM outbox WHERE sender = $1 AND org = $2 AND state = 'pending' AND item_kind = 'delivery'",
+    )
+    .bind(sender)
+    .bind(org)
+    .fetch_one(&mut **tx)
+    .await?;
+    r.try_get(0)
+}

@@ -1,0 +1,189 @@
+//! Submitting a referral or an alert: in one transaction, decide each recipient, minimize each copy,
+//! replace the subject's pseudonym with the recipient's own, queue the copies and write every audit
+//! entry. An identical resubmission returns the first reply and queues nothing.
+
+use haven_proto::v1 as pb;
+use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::ids::Caller;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::queue::{self, NewItem};
+use super::{decide_with, decision_entry, decision_proto, pseudonym};
+use crate::app::Gateway;
+use crate::audit;
+use crate::consent;
+use crate::envelope::{self, Envelope, Recipients};
+use crate::error::Error;
+use crate::policy::DenyReason;
+
+/// What makes two submissions with one id the same: everything the sender chose.
+fn content_hash(env: &Envelope) -> String {
+    let recipients = match &env.recipients {
+        Recipients::Named(list) => list.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","),
+        Recipients::AllPermitted => "*".into(),
+    };
+    let canonical = format!(
+        "{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}",
+        env.kind, recipients, env.purpose, env.subject, env.consent_id, env.fields, env.correlation_id
+    );
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Submits an envelope for `caller`.
+pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
+    let hash = content_hash(&env);
+    let now = g.0.clock.now_micros();
+    let message_id = env.message_id.to_string();
+    let mut tx = g.0.store.begin().await?;
+
+    if let Some(row) =
+        sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
+            .bind(caller.org.as_str())
+            .bind(message_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+    {
+        tx.rollback().await?;
+        let stored: String = row.try_get(0)?;
+        if stored != hash {
+            return Err(Error::AlreadyExists(format!(
+                "message_id {message_id} was already used for a different message; make a new UUIDv7 for a new message"
+            )));
+        }
+        let bytes: Vec<u8> = row.try_get(1)?;
+        let mut resp = pb::SubmitResponse::decode(bytes.as_slice())
+            .map_err(|e| Error::FailedPrecondition(format!("stored reply is unreadable: {e}")))?;
+        resp.replayed = true;
+        return Ok((resp, Vec::new()));
+    }
+
+    // Lock the consent row, so a revocation racing this submission either commits first (and this
+    // submission sees it) or waits for this commit (and its cascade sees these copies).
+    let stored_consent = match &env.consent_id {
+        Some(id) => {
+            sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            consent::load(&mut tx, id).await?.map(|(s, _)| s)
+        }
+        None => None,
+    };
+    let bundle = g.bundle();
+    let decided = decide_with(g, caller, &env, bundle.clone(), stored_consent);
+    let ttl = i64::from(bundle.network().delivery_ttl_days) * 86_400_000_000;
+    let quota = i64::from(bundle.network().queue_quota);
+    let mut outcomes = Vec::with_capacity(decided.outcomes.len());
+    let mut entries = Vec::with_capacity(decided.outcomes.len());
+    let mut woken = Vec::new();
+    for (recipient, mut d) in decided.outcomes {
+        let mut outcome =
+            if d.allowed { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
+        if d.allowed && queue::queued_between(&mut tx, caller.org.as_str(), recipient.as_str()).await? >= quota {
+            outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
+            d.allowed = false;
+            d.reason = Some(DenyReason::QuotaExceeded);
+            d.reason_detail = Some(recipient.to_string());
+            d.withheld = env.fields.keys().cloned().collect();
+            d.released.clear();
+        }
+        let mut delivery_id = String::new();
+        let mut recipient_subject = String::new();
+        if outcome == pb::recipient_outcome::Outcome::Queued {
+            delivery_id = Uuid::now_v7().to_string();
+            recipient_subject = env
+                .subject
+                .as_deref()
+                .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), s))
+                .unwrap_or_default();
+            let fields = d
+                .released
+                .iter()
+                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), envelope::to_proto(v))))
+                .collect();
+            let delivery = pb::Delivery {
+                message_id: message_id.clone(),
+                kind: env.kind.clone(),
+                sender: caller.org.to_string(),
+                sender_person: caller.person.to_string(),
+                purpose: env.purpose.clone(),
+                subject_pseudonym: recipient_subject.clone(),
+                fields,
+                withheld_fields: d.withheld.clone(),
+                rule_ids: d.rule_ids.clone(),
+                bundle_version: d.bundle_version.clone(),
+                expires_at_micros: now + ttl,
+                correlation_id: env.correlation_id.clone(),
+            };
+            sqlx::query("INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, released_fields, status, updated_at_micros, expires_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'sent', $12, $13)")
+                .bind(delivery_id.as_str())
+                .bind(caller.org.as_str())
+                .bind(caller.person.as_str())
+                .bind(message_id.as_str())
+                .bind(recipient.as_str())
+                .bind(env.kind.as_str())
+                .bind(env.purpose.as_str())
+                .bind(env.consent_id.as_deref().unwrap_or(""))
+                .bind(env.subject.as_deref().unwrap_or(""))
+                .bind(recipient_subject.as_str())
+                .bind(serde_json::to_string(&d.released).unwrap_or_default())
+                .bind(now)
+                .bind(now + ttl)
+                .execute(&mut *tx)
+                .await?;
+            queue::enqueue(
+                &mut tx,
+                g.0.store.backend(),
+                now,
+                NewItem {
+                    org: recipient.as_str(),
+                    body: pb::item::Body::Delivery(delivery),
+                    delivery_id: &delivery_id,
+                    consent_id: env.consent_id.as_deref().unwrap_or(""),
+                    sender: caller.org.as_str(),
+                    expires_at_micros: now + ttl,
+                },
+            )
+            .await?;
+            woken.push(recipient.to_string());
+        }
+        let label = match outcome {
+            pb::recipient_outcome::Outcome::Queued => "queued",
+            pb::recipient_outcome::Outcome::QuotaExceeded => "quota_exceeded",
+            _ => "denied",
+        };
+        let mut e: AuditEntry = decision_entry(g, caller, &env, Action::Submitted, &recipient, &d, label);
+        e.object_id = message_id.clone();
+        entries.push((e, recipient_subject));
+        outcomes.push(pb::RecipientOutcome {
+            recipient: recipient.to_string(),
+            outcome: outcome as i32,
+            decision: Some(decision_proto(&d)),
+            delivery_id,
+        });
+    }
+    let response = pb::SubmitResponse {
+        message_id: message_id.clone(),
+        outcomes,
+        bundle_version: bundle.version_id().to_owned(),
+        replayed: false,
+    };
+    sqlx::query("INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(caller.org.as_str())
+        .bind(message_id.as_str())
+        .bind(env.kind.as_str())
+        .bind(hash.as_str())
+        .bind(response.encode_to_vec())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, &mut entries).await?;
+    tx.commit().await?;
+    for org in &woken {
+        g.0.wakeups.wake(org);
+    }
+    Ok((response, woken))
+}

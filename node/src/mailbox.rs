@@ -1,0 +1,311 @@
+//! The node's durable mailbox: what it received (stored before it is acknowledged, once per item id,
+//! so people see each item exactly once) and what it sent (kept `pending` until the gateway answers,
+//! and retried with the same message id).
+
+use haven_proto::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+use tokio::sync::broadcast;
+
+use crate::store::NodeStore;
+
+/// The item's wire kind.
+pub fn item_kind(item: &pb::Item) -> &'static str {
+    match item.body {
+        Some(pb::item::Body::Delivery(_)) => "delivery",
+        Some(pb::item::Body::ConsentWithdrawn(_)) => "consent_withdrawn",
+        Some(pb::item::Body::Status(_)) => "status",
+        Some(pb::item::Body::SenderNotice(_)) => "sender_notice",
+        None => "unknown",
+    }
+}
+
+fn status_name(s: i32) -> String {
+    pb::MessageStatus::try_from(s).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Stores an item and applies what it says, in one transaction. Returns true when the item is new
+/// (false for a repeat delivery, which is simply acknowledged again).
+pub async fn store_item(store: &NodeStore, item: &pb::Item, now: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    let (message_id, sender, kind) = match &item.body {
+        Some(pb::item::Body::Delivery(d)) => (d.message_id.clone(), d.sender.clone(), d.kind.clone()),
+        Some(pb::item::Body::Status(s)) => (s.message_id.clone(), s.from_org.clone(), String::new()),
+        Some(pb::item::Body::SenderNotice(n)) => (n.message_id.clone(), n.recipient.clone(), String::new()),
+        _ => (String::new(), String::new(), String::new()),
+    };
+    let inserted = sqlx::query("INSERT INTO inbox (item_id, received_at_micros, item_kind, message_id, body, sender, kind) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (item_id) DO NOTHING")
+        .bind(&item.item_id)
+        .bind(now)
+        .bind(item_kind(item))
+        .bind(&message_id)
+        .bind(item.encode_to_vec())
+        .bind(&sender)
+        .bind(&kind)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if inserted {
+        match &item.body {
+            Some(pb::item::Body::ConsentWithdrawn(w)) => {
+                for m in &w.message_ids {
+                    sqlx::query("UPDATE inbox SET withdrawn = 1 WHERE message_id = $1 AND item_kind = 'delivery'")
+                        .bind(m)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Some(pb::item::Body::Status(s)) => {
+                let status = status_name(s.status);
+                // As sender: the recipient changed its copy. As recipient: the sender withdrew.
+                sqlx::query("UPDATE sent_recipients SET status = $1, code = $2, by_person = $3, updated_at_micros = $4 WHERE message_id = $5 AND recipient = $6")
+                    .bind(&status)
+                    .bind(&s.code)
+                    .bind(&s.from_person)
+                    .bind(now)
+                    .bind(&s.message_id)
+                    .bind(&s.from_org)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE inbox SET status = $1 WHERE message_id = $2 AND item_kind = 'delivery' AND sender = $3",
+                )
+                .bind(&status)
+                .bind(&s.message_id)
+                .bind(&s.from_org)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(pb::item::Body::SenderNotice(n)) => {
+                let status = match pb::sender_notice::Kind::try_from(n.kind) {
+                    Ok(pb::sender_notice::Kind::Delivered) => "delivered",
+                    Ok(pb::sender_notice::Kind::Cancelled) => "revoked",
+                    Ok(pb::sender_notice::Kind::Expired) => "expired",
+                    _ => "unknown",
+                };
+                // A delivery notice never overrides a later status such as accepted.
+                sqlx::query("UPDATE sent_recipients SET status = $1, reason = $2, updated_at_micros = $3 WHERE message_id = $4 AND recipient = $5 AND (status = 'sent' OR $1 <> 'delivered')")
+                    .bind(status)
+                    .bind(&n.reason)
+                    .bind(now)
+                    .bind(&n.message_id)
+                    .bind(&n.recipient)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// A received item as people see it: field values hidden once the consent was withdrawn.
+pub fn view(row: &sqlx::sqlite::SqliteRow) -> Result<pb::InboxItem, sqlx::Error> {
+    let body: Vec<u8> = row.try_get("body")?;
+    let mut item = pb::Item::decode(body.as_slice()).unwrap_or_default();
+    let withdrawn: i64 = row.try_get("withdrawn")?;
+    if withdrawn != 0
+        && let Some(pb::item::Body::Delivery(d)) = &mut item.body
+    {
+        d.fields.clear();
+    }
+    let status: String = row.try_get("status")?;
+    Ok(pb::InboxItem {
+        item_id: row.try_get("item_id")?,
+        received_at_micros: row.try_get("received_at_micros")?,
+        item_kind: row.try_get("item_kind")?,
+        item: Some(item),
+        status: pb::MessageStatus::from_str_name(&status.to_ascii_uppercase()).map_or(0, |s| s as i32),
+        withdrawn: withdrawn != 0,
+    })
+}
+
+/// Received items, newest first.
+pub async fn inbox(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
+    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
+        .bind(kind)
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(view).collect()
+}
+
+/// One received delivery by message id.
+pub async fn received(store: &NodeStore, message_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
+    let row = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1")
+        .bind(message_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.as_ref().map(view).transpose()
+}
+
+/// Records a send before the gateway is asked, so it survives a crash or an outage.
+pub async fn record_sent(
+    store: &NodeStore,
+    env: &pb::Envelope,
+    person: &str,
+    role: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO sent (message_id, kind, purpose, envelope, person, role, state, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (message_id) DO NOTHING")
+        .bind(&env.message_id)
+        .bind(&env.kind)
+        .bind(&env.purpose)
+        .bind(env.encode_to_vec())
+        .bind(person)
+        .bind(role)
+        .bind(now)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Records the gateway's answer to a send.
+pub async fn record_outcome(store: &NodeStore, resp: &pb::SubmitResponse, now: i64) -> Result<(), sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("UPDATE sent SET state = 'submitted', bundle_version = $1, error = '' WHERE message_id = $2")
+        .bind(&resp.bundle_version)
+        .bind(&resp.message_id)
+        .execute(&mut *tx)
+        .await?;
+    for o in &resp.outcomes {
+        let (status, reason) = match pb::recipient_outcome::Outcome::try_from(o.outcome) {
+            Ok(pb::recipient_outcome::Outcome::Queued) => ("sent", String::new()),
+            Ok(pb::recipient_outcome::Outcome::QuotaExceeded) => ("denied", "quota_exceeded".to_owned()),
+            _ => ("denied", o.decision.as_ref().map(|d| d.reason_code.clone()).unwrap_or_default()),
+        };
+        sqlx::query("INSERT INTO sent_recipients (message_id, recipient, status, reason, updated_at_micros) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id, recipient) DO NOTHING")
+            .bind(&resp.message_id)
+            .bind(&o.recipient)
+            .bind(status)
+            .bind(&reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Marks a send refused by the gateway as a whole (bad input).
+pub async fn record_failure(store: &NodeStore, message_id: &str, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sent SET state = 'failed', error = $1 WHERE message_id = $2")
+        .bind(error)
+        .bind(message_id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Sends still waiting for the gateway, oldest first: (envelope, person, role).
+pub async fn pending_sends(store: &NodeStore) -> Result<Vec<(pb::Envelope, String, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT envelope, person, role FROM sent WHERE state = 'pending' ORDER BY created_at_micros LIMIT 100",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let bytes: Vec<u8> = r.try_get(0)?;
+        if let Ok(env) = pb::Envelope::decode(bytes.as_slice()) {
+            out.push((env, r.try_get(1)?, r.try_get(2)?));
+        }
+    }
+    Ok(out)
+}
+
+/// A sent message with each recipient's status.
+pub async fn sent(store: &NodeStore, message_id: &str) -> Result<Option<pb::SentMessage>, sqlx::Error> {
+    let Some(r) = sqlx::query(
+        "SELECT message_id, kind, purpose, state, error, created_at_micros FROM sent WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_optional(store.pool())
+    .await?
+    else {
+        return Ok(None);
+    };
+    let recipients = sqlx::query("SELECT recipient, status, code, reason, by_person, updated_at_micros FROM sent_recipients WHERE message_id = $1 ORDER BY recipient")
+        .bind(message_id)
+        .fetch_all(store.pool())
+        .await?
+        .iter()
+        .map(|x| {
+            let status: String = x.try_get(1)?;
+            Ok(pb::RecipientStatus {
+                recipient: x.try_get(0)?,
+                status: pb::MessageStatus::from_str_name(&status.to_ascii_uppercase()).map_or(0, |s| s as i32),
+                code: x.try_get(2)?,
+                reason: x.try_get(3)?,
+                by_person: x.try_get(4)?,
+                updated_at_micros: x.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(pb::SentMessage {
+        message_id: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        purpose: r.try_get(2)?,
+        state: r.try_get(3)?,
+        error: r.try_get(4)?,
+        created_at_micros: r.try_get(5)?,
+        recipients,
+    }))
+}
+
+/// Sent messages, newest first.
+pub async fn sent_list(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::SentMessage>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query(
+        "SELECT message_id FROM sent WHERE ($1 = '' OR kind = $1) ORDER BY created_at_micros DESC LIMIT $2",
+    )
+    .bind(kind)
+    .bind(i64::from(limit.clamp(1, 1000)))
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(m) = sent(store, &id).await? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Updates a local copy's status after a status change this node made.
+pub async fn local_status(
+    store: &NodeStore,
+    message_id: &str,
+    counterparty: &str,
+    status: &str,
+    code: &str,
+    person: &str,
+    now: i64,
+    as_sender: bool,
+) -> Result<(), sqlx::Error> {
+    if as_sender {
+        sqlx::query("UPDATE sent_recipients SET status = $1, code = $2, by_person = $3, updated_at_micros = $4 WHERE message_id = $5 AND ($6 = '' OR recipient = $6)")
+            .bind(status)
+            .bind(code)
+            .bind(person)
+            .bind(now)
+            .bind(message_id)
+            .bind(counterparty)
+            .execute(store.pool())
+            .await?;
+    } else {
+        sqlx::query("UPDATE inbox SET status = $1 WHERE message_id = $2 AND item_kind = 'delivery' AND sender = $3")
+            .bind(status)
+            .bind(message_id)
+            .bind(counterparty)
+            .execute(store.pool())
+            .await?;
+    }
+    Ok(())
+}
+
+/// New arrivals, for `WatchInbox` and `inbox --watch`.
+pub type Arrivals = broadcast::Sender<pb::InboxItem>;

@@ -1,0 +1,373 @@
+//! Haven's main job end to end, through real nodes and a real gateway over mTLS: a referral delivered
+//! minimized under a recipient-scoped pseudonym and answered through its lifecycle, an alert fanned out
+//! and acknowledged, the revocation cascade, idempotent submission, and bad input.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use haven_proto::v1::*;
+use haven_tests::net::{TestNet, TestNode};
+use haven_trust::clock::{Clock, SystemClock};
+use haven_trust::ids::Role;
+use haven_trust::receipt::ConsentReceipt;
+use tonic::Code;
+
+const DAY: i64 = 86_400_000_000;
+
+fn text(s: &str) -> FieldValue {
+    FieldValue { value: Some(field_value::Value::Text(s.into())) }
+}
+
+async fn consent(node: &TestNode, purposes: &[&str], types: &[&str]) -> (String, String) {
+    let req = RecordConsentRequest {
+        purposes: purposes.iter().map(|s| s.to_string()).collect(),
+        recipient_types: types.iter().map(|s| s.to_string()).collect(),
+        labels: vec![
+            "identifying".into(),
+            "contact".into(),
+            "operational".into(),
+            "sensitive".into(),
+            "location".into(),
+        ],
+        valid_until_micros: SystemClock.now_micros() + 30 * DAY,
+        method: "written".into(),
+        evidence_sha256: "ef".repeat(32),
+        language: "en".into(),
+        ..Default::default()
+    };
+    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
+    let subject = serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject;
+    (c.consent_id, subject)
+}
+
+fn referral(to: &str, purpose: &str, subject: &str, consent: &str) -> Envelope {
+    Envelope {
+        kind: "referral".into(),
+        recipients: vec![to.into()],
+        purpose: purpose.into(),
+        subject_pseudonym: subject.into(),
+        consent_id: consent.into(),
+        fields: HashMap::from([
+            ("urgency".into(), text("high")),
+            ("safe_to_contact_by".into(), text("through_caseworker")),
+            ("survivor_first_name".into(), text("Rosa (fictional)")),
+            ("medical_notes".into(), text("fictional notes")),
+        ]),
+        ..Default::default()
+    }
+}
+
+async fn send(node: &TestNode, person: &str, env: Envelope) -> Result<SendResponse, tonic::Status> {
+    node.client().await.send(node.as_person(person, SendRequest { envelope: Some(env) })).await.map(|r| r.into_inner())
+}
+
+/// Waits until the node's inbox holds an item matching `pred`.
+async fn wait_inbox(node: &TestNode, person: &str, pred: impl Fn(&InboxItem) -> bool) -> InboxItem {
+    let mut watch =
+        node.client().await.watch_inbox(node.as_person(person, InboxRequest::default())).await.unwrap().into_inner();
+    let listed = node
+        .client()
+        .await
+        .inbox(node.as_person(person, InboxRequest { kind: String::new(), limit: 1000 }))
+        .await
+        .unwrap()
+        .into_inner();
+    if let Some(i) = listed.items.into_iter().find(|i| pred(i)) {
+        return i;
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let i = watch.message().await.unwrap().expect("watch open");
+            if pred(&i) {
+                return i;
+            }
+        }
+    })
+    .await
+    .expect("item arrives within 20 s")
+}
+
+fn delivery(i: &InboxItem) -> Option<&Delivery> {
+    match &i.item {
+        Some(Item { body: Some(item::Body::Delivery(d)), .. }) => Some(d),
+        _ => None,
+    }
+}
+
+async fn sent_status(node: &TestNode, message_id: &str, recipient: &str, want: MessageStatus) -> RecipientStatus {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let m = node
+                .client()
+                .await
+                .get_message(node.as_person("casey", GetMessageRequest { message_id: message_id.into() }))
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(r) = m.sent.unwrap().recipients.into_iter().find(|r| r.recipient == recipient)
+                && r.status == want as i32
+            {
+                return r;
+            }
+            // Status notices arrive on the stream; the inbox watch tells us when something came in.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let mut w = node
+                    .client()
+                    .await
+                    .watch_inbox(node.as_person("casey", InboxRequest::default()))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let _ = w.message().await;
+            })
+            .await;
+        }
+    })
+    .await
+    .expect("status arrives within 20 s")
+}
+
+#[tokio::test]
+async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+
+    let sent = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    assert_eq!(sent.state, "submitted");
+    assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32);
+    let got = wait_inbox(&maple, "sam", |i| delivery(i).is_some_and(|d| d.message_id == sent.message_id)).await;
+    let d = delivery(&got).unwrap();
+    assert!(d.fields.contains_key("survivor_first_name"));
+    assert!(!d.fields.contains_key("medical_notes"), "a shelter never receives sensitive fields");
+    assert_eq!(d.withheld_fields, vec!["medical_notes".to_owned()]);
+    assert_ne!(d.subject_pseudonym, subject, "the recipient sees its own pseudonym");
+    assert!(d.subject_pseudonym.starts_with("r_"));
+
+    sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Delivered).await;
+    let accept = UpdateStatusRequest {
+        message_id: sent.message_id.clone(),
+        sender: "harbor".into(),
+        status: MessageStatus::Accepted as i32,
+        ..Default::default()
+    };
+    maple.client().await.update_status(maple.as_person("sam", accept.clone())).await.unwrap();
+    let r = sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Accepted).await;
+    assert_eq!(r.by_person, "sam");
+
+    // Illegal transitions and the wrong party.
+    let decline =
+        UpdateStatusRequest { status: MessageStatus::Declined as i32, code: "no_capacity".into(), ..accept.clone() };
+    let err = maple.client().await.update_status(maple.as_person("sam", decline)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let close_by_sender = UpdateStatusRequest {
+        message_id: sent.message_id.clone(),
+        recipient: "maple-house".into(),
+        status: MessageStatus::Closed as i32,
+        code: "housed".into(),
+        ..Default::default()
+    };
+    let err = harbor.client().await.update_status(harbor.as_person("casey", close_by_sender)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the sender is not a recipient of its own message: {err:?}");
+    let close = UpdateStatusRequest { status: MessageStatus::Closed as i32, code: "housed".into(), ..accept };
+    maple.client().await.update_status(maple.as_person("sam", close)).await.unwrap();
+    let r = sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Closed).await;
+    assert_eq!(r.code, "housed");
+
+    // Resubmitting the same message id: same content replays, different content is refused.
+    let mut again = referral("maple-house", "housing", &subject, &consent_id);
+    again.message_id = sent.message_id.clone();
+    let link = net.link("harbor");
+    let req = link
+        .request(&"casey".parse().unwrap(), Role::Caseworker, SubmitRequest { envelope: Some(again.clone()) })
+        .unwrap();
+    let replay =
+        haven_proto::v1::gateway_client::GatewayClient::new(link.channel()).submit(req).await.unwrap().into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.outcomes[0].delivery_id, sent.outcomes[0].delivery_id, "nothing queued twice");
+    again.purpose = "medical".into();
+    let req =
+        link.request(&"casey".parse().unwrap(), Role::Caseworker, SubmitRequest { envelope: Some(again) }).unwrap();
+    let err = haven_proto::v1::gateway_client::GatewayClient::new(link.channel()).submit(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    harbor.stop().await;
+    maple.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn an_alert_fans_out_deidentified_and_each_liaison_acknowledges() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let metro = net.node("metro-police", &[("lee", Role::Liaison)]).await;
+    let county = net.node("county-sheriff", &[("kim", Role::Liaison)]).await;
+    let env = Envelope {
+        kind: "alert".into(),
+        all_permitted_recipients: true,
+        purpose: "safety_alert".into(),
+        fields: HashMap::from([
+            ("incident_type".into(), text("suspicious_recruitment")),
+            ("location_area".into(), text("North bus terminal (fictional)")),
+            ("reporter_contact".into(), text("555-0100")),
+        ]),
+        ..Default::default()
+    };
+    let sent = send(&harbor, "casey", env).await.unwrap();
+    let mut recipients: Vec<&str> = sent
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome == recipient_outcome::Outcome::Queued as i32)
+        .map(|o| o.recipient.as_str())
+        .collect();
+    recipients.sort();
+    assert_eq!(recipients, vec!["county-sheriff", "metro-police"]);
+    for (node, person) in [(&metro, "lee"), (&county, "kim")] {
+        let got = wait_inbox(node, person, |i| delivery(i).is_some_and(|d| d.message_id == sent.message_id)).await;
+        let d = delivery(&got).unwrap();
+        assert!(d.subject_pseudonym.is_empty(), "a de-identified alert carries no pseudonym");
+        assert!(
+            !d.fields.contains_key("reporter_contact"),
+            "no contact field ever goes to law enforcement in an alert"
+        );
+        assert!(d.fields.contains_key("location_area"));
+        let ack = UpdateStatusRequest {
+            message_id: sent.message_id.clone(),
+            sender: "harbor".into(),
+            status: MessageStatus::Acknowledged as i32,
+            ..Default::default()
+        };
+        node.client().await.update_status(node.as_person(person, ack)).await.unwrap();
+    }
+    let r = sent_status(&harbor, &sent.message_id, "metro-police", MessageStatus::Acknowledged).await;
+    assert_eq!(r.by_person, "lee");
+    sent_status(&harbor, &sent.message_id, "county-sheriff", MessageStatus::Acknowledged).await;
+    for n in [harbor, metro, county] {
+        n.stop().await;
+    }
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing", "legal_aid"], &["shelter", "legal_aid"]).await;
+    let to_shelter = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    wait_inbox(&maple, "sam", |i| delivery(i).is_some_and(|d| d.message_id == to_shelter.message_id)).await;
+    // The legal-aid node is not running: its copy waits in the queue.
+    let mut legal = referral("lantern-legal", "legal_aid", &subject, &consent_id);
+    legal.fields.remove("medical_notes");
+    let to_legal = send(&harbor, "casey", legal).await.unwrap();
+    assert_eq!(to_legal.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", to_legal.outcomes);
+
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+
+    sent_status(&harbor, &to_legal.message_id, "lantern-legal", MessageStatus::Revoked).await;
+    let notice = wait_inbox(&maple, "sam", |i| i.item_kind == "consent_withdrawn").await;
+    match notice.item.and_then(|i| i.body) {
+        Some(item::Body::ConsentWithdrawn(w)) => assert!(w.message_ids.contains(&to_shelter.message_id)),
+        other => panic!("expected a withdrawal notice, got {other:?}"),
+    }
+    let held = maple
+        .client()
+        .await
+        .get_message(maple.as_person("sam", GetMessageRequest { message_id: to_shelter.message_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let received = held.received.unwrap();
+    assert!(received.withdrawn);
+    assert!(delivery(&received).unwrap().fields.is_empty(), "withdrawn data is hidden from the recipient's users");
+
+    // No copy for the stopped node is left at the gateway, payload included. (It may still be told
+    // of the withdrawal, since a cancelled copy could have been in flight.)
+    use sqlx::Row;
+    let left = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = 'lantern-legal' AND item_kind = 'delivery' AND (state = 'pending' OR length(payload) > 0)")
+        .fetch_one(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    assert_eq!(left, 0);
+    // Later sends under the consent are denied.
+    let late = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    assert_eq!(late.outcomes[0].decision.as_ref().unwrap().reason_code, "consent_withdrawn");
+    harbor.stop().await;
+    maple.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn bad_envelopes_are_refused_precisely_and_nothing_is_queued() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+    let cases: Vec<(Envelope, &str)> = vec![
+        (
+            Envelope {
+                recipients: vec!["nowhere".into()],
+                ..referral("maple-house", "housing", &subject, &consent_id)
+            },
+            "unknown recipient organization",
+        ),
+        (
+            Envelope { kind: "postcard".into(), ..referral("maple-house", "housing", &subject, &consent_id) },
+            "unknown message kind",
+        ),
+        (
+            {
+                let mut e = referral("maple-house", "housing", &subject, &consent_id);
+                e.fields.remove("urgency");
+                e
+            },
+            "urgency",
+        ),
+        (
+            {
+                let mut e = referral("maple-house", "housing", &subject, &consent_id);
+                e.fields.insert("urgency".into(), FieldValue { value: Some(field_value::Value::Integer(3)) });
+                e
+            },
+            "urgency",
+        ),
+        (
+            {
+                let mut e = referral("maple-house", "housing", &subject, &consent_id);
+                e.fields.insert("favourite_colour".into(), text("blue"));
+                e
+            },
+            "favourite_colour",
+        ),
+        (
+            {
+                let mut e = referral("maple-house", "housing", &subject, &consent_id);
+                e.fields.insert("summary".into(), text(&"x".repeat(100_000)));
+                e
+            },
+            "summary",
+        ),
+        (
+            Envelope {
+                recipients: (0..60).map(|i| format!("org-{i}")).collect(),
+                ..referral("maple-house", "housing", &subject, &consent_id)
+            },
+            "network maximum",
+        ),
+    ];
+    for (env, expect) in cases {
+        let err = send(&harbor, "casey", env).await.expect_err(expect);
+        assert_eq!(err.code(), Code::InvalidArgument, "{expect}: {err:?}");
+        assert!(err.message().contains(expect), "expected `{expect}` in `{}`", err.message());
+    }
+    use sqlx::Row;
+    let queued = sqlx::query("SELECT COUNT(*) FROM outbox")
+        .fetch_one(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    assert_eq!(queued, 0);
+    harbor.stop().await;
+    net.stop().await;
+}
