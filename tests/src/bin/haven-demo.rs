@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use haven_node::users::Users;
+use haven_proto::v1 as pb;
 use haven_proto::v1::WhoAmIRequest;
 use haven_proto::v1::node_client::NodeClient;
 use haven_trust::clock::SystemClock;
@@ -218,12 +219,25 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
         bail!("{failures} node(s) could not reach the gateway as their organization");
     }
     println!("\nEvery node reached the gateway over mutual TLS and signed a person token the gateway verified.");
+    let people: Vec<Person> = tokens
+        .iter()
+        .filter_map(|(org, person, _, token)| {
+            nodes.iter().find(|(o, _)| o == org).map(|(_, p)| Person {
+                org: org.to_string(),
+                name: person.to_string(),
+                token: token.clone(),
+                node: p.addr,
+            })
+        })
+        .collect();
+    let mut nodes = nodes;
+    story_steps(&people, &mut nodes).await?;
     if keep_running {
         let tokens_file = dir.join("tokens.txt");
         let text: String = tokens.iter().map(|(o, p, r, t)| format!("{o}\t{p}\t{r}\t{t}\n")).collect();
         std::fs::write(&tokens_file, text)?;
         let (org, _, _, token) = &tokens[0];
-        let node = nodes.iter().find(|(o, _)| o == org).map(|(_, p)| p.addr).context("node")?;
+        let node = people.iter().find(|p| p.org == org.as_str()).map(|p| p.node).context("node")?;
         println!("\nThe network keeps running. People's node tokens are in {}.", tokens_file.display());
         println!("Try:\n  cargo run -q --bin haven-node -- whoami --node http://{node} --token {token}");
         println!("Press Ctrl-C to stop.");
@@ -252,4 +266,278 @@ async fn whoami(addr: SocketAddr, token: &str) -> anyhow::Result<haven_proto::v1
         }
     }
     bail!("gateway unavailable: {:?}", last.map(|s| s.message().to_owned()))
+}
+
+/// A person of the demo network and the node they use.
+struct Person {
+    org: String,
+    name: String,
+    token: String,
+    node: SocketAddr,
+}
+
+fn who<'a>(people: &'a [Person], org: &str, name: &str) -> anyhow::Result<&'a Person> {
+    people.iter().find(|p| p.org == org && p.name == name).with_context(|| format!("no {name} at {org}"))
+}
+
+impl Person {
+    async fn client(&self) -> anyhow::Result<NodeClient<tonic::transport::Channel>> {
+        Ok(NodeClient::connect(format!("http://{}", self.node)).await?)
+    }
+
+    fn req<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse()?);
+        Ok(r)
+    }
+
+    /// Waits (bounded) until this person's inbox holds an item matching `pred`.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&pb::InboxItem) -> bool) -> anyhow::Result<pb::InboxItem> {
+        let mut watch = self.client().await?.watch_inbox(self.req(pb::InboxRequest::default())?).await?.into_inner();
+        let listed = self
+            .client()
+            .await?
+            .inbox(self.req(pb::InboxRequest { kind: String::new(), limit: 1000 })?)
+            .await?
+            .into_inner();
+        if let Some(i) = listed.items.into_iter().find(|i| pred(i)) {
+            return Ok(i);
+        }
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match watch.message().await {
+                    Ok(Some(i)) if pred(&i) => return Ok(i),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => bail!("the node closed the watch"),
+                    Err(e) => bail!("{}", e.message()),
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("{what} did not arrive within 30 s"))?
+    }
+
+    /// Waits (bounded) until a sent message's recipient reaches `want`.
+    async fn wait_status(
+        &self,
+        message_id: &str,
+        recipient: &str,
+        want: pb::MessageStatus,
+    ) -> anyhow::Result<pb::RecipientStatus> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut watch = self.client().await?.watch_inbox(self.req(pb::InboxRequest::default())?).await?.into_inner();
+        loop {
+            let m = self
+                .client()
+                .await?
+                .get_message(self.req(pb::GetMessageRequest { message_id: message_id.into() })?)
+                .await?
+                .into_inner();
+            if let Some(r) = m.sent.and_then(|s| s.recipients.into_iter().find(|r| r.recipient == recipient))
+                && r.status == want as i32
+            {
+                return Ok(r);
+            }
+            // Status notices arrive as inbox items; wait for the next one (or re-check shortly).
+            if tokio::time::timeout_at(deadline, async {
+                let _ = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+            })
+            .await
+            .is_err()
+            {
+                bail!("{recipient} did not reach {} within 30 s", want.as_str_name());
+            }
+        }
+    }
+}
+
+fn text(s: &str) -> pb::FieldValue {
+    pb::FieldValue { value: Some(pb::field_value::Value::Text(s.into())) }
+}
+
+fn delivery(i: &pb::InboxItem) -> Option<&pb::Delivery> {
+    match &i.item {
+        Some(pb::Item { body: Some(pb::item::Body::Delivery(d)), .. }) => Some(d),
+        _ => None,
+    }
+}
+
+fn referral(to: &str, purpose: &str, subject: &str, consent: &str, extra: &[(&str, &str)]) -> pb::Envelope {
+    let mut fields = std::collections::HashMap::from([
+        ("urgency".to_owned(), text("high")),
+        ("safe_to_contact_by".to_owned(), text("through_caseworker")),
+        ("survivor_first_name".to_owned(), text("Rosa (fictional)")),
+        ("preferred_language".to_owned(), text("es")),
+    ]);
+    for (k, v) in extra {
+        fields.insert((*k).to_owned(), text(v));
+    }
+    pb::Envelope {
+        kind: "referral".into(),
+        recipients: vec![to.into()],
+        purpose: purpose.into(),
+        subject_pseudonym: subject.into(),
+        consent_id: consent.into(),
+        fields,
+        ..Default::default()
+    }
+}
+
+async fn send(p: &Person, env: pb::Envelope) -> anyhow::Result<pb::SendResponse> {
+    p.client()
+        .await?
+        .send(p.req(pb::SendRequest { envelope: Some(env) })?)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+}
+
+fn outcome(r: &pb::SendResponse, to: &str) -> anyhow::Result<(i32, String)> {
+    let o = r.outcomes.iter().find(|o| o.recipient == to).with_context(|| format!("no outcome for {to}"))?;
+    Ok((o.outcome, o.decision.as_ref().map(|d| d.reason_code.clone()).unwrap_or_default()))
+}
+
+async fn set_status(
+    p: &Person,
+    message_id: &str,
+    sender: &str,
+    status: pb::MessageStatus,
+    code: &str,
+) -> anyhow::Result<()> {
+    let r = pb::UpdateStatusRequest {
+        message_id: message_id.into(),
+        sender: sender.into(),
+        status: status as i32,
+        code: code.into(),
+        ..Default::default()
+    };
+    p.client().await?.update_status(p.req(r)?).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+    Ok(())
+}
+
+/// The story of the README: every step checks what it claims.
+async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>) -> anyhow::Result<()> {
+    let casey = who(people, "harbor", "casey-caseworker")?;
+    let shelter = who(people, "maple-house", "casey-caseworker")?;
+    let clinic = who(people, "riverside-clinic", "casey-caseworker")?;
+    let liaison = who(people, "metro-police", "lee-liaison")?;
+    let now = haven_trust::clock::Clock::now_micros(&SystemClock);
+
+    println!("\nThe story (every name is fictional):");
+    let consent = casey
+        .client()
+        .await?
+        .record_consent(casey.req(pb::RecordConsentRequest {
+            purposes: vec!["housing".into(), "medical".into(), "legal_aid".into()],
+            recipient_types: vec!["shelter".into(), "clinic".into(), "legal_aid".into()],
+            labels: vec!["identifying".into(), "contact".into(), "operational".into(), "sensitive".into()],
+            valid_until_micros: now + 90 * 86_400_000_000,
+            method: "written".into(),
+            evidence_sha256: "5a".repeat(32),
+            language: "es".into(),
+            ..Default::default()
+        })?)
+        .await
+        .map_err(|s| anyhow::anyhow!("recording consent: {}", s.message()))?
+        .into_inner();
+    let receipt: haven_trust::receipt::ConsentReceipt = serde_json::from_str(&consent.receipt_json)?;
+    let subject = receipt.subject.clone();
+    println!(
+        " 1. A caseworker at Harbor Light records Rosa's written consent for housing, medical care and legal aid,"
+    );
+    println!(
+        "    for 90 days. The node mints her pseudonym {subject} and signs the receipt; the gateway verifies and stores it."
+    );
+
+    let to_shelter = send(
+        casey,
+        referral("maple-house", "housing", &subject, &consent.consent_id, &[("medical_notes", "fictional notes")]),
+    )
+    .await?;
+    let got = shelter
+        .wait_for("the shelter referral", |i| delivery(i).is_some_and(|d| d.message_id == to_shelter.message_id))
+        .await?;
+    let d = delivery(&got).context("delivery")?;
+    if d.fields.contains_key("medical_notes") || d.subject_pseudonym == subject {
+        bail!("the shelter received a sensitive field or the controller's pseudonym");
+    }
+    set_status(shelter, &to_shelter.message_id, "harbor", pb::MessageStatus::Accepted, "").await?;
+    casey.wait_status(&to_shelter.message_id, "maple-house", pb::MessageStatus::Accepted).await?;
+    println!(
+        " 2. She refers Rosa to Maple House. The shelter receives {} fields, not {:?} (sensitive), under its own",
+        d.fields.len(),
+        d.withheld_fields
+    );
+    println!("    pseudonym {}, and accepts. Harbor sees `accepted`.", d.subject_pseudonym);
+
+    let to_clinic = send(
+        casey,
+        referral("riverside-clinic", "medical", &subject, &consent.consent_id, &[("medical_notes", "fictional notes")]),
+    )
+    .await?;
+    clinic
+        .wait_for("the clinic referral", |i| delivery(i).is_some_and(|d| d.message_id == to_clinic.message_id))
+        .await?;
+    set_status(clinic, &to_clinic.message_id, "harbor", pb::MessageStatus::Accepted, "").await?;
+    set_status(clinic, &to_clinic.message_id, "harbor", pb::MessageStatus::Closed, "treatment_completed").await?;
+    let closed = casey.wait_status(&to_clinic.message_id, "riverside-clinic", pb::MessageStatus::Closed).await?;
+    println!(" 3. A referral to Riverside Clinic is accepted, then closed with outcome `{}`.", closed.code);
+
+    let alert = pb::Envelope {
+        kind: "alert".into(),
+        all_permitted_recipients: true,
+        purpose: "safety_alert".into(),
+        fields: std::collections::HashMap::from([
+            ("incident_type".to_owned(), text("suspicious_recruitment")),
+            ("location_area".to_owned(), text("North bus terminal (fictional)")),
+            ("reporter_contact".to_owned(), text("555-0100")),
+        ]),
+        ..Default::default()
+    };
+    let sent_alert = send(casey, alert).await?;
+    let got =
+        liaison.wait_for("the alert", |i| delivery(i).is_some_and(|d| d.message_id == sent_alert.message_id)).await?;
+    let d = delivery(&got).context("delivery")?;
+    if !d.subject_pseudonym.is_empty() || d.fields.contains_key("reporter_contact") {
+        bail!("the alert was not de-identified");
+    }
+    set_status(liaison, &sent_alert.message_id, "harbor", pb::MessageStatus::Acknowledged, "").await?;
+    let ack = casey.wait_status(&sent_alert.message_id, "metro-police", pb::MessageStatus::Acknowledged).await?;
+    println!(
+        " 4. A de-identified safety alert reaches every law-enforcement liaison ({} of them), without the reporter's",
+        sent_alert.outcomes.len()
+    );
+    println!("    contact. {} at Metro Police acknowledges it, and Harbor sees who did.", ack.by_person);
+
+    let to_police = send(casey, referral("metro-police", "investigation", &subject, &consent.consent_id, &[])).await?;
+    let (o, reason) = outcome(&to_police, "metro-police")?;
+    if o != pb::recipient_outcome::Outcome::Denied as i32 {
+        bail!("a referral to law enforcement without investigation consent was not denied");
+    }
+    println!(" 5. A referral to Metro Police for an investigation is denied: `{reason}` (Rosa never agreed to that).");
+
+    let legal_idx = nodes.iter().position(|(o, _)| o.as_str() == "lantern-legal").context("legal node")?;
+    drop(nodes.remove(legal_idx));
+    let to_legal = send(casey, referral("lantern-legal", "legal_aid", &subject, &consent.consent_id, &[])).await?;
+    let (o, _) = outcome(&to_legal, "lantern-legal")?;
+    if o != pb::recipient_outcome::Outcome::Queued as i32 {
+        bail!("the legal-aid referral was not queued");
+    }
+    casey
+        .client()
+        .await?
+        .revoke_consent(casey.req(pb::RevokeConsentRequest {
+            consent_id: consent.consent_id.clone(),
+            reason: "withdrawn_by_subject".into(),
+        })?)
+        .await
+        .map_err(|s| anyhow::anyhow!("revoking: {}", s.message()))?;
+    casey.wait_status(&to_legal.message_id, "lantern-legal", pb::MessageStatus::Revoked).await?;
+    shelter.wait_for("the withdrawal notice", |i| i.item_kind == "consent_withdrawn").await?;
+    println!(
+        " 6. Lantern Legal's node is stopped and a referral waits for it in the queue. Rosa withdraws her consent:"
+    );
+    println!("    the waiting referral is cancelled (payload deleted) and Maple House, which holds her data, is told;");
+    println!("    its node now hides those fields from its staff.");
+    Ok(())
 }
