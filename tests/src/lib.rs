@@ -7,3 +7,4 @@
 //! `postgres://postgres@127.0.0.1:5432/test`), and a server that cannot be reached fails the test.
 
 pub mod net;
+pub mod procs;

@@ -197,8 +197,24 @@ impl TestNet {
         people: &[(&str, haven_trust::ids::Role)],
         clock: SharedClock,
     ) -> TestNode {
+        TestNode::start_at(self.dir.path(), &self.certs, self.url(), org, people, clock).await
+    }
+}
+
+impl TestNode {
+    /// Starts `org`'s node against the gateway at `url` (any gateway, for example a process), with the
+    /// certificates in `certs` and its files in `dir/nodes/<org>`. Starting it again on the same `dir`
+    /// reopens the same database (the people get new tokens).
+    pub async fn start_at(
+        dir: &Path,
+        certs: &CertsDir,
+        url: String,
+        org: &str,
+        people: &[(&str, haven_trust::ids::Role)],
+        clock: SharedClock,
+    ) -> TestNode {
         let org_id = OrgId::parse(org).expect("org id");
-        let node_dir = self.dir.path().join("nodes").join(org);
+        let node_dir = dir.join("nodes").join(org);
         std::fs::create_dir_all(&node_dir).expect("node dir");
         let mut users = haven_node::users::Users::default();
         let mut tokens = std::collections::HashMap::new();
@@ -208,7 +224,7 @@ impl TestNet {
         }
         users.save(&node_dir.join("users.toml")).expect("users");
         let config = haven_node::app::NodeConfig {
-            link: LinkConfig::from_certs_dir(self.url(), &self.certs, org_id),
+            link: LinkConfig::from_certs_dir(url, certs, org_id),
             database: node_dir.join("node.db").display().to_string(),
             users: node_dir.join("users.toml"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -231,7 +231,7 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
         })
         .collect();
     let mut nodes = nodes;
-    story_steps(&people, &mut nodes).await?;
+    story_steps(&people, &mut nodes, dir).await?;
     if keep_running {
         let tokens_file = dir.join("tokens.txt");
         let text: String = tokens.iter().map(|(o, p, r, t)| format!("{o}\t{p}\t{r}\t{t}\n")).collect();
@@ -416,7 +416,7 @@ async fn set_status(
 }
 
 /// The story of the README: every step checks what it claims.
-async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>) -> anyhow::Result<()> {
+async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Path) -> anyhow::Result<()> {
     let casey = who(people, "harbor", "casey-caseworker")?;
     let shelter = who(people, "maple-house", "casey-caseworker")?;
     let clinic = who(people, "riverside-clinic", "casey-caseworker")?;
@@ -539,5 +539,69 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>) -> anyho
     );
     println!("    the waiting referral is cancelled (payload deleted) and Maple House, which holds her data, is told;");
     println!("    its node now hides those fields from its staff.");
+
+    let officer = who(people, "harbor", "pat-privacy")?;
+    let mut audit = haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", officer.node)).await?;
+    let report = audit
+        .subject_access_report(officer.req(pb::SubjectAccessRequest { subject_pseudonym: subject.clone() })?)
+        .await
+        .map_err(|s| anyhow::anyhow!("subject access report: {}", s.message()))?
+        .into_inner();
+    let mut recipients: Vec<&str> = report.disclosures.iter().map(|d| d.recipient.as_str()).collect();
+    recipients.sort();
+    recipients.dedup();
+    for must in ["maple-house", "riverside-clinic"] {
+        if !recipients.contains(&must) {
+            bail!("the subject access report does not list {must}");
+        }
+    }
+    println!(
+        " 7. Harbor's privacy officer asks \"who has seen Rosa's data?\": {} disclosures, to {}.",
+        report.disclosures.len(),
+        recipients.join(", ")
+    );
+    for d in report.disclosures.iter().take(6) {
+        println!(
+            "      {:<17} {:<10} {:<8} fields: {}",
+            d.recipient,
+            d.purpose,
+            d.action,
+            d.released_fields.join(", ")
+        );
+    }
+
+    let auditor = who(people, "audit-office", "avery-auditor")?;
+    let mut audit = haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", auditor.node)).await?;
+    let query = audit
+        .query(auditor.req(pb::AuditQueryRequest { filter: None, page_size: 1000, cursor: 0 })?)
+        .await
+        .map_err(|s| anyhow::anyhow!("audit query: {}", s.message()))?
+        .into_inner();
+    let mut export = audit
+        .export(auditor.req(pb::AuditExportRequest { filter: None })?)
+        .await
+        .map_err(|s| anyhow::anyhow!("audit export: {}", s.message()))?
+        .into_inner();
+    let path = dir.join("audit-export.jsonl");
+    let mut bytes = Vec::new();
+    while let Some(chunk) = export.message().await.map_err(|s| anyhow::anyhow!("audit export: {}", s.message()))? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(&path, &bytes)?;
+    let key = dir.join("certs/gateway/signing.crt");
+    let summary = haven_trust::export::verify_files(&path, &key, &[])
+        .map_err(|e| anyhow::anyhow!("offline verification failed: {e}"))?;
+    println!(
+        " 8. The network auditor lists the trail ({} entries on the first page), exports it to {}",
+        query.entries.len(),
+        path.display()
+    );
+    println!("    and verifies it offline with only the gateway's public key:");
+    println!("      {}", summary.describe());
+    println!(
+        "    (the same check: cargo run -q --bin haven-gateway -- audit verify {} --key {})",
+        path.display(),
+        key.display()
+    );
     Ok(())
 }
