@@ -10,8 +10,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use haven_node::app::{Node, NodeConfig};
 use haven_node::link::LinkConfig;
 use haven_node::users::Users;
-use haven_proto::v1::WhoAmIRequest;
-use haven_proto::v1::node_client::NodeClient;
 use haven_trust::clock::SystemClock;
 use haven_trust::ids::{OrgId, PersonId, Role};
 use haven_trust::pki::CertsDir;
@@ -38,8 +36,9 @@ enum Command {
     /// Manage the people who may use this node.
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Show who you are signed in as, as the gateway sees it.
-    Whoami(ClientArgs),
+    /// The people-facing commands: referral, alert, inbox, consent, whoami (see `haven_node::cli`).
+    #[command(flatten)]
+    People(haven_node::cli::Command),
     /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
     #[command(subcommand)]
     Audit(haven_node::cli_audit::AuditCommand),
@@ -88,16 +87,6 @@ enum UsersCommand {
     },
 }
 
-#[derive(clap::Args)]
-struct ClientArgs {
-    /// The node's API address.
-    #[arg(long, env = "HAVEN_NODE", default_value = "http://127.0.0.1:7600")]
-    node: String,
-    /// Your node token.
-    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true)]
-    token: String,
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -122,7 +111,10 @@ fn main() -> ExitCode {
             runtime.block_on(serve(args))
         }
         Command::Users(UsersCommand::Add { file, name, role }) => add_user(&file, name, role),
-        Command::Whoami(args) => runtime.block_on(whoami(args)),
+        Command::People(cmd) => {
+            let code = runtime.block_on(haven_node::cli::execute(&cmd, &mut std::io::stdout(), &mut std::io::stderr()));
+            return ExitCode::from(code);
+        }
         Command::Audit(cmd) => runtime.block_on(haven_node::cli_audit::run(cmd)),
     };
     match result {
@@ -160,17 +152,5 @@ fn add_user(file: &std::path::Path, name: PersonId, role: Role) -> anyhow::Resul
     users.save(file)?;
     println!("added {name} ({role}) to {}", file.display());
     println!("token (shown once): {token}");
-    Ok(())
-}
-
-async fn whoami(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = NodeClient::connect(args.node.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", args.node))?;
-    let mut req = tonic::Request::new(WhoAmIRequest {});
-    req.metadata_mut().insert("authorization", format!("Bearer {}", args.token).parse()?);
-    let resp = client.who_am_i(req).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?.into_inner();
-    let c = resp.caller.unwrap_or_default();
-    println!("organization: {} ({})\nperson:       {}\nrole:         {}", c.org_id, c.org_type, c.person, c.role);
     Ok(())
 }

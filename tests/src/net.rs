@@ -252,6 +252,11 @@ impl TestNode {
         haven_proto::v1::node_client::NodeClient::connect(format!("http://{}", self.addr)).await.expect("node client")
     }
 
+    /// `person`'s node token, for clients that sign in themselves (the CLI).
+    pub fn token(&self, person: &str) -> &str {
+        self.tokens.get(person).unwrap_or_else(|| panic!("no person {person} on this node"))
+    }
+
     /// A request signed in as `person`.
     pub fn as_person<T>(&self, person: &str, msg: T) -> tonic::Request<T> {
         let token = self.tokens.get(person).unwrap_or_else(|| panic!("no person {person} on this node"));

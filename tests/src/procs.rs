@@ -65,13 +65,8 @@ impl Proc {
     /// A gateway process: certificates in `dir/certs`, the bundle in `policies`, the database at
     /// `database`; its log goes to `dir/<name>.log`.
     pub fn gateway(exe: &Path, name: &str, dir: &Path, policies: &Path, database: &str) -> Proc {
-        let args = [
-            "gateway".as_ref(),
-            dir.as_os_str(),
-            policies.as_os_str(),
-            "--database".as_ref(),
-            database.as_ref(),
-        ];
+        let args =
+            ["gateway".as_ref(), dir.as_os_str(), policies.as_os_str(), "--database".as_ref(), database.as_ref()];
         Proc::spawn(exe, name, &args, &dir.join(format!("{name}.log")))
     }
 

@@ -10,7 +10,7 @@
 //! Every wait is on something observable (a reply, a row in a database, a stream state) with a
 //! deadline; nothing sleeps and hopes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -181,9 +181,8 @@ struct Inbox {
 
 impl Inbox {
     async fn read(pool: &SqlitePool) -> Result<Inbox, sqlx::Error> {
-        let rows = sqlx::query("SELECT item_id, item_kind, message_id, body, withdrawn FROM inbox")
-            .fetch_all(pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT item_id, item_kind, message_id, body, withdrawn FROM inbox").fetch_all(pool).await?;
         let mut inbox = Inbox::default();
         for r in rows {
             let kind: String = r.try_get("item_kind")?;
@@ -218,7 +217,7 @@ async fn all_delivered_once(
     want: &HashSet<String>,
     never: &HashSet<String>,
 ) -> Inbox {
-    let inbox = wait_for(what, Duration::from_secs(60), || {
+    let inbox = wait_for(what, Duration::from_secs(60), move || {
         let pool = pool();
         async move {
             let inbox = Inbox::read(&pool?).await.ok()?;
@@ -236,7 +235,7 @@ async fn all_delivered_once(
 
 /// Waits until nothing is pending for `org` at the gateway, so every item was acknowledged.
 async fn drained(pool: &sqlx::AnyPool, org: &str) {
-    wait_for(&format!("the gateway's queue for {org} to drain"), Duration::from_secs(60), || async {
+    wait_for(&format!("the gateway's queue for {org} to drain"), Duration::from_secs(60), move || async move {
         let r = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1 AND state = 'pending'")
             .bind(org)
             .fetch_one(pool)
@@ -354,6 +353,13 @@ async fn a_revocation_racing_a_delivery_never_lets_it_through_after_the_revocati
                 } else {
                     ("revoked_by_org", "consent_revoked")
                 };
+                // Not a wait for anything: a head start of 0 to 11 ms for the delivery, varied from
+                // round to round, so the revocation lands at every stage of it (before the copy is
+                // sent, while the node stores it, while its acknowledgement commits, after).
+                let head_start = (w * 3 + i) % 12;
+                if head_start > 0 {
+                    tokio::time::sleep(Duration::from_millis(head_start as u64)).await;
+                }
                 harbor.revoke(&consent, reason).await.unwrap_or_else(|s| panic!("revocation failed: {s:?}"));
                 // From the revocation's commit on, nothing is sent under the consent.
                 let late = Uuid::now_v7().to_string();
@@ -379,11 +385,8 @@ async fn a_revocation_racing_a_delivery_never_lets_it_through_after_the_revocati
     let inbox = Inbox::read(maple.state.store.pool()).await.unwrap();
     let size = haven_gateway::audit::size(&pool).await.unwrap();
     let entries = haven_gateway::audit::read_range(&pool, 0, size).await.unwrap();
-    let revoked_at: HashMap<&str, u64> = entries
-        .iter()
-        .filter(|e| e.action == "consent_revoked")
-        .map(|e| (e.object_id.as_str(), e.seq))
-        .collect();
+    let revoked_at: HashMap<&str, u64> =
+        entries.iter().filter(|e| e.action == "consent_revoked").map(|e| (e.object_id.as_str(), e.seq)).collect();
     let (mut delivered, mut never_stored, mut in_flight) = (0, 0, 0);
     for r in &rounds {
         let revoked = *revoked_at.get(r.consent.as_str()).expect("the revocation is audited");
@@ -401,16 +404,10 @@ async fn a_revocation_racing_a_delivery_never_lets_it_through_after_the_revocati
         assert_eq!(item.len(), 1, "one queued item per copy");
         let (state, len): (String, i64) = (item[0].get(0), item[0].get::<Option<i64>, _>(1).unwrap_or(0));
         assert_eq!(len, 0, "no payload is left at the gateway for {}", r.message);
-        let acks: Vec<u64> = entries
-            .iter()
-            .filter(|e| e.action == "delivered" && e.object_id == r.message)
-            .map(|e| e.seq)
-            .collect();
-        let cancels: Vec<u64> = entries
-            .iter()
-            .filter(|e| e.action == "cancelled" && e.object_id == r.message)
-            .map(|e| e.seq)
-            .collect();
+        let acks: Vec<u64> =
+            entries.iter().filter(|e| e.action == "delivered" && e.object_id == r.message).map(|e| e.seq).collect();
+        let cancels: Vec<u64> =
+            entries.iter().filter(|e| e.action == "cancelled" && e.object_id == r.message).map(|e| e.seq).collect();
         let stored = inbox.deliveries.get(&r.message).map(Vec::as_slice).unwrap_or_default();
         assert!(stored.len() <= 1, "{} stored {} times", r.message, stored.len());
         match status.as_str() {
@@ -418,7 +415,12 @@ async fn a_revocation_racing_a_delivery_never_lets_it_through_after_the_revocati
                 delivered += 1;
                 assert_eq!(state, "acked");
                 assert_eq!(acks.len(), 1, "one acknowledgement of {}", r.message);
-                assert!(acks[0] < revoked, "{} delivered at seq {} after its revocation at {revoked}", r.message, acks[0]);
+                assert!(
+                    acks[0] < revoked,
+                    "{} delivered at seq {} after its revocation at {revoked}",
+                    r.message,
+                    acks[0]
+                );
                 assert!(cancels.is_empty(), "a delivered copy is not also cancelled");
                 assert_eq!(stored.len(), 1, "a delivered copy is in the inbox");
                 assert!(inbox.withdrawn.contains(&r.message), "the holder of {} was told of the withdrawal", r.message);
@@ -548,7 +550,8 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
     let database = fresh_database(dir.path()).await;
     let gw = Proc::gateway(exe(), "gateway-1", dir.path(), &policies_dir(), &database);
     let people = [("sam", Role::Caseworker)];
-    let start_node = |url: String| TestNode::start_at(dir.path(), &certs, url, RECIPIENT, &people, Arc::new(SystemClock));
+    let (d, c, p) = (dir.path(), &certs, &people[..]);
+    let start_node = move |url: String| TestNode::start_at(d, c, url, RECIPIENT, p, Arc::new(SystemClock));
     let maple = start_node(gw.url()).await;
     connected(&maple).await;
     let harbor = Caller::casey(link_to(&gw.url(), &certs, "harbor"));
@@ -558,11 +561,13 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
     let (stream, handles) = Stream::start(TOTAL, 8, subject, consent, |_| callers.clone());
     // Kill it when a good part of the stream is through and deliveries are flowing.
     let pool = maple.state.store.pool().clone();
-    let received_at_kill = wait_for("submissions and deliveries under way", Duration::from_secs(60), || async {
-        let delivered = Inbox::read(&pool).await.ok()?.deliveries.len();
-        (stream.accepted() >= 200 && delivered >= 50).then_some(delivered)
-    })
-    .await;
+    let (p, s) = (&pool, &stream);
+    let received_at_kill =
+        wait_for("submissions and deliveries under way", Duration::from_secs(60), move || async move {
+            let delivered = Inbox::read(p).await.ok()?.deliveries.len();
+            (s.accepted() >= 200 && delivered >= 50).then_some(delivered)
+        })
+        .await;
     let accepted_at_kill = stream.accepted();
     gw.kill();
     let killed = Instant::now();
@@ -579,8 +584,7 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
     assert_eq!(refused.len(), TOTAL / 10, "every bad submission, and only those, is refused");
     assert!(accepted_at_kill < accepted.len(), "the kill came in the middle of the stream");
     let node_pool = maple.state.store.pool().clone();
-    all_delivered_once("every accepted submission at the node", || Some(node_pool.clone()), &accepted, &refused)
-        .await;
+    all_delivered_once("every accepted submission at the node", || Some(node_pool.clone()), &accepted, &refused).await;
 
     let store = Store::open(&database).await.unwrap();
     drained(store.pool(), RECIPIENT).await;
@@ -622,8 +626,9 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
 
     let (stream, handles) = Stream::start(TOTAL, 4, subject, consent, |_| callers.clone());
     let node_db = open_node_db(&dir, RECIPIENT).await.expect("the node made its database");
-    let received_at_kill = wait_for("the node to be receiving", Duration::from_secs(60), || async {
-        let n = Inbox::read(&node_db).await.ok()?.deliveries.len();
+    let p = &node_db;
+    let received_at_kill = wait_for("the node to be receiving", Duration::from_secs(60), move || async move {
+        let n = Inbox::read(p).await.ok()?.deliveries.len();
         (n >= 100).then_some(n)
     })
     .await;
@@ -689,12 +694,13 @@ async fn messages_sent_to_an_offline_node_are_delivered_when_it_returns() {
         accepted.insert(id);
     }
     let gw = net.gateway.0.store.pool().clone();
-    let waiting: i64 = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1 AND state = 'pending' AND item_kind = 'delivery'")
-        .bind(RECIPIENT)
-        .fetch_one(&gw)
-        .await
-        .unwrap()
-        .get(0);
+    let waiting: i64 =
+        sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1 AND state = 'pending' AND item_kind = 'delivery'")
+            .bind(RECIPIENT)
+            .fetch_one(&gw)
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(waiting, 50, "the copies wait at the gateway while the node is offline");
 
     let maple = net.node(RECIPIENT, &people).await;
@@ -727,7 +733,8 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     let a = Proc::gateway(exe(), "replica-a", dir.path(), &policies_dir(), &database);
     let b = Proc::gateway(exe(), "replica-b", dir.path(), &policies_dir(), &database);
     let people = [("sam", Role::Caseworker)];
-    let start_node = |url: String| TestNode::start_at(dir.path(), &certs, url, RECIPIENT, &people, Arc::new(SystemClock));
+    let (d, c, p) = (dir.path(), &certs, &people[..]);
+    let start_node = move |url: String| TestNode::start_at(d, c, url, RECIPIENT, p, Arc::new(SystemClock));
     let maple = start_node(b.url()).await;
     connected(&maple).await;
     let on_a = Caller::casey(link_to(&a.url(), &certs, "harbor"));
@@ -754,11 +761,13 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     let (to_b, callers_b) = watch::channel(on_b);
     let (stream, handles) =
         Stream::start(TOTAL, 6, subject, consent, |t| if t % 2 == 0 { callers_a.clone() } else { callers_b.clone() });
-    let received_at_kill = wait_for("submissions and deliveries under way", Duration::from_secs(60), || async {
-        let delivered = Inbox::read(&pool).await.ok()?.deliveries.len();
-        (stream.accepted() >= 100 && delivered >= 40).then_some(delivered)
-    })
-    .await;
+    let (p, s) = (&pool, &stream);
+    let received_at_kill =
+        wait_for("submissions and deliveries under way", Duration::from_secs(60), move || async move {
+            let delivered = Inbox::read(p).await.ok()?.deliveries.len();
+            (s.accepted() >= 100 && delivered >= 40).then_some(delivered)
+        })
+        .await;
     let accepted_at_kill = stream.accepted();
     b.kill();
     // Clients of B go to A from now on, and so does the node.
@@ -784,14 +793,4 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     drop(to_a);
     maple.stop().await;
     drop(a);
-}
-
-/// Keeps `BTreeMap` in use for ordered debugging output of rounds if needed.
-#[allow(dead_code)]
-fn by_status(rounds: &[(String, String)]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for (_, s) in rounds {
-        *m.entry(s.clone()).or_insert(0) += 1;
-    }
-    m
 }

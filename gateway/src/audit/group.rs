@@ -70,10 +70,7 @@ async fn run(store: Store, integrator: Arc<Notify>, mut rx: mpsc::Receiver<Reque
             all.extend(r.entries);
             replies.push(r.reply);
         }
-        let t0 = std::time::Instant::now();
-        let r = commit(&store, &mut all).await;
-        if std::env::var_os("HAVEN_DEBUG_GROUP").is_some() { eprintln!("batch {} took {:?}", all.len(), t0.elapsed()); }
-        match r {
+        match commit(&store, &mut all).await {
             Ok(first_seq) => {
                 let mut seq = first_seq;
                 for (reply, n) in replies.into_iter().zip(lens) {

@@ -51,10 +51,13 @@ const POLL: Duration = Duration::from_millis(200);
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// The most entries one integration transaction takes.
 const BATCH: usize = 4096;
-/// Perfect subtrees per INSERT (three binds each).
+/// Perfect subtrees per INSERT (three binds each) on SQLite.
 const NODE_CHUNK: usize = 1000;
+/// Perfect subtrees per INSERT on PostgreSQL: small statements, for the reason given at
+/// `super::PG_INSERT_CHUNK`.
+const PG_NODE_CHUNK: usize = 64;
 /// Subtrees per SELECT by id (two binds each).
-const FETCH_CHUNK: usize = 200;
+const FETCH_CHUNK: usize = 100;
 
 /// Why a log operation failed. Each maps to a precise gRPC status in [`From<LogError> for Error`].
 #[derive(Debug, thiserror::Error)]
@@ -538,7 +541,8 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
 /// Writes newly completed subtrees, many per statement.
 async fn insert_nodes(tx: &mut Tx, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
     let sqlite = super::is_sqlite(tx);
-    for chunk in nodes.chunks(NODE_CHUNK) {
+    let rows = if sqlite { NODE_CHUNK } else { PG_NODE_CHUNK };
+    for chunk in nodes.chunks(rows) {
         let mut sql = String::from("INSERT INTO merkle_node (level, idx, hash) VALUES ");
         for i in 0..chunk.len() {
             if i > 0 {

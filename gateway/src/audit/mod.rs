@@ -46,7 +46,8 @@ pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result
     }
     // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
     let sqlite = is_sqlite(tx);
-    for chunk in entries.chunks(INSERT_CHUNK) {
+    let rows = if sqlite { INSERT_CHUNK } else { PG_INSERT_CHUNK };
+    for chunk in entries.chunks(rows) {
         let mut sql = String::with_capacity(INSERT_HEAD.len() + chunk.len() * 120);
         sql.push_str(INSERT_HEAD);
         for i in 0..chunk.len() {
@@ -111,8 +112,13 @@ pub(crate) fn push_row(sql: &mut String, sqlite: bool, row: usize, columns: usiz
 /// The columns of an `audit_log` row, in the order [`append`] binds them.
 const INSERT_HEAD: &str = "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, leaf_hash) VALUES";
 const INSERT_COLUMNS: usize = 22;
-/// Rows per INSERT: 22 columns each stays far below SQLite's 32,766 and PostgreSQL's 65,535 binds.
+/// Rows per INSERT on SQLite: 22 columns each stays far below its 32,766 binds.
 const INSERT_CHUNK: usize = 256;
+/// Rows per INSERT on PostgreSQL. sqlx does not set TCP_NODELAY, and a statement whose bind message
+/// outgrows about 8 KiB meets Nagle's algorithm and the server's delayed ACK: a 40 ms stall per
+/// statement (measured: 64-row inserts at 1,400 entries/s, 8-row inserts at 25,000/s). Small statements
+/// in one transaction cost one round trip each and no stall.
+pub(crate) const PG_INSERT_CHUNK: usize = 8;
 
 /// Appends one entry with no counterparty-scoped subject.
 pub async fn append_one(tx: &mut Tx, entry: AuditEntry) -> Result<u64, StoreError> {

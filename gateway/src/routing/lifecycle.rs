@@ -142,6 +142,15 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     if row.org != org.as_str() {
         return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
     }
+    // Lock the consent row first, as a revocation does: an acknowledgement racing the revocation then
+    // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
+    // on PostgreSQL, the revocation holding the audit head while it waits for this item.
+    if !row.consent_id.is_empty() {
+        sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
+            .bind(row.consent_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
     if !queue::finish(&mut tx, item_id, "acked", now).await? {
         tx.rollback().await?;
         return Ok(());

@@ -140,11 +140,13 @@ pub struct QueuedRow {
     pub state: String,
     pub kind: String,
     pub delivery_id: String,
+    /// The consent a delivery depends on (empty for notices and consent-free deliveries).
+    pub consent_id: String,
 }
 
 /// Reads an item's row.
 pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::Error> {
-    let row = sqlx::query("SELECT org, state, item_kind, delivery_id FROM outbox WHERE item_id = $1")
+    let row = sqlx::query("SELECT org, state, item_kind, delivery_id, consent_id FROM outbox WHERE item_id = $1")
         .bind(item_id)
         .fetch_optional(&mut **tx)
         .await?;
@@ -154,6 +156,7 @@ pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::
             state: r.try_get("state")?,
             kind: r.try_get("item_kind")?,
             delivery_id: r.try_get("delivery_id")?,
+            consent_id: r.try_get("consent_id")?,
         })
     })
     .transpose()

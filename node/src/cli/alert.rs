@@ -54,7 +54,8 @@ pub async fn run(cmd: &AlertCommand, out: Out<'_>) -> Result<(), CliError> {
         AlertCommand::List(a) => messages::list(a, out, Kind::Alert).await,
         AlertCommand::Ack(a) => {
             let req = messages::answer(a, MessageStatus::Acknowledged, String::new());
-            messages::update_status(&a.client, out, req, &format!("acknowledged alert {} from {}", a.id, a.sender)).await
+            messages::update_status(&a.client, out, req, &format!("acknowledged alert {} from {}", a.id, a.sender))
+                .await
         }
     }
 }

@@ -53,8 +53,8 @@ impl Session {
             let ca = args.ca.as_ref().ok_or_else(|| {
                 CliError::Usage(format!("{} is https: give --ca with the certificate its API chains to", args.node))
             })?;
-            let pem = std::fs::read(ca)
-                .map_err(|e| CliError::Usage(format!("cannot read --ca {}: {e}", ca.display())))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| CliError::Usage(format!("cannot read --ca {}: {e}", ca.display())))?;
             endpoint = endpoint
                 .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
                 .map_err(|e| CliError::Usage(format!("--ca {}: {}", ca.display(), chain(&e))))?;

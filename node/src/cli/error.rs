@@ -42,7 +42,9 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     /// No connection to the node could be made at all.
-    #[error("cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)")]
+    #[error(
+        "cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)"
+    )]
     Unreachable { node: String, detail: String },
     /// The node, or the gateway behind it, answered with an error status.
     #[error("{what} ({code}): {message}", what = meaning(.0.code()), code = code_name(.0.code()), message = .0.message())]
@@ -71,9 +73,7 @@ impl CliError {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Unreachable { .. } | CliError::WatchEnded => EXIT_UNAVAILABLE,
             CliError::Status(s) => match s.code() {
-                Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => {
-                    EXIT_REFUSED
-                }
+                Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => EXIT_REFUSED,
                 Code::Unauthenticated | Code::PermissionDenied => EXIT_DENIED,
                 Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
                 _ => EXIT_FAILED,

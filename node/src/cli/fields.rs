@@ -71,16 +71,6 @@ pub fn all_to_json(fields: &HashMap<String, FieldValue>) -> BTreeMap<String, ser
     fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()
 }
 
-/// A field value for people.
-pub fn display(v: &FieldValue) -> String {
-    match &v.value {
-        Some(Value::Text(s) | Value::Date(s)) => s.clone(),
-        Some(Value::Integer(i)) => i.to_string(),
-        Some(Value::List(l)) => l.items.join(", "),
-        None => "-".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

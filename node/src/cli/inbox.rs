@@ -3,7 +3,6 @@
 //! `--watch` prints each new arrival as the node stores it.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 
 use haven_proto::v1::{InboxItem, MessageStatus, item, sender_notice};
 use serde::Serialize;
@@ -205,7 +204,11 @@ pub async fn watch(client: &ClientArgs, out: Out<'_>, err: Out<'_>, kind: Option
 
 /// `inbox` as the command line asked.
 pub async fn run(args: &InboxArgs, out: Out<'_>, err: Out<'_>) -> Result<(), CliError> {
-    if args.watch { watch(&args.client, out, err, args.kind).await } else { list(&args.client, out, args.kind, args.limit).await }
+    if args.watch {
+        watch(&args.client, out, err, args.kind).await
+    } else {
+        list(&args.client, out, args.kind, args.limit).await
+    }
 }
 
 /// One received message in full, for `referral show`.
@@ -234,9 +237,11 @@ pub fn write_detail(out: Out<'_>, r: &InboxRow) -> std::io::Result<()> {
     for (name, value) in &r.fields {
         let shown = match value {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(items) => {
-                items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(", ")
-            }
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(", "),
             other => other.to_string(),
         };
         table.row(vec![name.clone(), shown]);

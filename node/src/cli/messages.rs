@@ -2,8 +2,6 @@
 //! recipient's outcome, listing what was sent, showing one message, and changing a message's status
 //! (accept, decline, close, acknowledge, withdraw).
 
-use std::io::Write as _;
-
 use haven_proto::v1::{
     Envelope, GetMessageRequest, InboxRequest, ListSentRequest, MessageStatus, RecipientOutcome, RecipientStatus,
     SendRequest, SendResponse, SentMessage, UpdateStatusRequest, recipient_outcome,
@@ -235,7 +233,12 @@ pub fn sent_row(m: &SentMessage) -> SentRow {
 
 /// Sends an envelope and reports each recipient's outcome. Denied recipients are an answer, not an
 /// error: the command succeeds and says why each was refused.
-pub async fn send(client: &ClientArgs, out: Out<'_>, mut envelope: Envelope, message: &MessageArgs) -> Result<(), CliError> {
+pub async fn send(
+    client: &ClientArgs,
+    out: Out<'_>,
+    mut envelope: Envelope,
+    message: &MessageArgs,
+) -> Result<(), CliError> {
     envelope.fields = fields::collect(&message.fields)?;
     envelope.message_id = message.message_id.map(|u| u.to_string()).unwrap_or_default();
     let kind = envelope.kind.clone();
@@ -294,13 +297,17 @@ pub async fn list(args: &ListArgs, out: Out<'_>, kind: Kind) -> Result<(), CliEr
         if m.recipients.is_empty() {
             table.row(vec![
                 m.message_id.clone(),
-                created,
+                created.clone(),
                 m.purpose.clone(),
                 m.state.clone(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                if m.state == "pending" { "waiting for the gateway; the node retries".into() } else { output::or_dash(&m.error) },
+                if m.state == "pending" {
+                    "waiting for the gateway; the node retries".into()
+                } else {
+                    output::or_dash(&m.error)
+                },
             ]);
         }
         for r in &m.recipients {
@@ -323,8 +330,7 @@ pub async fn list(args: &ListArgs, out: Out<'_>, kind: Kind) -> Result<(), CliEr
 /// Shows one message, sent or received, with its status history.
 pub async fn show(args: &ShowArgs, out: Out<'_>) -> Result<(), CliError> {
     let s = Session::open(&args.client).await?;
-    let view =
-        s.client().get_message(s.signed(GetMessageRequest { message_id: args.id.clone() })).await?.into_inner();
+    let view = s.client().get_message(s.signed(GetMessageRequest { message_id: args.id.clone() })).await?.into_inner();
     let row = match (view.sent, view.received) {
         (Some(sent), _) => MessageRow::Sent(sent_row(&sent)),
         (None, Some(received)) => MessageRow::Received(inbox::row(&received)),
@@ -377,10 +383,12 @@ pub async fn update_status(
     done: &str,
 ) -> Result<(), CliError> {
     let s = Session::open(client).await?;
-    let counterparty = if req.status == MessageStatus::Withdrawn as i32 { req.recipient.clone() } else { req.sender.clone() };
+    let counterparty =
+        if req.status == MessageStatus::Withdrawn as i32 { req.recipient.clone() } else { req.sender.clone() };
     let (message_id, code) = (req.message_id.clone(), req.code.clone());
     let resp = s.client().update_status(s.signed(req)).await?.into_inner();
-    let row = StatusRow { message_id, counterparty, status: status_name(resp.status, ""), code, replayed: resp.replayed };
+    let row =
+        StatusRow { message_id, counterparty, status: status_name(resp.status, ""), code, replayed: resp.replayed };
     if client.json {
         return Ok(output::json_line(out, &row)?);
     }

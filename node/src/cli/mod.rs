@@ -1,0 +1,107 @@
+//! What an organization's people run: `haven-node referral|alert|inbox|consent|whoami`, each a client
+//! of their own running node's API (`--node`, default http://127.0.0.1:7600, or HAVEN_NODE), signed
+//! in with their node token (`--token` or HAVEN_TOKEN).
+//!
+//! - [`referral`], [`alert`]: sending and answering messages, over the shared [`messages`] code;
+//! - [`inbox`]: what arrived, and `--watch`; [`consent`]: recording, renewing and revoking consent;
+//! - [`client`]: connecting and signing in; [`error`]: failures and their exit codes;
+//! - [`fields`], [`dates`]: command-line syntax for field values and dates; [`output`]: tables and
+//!   JSON lines.
+//!
+//! Every command writes to the writers it is given, so tests run it in process with [`run`] exactly as
+//! the binary does.
+
+pub mod alert;
+pub mod client;
+pub mod consent;
+pub mod dates;
+pub mod error;
+pub mod fields;
+pub mod inbox;
+pub mod messages;
+pub mod output;
+pub mod referral;
+pub mod whoami;
+
+use std::ffi::OsString;
+
+use error::{CliError, EXIT_CODES_HELP, EXIT_OK};
+use output::Out;
+
+/// The people-facing subcommands. `haven-node`'s own parser flattens these in beside `serve` and
+/// `users`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Send, follow and answer referrals.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Referral(referral::ReferralCommand),
+    /// Send, follow and acknowledge safety alerts.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Alert(alert::AlertCommand),
+    /// What arrived for your organization, newest first; --watch follows new arrivals.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inbox(inbox::InboxArgs),
+    /// Record, show, list, renew and revoke survivors' consent.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Consent(consent::ConsentCommand),
+    /// Show who you are signed in as, as the gateway sees it.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Whoami(client::ClientArgs),
+}
+
+/// The same commands as a parser of their own, for [`run`].
+#[derive(Debug, clap::Parser)]
+#[command(name = "haven-node", about = "An organization's Haven node: what its people run")]
+struct PeopleCli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parses `args` (the program name first) and runs the command, writing what it prints to `out` and
+/// errors to `err`. Returns the exit code: a usage error is 2, as in the binary.
+pub async fn run<I, T>(args: I, out: Out<'_>, err: Out<'_>) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match <PeopleCli as clap::Parser>::try_parse_from(args) {
+        Ok(cli) => execute(&cli.command, out, err).await,
+        Err(e) => {
+            // Help and --version are not errors: they go to `out`, like clap's own `parse`.
+            let _ = if e.use_stderr() { write!(err, "{}", e.render()) } else { write!(out, "{}", e.render()) };
+            u8::try_from(e.exit_code()).unwrap_or(error::EXIT_USAGE)
+        }
+    }
+}
+
+/// Runs a parsed command. Errors go to `err` as `haven-node: <what failed> (<gRPC code>): <why>`.
+pub async fn execute(cmd: &Command, out: Out<'_>, err: Out<'_>) -> u8 {
+    let result = match cmd {
+        Command::Referral(c) => referral::run(c, out).await,
+        Command::Alert(c) => alert::run(c, out).await,
+        Command::Inbox(a) => inbox::run(a, out, err).await,
+        Command::Consent(c) => consent::run(c, out).await,
+        Command::Whoami(a) => whoami::run(a, out).await,
+    };
+    let _ = out.flush();
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => report(err, &e),
+    }
+}
+
+fn report(err: Out<'_>, e: &CliError) -> u8 {
+    let _ = writeln!(err, "haven-node: {e}");
+    let _ = err.flush();
+    e.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        <PeopleCli as clap::CommandFactory>::command().debug_assert();
+    }
+}

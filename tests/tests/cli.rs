@@ -1,0 +1,562 @@
+//! The people-facing `haven-node` commands (referral, alert, inbox, consent, whoami), run in process
+//! through `haven_node::cli::run` (the binary's own code path) against real nodes and a real gateway
+//! over mTLS: what they print, as tables and as JSON lines, and what their exit codes mean.
+//!
+//! Waiting is always on a real event: an `inbox --watch --json` started before the send reports each
+//! arrival, within a bounded time.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use haven_node::cli;
+use haven_tests::net::{TestNet, TestNode};
+use haven_trust::ids::Role;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// What one command printed, and its exit code.
+struct Run {
+    code: u8,
+    out: String,
+    err: String,
+}
+
+impl Run {
+    /// The output's JSON lines.
+    fn json(&self) -> Vec<Value> {
+        self.out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    /// The single JSON object a command printed.
+    fn one(&self) -> Value {
+        let mut rows = self.json();
+        assert_eq!(rows.len(), 1, "expected one JSON line, got:\n{}", self.out);
+        rows.remove(0)
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.out, self.err)
+    }
+}
+
+/// Runs `haven-node ARGS...` in process.
+async fn haven_node(args: &[&str]) -> Run {
+    let argv = std::iter::once("haven-node").chain(args.iter().copied());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::run(argv, &mut out, &mut err).await;
+    Run { code, out: String::from_utf8_lossy(&out).into_owned(), err: String::from_utf8_lossy(&err).into_owned() }
+}
+
+/// How `person` reaches `node`: `--node URL --token TOKEN`.
+fn signed_in(node: &TestNode, person: &str) -> Vec<String> {
+    vec!["--node".into(), format!("http://{}", node.addr), "--token".into(), node.token(person).to_owned()]
+}
+
+/// Runs a command as `person` at `node`.
+async fn as_person(node: &TestNode, person: &str, args: &[&str]) -> Run {
+    let login = signed_in(node, person);
+    let all: Vec<&str> = args.iter().copied().chain(login.iter().map(String::as_str)).collect();
+    haven_node(&all).await
+}
+
+/// A writer that hands each complete line to a channel, so a test can read a running command's output.
+struct LineSink {
+    tx: mpsc::UnboundedSender<String>,
+    buf: Vec<u8>,
+}
+
+impl Write for LineSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            let _ = self.tx.send(String::from_utf8_lossy(&line).trim_end().to_owned());
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A running `haven-node inbox --watch --json`.
+struct Watch {
+    lines: mpsc::UnboundedReceiver<String>,
+    errors: mpsc::UnboundedReceiver<String>,
+    task: tokio::task::JoinHandle<u8>,
+}
+
+impl Watch {
+    /// Starts the watch and returns once the node has it open: from then on every arrival is printed.
+    async fn start(node: &TestNode, person: &str) -> Watch {
+        let (out_tx, lines) = mpsc::unbounded_channel();
+        let (err_tx, mut errors) = mpsc::unbounded_channel();
+        let argv: Vec<String> = ["haven-node", "inbox", "--watch", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(signed_in(node, person))
+            .collect();
+        let task = tokio::spawn(async move {
+            let mut out = LineSink { tx: out_tx, buf: Vec::new() };
+            let mut err = LineSink { tx: err_tx, buf: Vec::new() };
+            cli::run(argv, &mut out, &mut err).await
+        });
+        let first = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+            .await
+            .expect("the watch opens within 10 s")
+            .expect("the watch says it is open");
+        assert!(first.starts_with("watching "), "unexpected first line from the watch: {first}");
+        Watch { lines, errors, task }
+    }
+
+    /// The first printed arrival that matches `pred`, within 20 s.
+    async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.lines.recv().await {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not arrive within 20 s"));
+        found.unwrap_or_else(|| {
+            let mut why = Vec::new();
+            while let Ok(l) = self.errors.try_recv() {
+                why.push(l);
+            }
+            panic!("the watch ended before {what} arrived: {}", why.join("\n"))
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A date `days` from today, as `--until` takes it.
+fn in_days(days: i64) -> String {
+    (time::OffsetDateTime::now_utc().date() + time::Duration::days(days)).to_string()
+}
+
+/// Records a consent for housing at shelters from the command line: (consent id, subject pseudonym).
+async fn record_housing_consent(harbor: &TestNode) -> (String, String) {
+    let until = in_days(30);
+    let evidence = "ef".repeat(32);
+    let r = as_person(
+        harbor,
+        "casey",
+        &[
+            "consent",
+            "record",
+            "--purpose",
+            "housing",
+            "--to-type",
+            "shelter",
+            "--label",
+            "identifying",
+            "contact",
+            "operational",
+            "location",
+            "--until",
+            &until,
+            "--method",
+            "written",
+            "--evidence-sha256",
+            &evidence,
+            "--language",
+            "en",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let c = r.one();
+    assert_eq!(c["state"], "given", "{r:?}");
+    (c["consent_id"].as_str().unwrap().to_owned(), c["subject"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_consented_referral_reaches_the_shelter_and_its_acceptance_comes_back() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let (consent_id, subject) = record_housing_consent(&harbor).await;
+
+    let mut at_maple = Watch::start(&maple, "sam").await;
+    let mut at_harbor = Watch::start(&harbor, "casey").await;
+    let r = as_person(
+        &harbor,
+        "casey",
+        &[
+            "referral",
+            "send",
+            "--to",
+            "maple-house",
+            "--purpose",
+            "housing",
+            "--subject",
+            &subject,
+            "--consent",
+            &consent_id,
+            "--field",
+            "urgency=high",
+            "--field",
+            "safe_to_contact_by=through_caseworker",
+            "--field",
+            "survivor_first_name=Rosa (fictional)",
+            "--field",
+            "needs:list=housing,counselling",
+            "--field",
+            "household_size:int=2",
+            "--field",
+            "medical_notes=fictional notes",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sent = r.one();
+    assert_eq!(sent["state"], "submitted");
+    assert_eq!(sent["outcomes"][0]["outcome"], "queued", "{r:?}");
+    assert_eq!(sent["outcomes"][0]["withheld_fields"], serde_json::json!(["medical_notes"]));
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+
+    // The shelter receives it minimized, with typed fields and its own pseudonym for the survivor.
+    let got = at_maple.until("the referral", |v| v["item_kind"] == "delivery" && v["message_id"] == id.as_str()).await;
+    assert_eq!(got["org"], "harbor");
+    assert_eq!(got["fields"]["survivor_first_name"], "Rosa (fictional)");
+    assert_eq!(got["fields"]["household_size"], 2);
+    assert_eq!(got["fields"]["needs"], serde_json::json!(["housing", "counselling"]));
+    assert!(got["fields"].get("medical_notes").is_none(), "a shelter never receives sensitive fields");
+    assert_ne!(got["subject"], subject.as_str(), "the recipient sees its own pseudonym");
+    let listed = as_person(&maple, "sam", &["inbox", "--kind", "referral", "--json"]).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let row = listed.json().into_iter().find(|v| v["message_id"] == id.as_str()).expect("the inbox lists the referral");
+    assert_eq!(row["status"], "delivered");
+    assert_eq!(row["withheld_fields"], serde_json::json!(["medical_notes"]));
+    let table = as_person(&maple, "sam", &["inbox"]).await;
+    assert!(table.out.contains(&id) && table.out.contains("harbor (casey)"), "{table:?}");
+    let shown = as_person(&maple, "sam", &["referral", "show", &id]).await;
+    assert!(shown.out.contains("received") && shown.out.contains("Rosa (fictional)"), "{shown:?}");
+
+    // Once the gateway has it delivered, the shelter accepts, and the sender sees who did.
+    at_harbor
+        .until("the delivery notice", |v| {
+            v["item_kind"] == "sender_notice" && v["message_id"] == id.as_str() && v["status"] == "delivered"
+        })
+        .await;
+    let accepted = as_person(&maple, "sam", &["referral", "accept", &id, "--sender", "harbor"]).await;
+    assert_eq!(accepted.code, 0, "{accepted:?}");
+    assert!(accepted.out.contains("now accepted"), "{accepted:?}");
+    at_harbor
+        .until("the acceptance", |v| {
+            v["item_kind"] == "status" && v["message_id"] == id.as_str() && v["status"] == "accepted"
+        })
+        .await;
+    let show = as_person(&harbor, "casey", &["referral", "show", &id, "--json"]).await;
+    assert_eq!(show.code, 0, "{show:?}");
+    let m = show.one();
+    assert_eq!(m["direction"], "sent");
+    assert_eq!(m["recipients"][0]["recipient"], "maple-house");
+    assert_eq!(m["recipients"][0]["status"], "accepted");
+    assert_eq!(m["recipients"][0]["by_person"], "sam");
+    let human = as_person(&harbor, "casey", &["referral", "show", &id]).await;
+    assert!(human.out.contains("maple-house") && human.out.contains("accepted"), "{human:?}");
+    let list = as_person(&harbor, "casey", &["referral", "list"]).await;
+    assert!(list.out.contains(&id) && list.out.contains("accepted"), "{list:?}");
+
+    // Accepting twice is not a legal transition: refused, exit 3, with the gateway's reason.
+    let again = as_person(&maple, "sam", &["referral", "accept", &id, "--sender", "harbor"]).await;
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(again.err.contains("FAILED_PRECONDITION"), "{again:?}");
+
+    drop((at_maple, at_harbor));
+    harbor.stop().await;
+    maple.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_recipient_is_reported_with_its_reason_and_the_send_still_succeeds() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = record_housing_consent(&harbor).await;
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let send = |json: bool| {
+        let (consent_id, subject, message_id) = (consent_id.clone(), subject.clone(), message_id.clone());
+        let harbor = &harbor;
+        async move {
+            let mut args = vec![
+                "referral",
+                "send",
+                "--to",
+                "maple-house",
+                "--to",
+                "metro-police",
+                "--purpose",
+                "housing",
+                "--subject",
+                &subject,
+                "--consent",
+                &consent_id,
+                "-f",
+                "urgency=high",
+                "-f",
+                "safe_to_contact_by=through_caseworker",
+                "-f",
+                "medical_notes=fictional notes",
+                "--message-id",
+                &message_id,
+            ];
+            if json {
+                args.push("--json");
+            }
+            as_person(harbor, "casey", &args).await
+        }
+    };
+    let human = send(false).await;
+    assert_eq!(human.code, 0, "a send whose recipients were denied still succeeds: {human:?}");
+    // The same message id and content is the same message: the reply comes back, nothing is queued twice.
+    let replay = send(true).await;
+    assert_eq!(replay.code, 0, "{replay:?}");
+    let outcomes = replay.one()["outcomes"].as_array().cloned().unwrap();
+    let police = outcomes.iter().find(|o| o["recipient"] == "metro-police").unwrap();
+    assert_eq!(police["outcome"], "denied");
+    let reason = police["reason_code"].as_str().unwrap();
+    assert!(!reason.is_empty(), "a denial names its reason: {police}");
+    let line = human.out.lines().find(|l| l.starts_with("metro-police")).unwrap_or_else(|| panic!("{human:?}"));
+    assert!(line.contains("denied") && line.contains(reason), "the table names the reason: {human:?}");
+    let line = human.out.lines().find(|l| l.starts_with("maple-house")).unwrap_or_else(|| panic!("{human:?}"));
+    assert!(line.contains("queued") && line.contains("withheld: medical_notes"), "{human:?}");
+    assert!(human.out.contains("1 of 2 recipients refused"), "{human:?}");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn an_alert_fans_out_and_the_liaisons_acknowledgement_comes_back() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let metro = net.node("metro-police", &[("lee", Role::Liaison)]).await;
+    let mut at_metro = Watch::start(&metro, "lee").await;
+    let mut at_harbor = Watch::start(&harbor, "casey").await;
+    let r = as_person(
+        &harbor,
+        "casey",
+        &[
+            "alert",
+            "send",
+            "--all",
+            "--field",
+            "incident_type=suspicious_recruitment",
+            "--field",
+            "location_area=North bus terminal (fictional)",
+            "--field",
+            "reporter_contact=555-0100",
+            "--field",
+            "number_of_people:int=3",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sent = r.one();
+    let mut queued: Vec<&str> = sent["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["outcome"] == "queued")
+        .filter_map(|o| o["recipient"].as_str())
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["county-sheriff", "metro-police"]);
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+
+    let got = at_metro.until("the alert", |v| v["item_kind"] == "delivery" && v["message_id"] == id.as_str()).await;
+    assert_eq!(got["kind"], "alert");
+    assert_eq!(got["subject"], "", "a de-identified alert carries no pseudonym");
+    assert!(got["fields"].get("reporter_contact").is_none(), "no contact field goes to law enforcement");
+    assert_eq!(got["fields"]["number_of_people"], 3);
+    at_harbor
+        .until("the delivery notice", |v| {
+            v["item_kind"] == "sender_notice" && v["org"] == "metro-police" && v["message_id"] == id.as_str()
+        })
+        .await;
+    let ack = as_person(&metro, "lee", &["alert", "ack", &id, "--sender", "harbor"]).await;
+    assert_eq!(ack.code, 0, "{ack:?}");
+    at_harbor.until("the acknowledgement", |v| v["item_kind"] == "status" && v["status"] == "acknowledged").await;
+    let list = as_person(&harbor, "casey", &["alert", "list", "--json"]).await;
+    let m = list.json().into_iter().find(|m| m["message_id"] == id.as_str()).unwrap_or_else(|| panic!("{list:?}"));
+    let r = m["recipients"].as_array().unwrap().iter().find(|r| r["recipient"] == "metro-police").cloned().unwrap();
+    assert_eq!(r["status"], "acknowledged");
+    assert_eq!(r["by_person"], "lee");
+    let received = as_person(&metro, "lee", &["alert", "list", "--received"]).await;
+    assert!(received.out.contains(&id) && received.out.contains("acknowledged"), "{received:?}");
+    drop((at_metro, at_harbor));
+    harbor.stop().await;
+    metro.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn consent_is_recorded_shown_renewed_and_revoked_from_the_command_line() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker), ("lee", Role::Liaison)]).await;
+    let (consent_id, subject) = record_housing_consent(&harbor).await;
+    let show = as_person(&harbor, "casey", &["consent", "show", &consent_id]).await;
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(show.out.contains("given") && show.out.contains(&subject) && show.out.contains("type shelter"), "{show:?}");
+
+    let until = in_days(60);
+    let evidence = "ab".repeat(32);
+    let renew = as_person(
+        &harbor,
+        "casey",
+        &[
+            "consent",
+            "renew",
+            &consent_id,
+            "--purpose",
+            "housing",
+            "--to",
+            "maple-house",
+            "--label",
+            "identifying",
+            "contact",
+            "--until",
+            &until,
+            "--method",
+            "verbal_witnessed",
+            "--evidence-sha256",
+            &evidence,
+            "--language",
+            "es-MX",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(renew.code, 0, "{renew:?}");
+    let renewed = renew.one();
+    assert_eq!(renewed["supersedes"], consent_id.as_str());
+    assert_eq!(renewed["subject"], subject.as_str(), "a renewal keeps the subject");
+    assert_eq!(renewed["recipient_orgs"], serde_json::json!(["maple-house"]));
+    let new_id = renewed["consent_id"].as_str().unwrap().to_owned();
+
+    let list = as_person(&harbor, "casey", &["consent", "list", "--subject", &subject, "--json"]).await;
+    let states: Vec<(String, String)> = list
+        .json()
+        .iter()
+        .map(|c| (c["consent_id"].as_str().unwrap().to_owned(), c["state"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(states.contains(&(consent_id.clone(), "superseded".into())), "{list:?}");
+    assert!(states.contains(&(new_id.clone(), "given".into())), "{list:?}");
+
+    // Only caseworkers and privacy officers manage consent: exit 4, naming the code.
+    let liaison = as_person(&harbor, "lee", &["consent", "revoke", &new_id, "--reason", "revoked_by_org"]).await;
+    assert_eq!(liaison.code, 4, "{liaison:?}");
+    assert!(liaison.err.contains("PERMISSION_DENIED"), "{liaison:?}");
+
+    let revoke = as_person(&harbor, "casey", &["consent", "revoke", &new_id, "--reason", "withdrawn_by_subject"]).await;
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    assert!(revoke.out.contains("withdrawn (withdrawn_by_subject)"), "{revoke:?}");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_and_say_what_is_wrong() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["referral", "send", "--to", "maple-house", "--token", "t"], "--purpose"),
+        (
+            &["referral", "send", "--to", "maple-house", "--purpose", "housing", "--field", "urgency", "--token", "t"],
+            "NAME=VALUE",
+        ),
+        (
+            &[
+                "referral",
+                "send",
+                "--to",
+                "maple-house",
+                "--purpose",
+                "housing",
+                "-f",
+                "a=1",
+                "--message-id",
+                "6b1f4bd2-5d5c-4f25-9d43-3c1f5c7e2a10",
+                "--token",
+                "t",
+            ],
+            "UUIDv7",
+        ),
+        (
+            &["alert", "send", "--all", "--to", "metro-police", "-f", "incident_type=missing_person", "--token", "t"],
+            "--to",
+        ),
+        (&["consent", "revoke", "c-1", "--reason", "because", "--token", "t"], "withdrawn_by_subject"),
+        (&["inbox", "--kind", "postcard", "--token", "t"], "referral"),
+    ];
+    for (args, expect) in cases {
+        let r = haven_node(args).await;
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.err.contains(expect), "{args:?}: expected `{expect}` in {r:?}");
+    }
+    // Checked after parsing but before anything is sent: a field given twice.
+    let r = haven_node(&[
+        "referral",
+        "send",
+        "--to",
+        "maple-house",
+        "--purpose",
+        "housing",
+        "-f",
+        "urgency=high",
+        "-f",
+        "urgency=low",
+        "--token",
+        "t",
+        "--node",
+        "http://127.0.0.1:9",
+    ])
+    .await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.err.contains("--field urgency is given more than once"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_bad_token_exits_4_and_an_unknown_message_exits_3() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let url = format!("http://{}", harbor.addr);
+    let ok = as_person(&harbor, "casey", &["whoami"]).await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.out.contains("harbor (ngo)") && ok.out.contains("casey"), "{ok:?}");
+
+    let bad = haven_node(&["referral", "list", "--node", &url, "--token", "not-a-token"]).await;
+    assert_eq!(bad.code, 4, "{bad:?}");
+    assert!(bad.err.contains("UNAUTHENTICATED") && bad.err.contains("unknown node token"), "{bad:?}");
+    assert!(bad.out.is_empty(), "{bad:?}");
+
+    let missing = as_person(&harbor, "casey", &["referral", "show", "0190a5f1-0000-7000-8000-000000000000"]).await;
+    assert_eq!(missing.code, 3, "{missing:?}");
+    assert!(missing.err.contains("NOT_FOUND"), "{missing:?}");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_node_exits_5() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let r = haven_node(&["inbox", "--node", &url, "--token", "t"]).await;
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.err.contains("cannot reach the node") && r.err.contains(&port.to_string()), "{r:?}");
+}
