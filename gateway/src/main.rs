@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             match runtime.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("haven-gateway: {e:#}");
+                    eprintln!("haven-gateway: {e}");
                     ExitCode::FAILURE
                 }
             }

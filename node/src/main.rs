@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("haven-node: {e:#}");
+            eprintln!("haven-node: {e}");
             ExitCode::FAILURE
         }
     }

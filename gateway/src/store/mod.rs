@@ -87,6 +87,18 @@ impl Store {
             }),
             Backend::Postgres => pool_opts.max_connections(16),
         };
+        // One direct connection first, so an unreachable or misconfigured server is reported with
+        // its real cause rather than as a pool timeout.
+        {
+            use sqlx::ConnectOptions;
+            match tokio::time::timeout(Duration::from_secs(15), options.connect()).await {
+                Ok(Ok(conn)) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+                Ok(Err(source)) => return Err(StoreError::Connect { url: redact(url), source }),
+                Err(_) => return Err(StoreError::Connect { url: redact(url), source: sqlx::Error::PoolTimedOut }),
+            }
+        }
         let pool =
             pool_opts.connect_with(options).await.map_err(|source| StoreError::Connect { url: redact(url), source })?;
         let store = Store { pool, backend };
