@@ -131,6 +131,19 @@ async fn notify_sender(
     Ok(())
 }
 
+/// Locks a consent's row for the rest of the transaction. Every transaction that touches copies under
+/// a consent takes this lock first, so revocations, acknowledgements, withdrawals and expiry queue up
+/// on the consent instead of deadlocking on PostgreSQL.
+async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> {
+    if !consent_id.is_empty() {
+        sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
+            .bind(consent_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A node's transport acknowledgement: the item is stored at the node, so its payload goes, and a
 /// delivery becomes `delivered`. A repeated acknowledgement is harmless.
 pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
@@ -145,12 +158,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // Lock the consent row first, as a revocation does: an acknowledgement racing the revocation then
     // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
     // on PostgreSQL, the revocation holding the audit head while it waits for this item.
-    if !row.consent_id.is_empty() {
-        sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
-            .bind(row.consent_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
+    lock_consent(&mut tx, &row.consent_id).await?;
     if !queue::finish(&mut tx, item_id, "acked", now).await? {
         tx.rollback().await?;
         return Ok(());
@@ -280,16 +288,18 @@ pub async fn consent_ended(
 /// Expires queued copies past their TTL: payload deleted, the sender told. Returns how many.
 pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
     let now = g.0.clock.now_micros();
-    let due: Vec<(String, String)> = sqlx::query("SELECT item_id, delivery_id FROM outbox WHERE state = 'pending' AND expires_at_micros <= $1 ORDER BY expires_at_micros LIMIT 1000")
+    let due: Vec<(String, String, String)> = sqlx::query("SELECT item_id, delivery_id, consent_id FROM outbox WHERE state = 'pending' AND expires_at_micros <= $1 ORDER BY expires_at_micros LIMIT 1000")
         .bind(now)
         .fetch_all(g.0.store.pool())
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect::<Result<_, sqlx::Error>>()?;
     let mut n = 0;
-    for (item_id, delivery_id) in due {
+    for (item_id, delivery_id, consent_id) in due {
         let mut tx = g.0.store.begin().await?;
+        // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
+        lock_consent(&mut tx, &consent_id).await?;
         if !queue::finish(&mut tx, &item_id, "expired", now).await? {
             tx.rollback().await?;
             continue;
@@ -394,7 +404,23 @@ pub async fn update_status(
             .fetch_all(&mut *tx)
             .await?
     };
-    let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
+    let mut copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
+    let mut consents: Vec<String> = copies.iter().map(|c| c.consent_id.clone()).filter(|c| !c.is_empty()).collect();
+    consents.sort();
+    consents.dedup();
+    if !consents.is_empty() {
+        for c in &consents {
+            lock_consent(&mut tx, c).await?;
+        }
+        // Re-read under the lock: a revocation may have changed the copies meanwhile.
+        let mut fresh = Vec::with_capacity(copies.len());
+        for c in &copies {
+            if let Some(c) = copy_by_id(&mut tx, &c.delivery_id).await? {
+                fresh.push(c);
+            }
+        }
+        copies = fresh;
+    }
     if copies.is_empty() {
         // Distinguish "not yours" from "does not exist" without revealing other organizations' traffic.
         return Err(Error::NotFound(format!(
