@@ -393,7 +393,7 @@ async fn a_forked_checkpoint_collected_by_a_node_is_caught_against_an_export() {
         path
     };
     let honest = file("honest.json", &haven_node::witness::from_proto(&early));
-    assert_eq!(verify(&net, &bytes, &[honest.clone()]).unwrap().independent, 1);
+    assert_eq!(verify(&net, &bytes, std::slice::from_ref(&honest)).unwrap().independent, 1);
 
     // The gateway's key signed, for some node, a different history of the same size: a fork.
     let signer =
@@ -401,7 +401,7 @@ async fn a_forked_checkpoint_collected_by_a_node_is_caught_against_an_export() {
             .unwrap();
     let forked = signer.sign(early.tree_size, &[0x42; 32], early.timestamp_micros + 1);
     let forked = file("forked.json", &forked);
-    let e = verify(&net, &bytes, &[forked.clone()]).unwrap_err();
+    let e = verify(&net, &bytes, std::slice::from_ref(&forked)).unwrap_err();
     assert!(matches!(e, VerifyError::Fork { .. }), "{e}");
     assert!(e.to_string().contains("forked.json"), "{e}");
     let e = verify(&net, &bytes, &[honest, forked]).unwrap_err();
@@ -535,14 +535,30 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
     some_traffic(&net).await;
     let mut other = disclosure("harbor", "maple-house", SUBJECT, "submitted", "refused");
     other.decision = "deny".into();
-    append(
-        &net,
-        vec![
-            (other, String::new()),
-            (disclosure("harbor", "maple-house", SUBJECT, "delivered", "ok"), RECIPIENT_SUBJECT.into()),
-        ],
-    )
-    .await;
+    // The recipient's node acknowledges one of the queued messages: routing writes it with the
+    // recipient as the actor and no subject.
+    let pool = net.gateway.0.store.pool();
+    let delivered_id: String =
+        sqlx::query("SELECT object_id FROM audit_log WHERE action = 'submitted' ORDER BY seq LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get(0);
+    let delivered = AuditEntry {
+        time_micros: SystemClock.now_micros(),
+        actor_org: "maple-house".into(),
+        actor_person: "node".into(),
+        actor_role: "node".into(),
+        action: "delivered".into(),
+        object_id: delivered_id.clone(),
+        counterparty: "harbor".into(),
+        purpose: "housing".into(),
+        consent_id: "c-0001".into(),
+        outcome: "ok".into(),
+        source_node: "maple-house".into(),
+        ..Default::default()
+    };
+    append(&net, vec![(other, String::new()), (delivered, String::new())]).await;
 
     let ada = auditor(&net);
     let report = ada
@@ -558,7 +574,9 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
         ("maple-house", "housing", "c-0001", "queued")
     );
     assert_eq!(d.released_fields, vec!["first_name", "needs"]);
-    assert_eq!(report.disclosures.last().unwrap().action, "delivered");
+    let last = report.disclosures.last().unwrap();
+    assert_eq!((last.action.as_str(), last.recipient.as_str()), ("delivered", "maple-house"));
+    assert_eq!(last.message_id, delivered_id);
 
     // harbor's officer may ask once harbor controls a consent for the subject, maple-house's never.
     let harbor = officer(&net, "harbor");
@@ -858,5 +876,69 @@ async fn people_reach_the_audit_api_through_their_own_node() {
     assert_eq!(row.get::<String, _>(0), "audit-office");
     assert_eq!(row.get::<String, _>(1), "ada");
     node.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn the_node_cli_queries_exports_and_verifies() {
+    use haven_node::cli_audit::{AuditCommand, ClientArgs, FilterArgs, run};
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let dir = net.dir.path().join("cli-node");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut users = haven_node::users::Users::default();
+    let token = users.add(PersonId::parse("ada").unwrap(), Role::Auditor);
+    users.save(&dir.join("users.toml")).unwrap();
+    let config = haven_node::app::NodeConfig {
+        link: haven_node::link::LinkConfig::from_certs_dir(
+            net.url(),
+            &net.certs,
+            OrgId::parse("audit-office").unwrap(),
+        ),
+        database: dir.join("node.db").display().to_string(),
+        users: dir.join("users.toml"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_tls: None,
+    };
+    let node = haven_node::app::Node::open(config, std::sync::Arc::new(SystemClock)).await.unwrap();
+    let listener = node.bind().await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(node.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = |json| ClientArgs { node: format!("http://{addr}"), token: token.clone(), json };
+
+    run(AuditCommand::Query {
+        client: client(false),
+        filter: FilterArgs::default(),
+        page_size: 5,
+        cursor: 0,
+        all: true,
+    })
+    .await
+    .unwrap();
+    run(AuditCommand::Report { client: client(true), subject: SUBJECT.into() }).await.unwrap();
+    run(AuditCommand::Witness { client: client(false) }).await.unwrap();
+    let export = dir.join("export.jsonl");
+    run(AuditCommand::Export { client: client(false), filter: FilterArgs::default(), out: Some(export.clone()) })
+        .await
+        .unwrap();
+    let key = signing_cert(&net);
+    run(AuditCommand::Verify { export: export.clone(), key: key.clone(), checkpoints: vec![] }).await.unwrap();
+    // A bad filter value is refused with the gateway's reason.
+    let bad = FilterArgs { action: Some("peeked".into()), ..FilterArgs::default() };
+    let e = run(AuditCommand::Query { client: client(false), filter: bad, page_size: 5, cursor: 0, all: false })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown filter.action"), "{e}");
+    // An edited export fails verification.
+    let text =
+        std::fs::read_to_string(&export).unwrap().replacen("\"outcome\":\"queued\"", "\"outcome\":\"refused\"", 1);
+    std::fs::write(&export, text).unwrap();
+    let e = run(AuditCommand::Verify { export, key, checkpoints: vec![] }).await.unwrap_err();
+    assert!(e.to_string().contains("was edited"), "{e}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
     net.stop().await;
 }

@@ -611,10 +611,10 @@ fn parse_line(text: &str, key: &CheckpointKey) -> Result<Item, Bad> {
                 None => subject_commitment(seq, &entry.subject),
             };
             let leaf = entry.leaf(&commitment);
-            if let Some(stated) = line.leaf.as_deref() {
-                if parse_hash(stated).map_err(|e| Bad::Malformed(format!("leaf: {e}")))? != leaf {
-                    return Err(Bad::Edited { seq });
-                }
+            if let Some(stated) = line.leaf.as_deref()
+                && parse_hash(stated).map_err(|e| Bad::Malformed(format!("leaf: {e}")))? != leaf
+            {
+                return Err(Bad::Edited { seq });
             }
             let proof = match &line.proof {
                 None => None,

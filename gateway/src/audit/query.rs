@@ -352,11 +352,13 @@ pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) 
     Ok(row.is_some())
 }
 
-/// Every disclosure about `subject` (the controller's pseudonym): a submission queued for a recipient,
-/// or a delivery, in seq order.
+/// Every disclosure about `subject` (the controller's pseudonym), in seq order: each submission queued
+/// for a recipient (the sender's entry, which names the subject), and each delivery of one of those
+/// messages (the recipient's entry, which carries the message id but, so that the controller's
+/// pseudonym is never written where the recipient reads, no subject).
 pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE subject = $1 AND ((action = 'submitted' AND outcome = 'queued') OR action = 'delivered') ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_log WHERE (subject = $1 AND action = 'submitted' AND outcome = 'queued') OR (action = 'delivered' AND (subject = $1 OR object_id IN (SELECT object_id FROM audit_log WHERE subject = $1 AND action = 'submitted' AND outcome = 'queued' AND object_id <> ''))) ORDER BY seq"
     )))
     .bind(subject)
     .fetch_all(pool)
@@ -364,15 +366,17 @@ pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<have
     rows.iter()
         .map(|row| {
             let e = super::entry_from_row(row)?;
+            let delivered = e.action == Action::Delivered.as_str();
             Ok(haven_proto::v1::Disclosure {
                 time_micros: e.time_micros,
-                recipient: e.counterparty,
+                // A delivery is acknowledged by the recipient's node: the recipient is its actor.
+                recipient: if delivered { e.actor_org } else { e.counterparty },
                 purpose: e.purpose,
                 released_fields: e.released_fields,
                 consent_id: e.consent_id,
                 message_id: e.object_id,
                 seq: e.seq,
-                action: if e.action == Action::Delivered.as_str() { "delivered".into() } else { "queued".into() },
+                action: if delivered { "delivered".into() } else { "queued".into() },
             })
         })
         .collect()

@@ -312,7 +312,7 @@ fn a_fork_between_independent_checkpoints_is_caught() {
         other.push(e.leaf_hash()).unwrap();
     }
     let forked = l.signer.sign(10, &other.root(), 7);
-    let e = l.verify_with(&l.full(8), &l.independent(&[forked.clone()], &[])).unwrap_err();
+    let e = l.verify_with(&l.full(8), &l.independent(std::slice::from_ref(&forked), &[])).unwrap_err();
     assert!(matches!(e, VerifyError::Fork { .. }), "{e}");
     assert!(e.to_string().contains("node-0.json"), "{e}");
     // Two independent checkpoints of one size with different roots.
