@@ -167,6 +167,11 @@ impl Gateway {
         };
         match loaded {
             Ok(_) => {
+                let network = bundle.network();
+                self.0.audit_log.set_cadence(audit::Cadence {
+                    every_entries: network.checkpoint_every_entries,
+                    every: std::time::Duration::from_secs(network.checkpoint_every_secs),
+                });
                 entry.action = Action::PolicyReloaded.as_str().into();
                 entry.outcome = "ok".into();
                 self.append_entry(entry).await?;

@@ -152,6 +152,15 @@ pub async fn run(
         return;
     }
     tracing::info!(org = %caller.org, stream = %id, "delivery stream opened");
+    // Every node is a witness: it gets the newest signed checkpoint now and each new one as it is made.
+    let mut checkpoints = g.audit_log.subscribe();
+    let latest = checkpoints.borrow_and_update().clone();
+    if let Some(cp) = latest
+        && tx.send(frame(gateway_frame::Frame::Checkpoint(cp))).await.is_err()
+    {
+        g.streams.close(&caller.org, id);
+        return;
+    }
     let expires_in = peer.cert.as_ref().map(|c| c.not_after.saturating_sub(g.clock.now_secs()).max(0)).unwrap_or(0);
     let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(expires_in).unwrap_or(0)));
     tokio::pin!(expiry);
@@ -196,6 +205,16 @@ pub async fn run(
                 window.held.clear();
                 if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
                     break s;
+                }
+            }
+            changed = checkpoints.changed() => {
+                if changed.is_ok() {
+                    let cp = checkpoints.borrow_and_update().clone();
+                    if let Some(cp) = cp
+                        && tx.send(frame(gateway_frame::Frame::Checkpoint(cp))).await.is_err()
+                    {
+                        break Status::cancelled("node went away");
+                    }
                 }
             }
             _ = heartbeat.tick() => {

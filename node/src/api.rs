@@ -25,17 +25,7 @@ impl NodeService {
 
     /// The signed-in person, from `authorization: Bearer <user token>`.
     fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
-        let raw = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("sign in: send `authorization: Bearer <your node token>`"))?;
-        let token = raw
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <your node token>`"))?;
-        self.state.users.authenticate(token).cloned().ok_or_else(|| {
-            Status::unauthenticated("unknown node token; ask your administrator for one (`haven-node users add`)")
-        })
+        self.state.users.sign_in(req.metadata())
     }
 }
 

@@ -11,7 +11,6 @@ use haven_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::app::NodeState;
-use crate::users::User;
 
 /// Serves `haven.v1.Audit` on the node.
 pub struct AuditProxy {
@@ -24,23 +23,9 @@ impl AuditProxy {
     }
 
     /// The signed-in person, from `authorization: Bearer <node token>` (as for the `Node` service).
-    fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
-        let raw = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("sign in: send `authorization: Bearer <your node token>`"))?;
-        let token = raw
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <your node token>`"))?;
-        self.state.users.authenticate(token).cloned().ok_or_else(|| {
-            Status::unauthenticated("unknown node token; ask your administrator for one (`haven-node users add`)")
-        })
-    }
-
     /// The person's request to the gateway and a client to send it with.
     fn forward<T>(&self, req: Request<T>) -> Result<(AuditClient<tonic::transport::Channel>, Request<T>), Status> {
-        let user = self.user(&req)?;
+        let user = self.state.users.sign_in(req.metadata())?;
         let out = self.state.link.request(&user.name, user.role, req.into_inner())?;
         Ok((AuditClient::new(self.state.link.channel()), out))
     }

@@ -65,6 +65,23 @@ impl Users {
         token
     }
 
+    /// The person signed in on a request, from `authorization: Bearer <node token>`; every Node and
+    /// Audit method of the node starts here.
+    pub fn sign_in(&self, metadata: &tonic::metadata::MetadataMap) -> Result<User, tonic::Status> {
+        let raw = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| tonic::Status::unauthenticated("sign in: send `authorization: Bearer <your node token>`"))?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| tonic::Status::unauthenticated("authorization header must be `Bearer <your node token>`"))?;
+        self.authenticate(token).cloned().ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "unknown node token; ask your administrator for one (`haven-node users add`)",
+            )
+        })
+    }
+
     /// The person a token belongs to.
     pub fn authenticate(&self, token: &str) -> Option<&User> {
         let h = hash(token);

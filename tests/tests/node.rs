@@ -77,3 +77,35 @@ async fn a_node_refuses_to_serve_its_api_beyond_loopback_without_tls() {
     assert!(err.to_string().contains("not loopback"), "{err}");
     net.stop().await;
 }
+
+#[tokio::test]
+async fn new_checkpoints_reach_the_node_over_its_stream_and_are_witnessed() {
+    let net = TestNet::start().await;
+    let node = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let mut stream_state = node.state.stream.clone();
+    tokio::time::timeout(Duration::from_secs(10), stream_state.wait_for(|s| s.connected))
+        .await
+        .expect("stream opens")
+        .unwrap();
+    let link = net.link("maple-house");
+    let req = link
+        .request(
+            &PersonId::parse("sam").unwrap(),
+            Role::Caseworker,
+            haven_proto::v1::GetCheckpointRequest { refresh: true },
+        )
+        .unwrap();
+    let cp =
+        haven_proto::v1::audit_client::AuditClient::new(link.channel()).get_checkpoint(req).await.unwrap().into_inner();
+    assert!(cp.tree_size > 0);
+    let mut reports = node.state.witness.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        reports.wait_for(|_| node.state.witness.witnessed_size() >= cp.tree_size),
+    )
+    .await
+    .expect("the node witnesses the new checkpoint within 20 s")
+    .unwrap();
+    node.stop().await;
+    net.stop().await;
+}
