@@ -1,0 +1,191 @@
+//! The queue's limits and bad frames: the per-(sender, recipient) quota, delivery expiry with an
+//! injected clock, and acknowledgements a node must not be able to make.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_proto::v1::*;
+use haven_tests::net::{TestNet, TestNode, copy_policies, policies_dir};
+use haven_trust::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use haven_trust::ids::{PersonId, Role};
+use haven_trust::receipt::ConsentReceipt;
+use sqlx::Row;
+use tonic::Code;
+
+const DAY: i64 = 86_400_000_000;
+
+fn text(s: &str) -> FieldValue {
+    FieldValue { value: Some(field_value::Value::Text(s.into())) }
+}
+
+async fn consent(node: &TestNode, clock: &dyn Clock) -> (String, String) {
+    let req = RecordConsentRequest {
+        purposes: vec!["housing".into()],
+        recipient_types: vec!["shelter".into()],
+        labels: vec!["identifying".into(), "contact".into(), "operational".into()],
+        valid_until_micros: clock.now_micros() + 90 * DAY,
+        method: "written".into(),
+        evidence_sha256: "ab".repeat(32),
+        language: "en".into(),
+        ..Default::default()
+    };
+    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
+    let subject = serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject;
+    (c.consent_id, subject)
+}
+
+fn referral(subject: &str, consent: &str) -> Envelope {
+    Envelope {
+        kind: "referral".into(),
+        recipients: vec!["maple-house".into()],
+        purpose: "housing".into(),
+        subject_pseudonym: subject.into(),
+        consent_id: consent.into(),
+        fields: HashMap::from([("urgency".into(), text("low")), ("safe_to_contact_by".into(), text("phone_call"))]),
+        ..Default::default()
+    }
+}
+
+async fn send(node: &TestNode, env: Envelope) -> SendResponse {
+    node.client().await.send(node.as_person("casey", SendRequest { envelope: Some(env) })).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn beyond_the_quota_a_recipient_is_refused_and_nothing_queued_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_policies(&policies);
+    let network = std::fs::read_to_string(policies.join("network.toml")).unwrap();
+    std::fs::write(policies.join("network.toml"), network.replace("queue_quota = 10000", "queue_quota = 2")).unwrap();
+    let net = TestNet::start_with(policies, Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (c, s) = consent(&harbor, &SystemClock).await;
+    for _ in 0..2 {
+        let r = send(&harbor, referral(&s, &c)).await;
+        assert_eq!(r.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32);
+    }
+    let r = send(&harbor, referral(&s, &c)).await;
+    assert_eq!(r.outcomes[0].outcome, recipient_outcome::Outcome::QuotaExceeded as i32);
+    assert_eq!(r.outcomes[0].decision.as_ref().unwrap().reason_code, "quota_exceeded");
+    let pending = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = 'maple-house' AND state = 'pending'")
+        .fetch_one(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    assert_eq!(pending, 2, "the queued copies stay");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn an_undelivered_copy_expires_after_the_ttl_and_the_sender_sees_it() {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let net = TestNet::start_with(policies_dir(), shared.clone()).await;
+    let harbor = net.node_with_clock("harbor", &[("casey", Role::Caseworker)], shared.clone()).await;
+    let (c, s) = consent(&harbor, &clock).await;
+    let sent = send(&harbor, referral(&s, &c)).await;
+    assert_eq!(haven_gateway::routing::lifecycle::expire_due(&net.gateway).await.unwrap(), 0, "not yet");
+    clock.advance_secs(31 * 86_400);
+    assert_eq!(haven_gateway::routing::lifecycle::expire_due(&net.gateway).await.unwrap(), 1);
+    let payload =
+        sqlx::query("SELECT state, length(payload) FROM outbox WHERE org = 'maple-house' AND item_kind = 'delivery'")
+            .fetch_one(net.gateway.0.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(payload.get::<String, _>(0), "expired");
+    assert_eq!(payload.get::<i64, _>(1), 0, "the payload is gone with the expiry");
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let m = harbor
+                .client()
+                .await
+                .get_message(harbor.as_person("casey", GetMessageRequest { message_id: sent.message_id.clone() }))
+                .await
+                .unwrap()
+                .into_inner();
+            let r = m.sent.unwrap().recipients.remove(0);
+            if r.status == MessageStatus::Expired as i32 {
+                return r;
+            }
+            let mut w = harbor
+                .client()
+                .await
+                .watch_inbox(harbor.as_person("casey", InboxRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            let _ = tokio::time::timeout(Duration::from_millis(500), w.message()).await;
+        }
+    })
+    .await
+    .expect("the sender learns of the expiry within 20 s");
+    assert_eq!(status.reason, "ttl");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// Opens `org`'s delivery stream by hand and returns the sender of frames and the inbound stream.
+async fn raw_stream(
+    net: &TestNet,
+    org: &str,
+) -> (tokio::sync::mpsc::Sender<NodeFrame>, tonic::Streaming<GatewayFrame>) {
+    let link = net.link(org);
+    let (tx, rx) = tokio::sync::mpsc::channel::<NodeFrame>(8);
+    let req = link.request(&PersonId::node(), Role::Node, tokio_stream::wrappers::ReceiverStream::new(rx)).unwrap();
+    let stream = GatewayClient::new(link.channel()).deliveries(req).await.unwrap().into_inner();
+    (tx, stream)
+}
+
+async fn closed_with(mut stream: tonic::Streaming<GatewayFrame>) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("closed without a status"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("the stream closes within 10 s")
+}
+
+#[tokio::test]
+async fn acknowledgements_for_unknown_or_foreign_items_and_empty_frames_close_the_stream() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (c, s) = consent(&harbor, &SystemClock).await;
+    send(&harbor, referral(&s, &c)).await;
+    let maple_item: String = sqlx::query("SELECT item_id FROM outbox WHERE org = 'maple-house'")
+        .fetch_one(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    harbor.stop().await;
+
+    let (tx, stream) = raw_stream(&net, "northstar").await;
+    tx.send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: uuid::Uuid::now_v7().to_string() })) })
+        .await
+        .unwrap();
+    assert_eq!(closed_with(stream).await.code(), Code::NotFound);
+
+    let (tx, stream) = raw_stream(&net, "northstar").await;
+    tx.send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: maple_item.clone() })) }).await.unwrap();
+    assert_eq!(closed_with(stream).await.code(), Code::PermissionDenied);
+
+    let (tx, stream) = raw_stream(&net, "northstar").await;
+    tx.send(NodeFrame { frame: None }).await.unwrap();
+    assert_eq!(closed_with(stream).await.code(), Code::InvalidArgument);
+
+    let still = sqlx::query("SELECT state FROM outbox WHERE item_id = $1")
+        .bind(maple_item.as_str())
+        .fetch_one(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .get::<String, _>(0);
+    assert_eq!(still, "pending", "a foreign acknowledgement changes nothing");
+    net.stop().await;
+}
