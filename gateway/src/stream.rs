@@ -106,7 +106,11 @@ async fn fill(
         }
         if !p.consent_id.is_empty() {
             let usable = match consent::load_read(g.store.pool(), &p.consent_id).await {
-                Ok(Some(c)) => crate::routing::effective_state(&c, g.clock.now_micros()) == ConsentState::Given,
+                // A renewal (superseded) keeps the survivor's consent in force for copies already queued.
+                Ok(Some(c)) => matches!(
+                    crate::routing::effective_state(&c, g.clock.now_micros()),
+                    ConsentState::Given | ConsentState::Superseded
+                ),
                 Ok(None) => false,
                 Err(_) => return Err(Status::unavailable("the gateway's database is unavailable; reconnect later")),
             };
