@@ -120,18 +120,16 @@ impl Node for NodeService {
         let resp = gw.update_status(self.state.link.request(&user.name, user.role, r)?).await?.into_inner();
         let status =
             MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
-        mailbox::local_status(
-            &self.state.store,
-            &message_id,
-            &counterparty,
-            &status,
-            &code,
-            user.name.as_str(),
-            self.state.clock.now_micros(),
+        let change = mailbox::LocalChange {
+            message_id: &message_id,
+            counterparty: &counterparty,
+            status: &status,
+            code: &code,
+            person: user.name.as_str(),
+            now: self.state.clock.now_micros(),
             as_sender,
-        )
-        .await
-        .map_err(db)?;
+        };
+        mailbox::local_status(&self.state.store, change).await.map_err(db)?;
         Ok(Response::new(resp))
     }
 

@@ -275,17 +275,22 @@ pub async fn sent_list(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<
     Ok(out)
 }
 
+/// A status change this node made, to mirror on its local copy.
+pub struct LocalChange<'a> {
+    pub message_id: &'a str,
+    /// The recipient (for the sender's withdraw; empty for every recipient) or the sender.
+    pub counterparty: &'a str,
+    pub status: &'a str,
+    pub code: &'a str,
+    pub person: &'a str,
+    pub now: i64,
+    /// Whether this node sent the message.
+    pub as_sender: bool,
+}
+
 /// Updates a local copy's status after a status change this node made.
-pub async fn local_status(
-    store: &NodeStore,
-    message_id: &str,
-    counterparty: &str,
-    status: &str,
-    code: &str,
-    person: &str,
-    now: i64,
-    as_sender: bool,
-) -> Result<(), sqlx::Error> {
+pub async fn local_status(store: &NodeStore, change: LocalChange<'_>) -> Result<(), sqlx::Error> {
+    let LocalChange { message_id, counterparty, status, code, person, now, as_sender } = change;
     if as_sender {
         sqlx::query("UPDATE sent_recipients SET status = $1, code = $2, by_person = $3, updated_at_micros = $4 WHERE message_id = $5 AND ($6 = '' OR recipient = $6)")
             .bind(status)
