@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::report::cpu_secs;
+use super::report::{CpuSample, Probe};
 
 /// Warm-up, then the measured window.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +31,8 @@ pub struct Load {
     pub window: Duration,
     /// CPU seconds the server process used over the window.
     pub server_cpu_s: Option<f64>,
+    /// CPU seconds the database's backends used over the window (PostgreSQL only).
+    pub database_cpu_s: Option<f64>,
     /// Operations a fixed-rate driver could not start because too many were in flight.
     pub dropped: u64,
 }
@@ -85,19 +87,22 @@ impl Tally {
     }
 }
 
-/// Samples the server's CPU time at the window's start and end.
-fn cpu_sampler(pid: u32, from: Instant, until: Instant) -> tokio::task::JoinHandle<Option<f64>> {
+/// Samples the server's (and database's) CPU time at the window's start and end.
+fn cpu_sampler(probe: &Probe, from: Instant, until: Instant) -> tokio::task::JoinHandle<CpuSample> {
+    let probe = probe.clone();
     tokio::spawn(async move {
         tokio::time::sleep_until(from).await;
-        let start = cpu_secs(pid);
+        let start = probe.sample().await;
         tokio::time::sleep_until(until).await;
-        Some(cpu_secs(pid)? - start?)
+        let end = probe.sample().await;
+        let delta = |a: Option<f64>, z: Option<f64>| Some(z? - a?);
+        CpuSample { server: delta(start.server, end.server), database: delta(start.database, end.database) }
     })
 }
 
 /// Runs `concurrency` workers, each calling `op` again as soon as its previous call completes, for the
 /// warm-up and the window. Each completion inside the window counts once.
-pub async fn closed_loop<F, Fut>(concurrency: usize, window: Window, server_pid: u32, op: F) -> Load
+pub async fn closed_loop<F, Fut>(concurrency: usize, window: Window, probe: &Probe, op: F) -> Load
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Instant, String>> + Send + 'static,
@@ -105,7 +110,7 @@ where
     let start = Instant::now();
     let from = start + window.warmup;
     let until = from + window.measure;
-    let cpu = cpu_sampler(server_pid, from, until);
+    let cpu = cpu_sampler(probe, from, until);
     let op = Arc::new(op);
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
@@ -136,13 +141,13 @@ where
             total.merge(t);
         }
     }
-    finish(total, window, cpu.await.ok().flatten())
+    finish(total, window, cpu.await.unwrap_or_default())
 }
 
 /// Starts `op` at a fixed rate for the warm-up and the window, whatever the replies do (open loop), so
 /// a slow reply cannot hide the delay of the calls behind it. Latency runs from each call's scheduled
 /// start. At most `max_in_flight` calls are outstanding; a call that cannot start counts as dropped.
-pub async fn fixed_rate<F, Fut>(rate: f64, max_in_flight: usize, window: Window, server_pid: u32, op: F) -> Load
+pub async fn fixed_rate<F, Fut>(rate: f64, max_in_flight: usize, window: Window, probe: &Probe, op: F) -> Load
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Instant, String>> + Send + 'static,
@@ -150,7 +155,7 @@ where
     let start = Instant::now();
     let from = start + window.warmup;
     let until = from + window.measure;
-    let cpu = cpu_sampler(server_pid, from, until);
+    let cpu = cpu_sampler(probe, from, until);
     let op = Arc::new(op);
     let tally = Arc::new(Mutex::new(Tally::new()));
     let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
@@ -196,17 +201,18 @@ where
             t
         }
     };
-    finish(total, window, cpu.await.ok().flatten())
+    finish(total, window, cpu.await.unwrap_or_default())
 }
 
-fn finish(t: Tally, window: Window, server_cpu_s: Option<f64>) -> Load {
+fn finish(t: Tally, window: Window, cpu: CpuSample) -> Load {
     Load {
         ops: t.ops,
         errors: t.errors,
         first_error: t.first_error,
         latency: t.latency,
         window: window.measure,
-        server_cpu_s,
+        server_cpu_s: cpu.server,
+        database_cpu_s: cpu.database,
         dropped: t.dropped,
     }
 }

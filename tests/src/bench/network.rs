@@ -82,7 +82,9 @@ pub fn build(source: &Path, many_orgs: usize) -> anyhow::Result<BenchNet> {
     for i in 1..=many_orgs {
         let id = format!("bench-org-{i:04}");
         let kind = if i <= MANY_SENDERS { "ngo" } else { "shelter" };
-        orgs.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"Bench Organization {i:04} (fictional)\"\ntype = \"{kind}\"\n"));
+        orgs.push_str(&format!(
+            "\n[[org]]\nid = \"{id}\"\nname = \"Bench Organization {i:04} (fictional)\"\ntype = \"{kind}\"\n"
+        ));
         many.push(OrgId::parse(&id)?);
     }
     std::fs::write(policies.join("orgs.toml"), orgs)?;
@@ -161,13 +163,30 @@ pub struct FreshDb {
 }
 
 impl FreshDb {
-    /// Drops a PostgreSQL database once its gateway has stopped (a SQLite file goes with the directory).
+    /// The admin URL and name of a PostgreSQL database (`None` on SQLite).
+    pub fn postgres(&self) -> Option<(String, String)> {
+        self.created.clone()
+    }
+
+    /// Drops a PostgreSQL database once its gateway has stopped (a SQLite file goes with the
+    /// directory). The server may still be ending the gateway's sessions, so this asks it to end them.
     pub async fn drop_now(self) {
-        if let Some((admin, name)) = self.created
-            && let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await
-        {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await;
+        let Some((admin, name)) = self.created else { return };
+        let mut last = String::new();
+        for _ in 0..20 {
+            match sqlx::PgConnection::connect(&admin).await {
+                Ok(mut conn) => {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+                        Ok(_) => return,
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        eprintln!("haven-bench: could not drop database {name}: {last}");
     }
 }
 
@@ -239,7 +258,11 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!("haven-bench: {} did not stop within 15 s of SIGTERM; killing it (log: {})", self.name, self.log.display());
+        eprintln!(
+            "haven-bench: {} did not stop within 15 s of SIGTERM; killing it (log: {})",
+            self.name,
+            self.log.display()
+        );
         let _ = child.kill();
         let _ = child.wait();
     }

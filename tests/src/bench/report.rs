@@ -43,6 +43,51 @@ pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// What the drivers watch: the server process and, on PostgreSQL, the server's backends that serve
+/// the scenario's database (they run on this machine, so their CPU time is in `/proc` too).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub pid: u32,
+    /// The admin URL and the name of the scenario's PostgreSQL database.
+    pub postgres: Option<(String, String)>,
+}
+
+/// CPU seconds at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSample {
+    pub server: Option<f64>,
+    pub database: Option<f64>,
+}
+
+impl Probe {
+    /// A probe of one process.
+    pub fn process(pid: u32) -> Probe {
+        Probe { pid, postgres: None }
+    }
+
+    /// The CPU seconds used so far by the server and by the database's backends.
+    pub async fn sample(&self) -> CpuSample {
+        let database = match &self.postgres {
+            Some((admin, name)) => postgres_cpu(admin, name).await,
+            None => None,
+        };
+        CpuSample { server: cpu_secs(self.pid), database }
+    }
+}
+
+/// The CPU seconds of the PostgreSQL backends connected to database `name`.
+async fn postgres_cpu(admin: &str, name: &str) -> Option<f64> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
+    let rows = sqlx::query("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(name)
+        .fetch_all(&mut conn)
+        .await
+        .ok()?;
+    let _ = conn.close().await;
+    Some(rows.iter().filter_map(|r| r.try_get::<i32, _>(0).ok()).filter_map(|pid| cpu_secs(pid as u32)).sum())
+}
+
 /// The figures of one scenario (or one phase of it, such as `e2e` at half rate).
 #[derive(Debug, Clone)]
 pub struct Figures {
@@ -60,6 +105,8 @@ pub struct Figures {
     pub latency: Histogram<u64>,
     /// CPU seconds of the server process (gateway, or echo server for `baseline`) over the window.
     pub server_cpu_s: Option<f64>,
+    /// On PostgreSQL: CPU seconds of the backends serving the scenario's database over the window.
+    pub database_cpu_s: Option<f64>,
     /// Peak resident set of the server process since it started (`VmHWM`), in MiB.
     pub server_peak_rss_mib: Option<f64>,
     /// Extra figures (for example deliveries per second, or RSS with every stream connected).
@@ -110,6 +157,7 @@ impl Figures {
             "gateway_cpu_s": round(self.server_cpu_s, 3),
             "gateway_cpu_ms_per_op": round(self.cpu_ms_per_op(), 4),
             "gateway_peak_rss_mib": round(self.server_peak_rss_mib, 1),
+            "postgres_cpu_s": round(self.database_cpu_s, 3),
             "ratio_to_baseline": round(self.ratio_to_baseline, 3),
         });
         if let (Some(e), Value::Object(map)) = (&self.first_error, &mut o) {
@@ -132,7 +180,7 @@ fn cell(v: Option<f64>, places: usize) -> String {
 pub fn table(figures: &[Figures]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<14} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7}\n",
+        "{:<14} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}\n",
         "scenario",
         "ops/s",
         "p50 ms",
@@ -141,13 +189,14 @@ pub fn table(figures: &[Figures]) -> String {
         "max ms",
         "gw CPU s",
         "CPU ms/op",
+        "pg CPU s",
         "peak MiB",
         "×baseline",
         "errors"
     ));
     for f in figures {
         out.push_str(&format!(
-            "{:<14} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7}\n",
+            "{:<14} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}\n",
             f.name,
             f.throughput(),
             cell(f.ms(0.50), 2),
@@ -156,6 +205,7 @@ pub fn table(figures: &[Figures]) -> String {
             cell(f.max_ms(), 2),
             cell(f.server_cpu_s, 2),
             cell(f.cpu_ms_per_op(), 3),
+            cell(f.database_cpu_s, 2),
             cell(f.server_peak_rss_mib, 1),
             cell(f.ratio_to_baseline, 2),
             f.errors,

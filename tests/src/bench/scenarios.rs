@@ -4,13 +4,16 @@
 //! [`Node`] for the `e2e` recipient, and raw delivery streams for `many-orgs`.
 //!
 //! - `baseline`: the echo of [`super::echo`], with the same client, payload and concurrency;
-//! - `submit`: referrals from `harbor` to `maple-house` for housing; nothing consumes them;
+//! - `submit`: referrals from `harbor` to `maple-house` for housing; nothing consumes them. Each
+//!   operation in flight has its own subject and consent, as on a network with many survivors;
 //! - `e2e`: the same referrals, delivered to `maple-house`'s node, which stores each before it
 //!   acknowledges; latency runs from the sender's call to the recipient's durable store. Measured
 //!   closed-loop (the maximum), then open-loop at half that rate;
 //! - `fanout`: de-identified alerts from `harbor` to every permitted liaison (50);
-//! - `many-orgs`: the queue filled with deliveries for offline organizations, 1,000 organizations'
-//!   delivery streams connected from this one process, and traffic among 10 of them.
+//! - `many-orgs`: the queue filled with deliveries for offline organizations (alerts to the 50
+//!   liaisons, none connected), 1,000 organizations' delivery streams connected from this one
+//!   process, their idle cost, then referrals from five NGOs to five shelters among them, timed from
+//!   the sender's call to the item's arrival on the shelter's stream; RSS with everything connected.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -35,7 +38,7 @@ use uuid::Uuid;
 use super::echo;
 use super::load::{self, Load, Window};
 use super::network::{BenchNet, Db, FreshDb, MANY_SENDERS, Proc};
-use super::report::{Figures, status_mib};
+use super::report::{Figures, Probe, status_mib};
 
 /// How the scenarios run.
 #[derive(Debug, Clone)]
@@ -99,7 +102,8 @@ impl Bench {
         Ok(GatewayLink::new(&config, Arc::new(SystemClock))?)
     }
 
-    fn figures(&self, name: &str, load: Load, pid: u32) -> Figures {
+    fn figures(&self, name: &str, load: Load, probe: &Probe) -> Figures {
+        let pid = probe.pid;
         let mut extra = BTreeMap::new();
         if load.dropped > 0 {
             extra.insert("dropped".to_owned(), json!(load.dropped));
@@ -112,6 +116,7 @@ impl Bench {
             window: load.window,
             latency: load.latency,
             server_cpu_s: load.server_cpu_s,
+            database_cpu_s: load.database_cpu_s,
             server_peak_rss_mib: status_mib(pid, "VmHWM"),
             extra,
             ratio_to_baseline: None,
@@ -199,6 +204,18 @@ async fn register_consent(link: &GatewayLink, purposes: &[&str], types: &[&str])
         }
     }
     bail!("registering a consent: the gateway stayed unavailable ({last})")
+}
+
+/// One referral per operation in flight from `link`'s organization to `to`, each about its own
+/// subject under its own consent: many survivors, as on a real network. (Submissions under one
+/// consent take turns: each locks the consent's row so that a revocation cannot race it.)
+async fn referrals(link: &GatewayLink, to: &OrgId, n: usize) -> anyhow::Result<Vec<pb::Envelope>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let (consent_id, subject) = register_consent(link, &["housing"], &["shelter"]).await?;
+        out.push(referral(to, &subject, &consent_id));
+    }
+    Ok(out)
 }
 
 /// Submits `env` as it is (message id included) and checks that `want` recipients were queued.
@@ -312,9 +329,9 @@ pub async fn baseline(b: &Bench) -> anyhow::Result<Vec<Figures>> {
     if let Err(e) = ready {
         bail!("the echo server does not answer: {e}");
     }
-    let pid = server.pid();
-    let load = load::closed_loop(b.settings.concurrency, b.settings.window, pid, call).await;
-    let mut f = b.figures("baseline", load, pid);
+    let probe = Probe::process(server.pid());
+    let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, call).await;
+    let mut f = b.figures("baseline", load, &probe);
     f.extra.insert("payload_bytes".into(), json!(prost::Message::encoded_len(&env)));
     server.stop().await;
     Ok(vec![f])
@@ -323,13 +340,14 @@ pub async fn baseline(b: &Bench) -> anyhow::Result<Vec<Figures>> {
 /// `submit`: referrals queued for a recipient that is not connected.
 pub async fn submit_only(b: &Bench) -> anyhow::Result<Vec<Figures>> {
     let (gw, db) = b.gateway("submit").await?;
+    let probe = Probe { pid: gw.pid(), postgres: db.postgres() };
     let result = async {
         let link = b.link(&gw.url(), &org(SENDER)?)?;
-        let (consent_id, subject) = register_consent(&link, &["housing"], &["shelter"]).await?;
-        let env = referral(&org(RECIPIENT)?, &subject, &consent_id);
+        let envs = referrals(&link, &org(RECIPIENT)?, b.settings.concurrency).await?;
         let person = PersonId::parse(PERSON)?;
-        let load = load::closed_loop(b.settings.concurrency, b.settings.window, gw.pid(), move |_| {
-            let (link, person, mut env) = (link.clone(), person.clone(), env.clone());
+        let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, move |i| {
+            let env = envs[(i % envs.len() as u64) as usize].clone();
+            let (link, person, mut env) = (link.clone(), person.clone(), env);
             async move {
                 env.message_id = Uuid::now_v7().to_string();
                 submit(&link, &person, env, 1).await?;
@@ -337,7 +355,7 @@ pub async fn submit_only(b: &Bench) -> anyhow::Result<Vec<Figures>> {
             }
         })
         .await;
-        Ok(vec![b.figures("submit", load, gw.pid())])
+        Ok(vec![b.figures("submit", load, &probe)])
     }
     .await;
     gw.stop().await;
@@ -428,29 +446,30 @@ async fn watch_arrivals(state: Arc<NodeState>, waiters: Waiters) {
 /// `e2e`: referrals delivered to the recipient's node, which stores each before acknowledging.
 pub async fn e2e(b: &Bench) -> anyhow::Result<Vec<Figures>> {
     let (gw, db) = b.gateway("e2e").await?;
+    let probe = Probe { pid: gw.pid(), postgres: db.postgres() };
     let result = async {
         let node = InProcessNode::start(b, &gw.url(), &org(RECIPIENT)?, "e2e").await?;
         let waiters = Waiters::default();
         let watcher = tokio::spawn(watch_arrivals(node.state.clone(), waiters.clone()));
         let link = b.link(&gw.url(), &org(SENDER)?)?;
-        let (consent_id, subject) = register_consent(&link, &["housing"], &["shelter"]).await?;
-        let env = referral(&org(RECIPIENT)?, &subject, &consent_id);
+        let envs = Arc::new(referrals(&link, &org(RECIPIENT)?, b.settings.concurrency).await?);
         let person = PersonId::parse(PERSON)?;
         let timeout = b.settings.e2e_timeout;
         let op = {
             let waiters = waiters.clone();
-            move |_| {
-                let (link, person, env, waiters) = (link.clone(), person.clone(), env.clone(), waiters.clone());
+            move |i| {
+                let env = envs[(i % envs.len() as u64) as usize].clone();
+                let (link, person, waiters) = (link.clone(), person.clone(), waiters.clone());
                 async move { submit_and_wait(&link, &person, env, &waiters, timeout).await }
             }
         };
-        let closed = load::closed_loop(b.settings.concurrency, b.settings.window, gw.pid(), op.clone()).await;
-        let mut max = b.figures("e2e", closed, gw.pid());
+        let closed = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, op.clone()).await;
+        let mut max = b.figures("e2e", closed, &probe);
         let half = max.throughput() / 2.0;
         let mut figures = Vec::new();
         if half > 0.0 {
-            let open = load::fixed_rate(half, 10_000, b.settings.window, gw.pid(), op).await;
-            let mut f = b.figures("e2e@half-rate", open, gw.pid());
+            let open = load::fixed_rate(half, 10_000, b.settings.window, &probe, op).await;
+            let mut f = b.figures("e2e@half-rate", open, &probe);
             f.extra.insert("offered_per_s".into(), json!((half * 10.0).round() / 10.0));
             figures.push(f);
         }
@@ -469,6 +488,7 @@ pub async fn e2e(b: &Bench) -> anyhow::Result<Vec<Figures>> {
 /// `fanout`: de-identified alerts, each queued for 50 liaisons; nothing consumes them.
 pub async fn fanout(b: &Bench) -> anyhow::Result<Vec<Figures>> {
     let (gw, db) = b.gateway("fanout").await?;
+    let probe = Probe { pid: gw.pid(), postgres: db.postgres() };
     let result = async {
         let link = b.link(&gw.url(), &org(SENDER)?)?;
         let person = PersonId::parse(PERSON)?;
@@ -486,7 +506,7 @@ pub async fn fanout(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         if let Err(e) = first {
             bail!("the first alert: {e}");
         }
-        let load = load::closed_loop(b.settings.concurrency, b.settings.window, gw.pid(), move |_| {
+        let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, move |_| {
             let (link, person) = (link.clone(), person.clone());
             async move {
                 let mut env = alert();
@@ -496,7 +516,7 @@ pub async fn fanout(b: &Bench) -> anyhow::Result<Vec<Figures>> {
             }
         })
         .await;
-        let mut f = b.figures("fanout", load, gw.pid());
+        let mut f = b.figures("fanout", load, &probe);
         f.extra.insert("recipients_per_alert".into(), json!(ALERT_RECIPIENTS));
         f.extra.insert(
             "deliveries_queued_per_s".into(),
@@ -584,6 +604,7 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         bail!("many-orgs needs at least {} organizations (--orgs)", 2 * MANY_SENDERS);
     }
     let (gw, db) = b.gateway("many-orgs").await?;
+    let probe = Probe { pid: gw.pid(), postgres: db.postgres() };
     let (stop_tx, stop_rx) = watch::channel(false);
     let result = async {
         let pid = gw.pid();
@@ -595,21 +616,36 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         let harbor = b.link(&url, &org(SENDER)?)?;
         let person = PersonId::parse(PERSON)?;
         let alerts = b.settings.queued.div_ceil(ALERT_RECIPIENTS);
-        let results: Vec<Result<(), String>> = futures::stream::iter(0..alerts)
+        // Fewer writers than the measured scenarios: this is set-up, and on SQLite a crowd of writers
+        // can starve one past its busy timeout. A submission refused as unavailable committed
+        // nothing, so it is sent again.
+        let results: Vec<Result<u32, String>> = futures::stream::iter(0..alerts)
             .map(|_| {
                 let (link, person) = (harbor.clone(), person.clone());
                 async move {
-                    let mut env = alert();
-                    env.message_id = Uuid::now_v7().to_string();
-                    submit(&link, &person, env, ALERT_RECIPIENTS).await
+                    let mut retries = 0;
+                    loop {
+                        let mut env = alert();
+                        env.message_id = Uuid::now_v7().to_string();
+                        match submit(&link, &person, env, ALERT_RECIPIENTS).await {
+                            Ok(()) => return Ok(retries),
+                            Err(e) if e.starts_with("Unavailable") && retries < 5 => {
+                                retries += 1;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
             })
-            .buffer_unordered(b.settings.concurrency)
+            .buffer_unordered(b.settings.concurrency.min(8))
             .collect()
             .await;
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            bail!("filling the queue: {e}");
+        let mut retries = 0;
+        for r in results {
+            retries += r.map_err(|e| anyhow::anyhow!("filling the queue: {e}"))?;
         }
+        extra.insert("queue_fill_retries".into(), json!(retries));
         extra.insert("queued_deliveries".into(), json!(alerts * ALERT_RECIPIENTS));
         extra.insert("queue_fill_s".into(), json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0));
 
@@ -643,18 +679,20 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         let before = super::report::cpu_secs(pid);
         tokio::time::sleep(idle).await;
         if let (Some(a), Some(z)) = (before, super::report::cpu_secs(pid)) {
-            extra.insert("idle_cpu_pct_of_a_core".into(), json!(((z - a) / idle.as_secs_f64() * 1000.0).round() / 10.0));
+            extra
+                .insert("idle_cpu_pct_of_a_core".into(), json!(((z - a) / idle.as_secs_f64() * 1000.0).round() / 10.0));
         }
         extra.insert("rss_mib_idle_all_connected".into(), json!(status_mib(pid, "VmRSS").map(|m| m.round())));
 
         // 4. Traffic among ten of them: NGO i refers to shelter i and waits for the shelter's stream.
         let mut pairs = Vec::new();
-        for i in 0..MANY_SENDERS {
+        for w in 0..b.settings.concurrency {
+            let i = w % MANY_SENDERS;
             let (consent_id, subject) = register_consent(&links[i], &["housing"], &["shelter"]).await?;
             pairs.push((links[i].clone(), referral(&many[MANY_SENDERS + i], &subject, &consent_id)));
         }
         let timeout = b.settings.e2e_timeout;
-        let load = load::closed_loop(b.settings.concurrency, b.settings.window, pid, {
+        let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, {
             let waiters = waiters.clone();
             move |i| {
                 let (link, env) = pairs[(i % pairs.len() as u64) as usize].clone();
@@ -665,7 +703,7 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         .await;
 
         // 5. Memory with every stream open and the queue full.
-        let mut f = b.figures("many-orgs", load, pid);
+        let mut f = b.figures("many-orgs", load, &probe);
         extra.insert("rss_mib_all_connected".into(), json!(status_mib(pid, "VmRSS").map(|m| m.round())));
         extra.insert("streams_at_end".into(), json!(connected.load(Ordering::Relaxed)));
         f.extra.extend(extra);

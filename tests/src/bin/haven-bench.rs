@@ -86,6 +86,13 @@ enum Scenario {
     ManyOrgs,
 }
 
+impl Scenario {
+    /// The name on the command line.
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
 /// The roles this binary plays as a child of itself.
 #[derive(Subcommand)]
 enum Hidden {
@@ -177,7 +184,7 @@ fn targets(figures: &[Figures]) -> Vec<String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !(cli.duration > 0.0) || cli.concurrency == 0 {
+    if !cli.duration.is_finite() || cli.duration <= 0.0 || cli.concurrency == 0 {
         anyhow::bail!("--duration and --concurrency must be positive");
     }
     let db = Db::parse(cli.database.as_deref())?;
@@ -195,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let warmup = Duration::from_secs_f64(cli.warmup.unwrap_or(cli.duration.min(2.0)).max(0.0));
     eprintln!(
         "haven-bench: {} on {}, {} in flight, {:.1} s warm-up + {:.1} s per scenario",
-        order.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(", "),
+        order.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
         db.name(),
         cli.concurrency,
         warmup.as_secs_f64(),
@@ -219,8 +226,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut figures: Vec<Figures> = Vec::new();
     let mut failed = Vec::new();
-    for s in &order {
-        let name = format!("{s:?}").to_lowercase();
+    for &s in &order {
+        let name = s.name();
         eprintln!("haven-bench: {name} ...");
         let r = match s {
             Scenario::Baseline => scenarios::baseline(&bench).await,
@@ -232,12 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         match r {
             Ok(fs) => {
                 for f in &fs {
-                    eprintln!(
-                        "haven-bench:   {}: {:.1} ops/s, {} errors",
-                        f.name,
-                        f.throughput(),
-                        f.errors
-                    );
+                    eprintln!("haven-bench:   {}: {:.1} ops/s, {} errors", f.name, f.throughput(), f.errors);
                 }
                 figures.extend(fs);
             }
