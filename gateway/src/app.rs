@@ -46,6 +46,8 @@ pub struct Inner {
     /// The audit log's Merkle tree, checkpoints and proofs; `audit_log.subscribe()` yields each newly
     /// signed checkpoint for the delivery streams.
     pub audit_log: audit::AuditLog,
+    /// Shared commits for submissions and acknowledgements.
+    pub commits: crate::commit::Committer,
     /// The secret for recipient-scoped pseudonyms; shared by replicas.
     pub pseudonym_key: [u8; 32],
     /// Bumped on every reload, so open streams re-check their peer.
@@ -114,6 +116,7 @@ impl Gateway {
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let rejections = Arc::new(Rejections::default());
         let auth = Authenticator::new(trust.clone(), clock.clone(), rejections.clone());
+        let commits = crate::commit::Committer::start(store.clone(), audit_log.clone());
         let gateway = Gateway(Arc::new(Inner {
             config,
             store,
@@ -123,6 +126,7 @@ impl Gateway {
             tls: Arc::new(RwLock::new(tls)),
             rejections,
             checkpoints,
+            commits,
             audit_log,
             pseudonym_key,
             reloads: watch::channel(0).0,

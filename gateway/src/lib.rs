@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod commit;
 pub mod config;
 pub mod consent;
 pub mod envelope;

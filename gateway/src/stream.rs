@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use haven_proto::v1::{GatewayFrame, Heartbeat, NodeFrame, Welcome, gateway_frame, node_frame};
 use haven_trust::ids::{Caller, OrgId};
 use tokio::sync::{mpsc, watch};
@@ -173,6 +175,7 @@ pub async fn run(
     let mut poll = tokio::time::interval(SAFETY_POLL);
     let wake = g.wakeups.get(caller.org.as_str());
     let mut window = Window { inflight: HashSet::new(), held: HashSet::new(), max };
+    let mut acking = FuturesUnordered::new();
     let reason: Status = loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -186,13 +189,13 @@ pub async fn run(
                     if !g.streams.is_current(&caller.org, id) {
                         break Status::aborted("this stream was replaced by a newer one; acknowledgements are refused");
                     }
-                    if let Err(e) = lifecycle::ack(&gateway, &caller.org, &ack.item_id).await {
-                        break Status::from(e);
-                    }
-                    window.inflight.remove(&ack.item_id);
-                    if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
-                        break s;
-                    }
+                    // Acknowledgements are committed concurrently (they share commits), and the
+                    // stream reads on meanwhile; each frees its window slot once it is durable.
+                    let (gateway, org) = (&gateway, &caller.org);
+                    acking.push(async move {
+                        let r = lifecycle::ack(gateway, org, &ack.item_id).await;
+                        (ack.item_id, r)
+                    });
                 }
                 Ok(Some(NodeFrame { frame: None })) => {
                     break Status::invalid_argument("empty frame: send hello, ack or heartbeat");
@@ -200,6 +203,27 @@ pub async fn run(
                 Ok(None) => break Status::ok("node closed the stream"),
                 Err(e) => break e,
             },
+            Some((item_id, r)) = acking.next(), if !acking.is_empty() => {
+                if let Err(e) = r {
+                    break Status::from(e);
+                }
+                window.inflight.remove(&item_id);
+                // Acknowledgements committed together free their slots together: one refill.
+                let mut failed = None;
+                while let Some(Some((item_id, r))) = acking.next().now_or_never() {
+                    if let Err(e) = r {
+                        failed = Some(Status::from(e));
+                        break;
+                    }
+                    window.inflight.remove(&item_id);
+                }
+                if let Some(s) = failed {
+                    break s;
+                }
+                if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
+                    break s;
+                }
+            }
             _ = wake.notified() => {
                 if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {
                     break s;

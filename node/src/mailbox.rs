@@ -27,7 +27,22 @@ fn status_name(s: i32) -> String {
 /// Stores an item and applies what it says, in one transaction. Returns true when the item is new
 /// (false for a repeat delivery, which is simply acknowledged again).
 pub async fn store_item(store: &NodeStore, item: &pb::Item, now: i64) -> Result<bool, sqlx::Error> {
+    Ok(store_items(store, std::slice::from_ref(item), now).await?.first().copied().unwrap_or(false))
+}
+
+/// Stores items that arrived together, in order, in one transaction (one fsync): each is stored and
+/// applied as [`store_item`] does. Returns, for each, whether it was new.
+pub async fn store_items(store: &NodeStore, items: &[pb::Item], now: i64) -> Result<Vec<bool>, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
+    let mut new = Vec::with_capacity(items.len());
+    for item in items {
+        new.push(store_in(&mut tx, item, now).await?);
+    }
+    tx.commit().await?;
+    Ok(new)
+}
+
+async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) -> Result<bool, sqlx::Error> {
     let (message_id, sender, kind) = match &item.body {
         Some(pb::item::Body::Delivery(d)) => (d.message_id.clone(), d.sender.clone(), d.kind.clone()),
         Some(pb::item::Body::Status(s)) => (s.message_id.clone(), s.from_org.clone(), String::new()),
@@ -97,7 +112,6 @@ pub async fn store_item(store: &NodeStore, item: &pb::Item, now: i64) -> Result<
             _ => {}
         }
     }
-    tx.commit().await?;
     Ok(inserted)
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::{Ack, GatewayFrame, Hello, NodeFrame, gateway_frame, node_frame};
 use haven_trust::ids::{PersonId, Role};
@@ -54,6 +55,9 @@ pub async fn run(node: Arc<NodeState>, state: watch::Sender<StreamState>, mut sh
     }
 }
 
+/// The most items stored in one transaction (the gateway sends at most its window unacknowledged).
+const MAX_BURST: usize = 256;
+
 async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String {
     let link = &node.link;
     let (tx, rx) = mpsc::channel::<NodeFrame>(256);
@@ -72,8 +76,14 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String
         Ok(resp) => resp.into_inner(),
         Err(e) => return format!("{}: {}", e.code(), e.message()),
     };
+    // A frame read while draining a burst of items, to handle next.
+    let mut lookahead = None;
     loop {
-        match inbound.message().await {
+        let next = match lookahead.take() {
+            Some(frame) => frame,
+            None => inbound.message().await,
+        };
+        match next {
             Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Welcome(w)) })) => {
                 tracing::info!(stream = %w.stream_id, "delivery stream open");
                 state.send_modify(|s| {
@@ -82,20 +92,35 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String
                 });
             }
             Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Item(item)) })) => {
+                // Items already received with this one are stored with it, in one transaction.
+                let mut items = vec![item];
+                while items.len() < MAX_BURST {
+                    match inbound.message().now_or_never() {
+                        Some(Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Item(item)) }))) => {
+                            items.push(item)
+                        }
+                        Some(other) => {
+                            lookahead = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 // Stored durably first, then acknowledged: a crash in between means a repeat, which
                 // is stored once and acknowledged again.
                 let now = node.clock.now_micros();
-                match mailbox::store_item(&node.store, &item, now).await {
-                    Ok(new) => {
-                        if new && let Ok(Some(v)) = view_of(node, &item.item_id).await {
-                            let _ = node.arrivals.send(v);
-                        }
-                    }
+                let new = match mailbox::store_items(&node.store, &items, now).await {
+                    Ok(new) => new,
                     Err(e) => return format!("cannot store a delivery: {e}"),
-                }
-                let ack = NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id })) };
-                if tx.send(ack).await.is_err() {
-                    return "internal channel closed".into();
+                };
+                for (item, new) in items.into_iter().zip(new) {
+                    if new && let Ok(Some(v)) = view_of(node, &item.item_id).await {
+                        let _ = node.arrivals.send(v);
+                    }
+                    let ack = NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id })) };
+                    if tx.send(ack).await.is_err() {
+                        return "internal channel closed".into();
+                    }
                 }
             }
             Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Checkpoint(cp)) })) => {

@@ -681,6 +681,56 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     net.stop().await;
 }
 
+/// Submissions that arrive together share one commit, each in a savepoint of its own: one that is
+/// refused inside the shared transaction (a message id reused for different content) loses only
+/// itself, every other is queued once with its audit entry, and the quota count kept beside the queue
+/// agrees with the queue.
+#[tokio::test]
+async fn submissions_sharing_a_commit_fail_alone() {
+    let net = TestNet::start().await;
+    let harbor = Arc::new(Caller::casey(net.link("harbor")));
+    let (consent, subject) = harbor.consent().await;
+    let taken = Uuid::now_v7().to_string();
+    assert!(queued(&harbor.submit(referral(&taken, &subject, &consent)).await.unwrap()));
+    let mut reused = referral(&taken, &subject, &consent);
+    reused.fields.insert("urgency".into(), text("low"));
+
+    let ids: Vec<String> = (0..40).map(|_| Uuid::now_v7().to_string()).collect();
+    let mut envelopes: Vec<Envelope> = ids.iter().map(|id| referral(id, &subject, &consent)).collect();
+    envelopes.insert(20, reused);
+    let replies = futures::future::join_all(envelopes.into_iter().map(|env| {
+        let harbor = harbor.clone();
+        async move { harbor.submit(env).await }
+    }))
+    .await;
+    let refused: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "only the reused id is refused: {refused:?}");
+    assert_eq!(refused[0].code(), Code::AlreadyExists, "{:?}", refused[0]);
+    assert!(replies.iter().filter_map(|r| r.as_ref().ok()).all(|r| queued(r) && !r.replayed));
+
+    let gw = net.gateway.0.store.pool().clone();
+    let count = |sql: &'static str| {
+        let gw = gw.clone();
+        async move { sqlx::query(sql).bind(RECIPIENT).fetch_one(&gw).await.unwrap().get::<i64, _>(0) }
+    };
+    let copies = count("SELECT COUNT(*) FROM deliveries WHERE recipient = $1").await;
+    assert_eq!(copies, 41, "the first message and the 40 new ones, each once");
+    let audited = count("SELECT COUNT(*) FROM audit_log WHERE action = 'submitted' AND counterparty = $1").await;
+    assert_eq!(audited, 41, "one entry per queued copy, none for the refused submission");
+    let waiting =
+        count("SELECT COUNT(*) FROM outbox WHERE org = $1 AND state = 'pending' AND item_kind = 'delivery'").await;
+    let counted = count("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM queue_counts WHERE org = $1").await;
+    assert_eq!((waiting, counted), (41, 41), "the quota count agrees with the queue");
+
+    // Delivered and acknowledged, the count goes back to zero with the queue.
+    let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
+    drained(&gw, RECIPIENT).await;
+    let counted = count("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM queue_counts WHERE org = $1").await;
+    assert_eq!(counted, 0, "acknowledged copies leave the quota count");
+    maple.stop().await;
+    net.stop().await;
+}
+
 /// Messages sent while the recipient's node is offline wait in the gateway's queue and are delivered,
 /// each exactly once, when it comes back.
 #[tokio::test]

@@ -10,6 +10,7 @@ use sqlx::Row;
 use super::queue::{self, NewItem};
 use crate::app::Gateway;
 use crate::audit;
+use crate::commit::Batch;
 use crate::error::Error;
 use crate::store::Tx;
 
@@ -133,9 +134,10 @@ async fn notify_sender(
 
 /// Locks a consent's row for the rest of the transaction. Every transaction that touches copies under
 /// a consent takes this lock first, so revocations, acknowledgements, withdrawals and expiry queue up
-/// on the consent instead of deadlocking on PostgreSQL.
-async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> {
-    if !consent_id.is_empty() {
+/// on the consent instead of deadlocking on PostgreSQL. On SQLite a write transaction already holds
+/// the database's one write lock (`BEGIN IMMEDIATE`), so there is nothing more to take.
+pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> {
+    if !consent_id.is_empty() && !audit::is_sqlite(tx) {
         sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
             .bind(consent_id)
             .execute(&mut **tx)
@@ -146,10 +148,24 @@ async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> 
 
 /// A node's transport acknowledgement: the item is stored at the node, so its payload goes, and a
 /// delivery becomes `delivered`. A repeated acknowledgement is harmless.
+///
+/// It runs in the next shared commit, so a stream's many acknowledgements (and every stream's) share
+/// one fsync.
 pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+    let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
+    let wake =
+        g.0.commits.run(move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await })).await?;
+    if let Some(s) = wake {
+        g.0.wakeups.wake(&s);
+    }
+    Ok(())
+}
+
+/// The acknowledgement in the shared transaction; returns the sender to wake, if any.
+async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
     let now = g.0.clock.now_micros();
-    let mut tx = g.0.store.begin().await?;
-    let row = queue::get(&mut tx, item_id)
+    let Batch { tx, audit, counts } = batch;
+    let row = queue::get(tx, item_id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
     if row.org != org.as_str() {
@@ -158,18 +174,17 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // Lock the consent row first, as a revocation does: an acknowledgement racing the revocation then
     // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
     // on PostgreSQL, the revocation holding the audit head while it waits for this item.
-    lock_consent(&mut tx, &row.consent_id).await?;
-    if !queue::finish(&mut tx, item_id, "acked", now).await? {
-        tx.rollback().await?;
-        return Ok(());
+    lock_consent(tx, &row.consent_id).await?;
+    if !queue::finish(tx, item_id, "acked", now, counts).await? {
+        return Ok(None);
     }
     let mut entries = Vec::new();
     let mut wake = None;
     if row.kind == queue::ItemKind::Delivery.as_str()
-        && let Some(c) = copy_by_id(&mut tx, &row.delivery_id).await?
+        && let Some(c) = copy_by_id(tx, &row.delivery_id).await?
     {
         if c.status == "sent" {
-            set_status(&mut tx, &c.delivery_id, "delivered", "", org.as_str(), now).await?;
+            set_status(tx, &c.delivery_id, "delivered", "", org.as_str(), now).await?;
         }
         // The recipient acts; the controller's pseudonym is not written where the recipient reads.
         let mut e = base_entry(g, now, Action::Delivered, &c);
@@ -179,7 +194,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
         e.counterparty = c.sender.clone();
         e.source_node = org.to_string();
         entries.push((e, String::new()));
-        notify_sender(g, &mut tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
+        notify_sender(g, tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
         wake = Some(c.sender.clone());
     } else {
         let e = AuditEntry {
@@ -196,12 +211,8 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
         };
         entries.push((e, String::new()));
     }
-    audit::append(&mut tx, &mut entries).await?;
-    tx.commit().await?;
-    if let Some(s) = wake {
-        g.0.wakeups.wake(&s);
-    }
-    Ok(())
+    audit.extend(entries);
+    Ok(wake)
 }
 
 /// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
@@ -220,6 +231,7 @@ pub async fn consent_ended(
         .await?;
     let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
     let mut entries = Vec::new();
+    let mut counts = Vec::new();
     let mut wake = Vec::new();
     let mut holders: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
     for c in &copies {
@@ -231,7 +243,7 @@ pub async fn consent_ended(
                 .await?;
             for it in items {
                 let id: String = it.try_get(0)?;
-                queue::finish(tx, &id, "cancelled", now).await?;
+                queue::finish(tx, &id, "cancelled", now, &mut counts).await?;
             }
             set_status(tx, &c.delivery_id, "revoked", reason, "", now).await?;
             let (mut e, rs) = sender_side(g, now, Action::Cancelled, c);
@@ -282,6 +294,7 @@ pub async fn consent_ended(
         wake.push(recipient);
     }
     audit::append(tx, &mut entries).await?;
+    queue::apply_counts(tx, &counts).await?;
     Ok(wake)
 }
 
@@ -300,7 +313,8 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
         let mut tx = g.0.store.begin().await?;
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
         lock_consent(&mut tx, &consent_id).await?;
-        if !queue::finish(&mut tx, &item_id, "expired", now).await? {
+        let mut counts = Vec::new();
+        if !queue::finish(&mut tx, &item_id, "expired", now, &mut counts).await? {
             tx.rollback().await?;
             continue;
         }
@@ -313,6 +327,7 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
             wake = Some(c.sender.clone());
         }
         audit::append(&mut tx, &mut entries).await?;
+        queue::apply_counts(&mut tx, &counts).await?;
         tx.commit().await?;
         if let Some(s) = wake {
             g.0.wakeups.wake(&s);
@@ -429,6 +444,7 @@ pub async fn update_status(
         )));
     }
     let mut entries = Vec::new();
+    let mut counts = Vec::new();
     let mut wake = Vec::new();
     let mut final_status = "";
     for c in &copies {
@@ -441,7 +457,7 @@ pub async fn update_status(
                 .await?;
             for it in items {
                 let id: String = it.try_get(0)?;
-                queue::finish(&mut tx, &id, "cancelled", now).await?;
+                queue::finish(&mut tx, &id, "cancelled", now, &mut counts).await?;
             }
         }
         set_status(&mut tx, &c.delivery_id, to, &req.code, caller.person.as_str(), now).await?;
@@ -500,6 +516,7 @@ pub async fn update_status(
         }
     }
     audit::append(&mut tx, &mut entries).await?;
+    queue::apply_counts(&mut tx, &counts).await?;
     tx.commit().await?;
     for o in wake {
         g.0.wakeups.wake(&o);

@@ -84,7 +84,8 @@ pub struct NewItem<'a> {
     pub expires_at_micros: i64,
 }
 
-/// Queues an item in the caller's transaction. Returns its id (a UUIDv7, so ids sort oldest first).
+/// Queues an item in the caller's transaction (a delivery's quota count is the caller's to record, in
+/// its [`CountChanges`]). Returns its id (a UUIDv7, so ids sort oldest first).
 pub async fn enqueue(tx: &mut Tx, backend: Backend, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
     let item_id = Uuid::now_v7().to_string();
     let kind = ItemKind::of(&item.body);
@@ -162,28 +163,60 @@ pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::
     .transpose()
 }
 
-/// Ends an item (acked, cancelled or expired), deleting its payload. Returns whether it was pending.
-pub async fn finish(tx: &mut Tx, item_id: &str, state: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE outbox SET state = $1, payload = $2, done_at_micros = $3 WHERE item_id = $4 AND state = 'pending'",
+/// Changes to the quota counts (`queue_counts`: deliveries waiting per sender and recipient) that a
+/// transaction makes: `(sender, org, change)`. A transaction applies them with [`apply_counts`] after
+/// its audit append, so every writer takes its locks in one order (consent row, audit head, counts)
+/// and none can deadlock another on PostgreSQL.
+pub type CountChanges = Vec<(String, String, i64)>;
+
+/// Ends an item (acked, cancelled or expired), deleting its payload, and records a delivery's count
+/// change in `counts`. Returns whether it was pending.
+pub async fn finish(
+    tx: &mut Tx,
+    item_id: &str,
+    state: &str,
+    now: i64,
+    counts: &mut CountChanges,
+) -> Result<bool, sqlx::Error> {
+    let ended = sqlx::query(
+        "UPDATE outbox SET state = $1, payload = $2, done_at_micros = $3 WHERE item_id = $4 AND state = 'pending' RETURNING sender, org, item_kind",
     )
     .bind(state)
     .bind(Vec::<u8>::new())
     .bind(now)
     .bind(item_id)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let Some(row) = ended else { return Ok(false) };
+    if row.try_get::<String, _>(2)? == ItemKind::Delivery.as_str() {
+        counts.push((row.try_get(0)?, row.try_get(1)?, -1));
+    }
+    Ok(true)
 }
 
-/// How many deliveries from `sender` wait for `org`.
+/// Applies count changes, summed per pair and in key order.
+pub async fn apply_counts(tx: &mut Tx, counts: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+    let mut sums: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for (sender, org, change) in counts {
+        *sums.entry((sender.as_str(), org.as_str())).or_default() += change;
+    }
+    for ((sender, org), change) in sums.into_iter().filter(|(_, c)| *c != 0) {
+        sqlx::query("INSERT INTO queue_counts (sender, org, pending) VALUES ($1, $2, $3) ON CONFLICT (sender, org) DO UPDATE SET pending = queue_counts.pending + excluded.pending")
+            .bind(sender)
+            .bind(org)
+            .bind(change)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// How many deliveries from `sender` wait for `org`, as committed (see [`CountChanges`]).
 pub async fn queued_between(tx: &mut Tx, sender: &str, org: &str) -> Result<i64, sqlx::Error> {
-    let r = sqlx::query(
-        "SELECT COUNT(*) FROM outbox WHERE sender = $1 AND org = $2 AND state = 'pending' AND item_kind = 'delivery'",
-    )
-    .bind(sender)
-    .bind(org)
-    .fetch_one(&mut **tx)
-    .await?;
-    r.try_get(0)
+    let r = sqlx::query("SELECT pending FROM queue_counts WHERE sender = $1 AND org = $2")
+        .bind(sender)
+        .bind(org)
+        .fetch_optional(&mut **tx)
+        .await?;
+    r.map_or(Ok(0), |r| r.try_get(0))
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::queue::{self, NewItem};
 use super::{decide_with, decision_entry, decision_proto, pseudonym};
 use crate::app::Gateway;
-use crate::audit;
+use crate::commit::Batch;
 use crate::consent;
 use crate::envelope::{self, Envelope, Recipients};
 use crate::error::Error;
@@ -32,21 +32,37 @@ fn content_hash(env: &Envelope) -> String {
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
-/// Submits an envelope for `caller`.
+/// Submits an envelope for `caller`, in the next shared commit; returns once it is durable, with the
+/// organizations that have something new queued (already woken).
 pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
+    let (gateway, who) = (g.clone(), caller.clone());
+    let (response, woken) =
+        g.0.commits.run(move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await })).await?;
+    for org in &woken {
+        g.0.wakeups.wake(org);
+    }
+    Ok((response, woken))
+}
+
+/// The submission itself, in the shared transaction: its changes and audit entries go in `batch`.
+async fn submit_in(
+    batch: &mut Batch,
+    g: &Gateway,
+    caller: &Caller,
+    env: Envelope,
+) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
     let hash = content_hash(&env);
     let now = g.0.clock.now_micros();
     let message_id = env.message_id.to_string();
-    let mut tx = g.0.store.begin().await?;
+    let Batch { tx, audit, counts } = batch;
 
     if let Some(row) =
         sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
             .bind(caller.org.as_str())
             .bind(message_id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
     {
-        tx.rollback().await?;
         let stored: String = row.try_get(0)?;
         if stored != hash {
             return Err(Error::AlreadyExists(format!(
@@ -64,11 +80,8 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
     // submission sees it) or waits for this commit (and its cascade sees these copies).
     let stored_consent = match &env.consent_id {
         Some(id) => {
-            sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            consent::load(&mut tx, id).await?.map(|(s, _)| s)
+            super::lifecycle::lock_consent(tx, id.as_str()).await?;
+            consent::load(tx, id).await?.map(|(s, _)| s)
         }
         None => None,
     };
@@ -77,12 +90,20 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
     let ttl = i64::from(bundle.network().delivery_ttl_days) * 86_400_000_000;
     let quota = i64::from(bundle.network().queue_quota);
     let mut outcomes = Vec::with_capacity(decided.outcomes.len());
-    let mut entries = Vec::with_capacity(decided.outcomes.len());
+    let mut entries: Vec<(AuditEntry, String)> = Vec::with_capacity(decided.outcomes.len());
     let mut woken = Vec::new();
     for (recipient, mut d) in decided.outcomes {
         let mut outcome =
             if d.allowed { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
-        if d.allowed && queue::queued_between(&mut tx, caller.org.as_str(), recipient.as_str()).await? >= quota {
+        // Committed, plus what this shared commit queued before this submission.
+        let queued = || {
+            counts
+                .iter()
+                .filter(|(s, o, _)| s == caller.org.as_str() && o == recipient.as_str())
+                .map(|c| c.2)
+                .sum::<i64>()
+        };
+        if d.allowed && queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await? + queued() >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
             d.allowed = false;
             d.reason = Some(DenyReason::QuotaExceeded);
@@ -132,10 +153,10 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
                 .bind(serde_json::to_string(&d.released).unwrap_or_default())
                 .bind(now)
                 .bind(now + ttl)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             queue::enqueue(
-                &mut tx,
+                tx,
                 g.0.store.backend(),
                 now,
                 NewItem {
@@ -148,6 +169,7 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
                 },
             )
             .await?;
+            counts.push((caller.org.to_string(), recipient.to_string(), 1));
             woken.push(recipient.to_string());
         }
         let label = match outcome {
@@ -178,12 +200,8 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
         .bind(hash.as_str())
         .bind(response.encode_to_vec())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    audit::append(&mut tx, &mut entries).await?;
-    tx.commit().await?;
-    for org in &woken {
-        g.0.wakeups.wake(org);
-    }
+    audit.extend(entries);
     Ok((response, woken))
 }

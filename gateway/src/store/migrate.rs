@@ -40,6 +40,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/0004_routing.sql"),
         postgres: include_str!("migrations/postgres/0004_routing.sql"),
     },
+    Migration {
+        version: 5,
+        name: "queue_counts",
+        sqlite: include_str!("migrations/sqlite/0005_queue_counts.sql"),
+        postgres: include_str!("migrations/postgres/0005_queue_counts.sql"),
+    },
 ];
 
 /// An arbitrary constant naming Haven's migration lock.

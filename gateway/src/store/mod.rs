@@ -44,6 +44,9 @@ pub enum StoreError {
     /// A migration that was applied has different content now.
     #[error("migration {version} ({name}) was changed after it was applied; migrations are append-only")]
     ChangedMigration { version: i64, name: &'static str },
+    /// A shared commit failed (or never began); nothing in it was committed.
+    #[error("commit failed: {0}")]
+    Commit(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),

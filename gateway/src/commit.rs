@@ -1,0 +1,195 @@
+//! Shared commits: concurrent state changes (submissions, acknowledgements) share one transaction
+//! and one fsync, each in a savepoint of its own.
+//!
+//! One task owns the queue of units of work. It takes the first waiting unit and every other already
+//! queued (up to [`MAX_UNITS`]), begins one transaction, and runs the units one after another, each
+//! between `SAVEPOINT` and `RELEASE`: a unit that fails is rolled back to its savepoint, alone, and its
+//! caller gets its own error. Then the audit entries of every unit that succeeded are appended in one
+//! multi-row write, the transaction commits, and only then is each caller answered. So:
+//!
+//! - **durability is unchanged**: nobody is answered before the commit that holds their change is on
+//!   disk (`synchronous=FULL` on SQLite, `synchronous_commit=on` on PostgreSQL), and if that commit
+//!   fails every caller in it gets the error and none of the changes exist;
+//! - **the audit rule is kept**: a unit's entries are committed in the same transaction as its change;
+//! - **lock order is kept**: units take their consent rows as they run; the audit head is taken once,
+//!   after them, and the queue's counts last, as every other writer does (consent row, audit head,
+//!   counts), so a revocation that holds a consent row never waits on a batch that waits on it.
+//!
+//! Under load the batch grows by itself, because units pile up while the previous commit's fsync runs;
+//! with one caller it is one transaction per unit, as before.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use haven_trust::audit::AuditEntry;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit;
+use crate::error::Error;
+use crate::routing::queue::{self, CountChanges};
+use crate::store::{Store, StoreError, Tx};
+
+/// The most units one shared commit takes.
+const MAX_UNITS: usize = 512;
+/// Units waiting for the committer.
+const QUEUE: usize = 4096;
+
+/// What a unit of work writes through: the shared transaction, the audit entries to append (with
+/// each one's counterparty-scoped subject) in it, and the queue's count changes, applied after them.
+pub struct Batch {
+    pub tx: Tx,
+    pub audit: Vec<(AuditEntry, String)>,
+    pub counts: CountChanges,
+}
+
+/// A unit's future: borrows the batch while it runs.
+pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
+
+/// Called once the batch's fate is known: `None` when it committed, or why it did not.
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A queued unit with its result type erased: runs in the batch (or, given none, does not run) and
+/// says whether it succeeded.
+type Job =
+    Box<dyn for<'t> FnOnce(Option<&'t mut Batch>) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 't>> + Send>;
+
+/// The handle callers queue units through. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<Job>,
+}
+
+const STOPPED: &str = "the gateway's committer has stopped; nothing was committed, retry";
+
+impl Committer {
+    /// Starts the committer task; it ends when every handle is gone. The log's integrator is nudged
+    /// after each commit that appended audit entries.
+    pub fn start(store: Store, committed: audit::AuditLog) -> Committer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, committed, rx));
+        Committer { queue: tx }
+    }
+
+    /// Runs `work` in the next shared transaction and returns its result once that transaction has
+    /// committed. If `work` fails, its changes are rolled back (and only its own).
+    pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, Error>>();
+        let job: Job = Box::new(move |batch| {
+            Box::pin(async move {
+                let result = match batch {
+                    Some(b) => Some(work(b).await),
+                    None => None,
+                };
+                let ok = matches!(result, Some(Ok(_)));
+                let finish: Finish = Box::new(move |failed| {
+                    let _ = reply.send(match (result, failed) {
+                        (Some(Err(e)), _) => Err(e),
+                        (Some(Ok(v)), None) => Ok(v),
+                        (_, why) => Err(Error::Store(StoreError::Commit(
+                            why.unwrap_or("the shared transaction ended before this change ran").to_owned(),
+                        ))),
+                    });
+                });
+                (ok, finish)
+            })
+        });
+        self.queue.send(job).await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
+        answer.await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?
+    }
+}
+
+async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_UNITS {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        // Each batch runs as a task of its own, so a unit that panics fails its batch (its callers
+        // see the committer's error) and the committer goes on with the next.
+        let store = store.clone();
+        match tokio::spawn(commit_batch(store, jobs)).await {
+            Ok(true) => committed.nudge(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "a shared commit panicked; its callers were told nothing committed"),
+        }
+    }
+}
+
+/// Runs the jobs in one transaction and answers each; returns whether audit entries were committed.
+async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
+    let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+    let mut batch = match store.begin().await {
+        Ok(tx) => Batch { tx, audit: Vec::new(), counts: Vec::new() },
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
+            for job in jobs {
+                let (_, finish) = job(None).await;
+                finish(Some(&why));
+            }
+            return false;
+        }
+    };
+    let mut broken: Option<String> = None;
+    // The statement that closes one unit's savepoint also opens the next one's: one round trip.
+    let mut open = "SAVEPOINT unit";
+    for job in jobs {
+        // Once the transaction is unusable, the remaining units do not run.
+        if broken.is_none()
+            && let Err(e) = sqlx::raw_sql(open).execute(&mut *batch.tx).await
+        {
+            broken = Some(e.to_string());
+        }
+        if broken.is_some() {
+            finishes.push(job(None).await.1);
+            continue;
+        }
+        let marks = (batch.audit.len(), batch.counts.len());
+        let (ok, finish) = job(Some(&mut batch)).await;
+        if ok {
+            open = "RELEASE SAVEPOINT unit; SAVEPOINT unit";
+        } else {
+            batch.audit.truncate(marks.0);
+            batch.counts.truncate(marks.1);
+            open = "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit; SAVEPOINT unit";
+        }
+        finishes.push(finish);
+    }
+    // Close the last unit's savepoint.
+    let close = open.rsplit_once("; ").map_or("", |(head, _)| head);
+    if broken.is_none()
+        && !close.is_empty()
+        && let Err(e) = sqlx::raw_sql(close).execute(&mut *batch.tx).await
+    {
+        broken = Some(e.to_string());
+    }
+    let Batch { mut tx, mut audit, counts } = batch;
+    let appended = !audit.is_empty();
+    let outcome = match broken {
+        Some(why) => Err(why),
+        None => async {
+            if appended {
+                audit::append(&mut tx, &mut audit).await?;
+            }
+            queue::apply_counts(&mut tx, &counts).await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        }
+        .await
+        .map_err(|e| e.to_string()),
+    };
+    if let Err(why) = &outcome {
+        tracing::error!(error = %why, units = finishes.len(), "shared commit failed; nothing in it was committed");
+    }
+    let failed = outcome.as_ref().err().map(String::as_str);
+    for finish in finishes {
+        finish(failed);
+    }
+    appended && outcome.is_ok()
+}
