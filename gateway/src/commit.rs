@@ -27,17 +27,27 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit;
 use crate::error::Error;
 use crate::routing::queue::{self, CountChanges};
-use crate::store::{Store, StoreError, Tx};
+use crate::routing::rows::NewRows;
+use crate::store::{Backend, Store, StoreError, Tx};
 
-/// The most units one shared commit takes.
+/// The most units one shared commit takes on SQLite.
 const MAX_UNITS: usize = 512;
+/// On PostgreSQL: each unit that writes takes a subtransaction, and a transaction with more than 64
+/// of them overflows PostgreSQL's per-backend cache, which slows every session's snapshots.
+const MAX_UNITS_PG: usize = 60;
+/// On PostgreSQL, how long a unit may wait for a row lock (a consent row another replica's batch
+/// holds) before it fails alone and is answered UNAVAILABLE, so one blocked unit cannot hold up every
+/// other change behind it.
+const PG_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 /// Units waiting for the committer.
 const QUEUE: usize = 4096;
 
-/// What a unit of work writes through: the shared transaction, the audit entries to append (with
-/// each one's counterparty-scoped subject) in it, and the queue's count changes, applied after them.
+/// What a unit of work writes through: the shared transaction; the rows submissions add, written
+/// together once every unit has run; the audit entries to append (with each one's counterparty-scoped
+/// subject) after them; and the queue's count changes, applied last.
 pub struct Batch {
     pub tx: Tx,
+    pub rows: NewRows,
     pub audit: Vec<(AuditEntry, String)>,
     pub counts: CountChanges,
 }
@@ -58,7 +68,8 @@ pub struct Committer {
     queue: mpsc::Sender<Job>,
 }
 
-const STOPPED: &str = "the gateway's committer has stopped; nothing was committed, retry";
+const STOPPED: &str =
+    "the shared commit this change was in did not complete (see the gateway's log); nothing was committed, retry";
 
 impl Committer {
     /// Starts the committer task; it ends when every handle is gone. The log's integrator is nudged
@@ -104,7 +115,8 @@ impl Committer {
 async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
-        while jobs.len() < MAX_UNITS {
+        let max = if store.backend() == Backend::Postgres { MAX_UNITS_PG } else { MAX_UNITS };
+        while jobs.len() < max {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -125,7 +137,7 @@ async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Jo
 async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
     let mut batch = match store.begin().await {
-        Ok(tx) => Batch { tx, audit: Vec::new(), counts: Vec::new() },
+        Ok(tx) => Batch { tx, rows: NewRows::default(), audit: Vec::new(), counts: Vec::new() },
         Err(e) => {
             let why = e.to_string();
             tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
@@ -137,6 +149,11 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
         }
     };
     let mut broken: Option<String> = None;
+    if store.backend() == Backend::Postgres
+        && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await
+    {
+        broken = Some(e.to_string());
+    }
     // The statement that closes one unit's savepoint also opens the next one's: one round trip.
     let mut open = "SAVEPOINT unit";
     for job in jobs {
@@ -150,13 +167,14 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
             finishes.push(job(None).await.1);
             continue;
         }
-        let marks = (batch.audit.len(), batch.counts.len());
+        let marks = (batch.audit.len(), batch.counts.len(), batch.rows.mark());
         let (ok, finish) = job(Some(&mut batch)).await;
         if ok {
             open = "RELEASE SAVEPOINT unit; SAVEPOINT unit";
         } else {
             batch.audit.truncate(marks.0);
             batch.counts.truncate(marks.1);
+            batch.rows.truncate(marks.2);
             open = "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit; SAVEPOINT unit";
         }
         finishes.push(finish);
@@ -169,11 +187,12 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
     {
         broken = Some(e.to_string());
     }
-    let Batch { mut tx, mut audit, counts } = batch;
+    let Batch { mut tx, rows, mut audit, counts } = batch;
     let appended = !audit.is_empty();
     let outcome = match broken {
         Some(why) => Err(why),
         None => async {
+            rows.write(&mut tx).await?;
             if appended {
                 audit::append(&mut tx, &mut audit).await?;
             }

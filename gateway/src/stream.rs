@@ -178,7 +178,8 @@ pub async fn run(
     let mut acking = FuturesUnordered::new();
     let reason: Status = loop {
         tokio::select! {
-            msg = inbound.message() => match msg {
+            // At most a window of acknowledgements commit at once; past that the stream waits.
+            msg = inbound.message(), if acking.len() < window.max => match msg {
                 Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Heartbeat(_)) })) => {}
                 Ok(Some(NodeFrame { frame: Some(node_frame::Frame::Hello(_)) })) => {
                     if let Err(s) = fill(&gateway, &caller.org, &mut window, &tx).await {

@@ -745,6 +745,9 @@ async fn messages_sent_to_an_offline_node_are_delivered_when_it_returns() {
     let pool = maple.state.store.pool().clone();
     all_delivered_once("the first referral", || Some(pool.clone()), &HashSet::from([first.clone()]), &HashSet::new())
         .await;
+    // Stored at the node is not yet acknowledged at the gateway: wait for the acknowledgement's commit.
+    let gw = net.gateway.0.store.pool().clone();
+    drained(&gw, RECIPIENT).await;
     maple.stop().await;
 
     let mut accepted = HashSet::from([first]);
@@ -753,7 +756,6 @@ async fn messages_sent_to_an_offline_node_are_delivered_when_it_returns() {
         assert!(queued(&harbor.submit(referral(&id, &subject, &consent)).await.unwrap()));
         accepted.insert(id);
     }
-    let gw = net.gateway.0.store.pool().clone();
     let waiting: i64 =
         sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1 AND state = 'pending' AND item_kind = 'delivery'")
             .bind(RECIPIENT)

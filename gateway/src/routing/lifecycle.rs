@@ -101,7 +101,6 @@ fn sender_side(g: &Gateway, now: i64, action: Action, c: &Copy) -> (AuditEntry, 
 }
 
 async fn notify_sender(
-    g: &Gateway,
     tx: &mut Tx,
     now: i64,
     c: &Copy,
@@ -117,7 +116,6 @@ async fn notify_sender(
     };
     queue::enqueue(
         tx,
-        g.0.store.backend(),
         now,
         NewItem {
             org: &c.sender,
@@ -164,7 +162,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
 /// The acknowledgement in the shared transaction; returns the sender to wake, if any.
 async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
     let now = g.0.clock.now_micros();
-    let Batch { tx, audit, counts } = batch;
+    let Batch { tx, audit, counts, .. } = batch;
     let row = queue::get(tx, item_id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
@@ -194,7 +192,7 @@ async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> R
         e.counterparty = c.sender.clone();
         e.source_node = org.to_string();
         entries.push((e, String::new()));
-        notify_sender(g, tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
+        notify_sender(tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
         wake = Some(c.sender.clone());
     } else {
         let e = AuditEntry {
@@ -249,7 +247,7 @@ pub async fn consent_ended(
             let (mut e, rs) = sender_side(g, now, Action::Cancelled, c);
             e.reason = reason.into();
             entries.push((e, rs));
-            notify_sender(g, tx, now, c, pb::sender_notice::Kind::Cancelled, reason).await?;
+            notify_sender(tx, now, c, pb::sender_notice::Kind::Cancelled, reason).await?;
             wake.push(c.sender.clone());
             // It may already be on its way to the node: count it as received.
             cancelled_in_flight = true;
@@ -273,7 +271,6 @@ pub async fn consent_ended(
         };
         queue::enqueue(
             tx,
-            g.0.store.backend(),
             now,
             NewItem {
                 org: &recipient,
@@ -323,7 +320,7 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
         if let Some(c) = copy_by_id(&mut tx, &delivery_id).await? {
             set_status(&mut tx, &c.delivery_id, "expired", "ttl", "", now).await?;
             entries.push(sender_side(g, now, Action::Expired, &c));
-            notify_sender(g, &mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
+            notify_sender(&mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
             wake = Some(c.sender.clone());
         }
         audit::append(&mut tx, &mut entries).await?;
@@ -347,11 +344,13 @@ fn transition(
     use pb::MessageStatus as S;
     let wrong_party = |who: &str| Err(Error::PermissionDenied(format!("only the {who} may set this status")));
     let (to, by_sender, allowed_from): (&'static str, bool, &[&str]) = match (kind, status) {
-        ("referral", S::Accepted) => ("accepted", false, &["delivered"]),
-        ("referral", S::Declined) => ("declined", false, &["delivered"]),
+        // The recipient's own change proves it holds the copy, even if its node's acknowledgement has
+        // not committed yet (the node stores an item, then acknowledges it): `sent` counts as delivered.
+        ("referral", S::Accepted) => ("accepted", false, &["sent", "delivered"]),
+        ("referral", S::Declined) => ("declined", false, &["sent", "delivered"]),
         ("referral", S::Closed) => ("closed", false, &["accepted"]),
         ("referral", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered", "accepted"]),
-        ("alert", S::Acknowledged) => ("acknowledged", false, &["delivered"]),
+        ("alert", S::Acknowledged) => ("acknowledged", false, &["sent", "delivered"]),
         ("alert", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered"]),
         (k, s) => {
             return Err(Error::InvalidArgument(format!("status {} does not apply to a {k}", s.as_str_name())));
@@ -473,7 +472,6 @@ pub async fn update_status(
             };
             queue::enqueue(
                 &mut tx,
-                g.0.store.backend(),
                 now,
                 NewItem {
                     org: &other,

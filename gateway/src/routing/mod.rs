@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod pseudonym;
 pub mod queue;
+pub mod rows;
 pub mod submit;
 
 use std::sync::Arc;

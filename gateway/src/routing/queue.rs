@@ -15,7 +15,8 @@ use sqlx::Row;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::store::{Backend, Tx};
+use super::rows::{OutboxRow, insert_outbox};
+use crate::store::Tx;
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -84,28 +85,30 @@ pub struct NewItem<'a> {
     pub expires_at_micros: i64,
 }
 
-/// Queues an item in the caller's transaction (a delivery's quota count is the caller's to record, in
-/// its [`CountChanges`]). Returns its id (a UUIDv7, so ids sort oldest first).
-pub async fn enqueue(tx: &mut Tx, backend: Backend, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
+/// A new item's row: a fresh id (a UUIDv7, so ids sort oldest first) and its encoded payload.
+pub fn outbox_row(now: i64, item: NewItem<'_>) -> OutboxRow {
     let item_id = Uuid::now_v7().to_string();
-    let kind = ItemKind::of(&item.body);
+    let item_kind = ItemKind::of(&item.body).as_str();
     let payload = pb::Item { item_id: item_id.clone(), queued_at_micros: now, body: Some(item.body) }.encode_to_vec();
-    sqlx::query("INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')")
-        .bind(item_id.as_str())
-        .bind(item.org)
-        .bind(kind.as_str())
-        .bind(item.delivery_id)
-        .bind(item.consent_id)
-        .bind(item.sender)
-        .bind(payload)
-        .bind(now)
-        .bind(item.expires_at_micros)
-        .execute(&mut **tx)
-        .await?;
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(item.org).execute(&mut **tx).await?;
+    OutboxRow {
+        item_id,
+        org: item.org.to_owned(),
+        item_kind,
+        delivery_id: item.delivery_id.to_owned(),
+        consent_id: item.consent_id.to_owned(),
+        sender: item.sender.to_owned(),
+        payload,
+        queued_at_micros: now,
+        expires_at_micros: item.expires_at_micros,
     }
-    Ok(item_id)
+}
+
+/// Queues an item in the caller's transaction (a delivery's quota count is the caller's to record, in
+/// its [`CountChanges`]). Returns its id.
+pub async fn enqueue(tx: &mut Tx, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
+    let row = outbox_row(now, item);
+    insert_outbox(tx, std::slice::from_ref(&row)).await?;
+    Ok(row.item_id)
 }
 
 /// A pending item read for sending.

@@ -11,6 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::queue::{self, NewItem};
+use super::rows::{DeliveryRow, MessageRow};
 use super::{decide_with, decision_entry, decision_proto, pseudonym};
 use crate::app::Gateway;
 use crate::commit::Batch;
@@ -54,22 +55,25 @@ async fn submit_in(
     let hash = content_hash(&env);
     let now = g.0.clock.now_micros();
     let message_id = env.message_id.to_string();
-    let Batch { tx, audit, counts } = batch;
+    let Batch { tx, audit, counts, rows } = batch;
 
-    if let Some(row) =
-        sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
+    // The same message id again: from an earlier commit, or from an earlier unit of this one.
+    let earlier = match rows.message(caller.org.as_str(), &message_id) {
+        Some(m) => Some((m.content_sha256.clone(), m.response.clone())),
+        None => sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
             .bind(caller.org.as_str())
             .bind(message_id.as_str())
             .fetch_optional(&mut **tx)
             .await?
-    {
-        let stored: String = row.try_get(0)?;
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?,
+    };
+    if let Some((stored, bytes)) = earlier {
         if stored != hash {
             return Err(Error::AlreadyExists(format!(
                 "message_id {message_id} was already used for a different message; make a new UUIDv7 for a new message"
             )));
         }
-        let bytes: Vec<u8> = row.try_get(1)?;
         let mut resp = pb::SubmitResponse::decode(bytes.as_slice())
             .map_err(|e| Error::FailedPrecondition(format!("stored reply is unreadable: {e}")))?;
         resp.replayed = true;
@@ -139,25 +143,22 @@ async fn submit_in(
                 expires_at_micros: now + ttl,
                 correlation_id: env.correlation_id.clone(),
             };
-            sqlx::query("INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, released_fields, status, updated_at_micros, expires_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'sent', $12, $13)")
-                .bind(delivery_id.as_str())
-                .bind(caller.org.as_str())
-                .bind(caller.person.as_str())
-                .bind(message_id.as_str())
-                .bind(recipient.as_str())
-                .bind(env.kind.as_str())
-                .bind(env.purpose.as_str())
-                .bind(env.consent_id.as_deref().unwrap_or(""))
-                .bind(env.subject.as_deref().unwrap_or(""))
-                .bind(recipient_subject.as_str())
-                .bind(serde_json::to_string(&d.released).unwrap_or_default())
-                .bind(now)
-                .bind(now + ttl)
-                .execute(&mut **tx)
-                .await?;
-            queue::enqueue(
-                tx,
-                g.0.store.backend(),
+            rows.deliveries.push(DeliveryRow {
+                delivery_id: delivery_id.clone(),
+                sender: caller.org.to_string(),
+                sender_person: caller.person.to_string(),
+                message_id: message_id.clone(),
+                recipient: recipient.to_string(),
+                kind: env.kind.clone(),
+                purpose: env.purpose.clone(),
+                consent_id: env.consent_id.clone().unwrap_or_default(),
+                subject: env.subject.clone().unwrap_or_default(),
+                recipient_subject: recipient_subject.clone(),
+                released_fields: serde_json::to_string(&d.released).unwrap_or_default(),
+                updated_at_micros: now,
+                expires_at_micros: now + ttl,
+            });
+            rows.outbox.push(queue::outbox_row(
                 now,
                 NewItem {
                     org: recipient.as_str(),
@@ -167,8 +168,7 @@ async fn submit_in(
                     sender: caller.org.as_str(),
                     expires_at_micros: now + ttl,
                 },
-            )
-            .await?;
+            ));
             counts.push((caller.org.to_string(), recipient.to_string(), 1));
             woken.push(recipient.to_string());
         }
@@ -193,15 +193,14 @@ async fn submit_in(
         bundle_version: bundle.version_id().to_owned(),
         replayed: false,
     };
-    sqlx::query("INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(caller.org.as_str())
-        .bind(message_id.as_str())
-        .bind(env.kind.as_str())
-        .bind(hash.as_str())
-        .bind(response.encode_to_vec())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    rows.messages.push(MessageRow {
+        sender: caller.org.to_string(),
+        message_id: message_id.clone(),
+        kind: env.kind.clone(),
+        content_sha256: hash,
+        response: response.encode_to_vec(),
+        created_at_micros: now,
+    });
     audit.extend(entries);
     Ok((response, woken))
 }
