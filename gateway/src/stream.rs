@@ -204,14 +204,11 @@ pub async fn run(
                 Ok(None) => break Status::ok("node closed the stream"),
                 Err(e) => break e,
             },
-            Some((item_id, r)) = acking.next(), if !acking.is_empty() => {
-                if let Err(e) = r {
-                    break Status::from(e);
-                }
-                window.inflight.remove(&item_id);
+            Some(first) = acking.next(), if !acking.is_empty() => {
                 // Acknowledgements committed together free their slots together: one refill.
+                let ready = std::iter::from_fn(|| acking.next().now_or_never().flatten());
                 let mut failed = None;
-                while let Some(Some((item_id, r))) = acking.next().now_or_never() {
+                for (item_id, r) in std::iter::once(first).chain(ready) {
                     if let Err(e) = r {
                         failed = Some(Status::from(e));
                         break;

@@ -13,8 +13,28 @@ use haven_node::users::Users;
 use haven_trust::ids::{PersonId, Role};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-/// What a role prints once it listens.
-const READY: &str = "HAVEN_READY ";
+/// What a role prints once it listens: this, then its address.
+pub const READY: &str = "HAVEN_READY ";
+
+/// Waits (at most `within`) for a child's first line on stdout, which must be [`READY`] and its
+/// address, and drains the rest in the background so the child never blocks on a full pipe. The
+/// child's stdout must be piped. On failure the caller kills the child; the error says what happened.
+pub fn ready_addr(child: &mut Child, within: Duration) -> Result<SocketAddr, String> {
+    let stdout = child.stdout.take().ok_or("its stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line =
+        rx.recv_timeout(within).map_err(|_| format!("did not report its address within {} s", within.as_secs()))?;
+    line.strip_prefix(READY)
+        .and_then(|a| SocketAddr::from_str(a).ok())
+        .ok_or_else(|| format!("said `{line}` instead of its address"))
+}
 
 /// A running child process. Dropping it kills it (SIGKILL) and reaps it.
 pub struct Proc {
@@ -38,27 +58,11 @@ impl Proc {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot start {}: {e}", exe.display()));
-        let stdout = child.stdout.take().expect("child stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
+        let addr = ready_addr(&mut child, Duration::from_secs(60)).unwrap_or_else(|e| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} {e}")
         });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{name} did not report its address within 60 s");
-            }
-        };
-        let addr = line
-            .strip_prefix(READY)
-            .and_then(|a| SocketAddr::from_str(a).ok())
-            .unwrap_or_else(|| panic!("{name} said `{line}` instead of its address"));
         Proc { child: Some(child), addr, name: name.to_owned() }
     }
 

@@ -191,16 +191,8 @@ where
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let total = match Arc::try_unwrap(tally) {
-        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-        Err(shared) => {
-            let mut t = Tally::new();
-            if let Ok(mut s) = shared.lock() {
-                t.merge(std::mem::replace(&mut *s, Tally::new()));
-            }
-            t
-        }
-    };
+    // Every call has finished, so the tally is complete.
+    let total = std::mem::replace(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()), Tally::new());
     finish(total, window, cpu.await.unwrap_or_default())
 }
 

@@ -8,7 +8,6 @@
 //! - `network.toml` raises `queue_quota` so that a scenario in which nothing consumes (`submit`,
 //!   `fanout`, the queue `many-orgs` fills) measures queueing rather than the quota refusal.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,8 +19,8 @@ use haven_trust::pki::CertsDir;
 use sqlx::Connection;
 use tempfile::TempDir;
 
-/// What a child process prints once it listens.
-pub const READY: &str = "HAVEN_READY ";
+pub use haven_tests::procs::READY;
+use haven_tests::procs::ready_addr;
 
 /// Law-enforcement liaisons added so that an alert has 50 recipients (the sample has two).
 pub const EXTRA_LIAISONS: usize = 48;
@@ -213,27 +212,14 @@ impl Proc {
             .stderr(Stdio::from(log_file))
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => line,
-            Err(_) => {
+        let addr = match ready_addr(&mut child, Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{name} did not report its address within 120 s; see {}", log.display());
+                bail!("{name} {e}; see {}", log.display());
             }
         };
-        let addr = line
-            .strip_prefix(READY)
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("{name} said `{line}` instead of its address; see {}", log.display()))?;
         Ok(Proc { child: Some(child), addr, name: name.to_owned(), log: log.to_owned() })
     }
 

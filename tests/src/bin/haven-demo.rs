@@ -6,7 +6,6 @@
 //! The processes are this same binary started with a hidden role (`gateway` or `node`), so one
 //! `cargo run --bin haven-demo` needs nothing else built.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -19,6 +18,7 @@ use haven_node::users::Users;
 use haven_proto::v1 as pb;
 use haven_proto::v1::WhoAmIRequest;
 use haven_proto::v1::node_client::NodeClient;
+use haven_tests::procs::{READY, ready_addr};
 use haven_trust::clock::SystemClock;
 use haven_trust::ids::{OrgId, PersonId, Role};
 use haven_trust::pki::CertsDir;
@@ -53,8 +53,6 @@ enum RoleCmd {
     #[command(hide = true)]
     Node { dir: PathBuf, org: OrgId, gateway: String },
 }
-
-const READY: &str = "HAVEN_READY ";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -131,23 +129,13 @@ impl Drop for Proc {
 fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) => line,
-        Err(_) => {
+    let addr = match ready_addr(&mut child, Duration::from_secs(60)) {
+        Ok(addr) => addr,
+        Err(e) => {
             let _ = child.kill();
-            bail!("{name} did not start within 60 s");
+            bail!("{name} {e}");
         }
     };
-    let addr = line.strip_prefix(READY).with_context(|| format!("{name} said `{line}`"))?.parse()?;
     Ok(Proc { child, addr })
 }
 
