@@ -1,7 +1,6 @@
 //! The gateway as a process: SIGHUP after `haven-certs revoke` refuses the revoked certificate and
 //! closes its open stream; SIGTERM shuts down gracefully.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,17 +34,8 @@ async fn sighup_after_revoke_closes_the_stream_and_sigterm_shuts_down() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(l)) = lines.next() {
-            let _ = tx.send(l);
-        }
-        for _ in lines {}
-    });
-    let ready = rx.recv_timeout(Duration::from_secs(60)).expect("gateway reports its address");
-    let addr: std::net::SocketAddr = ready.strip_prefix("HAVEN_READY ").unwrap().parse().unwrap();
+    let addr =
+        haven_tests::procs::ready_addr(&mut child, Duration::from_secs(60)).expect("gateway reports its address");
 
     let harbor = OrgId::parse("harbor").unwrap();
     let link = GatewayLink::new(
