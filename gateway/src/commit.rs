@@ -17,15 +17,25 @@
 //!
 //! Under load the batch grows by itself, because units pile up while the previous commit's fsync runs;
 //! with one caller it is one transaction per unit, as before.
+//!
+//! Fewer round trips: a unit may name what it will read ([`Reads`]), and the batch reads that for
+//! every unit at once, before they run ([`Prefetched`]). A unit that writes only through the batch's
+//! buffers (a submission) needs no savepoint on SQLite, where a failed read leaves the transaction
+//! usable and there is nothing of the unit's to roll back but its buffered rows, which are dropped.
+//! On PostgreSQL, where any failed statement spoils the transaction, a unit that issues statements
+//! always runs in a savepoint.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use haven_trust::audit::AuditEntry;
+use sqlx::AssertSqlSafe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit;
 use crate::error::Error;
+use crate::routing::prefetch::Prefetched;
+pub use crate::routing::prefetch::Reads;
 use crate::routing::queue::{self, CountChanges};
 use crate::routing::rows::NewRows;
 use crate::store::{Backend, Store, StoreError, Tx};
@@ -44,12 +54,14 @@ const QUEUE: usize = 4096;
 
 /// What a unit of work writes through: the shared transaction; the rows submissions add, written
 /// together once every unit has run; the audit entries to append (with each one's counterparty-scoped
-/// subject) after them; and the queue's count changes, applied last.
+/// subject) after them; the queue's count changes, applied last; and what the batch read for its
+/// units before they ran.
 pub struct Batch {
     pub tx: Tx,
     pub rows: NewRows,
     pub audit: Vec<(AuditEntry, String)>,
     pub counts: CountChanges,
+    pub seen: Prefetched,
 }
 
 /// A unit's future: borrows the batch while it runs.
@@ -59,8 +71,15 @@ pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A queued unit with its result type erased: runs in the batch (or, given none, does not run) and
 /// says whether it succeeded.
-type Job =
+type Work =
     Box<dyn for<'t> FnOnce(Option<&'t mut Batch>) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 't>> + Send>;
+
+/// A queued unit: what it will read, whether it writes only through the batch's buffers, and the work.
+struct Job {
+    reads: Reads,
+    buffered: bool,
+    work: Work,
+}
 
 /// The handle callers queue units through. Cheap to clone.
 #[derive(Clone)]
@@ -87,8 +106,36 @@ impl Committer {
         T: Send + 'static,
         F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
     {
+        self.enqueue(Reads::default(), false, work).await
+    }
+
+    /// Runs `work` as [`Committer::run`] does, with what `reads` names read beforehand for the whole
+    /// batch (in `Batch::seen`).
+    pub async fn run_reading<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
+    {
+        self.enqueue(reads, false, work).await
+    }
+
+    /// Runs `work` as [`Committer::run_reading`] does. `work` must write only through the batch's
+    /// buffers (`rows`, `audit`, `counts`), never through `tx`, so on SQLite it needs no savepoint.
+    pub async fn run_buffered<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
+    {
+        self.enqueue(reads, true, work).await
+    }
+
+    async fn enqueue<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T, Error>>();
-        let job: Job = Box::new(move |batch| {
+        let work: Work = Box::new(move |batch| {
             Box::pin(async move {
                 let result = match batch {
                     Some(b) => Some(work(b).await),
@@ -107,7 +154,10 @@ impl Committer {
                 (ok, finish)
             })
         });
-        self.queue.send(job).await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
+        self.queue
+            .send(Job { reads, buffered, work })
+            .await
+            .map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
         answer.await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?
     }
 }
@@ -137,57 +187,81 @@ async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Jo
 async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
     let mut batch = match store.begin().await {
-        Ok(tx) => Batch { tx, rows: NewRows::default(), audit: Vec::new(), counts: Vec::new() },
+        Ok(tx) => {
+            Batch { tx, rows: NewRows::default(), audit: Vec::new(), counts: Vec::new(), seen: Prefetched::default() }
+        }
         Err(e) => {
             let why = e.to_string();
             tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
             for job in jobs {
-                let (_, finish) = job(None).await;
+                let (_, finish) = (job.work)(None).await;
                 finish(Some(&why));
             }
             return false;
         }
     };
+    let postgres = store.backend() == Backend::Postgres;
     let mut broken: Option<String> = None;
-    if store.backend() == Backend::Postgres
-        && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await
-    {
+    if postgres && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await {
         broken = Some(e.to_string());
     }
-    // The statement that closes one unit's savepoint also opens the next one's: one round trip.
-    let mut open = "SAVEPOINT unit";
-    for job in jobs {
-        // Once the transaction is unusable, the remaining units do not run.
-        if broken.is_none()
-            && let Err(e) = sqlx::raw_sql(open).execute(&mut *batch.tx).await
-        {
-            broken = Some(e.to_string());
+    // A buffered unit issues statements on PostgreSQL only to lock its consent.
+    let (reads, jobs): (Vec<Reads>, Vec<(bool, Work)>) = jobs
+        .into_iter()
+        .map(|j| {
+            let savepoint = !j.buffered || (postgres && !j.reads.consents.is_empty());
+            (j.reads, (savepoint, j.work))
+        })
+        .unzip();
+    if broken.is_none() && reads.iter().any(|r| !r.is_empty()) {
+        match Prefetched::read(&mut batch.tx, reads.iter()).await {
+            Ok(seen) => batch.seen = seen,
+            Err(e) => broken = Some(e.to_string()),
         }
+    }
+    // What closes the last unit's savepoint when it succeeded: it goes out with the statement that
+    // opens the next one, in one round trip.
+    let mut close = "";
+    for (savepoint, work) in jobs {
+        // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
-            finishes.push(job(None).await.1);
+            finishes.push(work(None).await.1);
             continue;
         }
+        if savepoint {
+            let open = format!("{close}SAVEPOINT unit");
+            close = "";
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(open)).execute(&mut *batch.tx).await {
+                broken = Some(e.to_string());
+                finishes.push(work(None).await.1);
+                continue;
+            }
+        }
         let marks = (batch.audit.len(), batch.counts.len(), batch.rows.mark());
-        let (ok, finish) = job(Some(&mut batch)).await;
-        if ok {
-            open = "RELEASE SAVEPOINT unit; SAVEPOINT unit";
-        } else {
+        let (ok, finish) = work(Some(&mut batch)).await;
+        if !ok {
             batch.audit.truncate(marks.0);
             batch.counts.truncate(marks.1);
             batch.rows.truncate(marks.2);
-            open = "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit; SAVEPOINT unit";
         }
         finishes.push(finish);
+        if savepoint && ok {
+            close = "RELEASE SAVEPOINT unit; ";
+        } else if savepoint
+            && let Err(e) =
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit").execute(&mut *batch.tx).await
+        {
+            // Undone at once, so the next unit never sees what this one wrote.
+            broken = Some(e.to_string());
+        }
     }
-    // Close the last unit's savepoint.
-    let close = open.rsplit_once("; ").map_or("", |(head, _)| head);
     if broken.is_none()
         && !close.is_empty()
-        && let Err(e) = sqlx::raw_sql(close).execute(&mut *batch.tx).await
+        && let Err(e) = sqlx::raw_sql(AssertSqlSafe(close.trim_end_matches("; "))).execute(&mut *batch.tx).await
     {
         broken = Some(e.to_string());
     }
-    let Batch { mut tx, rows, mut audit, counts } = batch;
+    let Batch { mut tx, rows, mut audit, counts, .. } = batch;
     let appended = !audit.is_empty();
     let outcome = match broken {
         Some(why) => Err(why),

@@ -253,6 +253,45 @@ pub async fn load(tx: &mut Tx, consent_id: &str) -> Result<Option<(Stored, Strin
     }
 }
 
+/// Loads consents by id in a transaction, for a shared commit's submissions: each id maps to its
+/// consent, or to `None` where there is none. A row that cannot be read is left out, so the submission
+/// that names it reads it alone and gets the reason.
+pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = crate::audit::is_sqlite(tx);
+    let mut sql = String::from(select!("WHERE consent_id IN "));
+    crate::audit::push_row(&mut sql, sqlite, 0, ids.len());
+    let sql = sql.replacen("SELECT ", "SELECT consent_id, ", 1);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    let mut found: std::collections::HashMap<String, Option<Stored>> =
+        ids.iter().map(|id| ((*id).to_owned(), None)).collect();
+    for row in q.fetch_all(&mut **tx).await? {
+        let id: String = row.try_get("consent_id")?;
+        match row_to_stored(&row) {
+            Ok(stored) => found.insert(id, Some(stored)),
+            Err(_) => found.remove(&id),
+        };
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// Loads a consent in a transaction and, on PostgreSQL, locks its row until the transaction ends, as a
+/// revocation does, so the two are ordered (SQLite's transactions already are).
+pub async fn load_locked(tx: &mut Tx, consent_id: &str) -> Result<Option<Stored>, Error> {
+    let sql = if crate::audit::is_sqlite(tx) {
+        select!("WHERE consent_id = $1")
+    } else {
+        select!("WHERE consent_id = $1 FOR NO KEY UPDATE")
+    };
+    let row = sqlx::query(sql).bind(consent_id).fetch_optional(&mut **tx).await?;
+    row.as_ref().map(row_to_stored).transpose()
+}
+
 /// Loads a consent outside a transaction (decisions, shows).
 pub async fn load_read(pool: &sqlx::AnyPool, consent_id: &str) -> Result<Option<Stored>, Error> {
     let row = sqlx::query(select!("WHERE consent_id = $1")).bind(consent_id).fetch_optional(pool).await?;

@@ -8,9 +8,10 @@ use haven_trust::ids::{Caller, OrgId, Role};
 use sqlx::Row;
 
 use super::queue::{self, NewItem};
+use super::rows::OutboxRow;
 use crate::app::Gateway;
 use crate::audit;
-use crate::commit::Batch;
+use crate::commit::{Batch, Reads};
 use crate::error::Error;
 use crate::store::Tx;
 
@@ -32,7 +33,7 @@ pub struct Copy {
 
 const COPY_COLUMNS: &str = "delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros";
 
-fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
+pub(crate) fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
     Ok(Copy {
         delivery_id: r.try_get("delivery_id")?,
         sender: r.try_get("sender")?,
@@ -107,6 +108,11 @@ async fn notify_sender(
     kind: pb::sender_notice::Kind,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
+    super::rows::insert_outbox(tx, &[sender_notice(now, c, kind, reason)]).await
+}
+
+/// The item that tells a copy's sender what became of it.
+fn sender_notice(now: i64, c: &Copy, kind: pb::sender_notice::Kind, reason: &str) -> OutboxRow {
     let notice = pb::SenderNotice {
         message_id: c.message_id.clone(),
         recipient: c.recipient.clone(),
@@ -114,8 +120,7 @@ async fn notify_sender(
         reason: reason.to_owned(),
         at_micros: now,
     };
-    queue::enqueue(
-        tx,
+    queue::outbox_row(
         now,
         NewItem {
             org: &c.sender,
@@ -126,8 +131,6 @@ async fn notify_sender(
             expires_at_micros: i64::MAX,
         },
     )
-    .await?;
-    Ok(())
 }
 
 /// Locks a consent's row for the rest of the transaction. Every transaction that touches copies under
@@ -136,9 +139,10 @@ async fn notify_sender(
 /// the database's one write lock (`BEGIN IMMEDIATE`), so there is nothing more to take.
 pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> {
     if !consent_id.is_empty() && !audit::is_sqlite(tx) {
-        sqlx::query("UPDATE consents SET consent_id = consent_id WHERE consent_id = $1")
+        // The lock an UPDATE takes, without writing a new row version.
+        sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
             .bind(consent_id)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
     }
     Ok(())
@@ -151,8 +155,11 @@ pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sq
 /// one fsync.
 pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
+    let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
     let wake =
-        g.0.commits.run(move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await })).await?;
+        g.0.commits
+            .run_reading(reads, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
+            .await?;
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
     }
@@ -162,10 +169,15 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
 /// The acknowledgement in the shared transaction; returns the sender to wake, if any.
 async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
     let now = g.0.clock.now_micros();
-    let Batch { tx, audit, counts, .. } = batch;
-    let row = queue::get(tx, item_id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
+    let Batch { tx, audit, counts, rows, seen } = batch;
+    // The item and its copy, as the batch read them (what is read of them here never changes, but a
+    // copy's status, which is why the status changes below only from `sent`).
+    let prefetched = seen.item(item_id);
+    let row = match prefetched {
+        Some(found) => found.map(|(row, _)| row.clone()),
+        None => queue::get(tx, item_id).await?,
+    }
+    .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
     if row.org != org.as_str() {
         return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
     }
@@ -178,12 +190,18 @@ async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> R
     }
     let mut entries = Vec::new();
     let mut wake = None;
-    if row.kind == queue::ItemKind::Delivery.as_str()
-        && let Some(c) = copy_by_id(tx, &row.delivery_id).await?
-    {
-        if c.status == "sent" {
-            set_status(tx, &c.delivery_id, "delivered", "", org.as_str(), now).await?;
-        }
+    let copy = match prefetched {
+        _ if row.kind != queue::ItemKind::Delivery.as_str() => None,
+        Some(Some((_, copy))) => copy.clone(),
+        _ => copy_by_id(tx, &row.delivery_id).await?,
+    };
+    if let Some(c) = copy {
+        sqlx::query("UPDATE deliveries SET status = 'delivered', status_code = '', status_by = $1, updated_at_micros = $2 WHERE delivery_id = $3 AND status = 'sent'")
+            .bind(org.as_str())
+            .bind(now)
+            .bind(c.delivery_id.as_str())
+            .execute(&mut **tx)
+            .await?;
         // The recipient acts; the controller's pseudonym is not written where the recipient reads.
         let mut e = base_entry(g, now, Action::Delivered, &c);
         e.actor_org = org.to_string();
@@ -192,7 +210,7 @@ async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> R
         e.counterparty = c.sender.clone();
         e.source_node = org.to_string();
         entries.push((e, String::new()));
-        notify_sender(tx, now, &c, pb::sender_notice::Kind::Delivered, "").await?;
+        rows.outbox.push(sender_notice(now, &c, pb::sender_notice::Kind::Delivered, ""));
         wake = Some(c.sender.clone());
     } else {
         let e = AuditEntry {

@@ -2,6 +2,7 @@
 //! and queueing each copy in one transaction with its audit entries.
 
 pub mod lifecycle;
+pub mod prefetch;
 pub mod pseudonym;
 pub mod queue;
 pub mod rows;

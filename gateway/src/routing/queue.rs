@@ -139,6 +139,7 @@ pub async fn pending(pool: &sqlx::AnyPool, org: &str, after: &str, limit: i64) -
 }
 
 /// A queued row's identity, read under the transaction.
+#[derive(Clone)]
 pub struct QueuedRow {
     pub org: String,
     pub state: String,

@@ -14,7 +14,7 @@ use super::queue::{self, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
 use super::{decide_with, decision_entry, decision_proto, pseudonym};
 use crate::app::Gateway;
-use crate::commit::Batch;
+use crate::commit::{Batch, Reads};
 use crate::consent;
 use crate::envelope::{self, Envelope, Recipients};
 use crate::error::Error;
@@ -36,16 +36,25 @@ fn content_hash(env: &Envelope) -> String {
 /// Submits an envelope for `caller`, in the next shared commit; returns once it is durable, with the
 /// organizations that have something new queued (already woken).
 pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
+    let reads = Reads {
+        messages: vec![(caller.org.to_string(), env.message_id.to_string())],
+        consents: env.consent_id.iter().cloned().collect(),
+        senders: vec![caller.org.to_string()],
+        ..Reads::default()
+    };
     let (gateway, who) = (g.clone(), caller.clone());
     let (response, woken) =
-        g.0.commits.run(move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await })).await?;
+        g.0.commits
+            .run_buffered(reads, move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await }))
+            .await?;
     for org in &woken {
         g.0.wakeups.wake(org);
     }
     Ok((response, woken))
 }
 
-/// The submission itself, in the shared transaction: its changes and audit entries go in `batch`.
+/// The submission itself, in the shared transaction: its changes and audit entries go in `batch`'s
+/// buffers, and what it reads it finds in `batch.seen` (reading it here only if it is not there).
 async fn submit_in(
     batch: &mut Batch,
     g: &Gateway,
@@ -55,18 +64,22 @@ async fn submit_in(
     let hash = content_hash(&env);
     let now = g.0.clock.now_micros();
     let message_id = env.message_id.to_string();
-    let Batch { tx, audit, counts, rows } = batch;
+    let Batch { tx, audit, counts, rows, seen } = batch;
 
     // The same message id again: from an earlier commit, or from an earlier unit of this one.
-    let earlier = match rows.message(caller.org.as_str(), &message_id) {
-        Some(m) => Some((m.content_sha256.clone(), m.response.clone())),
-        None => sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
-            .bind(caller.org.as_str())
-            .bind(message_id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?,
+    let earlier = match (rows.message(caller.org.as_str(), &message_id), seen.message(caller.org.as_str(), &message_id))
+    {
+        (Some(m), _) => Some((m.content_sha256.clone(), m.response.clone())),
+        (None, Some(stored)) => stored.cloned(),
+        (None, None) => {
+            sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
+                .bind(caller.org.as_str())
+                .bind(message_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+                .transpose()?
+        }
     };
     if let Some((stored, bytes)) = earlier {
         if stored != hash {
@@ -83,10 +96,10 @@ async fn submit_in(
     // Lock the consent row, so a revocation racing this submission either commits first (and this
     // submission sees it) or waits for this commit (and its cascade sees these copies).
     let stored_consent = match &env.consent_id {
-        Some(id) => {
-            super::lifecycle::lock_consent(tx, id.as_str()).await?;
-            consent::load(tx, id).await?.map(|(s, _)| s)
-        }
+        Some(id) => match seen.consent(id) {
+            Some(stored) => stored.cloned(),
+            None => consent::load_locked(tx, id).await?,
+        },
         None => None,
     };
     let bundle = g.bundle();
@@ -107,7 +120,11 @@ async fn submit_in(
                 .map(|c| c.2)
                 .sum::<i64>()
         };
-        if d.allowed && queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await? + queued() >= quota {
+        let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
+            Some(n) => n,
+            None => queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await?,
+        };
+        if d.allowed && committed + queued() >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
             d.allowed = false;
             d.reason = Some(DenyReason::QuotaExceeded);

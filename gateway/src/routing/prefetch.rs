@@ -1,0 +1,181 @@
+//! What a shared commit reads once for all its submissions: whether each message id was used before,
+//! each consent a submission names, and how many deliveries each sender has queued for each
+//! organization. One statement of each kind per batch replaces three or more per submission.
+//!
+//! The reads are taken inside the batch's transaction, before its units run, and stay true while they
+//! run: units write these tables only through the batch's buffers (new messages in
+//! [`super::rows::NewRows`], count changes in [`super::queue::CountChanges`]), which are written after
+//! every unit has run, and a unit looks in those buffers as well. On SQLite the transaction holds the
+//! write lock from its start (`BEGIN IMMEDIATE`), so nobody else writes them meanwhile. On PostgreSQL
+//! consents are not read here: each submission locks and reads its consent row itself, so that a
+//! revocation racing it is ordered before or after it (see [`super::lifecycle`]).
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::lifecycle::{Copy, copy_from};
+use super::queue::QueuedRow;
+use crate::audit::{is_sqlite, push_row};
+use crate::consent::{self, Stored};
+use crate::store::Tx;
+
+/// What one unit will read, named before it runs.
+#[derive(Default)]
+pub struct Reads {
+    /// (sender, message id) pairs.
+    pub messages: Vec<(String, String)>,
+    pub consents: Vec<String>,
+    /// Senders whose queued counts the unit checks against the quota.
+    pub senders: Vec<String>,
+    /// Queued items (with their copies) the unit acknowledges.
+    pub items: Vec<String>,
+}
+
+impl Reads {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.consents.is_empty() && self.senders.is_empty() && self.items.is_empty()
+    }
+}
+
+/// A stored message's content hash and reply.
+pub type StoredMessage = (String, Vec<u8>);
+
+/// What a batch read for its units. A lookup answers `None` when the key was not read here, and the
+/// unit then reads it itself.
+#[derive(Default)]
+pub struct Prefetched {
+    /// Every pair looked up, with the stored content hash and reply where the message exists.
+    messages: HashMap<(String, String), Option<StoredMessage>>,
+    /// Every consent looked up that could be read: `None` where there is none with that id.
+    consents: HashMap<String, Option<Stored>>,
+    /// Senders whose counts were read, and the counts by (sender, organization).
+    senders: HashSet<String>,
+    pending: HashMap<(String, String), i64>,
+    /// Every item looked up, with its copy for a delivery.
+    items: HashMap<String, Option<(QueuedRow, Option<Copy>)>>,
+}
+
+/// Pairs per statement: two binds each, far below either database's limit, and few enough that
+/// SQLite plans each `OR` term as its own primary-key lookup.
+const CHUNK: usize = 200;
+
+/// The `n`th (from 1) bind's placeholder.
+fn mark(sqlite: bool, n: usize) -> String {
+    if sqlite { "?".to_owned() } else { format!("${n}") }
+}
+
+impl Prefetched {
+    /// Reads what `wants` name, in `tx`.
+    pub async fn read<'a>(tx: &mut Tx, wants: impl Iterator<Item = &'a Reads>) -> Result<Prefetched, sqlx::Error> {
+        let sqlite = is_sqlite(tx);
+        let mut messages: HashSet<(&str, &str)> = HashSet::new();
+        let mut consents: HashSet<&str> = HashSet::new();
+        let mut senders: HashSet<&str> = HashSet::new();
+        let mut items: HashSet<&str> = HashSet::new();
+        for w in wants {
+            items.extend(w.items.iter().map(String::as_str));
+            messages.extend(w.messages.iter().map(|(s, m)| (s.as_str(), m.as_str())));
+            // On PostgreSQL each submission locks and reads its own consent.
+            if sqlite {
+                consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
+            }
+            senders.extend(w.senders.iter().map(String::as_str));
+        }
+        let mut out = Prefetched::default();
+
+        let messages: Vec<(&str, &str)> = messages.into_iter().collect();
+        for chunk in messages.chunks(CHUNK) {
+            let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                let (s, m) = (mark(sqlite, 2 * i + 1), mark(sqlite, 2 * i + 2));
+                sql.push_str(&format!("(sender = {s} AND message_id = {m})"));
+            }
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (s, m) in chunk {
+                out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
+                q = q.bind(*s).bind(*m);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                out.messages.insert(key, Some((row.try_get(2)?, row.try_get(3)?)));
+            }
+        }
+
+        let consents: Vec<&str> = consents.into_iter().collect();
+        for chunk in consents.chunks(CHUNK) {
+            for (id, stored) in consent::load_many(tx, chunk).await? {
+                out.consents.insert(id, stored);
+            }
+        }
+
+        let senders: Vec<&str> = senders.into_iter().collect();
+        for chunk in senders.chunks(CHUNK) {
+            let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
+            push_row(&mut sql, sqlite, 0, chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for s in chunk {
+                out.senders.insert((*s).to_owned());
+                q = q.bind(*s);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                out.pending.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            }
+        }
+        let items: Vec<&str> = items.into_iter().collect();
+        for chunk in items.chunks(CHUNK) {
+            let mut sql = format!(
+                "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
+                COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
+            );
+            push_row(&mut sql, sqlite, 0, chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                out.items.insert((*id).to_owned(), None);
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                let row = QueuedRow {
+                    org: r.try_get("org")?,
+                    state: r.try_get("state")?,
+                    kind: r.try_get("item_kind")?,
+                    delivery_id: r.try_get("item_delivery")?,
+                    consent_id: r.try_get("item_consent")?,
+                };
+                let copy = match r.try_get::<Option<String>, _>("delivery_id")? {
+                    Some(_) => Some(copy_from(&r)?),
+                    None => None,
+                };
+                out.items.insert(r.try_get("item_id")?, Some((row, copy)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A queued item and, for a delivery, its copy, if they were read here: `Some(None)` when there is
+    /// no such item.
+    pub fn item(&self, item_id: &str) -> Option<Option<&(QueuedRow, Option<Copy>)>> {
+        self.items.get(item_id).map(Option::as_ref)
+    }
+
+    /// The stored content hash and reply of a message, if it was read here: `Some(None)` when it does
+    /// not exist.
+    pub fn message(&self, sender: &str, message_id: &str) -> Option<Option<&StoredMessage>> {
+        self.messages.get(&(sender.to_owned(), message_id.to_owned())).map(Option::as_ref)
+    }
+
+    /// A consent, if it was read here: `Some(None)` when there is none with that id.
+    pub fn consent(&self, consent_id: &str) -> Option<Option<&Stored>> {
+        self.consents.get(consent_id).map(Option::as_ref)
+    }
+
+    /// How many deliveries `sender` has queued for `org` as committed, if the sender's counts were read.
+    pub fn pending(&self, sender: &str, org: &str) -> Option<i64> {
+        self.senders
+            .contains(sender)
+            .then(|| self.pending.get(&(sender.to_owned(), org.to_owned())).copied().unwrap_or(0))
+    }
+}
