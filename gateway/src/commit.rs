@@ -106,30 +106,13 @@ impl Committer {
         T: Send + 'static,
         F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
     {
-        self.enqueue(Reads::default(), false, work).await
+        self.run_with(Reads::default(), false, work).await
     }
 
     /// Runs `work` as [`Committer::run`] does, with what `reads` names read beforehand for the whole
-    /// batch (in `Batch::seen`).
-    pub async fn run_reading<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
-    {
-        self.enqueue(reads, false, work).await
-    }
-
-    /// Runs `work` as [`Committer::run_reading`] does. `work` must write only through the batch's
-    /// buffers (`rows`, `audit`, `counts`), never through `tx`, so on SQLite it needs no savepoint.
-    pub async fn run_buffered<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
-    {
-        self.enqueue(reads, true, work).await
-    }
-
-    async fn enqueue<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
+    /// batch (in `Batch::seen`). A `buffered` unit writes only through the batch's buffers (`rows`,
+    /// `audit`, `counts`), never through `tx`, so on SQLite it needs no savepoint.
+    pub async fn run_with<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,

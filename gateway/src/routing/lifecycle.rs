@@ -8,11 +8,12 @@ use haven_trust::ids::{Caller, OrgId, Role};
 use sqlx::Row;
 
 use super::queue::{self, NewItem};
-use super::rows::OutboxRow;
+use super::rows::{Acked, OutboxRow};
 use crate::app::Gateway;
 use crate::audit;
 use crate::commit::{Batch, Reads};
 use crate::error::Error;
+use crate::store::Backend;
 use crate::store::Tx;
 
 /// One recipient copy, as stored (no field values).
@@ -156,9 +157,11 @@ pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sq
 pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
+    // On SQLite an acknowledgement writes only through the batch's buffers (see `ack_in`).
+    let buffered = g.0.store.backend() == Backend::Sqlite;
     let wake =
         g.0.commits
-            .run_reading(reads, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
+            .run_with(reads, buffered, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
             .await?;
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
@@ -185,23 +188,45 @@ async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> R
     // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
     // on PostgreSQL, the revocation holding the audit head while it waits for this item.
     lock_consent(tx, &row.consent_id).await?;
-    if !queue::finish(tx, item_id, "acked", now, counts).await? {
+    let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
+    // On SQLite what the batch read is the truth until it commits (it holds the one write lock, and
+    // only its own units change items meanwhile), so the acknowledgement goes in the batch's buffers
+    // and is written with every other one; on PostgreSQL it is written here, under the consent lock.
+    let buffered = audit::is_sqlite(tx);
+    let ended = match (buffered, prefetched) {
+        (true, Some(_)) => {
+            let pending = row.state == "pending" && !rows.is_acked(item_id);
+            if pending && is_delivery {
+                counts.push((row.sender.clone(), row.org.clone(), -1));
+            }
+            pending
+        }
+        (true, None) => return Err(Error::Internal("an acknowledgement's item was not read with its batch".into())),
+        (false, _) => queue::finish(tx, item_id, "acked", now, counts).await?,
+    };
+    if !ended {
         return Ok(None);
     }
     let mut entries = Vec::new();
     let mut wake = None;
     let copy = match prefetched {
-        _ if row.kind != queue::ItemKind::Delivery.as_str() => None,
+        _ if !is_delivery => None,
         Some(Some((_, copy))) => copy.clone(),
         _ => copy_by_id(tx, &row.delivery_id).await?,
     };
+    if buffered {
+        let delivery_id = copy.as_ref().map(|c| c.delivery_id.clone());
+        rows.acked.push(Acked { item_id: item_id.to_owned(), delivery_id, by: org.to_string(), at: now });
+    }
     if let Some(c) = copy {
-        sqlx::query("UPDATE deliveries SET status = 'delivered', status_code = '', status_by = $1, updated_at_micros = $2 WHERE delivery_id = $3 AND status = 'sent'")
-            .bind(org.as_str())
-            .bind(now)
-            .bind(c.delivery_id.as_str())
-            .execute(&mut **tx)
-            .await?;
+        if !buffered {
+            sqlx::query("UPDATE deliveries SET status = 'delivered', status_code = '', status_by = $1, updated_at_micros = $2 WHERE delivery_id = $3 AND status = 'sent'")
+                .bind(org.as_str())
+                .bind(now)
+                .bind(c.delivery_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
         // The recipient acts; the controller's pseudonym is not written where the recipient reads.
         let mut e = base_entry(g, now, Action::Delivered, &c);
         e.actor_org = org.to_string();

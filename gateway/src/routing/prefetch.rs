@@ -128,7 +128,7 @@ impl Prefetched {
         let items: Vec<&str> = items.into_iter().collect();
         for chunk in items.chunks(CHUNK) {
             let mut sql = format!(
-                "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
+                "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
                 COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
             );
             push_row(&mut sql, sqlite, 0, chunk.len());
@@ -144,6 +144,7 @@ impl Prefetched {
                     kind: r.try_get("item_kind")?,
                     delivery_id: r.try_get("item_delivery")?,
                     consent_id: r.try_get("item_consent")?,
+                    sender: r.try_get("item_sender")?,
                 };
                 let copy = match r.try_get::<Option<String>, _>("delivery_id")? {
                     Some(_) => Some(copy_from(&r)?),

@@ -147,14 +147,17 @@ pub struct QueuedRow {
     pub delivery_id: String,
     /// The consent a delivery depends on (empty for notices and consent-free deliveries).
     pub consent_id: String,
+    /// A delivery's sender (empty for notices).
+    pub sender: String,
 }
 
 /// Reads an item's row.
 pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::Error> {
-    let row = sqlx::query("SELECT org, state, item_kind, delivery_id, consent_id FROM outbox WHERE item_id = $1")
-        .bind(item_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row =
+        sqlx::query("SELECT org, state, item_kind, delivery_id, consent_id, sender FROM outbox WHERE item_id = $1")
+            .bind(item_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     row.map(|r| {
         Ok(QueuedRow {
             org: r.try_get("org")?,
@@ -162,6 +165,7 @@ pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::
             kind: r.try_get("item_kind")?,
             delivery_id: r.try_get("delivery_id")?,
             consent_id: r.try_get("consent_id")?,
+            sender: r.try_get("sender")?,
         })
     })
     .transpose()

@@ -56,21 +56,31 @@ pub struct OutboxRow {
     pub expires_at_micros: i64,
 }
 
-/// Rows to write at the end of a shared commit.
+/// An acknowledged item, and the copy it delivered (if it was a delivery), recorded by the
+/// recipient `by` at `at`.
+pub struct Acked {
+    pub item_id: String,
+    pub delivery_id: Option<String>,
+    pub by: String,
+    pub at: i64,
+}
+
+/// Rows to write at the end of a shared commit, and (on SQLite) acknowledgements to record.
 #[derive(Default)]
 pub struct NewRows {
     pub messages: Vec<MessageRow>,
     pub deliveries: Vec<DeliveryRow>,
     pub outbox: Vec<OutboxRow>,
+    pub acked: Vec<Acked>,
 }
 
 /// How many rows of each kind there were, to drop a failed unit's.
 #[derive(Clone, Copy)]
-pub struct Mark(usize, usize, usize);
+pub struct Mark(usize, usize, usize, usize);
 
 impl NewRows {
     pub fn mark(&self) -> Mark {
-        Mark(self.messages.len(), self.deliveries.len(), self.outbox.len())
+        Mark(self.messages.len(), self.deliveries.len(), self.outbox.len(), self.acked.len())
     }
 
     /// Drops every row added after `mark`.
@@ -78,6 +88,12 @@ impl NewRows {
         self.messages.truncate(mark.0);
         self.deliveries.truncate(mark.1);
         self.outbox.truncate(mark.2);
+        self.acked.truncate(mark.3);
+    }
+
+    /// Whether an earlier unit of this batch acknowledged the item.
+    pub fn is_acked(&self, item_id: &str) -> bool {
+        self.acked.iter().any(|a| a.item_id == item_id)
     }
 
     /// A message an earlier unit of this batch submitted.
@@ -119,7 +135,46 @@ impl NewRows {
                 .bind(d.expires_at_micros)
         })
         .await?;
-        insert_outbox(tx, &self.outbox).await
+        insert_outbox(tx, &self.outbox).await?;
+        self.record_acks(tx).await
+    }
+
+    /// Ends the acknowledged items (payload deleted) and moves their copies from `sent` to
+    /// `delivered`, a statement per chunk for each.
+    async fn record_acks(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+        let sqlite = is_sqlite(tx);
+        for chunk in self.acked.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
+            let mut sql = String::from("UPDATE outbox SET state = 'acked', payload = ");
+            sql.push_str(if sqlite { "x''" } else { "''::bytea" });
+            sql.push_str(", done_at_micros = v.column2 FROM (VALUES ");
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "" } else { ", " });
+                push_row(&mut sql, sqlite, i, 2);
+            }
+            sql.push_str(") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'");
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for a in chunk {
+                q = q.bind(a.item_id.as_str()).bind(a.at);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let copies: Vec<&Acked> = self.acked.iter().filter(|a| a.delivery_id.is_some()).collect();
+        for chunk in copies.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
+            let mut sql = String::from(
+                "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES ",
+            );
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "" } else { ", " });
+                push_row(&mut sql, sqlite, i, 3);
+            }
+            sql.push_str(") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'");
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for a in chunk {
+                q = q.bind(a.delivery_id.as_deref().unwrap_or("")).bind(a.by.as_str()).bind(a.at);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 }
 
