@@ -142,39 +142,18 @@ impl NewRows {
     /// Ends the acknowledged items (payload deleted) and moves their copies from `sent` to
     /// `delivered`, a statement per chunk for each.
     async fn record_acks(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
-        let sqlite = is_sqlite(tx);
-        for chunk in self.acked.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
-            let mut sql = String::from("UPDATE outbox SET state = 'acked', payload = ");
-            sql.push_str(if sqlite { "x''" } else { "''::bytea" });
-            sql.push_str(", done_at_micros = v.column2 FROM (VALUES ");
-            for i in 0..chunk.len() {
-                sql.push_str(if i == 0 { "" } else { ", " });
-                push_row(&mut sql, sqlite, i, 2);
-            }
-            sql.push_str(") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'");
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                q = q.bind(a.item_id.as_str()).bind(a.at);
-            }
-            q.execute(&mut **tx).await?;
-        }
+        let empty = if is_sqlite(tx) { "x''" } else { "''::bytea" };
+        let head =
+            format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
+        let tail = ") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'";
+        with_rows(tx, &head, 2, tail, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at)).await?;
         let copies: Vec<&Acked> = self.acked.iter().filter(|a| a.delivery_id.is_some()).collect();
-        for chunk in copies.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
-            let mut sql = String::from(
-                "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES ",
-            );
-            for i in 0..chunk.len() {
-                sql.push_str(if i == 0 { "" } else { ", " });
-                push_row(&mut sql, sqlite, i, 3);
-            }
-            sql.push_str(") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'");
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                q = q.bind(a.delivery_id.as_deref().unwrap_or("")).bind(a.by.as_str()).bind(a.at);
-            }
-            q.execute(&mut **tx).await?;
-        }
-        Ok(())
+        let head = "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES";
+        let tail = ") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'";
+        with_rows(tx, head, 3, tail, &copies, |q, a| {
+            q.bind(a.delivery_id.as_deref().unwrap_or("")).bind(a.by.as_str()).bind(a.at)
+        })
+        .await
     }
 }
 
@@ -215,14 +194,28 @@ async fn insert_many<'r, R>(
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<(), sqlx::Error> {
+    with_rows(tx, head, columns, "", rows, bind).await
+}
+
+/// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
+/// chunk, `bind` binding one row.
+async fn with_rows<'r, R>(
+    tx: &mut Tx,
+    head: &str,
+    columns: usize,
+    tail: &str,
+    rows: &'r [R],
+    bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
+) -> Result<(), sqlx::Error> {
     let sqlite = is_sqlite(tx);
     for chunk in rows.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
-        let mut sql = String::with_capacity(head.len() + chunk.len() * columns * 5);
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
         sql.push_str(head);
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { " " } else { ", " });
             push_row(&mut sql, sqlite, i, columns);
         }
+        sql.push_str(tail);
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
             q = bind(q, row);
