@@ -20,10 +20,10 @@
 //!
 //! Fewer round trips: a unit may name what it will read ([`Reads`]), and the batch reads that for
 //! every unit at once, before they run ([`Prefetched`]). A unit that writes only through the batch's
-//! buffers (a submission) needs no savepoint on SQLite, where a failed read leaves the transaction
-//! usable and there is nothing of the unit's to roll back but its buffered rows, which are dropped.
-//! On PostgreSQL, where any failed statement spoils the transaction, a unit that issues statements
-//! always runs in a savepoint.
+//! buffers (a submission) needs no savepoint: there is nothing of the unit's to roll back but its
+//! buffered rows, which are dropped. On PostgreSQL, where any failed statement spoils the transaction,
+//! a unit that issues statements of its own (a submission whose consent row the batch could not lock)
+//! runs in a savepoint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -189,13 +189,8 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
         broken = Some(e.to_string());
     }
     // A buffered unit issues statements on PostgreSQL only to lock its consent.
-    let (reads, jobs): (Vec<Reads>, Vec<(bool, Work)>) = jobs
-        .into_iter()
-        .map(|j| {
-            let savepoint = !j.buffered || (postgres && !j.reads.consents.is_empty());
-            (j.reads, (savepoint, j.work))
-        })
-        .unzip();
+    let (reads, jobs): (Vec<Reads>, Vec<(bool, Work)>) =
+        jobs.into_iter().map(|j| (j.reads, (j.buffered, j.work))).unzip();
     if broken.is_none() && reads.iter().any(|r| !r.is_empty()) {
         match Prefetched::read(&mut batch.tx, reads.iter()).await {
             Ok(seen) => batch.seen = seen,
@@ -205,12 +200,14 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
     // What closes the last unit's savepoint when it succeeded: it goes out with the statement that
     // opens the next one, in one round trip.
     let mut close = "";
-    for (savepoint, work) in jobs {
+    for ((buffered, work), reads) in jobs.into_iter().zip(&reads) {
         // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
             finishes.push(work(None).await.1);
             continue;
         }
+        // A buffered unit issues statements on PostgreSQL only to lock a consent the batch could not.
+        let savepoint = !buffered || (postgres && reads.consents.iter().any(|c| batch.seen.consent(c).is_none()));
         if savepoint {
             let open = format!("{close}SAVEPOINT unit");
             close = "";

@@ -256,6 +256,9 @@ pub async fn load(tx: &mut Tx, consent_id: &str) -> Result<Option<(Stored, Strin
 /// Loads consents by id in a transaction, for a shared commit's submissions: each id maps to its
 /// consent, or to `None` where there is none. A row that cannot be read is left out, so the submission
 /// that names it reads it alone and gets the reason.
+///
+/// On PostgreSQL it also locks the rows (as [`load_locked`] does), skipping any another transaction
+/// holds: those are left out too, and each submission that names one waits for it alone.
 pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -263,13 +266,17 @@ pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<
     let sqlite = crate::audit::is_sqlite(tx);
     let mut sql = String::from(select!("WHERE consent_id IN "));
     crate::audit::push_row(&mut sql, sqlite, 0, ids.len());
+    if !sqlite {
+        sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
+    }
     let sql = sql.replacen("SELECT ", "SELECT consent_id, ", 1);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);
     }
+    // Where rows may be skipped, a missing id is not known to be absent.
     let mut found: std::collections::HashMap<String, Option<Stored>> =
-        ids.iter().map(|id| ((*id).to_owned(), None)).collect();
+        if sqlite { ids.iter().map(|id| ((*id).to_owned(), None)).collect() } else { Default::default() };
     for row in q.fetch_all(&mut **tx).await? {
         let id: String = row.try_get("consent_id")?;
         match row_to_stored(&row) {

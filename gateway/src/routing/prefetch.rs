@@ -7,8 +7,9 @@
 //! [`super::rows::NewRows`], count changes in [`super::queue::CountChanges`]), which are written after
 //! every unit has run, and a unit looks in those buffers as well. On SQLite the transaction holds the
 //! write lock from its start (`BEGIN IMMEDIATE`), so nobody else writes them meanwhile. On PostgreSQL
-//! consents are not read here: each submission locks and reads its consent row itself, so that a
-//! revocation racing it is ordered before or after it (see [`super::lifecycle`]).
+//! the consent rows are locked as they are read (`FOR NO KEY UPDATE`), so a revocation racing a
+//! submission is ordered before or after it (see [`super::lifecycle`]); a row another transaction
+//! holds is skipped, and the submission that names it waits for it alone, in a savepoint.
 
 use std::collections::{HashMap, HashSet};
 
@@ -76,10 +77,7 @@ impl Prefetched {
         for w in wants {
             items.extend(w.items.iter().map(String::as_str));
             messages.extend(w.messages.iter().map(|(s, m)| (s.as_str(), m.as_str())));
-            // On PostgreSQL each submission locks and reads its own consent.
-            if sqlite {
-                consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
-            }
+            consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
             senders.extend(w.senders.iter().map(String::as_str));
         }
         let mut out = Prefetched::default();
