@@ -681,9 +681,8 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     net.stop().await;
 }
 
-/// Submissions that arrive together share one commit, each in a savepoint of its own: one that is
-/// refused inside the shared transaction (a message id reused for different content) loses only
-/// itself, every other is queued once with its audit entry, and the quota count kept beside the queue
+/// Submissions that arrive together share one commit: one that is refused inside the shared
+/// transaction (a message id reused for different content) loses only itself, every other is queued once with its audit entry, and the quota count kept beside the queue
 /// agrees with the queue.
 #[tokio::test]
 async fn submissions_sharing_a_commit_fail_alone() {
@@ -728,6 +727,62 @@ async fn submissions_sharing_a_commit_fail_alone() {
     let counted = count("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM queue_counts WHERE org = $1").await;
     assert_eq!(counted, 0, "acknowledged copies leave the quota count");
     maple.stop().await;
+    net.stop().await;
+}
+
+/// On PostgreSQL a shared commit locks its submissions' consent rows together, skipping any another
+/// transaction holds; a submission whose consent row stays held (here by an open transaction, as a
+/// stuck revocation on another replica would hold it) waits for it alone, in a savepoint, at most the
+/// lock timeout, then fails alone with UNAVAILABLE: the submissions under other consents, in the same
+/// shared commit or the next, are queued, and a retry once the row is free is queued too.
+#[tokio::test]
+async fn a_submission_whose_consent_row_is_held_fails_alone() {
+    if db() != Db::Postgres {
+        println!("SKIPPED: row locks between transactions are PostgreSQL's; run with HAVEN_TEST_DB=postgres");
+        return;
+    }
+    let net = TestNet::start().await;
+    let harbor = Arc::new(Caller::casey(net.link("harbor")));
+    let (held, held_subject) = harbor.consent().await;
+    let (free, free_subject) = harbor.consent().await;
+    let gw = net.gateway.0.store.pool().clone();
+    let mut holder = gw.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
+        .bind(held.as_str())
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+
+    let blocked = referral(&Uuid::now_v7().to_string(), &held_subject, &held);
+    let mut envelopes: Vec<Envelope> =
+        (0..10).map(|_| referral(&Uuid::now_v7().to_string(), &free_subject, &free)).collect();
+    envelopes.insert(5, blocked.clone());
+    let replies = futures::future::join_all(envelopes.into_iter().map(|env| {
+        let harbor = harbor.clone();
+        async move { harbor.submit(env).await }
+    }));
+    let replies = tokio::time::timeout(Duration::from_secs(30), replies).await.expect("every submission is answered");
+    let (refused, ok): (Vec<_>, Vec<_>) = replies.into_iter().partition(|r| r.is_err());
+    assert_eq!(refused.len(), 1, "only the submission under the held consent fails: {refused:?}");
+    let status = refused.into_iter().next().and_then(|r| r.err()).unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(ok.iter().all(|r| r.as_ref().is_ok_and(queued)), "{ok:?}");
+
+    holder.rollback().await.unwrap();
+    let retried = harbor.submit(blocked).await.unwrap();
+    assert!(queued(&retried) && !retried.replayed, "the retry is queued, not a replay of a failure");
+    let count = |consent: String| {
+        let gw = gw.clone();
+        async move {
+            sqlx::query("SELECT COUNT(*) FROM deliveries WHERE consent_id = $1")
+                .bind(consent)
+                .fetch_one(&gw)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        }
+    };
+    assert_eq!((count(held).await, count(free).await), (1, 10));
     net.stop().await;
 }
 
