@@ -78,7 +78,8 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// The items sent down one stream and not yet acknowledged.
 struct Window {
     inflight: HashSet<String>,
-    /// Items held back because their consent no longer covers them; the cascade cancels them.
+    /// Items held back because their consent no longer covers them (the cascade cancels them), or
+    /// because their stored payload cannot be decoded (logged again after each slow poll).
     held: HashSet<String>,
     max: usize,
 }
@@ -99,6 +100,8 @@ async fn fill(
         tracing::error!(error = %e, "cannot read the queue");
         Status::unavailable("the gateway's database is unavailable; reconnect later")
     })?;
+    // Whether each consent read in this pass is in force: items under one consent read it once.
+    let mut in_force: HashMap<String, bool> = HashMap::new();
     for p in items {
         if window.inflight.len() >= window.max {
             break;
@@ -106,15 +109,29 @@ async fn fill(
         if window.inflight.contains(&p.item_id) || window.held.contains(&p.item_id) {
             continue;
         }
+        let Some(item) = p.decode() else {
+            window.held.insert(p.item_id);
+            continue;
+        };
         if !p.consent_id.is_empty() {
-            let usable = match consent::load_read(g.store.pool(), &p.consent_id).await {
-                // A renewal (superseded) keeps the survivor's consent in force for copies already queued.
-                Ok(Some(c)) => matches!(
-                    crate::routing::effective_state(&c, g.clock.now_micros()),
-                    ConsentState::Given | ConsentState::Superseded
-                ),
-                Ok(None) => false,
-                Err(_) => return Err(Status::unavailable("the gateway's database is unavailable; reconnect later")),
+            let usable = match in_force.get(&p.consent_id) {
+                Some(usable) => *usable,
+                None => {
+                    let usable = match consent::load_read(g.store.pool(), &p.consent_id).await {
+                        // A renewal (superseded) keeps the survivor's consent in force for copies
+                        // already queued.
+                        Ok(Some(c)) => matches!(
+                            crate::routing::effective_state(&c, g.clock.now_micros()),
+                            ConsentState::Given | ConsentState::Superseded
+                        ),
+                        Ok(None) => false,
+                        Err(_) => {
+                            return Err(Status::unavailable("the gateway's database is unavailable; reconnect later"));
+                        }
+                    };
+                    in_force.insert(p.consent_id.clone(), usable);
+                    usable
+                }
             };
             if !usable {
                 window.held.insert(p.item_id);
@@ -122,7 +139,7 @@ async fn fill(
             }
         }
         window.inflight.insert(p.item_id.clone());
-        if tx.send(frame(gateway_frame::Frame::Item(p.item))).await.is_err() {
+        if tx.send(frame(gateway_frame::Frame::Item(item))).await.is_err() {
             return Err(Status::cancelled("node went away"));
         }
     }

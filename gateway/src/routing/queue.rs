@@ -111,11 +111,23 @@ pub async fn enqueue(tx: &mut Tx, now: i64, item: NewItem<'_>) -> Result<String,
     Ok(row.item_id)
 }
 
-/// A pending item read for sending.
+/// A pending item read for sending, its payload still encoded (most reads find items already in
+/// flight, which need no decoding).
 pub struct Pending {
     pub item_id: String,
-    pub item: pb::Item,
+    pub payload: Vec<u8>,
     pub consent_id: String,
+}
+
+impl Pending {
+    /// The item, or `None` (logged) if its stored payload cannot be decoded.
+    pub fn decode(&self) -> Option<pb::Item> {
+        let item = pb::Item::decode(self.payload.as_slice());
+        if item.is_err() {
+            tracing::error!(item_id = %self.item_id, "undecodable queued item skipped");
+        }
+        item.ok()
+    }
 }
 
 /// The organization's oldest pending items after `after` (exclusive), at most `limit`.
@@ -126,16 +138,15 @@ pub async fn pending(pool: &sqlx::AnyPool, org: &str, after: &str, limit: i64) -
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let payload: Vec<u8> = r.try_get("payload")?;
-        let Ok(item) = pb::Item::decode(payload.as_slice()) else {
-            tracing::error!("undecodable queued item skipped");
-            continue;
-        };
-        out.push(Pending { item_id: r.try_get("item_id")?, item, consent_id: r.try_get("consent_id")? });
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            Ok(Pending {
+                item_id: r.try_get("item_id")?,
+                payload: r.try_get("payload")?,
+                consent_id: r.try_get("consent_id")?,
+            })
+        })
+        .collect()
 }
 
 /// A queued row's identity, read under the transaction.
