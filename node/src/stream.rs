@@ -113,13 +113,22 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String
                     Ok(new) => new,
                     Err(e) => return format!("cannot store a delivery: {e}"),
                 };
+                // Acknowledged at once; then the new ones are shown to whoever watches the inbox.
+                let mut fresh = Vec::new();
                 for (item, new) in items.into_iter().zip(new) {
-                    if new && let Ok(Some(v)) = view_of(node, &item.item_id).await {
-                        let _ = node.arrivals.send(v);
+                    if new {
+                        fresh.push(item.item_id.clone());
                     }
                     let ack = NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id })) };
                     if tx.send(ack).await.is_err() {
                         return "internal channel closed".into();
+                    }
+                }
+                if node.arrivals.receiver_count() > 0 {
+                    for item_id in fresh {
+                        if let Ok(Some(v)) = view_of(node, &item_id).await {
+                            let _ = node.arrivals.send(v);
+                        }
                     }
                 }
             }
