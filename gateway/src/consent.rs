@@ -270,7 +270,8 @@ pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     let sql = sql.replacen("SELECT ", "SELECT consent_id, ", 1);
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    // Its shape changes with the batch: not kept prepared (see `routing::prefetch`).
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for id in ids {
         q = q.bind(*id);
     }

@@ -198,12 +198,15 @@ async fn insert_many<'r, R>(
 }
 
 /// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk, `bind` binding one row.
+/// chunk, `bind` binding one row. The statement's shape changes with the chunk's size, so it is not
+/// kept prepared: a connection would otherwise cache a large compiled program for every size it has
+/// seen (on PostgreSQL it goes as an unnamed statement, in the same round trip).
 async fn with_rows<'r, R>(
     tx: &mut Tx,
     head: &str,
     columns: usize,
     tail: &str,
+
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<(), sqlx::Error> {
@@ -216,7 +219,7 @@ async fn with_rows<'r, R>(
             push_row(&mut sql, sqlite, i, columns);
         }
         sql.push_str(tail);
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for row in chunk {
             q = bind(q, row);
         }
