@@ -270,8 +270,8 @@ pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     let sql = sql.replacen("SELECT ", "SELECT consent_id, ", 1);
-    // Its shape changes with the batch: not kept prepared (see `routing::prefetch`).
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    // Its shape changes with the batch: on SQLite not kept prepared (see `routing::rows`).
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
     for id in ids {
         q = q.bind(*id);
     }

@@ -524,7 +524,7 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
                 sql.push_str(&format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2));
             }
         }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
         for id in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index));
         }
@@ -538,8 +538,8 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
     Ok(out)
 }
 
-/// Writes newly completed subtrees, many per statement (not kept prepared, like every statement whose
-/// shape changes with its input: see `crate::routing::rows`).
+/// Writes newly completed subtrees, many per statement (on SQLite not kept prepared, like every
+/// statement whose shape changes with its input: see `crate::routing::rows`).
 async fn insert_nodes(tx: &mut Tx, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
     let sqlite = super::is_sqlite(tx);
     let rows = if sqlite { NODE_CHUNK } else { PG_NODE_CHUNK };
@@ -551,7 +551,7 @@ async fn insert_nodes(tx: &mut Tx, nodes: &[(NodeId, Hash)]) -> Result<(), LogEr
             }
             super::push_row(&mut sql, sqlite, i, 3);
         }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
         for (id, hash) in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index)).bind(hash.to_vec());
         }

@@ -54,8 +54,8 @@ pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result
             sql.push_str(if i == 0 { " " } else { ", " });
             push_row(&mut sql, sqlite, i, INSERT_COLUMNS);
         }
-        // Not kept prepared: a shape per chunk size (see `routing::rows`).
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        // On SQLite not kept prepared: a shape per chunk size (see `routing::rows`).
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
         for (entry, counterparty_subject) in chunk {
             q = q
                 .bind(i64::try_from(entry.seq).unwrap_or(i64::MAX))

@@ -57,8 +57,8 @@ pub struct Prefetched {
     items: HashMap<String, Option<(QueuedRow, Option<Copy>)>>,
 }
 
-/// These statements change shape with the batch, so they are not kept prepared: a connection would
-/// otherwise hold one compiled program per batch size.
+/// These statements change shape with the batch, so on SQLite they are not kept prepared (see
+/// `super::rows`).
 ///
 /// Pairs per statement: two binds each, far below either database's limit, and few enough that
 /// SQLite plans each `OR` term as its own primary-key lookup.
@@ -95,7 +95,7 @@ impl Prefetched {
                 let (s, m) = (mark(sqlite, 2 * i + 1), mark(sqlite, 2 * i + 2));
                 sql.push_str(&format!("(sender = {s} AND message_id = {m})"));
             }
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
             for (s, m) in chunk {
                 out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
                 q = q.bind(*s).bind(*m);
@@ -117,7 +117,7 @@ impl Prefetched {
         for chunk in senders.chunks(CHUNK) {
             let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
             push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
             for s in chunk {
                 out.senders.insert((*s).to_owned());
                 q = q.bind(*s);
@@ -133,7 +133,7 @@ impl Prefetched {
                 COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
             );
             push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
             for id in chunk {
                 out.items.insert((*id).to_owned(), None);
                 q = q.bind(*id);

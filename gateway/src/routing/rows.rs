@@ -198,9 +198,10 @@ async fn insert_many<'r, R>(
 }
 
 /// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk, `bind` binding one row. The statement's shape changes with the chunk's size, so it is not
-/// kept prepared: a connection would otherwise cache a large compiled program for every size it has
-/// seen (on PostgreSQL it goes as an unnamed statement, in the same round trip).
+/// chunk, `bind` binding one row. The statement's shape changes with the chunk's size, so on SQLite
+/// it is not kept prepared: each connection would otherwise cache, in the gateway's memory, a large
+/// compiled program for every size it has seen. On PostgreSQL the server holds the plans, and a
+/// statement kept prepared saves a round trip.
 async fn with_rows<'r, R>(
     tx: &mut Tx,
     head: &str,
@@ -219,7 +220,7 @@ async fn with_rows<'r, R>(
             push_row(&mut sql, sqlite, i, columns);
         }
         sql.push_str(tail);
-        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
         for row in chunk {
             q = bind(q, row);
         }
