@@ -154,7 +154,7 @@ async fn closed_with(mut stream: tonic::Streaming<GatewayFrame>) -> tonic::Statu
 }
 
 #[tokio::test]
-async fn acknowledgements_for_unknown_or_foreign_items_and_empty_frames_close_the_stream() {
+async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frames_close_the_stream() {
     let net = TestNet::start().await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let (c, s) = consent(&harbor, &SystemClock).await;
@@ -179,6 +179,14 @@ async fn acknowledgements_for_unknown_or_foreign_items_and_empty_frames_close_th
     let (tx, stream) = raw_stream(&net, "northstar").await;
     tx.send(NodeFrame { frame: None }).await.unwrap();
     assert_eq!(closed_with(stream).await.code(), Code::InvalidArgument);
+
+    // Not an item id at all (with a NUL byte PostgreSQL would refuse to store): refused before it
+    // reaches a shared commit, where it would fail the other acknowledgements and submissions in it.
+    let (tx, stream) = raw_stream(&net, "northstar").await;
+    tx.send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: "not-an-item\0".into() })) }).await.unwrap();
+    let status = closed_with(stream).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("is not an item id"), "{status:?}");
 
     let still = sqlx::query("SELECT state FROM outbox WHERE item_id = $1")
         .bind(maple_item.as_str())

@@ -155,6 +155,15 @@ pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sq
 /// It runs in the next shared commit, so a stream's many acknowledgements (and every stream's) share
 /// one fsync.
 pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+    // Item ids are the gateway's own UUIDs. Anything else is refused here, before it can reach the
+    // shared commit's one read of every unit's items, where a value the database rejects would fail
+    // the other units with it.
+    if uuid::Uuid::try_parse(item_id).is_err() {
+        let shown: String = item_id.chars().take(40).collect();
+        return Err(Error::InvalidArgument(format!(
+            "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
+        )));
+    }
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
     // On SQLite an acknowledgement writes only through the batch's buffers (see `ack_in`).

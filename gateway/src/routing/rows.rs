@@ -146,14 +146,25 @@ impl NewRows {
         let head =
             format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
         let tail = ") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'";
-        with_rows(tx, &head, 2, tail, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at)).await?;
+        let ended = with_rows(tx, &head, 2, tail, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at)).await?;
+        // Each was read as pending in this transaction, which holds the write lock: if any was not
+        // ended here, the counts and audit entries built on that read are wrong, and nothing commits.
+        if ended != self.acked.len() as u64 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} of {} acknowledged items were still pending when written; the shared commit is rolled back",
+                ended,
+                self.acked.len()
+            )));
+        }
         let copies: Vec<&Acked> = self.acked.iter().filter(|a| a.delivery_id.is_some()).collect();
         let head = "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES";
         let tail = ") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'";
+        // A copy may have moved on from `sent` already (its recipient acted first): not counted.
         with_rows(tx, head, 3, tail, &copies, |q, a| {
             q.bind(a.delivery_id.as_deref().unwrap_or("")).bind(a.by.as_str()).bind(a.at)
         })
-        .await
+        .await?;
+        Ok(())
     }
 }
 
@@ -194,11 +205,12 @@ async fn insert_many<'r, R>(
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<(), sqlx::Error> {
-    with_rows(tx, head, columns, "", rows, bind).await
+    with_rows(tx, head, columns, "", rows, bind).await?;
+    Ok(())
 }
 
 /// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk, `bind` binding one row. The statement's shape changes with the chunk's size, so on SQLite
+/// chunk, `bind` binding one row; returns how many rows the statements changed. The statement's shape changes with the chunk's size, so on SQLite
 /// it is not kept prepared: each connection would otherwise cache, in the gateway's memory, a large
 /// compiled program for every size it has seen. On PostgreSQL the server holds the plans, and a
 /// statement kept prepared saves a round trip.
@@ -207,11 +219,11 @@ async fn with_rows<'r, R>(
     head: &str,
     columns: usize,
     tail: &str,
-
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     let sqlite = is_sqlite(tx);
+    let mut affected = 0;
     for chunk in rows.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
         let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
         sql.push_str(head);
@@ -224,7 +236,7 @@ async fn with_rows<'r, R>(
         for row in chunk {
             q = bind(q, row);
         }
-        q.execute(&mut **tx).await?;
+        affected += q.execute(&mut **tx).await?.rows_affected();
     }
-    Ok(())
+    Ok(affected)
 }
