@@ -100,17 +100,8 @@ impl Committer {
     }
 
     /// Runs `work` in the next shared transaction and returns its result once that transaction has
-    /// committed. If `work` fails, its changes are rolled back (and only its own).
-    pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
-    {
-        self.run_with(Reads::default(), false, work).await
-    }
-
-    /// Runs `work` as [`Committer::run`] does, with what `reads` names read beforehand for the whole
-    /// batch (in `Batch::seen`). A `buffered` unit writes only through the batch's buffers (`rows`,
+    /// committed. If `work` fails, its changes are rolled back (and only its own). What `reads` names
+    /// is read beforehand for the whole batch (in `Batch::seen`). A `buffered` unit writes only through the batch's buffers (`rows`,
     /// `audit`, `counts`), never through `tx`, so on SQLite it needs no savepoint.
     pub async fn run_with<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
     where

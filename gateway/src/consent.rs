@@ -240,7 +240,7 @@ fn row_to_stored(row: &sqlx::any::AnyRow) -> Result<Stored, Error> {
 /// The columns every consent read selects.
 macro_rules! select {
     ($tail:literal) => {
-        concat!("SELECT receipt_json, receipt_jws, state, revocation_reason, superseded_by, registered_at_micros, state_changed_at_micros, content_sha256 FROM consents ", $tail)
+        concat!("SELECT consent_id, receipt_json, receipt_jws, state, revocation_reason, superseded_by, registered_at_micros, state_changed_at_micros, content_sha256 FROM consents ", $tail)
     };
 }
 
@@ -269,7 +269,6 @@ pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<
     if !sqlite {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
-    let sql = sql.replacen("SELECT ", "SELECT consent_id, ", 1);
     // Its shape changes with the batch: on SQLite not kept prepared (see `routing::rows`).
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
     for id in ids {

@@ -117,18 +117,7 @@ async fn fill(
             let usable = match in_force.get(&p.consent_id) {
                 Some(usable) => *usable,
                 None => {
-                    let usable = match consent::load_read(g.store.pool(), &p.consent_id).await {
-                        // A renewal (superseded) keeps the survivor's consent in force for copies
-                        // already queued.
-                        Ok(Some(c)) => matches!(
-                            crate::routing::effective_state(&c, g.clock.now_micros()),
-                            ConsentState::Given | ConsentState::Superseded
-                        ),
-                        Ok(None) => false,
-                        Err(_) => {
-                            return Err(Status::unavailable("the gateway's database is unavailable; reconnect later"));
-                        }
-                    };
+                    let usable = consent_in_force(gateway, &p.consent_id).await?;
                     in_force.insert(p.consent_id.clone(), usable);
                     usable
                 }
@@ -144,6 +133,20 @@ async fn fill(
         }
     }
     Ok(())
+}
+
+/// Whether a consent still covers the copies queued under it. A renewal (superseded) keeps the
+/// survivor's consent in force for copies already queued.
+async fn consent_in_force(gateway: &Gateway, consent_id: &str) -> Result<bool, Status> {
+    let g = &gateway.0;
+    match consent::load_read(g.store.pool(), consent_id).await {
+        Ok(Some(c)) => Ok(matches!(
+            crate::routing::effective_state(&c, g.clock.now_micros()),
+            ConsentState::Given | ConsentState::Superseded
+        )),
+        Ok(None) => Ok(false),
+        Err(_) => Err(Status::unavailable("the gateway's database is unavailable; reconnect later")),
+    }
 }
 
 /// Runs a stream until the node leaves or the gateway closes it.

@@ -514,16 +514,7 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
     let sqlite = super::is_sqlite(conn);
     for chunk in ids.chunks(FETCH_CHUNK) {
         let mut sql = String::from("SELECT level, idx, hash FROM merkle_node WHERE ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(" OR ");
-            }
-            if sqlite {
-                sql.push_str("(level = ? AND idx = ?)");
-            } else {
-                sql.push_str(&format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2));
-            }
-        }
+        super::push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
         for id in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index));

@@ -91,6 +91,21 @@ pub(crate) fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
     conn.backend_name() == "SQLite"
 }
 
+/// Writes `n` terms `(first = ? AND second = ?)` joined by `OR` (numbered `$1, $2, ...` on
+/// PostgreSQL): a lookup of `n` keys of two columns, which SQLite plans as one index search per term.
+pub(crate) fn push_pair_terms(sql: &mut String, sqlite: bool, first: &str, second: &str, n: usize) {
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        if sqlite {
+            sql.push_str(&format!("({first} = ? AND {second} = ?)"));
+        } else {
+            sql.push_str(&format!("({first} = ${} AND {second} = ${})", 2 * i + 1, 2 * i + 2));
+        }
+    }
+}
+
 /// Writes the placeholders of row `row` of a multi-row statement of `columns` columns: `($1, $2, ...)`,
 /// or `(?, ?, ...)` on SQLite, which looks each named placeholder up by a linear scan of all of them,
 /// so that a statement of thousands of `$N` binds would cost quadratic time to bind.

@@ -170,7 +170,9 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     let buffered = g.0.store.backend() == Backend::Sqlite;
     let wake =
         g.0.commits
-            .run_with(reads, buffered, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
+            .run_with(reads, buffered, move |batch| {
+                Box::pin(async move { ack_in(batch, &gateway, &org, &item, buffered).await })
+            })
             .await?;
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
@@ -178,8 +180,15 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The acknowledgement in the shared transaction; returns the sender to wake, if any.
-async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
+/// The acknowledgement in the shared transaction; returns the sender to wake, if any. A `buffered`
+/// one (on SQLite) writes only through the batch's buffers.
+async fn ack_in(
+    batch: &mut Batch,
+    g: &Gateway,
+    org: &OrgId,
+    item_id: &str,
+    buffered: bool,
+) -> Result<Option<String>, Error> {
     let now = g.0.clock.now_micros();
     let Batch { tx, audit, counts, rows, seen } = batch;
     // The item and its copy, as the batch read them (what is read of them here never changes, but a
@@ -201,7 +210,6 @@ async fn ack_in(batch: &mut Batch, g: &Gateway, org: &OrgId, item_id: &str) -> R
     // On SQLite what the batch read is the truth until it commits (it holds the one write lock, and
     // only its own units change items meanwhile), so the acknowledgement goes in the batch's buffers
     // and is written with every other one; on PostgreSQL it is written here, under the consent lock.
-    let buffered = audit::is_sqlite(tx);
     let ended = match (buffered, prefetched) {
         (true, Some(_)) => {
             let pending = row.state == "pending" && !rows.is_acked(item_id);

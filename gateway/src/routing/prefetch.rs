@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::lifecycle::{Copy, copy_from};
 use super::queue::QueuedRow;
-use crate::audit::{is_sqlite, push_row};
+use crate::audit::{is_sqlite, push_pair_terms, push_row};
 use crate::consent::{self, Stored};
 use crate::store::Tx;
 
@@ -64,11 +64,6 @@ pub struct Prefetched {
 /// SQLite plans each `OR` term as its own primary-key lookup.
 const CHUNK: usize = 200;
 
-/// The `n`th (from 1) bind's placeholder.
-fn mark(sqlite: bool, n: usize) -> String {
-    if sqlite { "?".to_owned() } else { format!("${n}") }
-}
-
 impl Prefetched {
     /// Reads what `wants` name, in `tx`.
     pub async fn read<'a>(tx: &mut Tx, wants: impl Iterator<Item = &'a Reads>) -> Result<Prefetched, sqlx::Error> {
@@ -88,13 +83,7 @@ impl Prefetched {
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
         for chunk in messages.chunks(CHUNK) {
             let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                let (s, m) = (mark(sqlite, 2 * i + 1), mark(sqlite, 2 * i + 2));
-                sql.push_str(&format!("(sender = {s} AND message_id = {m})"));
-            }
+            push_pair_terms(&mut sql, sqlite, "sender", "message_id", chunk.len());
             let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
             for (s, m) in chunk {
                 out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);

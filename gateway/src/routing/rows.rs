@@ -210,10 +210,12 @@ async fn insert_many<'r, R>(
 }
 
 /// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk, `bind` binding one row; returns how many rows the statements changed. The statement's shape changes with the chunk's size, so on SQLite
-/// it is not kept prepared: each connection would otherwise cache, in the gateway's memory, a large
-/// compiled program for every size it has seen. On PostgreSQL the server holds the plans, and a
-/// statement kept prepared saves a round trip.
+/// chunk, `bind` binding one row; returns how many rows the statements changed.
+///
+/// The statement's shape changes with the chunk's size, so on SQLite it is not kept prepared: each
+/// connection would otherwise cache, in the gateway's memory, a large compiled program for every size
+/// it has seen. On PostgreSQL the server holds the plans, and a statement kept prepared saves a round
+/// trip.
 async fn with_rows<'r, R>(
     tx: &mut Tx,
     head: &str,

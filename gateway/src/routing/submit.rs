@@ -112,7 +112,13 @@ async fn submit_in(
     for (recipient, mut d) in decided.outcomes {
         let mut outcome =
             if d.allowed { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
-        // Committed, plus what this shared commit queued before this submission.
+        // Committed, plus what this shared commit queued before this submission. The batch's changes
+        // are summed only when they could reach the quota: they add at most one each.
+        let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
+            Some(n) => n,
+            None => queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await?,
+        };
+        let near = committed + i64::try_from(counts.len()).unwrap_or(i64::MAX) >= quota;
         let queued = || {
             counts
                 .iter()
@@ -120,11 +126,7 @@ async fn submit_in(
                 .map(|c| c.2)
                 .sum::<i64>()
         };
-        let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
-            Some(n) => n,
-            None => queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await?,
-        };
-        if d.allowed && committed + queued() >= quota {
+        if d.allowed && near && committed + queued() >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
             d.allowed = false;
             d.reason = Some(DenyReason::QuotaExceeded);
