@@ -234,7 +234,10 @@ impl Gateway {
         let flusher = {
             let g = self.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                // Every 5 s from now: the interval's immediate first tick would flush whatever the
+                // first moments counted on its own, splitting one burst of rejections in two entries.
+                let every = std::time::Duration::from_secs(5);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
                     if let Err(e) = g.0.rejections.flush(&g.0.store, g.0.clock.now_micros()).await {
