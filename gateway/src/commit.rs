@@ -29,7 +29,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use haven_trust::audit::AuditEntry;
-use sqlx::AssertSqlSafe;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit;
@@ -56,8 +57,8 @@ const QUEUE: usize = 4096;
 /// together once every unit has run; the audit entries to append (with each one's counterparty-scoped
 /// subject) after them; the queue's count changes, applied last; and what the batch read for its
 /// units before they ran.
-pub struct Batch {
-    pub tx: Tx,
+pub struct Batch<'c> {
+    pub tx: Tx<'c>,
     pub rows: NewRows,
     pub audit: Vec<(AuditEntry, String)>,
     pub counts: CountChanges,
@@ -71,8 +72,10 @@ pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A queued unit with its result type erased: runs in the batch (or, given none, does not run) and
 /// says whether it succeeded.
-type Work =
-    Box<dyn for<'t> FnOnce(Option<&'t mut Batch>) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 't>> + Send>;
+type Work = Box<
+    dyn for<'t, 'c> FnOnce(Option<&'t mut Batch<'c>>) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 't>>
+        + Send,
+>;
 
 /// A queued unit: what it will read, whether it writes only through the batch's buffers, and the work.
 struct Job {
@@ -106,7 +109,7 @@ impl Committer {
     pub async fn run_with<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: for<'t> FnOnce(&'t mut Batch) -> UnitFuture<'t, T> + Send + 'static,
+        F: for<'t, 'c> FnOnce(&'t mut Batch<'c>) -> UnitFuture<'t, T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, Error>>();
         let work: Work = Box::new(move |batch| {
@@ -137,6 +140,10 @@ impl Committer {
 }
 
 async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Job>) {
+    // The connection the last batch committed on, kept for the next one while units are waiting and
+    // no other writer is: it saves the pool's check-in (which pings the connection) and check-out
+    // between batches, and on SQLite keeps the page cache the last batch warmed.
+    let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let max = if store.backend() == Backend::Postgres { MAX_UNITS_PG } else { MAX_UNITS };
@@ -148,30 +155,64 @@ async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Jo
         }
         // Each batch runs as a task of its own, so a unit that panics fails its batch (its callers
         // see the committer's error) and the committer goes on with the next.
-        let store = store.clone();
-        match tokio::spawn(commit_batch(store, jobs)).await {
-            Ok(true) => committed.nudge(),
-            Ok(false) => {}
+        match tokio::spawn(commit_batch(store.clone(), conn.take(), jobs)).await {
+            Ok((appended, kept)) => {
+                if appended {
+                    committed.nudge();
+                }
+                conn = kept;
+            }
             Err(e) => tracing::error!(error = %e, "a shared commit panicked; its callers were told nothing committed"),
+        }
+        if rx.is_empty() || store.writer_wanted() {
+            conn = None;
         }
     }
 }
 
-/// Runs the jobs in one transaction and answers each; returns whether audit entries were committed.
-async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
+/// Runs the jobs in one transaction on `held` (or a connection from the pool) and answers each.
+/// Returns whether audit entries were committed, and the connection if the commit succeeded (one
+/// that failed may be broken; the pool checks it).
+async fn commit_batch(
+    store: Store,
+    held: Option<PoolConnection<Any>>,
+    jobs: Vec<Job>,
+) -> (bool, Option<PoolConnection<Any>>) {
+    let mut conn = match held {
+        Some(conn) => conn,
+        None => match store.writer().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                fail_all(jobs, &e).await;
+                return (false, None);
+            }
+        },
+    };
+    let (appended, ok) = commit_on(&store, &mut conn, jobs).await;
+    (appended, ok.then_some(conn))
+}
+
+/// Answers every job with why its shared commit could not begin.
+async fn fail_all(jobs: Vec<Job>, e: &StoreError) {
+    let why = e.to_string();
+    tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
+    for job in jobs {
+        let (_, finish) = (job.work)(None).await;
+        finish(Some(&why));
+    }
+}
+
+/// Runs the jobs in one transaction on `conn`; returns whether audit entries were committed and
+/// whether the transaction committed.
+async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (bool, bool) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
-    let mut batch = match store.begin().await {
+    let mut batch = match store.begin_on(conn).await {
         Ok(tx) => {
             Batch { tx, rows: NewRows::default(), audit: Vec::new(), counts: Vec::new(), seen: Prefetched::default() }
         }
         Err(e) => {
-            let why = e.to_string();
-            tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
-            for job in jobs {
-                let (_, finish) = (job.work)(None).await;
-                finish(Some(&why));
-            }
-            return false;
+            fail_all(jobs, &e).await;
+            return (false, false);
         }
     };
     let postgres = store.backend() == Backend::Postgres;
@@ -255,5 +296,5 @@ async fn commit_batch(store: Store, jobs: Vec<Job>) -> bool {
     for finish in finishes {
         finish(failed);
     }
-    appended && outcome.is_ok()
+    (appended && outcome.is_ok(), outcome.is_ok())
 }

@@ -245,7 +245,7 @@ macro_rules! select {
 }
 
 /// Loads a consent in a transaction.
-pub async fn load(tx: &mut Tx, consent_id: &str) -> Result<Option<(Stored, String)>, Error> {
+pub async fn load(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<(Stored, String)>, Error> {
     let row = sqlx::query(select!("WHERE consent_id = $1")).bind(consent_id).fetch_optional(&mut **tx).await?;
     match row {
         Some(r) => Ok(Some((row_to_stored(&r)?, r.try_get("content_sha256")?))),
@@ -259,7 +259,7 @@ pub async fn load(tx: &mut Tx, consent_id: &str) -> Result<Option<(Stored, Strin
 ///
 /// On PostgreSQL it also locks the rows (as [`load_locked`] does), skipping any another transaction
 /// holds: those are left out too, and each submission that names one waits for it alone.
-pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
+pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -289,7 +289,7 @@ pub async fn load_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<(String, Option<
 
 /// Loads a consent in a transaction and, on PostgreSQL, locks its row until the transaction ends, as a
 /// revocation does, so the two are ordered (SQLite's transactions already are).
-pub async fn load_locked(tx: &mut Tx, consent_id: &str) -> Result<Option<Stored>, Error> {
+pub async fn load_locked(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<Stored>, Error> {
     let sql = if crate::audit::is_sqlite(tx) {
         select!("WHERE consent_id = $1")
     } else {

@@ -366,7 +366,7 @@ impl AuditLog {
         Ok((new_size, done))
     }
 
-    async fn sign_in(&self, tx: &mut Tx, size: u64, root: &Hash) -> Result<Checkpoint, LogError> {
+    async fn sign_in(&self, tx: &mut Tx<'_>, size: u64, root: &Hash) -> Result<Checkpoint, LogError> {
         let cp = self.0.signer.sign(size, root, self.0.clock.now_micros());
         sqlx::query(
             "INSERT INTO audit_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -531,7 +531,7 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
 
 /// Writes newly completed subtrees, many per statement (on SQLite not kept prepared, like every
 /// statement whose shape changes with its input: see `crate::routing::rows`).
-async fn insert_nodes(tx: &mut Tx, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
+async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
     let sqlite = super::is_sqlite(tx);
     let rows = if sqlite { NODE_CHUNK } else { PG_NODE_CHUNK };
     for chunk in nodes.chunks(rows) {

@@ -30,7 +30,7 @@ use crate::store::{StoreError, Tx};
 /// transaction rolls back, neither the entries nor their positions exist; if it commits, both do, and
 /// positions are gap-free in commit order. `counterparty_subject` carries, per entry, the subject as
 /// the counterparty knows it (its recipient-scoped pseudonym), for that counterparty's privacy officer.
-pub async fn append(tx: &mut Tx, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
+pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
     if entries.is_empty() {
         return Ok(0);
     }
@@ -137,7 +137,7 @@ const INSERT_CHUNK: usize = 256;
 pub(crate) const PG_INSERT_CHUNK: usize = 8;
 
 /// Appends one entry with no counterparty-scoped subject.
-pub async fn append_one(tx: &mut Tx, entry: AuditEntry) -> Result<u64, StoreError> {
+pub async fn append_one(tx: &mut Tx<'_>, entry: AuditEntry) -> Result<u64, StoreError> {
     append(tx, &mut [(entry, String::new())]).await
 }
 

@@ -50,7 +50,7 @@ pub(crate) fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
     })
 }
 
-async fn copy_by_id(tx: &mut Tx, delivery_id: &str) -> Result<Option<Copy>, sqlx::Error> {
+async fn copy_by_id(tx: &mut Tx<'_>, delivery_id: &str) -> Result<Option<Copy>, sqlx::Error> {
     let _ = COPY_COLUMNS;
     let r = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE delivery_id = $1")
         .bind(delivery_id)
@@ -60,7 +60,7 @@ async fn copy_by_id(tx: &mut Tx, delivery_id: &str) -> Result<Option<Copy>, sqlx
 }
 
 async fn set_status(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     delivery_id: &str,
     status: &str,
     code: &str,
@@ -103,7 +103,7 @@ fn sender_side(g: &Gateway, now: i64, action: Action, c: &Copy) -> (AuditEntry, 
 }
 
 async fn notify_sender(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     now: i64,
     c: &Copy,
     kind: pb::sender_notice::Kind,
@@ -138,7 +138,7 @@ fn sender_notice(now: i64, c: &Copy, kind: pb::sender_notice::Kind, reason: &str
 /// a consent takes this lock first, so revocations, acknowledgements, withdrawals and expiry queue up
 /// on the consent instead of deadlocking on PostgreSQL. On SQLite a write transaction already holds
 /// the database's one write lock (`BEGIN IMMEDIATE`), so there is nothing more to take.
-pub(crate) async fn lock_consent(tx: &mut Tx, consent_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn lock_consent(tx: &mut Tx<'_>, consent_id: &str) -> Result<(), sqlx::Error> {
     if !consent_id.is_empty() && !audit::is_sqlite(tx) {
         // The lock an UPDATE takes, without writing a new row version.
         sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
@@ -183,7 +183,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
 /// The acknowledgement in the shared transaction; returns the sender to wake, if any. A `buffered`
 /// one (on SQLite) writes only through the batch's buffers.
 async fn ack_in(
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
     g: &Gateway,
     org: &OrgId,
     item_id: &str,
@@ -278,7 +278,7 @@ async fn ack_in(
 /// recipient that holds, or may be receiving, data under it. Returns the organizations to wake.
 pub async fn consent_ended(
     g: &Gateway,
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     consent_id: &str,
     reason: &str,
     now: i64,

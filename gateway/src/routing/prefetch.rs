@@ -66,7 +66,7 @@ const CHUNK: usize = 200;
 
 impl Prefetched {
     /// Reads what `wants` name, in `tx`.
-    pub async fn read<'a>(tx: &mut Tx, wants: impl Iterator<Item = &'a Reads>) -> Result<Prefetched, sqlx::Error> {
+    pub async fn read<'a>(tx: &mut Tx<'_>, wants: impl Iterator<Item = &'a Reads>) -> Result<Prefetched, sqlx::Error> {
         let sqlite = is_sqlite(tx);
         let mut messages: HashSet<(&str, &str)> = HashSet::new();
         let mut consents: HashSet<&str> = HashSet::new();

@@ -105,7 +105,7 @@ pub fn outbox_row(now: i64, item: NewItem<'_>) -> OutboxRow {
 
 /// Queues an item in the caller's transaction (a delivery's quota count is the caller's to record, in
 /// its [`CountChanges`]). Returns its id.
-pub async fn enqueue(tx: &mut Tx, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
+pub async fn enqueue(tx: &mut Tx<'_>, now: i64, item: NewItem<'_>) -> Result<String, sqlx::Error> {
     let row = outbox_row(now, item);
     insert_outbox(tx, std::slice::from_ref(&row)).await?;
     Ok(row.item_id)
@@ -163,7 +163,7 @@ pub struct QueuedRow {
 }
 
 /// Reads an item's row.
-pub async fn get(tx: &mut Tx, item_id: &str) -> Result<Option<QueuedRow>, sqlx::Error> {
+pub async fn get(tx: &mut Tx<'_>, item_id: &str) -> Result<Option<QueuedRow>, sqlx::Error> {
     let row =
         sqlx::query("SELECT org, state, item_kind, delivery_id, consent_id, sender FROM outbox WHERE item_id = $1")
             .bind(item_id)
@@ -191,7 +191,7 @@ pub type CountChanges = Vec<(String, String, i64)>;
 /// Ends an item (acked, cancelled or expired), deleting its payload, and records a delivery's count
 /// change in `counts`. Returns whether it was pending.
 pub async fn finish(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     item_id: &str,
     state: &str,
     now: i64,
@@ -214,7 +214,7 @@ pub async fn finish(
 }
 
 /// Applies count changes, summed per pair and in key order.
-pub async fn apply_counts(tx: &mut Tx, counts: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+pub async fn apply_counts(tx: &mut Tx<'_>, counts: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
     let mut sums: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
     for (sender, org, change) in counts {
         *sums.entry((sender.as_str(), org.as_str())).or_default() += change;
@@ -231,7 +231,7 @@ pub async fn apply_counts(tx: &mut Tx, counts: &[(String, String, i64)]) -> Resu
 }
 
 /// How many deliveries from `sender` wait for `org`, as committed (see [`CountChanges`]).
-pub async fn queued_between(tx: &mut Tx, sender: &str, org: &str) -> Result<i64, sqlx::Error> {
+pub async fn queued_between(tx: &mut Tx<'_>, sender: &str, org: &str) -> Result<i64, sqlx::Error> {
     let r = sqlx::query("SELECT pending FROM queue_counts WHERE sender = $1 AND org = $2")
         .bind(sender)
         .bind(org)

@@ -102,7 +102,7 @@ impl NewRows {
     }
 
     /// Writes every row, then (on PostgreSQL) notifies each organization something was queued.
-    pub async fn write(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+    pub async fn write(&self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
         insert_many(
             tx,
             "INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES",
@@ -141,7 +141,7 @@ impl NewRows {
 
     /// Ends the acknowledged items (payload deleted) and moves their copies from `sent` to
     /// `delivered`, a statement per chunk for each.
-    async fn record_acks(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+    async fn record_acks(&self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
         let empty = if is_sqlite(tx) { "x''" } else { "''::bytea" };
         let head =
             format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
@@ -170,7 +170,7 @@ impl NewRows {
 
 /// Inserts queued items and, on PostgreSQL, sends one `pg_notify` per organization (delivered at
 /// commit, so a stream on another replica hears of them).
-pub async fn insert_outbox(tx: &mut Tx, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+pub async fn insert_outbox(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
     insert_many(tx, "INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES", 10, rows, |q, r| {
         q.bind(r.item_id.as_str())
             .bind(r.org.as_str())
@@ -199,7 +199,7 @@ const SQLITE_CHUNK: usize = 256;
 
 /// Inserts `rows` with multi-row statements of `columns` columns each, `bind` binding one row.
 async fn insert_many<'r, R>(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     head: &str,
     columns: usize,
     rows: &'r [R],
@@ -217,7 +217,7 @@ async fn insert_many<'r, R>(
 /// it has seen. On PostgreSQL the server holds the plans, and a statement kept prepared saves a round
 /// trip.
 async fn with_rows<'r, R>(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     head: &str,
     columns: usize,
     tail: &str,

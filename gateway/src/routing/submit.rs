@@ -56,7 +56,7 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
 /// The submission itself, in the shared transaction: its changes and audit entries go in `batch`'s
 /// buffers, and what it reads it finds in `batch.seen` (reading it here only if it is not there).
 async fn submit_in(
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
     g: &Gateway,
     caller: &Caller,
     env: Envelope,

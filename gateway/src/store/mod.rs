@@ -9,10 +9,18 @@
 mod migrate;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use sqlx::SqlSafeStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
+use tokio::sync::{Notify, watch};
+
+/// SQLite: take the write lock at once.
+const BEGIN_SQLITE: &str = "BEGIN IMMEDIATE";
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +64,19 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// On SQLite, the one connection every write transaction runs on (see [`Store::begin`]).
+    writer: Option<AnyPool>,
+    /// How many callers of [`Store::begin`] wait for the SQLite writer connection.
+    waiting: Arc<AtomicUsize>,
+    /// Told of each SQLite write transaction, so the write-ahead log is checkpointed after it.
+    wrote: Arc<Notify>,
+    /// How many times the write-ahead log was wholly copied, so the next write starts it over.
+    restarts: watch::Sender<u64>,
     backend: Backend,
 }
 
 /// A write transaction. Everything that changes state writes its audit entry through the same one.
-pub type Tx = Transaction<'static, Any>;
+pub type Tx<'c> = Transaction<'c, Any>;
 
 fn redact(url: &str) -> String {
     // Never print a password from a URL.
@@ -78,16 +94,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(&conn_url).map_err(|_| StoreError::BadUrl(redact(url)))?;
         let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15));
         let pool_opts = match backend {
-            Backend::Sqlite => pool_opts.max_connections(4).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 15000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute("PRAGMA secure_delete = ON").await?;
-                    Ok(())
-                })
-            }),
+            Backend::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
             Backend::Postgres => pool_opts.max_connections(16),
         };
         // One direct connection first, so an unreachable or misconfigured server is reported with
@@ -102,9 +109,40 @@ impl Store {
                 Err(_) => return Err(StoreError::Connect { url: redact(url), source: sqlx::Error::PoolTimedOut }),
             }
         }
-        let pool =
-            pool_opts.connect_with(options).await.map_err(|source| StoreError::Connect { url: redact(url), source })?;
-        let store = Store { pool, backend };
+        let pool = pool_opts
+            .connect_with(options.clone())
+            .await
+            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+        // SQLite admits one writer at a time, so the writes queue for one connection rather than
+        // for the file lock: no busy-wait, and that connection's page cache stays valid from one
+        // transaction to the next (a connection that did not make the last write must drop its cache
+        // and read the pages again). A local file connection cannot go stale, so it is not pinged.
+        let writer = match backend {
+            Backend::Sqlite => Some(
+                sqlite_pragmas(
+                    AnyPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(15))
+                        .max_connections(1)
+                        .test_before_acquire(false),
+                    true,
+                )
+                .connect_with(options.clone())
+                .await
+                .map_err(|source| StoreError::Connect { url: redact(url), source })?,
+            ),
+            Backend::Postgres => None,
+        };
+        let store = Store {
+            pool,
+            writer,
+            waiting: Arc::default(),
+            wrote: Arc::new(Notify::new()),
+            restarts: watch::channel(0).0,
+            backend,
+        };
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpoint_wal(store.clone()));
+        }
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -121,17 +159,136 @@ impl Store {
 
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads before it writes never fails with a busy upgrade.
-    pub async fn begin(&self) -> Result<Tx, StoreError> {
+    pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => {
+                self.wrote.notify_one();
+                Transaction::begin(self.writer_in_turn().await?, Some(BEGIN_SQLITE.into_sql_str())).await?
+            }
             Backend::Postgres => self.pool.begin().await?,
         })
     }
 
-    /// Closes the pool, waiting for connections to be returned.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// The SQLite writer connection, asking its holder to let it go ([`Store::writer_wanted`]).
+    async fn writer_in_turn(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _done = Waited(&self.waiting);
+        self.writer.as_ref().unwrap_or(&self.pool).acquire().await
     }
+
+    /// Counts the times SQLite's write-ahead log was wholly copied into the database file, so that the
+    /// next write started it over (see `checkpoint_wal`).
+    pub fn wal_restarts(&self) -> watch::Receiver<u64> {
+        self.restarts.subscribe()
+    }
+
+    /// Whether a caller of [`Store::begin`] waits for the SQLite writer connection, so a holder of
+    /// it from [`Store::writer`] should let it go.
+    pub fn writer_wanted(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// A connection to write on, for a caller that begins one transaction after another on it
+    /// ([`Store::begin_on`]) and so skips the pool's check-in and check-out between them. On SQLite
+    /// it is the writer connection: every other write waits until it is dropped.
+    pub async fn writer(&self) -> Result<PoolConnection<Any>, StoreError> {
+        Ok(self.writer.as_ref().unwrap_or(&self.pool).acquire().await?)
+    }
+
+    /// Begins a write transaction on `conn` (from [`Store::writer`]), as [`Store::begin`] does.
+    pub async fn begin_on<'c>(&self, conn: &'c mut AnyConnection) -> Result<Tx<'c>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => {
+                self.wrote.notify_one();
+                conn.begin_with(BEGIN_SQLITE).await?
+            }
+            Backend::Postgres => conn.begin().await?,
+        })
+    }
+
+    /// Closes the pools, waiting for connections to be returned.
+    pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
+        self.pool.close().await;
+        // The checkpointer finds the pool closed and ends.
+        self.wrote.notify_one();
+    }
+}
+
+/// Copies SQLite's write-ahead log back into the database file a moment after each write
+/// transaction, until the pool closes.
+///
+/// The writer connection does not checkpoint (`wal_autocheckpoint = 0`): SQLite's automatic
+/// checkpoint runs inside the COMMIT that crosses its threshold, so one writer in every few hundred
+/// paid for copying and syncing the pages that hundreds of others had made, while holding the write
+/// lock. Here the copy runs on a reader connection, beside the writes, and never waits for the write
+/// lock or holds it up (PASSIVE). Only the log's restart needs the writer: once the log is long, the
+/// writer connection checkpoints what was appended during the copy (a short tail), so the log is
+/// wholly copied and the next write starts it over. Durability is unchanged: every commit is in the
+/// log and synced before it returns; a checkpoint moves pages that are already durable.
+async fn checkpoint_wal(store: Store) {
+    loop {
+        store.wrote.notified().await;
+        if store.pool.is_closed() {
+            return;
+        }
+        // Let the writes of the next moment pile up: one checkpoint for many commits.
+        tokio::time::sleep(CHECKPOINT_GAP).await;
+        let copied = async {
+            let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&store.pool).await?;
+            let log: i64 = sqlx::Row::try_get(&row, 1)?;
+            if log >= RESTART_FRAMES {
+                let mut writer = store.writer_in_turn().await?;
+                let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *writer).await?;
+                let (log, done): (i64, i64) = (sqlx::Row::try_get(&row, 1)?, sqlx::Row::try_get(&row, 2)?);
+                if done == log {
+                    store.restarts.send_modify(|n| *n += 1);
+                }
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        match copied.await {
+            Ok(()) => {}
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => tracing::warn!(error = %e, "SQLite WAL checkpoint failed; the next write tries again"),
+        }
+    }
+}
+
+/// Frames (pages) the write-ahead log may reach before it is started over: 16 MiB of 4 KiB pages.
+const RESTART_FRAMES: i64 = 4096;
+
+/// How long after a write transaction begins the write-ahead log is checkpointed.
+const CHECKPOINT_GAP: Duration = Duration::from_millis(100);
+
+/// Counts a waiter out when its wait ends, however it ends.
+struct Waited<'a>(&'a AtomicUsize);
+
+impl Drop for Waited<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Every SQLite connection: write-ahead log, fsync at each commit, and a wait (rather than an error)
+/// when another process holds the file's lock.
+fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
+    opts.after_connect(move |conn, _| {
+        Box::pin(async move {
+            if writer {
+                // Checkpoints run beside the writes (see `checkpoint_wal`).
+                conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+            }
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = FULL").await?;
+            conn.execute("PRAGMA busy_timeout = 15000").await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            conn.execute("PRAGMA secure_delete = ON").await?;
+            Ok(())
+        })
+    })
 }
 
 /// Works out the backend and the URL to connect with.
@@ -174,6 +331,52 @@ mod tests {
         assert!(classify("postgres://postgres@localhost/test").is_ok());
         assert_eq!(classify("haven.db").unwrap().0, Backend::Sqlite);
         assert!(matches!(classify("mysql://x"), Err(StoreError::BadUrl(_))));
+    }
+
+    /// SQLite's write-ahead log is copied back and started over beside the writes, so a busy gateway's
+    /// log stays bounded although the writer never checkpoints.
+    #[tokio::test]
+    async fn the_write_ahead_log_is_started_over_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let store = Store::open(&path.display().to_string()).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE scratch (b BLOB NOT NULL)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        // Each transaction writes 1 MiB in fresh pages; 24 of them outgrow RESTART_FRAMES.
+        let write = |n: usize| {
+            let store = store.clone();
+            async move {
+                for _ in 0..n {
+                    let mut tx = store.begin().await.unwrap();
+                    for _ in 0..16 {
+                        sqlx::query("INSERT INTO scratch (b) VALUES (randomblob(65536))")
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            }
+        };
+        let wal = dir.path().join("wal.db-wal");
+        let mut restarts = store.wal_restarts();
+        write(24).await;
+        let first = std::fs::metadata(&wal).unwrap().len();
+        assert!(first > 16 << 20, "24 MiB went into the log ({first} bytes)");
+        // A restart counted after the writes ended copied all of them.
+        let before = *restarts.borrow_and_update();
+        tokio::time::timeout(Duration::from_secs(30), restarts.wait_for(|n| *n > before))
+            .await
+            .expect("the log was wholly copied within 30 s")
+            .unwrap();
+        // The log is started over, not appended to: the next 24 MiB reuse its space.
+        write(24).await;
+        let second = std::fs::metadata(&wal).unwrap().len();
+        assert!(second < first + (4 << 20), "the log grew from {first} to {second} bytes instead of starting over");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(rows, 48 * 16, "every committed row is there");
+        store.close().await;
     }
 
     #[test]
