@@ -238,8 +238,9 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             finishes.push(work(None).await.1);
             continue;
         }
-        // A buffered unit issues statements on PostgreSQL only to lock a consent the batch could not.
-        let savepoint = !buffered || (postgres && reads.consents.iter().any(|c| batch.seen.consent(c).is_none()));
+        // A buffered unit issues statements on PostgreSQL only where the batch could not lock a
+        // consent it touches.
+        let savepoint = !buffered || (postgres && !batch.seen.settled(reads));
         if savepoint {
             let open = format!("{close}SAVEPOINT unit");
             close = "";

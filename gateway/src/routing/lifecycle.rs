@@ -13,7 +13,6 @@ use crate::app::Gateway;
 use crate::audit;
 use crate::commit::{Batch, Reads};
 use crate::error::Error;
-use crate::store::Backend;
 use crate::store::Tx;
 
 /// One recipient copy, as stored (no field values).
@@ -166,13 +165,11 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     }
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
-    // On SQLite an acknowledgement writes only through the batch's buffers (see `ack_in`).
-    let buffered = g.0.store.backend() == Backend::Sqlite;
+    // An acknowledgement writes only through the batch's buffers when what the batch read of its
+    // item is settled (see `ack_in`).
     let wake =
         g.0.commits
-            .run_with(reads, buffered, move |batch| {
-                Box::pin(async move { ack_in(batch, &gateway, &org, &item, buffered).await })
-            })
+            .run_with(reads, true, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
             .await?;
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
@@ -180,17 +177,16 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The acknowledgement in the shared transaction; returns the sender to wake, if any. A `buffered`
-/// one (on SQLite) writes only through the batch's buffers.
-async fn ack_in(
-    batch: &mut Batch<'_>,
-    g: &Gateway,
-    org: &OrgId,
-    item_id: &str,
-    buffered: bool,
-) -> Result<Option<String>, Error> {
+/// The acknowledgement in the shared transaction; returns the sender to wake, if any.
+async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
     let now = g.0.clock.now_micros();
     let Batch { tx, audit, counts, rows, seen } = batch;
+    // Settled: what the batch read of the item stays true until it commits (on SQLite it holds the
+    // one write lock; on PostgreSQL it locked the item's consent, as a revocation or an expiry does
+    // before it ends an item, and read the item again under that lock). The acknowledgement then
+    // goes in the batch's buffers and is written with every other one; otherwise it takes the
+    // consent lock and writes here, in its savepoint.
+    let buffered = seen.settled(&Reads { items: vec![item_id.to_owned()], ..Reads::default() });
     // The item and its copy, as the batch read them (what is read of them here never changes, but a
     // copy's status, which is why the status changes below only from `sent`).
     let prefetched = seen.item(item_id);
@@ -205,11 +201,10 @@ async fn ack_in(
     // Lock the consent row first, as a revocation does: an acknowledgement racing the revocation then
     // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
     // on PostgreSQL, the revocation holding the audit head while it waits for this item.
-    lock_consent(tx, &row.consent_id).await?;
+    if !buffered {
+        lock_consent(tx, &row.consent_id).await?;
+    }
     let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
-    // On SQLite what the batch read is the truth until it commits (it holds the one write lock, and
-    // only its own units change items meanwhile), so the acknowledgement goes in the batch's buffers
-    // and is written with every other one; on PostgreSQL it is written here, under the consent lock.
     let ended = match (buffered, prefetched) {
         (true, Some(_)) => {
             let pending = row.state == "pending" && !rows.is_acked(item_id);

@@ -55,6 +55,8 @@ pub struct Prefetched {
     pending: HashMap<(String, String), i64>,
     /// Every item looked up, with its copy for a delivery.
     items: HashMap<String, Option<(QueuedRow, Option<Copy>)>>,
+    /// Read on SQLite, in a transaction that holds the one write lock.
+    sqlite: bool,
 }
 
 /// These statements change shape with the batch, so on SQLite they are not kept prepared (see
@@ -78,7 +80,8 @@ impl Prefetched {
             consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
             senders.extend(w.senders.iter().map(String::as_str));
         }
-        let mut out = Prefetched::default();
+        let mut out = Prefetched { sqlite, ..Prefetched::default() };
+        let mut item_consents: Vec<String> = Vec::new();
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
         for chunk in messages.chunks(CHUNK) {
@@ -95,26 +98,6 @@ impl Prefetched {
             }
         }
 
-        let consents: Vec<&str> = consents.into_iter().collect();
-        for chunk in consents.chunks(CHUNK) {
-            for (id, stored) in consent::load_many(tx, chunk).await? {
-                out.consents.insert(id, stored);
-            }
-        }
-
-        let senders: Vec<&str> = senders.into_iter().collect();
-        for chunk in senders.chunks(CHUNK) {
-            let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
-            push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
-            for s in chunk {
-                out.senders.insert((*s).to_owned());
-                q = q.bind(*s);
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                out.pending.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
-            }
-        }
         let items: Vec<&str> = items.into_iter().collect();
         for chunk in items.chunks(CHUNK) {
             let mut sql = format!(
@@ -143,6 +126,59 @@ impl Prefetched {
                 out.items.insert(r.try_get("item_id")?, Some((row, copy)));
             }
         }
+        // On PostgreSQL the items' consents are locked with the submissions' (as a revocation or an
+        // expiry locks the consent before it ends an item), and the items' states are read again
+        // under those locks: an acknowledgement of an item whose consent the batch holds is settled
+        // by these reads and goes in the batch's buffers. An item without a consent, or whose
+        // consent another transaction holds, is acknowledged alone, in a savepoint.
+        if !sqlite {
+            let held: Vec<String> =
+                out.items.values().flatten().map(|(row, _)| row.consent_id.clone()).filter(|c| !c.is_empty()).collect();
+            for c in held {
+                if !consents.contains(c.as_str()) {
+                    item_consents.push(c);
+                }
+            }
+        }
+        consents.extend(item_consents.iter().map(String::as_str));
+
+        let consents: Vec<&str> = consents.into_iter().collect();
+        for chunk in consents.chunks(CHUNK) {
+            for (id, stored) in consent::load_many(tx, chunk).await? {
+                out.consents.insert(id, stored);
+            }
+        }
+        if !sqlite && !item_consents.is_empty() {
+            let ids: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
+            for chunk in ids.chunks(CHUNK) {
+                let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
+                push_row(&mut sql, sqlite, 0, chunk.len());
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                for r in q.fetch_all(&mut **tx).await? {
+                    let id: String = r.try_get(0)?;
+                    if let Some(Some((row, _))) = out.items.get_mut(&id) {
+                        row.state = r.try_get(1)?;
+                    }
+                }
+            }
+        }
+
+        let senders: Vec<&str> = senders.into_iter().collect();
+        for chunk in senders.chunks(CHUNK) {
+            let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
+            push_row(&mut sql, sqlite, 0, chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
+            for s in chunk {
+                out.senders.insert((*s).to_owned());
+                q = q.bind(*s);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                out.pending.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            }
+        }
         Ok(out)
     }
 
@@ -161,6 +197,24 @@ impl Prefetched {
     /// A consent, if it was read here: `Some(None)` when there is none with that id.
     pub fn consent(&self, consent_id: &str) -> Option<Option<&Stored>> {
         self.consents.get(consent_id).map(Option::as_ref)
+    }
+
+    /// Whether what was read here for `reads` stays true until the batch commits, so a unit that reads
+    /// no more can write through the batch's buffers alone: on SQLite always (the batch holds the one
+    /// write lock); on PostgreSQL when the batch locked every consent they touch, so no revocation or
+    /// expiry can change them meanwhile (an item without a consent is not covered; an item that does
+    /// not exist is, since nothing is written for it).
+    pub fn settled(&self, reads: &Reads) -> bool {
+        if self.sqlite {
+            return true;
+        }
+        let locked = |c: &str| self.consents.get(c).is_some_and(Option::is_some);
+        reads.consents.iter().all(|c| self.consents.contains_key(c))
+            && reads.items.iter().all(|i| match self.items.get(i) {
+                Some(Some((row, _))) => !row.consent_id.is_empty() && locked(&row.consent_id),
+                Some(None) => true,
+                None => false,
+            })
     }
 
     /// How many deliveries `sender` has queued for `org` as committed, if the sender's counts were read.
