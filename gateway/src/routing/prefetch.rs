@@ -148,7 +148,9 @@ impl Prefetched {
                 out.consents.insert(id, stored);
             }
         }
-        if !sqlite && !item_consents.is_empty() {
+        // Every item found is read again, including those whose consent a submission named: any of
+        // them may have ended between the first read and the lock.
+        if !sqlite && out.items.values().any(Option::is_some) {
             let ids: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
             for chunk in ids.chunks(CHUNK) {
                 let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
