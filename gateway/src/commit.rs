@@ -1,9 +1,9 @@
 //! Shared commits: concurrent state changes (submissions, acknowledgements) share one transaction
-//! and one fsync, each in a savepoint of its own.
+//! and one fsync.
 //!
 //! One task owns the queue of units of work. It takes the first waiting unit and every other already
-//! queued (up to [`MAX_UNITS`]), begins one transaction, and runs the units one after another, each
-//! between `SAVEPOINT` and `RELEASE`: a unit that fails is rolled back to its savepoint, alone, and its
+//! queued (up to [`MAX_UNITS`]), begins one transaction, and runs the units one after another. A unit
+//! writes through the batch's buffers, so one that fails has its buffered rows dropped, alone, and its
 //! caller gets its own error. Then the audit entries of every unit that succeeded are appended in one
 //! multi-row write, the transaction commits, and only then is each caller answered. So:
 //!
@@ -18,12 +18,12 @@
 //! Under load the batch grows by itself, because units pile up while the previous commit's fsync runs;
 //! with one caller it is one transaction per unit, as before.
 //!
-//! Fewer round trips: a unit may name what it will read ([`Reads`]), and the batch reads that for
-//! every unit at once, before they run ([`Prefetched`]). A unit that writes only through the batch's
-//! buffers (a submission) needs no savepoint: there is nothing of the unit's to roll back but its
-//! buffered rows, which are dropped. On PostgreSQL, where any failed statement spoils the transaction,
-//! a unit that issues statements of its own (a submission whose consent row the batch could not lock)
-//! runs in a savepoint.
+//! Fewer round trips: a unit names what it will read ([`Reads`]), and the batch reads that for every
+//! unit at once, before they run ([`Prefetched`]). A unit whose reads are settled (see
+//! [`Prefetched::settled`]) issues no statement of its own and needs no savepoint. On PostgreSQL,
+//! where any failed statement spoils the transaction, a unit whose reads are not (a consent row the
+//! batch could not lock) takes its locks and writes itself, between `SAVEPOINT` and `RELEASE`, so
+//! that its failure is rolled back alone.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,10 +77,9 @@ type Work = Box<
         + Send,
 >;
 
-/// A queued unit: what it will read, whether it writes only through the batch's buffers, and the work.
+/// A queued unit: what it will read, and the work.
 struct Job {
     reads: Reads,
-    buffered: bool,
     work: Work,
 }
 
@@ -104,9 +103,9 @@ impl Committer {
 
     /// Runs `work` in the next shared transaction and returns its result once that transaction has
     /// committed. If `work` fails, its changes are rolled back (and only its own). What `reads` names
-    /// is read beforehand for the whole batch (in `Batch::seen`). A `buffered` unit writes only through the batch's buffers (`rows`,
-    /// `audit`, `counts`), never through `tx`, so on SQLite it needs no savepoint.
-    pub async fn run_with<T, F>(&self, reads: Reads, buffered: bool, work: F) -> Result<T, Error>
+    /// is read beforehand for the whole batch (in `Batch::seen`). `work` writes through the batch's
+    /// buffers (`rows`, `audit`, `counts`), and through `tx` only where its reads are not settled.
+    pub async fn run<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: for<'t, 'c> FnOnce(&'t mut Batch<'c>) -> UnitFuture<'t, T> + Send + 'static,
@@ -131,10 +130,7 @@ impl Committer {
                 (ok, finish)
             })
         });
-        self.queue
-            .send(Job { reads, buffered, work })
-            .await
-            .map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
+        self.queue.send(Job { reads, work }).await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
         answer.await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?
     }
 }
@@ -220,9 +216,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     if postgres && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await {
         broken = Some(e.to_string());
     }
-    // A buffered unit issues statements on PostgreSQL only to lock its consent.
-    let (reads, jobs): (Vec<Reads>, Vec<(bool, Work)>) =
-        jobs.into_iter().map(|j| (j.reads, (j.buffered, j.work))).unzip();
+    let (reads, jobs): (Vec<Reads>, Vec<Work>) = jobs.into_iter().map(|j| (j.reads, j.work)).unzip();
     if broken.is_none() && reads.iter().any(|r| !r.is_empty()) {
         match Prefetched::read(&mut batch.tx, reads.iter()).await {
             Ok(seen) => batch.seen = seen,
@@ -232,15 +226,14 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     // What closes the last unit's savepoint when it succeeded: it goes out with the statement that
     // opens the next one, in one round trip.
     let mut close = "";
-    for ((buffered, work), reads) in jobs.into_iter().zip(&reads) {
+    for (work, reads) in jobs.into_iter().zip(&reads) {
         // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
             finishes.push(work(None).await.1);
             continue;
         }
-        // A buffered unit issues statements on PostgreSQL only where the batch could not lock a
-        // consent it touches.
-        let savepoint = !buffered || (postgres && !batch.seen.settled(reads));
+        // A unit issues statements of its own only where the batch could not settle its reads.
+        let savepoint = !batch.seen.settled(reads);
         if savepoint {
             let open = format!("{close}SAVEPOINT unit");
             close = "";

@@ -169,7 +169,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // item is settled (see `ack_in`).
     let wake =
         g.0.commits
-            .run_with(reads, true, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
+            .run(reads, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
             .await?;
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
@@ -186,7 +186,7 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
     // before it ends an item, and read the item again under that lock). The acknowledgement then
     // goes in the batch's buffers and is written with every other one; otherwise it takes the
     // consent lock and writes here, in its savepoint.
-    let buffered = seen.settled(&Reads { items: vec![item_id.to_owned()], ..Reads::default() });
+    let buffered = seen.item_settled(item_id);
     // The item and its copy, as the batch read them (what is read of them here never changes, but a
     // copy's status, which is why the status changes below only from `sent`).
     let prefetched = seen.item(item_id);
@@ -205,16 +205,15 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
         lock_consent(tx, &row.consent_id).await?;
     }
     let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
-    let ended = match (buffered, prefetched) {
-        (true, Some(_)) => {
-            let pending = row.state == "pending" && !rows.is_acked(item_id);
-            if pending && is_delivery {
-                counts.push((row.sender.clone(), row.org.clone(), -1));
-            }
-            pending
+    // Settled implies the batch read the item, so `row` is that read.
+    let ended = if buffered {
+        let pending = row.state == "pending" && !rows.is_acked(item_id);
+        if pending && is_delivery {
+            counts.push((row.sender.clone(), row.org.clone(), -1));
         }
-        (true, None) => return Err(Error::Internal("an acknowledgement's item was not read with its batch".into())),
-        (false, _) => queue::finish(tx, item_id, "acked", now, counts).await?,
+        pending
+    } else {
+        queue::finish(tx, item_id, "acked", now, counts).await?
     };
     if !ended {
         return Ok(None);

@@ -81,7 +81,6 @@ impl Prefetched {
             senders.extend(w.senders.iter().map(String::as_str));
         }
         let mut out = Prefetched { sqlite, ..Prefetched::default() };
-        let mut item_consents: Vec<String> = Vec::new();
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
         for chunk in messages.chunks(CHUNK) {
@@ -131,16 +130,12 @@ impl Prefetched {
         // under those locks: an acknowledgement of an item whose consent the batch holds is settled
         // by these reads and goes in the batch's buffers. An item without a consent, or whose
         // consent another transaction holds, is acknowledged alone, in a savepoint.
-        if !sqlite {
-            let held: Vec<String> =
-                out.items.values().flatten().map(|(row, _)| row.consent_id.clone()).filter(|c| !c.is_empty()).collect();
-            for c in held {
-                if !consents.contains(c.as_str()) {
-                    item_consents.push(c);
-                }
-            }
-        }
-        consents.extend(item_consents.iter().map(String::as_str));
+        let item_consents: Vec<String> = if sqlite {
+            Vec::new()
+        } else {
+            out.items.values().flatten().map(|(row, _)| row.consent_id.clone()).collect()
+        };
+        consents.extend(item_consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
 
         let consents: Vec<&str> = consents.into_iter().collect();
         for chunk in consents.chunks(CHUNK) {
@@ -150,20 +145,22 @@ impl Prefetched {
         }
         // Every item found is read again, including those whose consent a submission named: any of
         // them may have ended between the first read and the lock.
-        if !sqlite && out.items.values().any(Option::is_some) {
-            let ids: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
-            for chunk in ids.chunks(CHUNK) {
-                let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
-                push_row(&mut sql, sqlite, 0, chunk.len());
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for id in chunk {
-                    q = q.bind(id.as_str());
-                }
-                for r in q.fetch_all(&mut **tx).await? {
-                    let id: String = r.try_get(0)?;
-                    if let Some(Some((row, _))) = out.items.get_mut(&id) {
-                        row.state = r.try_get(1)?;
-                    }
+        let found: Vec<String> = if sqlite {
+            Vec::new()
+        } else {
+            out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
+        };
+        for chunk in found.chunks(CHUNK) {
+            let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
+            push_row(&mut sql, sqlite, 0, chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                let id: String = r.try_get(0)?;
+                if let Some(Some((row, _))) = out.items.get_mut(&id) {
+                    row.state = r.try_get(1)?;
                 }
             }
         }
@@ -207,16 +204,22 @@ impl Prefetched {
     /// expiry can change them meanwhile (an item without a consent is not covered; an item that does
     /// not exist is, since nothing is written for it).
     pub fn settled(&self, reads: &Reads) -> bool {
-        if self.sqlite {
-            return true;
-        }
-        let locked = |c: &str| self.consents.get(c).is_some_and(Option::is_some);
-        reads.consents.iter().all(|c| self.consents.contains_key(c))
-            && reads.items.iter().all(|i| match self.items.get(i) {
-                Some(Some((row, _))) => !row.consent_id.is_empty() && locked(&row.consent_id),
+        self.sqlite
+            || reads.consents.iter().all(|c| self.consents.contains_key(c))
+                && reads.items.iter().all(|i| self.item_settled(i))
+    }
+
+    /// Whether what was read here of one item stays true until the batch commits (see
+    /// [`Prefetched::settled`]).
+    pub fn item_settled(&self, item_id: &str) -> bool {
+        self.sqlite
+            || match self.items.get(item_id) {
+                Some(Some((row, _))) => {
+                    !row.consent_id.is_empty() && self.consents.get(&row.consent_id).is_some_and(Option::is_some)
+                }
                 Some(None) => true,
                 None => false,
-            })
+            }
     }
 
     /// How many deliveries `sender` has queued for `org` as committed, if the sender's counts were read.

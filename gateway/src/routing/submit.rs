@@ -45,7 +45,7 @@ pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::
     let (gateway, who) = (g.clone(), caller.clone());
     let (response, woken) =
         g.0.commits
-            .run_with(reads, true, move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await }))
+            .run(reads, move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await }))
             .await?;
     for org in &woken {
         g.0.wakeups.wake(org);

@@ -173,7 +173,12 @@ impl Store {
     async fn writer_in_turn(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _done = Waited(&self.waiting);
-        self.writer.as_ref().unwrap_or(&self.pool).acquire().await
+        self.writer_pool().acquire().await
+    }
+
+    /// The pool writes are made on: the writer connection on SQLite, the one pool on PostgreSQL.
+    fn writer_pool(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
     }
 
     /// One checkpoint of SQLite's write-ahead log (see `checkpoint_wal`): a PASSIVE copy on a reader
@@ -214,7 +219,7 @@ impl Store {
     /// ([`Store::begin_on`]) and so skips the pool's check-in and check-out between them. On SQLite
     /// it is the writer connection: every other write waits until it is dropped.
     pub async fn writer(&self) -> Result<PoolConnection<Any>, StoreError> {
-        Ok(self.writer.as_ref().unwrap_or(&self.pool).acquire().await?)
+        Ok(self.writer_pool().acquire().await?)
     }
 
     /// Begins a write transaction on `conn` (from [`Store::writer`]), as [`Store::begin`] does.
