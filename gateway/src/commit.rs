@@ -8,15 +8,16 @@
 //! multi-row write, the transaction commits, and only then is each caller answered. So:
 //!
 //! - **durability is unchanged**: nobody is answered before the commit that holds their change is on
-//!   disk (`synchronous=FULL` on SQLite, `synchronous_commit=on` on PostgreSQL), and if that commit
-//!   fails every caller in it gets the error and none of the changes exist;
+//!   disk (`synchronous_commit=on` on PostgreSQL; on SQLite the write-ahead log is synced beside the
+//!   next batch, see `store::wal`, and the callers are answered when that sync returns), and if that
+//!   commit fails every caller in it gets the error and none of the changes exist;
 //! - **the audit rule is kept**: a unit's entries are committed in the same transaction as its change;
 //! - **lock order is kept**: units take their consent rows as they run; the audit head is taken once,
 //!   after them, and the queue's counts last, as every other writer does (consent row, audit head,
 //!   counts), so a revocation that holds a consent row never waits on a batch that waits on it.
 //!
-//! Under load the batch grows by itself, because units pile up while the previous commit's fsync runs;
-//! with one caller it is one transaction per unit, as before.
+//! Under load the batch grows by itself, because units pile up while the previous commit runs; with
+//! one caller it is one transaction per unit, as before.
 //!
 //! Fewer round trips: a unit names what it will read ([`Reads`]), and the batch reads that for every
 //! unit at once, before they run ([`Prefetched`]). A unit whose reads are settled (see
@@ -68,8 +69,8 @@ pub struct Batch<'c> {
 /// A unit's future: borrows the batch while it runs.
 pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
 
-/// Called once the batch's fate is known: `None` when it committed, or why it did not.
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Called once the batch's fate is known: `None` when it committed and is on disk, or why not.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// A queued unit with its result type erased: runs in the batch (or, given none, does not run) and
 /// says whether it succeeded.
 type Work = Box<
@@ -122,8 +123,9 @@ impl Committer {
                     let _ = reply.send(match (result, failed) {
                         (Some(Err(e)), _) => Err(e),
                         (Some(Ok(v)), None) => Ok(v),
-                        (_, why) => Err(Error::Store(StoreError::Commit(
-                            why.unwrap_or("the shared transaction ended before this change ran").to_owned(),
+                        (_, Some(why)) => Err(Error::Store(why.shared())),
+                        (None, None) => Err(Error::Store(StoreError::Commit(
+                            "the shared transaction ended before this change ran".to_owned(),
                         ))),
                     });
                 });
@@ -190,11 +192,10 @@ async fn commit_batch(
 
 /// Answers every job with why its shared commit could not begin.
 async fn fail_all(jobs: Vec<Job>, e: &StoreError) {
-    let why = e.to_string();
-    tracing::error!(error = %why, units = jobs.len(), "cannot begin a shared commit");
+    tracing::error!(error = %e, units = jobs.len(), "cannot begin a shared commit");
     for job in jobs {
         let (_, finish) = (job.work)(None).await;
-        finish(Some(&why));
+        finish(Some(e));
     }
 }
 
@@ -270,25 +271,38 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     let Batch { mut tx, rows, mut audit, counts, .. } = batch;
     let appended = !audit.is_empty();
     let outcome = match broken {
-        Some(why) => Err(why),
+        Some(why) => Err(StoreError::Commit(why)),
         None => async {
             rows.write(&mut tx).await?;
             if appended {
                 audit::append(&mut tx, &mut audit).await?;
             }
             queue::apply_counts(&mut tx, &counts).await?;
-            tx.commit().await?;
-            Ok::<(), StoreError>(())
+            tx.commit_visible().await
         }
         .await
-        .map_err(|e| e.to_string()),
+        .map_err(|e| StoreError::Commit(e.to_string())),
     };
-    if let Err(why) = &outcome {
-        tracing::error!(error = %why, units = finishes.len(), "shared commit failed; nothing in it was committed");
+    let committed = outcome.is_ok();
+    match outcome {
+        // The callers are answered once the commit is on disk; meanwhile the next batch runs.
+        Ok(durable) => {
+            tokio::spawn(async move {
+                let synced = durable.wait().await;
+                if let Err(e) = &synced {
+                    tracing::error!(error = %e, units = finishes.len(), "a shared commit could not be synced");
+                }
+                for finish in finishes {
+                    finish(synced.as_ref().err());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, units = finishes.len(), "shared commit failed; nothing in it was committed");
+            for finish in finishes {
+                finish(Some(&e));
+            }
+        }
     }
-    let failed = outcome.as_ref().err().map(String::as_str);
-    for finish in finishes {
-        finish(failed);
-    }
-    (appended && outcome.is_ok(), outcome.is_ok())
+    (appended && committed, committed)
 }

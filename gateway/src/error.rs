@@ -52,6 +52,12 @@ impl From<Error> for Status {
                 tracing::error!(error = %m, "internal error");
                 Status::internal(m)
             }
+            Error::Store(e @ StoreError::Unsynced(_)) => {
+                tracing::error!(error = %e, "storage failure");
+                Status::unavailable(
+                    "the change was committed but the gateway could not sync it to disk, so a power failure could still undo it; the gateway's operator must check its disk; retry later (the change may already be applied)",
+                )
+            }
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("the gateway's database is unavailable; nothing was committed, retry later")

@@ -100,6 +100,13 @@ async fn fill(
         tracing::error!(error = %e, "cannot read the queue");
         Status::unavailable("the gateway's database is unavailable; reconnect later")
     })?;
+    // Nothing goes out that a power failure could still undo.
+    if !items.is_empty() {
+        g.store.settled().await.map_err(|e| {
+            tracing::error!(error = %e, "cannot sync the database");
+            Status::unavailable("the gateway's database is unavailable; reconnect later")
+        })?;
+    }
     // Whether each consent read in this pass is in force: items under one consent read it once.
     let mut in_force: HashMap<String, bool> = HashMap::new();
     for p in items {

@@ -357,7 +357,7 @@ impl AuditLog {
             tx.rollback().await?;
             return Ok((size, done));
         }
-        tx.commit().await.map_err(StoreError::Sql)?;
+        tx.commit().await?;
         *cached = tree;
         if let Some(cp) = signed {
             tracing::debug!(tree_size = cp.tree_size, "signed audit checkpoint");

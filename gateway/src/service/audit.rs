@@ -13,7 +13,7 @@ use haven_trust::export::{FORMAT, Header, Kind};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::caller;
+use super::{caller, settled};
 use crate::app::Gateway;
 use crate::audit::log::to_proto;
 use crate::audit::query::{self, DEFAULT_PAGE, Filter, MAX_PAGE, Scope};
@@ -124,6 +124,7 @@ impl Audit for AuditService {
             (false, Some(cp)) => cp,
             _ => self.log().covering_checkpoint().await.map_err(Error::from)?,
         };
+        settled(&self.gateway).await?;
         Ok(Response::new(to_proto(&cp)))
     }
 
@@ -155,6 +156,7 @@ impl Audit for AuditService {
         }
         let tree_size = if r.tree_size == 0 { self.newest_size().await? } else { r.tree_size };
         let (proof, leaf) = self.log().inclusion_proof(r.seq, tree_size).await.map_err(Error::from)?;
+        settled(&self.gateway).await?;
         Ok(Response::new(InclusionProof {
             seq: r.seq,
             tree_size,
@@ -171,6 +173,7 @@ impl Audit for AuditService {
         let r = req.into_inner();
         let second = if r.second_size == 0 { self.newest_size().await? } else { r.second_size };
         let proof = self.log().consistency_proof(r.first_size, second).await.map_err(Error::from)?;
+        settled(&self.gateway).await?;
         Ok(Response::new(ConsistencyProof {
             first_size: r.first_size,
             second_size: second,

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, caller_proto};
+use super::{caller, caller_proto, settled};
 use crate::app::Gateway;
 use crate::identity::PeerInfo;
 use crate::{consent, envelope, routing};
@@ -97,7 +97,9 @@ impl GatewayRpc for GatewayService {
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(consent::get(&self.gateway, &caller, &r.consent_id).await?.to_proto()))
+        let record = consent::get(&self.gateway, &caller, &r.consent_id).await?;
+        settled(&self.gateway).await?;
+        Ok(Response::new(record.to_proto()))
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
@@ -105,6 +107,7 @@ impl GatewayRpc for GatewayService {
         let r = req.into_inner();
         let page = if r.page_size == 0 { 100 } else { r.page_size };
         let list = consent::list(&self.gateway, &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
+        settled(&self.gateway).await?;
         let next_page_token = if list.len() as u32 >= page.clamp(1, 500) {
             list.last().map(|c| c.receipt.consent_id.clone()).unwrap_or_default()
         } else {

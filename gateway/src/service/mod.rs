@@ -14,6 +14,11 @@ pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("request was not authenticated"))
 }
 
+/// Waits until what a read saw is on disk, before it is answered (see `Store::settled`).
+pub(crate) async fn settled(gateway: &crate::app::Gateway) -> Result<(), Status> {
+    gateway.0.store.settled().await.map_err(|e| crate::error::Error::from(e).into())
+}
+
 /// The wire form of a caller.
 pub(crate) fn caller_proto(c: &Caller) -> haven_proto::v1::Caller {
     haven_proto::v1::Caller {

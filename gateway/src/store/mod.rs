@@ -3,11 +3,14 @@
 //!
 //! Queries are written once, with `$N` placeholders that both dialects accept, and run through sqlx's
 //! `Any` driver. Only the migrations differ per dialect; they are embedded in the binary and applied at
-//! start-up. Durability: SQLite runs in WAL mode with `synchronous=FULL`; PostgreSQL commits with its
+//! start-up. Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is
+//! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
 //! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
 
 mod migrate;
+mod wal;
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +21,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Notify, watch};
+
+pub use wal::Durable;
+use wal::WalSync;
 
 /// SQLite: take the write lock at once.
 const BEGIN_SQLITE: &str = "BEGIN IMMEDIATE";
@@ -55,9 +61,23 @@ pub enum StoreError {
     /// A shared commit failed (or never began); nothing in it was committed.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// A change was committed, but the write-ahead log that holds it could not be synced to disk.
+    #[error("the change was committed but could not be synced to disk: {0}")]
+    Unsynced(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// The same failure, for one more of the callers it reached (a shared commit answers each).
+    pub fn shared(&self) -> StoreError {
+        match self {
+            StoreError::Unsynced(why) => StoreError::Unsynced(why.clone()),
+            StoreError::Commit(why) => StoreError::Commit(why.clone()),
+            e => StoreError::Commit(e.to_string()),
+        }
+    }
 }
 
 /// A handle to the gateway's database. Cheap to clone.
@@ -72,11 +92,55 @@ pub struct Store {
     wrote: Arc<Notify>,
     /// How many times the write-ahead log was wholly copied, so the next write starts it over.
     restarts: watch::Sender<u64>,
+    /// On SQLite, syncs the write-ahead log after the writer's commits (see `wal`).
+    wal: Option<Arc<WalSync>>,
     backend: Backend,
 }
 
 /// A write transaction. Everything that changes state writes its audit entry through the same one.
-pub type Tx<'c> = Transaction<'c, Any>;
+/// Statements run on the connection it derefs to (`&mut *tx`).
+pub struct Tx<'c> {
+    inner: Transaction<'c, Any>,
+    /// Set on SQLite, whose writer commits without syncing (see `wal`).
+    wal: Option<Arc<WalSync>>,
+}
+
+impl Tx<'_> {
+    /// Commits, and returns once the commit is on disk.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.commit_visible().await?.wait().await
+    }
+
+    /// Commits, which makes the changes visible to other connections, and returns at once with the
+    /// claim to wait on before anyone is told the changes are committed. On SQLite the disk sync runs
+    /// beside whatever the caller writes next; on PostgreSQL the commit is durable when it returns.
+    pub async fn commit_visible(self) -> Result<Durable, StoreError> {
+        let Tx { inner, wal } = self;
+        inner.commit().await?;
+        Ok(match wal {
+            Some(wal) => wal.committed(),
+            None => Durable::ready(),
+        })
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
 
 fn redact(url: &str) -> String {
     // Never print a password from a URL.
@@ -117,12 +181,15 @@ impl Store {
         // for the file lock: no busy-wait, and that connection's page cache stays valid from one
         // transaction to the next (a connection that did not make the last write must drop its cache
         // and read the pages again). A local file connection cannot go stale, so it is not pinged.
+        // It lives as long as the store, so the write-ahead log is never removed under the syncer.
         let writer = match backend {
             Backend::Sqlite => Some(
                 sqlite_pragmas(
                     AnyPoolOptions::new()
                         .acquire_timeout(Duration::from_secs(15))
                         .max_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
                         .test_before_acquire(false),
                     true,
                 )
@@ -132,12 +199,23 @@ impl Store {
             ),
             Backend::Postgres => None,
         };
+        let wal = match &writer {
+            Some(writer) => {
+                let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(writer)
+                    .await
+                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                Some(WalSync::start(file.into()))
+            }
+            None => None,
+        };
         let store = Store {
             pool,
             writer,
             waiting: Arc::default(),
             wrote: Arc::new(Notify::new()),
             restarts: watch::channel(0).0,
+            wal,
             backend,
         };
         migrate::run(&store).await?;
@@ -160,13 +238,24 @@ impl Store {
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads before it writes never fails with a busy upgrade.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(match self.backend {
+        let inner = match self.backend {
             Backend::Sqlite => {
                 self.wrote.notify_one();
                 Transaction::begin(self.writer_in_turn().await?, Some(BEGIN_SQLITE.into_sql_str())).await?
             }
             Backend::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(Tx { inner, wal: self.wal.clone() })
+    }
+
+    /// Waits until every write committed so far is on disk. A read whose answer leaves the gateway
+    /// calls it after reading, so nobody sees a change that a power failure could still undo (on
+    /// SQLite a commit is visible a moment before it is synced; see `wal`).
+    pub async fn settled(&self) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(wal) => wal.settled().await,
+            None => Ok(()),
+        }
     }
 
     /// The SQLite writer connection, asking its holder to let it go ([`Store::writer_wanted`]).
@@ -224,13 +313,14 @@ impl Store {
 
     /// Begins a write transaction on `conn` (from [`Store::writer`]), as [`Store::begin`] does.
     pub async fn begin_on<'c>(&self, conn: &'c mut AnyConnection) -> Result<Tx<'c>, StoreError> {
-        Ok(match self.backend {
+        let inner = match self.backend {
             Backend::Sqlite => {
                 self.wrote.notify_one();
                 conn.begin_with(BEGIN_SQLITE).await?
             }
             Backend::Postgres => conn.begin().await?,
-        })
+        };
+        Ok(Tx { inner, wal: self.wal.clone() })
     }
 
     /// Closes the pools, waiting for connections to be returned.
@@ -239,8 +329,11 @@ impl Store {
             writer.close().await;
         }
         self.pool.close().await;
-        // The checkpointer finds the pool closed and ends.
+        // The checkpointer finds the pool closed and ends; the syncer ends after a last sync.
         self.wrote.notify_one();
+        if let Some(wal) = &self.wal {
+            wal.close();
+        }
     }
 }
 
@@ -286,8 +379,8 @@ impl Drop for Waited<'_> {
     }
 }
 
-/// Every SQLite connection: write-ahead log, fsync at each commit, and a wait (rather than an error)
-/// when another process holds the file's lock.
+/// Every SQLite connection: write-ahead log, every commit synced before it is answered, and a wait
+/// (rather than an error) when another process holds the file's lock.
 fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
     opts.after_connect(move |conn, _| {
         Box::pin(async move {
@@ -296,7 +389,9 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
                 conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
             }
             conn.execute("PRAGMA journal_mode = WAL").await?;
-            conn.execute("PRAGMA synchronous = FULL").await?;
+            // The writer's commits are synced beside the next write (see `wal`); a reader's
+            // checkpoint syncs at once.
+            conn.execute(if writer { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" }).await?;
             conn.execute("PRAGMA busy_timeout = 15000").await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
             conn.execute("PRAGMA secure_delete = ON").await?;
