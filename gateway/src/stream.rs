@@ -100,17 +100,11 @@ async fn fill(
         tracing::error!(error = %e, "cannot read the queue");
         Status::unavailable("the gateway's database is unavailable; reconnect later")
     })?;
-    // Nothing goes out that a power failure could still undo.
-    if !items.is_empty() {
-        g.store.settled().await.map_err(|e| {
-            tracing::error!(error = %e, "cannot sync the database");
-            Status::unavailable("the gateway's database is unavailable; reconnect later")
-        })?;
-    }
     // Whether each consent read in this pass is in force: items under one consent read it once.
     let mut in_force: HashMap<String, bool> = HashMap::new();
+    let mut out = Vec::new();
     for p in items {
-        if window.inflight.len() >= window.max {
+        if window.inflight.len() + out.len() >= window.max {
             break;
         }
         if window.inflight.contains(&p.item_id) || window.held.contains(&p.item_id) {
@@ -134,7 +128,19 @@ async fn fill(
                 continue;
             }
         }
-        window.inflight.insert(p.item_id.clone());
+        out.push(item);
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    // Nothing goes out that a power failure could still undo: what this pass read may be a commit
+    // whose sync is under way.
+    g.store.settled().await.map_err(|e| {
+        tracing::error!(error = %e, "cannot deliver: the database could not be synced");
+        Status::unavailable("the gateway cannot sync its database to disk; reconnect later")
+    })?;
+    for item in out {
+        window.inflight.insert(item.item_id.clone());
         if tx.send(frame(gateway_frame::Frame::Item(item))).await.is_err() {
             return Err(Status::cancelled("node went away"));
         }

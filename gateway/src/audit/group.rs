@@ -18,7 +18,7 @@ use haven_trust::audit::AuditEntry;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::log::LogError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The most entries one shared commit takes.
 const MAX_BATCH: usize = 4096;
@@ -28,7 +28,7 @@ const QUEUE: usize = 8192;
 /// One caller's entries and where to answer.
 pub(crate) struct Request {
     entries: Vec<(AuditEntry, String)>,
-    reply: oneshot::Sender<Result<u64, String>>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// Starts the committer task; it ends when every handle to the queue is gone.
@@ -47,7 +47,7 @@ pub(crate) async fn submit(queue: &mpsc::Sender<Request>, entries: Vec<(AuditEnt
         .send(Request { entries, reply })
         .await
         .map_err(|_| LogError::Commit("the audit committer has stopped".into()))?;
-    answer.await.map_err(|_| LogError::Commit("the audit committer has stopped".into()))?.map_err(LogError::Commit)
+    answer.await.map_err(|_| LogError::Commit("the audit committer has stopped".into()))?.map_err(LogError::Store)
 }
 
 async fn run(store: Store, integrator: Arc<Notify>, mut rx: mpsc::Receiver<Request>) {
@@ -80,17 +80,16 @@ async fn run(store: Store, integrator: Arc<Notify>, mut rx: mpsc::Receiver<Reque
                 integrator.notify_one();
             }
             Err(e) => {
-                tracing::error!(error = %e, entries = all.len(), "audit group commit failed; nothing was committed");
-                let msg = e.to_string();
+                tracing::error!(error = %e, entries = all.len(), "audit group commit failed");
                 for reply in replies {
-                    let _ = reply.send(Err(msg.clone()));
+                    let _ = reply.send(Err(e.shared()));
                 }
             }
         }
     }
 }
 
-async fn commit(store: &Store, entries: &mut [(AuditEntry, String)]) -> Result<u64, crate::store::StoreError> {
+async fn commit(store: &Store, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
     let mut tx = store.begin().await?;
     let first = super::append(&mut tx, entries).await?;
     tx.commit().await?;

@@ -239,8 +239,14 @@ impl AuditLog {
                 if let Err(e) = log.integrate().await {
                     tracing::warn!(error = %e, "audit log integration failed; retrying");
                 }
+                // Published once on disk: it may have been signed by a commit whose sync is under way.
                 match log.latest_checkpoint().await {
-                    Ok(Some(cp)) => log.publish(&cp),
+                    Ok(Some(cp)) => match log.0.store.settled().await {
+                        Ok(()) => log.publish(&cp),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the newest audit checkpoint is not on disk; not published")
+                        }
+                    },
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot read the newest audit checkpoint"),
                 }

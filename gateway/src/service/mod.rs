@@ -16,7 +16,12 @@ pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
 
 /// Waits until what a read saw is on disk, before it is answered (see `Store::settled`).
 pub(crate) async fn settled(gateway: &crate::app::Gateway) -> Result<(), Status> {
-    gateway.0.store.settled().await.map_err(|e| crate::error::Error::from(e).into())
+    gateway.0.store.settled().await.map_err(|e| {
+        tracing::error!(error = %e, "a read could not be answered");
+        Status::unavailable(
+            "the gateway cannot confirm that what this read found is on disk (its database could not be synced); the gateway's operator must check its disk; retry later",
+        )
+    })
 }
 
 /// The wire form of a caller.

@@ -11,6 +11,7 @@ mod migrate;
 mod wal;
 
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +62,9 @@ pub enum StoreError {
     /// A shared commit failed (or never began); nothing in it was committed.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// SQLite's write-ahead log could not be opened to be synced.
+    #[error("cannot open the write-ahead log of {db}: {source}")]
+    Log { db: String, source: std::io::Error },
     /// A change was committed, but the write-ahead log that holds it could not be synced to disk.
     #[error("the change was committed but could not be synced to disk: {0}")]
     Unsynced(String),
@@ -116,16 +120,25 @@ impl Tx<'_> {
     /// beside whatever the caller writes next; on PostgreSQL the commit is durable when it returns.
     pub async fn commit_visible(self) -> Result<Durable, StoreError> {
         let Tx { inner, wal } = self;
+        // Numbered before it is sent: the commit is visible to readers before COMMIT returns.
+        let ticket = wal.as_ref().map(WalSync::begin_commit);
         inner.commit().await?;
-        Ok(match wal {
-            Some(wal) => wal.committed(),
+        Ok(match ticket {
+            Some(ticket) => ticket.committed(),
             None => Durable::ready(),
         })
     }
 
-    /// Rolls back.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.inner.rollback().await
+    /// Rolls back, and returns once what the transaction read is on disk: a caller that rolls back
+    /// answers from the state it found (a repeated request, say), which may be a commit that is
+    /// visible but not yet synced.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        let Tx { inner, wal } = self;
+        inner.rollback().await?;
+        match wal {
+            Some(wal) => wal.settled().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -201,11 +214,14 @@ impl Store {
         };
         let wal = match &writer {
             Some(writer) => {
+                // The log exists: every connection has set `journal_mode = WAL`.
                 let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                     .fetch_one(writer)
                     .await
                     .map_err(|source| StoreError::Connect { url: redact(url), source })?;
-                Some(WalSync::start(file.into()))
+                let wal =
+                    WalSync::start(Path::new(&file)).map_err(|source| StoreError::Log { db: file.clone(), source })?;
+                Some(wal)
             }
             None => None,
         };
