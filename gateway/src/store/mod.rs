@@ -403,6 +403,9 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
             if writer {
                 // Checkpoints run beside the writes (see `checkpoint_wal`).
                 conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                // A statement that changes many rows inside the shared transaction keeps a journal to
+                // undo itself alone; in memory, not in a temporary file. Commits are unaffected.
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
             }
             conn.execute("PRAGMA journal_mode = WAL").await?;
             // The writer's commits are synced beside the next write (see `wal`); a reader's
