@@ -135,10 +135,15 @@ impl Tx<'_> {
     pub async fn rollback(self) -> Result<(), StoreError> {
         let Tx { inner, wal } = self;
         inner.rollback().await?;
-        match wal {
-            Some(wal) => wal.settled().await,
-            None => Ok(()),
-        }
+        settled(wal.as_deref()).await
+    }
+}
+
+/// Waits until every commit begun on the SQLite writer so far is on disk; at once without one.
+async fn settled(wal: Option<&WalSync>) -> Result<(), StoreError> {
+    match wal {
+        Some(wal) => wal.settled().await,
+        None => Ok(()),
     }
 }
 
@@ -268,10 +273,7 @@ impl Store {
     /// calls it after reading, so nobody sees a change that a power failure could still undo (on
     /// SQLite a commit is visible a moment before it is synced; see `wal`).
     pub async fn settled(&self) -> Result<(), StoreError> {
-        match &self.wal {
-            Some(wal) => wal.settled().await,
-            None => Ok(()),
-        }
+        settled(self.wal.as_deref()).await
     }
 
     /// The SQLite writer connection, asking its holder to let it go ([`Store::writer_wanted`]).
