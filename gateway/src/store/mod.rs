@@ -289,10 +289,11 @@ impl Store {
     }
 
     /// One checkpoint of SQLite's write-ahead log (see `checkpoint_wal`): a PASSIVE copy on a reader
-    /// connection, then, if the log is long (or `restart`), one on the writer connection, between two
-    /// write transactions, which copies what was appended meanwhile. Returns whether the log was
-    /// wholly copied, so that the next write starts it over; it is not when another checkpoint ran
-    /// at the same time or a reader still uses old pages.
+    /// connection, then, if the log is long (or `restart`), a RESTART one on the writer connection,
+    /// between two write transactions, which copies what was appended meanwhile so that the next
+    /// write starts the log over. Returns whether the log was wholly copied (by the writer's step
+    /// when it ran, else as far as it had been written when the copy began); it is not when another
+    /// checkpoint ran at the same time or a reader kept old pages past the wait.
     pub async fn checkpoint_round(&self, restart: bool) -> Result<bool, sqlx::Error> {
         let copied = |row: &sqlx::any::AnyRow| -> Result<(bool, i64), sqlx::Error> {
             let (busy, log, done): (i64, i64, i64) =
@@ -300,9 +301,17 @@ impl Store {
             Ok((busy == 0 && done == log, log))
         };
         let (mut whole, log) = copied(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?)?;
-        if !whole && (restart || log >= RESTART_FRAMES) {
+        // A copy on a reader connection says nothing of the commits made while it ran, and the next
+        // write starts the log over only if it finds every frame copied and no reader in the log. So
+        // under steady writes only the writer connection, between two transactions, can restart it:
+        // RESTART copies what was appended meanwhile and waits for readers to leave the log (they are
+        // short). It holds up only the next shared commit, and waits `RESTART_BUSY_TIMEOUT` at most.
+        if restart || log >= RESTART_FRAMES {
             let mut writer = self.writer_in_turn().await?;
-            whole = copied(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *writer).await?)?.0;
+            sqlx::query(RESTART_BUSY_TIMEOUT).execute(&mut *writer).await?;
+            let copy = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *writer).await;
+            sqlx::query(BUSY_TIMEOUT).execute(&mut *writer).await?;
+            whole = copied(&copy?)?.0;
         }
         if whole {
             self.restarts.send_modify(|n| *n += 1);
@@ -310,8 +319,8 @@ impl Store {
         Ok(whole)
     }
 
-    /// Counts the times SQLite's write-ahead log was wholly copied into the database file, so that the
-    /// next write started it over (see `checkpoint_wal`).
+    /// Counts the checkpoint rounds that wholly copied SQLite's write-ahead log into the database
+    /// file (see `checkpoint_round`).
     pub fn wal_restarts(&self) -> watch::Receiver<u64> {
         self.restarts.subscribe()
     }
@@ -385,6 +394,14 @@ async fn checkpoint_wal(store: Store) {
 /// Frames (pages) the write-ahead log may reach before it is started over: 16 MiB of 4 KiB pages.
 const RESTART_FRAMES: i64 = 4096;
 
+/// How long the writer connection waits, in a checkpoint that starts the log over, for readers of
+/// older pages to finish: 10 ms, so a long read (an audit export) costs the writes little; if one
+/// has not finished by then, the log is started over at a later round.
+const RESTART_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10";
+/// How long a connection waits for a lock another process holds; and the writer, once its
+/// checkpoint is over.
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 15000";
+
 /// How long after a write transaction begins the write-ahead log is checkpointed.
 const CHECKPOINT_GAP: Duration = Duration::from_millis(100);
 
@@ -413,7 +430,7 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
             // The writer's commits are synced beside the next write (see `wal`); a reader's
             // checkpoint syncs at once.
             conn.execute(if writer { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" }).await?;
-            conn.execute("PRAGMA busy_timeout = 15000").await?;
+            conn.execute(BUSY_TIMEOUT).await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
             conn.execute("PRAGMA secure_delete = ON").await?;
             Ok(())
@@ -463,17 +480,23 @@ mod tests {
         assert!(matches!(classify("mysql://x"), Err(StoreError::BadUrl(_))));
     }
 
+    /// A SQLite store in a new directory, with a table `scratch (b BLOB)` to fill.
+    async fn scratch_store(name: &str) -> (tempfile::TempDir, std::path::PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let store = Store::open(&path.display().to_string()).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE scratch (b BLOB NOT NULL)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        (dir, path, store)
+    }
+
     /// SQLite's write-ahead log is copied back into the database file beside the writes, and once
     /// wholly copied it is started over, so a busy gateway's log stays bounded although the writer
     /// never checkpoints.
     #[tokio::test]
     async fn the_write_ahead_log_is_copied_back_and_started_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal.db");
-        let store = Store::open(&path.display().to_string()).await.unwrap();
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query("CREATE TABLE scratch (b BLOB NOT NULL)").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
+        let (dir, path, store) = scratch_store("wal.db").await;
         // Each transaction writes 1 MiB in fresh pages.
         let write = |n: usize| {
             let store = store.clone();
@@ -518,6 +541,44 @@ mod tests {
         .expect("the background checkpoint copied the log into the database file within 30 s");
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch").fetch_one(store.pool()).await.unwrap();
         assert_eq!(rows, 48 * 16, "every committed row is there");
+        store.close().await;
+    }
+
+    /// Under steady writes, with readers coming and going, the log is still started over: a copy on a
+    /// reader connection always finds that more was committed while it ran, so only the writer
+    /// connection's step can restart it. Without that the log grows by every page written.
+    #[tokio::test]
+    async fn the_write_ahead_log_is_started_over_under_steady_writes_and_reads() {
+        let (dir, _, store) = scratch_store("steady.db").await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Short read transactions, one after another, as delivery passes and audit queries make.
+        let reader = tokio::spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let _: i64 =
+                        sqlx::query_scalar("SELECT COUNT(*) FROM scratch").fetch_one(store.pool()).await.unwrap();
+                    reads += 1;
+                }
+                reads
+            }
+        });
+        let restarts = store.wal_restarts();
+        // 96 MiB in commits of 256 KiB, back to back on the writer connection, as shared commits come
+        // under load.
+        for _ in 0..384 {
+            let mut tx = store.begin().await.unwrap();
+            for _ in 0..4 {
+                sqlx::query("INSERT INTO scratch (b) VALUES (randomblob(65536))").execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        assert!(reader.await.unwrap() > 0, "reads ran beside the writes");
+        assert!(restarts.has_changed().unwrap(), "a background round copied the whole log");
+        let logged = std::fs::metadata(dir.path().join("steady.db-wal")).unwrap().len();
+        assert!(logged < 64 << 20, "the log was not started over under load: {logged} bytes after 96 MiB written");
         store.close().await;
     }
 
