@@ -269,8 +269,8 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
     if !sqlite {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
-    // Its shape changes with the batch: on SQLite not kept prepared (see `routing::rows`).
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
+    // Its shape changes with the number of ids, which callers take in `audit::chunks`.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);
     }

@@ -51,12 +51,10 @@ const POLL: Duration = Duration::from_millis(200);
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// The most entries one integration transaction takes.
 const BATCH: usize = 4096;
-/// Perfect subtrees per INSERT (three binds each) on SQLite.
-const NODE_CHUNK: usize = 1000;
 /// Perfect subtrees per INSERT on PostgreSQL: small statements, for the reason given at
-/// `super::PG_INSERT_CHUNK`.
+/// `super::PG_INSERT_CHUNK` (on SQLite, see `super::chunks`).
 const PG_NODE_CHUNK: usize = 64;
-/// Subtrees per SELECT by id (two binds each).
+/// Subtrees per SELECT by id (two binds each) on PostgreSQL.
 const FETCH_CHUNK: usize = 100;
 
 /// Why a log operation failed. Each maps to a precise gRPC status in [`From<LogError> for Error`].
@@ -518,10 +516,10 @@ fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<Checkpoint, LogError> 
 async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LogError> {
     let mut out = HashMap::with_capacity(ids.len());
     let sqlite = super::is_sqlite(conn);
-    for chunk in ids.chunks(FETCH_CHUNK) {
+    for chunk in super::chunks(ids, sqlite, FETCH_CHUNK) {
         let mut sql = String::from("SELECT level, idx, hash FROM merkle_node WHERE ");
         super::push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index));
         }
@@ -535,12 +533,10 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
     Ok(out)
 }
 
-/// Writes newly completed subtrees, many per statement (on SQLite not kept prepared, like every
-/// statement whose shape changes with its input: see `crate::routing::rows`).
+/// Writes newly completed subtrees, many per statement.
 async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
     let sqlite = super::is_sqlite(tx);
-    let rows = if sqlite { NODE_CHUNK } else { PG_NODE_CHUNK };
-    for chunk in nodes.chunks(rows) {
+    for chunk in super::chunks(nodes, sqlite, PG_NODE_CHUNK) {
         let mut sql = String::from("INSERT INTO merkle_node (level, idx, hash) VALUES ");
         for i in 0..chunk.len() {
             if i > 0 {
@@ -548,7 +544,7 @@ async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> Result<(), L
             }
             super::push_row(&mut sql, sqlite, i, 3);
         }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!sqlite);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (id, hash) in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index)).bind(hash.to_vec());
         }

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::lifecycle::{Copy, copy_from};
 use super::queue::QueuedRow;
-use crate::audit::{is_sqlite, push_pair_terms, push_row};
+use crate::audit::{chunks, is_sqlite, push_pair_terms, push_row};
 use crate::consent::{self, Stored};
 use crate::store::Tx;
 
@@ -59,11 +59,8 @@ pub struct Prefetched {
     sqlite: bool,
 }
 
-/// These statements change shape with the batch, so on SQLite they are not kept prepared (see
-/// `super::rows`).
-///
-/// Pairs per statement: two binds each, far below either database's limit, and few enough that
-/// SQLite plans each `OR` term as its own primary-key lookup.
+/// Keys per statement on PostgreSQL (on SQLite, see [`chunks`]): two binds each for pairs, far below
+/// its limit.
 const CHUNK: usize = 200;
 
 impl Prefetched {
@@ -83,10 +80,10 @@ impl Prefetched {
         let mut out = Prefetched { sqlite, ..Prefetched::default() };
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
-        for chunk in messages.chunks(CHUNK) {
+        for chunk in chunks(&messages, sqlite, CHUNK) {
             let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
             push_pair_terms(&mut sql, sqlite, "sender", "message_id", chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for (s, m) in chunk {
                 out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
                 q = q.bind(*s).bind(*m);
@@ -98,13 +95,13 @@ impl Prefetched {
         }
 
         let items: Vec<&str> = items.into_iter().collect();
-        for chunk in items.chunks(CHUNK) {
+        for chunk in chunks(&items, sqlite, CHUNK) {
             let mut sql = format!(
                 "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
                 COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
             );
             push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
                 out.items.insert((*id).to_owned(), None);
                 q = q.bind(*id);
@@ -138,7 +135,7 @@ impl Prefetched {
         consents.extend(item_consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
 
         let consents: Vec<&str> = consents.into_iter().collect();
-        for chunk in consents.chunks(CHUNK) {
+        for chunk in chunks(&consents, sqlite, CHUNK) {
             for (id, stored) in consent::load_many(tx, chunk).await? {
                 out.consents.insert(id, stored);
             }
@@ -150,7 +147,7 @@ impl Prefetched {
         } else {
             out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
         };
-        for chunk in found.chunks(CHUNK) {
+        for chunk in chunks(&found, sqlite, CHUNK) {
             let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
             push_row(&mut sql, sqlite, 0, chunk.len());
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -166,10 +163,10 @@ impl Prefetched {
         }
 
         let senders: Vec<&str> = senders.into_iter().collect();
-        for chunk in senders.chunks(CHUNK) {
+        for chunk in chunks(&senders, sqlite, CHUNK) {
             let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
             push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for s in chunk {
                 out.senders.insert((*s).to_owned());
                 q = q.bind(*s);

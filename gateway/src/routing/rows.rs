@@ -12,7 +12,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AssertSqlSafe};
 
-use crate::audit::{PG_INSERT_CHUNK, is_sqlite, push_row};
+use crate::audit::{PG_INSERT_CHUNK, chunks, is_sqlite, push_row};
 use crate::store::Tx;
 
 /// A recipient's copy of a message.
@@ -193,10 +193,6 @@ pub async fn insert_outbox(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sq
     Ok(())
 }
 
-/// Rows per statement on SQLite (far below its 32,766 binds at 14 columns); PostgreSQL takes the
-/// audit log's small chunks, for the reason given there.
-const SQLITE_CHUNK: usize = 256;
-
 /// Inserts `rows` with multi-row statements of `columns` columns each, `bind` binding one row.
 async fn insert_many<'r, R>(
     tx: &mut Tx<'_>,
@@ -210,12 +206,8 @@ async fn insert_many<'r, R>(
 }
 
 /// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk, `bind` binding one row; returns how many rows the statements changed.
-///
-/// The statement's shape changes with the chunk's size, so on SQLite it is not kept prepared: each
-/// connection would otherwise cache, in the gateway's memory, a large compiled program for every size
-/// it has seen. On PostgreSQL the server holds the plans, and a statement kept prepared saves a round
-/// trip.
+/// chunk (see [`chunks`]; PostgreSQL takes the audit log's small chunks, for the reason given there),
+/// `bind` binding one row; returns how many rows the statements changed.
 async fn with_rows<'r, R>(
     tx: &mut Tx<'_>,
     head: &str,
@@ -226,7 +218,7 @@ async fn with_rows<'r, R>(
 ) -> Result<u64, sqlx::Error> {
     let sqlite = is_sqlite(tx);
     let mut affected = 0;
-    for chunk in rows.chunks(if sqlite { SQLITE_CHUNK } else { PG_INSERT_CHUNK }) {
+    for chunk in chunks(rows, sqlite, PG_INSERT_CHUNK) {
         let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
         sql.push_str(head);
         for i in 0..chunk.len() {
@@ -234,7 +226,7 @@ async fn with_rows<'r, R>(
             push_row(&mut sql, sqlite, i, columns);
         }
         sql.push_str(tail);
-        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(!sqlite);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
             q = bind(q, row);
         }
