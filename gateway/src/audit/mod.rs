@@ -131,8 +131,10 @@ pub(crate) const SQLITE_MAX_CHUNK: usize = 64;
 /// On SQLite a compiled statement is cached by its text, which changes with its number of rows; a
 /// statement that is not cached is parsed again each time, and parsing was 18 % of the SQLite writer's
 /// time under load and 30 % with one caller. So there the chunks are powers of two, largest first, up
-/// to [`SQLITE_MAX_CHUNK`]: `n` rows take as many statements as `n` has bits set, a connection keeps
-/// at most seven shapes of each statement, and every statement is kept prepared.
+/// to [`SQLITE_MAX_CHUNK`]: `n` rows take `n / 64` statements plus one per bit set in `n % 64`, a
+/// connection keeps at most seven shapes of each statement, and every statement is kept prepared.
+/// (sqlx keeps the 100 most recently used statements per connection, so under a load that uses
+/// every shape of every kind the rarest shapes are parsed again now and then.)
 pub(crate) fn chunks<T>(rows: &[T], sqlite: bool, pg: usize) -> Chunks<'_, T> {
     Chunks { rest: rows, sqlite, pg: pg.max(1) }
 }
