@@ -285,6 +285,12 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     };
     let committed = outcome.is_ok();
     match outcome {
+        // Already on disk (PostgreSQL): the callers are answered now.
+        Ok(durable) if durable.is_ready() => {
+            for finish in finishes {
+                finish(None);
+            }
+        }
         // The callers are answered once the commit is on disk; meanwhile the next batch runs.
         Ok(durable) => {
             tokio::spawn(async move {

@@ -124,7 +124,7 @@ pub(crate) fn push_row(sql: &mut String, sqlite: bool, row: usize, columns: usiz
 }
 
 /// The most rows (or keys) one statement takes on SQLite: see [`chunks`].
-pub(crate) const SQLITE_MAX_CHUNK: usize = 64;
+const SQLITE_MAX_CHUNK: usize = 64;
 
 /// The chunks a statement of many rows (or keys) takes `rows` in: on PostgreSQL, `pg` at a time.
 ///

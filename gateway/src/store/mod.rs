@@ -94,7 +94,7 @@ pub struct Store {
     waiting: Arc<AtomicUsize>,
     /// Told of each SQLite write transaction, so the write-ahead log is checkpointed after it.
     wrote: Arc<Notify>,
-    /// How many times the write-ahead log was wholly copied, so the next write starts it over.
+    /// How many checkpoint rounds wholly copied the write-ahead log (see `checkpoint_round`).
     restarts: watch::Sender<u64>,
     /// On SQLite, syncs the write-ahead log after the writer's commits (see `wal`).
     wal: Option<Arc<WalSync>>,

@@ -146,6 +146,11 @@ impl Durable {
         Durable(None)
     }
 
+    /// Whether the commit was on disk when it returned (nothing to wait for).
+    pub fn is_ready(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Waits until the commit is on disk.
     pub async fn wait(self) -> Result<(), StoreError> {
         match self.0 {
