@@ -96,7 +96,7 @@ async fn fill(
         return Ok(());
     }
     let limit = i64::try_from(window.max + window.inflight.len() + window.held.len()).unwrap_or(i64::MAX);
-    let items = queue::pending(g.store.pool(), org.as_str(), "", limit).await.map_err(|e| {
+    let items = queue::pending(&g.store, org.as_str(), limit).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the queue");
         Status::unavailable("the gateway's database is unavailable; reconnect later")
     })?;

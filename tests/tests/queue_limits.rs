@@ -197,3 +197,59 @@ async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frame
     assert_eq!(still, "pending", "a foreign acknowledgement changes nothing");
     net.stop().await;
 }
+
+/// A stream's read of its organization's oldest pending items walks the `outbox_pending` index even
+/// when the statistics were taken while much of the queue was pending. A plan that walked the primary
+/// key instead would pass every acknowledged item of every organization before the first pending one.
+#[tokio::test]
+async fn the_pending_read_walks_its_index_whatever_the_statistics_say() {
+    use haven_gateway::routing::queue;
+    use haven_gateway::store::Store;
+    use haven_tests::net::{Db, db, fresh_database};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&fresh_database(dir.path()).await).await.unwrap();
+    let postgres = db() == Db::Postgres;
+    let empty = if postgres { "''::bytea" } else { "x''" };
+    // 20,000 items of ten organizations, the newest 6,000 pending when the statistics are taken.
+    let mut tx = store.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO outbox (item_id, org, item_kind, payload, queued_at_micros, expires_at_micros, state) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+         SELECT 'item-' || (100000 + i), 'org' || (i % 10), 'delivery', {empty}, i, i + 1000000, \
+                CASE WHEN i > 14000 THEN 'pending' ELSE 'acked' END FROM n"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(if postgres { "ANALYZE outbox" } else { "ANALYZE" }).execute(&mut *tx).await.unwrap();
+    // Then all but the newest 100 are acknowledged: ten pending for each organization.
+    sqlx::query("UPDATE outbox SET state = 'acked' WHERE item_id <= 'item-119900'").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let plan: Vec<String> = if postgres {
+        // The plan a prepared statement settles on, made without the parameters' values.
+        let mut conn = store.pool().acquire().await.unwrap();
+        sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+        let prepare = format!("PREPARE pending_read(text, bigint) AS {}", queue::PENDING_POSTGRES);
+        sqlx::query(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.unwrap();
+        let rows = sqlx::query("EXPLAIN EXECUTE pending_read('org3', 64)").fetch_all(&mut *conn).await.unwrap();
+        sqlx::query("DEALLOCATE pending_read").execute(&mut *conn).await.unwrap();
+        sqlx::query("RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    } else {
+        let explain = format!("EXPLAIN QUERY PLAN {}", queue::PENDING_SQLITE);
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(explain)).bind("org3").bind(64_i64).fetch_all(store.pool()).await.unwrap();
+        rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+    };
+    let plan = plan.join("\n");
+    assert!(plan.contains("outbox_pending"), "the read does not use the pending index:\n{plan}");
+    assert!(!plan.contains("outbox_pkey") && !plan.contains("TEMP B-TREE"), "the read walks or sorts:\n{plan}");
+
+    // And it reads the right items: org3's ten pending ones, oldest first.
+    let items = queue::pending(&store, "org3", 64).await.unwrap();
+    let ids: Vec<&str> = items.iter().map(|p| p.item_id.as_str()).collect();
+    let expected: Vec<String> = (19903..=20000).step_by(10).map(|i| format!("item-{}", 100000 + i)).collect();
+    assert_eq!(ids, expected);
+}

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::rows::{OutboxRow, insert_outbox};
-use crate::store::Tx;
+use crate::store::{Backend, Store, Tx};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -130,14 +130,20 @@ impl Pending {
     }
 }
 
-/// The organization's oldest pending items after `after` (exclusive), at most `limit`.
-pub async fn pending(pool: &sqlx::AnyPool, org: &str, after: &str, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
-    let rows = sqlx::query("SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' AND item_id > $2 ORDER BY item_id LIMIT $3")
-        .bind(org)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+/// The read of an organization's oldest pending items, `$1` the organization and `$2` at most how
+/// many, on each backend. PostgreSQL's orders by `item_id` in the "C" collation, an order only the
+/// `outbox_pending` index gives (migration 6 says why); SQLite's BINARY is that order already.
+pub const PENDING_SQLITE: &str =
+    "SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' ORDER BY item_id LIMIT $2";
+pub const PENDING_POSTGRES: &str = "SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' ORDER BY item_id COLLATE \"C\" LIMIT $2";
+
+/// The organization's oldest pending items, at most `limit`.
+pub async fn pending(store: &Store, org: &str, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+    let sql = match store.backend() {
+        Backend::Sqlite => PENDING_SQLITE,
+        Backend::Postgres => PENDING_POSTGRES,
+    };
+    let rows = sqlx::query(sql).bind(org).bind(limit).fetch_all(store.pool()).await?;
     rows.iter()
         .map(|r| {
             Ok(Pending {

@@ -46,6 +46,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/0005_queue_counts.sql"),
         postgres: include_str!("migrations/postgres/0005_queue_counts.sql"),
     },
+    Migration {
+        version: 6,
+        name: "pending_order",
+        sqlite: include_str!("migrations/sqlite/0006_pending_order.sql"),
+        postgres: include_str!("migrations/postgres/0006_pending_order.sql"),
+    },
 ];
 
 /// An arbitrary constant naming Haven's migration lock.
