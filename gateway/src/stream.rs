@@ -8,18 +8,16 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use haven_proto::v1::{GatewayFrame, Heartbeat, NodeFrame, Welcome, gateway_frame, node_frame};
+use haven_proto::v1::{self as pb, GatewayFrame, Heartbeat, NodeFrame, Welcome, gateway_frame, node_frame};
 use haven_trust::ids::{Caller, OrgId};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
 use crate::app::Gateway;
-use crate::consent;
 use crate::identity::PeerInfo;
 use crate::routing::{lifecycle, queue};
 use crate::service::caller_proto;
-use haven_trust::receipt::ConsentState;
 
 /// How often the gateway sends a heartbeat down a stream.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -78,13 +76,14 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// The items sent down one stream and not yet acknowledged.
 struct Window {
     inflight: HashSet<String>,
-    /// Items held back because their consent no longer covers them (the cascade cancels them), or
-    /// because their stored payload cannot be decoded (logged again after each slow poll).
+    /// Items held back because their stored payload cannot be decoded (logged again after each slow
+    /// poll). Items whose consent no longer covers them are not read at all.
     held: HashSet<String>,
     max: usize,
 }
 
-/// Sends the oldest pending items until the window is full. Every delivery rechecks its consent.
+/// Sends the oldest pending items until the window is full. Every delivery rechecks its consent as
+/// it is read (see [`queue::SENDABLE_SQLITE`]).
 async fn fill(
     gateway: &Gateway,
     org: &OrgId,
@@ -92,43 +91,32 @@ async fn fill(
     tx: &mpsc::Sender<Result<GatewayFrame, Status>>,
 ) -> Result<(), Status> {
     let g = &gateway.0;
-    if window.inflight.len() >= window.max {
-        return Ok(());
-    }
-    let limit = i64::try_from(window.max + window.inflight.len() + window.held.len()).unwrap_or(i64::MAX);
-    let items = queue::pending(&g.store, org.as_str(), limit).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot read the queue");
-        Status::unavailable("the gateway's database is unavailable; reconnect later")
-    })?;
-    // Whether each consent read in this pass is in force: items under one consent read it once.
-    let mut in_force: HashMap<String, bool> = HashMap::new();
     let mut out = Vec::new();
-    for p in items {
-        if window.inflight.len() + out.len() >= window.max {
+    // An item that cannot be decoded is held back and the read goes on past it.
+    loop {
+        let room = window.max.saturating_sub(window.inflight.len() + out.len());
+        if room == 0 {
             break;
         }
-        if window.inflight.contains(&p.item_id) || window.held.contains(&p.item_id) {
-            continue;
-        }
-        let Some(item) = p.decode() else {
-            window.held.insert(p.item_id);
-            continue;
-        };
-        if !p.consent_id.is_empty() {
-            let usable = match in_force.get(&p.consent_id) {
-                Some(usable) => *usable,
+        // What is in flight, about to go, or held back is passed over in the index.
+        let skip = window.inflight.iter().chain(&window.held).chain(out.iter().map(|i: &pb::Item| &i.item_id));
+        let limit = i64::try_from(room).unwrap_or(i64::MAX);
+        let items = queue::sendable(&g.store, org.as_str(), skip, g.clock.now_micros(), limit).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the queue");
+            Status::unavailable("the gateway's database is unavailable; reconnect later")
+        })?;
+        let (read, held) = (items.len(), window.held.len());
+        for p in items {
+            match p.decode() {
+                Some(item) => out.push(item),
                 None => {
-                    let usable = consent_in_force(gateway, &p.consent_id).await?;
-                    in_force.insert(p.consent_id.clone(), usable);
-                    usable
+                    window.held.insert(p.item_id);
                 }
-            };
-            if !usable {
-                window.held.insert(p.item_id);
-                continue;
             }
         }
-        out.push(item);
+        if read < room || window.held.len() == held {
+            break;
+        }
     }
     if out.is_empty() {
         return Ok(());
@@ -146,20 +134,6 @@ async fn fill(
         }
     }
     Ok(())
-}
-
-/// Whether a consent still covers the copies queued under it. A renewal (superseded) keeps the
-/// survivor's consent in force for copies already queued.
-async fn consent_in_force(gateway: &Gateway, consent_id: &str) -> Result<bool, Status> {
-    let g = &gateway.0;
-    match consent::load_read(g.store.pool(), consent_id).await {
-        Ok(Some(c)) => Ok(matches!(
-            crate::routing::effective_state(&c, g.clock.now_micros()),
-            ConsentState::Given | ConsentState::Superseded
-        )),
-        Ok(None) => Ok(false),
-        Err(_) => Err(Status::unavailable("the gateway's database is unavailable; reconnect later")),
-    }
 }
 
 /// Runs a stream until the node leaves or the gateway closes it.

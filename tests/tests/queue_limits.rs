@@ -198,11 +198,11 @@ async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frame
     net.stop().await;
 }
 
-/// A stream's read of its organization's oldest pending items walks the `outbox_pending` index even
-/// when the statistics were taken while much of the queue was pending. A plan that walked the primary
-/// key instead would pass every acknowledged item of every organization before the first pending one.
+/// A stream's read of what it may send next walks the `outbox_pending` index even when the
+/// statistics were taken while much of the queue was pending. A plan that walked the primary key
+/// instead would pass every acknowledged item of every organization before the first pending one.
 #[tokio::test]
-async fn the_pending_read_walks_its_index_whatever_the_statistics_say() {
+async fn a_stream_reads_only_covered_items_through_its_index_whatever_the_statistics_say() {
     use haven_gateway::routing::queue;
     use haven_gateway::store::Store;
     use haven_tests::net::{Db, db, fresh_database};
@@ -231,25 +231,58 @@ async fn the_pending_read_walks_its_index_whatever_the_statistics_say() {
         // The plan a prepared statement settles on, made without the parameters' values.
         let mut conn = store.pool().acquire().await.unwrap();
         sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
-        let prepare = format!("PREPARE pending_read(text, bigint) AS {}", queue::PENDING_POSTGRES);
+        let prepare = format!("PREPARE pending_read(text, text, bigint, bigint) AS {}", queue::SENDABLE_POSTGRES);
         sqlx::query(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.unwrap();
-        let rows = sqlx::query("EXPLAIN EXECUTE pending_read('org3', 64)").fetch_all(&mut *conn).await.unwrap();
+        let rows =
+            sqlx::query("EXPLAIN EXECUTE pending_read('org3', '[]', 0, 64)").fetch_all(&mut *conn).await.unwrap();
         sqlx::query("DEALLOCATE pending_read").execute(&mut *conn).await.unwrap();
         sqlx::query("RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
         rows.iter().map(|r| r.get::<String, _>(0)).collect()
     } else {
-        let explain = format!("EXPLAIN QUERY PLAN {}", queue::PENDING_SQLITE);
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(explain)).bind("org3").bind(64_i64).fetch_all(store.pool()).await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {}", queue::SENDABLE_SQLITE);
+        let query = sqlx::query(sqlx::AssertSqlSafe(explain)).bind("org3").bind("[]").bind(0_i64).bind(64_i64);
+        let rows = query.fetch_all(store.pool()).await.unwrap();
         rows.iter().map(|r| r.get::<String, _>("detail")).collect()
     };
     let plan = plan.join("\n");
     assert!(plan.contains("outbox_pending"), "the read does not use the pending index:\n{plan}");
-    assert!(!plan.contains("outbox_pkey") && !plan.contains("TEMP B-TREE"), "the read walks or sorts:\n{plan}");
+    let sorts = ["outbox_pkey", "TEMP B-TREE", "Sort"];
+    assert!(!sorts.iter().any(|s| plan.contains(s)), "the read walks the primary key or sorts:\n{plan}");
 
-    // And it reads the right items: org3's ten pending ones, oldest first.
-    let items = queue::pending(&store, "org3", 64).await.unwrap();
-    let ids: Vec<&str> = items.iter().map(|p| p.item_id.as_str()).collect();
+    // And it reads the right items: org3's ten pending ones, oldest first, less those passed over.
     let expected: Vec<String> = (19903..=20000).step_by(10).map(|i| format!("item-{}", 100000 + i)).collect();
-    assert_eq!(ids, expected);
+    let read = |skip: Vec<String>| {
+        let store = &store;
+        async move {
+            let items = queue::sendable(store, "org3", &skip, 100, 64).await.unwrap();
+            items.into_iter().map(|p| p.item_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read(vec![]).await, expected);
+    assert_eq!(read(vec![expected[0].clone(), expected[4].clone()]).await, [&expected[1..4], &expected[5..]].concat());
+
+    // Items under a consent go out only while it covers them (the read is at time 100): given and
+    // within its window, or renewed; not past its window, revoked, or not on record.
+    let mut tx = store.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) VALUES \
+         ('c-given', 'org0', 'subject-a', '', '{}', 'h1', 0, 1000, 'given', 0, 0), \
+         ('c-lapsed', 'org0', 'subject-b', '', '{}', 'h2', 0, 100, 'given', 0, 0), \
+         ('c-renewed', 'org0', 'subject-c', '', '{}', 'h3', 0, 50, 'superseded', 0, 0), \
+         ('c-revoked', 'org0', 'subject-d', '', '{}', 'h4', 0, 1000, 'revoked', 0, 0)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for (item, consent) in expected.iter().zip(["c-given", "c-lapsed", "c-renewed", "c-revoked", "c-unknown"]) {
+        sqlx::query("UPDATE outbox SET consent_id = $1 WHERE item_id = $2")
+            .bind(consent)
+            .bind(item.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let covered: Vec<String> = [0, 2, 5, 6, 7, 8, 9].iter().map(|&i| expected[i].clone()).collect();
+    assert_eq!(read(vec![]).await, covered);
 }

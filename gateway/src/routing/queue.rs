@@ -111,12 +111,10 @@ pub async fn enqueue(tx: &mut Tx<'_>, now: i64, item: NewItem<'_>) -> Result<Str
     Ok(row.item_id)
 }
 
-/// A pending item read for sending, its payload still encoded (most reads find items already in
-/// flight, which need no decoding).
+/// A pending item read for sending, its payload still encoded.
 pub struct Pending {
     pub item_id: String,
     pub payload: Vec<u8>,
-    pub consent_id: String,
 }
 
 impl Pending {
@@ -130,29 +128,51 @@ impl Pending {
     }
 }
 
-/// The read of an organization's oldest pending items, `$1` the organization and `$2` at most how
-/// many, on each backend. PostgreSQL's orders by `item_id` in the "C" collation, an order only the
-/// `outbox_pending` index gives (migration 6 says why); SQLite's BINARY is that order already.
-pub const PENDING_SQLITE: &str =
-    "SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' ORDER BY item_id LIMIT $2";
-pub const PENDING_POSTGRES: &str = "SELECT item_id, payload, consent_id FROM outbox WHERE org = $1 AND state = 'pending' ORDER BY item_id COLLATE \"C\" LIMIT $2";
-
-/// The organization's oldest pending items, at most `limit`.
-pub async fn pending(store: &Store, org: &str, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
-    let sql = match store.backend() {
-        Backend::Sqlite => PENDING_SQLITE,
-        Backend::Postgres => PENDING_POSTGRES,
+/// The read of the items an organization's stream may send next, oldest first: `$1` the
+/// organization, `$2` a JSON array of item ids to pass over (those in flight), `$3` the time now,
+/// `$4` at most how many.
+///
+/// - Every item is checked against its consent as it is read: an item queued under a consent goes out
+///   only while that consent is given and within its window, or superseded by a renewal (which keeps
+///   it in force for copies already queued), as `routing::effective_state` decides. Others wait for the
+///   sweep or the cascade to cancel them.
+/// - The ids passed over and the consent check are matched in `outbox_pending` and the consent's
+///   primary key, so only the rows sent are read whole.
+/// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending` gives
+///   (migration 6 says why); SQLite's BINARY is that order already.
+macro_rules! sendable {
+    ($skip:literal, $order:literal) => {
+        concat!(
+            "SELECT o.item_id, o.payload FROM outbox o LEFT JOIN consents c ON c.consent_id = o.consent_id ",
+            "WHERE o.org = $1 AND o.state = 'pending' AND o.item_id NOT IN (",
+            $skip,
+            ") AND (o.consent_id = '' OR c.state = 'superseded' OR (c.state = 'given' AND c.valid_until_micros > $3)) ",
+            "ORDER BY ",
+            $order,
+            " LIMIT $4"
+        )
     };
-    let rows = sqlx::query(sql).bind(org).bind(limit).fetch_all(store.pool()).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Pending {
-                item_id: r.try_get("item_id")?,
-                payload: r.try_get("payload")?,
-                consent_id: r.try_get("consent_id")?,
-            })
-        })
-        .collect()
+}
+pub const SENDABLE_SQLITE: &str = sendable!("SELECT value FROM json_each($2)", "o.item_id");
+pub const SENDABLE_POSTGRES: &str = sendable!("SELECT jsonb_array_elements_text($2::jsonb)", "o.item_id COLLATE \"C\"");
+
+/// The organization's oldest items that may be sent at `now` (see [`SENDABLE_SQLITE`]), other than
+/// those in `skip`, at most `limit`.
+pub async fn sendable<'a>(
+    store: &Store,
+    org: &str,
+    skip: impl IntoIterator<Item = &'a String>,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<Pending>, sqlx::Error> {
+    let sql = match store.backend() {
+        Backend::Sqlite => SENDABLE_SQLITE,
+        Backend::Postgres => SENDABLE_POSTGRES,
+    };
+    let skip =
+        serde_json::to_string(&skip.into_iter().collect::<Vec<_>>()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let rows = sqlx::query(sql).bind(org).bind(skip).bind(now).bind(limit).fetch_all(store.pool()).await?;
+    rows.iter().map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? })).collect()
 }
 
 /// A queued row's identity, read under the transaction.
