@@ -77,7 +77,7 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 struct Window {
     inflight: HashSet<String>,
     /// Items held back because their stored payload cannot be decoded (logged again after each slow
-    /// poll). Items whose consent no longer covers them are not read at all.
+    /// poll). Items whose consent no longer covers them never come back from the read.
     held: HashSet<String>,
     max: usize,
 }
@@ -98,7 +98,7 @@ async fn fill(
         if room == 0 {
             break;
         }
-        // What is in flight, about to go, or held back is passed over in the index.
+        // What is in flight, about to go, or held back is passed over by the read.
         let skip = window.inflight.iter().chain(&window.held).chain(out.iter().map(|i: &pb::Item| &i.item_id));
         let limit = i64::try_from(room).unwrap_or(i64::MAX);
         let items = queue::sendable(&g.store, org.as_str(), skip, g.clock.now_micros(), limit).await.map_err(|e| {

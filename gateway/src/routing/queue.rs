@@ -136,10 +136,10 @@ impl Pending {
 ///   only while that consent is given and within its window, or superseded by a renewal (which keeps
 ///   it in force for copies already queued), as `routing::effective_state` decides. Others wait for the
 ///   sweep or the cascade to cancel them.
-/// - The ids passed over and the consent check are matched in `outbox_pending` and the consent's
-///   primary key, so only the rows sent are read whole.
-/// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending` gives
-///   (migration 6 says why); SQLite's BINARY is that order already.
+/// - The ids passed over and the items whose consent does not cover them are filtered out by the
+///   statement (the consent through its primary key), so only the rows sent come back.
+/// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending_c` gives
+///   (migration 6 says why); SQLite's BINARY is that order already, given by `outbox_pending`.
 macro_rules! sendable {
     ($skip:literal, $order:literal) => {
         concat!(

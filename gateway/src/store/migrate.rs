@@ -52,6 +52,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/0006_pending_order.sql"),
         postgres: include_str!("migrations/postgres/0006_pending_order.sql"),
     },
+    Migration {
+        version: 7,
+        name: "drop_pending_default_collation",
+        sqlite: include_str!("migrations/sqlite/0007_drop_pending_default_collation.sql"),
+        postgres: include_str!("migrations/postgres/0007_drop_pending_default_collation.sql"),
+    },
 ];
 
 /// An arbitrary constant naming Haven's migration lock.
