@@ -105,7 +105,7 @@ async fn fill(
             tracing::error!(error = %e, "cannot read the queue");
             Status::unavailable("the gateway's database is unavailable; reconnect later")
         })?;
-        let (read, held) = (items.len(), window.held.len());
+        let (read, held_before) = (items.len(), window.held.len());
         for p in items {
             match p.decode() {
                 Some(item) => out.push(item),
@@ -114,7 +114,7 @@ async fn fill(
                 }
             }
         }
-        if read < room || window.held.len() == held {
+        if read < room || window.held.len() == held_before {
             break;
         }
     }

@@ -15,49 +15,27 @@ struct Migration {
     postgres: &'static str,
 }
 
+/// A migration numbered `version` with its SQL for each dialect, from
+/// `migrations/{sqlite,postgres}/{prefix}_{name}.sql`.
+macro_rules! migration {
+    ($version:literal, $prefix:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sqlite: include_str!(concat!("migrations/sqlite/", $prefix, "_", $name, ".sql")),
+            postgres: include_str!(concat!("migrations/postgres/", $prefix, "_", $name, ".sql")),
+        }
+    };
+}
+
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "audit_log",
-        sqlite: include_str!("migrations/sqlite/0001_audit_log.sql"),
-        postgres: include_str!("migrations/postgres/0001_audit_log.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "consent",
-        sqlite: include_str!("migrations/sqlite/0002_consent.sql"),
-        postgres: include_str!("migrations/postgres/0002_consent.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "merkle",
-        sqlite: include_str!("migrations/sqlite/0003_merkle.sql"),
-        postgres: include_str!("migrations/postgres/0003_merkle.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "routing",
-        sqlite: include_str!("migrations/sqlite/0004_routing.sql"),
-        postgres: include_str!("migrations/postgres/0004_routing.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "queue_counts",
-        sqlite: include_str!("migrations/sqlite/0005_queue_counts.sql"),
-        postgres: include_str!("migrations/postgres/0005_queue_counts.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "pending_order",
-        sqlite: include_str!("migrations/sqlite/0006_pending_order.sql"),
-        postgres: include_str!("migrations/postgres/0006_pending_order.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "drop_pending_default_collation",
-        sqlite: include_str!("migrations/sqlite/0007_drop_pending_default_collation.sql"),
-        postgres: include_str!("migrations/postgres/0007_drop_pending_default_collation.sql"),
-    },
+    migration!(1, "0001", "audit_log"),
+    migration!(2, "0002", "consent"),
+    migration!(3, "0003", "merkle"),
+    migration!(4, "0004", "routing"),
+    migration!(5, "0005", "queue_counts"),
+    migration!(6, "0006", "pending_order"),
+    migration!(7, "0007", "drop_pending_default_collation"),
 ];
 
 /// An arbitrary constant naming Haven's migration lock.
