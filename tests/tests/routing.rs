@@ -291,6 +291,21 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
         .unwrap()
         .get::<i64, _>(0);
     assert_eq!(left, 0);
+    // The subject access report says the legal-aid copy was queued, then cancelled: it never reached
+    // its recipient.
+    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), &subject).await.unwrap();
+    let to_legal_fate: Vec<(&str, &str)> = report
+        .iter()
+        .filter(|d| d.message_id == to_legal.message_id)
+        .map(|d| (d.action.as_str(), d.recipient.as_str()))
+        .collect();
+    assert_eq!(to_legal_fate, vec![("queued", "lantern-legal"), ("cancelled", "lantern-legal")]);
+    // The shelter, which holds the data, was told of the withdrawal.
+    assert!(
+        report.iter().any(|d| (d.action.as_str(), d.recipient.as_str(), d.consent_id.as_str(), d.message_id.as_str())
+            == ("withdrawal_notified", "maple-house", consent_id.as_str(), "")),
+        "{report:?}"
+    );
     // Later sends under the consent are denied.
     let late = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
     assert_eq!(late.outcomes[0].decision.as_ref().unwrap().reason_code, "consent_withdrawn");

@@ -352,13 +352,23 @@ pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) 
     Ok(row.is_some())
 }
 
-/// Every disclosure about `subject` (the controller's pseudonym), in seq order: each submission queued
-/// for a recipient (the sender's entry, which names the subject), and each delivery of one of those
-/// messages (the recipient's entry, which carries the message id but, so that the controller's
-/// pseudonym is never written where the recipient reads, no subject).
+/// Every disclosure about `subject` (the controller's pseudonym), in seq order, and what became of each
+/// queued copy:
+///
+/// - each submission queued for a recipient (`queued`: the sender's entry, which names the subject);
+/// - each delivery of one of those messages (`delivered`: the recipient's entry, which carries the
+///   message id but, so that the controller's pseudonym is never written where the recipient reads, no
+///   subject);
+/// - each queued copy cancelled before delivery (`cancelled`: consent withdrawn) or past its TTL
+///   (`expired`), so the report says which queued copies never reached their recipient;
+/// - each withdrawal notice queued for a recipient that may hold the data (`withdrawal_notified`; no
+///   message id, since one notice covers every message under the consent).
+///
+/// The entries of the last two kinds are the sender's, with the subject and the recipient as
+/// counterparty, as routing writes them.
 pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE (subject = $1 AND action = 'submitted' AND outcome = 'queued') OR (action = 'delivered' AND (subject = $1 OR object_id IN (SELECT object_id FROM audit_log WHERE subject = $1 AND action = 'submitted' AND outcome = 'queued' AND object_id <> ''))) ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_log WHERE (subject = $1 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND (subject = $1 OR object_id IN (SELECT object_id FROM audit_log WHERE subject = $1 AND action = 'submitted' AND outcome = 'queued' AND object_id <> ''))) ORDER BY seq"
     )))
     .bind(subject)
     .fetch_all(pool)
@@ -367,6 +377,9 @@ pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<have
         .map(|row| {
             let e = super::entry_from_row(row)?;
             let delivered = e.action == Action::Delivered.as_str();
+            // A withdrawal notice is about the consent (its entry's object), not one message.
+            let notice = e.action == Action::WithdrawalNotified.as_str();
+            let action = if e.action == Action::Submitted.as_str() { "queued".to_owned() } else { e.action };
             Ok(haven_proto::v1::Disclosure {
                 time_micros: e.time_micros,
                 // A delivery is acknowledged by the recipient's node: the recipient is its actor.
@@ -374,9 +387,9 @@ pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<have
                 purpose: e.purpose,
                 released_fields: e.released_fields,
                 consent_id: e.consent_id,
-                message_id: e.object_id,
+                message_id: if notice { String::new() } else { e.object_id },
                 seq: e.seq,
-                action: if delivered { "delivered".into() } else { "queued".into() },
+                action,
             })
         })
         .collect()

@@ -549,13 +549,12 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
         recipients.join(", ")
     );
     for d in report.disclosures.iter().take(6) {
-        println!(
-            "      {:<17} {:<10} {:<8} fields: {}",
-            d.recipient,
-            d.purpose,
-            d.action,
-            d.released_fields.join(", ")
-        );
+        let fields = if d.released_fields.is_empty() {
+            String::new()
+        } else {
+            format!("fields: {}", d.released_fields.join(", "))
+        };
+        println!("      {:<17} {:<10} {:<10} {fields}", d.recipient, d.purpose, d.action);
     }
 
     let auditor = who(people, "audit-office", "avery-auditor")?;
