@@ -24,7 +24,7 @@ pub fn issue_expired_org_cert(out: &Path, org: &OrgId, dest_dir: &Path) -> Resul
     let layout = Layout::new(out);
     let ca = NetworkCa::load(&layout)?;
     let party = Party::Org(org.clone());
-    let cert = issue_with_new_key(&ca, &party, CertKind::Tls, Validity::expired())?;
+    let cert = issue_with_new_key(&ca, &party, CertKind::Tls, Validity::expired(), &[])?;
     cert.write(&dest_dir.join("tls.crt"), &dest_dir.join("tls.key"), Existing::Replace)?;
     let mut pins = pins::load(&layout)?;
     pins::add(&mut pins, &party, CertKind::Tls, cert.fingerprint);
@@ -35,7 +35,7 @@ pub fn issue_expired_org_cert(out: &Path, org: &OrgId, dest_dir: &Path) -> Resul
 /// `tls.crt` and `tls.key` into `dest_dir`. A peer that accepts it trusts the CA alone.
 pub fn issue_unpinned_org_cert(out: &Path, org: &OrgId, dest_dir: &Path) -> Result<(), CertsError> {
     let ca = NetworkCa::load(&Layout::new(out))?;
-    let cert = issue_with_new_key(&ca, &Party::Org(org.clone()), CertKind::Tls, Validity::leaf_from_now())?;
+    let cert = issue_with_new_key(&ca, &Party::Org(org.clone()), CertKind::Tls, Validity::leaf_from_now(), &[])?;
     cert.write(&dest_dir.join("tls.crt"), &dest_dir.join("tls.key"), Existing::Replace)
 }
 
@@ -43,7 +43,7 @@ pub fn issue_unpinned_org_cert(out: &Path, org: &OrgId, dest_dir: &Path) -> Resu
 /// `tls.crt`, `tls.key` and that CA's `ca.pem` into `dest_dir`.
 pub fn foreign_ca_org_cert(org: &OrgId, dest_dir: &Path) -> Result<(), CertsError> {
     let ca = NetworkCa::generate("Impostor Network CA")?;
-    let cert = issue_with_new_key(&ca, &Party::Org(org.clone()), CertKind::Tls, Validity::leaf_from_now())?;
+    let cert = issue_with_new_key(&ca, &Party::Org(org.clone()), CertKind::Tls, Validity::leaf_from_now(), &[])?;
     cert.write(&dest_dir.join("tls.crt"), &dest_dir.join("tls.key"), Existing::Replace)?;
     store::write(&dest_dir.join("ca.pem"), ca.cert_pem().as_bytes(), Secrecy::Public, Existing::Replace)
 }

@@ -26,7 +26,7 @@ use crate::store::{self, Existing, Secrecy};
 /// either file.
 pub fn make_csr(org: &OrgId, kind: CertKind, key_out: &Path, csr_out: &Path) -> Result<(), CertsError> {
     let party = Party::Org(org.clone());
-    let mut params = leaf_params(&party, kind, Validity::leaf_from_now())?;
+    let mut params = leaf_params(&party, kind, Validity::leaf_from_now(), &[])?;
     // A request cannot carry these; the CA decides them.
     params.serial_number = None;
     params.use_authority_key_identifier_extension = false;
@@ -64,7 +64,7 @@ pub fn sign_csr(out: &Path, org: &OrgId, csr: &Path, kind: CertKind, cert_out: &
     })?;
 
     let party = Party::Org(org.clone());
-    let cert = issue_for_key(&ca, &party, kind, Validity::leaf_from_now(), &public_key)?;
+    let cert = issue_for_key(&ca, &party, kind, Validity::leaf_from_now(), &[], &public_key)?;
     store::write(
         cert_out,
         cert.cert_pem.as_bytes(),

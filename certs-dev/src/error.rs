@@ -137,6 +137,24 @@ pub enum CertsError {
         detail: String,
     },
 
+    /// A DNS name given for the gateway's TLS certificate cannot go in it.
+    #[error("`{name}` cannot go in the certificate: {detail}")]
+    BadGatewayName {
+        /// The name given.
+        name: String,
+        /// Why not.
+        detail: String,
+    },
+
+    /// `init` was given DNS names for a gateway TLS certificate that exists without them.
+    #[error("the gateway's TLS certificate {} does not name {missing}; init never reissues it: run `haven-certs renew --out DIR --gateway --gateway-name NAME` for each missing name (names it already carries are kept)", path.display())]
+    GatewayNamesMissing {
+        /// The existing certificate.
+        path: PathBuf,
+        /// The names it lacks, comma-separated.
+        missing: String,
+    },
+
     /// rcgen refused to build a key, certificate, request or CRL.
     #[error("cannot build the {what}: {source}")]
     Build {

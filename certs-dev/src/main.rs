@@ -30,6 +30,10 @@ enum Command {
         /// Delete everything init wrote before (including the CA) and start over.
         #[arg(long)]
         force: bool,
+        /// A DNS name nodes dial the gateway by, for its TLS certificate (beside localhost and
+        /// 127.0.0.1). Repeat for several.
+        #[arg(long = "gateway-name", value_name = "NAME")]
+        gateway_names: Vec<String>,
     },
     /// Revoke a certificate: add it to crl.pem and remove its pin.
     Revoke {
@@ -52,6 +56,10 @@ enum Command {
         /// Renew the signing certificate instead of the TLS certificate.
         #[arg(long)]
         signing: bool,
+        /// With --gateway: a DNS name to add to the gateway's TLS certificate (the names the old one
+        /// carried are kept). Repeat for several.
+        #[arg(long = "gateway-name", value_name = "NAME", conflicts_with = "signing")]
+        gateway_names: Vec<String>,
     },
     /// Sign an organization's certificate request. The certificate gets haven://org/<ID> and the usages
     /// of --kind, whatever the request asked for.
@@ -154,8 +162,8 @@ fn print_init(report: &InitReport) {
 
 fn run(cli: Cli) -> Result<(), haven_certs::CertsError> {
     match cli.command {
-        Command::Init { orgs, out, force } => {
-            let report = haven_certs::init(&orgs, &out, force)?;
+        Command::Init { orgs, out, force, gateway_names } => {
+            let report = haven_certs::init_with_gateway_names(&orgs, &out, force, &gateway_names)?;
             print_init(&report);
         }
         Command::Revoke { out, target, signing } => {
@@ -175,8 +183,8 @@ fn run(cli: Cli) -> Result<(), haven_certs::CertsError> {
             let layout = Layout::new(&out);
             println!("wrote    {} and {}", layout.crl().display(), layout.pins().display());
         }
-        Command::Renew { out, target, signing } => {
-            let issued = haven_certs::renew(&out, &target.party(), kind(signing))?;
+        Command::Renew { out, target, signing, gateway_names } => {
+            let issued = haven_certs::renew_with_gateway_names(&out, &target.party(), kind(signing), &gateway_names)?;
             print_issued(&issued);
             let layout = Layout::new(&out);
             println!(

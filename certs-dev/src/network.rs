@@ -5,6 +5,10 @@
 //! A rerun keeps the CA and every file already there, issues only what is missing (a newly listed
 //! organization, a deleted file), refreshes the CRL and rebuilds the pins. `force` starts over with a
 //! new CA.
+//!
+//! The gateway's TLS certificate names `localhost` and `127.0.0.1`, and the DNS names given to
+//! [`init_with_gateway_names`] (the names nodes dial). A rerun that gives names the existing
+//! certificate lacks is refused with the `renew` command that adds them.
 
 use std::path::Path;
 
@@ -12,7 +16,7 @@ use haven_trust::registry::{PinsFile, Registry};
 
 use crate::ca::{NETWORK_CA_NAME, NetworkCa};
 use crate::error::CertsError;
-use crate::issue::{Issued, Validity, issue_with_new_key};
+use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key};
 use crate::layout::Layout;
 use crate::party::{CertKind, Party};
 use crate::pins;
@@ -37,6 +41,17 @@ pub struct InitReport {
 /// Sets up (or completes) the development PKI in `out` for the organizations of `orgs_toml`. See the
 /// module documentation for what a rerun and `force` do.
 pub fn init(orgs_toml: &Path, out: &Path, force: bool) -> Result<InitReport, CertsError> {
+    init_with_gateway_names(orgs_toml, out, force, &[])
+}
+
+/// [`init`], with the gateway's TLS certificate also naming `names` (DNS host names).
+pub fn init_with_gateway_names(
+    orgs_toml: &Path,
+    out: &Path,
+    force: bool,
+    names: &[String],
+) -> Result<InitReport, CertsError> {
+    let names = gateway_names(names)?;
     let registry = Registry::load(orgs_toml, None).map_err(|problems| CertsError::Registry {
         path: orgs_toml.to_owned(),
         problems: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
@@ -64,6 +79,13 @@ pub fn init(orgs_toml: &Path, out: &Path, force: bool) -> Result<InitReport, Cer
             let key_path = layout.key(&party, kind);
             // A certificate without its key is fine: the organization may hold the key (CSR flow).
             if cert_path.exists() {
+                if party == Party::Gateway && kind == CertKind::Tls && !names.is_empty() {
+                    let has = dns_names_of(&OnDisk::read(&cert_path)?.der, &cert_path)?;
+                    let missing: Vec<&str> = names.iter().filter(|n| !has.contains(n)).map(String::as_str).collect();
+                    if !missing.is_empty() {
+                        return Err(CertsError::GatewayNamesMissing { path: cert_path, missing: missing.join(", ") });
+                    }
+                }
                 continue;
             }
             if key_path.exists() {
@@ -73,7 +95,8 @@ pub fn init(orgs_toml: &Path, out: &Path, force: bool) -> Result<InitReport, Cer
                            or sign a request for it with `haven-certs sign-csr`",
                 });
             }
-            let cert = issue_with_new_key(&ca, &party, kind, Validity::leaf_from_now())?;
+            let dns: &[String] = if party == Party::Gateway && kind == CertKind::Tls { &names } else { &[] };
+            let cert = issue_with_new_key(&ca, &party, kind, Validity::leaf_from_now(), dns)?;
             cert.write(&cert_path, &key_path, Existing::Refuse(HINT_USE_RENEW))?;
             issued.push(Issued {
                 party: party.clone(),

@@ -1,11 +1,12 @@
 //! Owns certificate renewal: a party's certificate is reissued with a new key, the old one is revoked
-//! (reason superseded) and unpinned, and the new one pinned.
+//! (reason superseded) and unpinned, and the new one pinned. The gateway's TLS certificate keeps the
+//! DNS names the old one carried, and takes any new ones given.
 
 use std::path::Path;
 
 use crate::ca::NetworkCa;
 use crate::error::CertsError;
-use crate::issue::{Issued, OnDisk, Validity, issue_with_new_key};
+use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key};
 use crate::layout::Layout;
 use crate::party::{CertKind, Party};
 use crate::pins;
@@ -15,6 +16,26 @@ use crate::store::Existing;
 /// Reissues `party`'s certificate of kind `which` with a fresh key, in place, and revokes the old one
 /// (unless it was revoked already, e.g. by `revoke` after a key compromise).
 pub fn renew(out: &Path, party: &Party, which: CertKind) -> Result<Issued, CertsError> {
+    renew_with_gateway_names(out, party, which, &[])
+}
+
+/// [`renew`], with the gateway's new TLS certificate also naming `add` (DNS host names) beside the
+/// names the old one carried. Names are refused for any other certificate.
+pub fn renew_with_gateway_names(
+    out: &Path,
+    party: &Party,
+    which: CertKind,
+    add: &[String],
+) -> Result<Issued, CertsError> {
+    let add = gateway_names(add)?;
+    if !add.is_empty() && (*party != Party::Gateway || which != CertKind::Tls) {
+        return Err(CertsError::BadGatewayName {
+            name: add.join(", "),
+            detail: format!(
+                "only the gateway's TLS certificate carries DNS names (renew it with --gateway), not the {which} certificate of the {party}"
+            ),
+        });
+    }
     let layout = Layout::new(out);
     let ca = NetworkCa::load(&layout)?;
     let cert_path = layout.cert(party, which);
@@ -32,7 +53,13 @@ pub fn renew(out: &Path, party: &Party, which: CertKind) -> Result<Issued, Certs
     if !revoked.contains_serial(&old.serial) {
         revocation::record(&ca, &mut revoked, &cert_path, party, which, RevocationCause::Superseded)?;
     }
-    let new = issue_with_new_key(&ca, party, which, Validity::leaf_from_now())?;
+    let mut names = add;
+    if *party == Party::Gateway && which == CertKind::Tls {
+        names.extend(dns_names_of(&old.der, &cert_path)?);
+        names.sort();
+        names.dedup();
+    }
+    let new = issue_with_new_key(&ca, party, which, Validity::leaf_from_now(), &names)?;
     new.write(&cert_path, &key_path, Existing::Replace)?;
     revocation::publish(&layout, &ca, &mut revoked)?;
 

@@ -438,3 +438,90 @@ fn bad_certificates_fail_for_the_intended_reason() {
     let err = verify_client(&layout, &foreign.join("tls.crt")).unwrap_err();
     assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
 }
+
+/// Whether the gateway's TLS certificate in `layout` verifies, as a node checks it, for `name`.
+fn gateway_serves(layout: &Layout, name: &str) -> Result<(), rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(read_der(&layout.ca_cert())).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let cert = read_der(&layout.gateway_tls_cert());
+    verifier
+        .verify_server_cert(&cert, &[], &ServerName::try_from(name.to_owned()).unwrap(), &[], UnixTime::now())
+        .map(|_| ())
+}
+
+fn dns_sans(layout: &Layout) -> Vec<String> {
+    let der = read_der(&layout.gateway_tls_cert());
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    sans(&cert).into_iter().filter_map(|s| s.strip_prefix("DNS:").map(str::to_owned)).collect()
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn the_gateway_certificate_names_the_hosts_nodes_dial_and_keeps_them_when_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init_with_gateway_names(&repo_orgs(), &out, false, &names(&["Gateway.Example.org"])).unwrap();
+    assert_eq!(dns_sans(&layout), names(&["localhost", "gateway.example.org"]));
+    gateway_serves(&layout, "gateway.example.org").unwrap();
+    gateway_serves(&layout, "localhost").unwrap();
+    let other = gateway_serves(&layout, "other.example.org");
+    assert!(
+        matches!(
+            other,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        ),
+        "{other:?}"
+    );
+    // Organizations' certificates carry no DNS name.
+    let harbor = read_der(&layout.org_tls_cert(&org("harbor")));
+    assert!(!sans(&X509Certificate::from_der(&harbor).unwrap().1).iter().any(|s| s.starts_with("DNS:")));
+
+    // A rerun with the same name changes nothing; with a new one, it says how to add it.
+    assert!(
+        haven_certs::init_with_gateway_names(&repo_orgs(), &out, false, &names(&["gateway.example.org"]))
+            .unwrap()
+            .issued
+            .is_empty()
+    );
+    let err =
+        haven_certs::init_with_gateway_names(&repo_orgs(), &out, false, &names(&["gw2.example.org"])).unwrap_err();
+    assert!(matches!(err, CertsError::GatewayNamesMissing { .. }), "{err}");
+    assert!(err.to_string().contains("gw2.example.org") && err.to_string().contains("haven-certs renew"), "{err}");
+
+    // Renewal keeps the names and adds the new one; plain renewal keeps them all.
+    haven_certs::renew_with_gateway_names(&out, &Party::Gateway, CertKind::Tls, &names(&["gw2.example.org"])).unwrap();
+    assert_eq!(dns_sans(&layout), names(&["localhost", "gateway.example.org", "gw2.example.org"]));
+    haven_certs::renew(&out, &Party::Gateway, CertKind::Tls).unwrap();
+    assert_eq!(dns_sans(&layout), names(&["localhost", "gateway.example.org", "gw2.example.org"]));
+    gateway_serves(&layout, "gw2.example.org").unwrap();
+
+    // Names that cannot go in the certificate, and certificates that take none, are refused, and
+    // nothing on disk changes.
+    let before = read_der(&layout.gateway_tls_cert());
+    for bad in ["10.1.2.3", "*.example.org", "bad name.example.org", "gateway.example.org."] {
+        let err =
+            haven_certs::renew_with_gateway_names(&out, &Party::Gateway, CertKind::Tls, &names(&[bad])).unwrap_err();
+        assert!(matches!(err, CertsError::BadGatewayName { .. }), "{bad}: {err}");
+    }
+    let err = haven_certs::renew_with_gateway_names(
+        &out,
+        &Party::Org(org("harbor")),
+        CertKind::Tls,
+        &names(&["h.example.org"]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("only the gateway's TLS certificate carries DNS names"), "{err}");
+    assert_eq!(read_der(&layout.gateway_tls_cert()), before);
+}

@@ -73,6 +73,10 @@ pub async fn fresh_database(dir: &Path) -> String {
     }
 }
 
+/// A DNS name the test network's gateway certificate carries beside `localhost`, as
+/// `haven-certs init --gateway-name` puts it there.
+pub const GATEWAY_NAME: &str = "gateway.haven.test";
+
 /// A running gateway with development certificates for the sample network.
 pub struct TestNet {
     pub dir: TempDir,
@@ -101,7 +105,13 @@ impl TestNet {
     pub async fn start_with(policies: PathBuf, clock: SharedClock) -> TestNet {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs_path = dir.path().join("certs");
-        haven_certs::init(&policies_dir().join("orgs.toml"), &certs_path, false).expect("dev PKI");
+        haven_certs::init_with_gateway_names(
+            &policies_dir().join("orgs.toml"),
+            &certs_path,
+            false,
+            &[GATEWAY_NAME.to_owned()],
+        )
+        .expect("dev PKI");
         let database = fresh_database(dir.path()).await;
         let mut config = Config::new(certs_path.clone(), policies, database.clone());
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -136,8 +146,15 @@ impl TestNet {
 
     /// A node's link to this gateway, with the organization's dev certificates.
     pub fn link(&self, org: &str) -> GatewayLink {
+        self.link_named(org, "localhost")
+    }
+
+    /// `org`'s link, checking that the gateway's certificate names `gateway_name`.
+    pub fn link_named(&self, org: &str, gateway_name: &str) -> GatewayLink {
         let org = OrgId::parse(org).expect("org id");
-        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), self.clock.clone()).expect("link")
+        let mut config = LinkConfig::from_certs_dir(self.url(), &self.certs, org);
+        config.gateway_name = gateway_name.to_owned();
+        GatewayLink::new(&config, self.clock.clone()).expect("link")
     }
 
     /// A channel presenting an arbitrary client certificate (or none), trusting `ca`.

@@ -9,7 +9,7 @@ use haven_gateway::audit;
 use haven_gateway::store::Store;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::{GetPinsRequest, NodeFrame, WhoAmIRequest};
-use haven_tests::net::{TestNet, fresh_database};
+use haven_tests::net::{GATEWAY_NAME, TestNet, fresh_database};
 use haven_trust::audit::AuditEntry;
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::{OrgId, PersonId, Role};
@@ -84,6 +84,26 @@ async fn a_pinned_certificate_and_valid_token_reach_whoami() {
     assert_eq!(caller.org_type, "ngo");
     assert_eq!(caller.person, "casey");
     assert_eq!(caller.role, "caseworker");
+    net.stop().await;
+}
+
+/// A node that checks the gateway by the DNS name it dials (`haven-node serve --gateway-name`) connects
+/// when the gateway's certificate carries that name (`haven-certs init --gateway-name`), and refuses a
+/// gateway whose certificate does not, before any call is made.
+#[tokio::test]
+async fn a_node_checks_the_gateway_by_the_dns_name_its_certificate_carries() {
+    let net = TestNet::start().await;
+    let whoami = |name: &str| {
+        let link = net.link_named("harbor", name);
+        async move {
+            let req = link.request(&PersonId::parse("casey").unwrap(), Role::Caseworker, WhoAmIRequest {}).unwrap();
+            GatewayClient::new(link.channel()).who_am_i(req).await
+        }
+    };
+    let caller = whoami(GATEWAY_NAME).await.unwrap().into_inner().caller.unwrap();
+    assert_eq!(caller.org_id, "harbor");
+    let err = whoami("elsewhere.haven.test").await.expect_err("a certificate without the name is refused");
+    assert_eq!(err.code(), Code::Unavailable, "refused at the handshake: {err:?}");
     net.stop().await;
 }
 
