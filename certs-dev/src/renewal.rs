@@ -50,14 +50,15 @@ pub fn renew_with_gateway_names(
     let mut pins = pins::load(&layout)?;
 
     let old = OnDisk::read(&cert_path)?;
-    if !revoked.contains_serial(&old.serial) {
-        revocation::record(&ca, &mut revoked, &cert_path, party, which, RevocationCause::Superseded)?;
-    }
+    // Read before anything changes, so a certificate whose names cannot be read is left as it was.
     let mut names = add;
     if *party == Party::Gateway && which == CertKind::Tls {
         names.extend(dns_names_of(&old.der, &cert_path)?);
         names.sort();
         names.dedup();
+    }
+    if !revoked.contains_serial(&old.serial) {
+        revocation::record(&ca, &mut revoked, &cert_path, party, which, RevocationCause::Superseded)?;
     }
     let new = issue_with_new_key(&ca, party, which, Validity::leaf_from_now(), &names)?;
     new.write(&cert_path, &key_path, Existing::Replace)?;
