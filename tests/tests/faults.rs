@@ -930,3 +930,124 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     maple.stop().await;
     drop(a);
 }
+
+/// Units of shared commits that fail after writing leave nothing behind, while the units that shared
+/// their commits keep everything. Each unit writes a message row, an audit entry and a queue count
+/// change. It writes through the batch's buffers where the batch settled its reads (always on SQLite),
+/// and through the transaction itself where it did not (on PostgreSQL, for an item without a consent,
+/// inside the unit's savepoint). Every third unit then fails.
+#[tokio::test]
+async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_everything() {
+    use haven_gateway::commit::Reads;
+    use haven_gateway::error::Error;
+    use haven_gateway::routing::rows::MessageRow;
+
+    let net = TestNet::start().await;
+    let pool = net.gateway.0.store.pool().clone();
+    // A queued notice has no consent: on PostgreSQL, a unit that names it is not settled by the batch.
+    sqlx::query("INSERT INTO outbox (item_id, org, item_kind, payload, queued_at_micros, expires_at_micros, state) VALUES ('unit-notice', 'harbor', 'sender_notice', $1, 0, 9223372036854775807, 'pending')")
+        .bind(vec![1u8, 2, 3])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let reads = |i: usize| Reads {
+        items: if i.is_multiple_of(2) { vec!["unit-notice".to_owned()] } else { Vec::new() },
+        ..Default::default()
+    };
+
+    let units = (0..24usize).map(|i| {
+        let commits = net.gateway.0.commits.clone();
+        async move {
+            let result = commits
+                .run(reads(i), move |batch| {
+                    Box::pin(async move {
+                        let id = format!("unit-m{i}");
+                        if batch.seen.settled(&reads(i)) {
+                            batch.rows.messages.push(MessageRow {
+                                sender: "unit-sender".into(),
+                                message_id: id.clone(),
+                                kind: "referral".into(),
+                                content_sha256: "00".into(),
+                                response: vec![7],
+                                created_at_micros: 1,
+                            });
+                        } else {
+                            sqlx::query("INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES ('unit-sender', $1, 'referral', '00', $2, 1)")
+                                .bind(id.as_str())
+                                .bind(vec![7u8])
+                                .execute(&mut *batch.tx)
+                                .await
+                                .map_err(|e| Error::Internal(e.to_string()))?;
+                        }
+                        let entry = AuditEntry {
+                            action: "submitted".into(),
+                            object_id: id.clone(),
+                            actor_org: "unit-sender".into(),
+                            outcome: "queued".into(),
+                            ..Default::default()
+                        };
+                        batch.audit.push((entry, String::new()));
+                        batch.counts.push(("unit-sender".into(), "unit-org".into(), 1));
+                        if i.is_multiple_of(3) {
+                            return Err(Error::InvalidArgument(format!("unit {i} fails after writing")));
+                        }
+                        Ok(i)
+                    })
+                })
+                .await;
+            (i, result)
+        }
+    });
+    let results = futures::future::join_all(units).await;
+    let mut kept = HashSet::new();
+    for (i, result) in results {
+        match result {
+            Ok(n) => {
+                assert_eq!(n, i);
+                assert_ne!(i % 3, 0, "unit {i} should have failed");
+                kept.insert(format!("unit-m{i}"));
+            }
+            Err(e) => {
+                assert_eq!(i % 3, 0, "unit {i} failed: {e}");
+                assert!(e.to_string().contains(&format!("unit {i} fails after writing")), "its own error: {e}");
+            }
+        }
+    }
+    assert_eq!(kept.len(), 16);
+
+    let messages: HashSet<String> = sqlx::query("SELECT message_id FROM messages WHERE sender = 'unit-sender'")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(messages, kept, "the failed units' rows are gone, written through buffers or the transaction");
+    let audited: Vec<String> =
+        sqlx::query("SELECT object_id FROM audit_log WHERE actor_org = 'unit-sender' ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(audited.iter().cloned().collect::<HashSet<_>>(), kept);
+    assert_eq!(audited.len(), kept.len(), "one entry each, none for a failed unit");
+    let pending: i64 =
+        sqlx::query("SELECT pending FROM queue_counts WHERE sender = 'unit-sender' AND org = 'unit-org'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(pending, 16, "only the kept units' count changes applied");
+    // No failed unit took a position in the log: positions stay gap-free (read in one statement).
+    let r = sqlx::query(
+        "SELECT (SELECT next_seq FROM audit_head WHERE id = 1), COUNT(*), MIN(seq), MAX(seq) FROM audit_log",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (next, count, min, max): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!((count, min, max), (next, 0, next - 1));
+    net.stop().await;
+}
