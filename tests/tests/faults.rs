@@ -1015,22 +1015,17 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
     }
     assert_eq!(kept.len(), 16);
 
-    let messages: HashSet<String> = sqlx::query("SELECT message_id FROM messages WHERE sender = 'unit-sender'")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(messages, kept, "the failed units' rows are gone, written through buffers or the transaction");
-    let audited: Vec<String> =
-        sqlx::query("SELECT object_id FROM audit_log WHERE actor_org = 'unit-sender' ORDER BY seq")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+    let column = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).fetch_all(&pool).await.unwrap().iter().map(|r| r.get(0)).collect::<Vec<String>>() }
+    };
+    let messages = column("SELECT message_id FROM messages WHERE sender = 'unit-sender'").await;
+    assert_eq!(
+        messages.into_iter().collect::<HashSet<_>>(),
+        kept,
+        "the failed units' rows are gone, written through buffers or the transaction"
+    );
+    let audited = column("SELECT object_id FROM audit_log WHERE actor_org = 'unit-sender' ORDER BY seq").await;
     assert_eq!(audited.iter().cloned().collect::<HashSet<_>>(), kept);
     assert_eq!(audited.len(), kept.len(), "one entry each, none for a failed unit");
     let pending: i64 =
