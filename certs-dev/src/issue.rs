@@ -97,6 +97,24 @@ pub(crate) fn gateway_names(names: &[String]) -> Result<Vec<String>, CertsError>
     Ok(checked)
 }
 
+/// Whether a party's certificate of a kind carries DNS names: only the gateway's TLS certificate does.
+pub(crate) fn takes_dns_names(party: &Party, kind: CertKind) -> bool {
+    *party == Party::Gateway && kind == CertKind::Tls
+}
+
+/// Refuses DNS names for a certificate that carries none (see [`takes_dns_names`]).
+pub(crate) fn names_apply(party: &Party, kind: CertKind, names: &[String]) -> Result<(), CertsError> {
+    if names.is_empty() || takes_dns_names(party, kind) {
+        return Ok(());
+    }
+    Err(CertsError::BadGatewayName {
+        name: names.join(", "),
+        detail: format!(
+            "only the gateway's TLS certificate carries DNS names (renew it with --gateway), not the {kind} certificate of the {party}"
+        ),
+    })
+}
+
 /// The DNS names a certificate carries, other than `localhost`.
 pub(crate) fn dns_names_of(der: &[u8], path: &Path) -> Result<Vec<String>, CertsError> {
     let cert = parse_cert(der, path)?;
@@ -147,6 +165,7 @@ pub(crate) fn leaf_params(
     params.not_after = validity.not_after;
     params.use_authority_key_identifier_extension = true;
 
+    names_apply(party, kind, dns_names)?;
     let uri = party.uri();
     let uri_san = SanType::URI(uri.clone().try_into().map_err(CertsError::build(format!("URI SAN {uri}")))?);
     params.subject_alt_names = match (party, kind) {
@@ -161,14 +180,6 @@ pub(crate) fn leaf_params(
             sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
             sans.push(uri_san);
             sans
-        }
-        _ if !dns_names.is_empty() => {
-            return Err(CertsError::BadGatewayName {
-                name: dns_names.join(", "),
-                detail: format!(
-                    "only the gateway's TLS certificate carries DNS names, not the {kind} certificate of the {party}"
-                ),
-            });
         }
         _ => vec![uri_san],
     };

@@ -16,7 +16,7 @@ use haven_trust::registry::{PinsFile, Registry};
 
 use crate::ca::{NETWORK_CA_NAME, NetworkCa};
 use crate::error::CertsError;
-use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key};
+use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key, takes_dns_names};
 use crate::layout::Layout;
 use crate::party::{CertKind, Party};
 use crate::pins;
@@ -79,7 +79,7 @@ pub fn init_with_gateway_names(
             let key_path = layout.key(&party, kind);
             // A certificate without its key is fine: the organization may hold the key (CSR flow).
             if cert_path.exists() {
-                if party == Party::Gateway && kind == CertKind::Tls && !names.is_empty() {
+                if takes_dns_names(&party, kind) && !names.is_empty() {
                     let has = dns_names_of(&OnDisk::read(&cert_path)?.der, &cert_path)?;
                     let missing: Vec<&str> = names.iter().filter(|n| !has.contains(n)).map(String::as_str).collect();
                     if !missing.is_empty() {
@@ -95,7 +95,7 @@ pub fn init_with_gateway_names(
                            or sign a request for it with `haven-certs sign-csr`",
                 });
             }
-            let dns: &[String] = if party == Party::Gateway && kind == CertKind::Tls { &names } else { &[] };
+            let dns: &[String] = if takes_dns_names(&party, kind) { &names } else { &[] };
             let cert = issue_with_new_key(&ca, &party, kind, Validity::leaf_from_now(), dns)?;
             cert.write(&cert_path, &key_path, Existing::Refuse(HINT_USE_RENEW))?;
             issued.push(Issued {

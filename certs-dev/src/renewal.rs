@@ -6,7 +6,9 @@ use std::path::Path;
 
 use crate::ca::NetworkCa;
 use crate::error::CertsError;
-use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key};
+use crate::issue::{
+    Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key, names_apply, takes_dns_names,
+};
 use crate::layout::Layout;
 use crate::party::{CertKind, Party};
 use crate::pins;
@@ -28,14 +30,8 @@ pub fn renew_with_gateway_names(
     add: &[String],
 ) -> Result<Issued, CertsError> {
     let add = gateway_names(add)?;
-    if !add.is_empty() && (*party != Party::Gateway || which != CertKind::Tls) {
-        return Err(CertsError::BadGatewayName {
-            name: add.join(", "),
-            detail: format!(
-                "only the gateway's TLS certificate carries DNS names (renew it with --gateway), not the {which} certificate of the {party}"
-            ),
-        });
-    }
+    // Refused before anything changes.
+    names_apply(party, which, &add)?;
     let layout = Layout::new(out);
     let ca = NetworkCa::load(&layout)?;
     let cert_path = layout.cert(party, which);
@@ -52,7 +48,7 @@ pub fn renew_with_gateway_names(
     let old = OnDisk::read(&cert_path)?;
     // Read before anything changes, so a certificate whose names cannot be read is left as it was.
     let mut names = add;
-    if *party == Party::Gateway && which == CertKind::Tls {
+    if takes_dns_names(party, which) {
         names.extend(dns_names_of(&old.der, &cert_path)?);
         names.sort();
         names.dedup();
