@@ -275,16 +275,81 @@ pub fn check_claims(
     if claims.jti.is_empty() {
         return Err(TokenError::NoJti);
     }
-    if claims.exp - claims.iat > MAX_LIFETIME_SECS {
-        return Err(TokenError::TooLong(claims.exp - claims.iat));
+    // Both times are the caller's numbers: every step saturates, so no pair of values can wrap
+    // around into a short lifetime or a time in the window.
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    if lifetime > MAX_LIFETIME_SECS {
+        return Err(TokenError::TooLong(lifetime));
     }
-    if claims.iat > now + SKEW_SECS {
+    if lifetime <= 0 {
+        return Err(TokenError::BadClaims(format!("exp ({}) is not after iat ({})", claims.exp, claims.iat)));
+    }
+    if claims.iat > now.saturating_add(SKEW_SECS) {
         return Err(TokenError::NotYetValid { iat: claims.iat, now });
     }
-    if claims.exp + SKEW_SECS <= now {
+    if claims.exp.saturating_add(SKEW_SECS) <= now {
         return Err(TokenError::Expired { exp: claims.exp, now });
+    }
+    // Given the checks above this holds already; it is the window every accepted token lies in, kept
+    // explicit so that a change to one check cannot widen it.
+    if claims.exp > now.saturating_add(MAX_LIFETIME_SECS + SKEW_SECS) {
+        return Err(TokenError::TooLong(lifetime));
     }
     let person = PersonId::parse(&claims.sub).map_err(|e| TokenError::BadClaims(format!("sub: {e}")))?;
     let role = Role::parse(&claims.role).map_err(|e| TokenError::BadClaims(format!("role: {e}")))?;
     Ok(VerifiedToken { person, role, exp: claims.exp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(iat: i64, exp: i64) -> (Claims, OrgId, Fingerprint) {
+        let org = OrgId::parse("harbor").expect("org id");
+        let fp = Fingerprint::of_der(b"a certificate");
+        let c = Claims {
+            sub: "casey".into(),
+            org: org.to_string(),
+            role: "caseworker".into(),
+            aud: AUDIENCE.into(),
+            iat,
+            exp,
+            jti: "j".into(),
+            cnf: Confirmation { x5t_s256: thumbprint(&fp) },
+        };
+        (c, org, fp)
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn a_lifetime_that_wraps_around_is_too_long() {
+        let (c, org, fp) = claims(-4611686018427388904, 4611686018427387904);
+        assert_eq!(check_claims(&c, &org, &fp, NOW).map(|_| ()), Err(TokenError::TooLong(i64::MAX)));
+        let (c, org, fp) = claims(i64::MIN, i64::MAX);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::TooLong(_))));
+    }
+
+    #[test]
+    fn times_far_from_now_are_refused_without_overflow() {
+        let (c, org, fp) = claims(i64::MAX - 10, i64::MAX);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::NotYetValid { .. })));
+        let (c, org, fp) = claims(i64::MIN, i64::MIN + 10);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::Expired { .. })));
+        let (c, org, fp) = claims(NOW, NOW);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::BadClaims(_))));
+        let (c, org, fp) = claims(NOW, NOW - 5);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::BadClaims(_))));
+    }
+
+    #[test]
+    fn a_token_inside_the_window_is_accepted() {
+        let (c, org, fp) = claims(NOW - 10, NOW + MAX_LIFETIME_SECS - 10);
+        let v = check_claims(&c, &org, &fp, NOW).expect("valid");
+        assert_eq!(v.exp, NOW + MAX_LIFETIME_SECS - 10);
+        let (c, org, fp) = claims(NOW + SKEW_SECS, NOW + SKEW_SECS + MAX_LIFETIME_SECS);
+        assert!(check_claims(&c, &org, &fp, NOW).is_ok(), "iat at the edge of the skew");
+        let (c, org, fp) = claims(NOW + SKEW_SECS + 1, NOW + SKEW_SECS + 60);
+        assert!(matches!(check_claims(&c, &org, &fp, NOW), Err(TokenError::NotYetValid { .. })));
+    }
 }

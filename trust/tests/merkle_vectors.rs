@@ -1,8 +1,6 @@
-//! Runs the RFC 6962 proof test vectors in `shared/testdata/merkle` (taken from the transparency-dev/merkle
-//! project, see its README.md) against `haven_trust::merkle`.
-//!
-//! The directory sits beside the repository checkout, `<checkout>/../shared/testdata/merkle`; the
-//! environment variable `HAVEN_MERKLE_VECTORS` points elsewhere. A missing directory fails the tests.
+//! Runs the RFC 6962 proof test vectors in `tests/vectors/merkle` (taken from the transparency-dev/merkle
+//! project under the Apache License 2.0; see the README.md and LICENSE beside them) against
+//! `haven_trust::merkle`. They live in this crate, so the tests need nothing beside the checkout.
 //!
 //! How a case is read:
 //! - `wantErr` is the verdict: `false` must verify, `true` must be rejected. The README calls only the
@@ -56,18 +54,12 @@ struct ConsistencyCase {
     want_err: bool,
 }
 
-/// The vectors directory, or a failure saying where it was looked for.
+/// The vectors directory, kept in this crate.
 fn vectors_dir() -> PathBuf {
-    let (dir, how) = match std::env::var_os("HAVEN_MERKLE_VECTORS") {
-        Some(dir) => (PathBuf::from(dir), "from HAVEN_MERKLE_VECTORS"),
-        None => (
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/merkle")),
-            "the shared/ folder beside the repository checkout; set HAVEN_MERKLE_VECTORS to use another",
-        ),
-    };
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/merkle"));
     assert!(
         dir.join("inclusion").is_dir() && dir.join("consistency").is_dir(),
-        "the Merkle test vectors are missing: {} ({how}) should hold inclusion/ and consistency/",
+        "the Merkle test vectors are missing: {} should hold inclusion/ and consistency/",
         dir.display()
     );
     dir
