@@ -16,7 +16,7 @@ use crate::audit::{self, Rejections};
 use crate::config::Config;
 use crate::identity::{Authenticator, Trust};
 use crate::policy::Bundle;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, crl};
 
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +27,61 @@ pub enum StartError {
     File(String),
     #[error("policy bundle refused:\n{}", .0.join("\n"))]
     Bundle(Vec<String>),
+    /// The CRL file is older than the newest one this gateway accepted before.
+    #[error(
+        "{path}: this CRL (thisUpdate {this_update}{}) is older than the one this gateway accepted before (thisUpdate {accepted}); an old CRL could bring a revoked certificate back, so it is refused: install the network CA's latest crl.pem",
+        number_note(.number)
+    )]
+    CrlOlder { path: PathBuf, this_update: String, number: String, accepted: String },
+    /// The CRL file is gone, though this gateway accepted a CRL before.
+    #[error(
+        "{path} is missing, but this gateway accepted a CRL before (thisUpdate {accepted}); without it revoked certificates would be trusted again, so the gateway refuses to go on: restore the network CA's latest crl.pem"
+    )]
+    CrlMissing { path: PathBuf, accepted: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+fn number_note(number: &str) -> String {
+    if number.is_empty() { String::new() } else { format!(", number {number}") }
+}
+
+impl StartError {
+    /// A stable code for the audit log's `reason`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartError::Pki(PkiError::EmptyCrl { .. }) => "crl_empty",
+            StartError::Pki(PkiError::ForeignCrl { .. }) => "crl_not_the_cas",
+            StartError::Pki(PkiError::Malformed { what: "CRL", .. }) => "crl_malformed",
+            StartError::Pki(PkiError::KeyMismatch { .. }) => "key_mismatch",
+            StartError::Pki(PkiError::WrongHolder { .. }) => "certificate_wrong_holder",
+            StartError::Pki(PkiError::WrongPurpose { .. }) => "certificate_wrong_purpose",
+            StartError::Pki(PkiError::Read { .. }) => "file_unreadable",
+            StartError::Pki(PkiError::NoPem { .. } | PkiError::Malformed { .. } | PkiError::X509(_)) => {
+                "file_malformed"
+            }
+            StartError::Pki(PkiError::Tls(_)) => "tls_refused",
+            StartError::File(_) => "file_unreadable",
+            StartError::Bundle(_) => "bundle_invalid",
+            StartError::CrlOlder { .. } => "crl_older",
+            StartError::CrlMissing { .. } => "crl_missing",
+            StartError::Store(_) => "store_unavailable",
+            StartError::Listen { .. } => "listen_failed",
+        }
+    }
+
+    /// The error as a caller of `ReloadPolicy` is told it: at most twenty of a bundle's problems and
+    /// a count of the rest (the log has them all).
+    pub fn summary(&self) -> String {
+        match self {
+            StartError::Bundle(problems) => {
+                format!("policy bundle refused:\n{}", haven_trust::untrusted::list_problems(problems, "\n"))
+            }
+            e => e.to_string(),
+        }
+    }
 }
 
 /// Everything the services share.
@@ -79,34 +130,99 @@ fn load_bundle(config: &Config) -> Result<Bundle, StartError> {
         .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))
 }
 
-fn load_tls(config: &Config) -> Result<(std::collections::HashSet<Vec<u8>>, Arc<ServerConfig>), StartError> {
+/// The TLS material read from disk, checked, but not yet in force.
+struct TlsMaterial {
+    config: Arc<ServerConfig>,
+    revoked_serials: std::collections::HashSet<Vec<u8>>,
+    /// The CRL's place in the CA's sequence; `None` when there is no CRL file.
+    crl: Option<crl::AcceptedCrl>,
+}
+
+/// Reads the CA, the CRL and the gateway's TLS certificate and key, and checks them: the key is the
+/// certificate's, the certificate is the gateway's and serves TLS, the CRL is the CA's.
+fn read_tls(config: &Config) -> Result<TlsMaterial, StartError> {
     let dir = certs(config);
+    pki::check_identity(
+        &dir.gateway_tls_cert(),
+        &dir.gateway_tls_key(),
+        haven_trust::ids::GATEWAY_URI,
+        pki::CertPurpose::TlsServer,
+    )?;
     let ca = pki::load_certs(&dir.ca_cert())?;
-    let crls = pki::load_crls(&dir.crl())?;
-    let revoked_serials = pki::revoked_serials(&crls)?.into_iter().collect();
+    let revocations = pki::read_revocations(&dir.crl(), &ca)?;
+    let (crls, revoked_serials, crl) = match revocations {
+        Some(r) => (
+            r.crls,
+            r.serials.into_iter().collect(),
+            Some(crl::AcceptedCrl { this_update: r.this_update, number: r.number }),
+        ),
+        None => (Vec::new(), Default::default(), None),
+    };
     let tls = pki::server_config(
         &ca,
         crls,
         pki::load_certs(&dir.gateway_tls_cert())?,
         pki::load_key(&dir.gateway_tls_key())?,
     )?;
-    Ok((revoked_serials, Arc::new(tls)))
+    Ok(TlsMaterial { config: Arc::new(tls), revoked_serials, crl })
+}
+
+fn utc(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Refuses a CRL older than the newest this gateway accepted before, and a missing one after one was.
+async fn check_crl_order(store: &Store, config: &Config, tls: &TlsMaterial) -> Result<(), StartError> {
+    let Some(accepted) = crl::newest(store).await? else {
+        return Ok(());
+    };
+    let path = certs(config).crl();
+    match &tls.crl {
+        None => Err(StartError::CrlMissing { path, accepted: utc(accepted.this_update) }),
+        Some(new)
+            if new.this_update < accepted.this_update
+                || (new.this_update == accepted.this_update
+                    && pki::crl_number_before(&new.number, &accepted.number)) =>
+        {
+            Err(StartError::CrlOlder {
+                path,
+                this_update: utc(new.this_update),
+                number: new.number.clone(),
+                accepted: utc(accepted.this_update),
+            })
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 impl Gateway {
-    /// Loads certificates, policy and the database, and records the start in the audit log.
+    /// Loads certificates, policy and the database, and records the start in the audit log. Every
+    /// identity file is checked first (each key against its certificate, each certificate against
+    /// its place), and a CRL older than one accepted before is refused, so a start with the wrong
+    /// files stops here with the file named.
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
         let dir = certs(&config);
         let bundle = Arc::new(load_bundle(&config)?);
-        let (revoked_serials, tls) = load_tls(&config)?;
-        let trust = Trust { bundle, revoked_serials };
+        let tls = read_tls(&config)?;
+        pki::check_identity(
+            &dir.gateway_signing_cert(),
+            &dir.gateway_signing_key(),
+            haven_trust::ids::GATEWAY_URI,
+            pki::CertPurpose::Signing,
+        )?;
         let signing_cert = pki::load_certs(&dir.gateway_signing_cert())?;
         let checkpoints = CheckpointSigner::new(&read_text(dir.gateway_signing_key())?, signing_cert[0].as_ref())
             .map_err(|e| StartError::File(format!("{}: {e}", dir.gateway_signing_key().display())))?;
         let pseudonym_key = parse_pseudonym_key(&read_text(dir.pseudonym_key())?)
             .map_err(|e| StartError::File(format!("{}: {e}", dir.pseudonym_key().display())))?;
         let store = Store::open(&config.database).await?;
+        check_crl_order(&store, &config, &tls).await?;
+        let TlsMaterial { config: tls_config, revoked_serials, crl: accepted_crl } = tls;
+        let trust = Trust { bundle, revoked_serials };
         let network = trust.bundle.network();
         let cadence = audit::Cadence {
             every_entries: network.checkpoint_every_entries,
@@ -123,7 +239,7 @@ impl Gateway {
             clock,
             auth,
             trust,
-            tls: Arc::new(RwLock::new(tls)),
+            tls: Arc::new(RwLock::new(tls_config)),
             rejections,
             checkpoints,
             commits,
@@ -134,41 +250,77 @@ impl Gateway {
             wakeups: Default::default(),
             closing: watch::channel(false).0,
         }));
-        gateway.record_system(Action::GatewayStarted, "ok", "").await?;
+        let started = gateway.system_entry(Action::GatewayStarted, "ok", "");
+        gateway.record(started, accepted_crl.as_ref()).await?;
         Ok(gateway)
     }
 
-    /// Re-reads the CRL and the policy bundle, registry included (SIGHUP, and the reload RPC). The
-    /// CRL applies to the next handshake and open streams re-check their certificates. A bundle that
-    /// fails validation is refused, with every problem logged and a `policy_reload_rejected` entry, and
-    /// the old one stays in force; a good one is swapped in atomically (each decision uses exactly one
-    /// bundle) with a `policy_reloaded` entry naming the old (`object_id`) and new (`bundle_version`)
-    /// versions. Returns the old and new versions.
+    /// Re-reads the CRL and the policy bundle, registry included (SIGHUP, and the reload RPC).
+    ///
+    /// - TLS material that cannot be used (a missing or junk file, a key that is not its
+    ///   certificate's, an empty, foreign or older CRL) refuses the whole reload: nothing changes, the
+    ///   reason is logged with the file named, and a `trust_reload_rejected` entry is written where the
+    ///   database allows.
+    /// - Otherwise the CRL applies to the next handshake and open streams re-check their certificates.
+    ///   A bundle that fails validation is refused, with every problem logged and a
+    ///   `policy_reload_rejected` entry, and the old one stays in force; a good one is swapped in
+    ///   atomically (each decision uses exactly one bundle) with a `policy_reloaded` entry naming the
+    ///   old (`object_id`) and new (`bundle_version`) versions.
+    /// - Nothing is swapped in before its audit entry (and the CRL's place) is committed: a reload
+    ///   whose entry cannot be written changes nothing.
+    ///
+    /// Returns the old and new versions.
     pub async fn reload(&self, actor: Option<&haven_trust::ids::Caller>) -> Result<(String, String), StartError> {
-        let (revoked_serials, tls) = load_tls(&self.0.config)?;
         let old = self.bundle();
-        let loaded = load_bundle(&self.0.config);
-        let bundle = match &loaded {
-            Ok(b) => Arc::new(b.clone()),
-            Err(_) => old.clone(),
-        };
-        if let Ok(mut t) = self.0.trust.write() {
-            *t = Arc::new(Trust { bundle: bundle.clone(), revoked_serials });
-        }
-        if let Ok(mut t) = self.0.tls.write() {
-            *t = tls;
-        }
-        self.0.auth.clear_cache();
-        self.0.reloads.send_modify(|g| *g += 1);
         let mut entry = AuditEntry {
             time_micros: self.0.clock.now_micros(),
             actor_org: actor.map(|c| c.org.to_string()).unwrap_or_default(),
             actor_person: actor.map(|c| c.person.to_string()).unwrap_or_default(),
             actor_role: actor.map_or_else(|| "system".to_owned(), |c| c.role.to_string()),
             object_id: old.version_id().to_owned(),
-            bundle_version: bundle.version_id().to_owned(),
+            bundle_version: old.version_id().to_owned(),
             ..Default::default()
         };
+        let tls = match read_tls(&self.0.config) {
+            Ok(tls) => match check_crl_order(&self.0.store, &self.0.config, &tls).await {
+                Ok(()) => tls,
+                Err(e) => return Err(self.refuse_trust(entry, e).await),
+            },
+            Err(e) => return Err(self.refuse_trust(entry, e).await),
+        };
+        let loaded = load_bundle(&self.0.config);
+        let bundle = match &loaded {
+            Ok(b) => Arc::new(b.clone()),
+            Err(_) => old.clone(),
+        };
+        entry.bundle_version = bundle.version_id().to_owned();
+        match &loaded {
+            Ok(_) => {
+                entry.action = Action::PolicyReloaded.as_str().into();
+                entry.outcome = "ok".into();
+            }
+            Err(_) => {
+                entry.action = Action::PolicyReloadRejected.as_str().into();
+                entry.outcome = "refused".into();
+                entry.reason = "bundle_invalid".into();
+            }
+        }
+        if let Err(e) = self.record(entry, tls.crl.as_ref()).await {
+            tracing::error!(
+                error = %e,
+                "reload refused: its audit entry could not be written; the previous certificates, CRL and bundle stay in force"
+            );
+            return Err(e.into());
+        }
+        let TlsMaterial { config: tls_config, revoked_serials, .. } = tls;
+        if let Ok(mut t) = self.0.trust.write() {
+            *t = Arc::new(Trust { bundle: bundle.clone(), revoked_serials });
+        }
+        if let Ok(mut t) = self.0.tls.write() {
+            *t = tls_config;
+        }
+        self.0.auth.clear_cache();
+        self.0.reloads.send_modify(|g| *g += 1);
         match loaded {
             Ok(_) => {
                 let network = bundle.network();
@@ -176,21 +328,31 @@ impl Gateway {
                     every_entries: network.checkpoint_every_entries,
                     every: std::time::Duration::from_secs(network.checkpoint_every_secs),
                 });
-                entry.action = Action::PolicyReloaded.as_str().into();
-                entry.outcome = "ok".into();
-                self.append_entry(entry).await?;
                 tracing::info!(old = %old.version(), new = %bundle.version(), "reloaded CRL and policy bundle");
                 Ok((old.version_id().to_owned(), bundle.version_id().to_owned()))
             }
             Err(e) => {
-                entry.action = Action::PolicyReloadRejected.as_str().into();
-                entry.outcome = "refused".into();
-                entry.reason = "bundle_invalid".into();
-                self.append_entry(entry).await?;
                 tracing::error!(error = %e, "policy bundle refused; the previous bundle stays in force");
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a reload because of its TLS material: logs why, with the file named, and writes a
+    /// `trust_reload_rejected` entry if the database allows. Nothing changes.
+    async fn refuse_trust(&self, mut entry: AuditEntry, e: StartError) -> StartError {
+        tracing::error!(
+            error = %e,
+            reason = e.code(),
+            "reload refused: the TLS material cannot be used; the previous certificates, CRL and bundle stay in force"
+        );
+        entry.action = Action::TrustReloadRejected.as_str().into();
+        entry.outcome = "refused".into();
+        entry.reason = e.code().into();
+        if let Err(w) = self.record(entry, None).await {
+            tracing::error!(error = %w, "could not write the trust_reload_rejected audit entry");
+        }
+        e
     }
 
     /// The policy bundle in force.
@@ -198,16 +360,20 @@ impl Gateway {
         self.0.auth.trust().bundle.clone()
     }
 
-    async fn append_entry(&self, entry: AuditEntry) -> Result<(), StoreError> {
+    /// Writes `entry` in its own transaction, with the CRL now in force when it is one to record.
+    async fn record(&self, entry: AuditEntry, crl: Option<&crl::AcceptedCrl>) -> Result<(), StoreError> {
         let mut tx = self.0.store.begin().await?;
+        if let Some(crl) = crl {
+            crl::record(&mut tx, crl, self.0.clock.now_micros()).await?;
+        }
         audit::append_one(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Writes a system entry (no person acted) in its own transaction.
-    async fn record_system(&self, action: Action, outcome: &str, reason: &str) -> Result<(), StoreError> {
-        self.append_entry(AuditEntry {
+    /// A system entry (no person acted) under the bundle in force.
+    fn system_entry(&self, action: Action, outcome: &str, reason: &str) -> AuditEntry {
+        AuditEntry {
             time_micros: self.0.clock.now_micros(),
             actor_role: "system".into(),
             action: action.as_str().into(),
@@ -215,8 +381,7 @@ impl Gateway {
             reason: reason.into(),
             bundle_version: self.bundle().version_id().to_owned(),
             ..Default::default()
-        })
-        .await
+        }
     }
 
     /// Binds the configured listen address, naming it if it is taken.

@@ -40,7 +40,7 @@ impl RevocationReason {
             "recorded_in_error" => Ok(Self::RecordedInError),
             other => Err(Error::InvalidArgument(format!(
                 "revocation reason `{}` is not one of withdrawn_by_subject, revoked_by_org, recorded_in_error",
-                other.chars().take(40).collect::<String>()
+                haven_trust::untrusted::shown(other)
             ))),
         }
     }
@@ -95,7 +95,7 @@ fn micros(t: OffsetDateTime) -> i64 {
 }
 
 fn short(s: &str) -> String {
-    s.chars().take(64).collect()
+    haven_trust::untrusted::shown(s)
 }
 
 /// A subject pseudonym: random, minted by the controller (128 bits or more), never derived from

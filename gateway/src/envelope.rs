@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use haven_proto::v1::{self as pb, field_value};
 use haven_trust::ids::OrgId;
+use haven_trust::untrusted;
 use uuid::Uuid;
 
 use crate::consent::check_pseudonym;
@@ -33,8 +34,8 @@ pub struct Envelope {
     pub correlation_id: String,
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(64).collect()
+fn short(s: &str) -> untrusted::Shown<'_> {
+    untrusted::Shown(s)
 }
 
 fn invalid(m: String) -> Error {
@@ -133,7 +134,10 @@ pub fn parse(env: Option<pb::Envelope>, bundle: &Bundle, sender: &OrgId, require
     bundle
         .schema()
         .validate(&env.kind, &fields)
-        .map_err(|problems| invalid(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
+        .map_err(|problems| {
+            tracing::debug!(problems = %problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), "envelope refused");
+            invalid(untrusted::list_problems(&problems, "; "))
+        })?;
     let correlation_id = if env.correlation_id.is_empty() {
         String::new()
     } else {

@@ -41,16 +41,19 @@ impl From<sqlx::Error> for Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
+        // A message built from a caller's input is bounded where it was built; this is the last bound
+        // for all of them, under what a client accepts in its headers.
+        let bounded = haven_trust::untrusted::bounded;
         match e {
-            Error::InvalidArgument(m) => Status::invalid_argument(m),
-            Error::PermissionDenied(m) => Status::permission_denied(m),
-            Error::NotFound(m) => Status::not_found(m),
-            Error::AlreadyExists(m) => Status::already_exists(m),
-            Error::FailedPrecondition(m) => Status::failed_precondition(m),
-            Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::InvalidArgument(m) => Status::invalid_argument(bounded(m)),
+            Error::PermissionDenied(m) => Status::permission_denied(bounded(m)),
+            Error::NotFound(m) => Status::not_found(bounded(m)),
+            Error::AlreadyExists(m) => Status::already_exists(bounded(m)),
+            Error::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
+            Error::OutOfRange(m) => Status::out_of_range(bounded(m)),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                Status::internal(m)
+                Status::internal(bounded(m))
             }
             Error::Store(e @ StoreError::Unsynced(_)) => {
                 tracing::error!(error = %e, "storage failure");

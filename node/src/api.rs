@@ -104,7 +104,7 @@ impl Node for NodeService {
                 received: Some(received),
             }));
         }
-        Err(Status::not_found(format!("no message `{}` on this node", id.chars().take(40).collect::<String>())))
+        Err(Status::not_found(format!("no message `{}` on this node", haven_trust::untrusted::shown(&id))))
     }
 
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {

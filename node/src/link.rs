@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use haven_trust::clock::SharedClock;
 use haven_trust::ids::{OrgId, PersonId, Role};
-use haven_trust::pki::CertsDir;
+use haven_trust::pki::{self, CertsDir};
 use haven_trust::token::{MAX_LIFETIME_SECS, OrgSigner};
+use haven_trust::untrusted::shown;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why the link could not be set up.
@@ -20,8 +21,17 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub enum LinkError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("gateway address `{0}` is not a valid https URL")]
+    #[error("gateway address `{0}` is not a valid https URL (for example https://gateway.example.org:7443)")]
     BadUrl(String),
+    /// The gateway address is not https: person tokens and survivor data would cross in clear text.
+    #[error(
+        "gateway address `{0}` must use https://: the node sends person tokens and survivor data to the gateway, so it never connects without TLS"
+    )]
+    NotHttps(String),
+    /// An identity file does not fit its place (the key is not its certificate's, the certificate names
+    /// another party or is of the wrong kind).
+    #[error(transparent)]
+    Identity(#[from] haven_trust::pki::PkiError),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("signing key: {0}")]
@@ -88,12 +98,21 @@ impl GatewayLink {
     /// Prepares the channel; it connects lazily and reconnects on its own.
     pub fn new(config: &LinkConfig, clock: SharedClock) -> Result<Self, LinkError> {
         haven_trust::pki::install_crypto_provider();
+        let url: http::Uri = config.gateway_url.parse().map_err(|_| LinkError::BadUrl(shown(&config.gateway_url)))?;
+        match url.scheme_str() {
+            Some("https") if url.host().is_some() => {}
+            Some("https") | None => return Err(LinkError::BadUrl(shown(&config.gateway_url))),
+            Some(_) => return Err(LinkError::NotHttps(shown(&config.gateway_url))),
+        }
+        let uri = config.org.uri();
+        pki::check_identity(&config.tls_cert, &config.tls_key, &uri, pki::CertPurpose::TlsClient)?;
+        pki::check_identity(&config.signing_cert, &config.signing_key, &uri, pki::CertPurpose::Signing)?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&config.ca_cert)?))
             .identity(Identity::from_pem(read(&config.tls_cert)?, read(&config.tls_key)?))
             .domain_name(config.gateway_name.clone());
         let endpoint = Endpoint::from_shared(config.gateway_url.clone())
-            .map_err(|_| LinkError::BadUrl(config.gateway_url.clone()))?
+            .map_err(|_| LinkError::BadUrl(shown(&config.gateway_url)))?
             .tls_config(tls)
             .map_err(|e| LinkError::Tls(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))

@@ -560,3 +560,17 @@ async fn an_unreachable_node_exits_5() {
     assert_eq!(r.code, 5, "{r:?}");
     assert!(r.err.contains("cannot reach the node") && r.err.contains(&port.to_string()), "{r:?}");
 }
+
+#[tokio::test]
+async fn plain_http_to_another_machine_is_refused_before_any_token_is_sent() {
+    // Parsed and refused before any connection is attempted.
+    for url in ["http://192.0.2.10:7600", "http://node.example.org:7600"] {
+        let r = haven_node(&["inbox", "--node", url, "--token", "t"]).await;
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.err.contains("plain http to another machine"), "{r:?}");
+    }
+    for url in ["http://localhost:9", "http://[::1]:9", "http://127.0.0.2:9"] {
+        let r = haven_node(&["inbox", "--node", url, "--token", "t"]).await;
+        assert_eq!(r.code, 5, "loopback over http is allowed, and unreachable here: {r:?}");
+    }
+}

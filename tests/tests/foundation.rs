@@ -154,6 +154,35 @@ async fn an_expired_client_certificate_is_refused_at_the_handshake() {
 }
 
 #[tokio::test]
+async fn a_signing_certificate_is_refused_at_the_handshake() {
+    // A signing certificate chains to the network CA but lists no clientAuth usage: it must not
+    // complete a handshake, whatever the pins would say later.
+    let net = TestNet::start().await;
+    let harbor = org("harbor");
+    handshake_refused(
+        &net,
+        &net.certs.ca_cert(),
+        Some((&net.certs.org_signing_cert(&harbor), &net.certs.org_signing_key(&harbor))),
+    )
+    .await;
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_whose_lifetime_wraps_around_is_unauthenticated() {
+    // Signed with harbor's real key: only the arithmetic of the lifetime check stands in the way.
+    let net = TestNet::start().await;
+    let mut c = claims(&net, "harbor");
+    c.iat = -4611686018427388904;
+    c.exp = 4611686018427387904;
+    refused(&net, signer(&net, "harbor", "harbor").sign(&c).unwrap(), "lifetime").await;
+    let mut c = claims(&net, "harbor");
+    c.exp = i64::MAX;
+    refused(&net, signer(&net, "harbor", "harbor").sign(&c).unwrap(), "lifetime").await;
+    net.stop().await;
+}
+
+#[tokio::test]
 async fn a_ca_signed_certificate_that_is_not_pinned_is_unauthenticated() {
     let net = TestNet::start().await;
     let bad = net.dir.path().join("unpinned");

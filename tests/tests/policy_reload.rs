@@ -99,3 +99,53 @@ async fn a_changed_rule_takes_effect_on_reload_and_a_broken_bundle_is_refused() 
     );
     net.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_problems_gets_a_bounded_error_that_lists_twenty() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_policies(&policies);
+    let net = TestNet::start_with(policies.clone(), Arc::new(SystemClock)).await;
+
+    // Ten thousand unknown fields with long names, straight to the gateway.
+    let link = net.link("harbor");
+    let mut env = Envelope {
+        kind: "alert".into(),
+        recipients: vec!["metro-police".into()],
+        purpose: "safety_alert".into(),
+        fields: HashMap::from([(
+            "incident_type".to_owned(),
+            FieldValue { value: Some(field_value::Value::Text("suspicious_recruitment".into())) },
+        )]),
+        ..Default::default()
+    };
+    for i in 0..10_000 {
+        env.fields.insert(
+            format!("{i:05}{}", "x".repeat(200)),
+            FieldValue { value: Some(field_value::Value::Text("v".into())) },
+        );
+    }
+    let req = link
+        .request(&PersonId::parse("casey").unwrap(), Role::Caseworker, DecideRequest { envelope: Some(env) })
+        .unwrap();
+    let err = GatewayClient::new(link.channel()).decide(req).await.expect_err("unknown fields");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let m = err.message();
+    assert!(m.len() <= haven_trust::untrusted::MAX_STATUS_BYTES, "{} bytes", m.len());
+    assert_eq!(m.matches("has no field").count(), 20, "{m}");
+    assert!(m.contains("and 9980 more problems"), "{m}");
+    assert!(m.contains(&format!("`00000{}…`", "x".repeat(59))), "names are cut at 64 characters: {m}");
+
+    // A bundle with thirty problems: the caller of ReloadPolicy reads twenty and a count.
+    let mut rules = String::new();
+    for i in 0..30 {
+        rules.push_str(&format!("[[rule]]\nid = \"broken-{i}\"\neffect = \"alow\"\n\n"));
+    }
+    std::fs::write(policies.join("rules/broken.toml"), rules).unwrap();
+    let err = reload(&net, "operator", Role::Admin).await.expect_err("broken bundle");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let m = err.message();
+    assert!(m.contains("more problem"), "{m}");
+    assert!(m.lines().count() <= 22, "a header, twenty problems and the count: {m}");
+    net.stop().await;
+}

@@ -104,6 +104,9 @@ pub enum Action {
     WithdrawalNotified,
     PolicyReloaded,
     PolicyReloadRejected,
+    /// A reload refused because of the TLS material (CA, CRL, the gateway's certificate or key); the
+    /// reason names what was wrong, and nothing changed.
+    TrustReloadRejected,
     /// A delivery stream opened or closed.
     StreamOpened,
     StreamClosed,
@@ -132,6 +135,7 @@ impl Action {
             Action::WithdrawalNotified => "withdrawal_notified",
             Action::PolicyReloaded => "policy_reloaded",
             Action::PolicyReloadRejected => "policy_reload_rejected",
+            Action::TrustReloadRejected => "trust_reload_rejected",
             Action::StreamOpened => "stream_opened",
             Action::StreamClosed => "stream_closed",
             Action::AuditQueried => "audit_queried",
@@ -142,7 +146,7 @@ impl Action {
     }
 
     /// Every action, for validating query filters.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Action::AuthRejected,
         Action::Decided,
         Action::Submitted,
@@ -157,6 +161,7 @@ impl Action {
         Action::WithdrawalNotified,
         Action::PolicyReloaded,
         Action::PolicyReloadRejected,
+        Action::TrustReloadRejected,
         Action::StreamOpened,
         Action::StreamClosed,
         Action::AuditQueried,
@@ -380,7 +385,7 @@ impl CheckpointKey {
     pub fn verify(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         if cp.key_id != self.key_id {
             return Err(CheckpointError::WrongKey {
-                got: cp.key_id.chars().take(64).collect(),
+                got: crate::untrusted::shown(&cp.key_id),
                 expected: self.key_id.clone(),
             });
         }
@@ -402,6 +407,7 @@ impl CheckpointSigner {
     /// Loads the gateway's signing key (PKCS#8 PEM) and certificate (DER).
     pub fn new(key_pem: &str, cert_der: &[u8]) -> Result<Self, CheckpointError> {
         let key = SigningKey::from_pkcs8_pem(key_pem).map_err(|e| CheckpointError::Key(e.to_string()))?;
+        crate::pki::key_matches_cert(key_pem.as_bytes(), cert_der).map_err(CheckpointError::Key)?;
         Ok(CheckpointSigner { key, key_id: Fingerprint::of_der(cert_der).to_hex() })
     }
 

@@ -342,7 +342,7 @@ impl LineIn<'_> {
             Some("end") => Ok(LineKind::End),
             Some(other) => Err(format!(
                 "unknown line type `{}` (known: header, entry, checkpoint, consistency, end)",
-                other.chars().take(40).collect::<String>()
+                crate::untrusted::shown(other)
             )),
             None => default.ok_or_else(|| "missing `type`".to_owned()),
         }
@@ -1009,7 +1009,7 @@ impl<'a> Check<'a> {
 fn header_of(line: &LineIn<'_>) -> Result<Header, String> {
     let format = line.format.clone().unwrap_or_default();
     if format != FORMAT {
-        return Err(format!("format is `{}`", format.chars().take(60).collect::<String>()));
+        return Err(format!("format is `{}`", crate::untrusted::shown(&format)));
     }
     let version = line.encoding_version.ok_or("no encoding_version")?;
     if version != ENCODING_VERSION {

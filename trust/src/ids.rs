@@ -33,10 +33,10 @@ fn check_token(what: &'static str, value: &str, max: usize) -> Result<(), IdErro
         return Err(IdError::Empty { what });
     }
     if value.len() > max {
-        return Err(IdError::TooLong { what, value: value.chars().take(80).collect(), max });
+        return Err(IdError::TooLong { what, value: crate::untrusted::shown(value), max });
     }
     if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err(IdError::BadCharacter { what, value: value.chars().take(80).collect() });
+        return Err(IdError::BadCharacter { what, value: crate::untrusted::shown(value) });
     }
     Ok(())
 }
@@ -119,7 +119,7 @@ pub const GATEWAY_URI: &str = "haven://gateway";
 impl OrgId {
     /// Parses `haven://org/<id>`, the form the network CA writes into a certificate's URI SAN.
     pub fn from_uri(uri: &str) -> Result<Self, IdError> {
-        let id = uri.strip_prefix(ORG_URI_PREFIX).ok_or_else(|| IdError::NotOrgUri(uri.chars().take(120).collect()))?;
+        let id = uri.strip_prefix(ORG_URI_PREFIX).ok_or_else(|| IdError::NotOrgUri(crate::untrusted::shown(uri)))?;
         Self::parse(id)
     }
 
@@ -167,10 +167,7 @@ impl Role {
 
     /// Parses a wire name.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdError::UnknownRole(s.chars().take(64).collect()))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| IdError::UnknownRole(crate::untrusted::shown(s)))
     }
 }
 

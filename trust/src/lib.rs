@@ -8,7 +8,8 @@
 //! - [`token`]: the short-lived person tokens a node mints and the gateway verifies;
 //! - [`receipt`]: the signed consent receipt;
 //! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints;
-//! - [`export`]: the audit export format and the offline verifier.
+//! - [`export`]: the audit export format and the offline verifier;
+//! - [`untrusted`]: how much of a caller's text an error repeats.
 
 pub mod audit;
 pub mod clock;
@@ -20,3 +21,4 @@ pub mod receipt;
 pub mod registry;
 pub mod source;
 pub mod token;
+pub mod untrusted;

@@ -74,6 +74,7 @@ impl OrgSigner {
     /// and its TLS certificate (DER), to which every token is bound.
     pub fn new(org: OrgId, key_pem: &[u8], signing_cert_der: &[u8], tls_cert_der: &[u8]) -> Result<Self, SignerError> {
         let key = EncodingKey::from_ec_pem(key_pem).map_err(|e| SignerError::Key(e.to_string()))?;
+        crate::pki::key_matches_cert(key_pem, signing_cert_der).map_err(SignerError::Key)?;
         Ok(OrgSigner {
             org,
             key,
@@ -262,7 +263,7 @@ pub fn check_claims(
 ) -> Result<VerifiedToken, TokenError> {
     if claims.org != tls_org.as_str() {
         return Err(TokenError::OrgMismatch {
-            token_org: claims.org.chars().take(64).collect(),
+            token_org: crate::untrusted::shown(&claims.org),
             tls_org: tls_org.to_string(),
         });
     }
@@ -270,7 +271,7 @@ pub fn check_claims(
         return Err(TokenError::WrongCertificate);
     }
     if claims.aud != AUDIENCE {
-        return Err(TokenError::WrongAudience(claims.aud.chars().take(64).collect()));
+        return Err(TokenError::WrongAudience(crate::untrusted::shown(&claims.aud)));
     }
     if claims.jti.is_empty() {
         return Err(TokenError::NoJti);

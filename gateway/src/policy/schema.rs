@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use haven_trust::source::{Located, SourceFile};
+use haven_trust::untrusted::Shown;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -211,28 +212,28 @@ fn hint(did_you_mean: &Option<String>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FieldProblem {
     /// The message kind is not in the schema.
-    #[error("unknown message kind `{kind}`{}", hint(.did_you_mean))]
+    #[error("unknown message kind `{}`{}", Shown(.kind), hint(.did_you_mean))]
     UnknownKind { kind: String, did_you_mean: Option<String> },
     /// The kind has no such field.
-    #[error("kind `{kind}` has no field `{field}`{}", hint(.did_you_mean))]
+    #[error("kind `{}` has no field `{}`{}", Shown(.kind), Shown(.field), hint(.did_you_mean))]
     UnknownField { kind: String, field: String, did_you_mean: Option<String> },
     /// A required field is absent.
     #[error("required field `{field}` is missing")]
     MissingRequired { field: String },
     /// The value has the wrong type.
-    #[error("field `{field}` must be {expected}, not {got}")]
+    #[error("field `{}` must be {expected}, not {got}", Shown(.field))]
     TypeMismatch { field: String, expected: &'static str, got: &'static str },
     /// A string (or a list item, named `field[i]`) is longer than allowed.
-    #[error("field `{field}` is {len} characters long; at most {max} are allowed")]
+    #[error("field `{}` is {len} characters long; at most {max} are allowed", Shown(.field))]
     TooLong { field: String, max: usize, len: usize },
     /// A list has more items than allowed.
-    #[error("field `{field}` has {len} items; at most {max} are allowed")]
+    #[error("field `{}` has {len} items; at most {max} are allowed", Shown(.field))]
     TooManyItems { field: String, max: usize, len: usize },
     /// An enum value (or a list item, named `field[i]`) is not one of the allowed values.
-    #[error("field `{field}` holds a value outside its list; allowed: {}", .allowed.join(", "))]
+    #[error("field `{}` holds a value outside its list; allowed: {}", Shown(.field), .allowed.join(", "))]
     NotInEnum { field: String, allowed: Vec<String> },
     /// An integer lies outside its range.
-    #[error("field `{field}` is outside its range {}..={}", fmt_bound(.min), fmt_bound(.max))]
+    #[error("field `{}` is outside its range {}..={}", Shown(.field), fmt_bound(.min), fmt_bound(.max))]
     OutOfRange { field: String, min: Option<i64>, max: Option<i64> },
 }
 
@@ -295,7 +296,11 @@ impl Schema {
                 None => problems.push(FieldProblem::UnknownField {
                     kind: kind.to_owned(),
                     field: name.clone(),
-                    did_you_mean: haven_trust::source::near_miss(name, def.field_names()).map(str::to_owned),
+                    // A suggestion costs an edit distance per known field; only the problems an
+                    // error lists get one, so a flood of unknown names costs no more than twenty.
+                    did_you_mean: (problems.len() < haven_trust::untrusted::LISTED_PROBLEMS)
+                        .then(|| haven_trust::source::near_miss(name, def.field_names()).map(str::to_owned))
+                        .flatten(),
                 }),
                 Some(f) => check_value(f, value, &mut problems),
             }

@@ -158,7 +158,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // shared commit's one read of every unit's items, where a value the database rejects would fail
     // the other units with it.
     if uuid::Uuid::try_parse(item_id).is_err() {
-        let shown: String = item_id.chars().take(40).collect();
+        let shown: String = haven_trust::untrusted::shown(item_id);
         return Err(Error::InvalidArgument(format!(
             "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
         )));
@@ -194,7 +194,7 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
         Some(found) => found.map(|(row, _)| row.clone()),
         None => queue::get(tx, item_id).await?,
     }
-    .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", item_id.chars().take(40).collect::<String>())))?;
+    .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", haven_trust::untrusted::shown(item_id))))?;
     if row.org != org.as_str() {
         return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
     }
@@ -493,7 +493,7 @@ pub async fn update_status(
         // Distinguish "not yours" from "does not exist" without revealing other organizations' traffic.
         return Err(Error::NotFound(format!(
             "no message `{}` between your organization and that party",
-            req.message_id.chars().take(40).collect::<String>()
+            haven_trust::untrusted::shown(&req.message_id)
         )));
     }
     let mut entries = Vec::new();

@@ -138,7 +138,7 @@ impl GatewayRpc for GatewayService {
         if orgs.is_empty() && !wanted.is_empty() {
             return Err(Status::not_found(format!(
                 "organization `{}` is not in the registry",
-                wanted.chars().take(64).collect::<String>()
+                haven_trust::untrusted::shown(wanted)
             )));
         }
         Ok(Response::new(GetPinsResponse { orgs, bundle_version: trust.bundle.version_id().to_owned() }))
@@ -151,8 +151,11 @@ impl GatewayRpc for GatewayService {
                 "policy reload needs role `admin` in the organization of type `operator`",
             ));
         }
-        let (old_version, new_version) =
-            self.gateway.reload(Some(&caller)).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (old_version, new_version) = self
+            .gateway
+            .reload(Some(&caller))
+            .await
+            .map_err(|e| Status::failed_precondition(haven_trust::untrusted::bounded(e.summary())))?;
         Ok(Response::new(ReloadPolicyResponse { old_version, new_version }))
     }
 }

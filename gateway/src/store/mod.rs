@@ -7,6 +7,7 @@
 //! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
 //! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
 
+pub mod crl;
 mod migrate;
 mod wal;
 

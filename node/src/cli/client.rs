@@ -28,10 +28,25 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// Whether `host` is this machine: `localhost`, or a loopback address (bracketed for IPv6).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn node_url(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        Some("https") if uri.host().is_some() => Ok(uri),
+        // A person's token crosses this connection: in clear text only on this machine.
+        Some("http") if uri.host().is_some_and(is_loopback) => Ok(uri),
+        Some("http") => Err(format!(
+            "`{s}` is plain http to another machine, which would send your token in clear text: use https:// with --ca (a node serves TLS beyond loopback)"
+        )),
         _ => Err(format!("`{s}` must look like http://127.0.0.1:7600 or https://node.example.org:7600")),
     }
 }
