@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use haven_trust::audit::{Action, AuditEntry, CheckpointSigner};
 use haven_trust::clock::SharedClock;
+use haven_trust::owner_only;
 use haven_trust::pki::{self, CertsDir, PkiError};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -98,6 +99,9 @@ impl Gateway {
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
         let dir = certs(&config);
+        for key in owner_only::loose(&[dir.gateway_tls_key(), dir.gateway_signing_key(), dir.pseudonym_key()]) {
+            tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
+        }
         let bundle = Arc::new(load_bundle(&config)?);
         let (revoked_serials, tls) = load_tls(&config)?;
         let trust = Trust { bundle, revoked_serials };

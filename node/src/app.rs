@@ -78,6 +78,11 @@ impl Node {
             return Err(NodeError::NeedsTls(config.listen));
         }
         let users = Users::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
+        let mut keys = vec![config.link.tls_key.clone(), config.link.signing_key.clone()];
+        keys.extend(config.api_tls.as_ref().map(|(_, key)| key.clone()));
+        for key in haven_trust::owner_only::loose(&keys) {
+            tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
+        }
         let store = NodeStore::open(&config.database).await?;
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());

@@ -6,17 +6,20 @@
 //! start-up. Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is
 //! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
 //! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
+//! SQLite's files are created (and, found looser, set) readable by their owner alone: they hold
+//! survivors' data.
 
 mod migrate;
 mod wal;
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use haven_trust::owner_only;
 use sqlx::SqlSafeStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
@@ -68,6 +71,11 @@ pub enum StoreError {
     /// A change was committed, but the write-ahead log that holds it could not be synced to disk.
     #[error("the change was committed but could not be synced to disk: {0}")]
     Unsynced(String),
+    /// The SQLite file could not be created, or its mode set, before it was opened.
+    #[error(
+        "cannot create or restrict the database file {path}: {source}; check that its directory exists and the gateway's user may write it"
+    )]
+    File { path: PathBuf, source: std::io::Error },
     /// Any other database error.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
@@ -174,6 +182,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, conn_url) = classify(url)?;
         let options = AnyConnectOptions::from_str(&conn_url).map_err(|_| StoreError::BadUrl(redact(url)))?;
+        if let Some(file) = sqlite_file(url) {
+            owner_only_files(Path::new(file))?;
+        }
         let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15));
         let pool_opts = match backend {
             Backend::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
@@ -443,6 +454,35 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
     })
 }
 
+/// Creates the SQLite file at `db` readable and writable by its owner alone before SQLite opens it
+/// (SQLite gives its `-wal` and `-shm` files the same mode), and restricts those files to their owner
+/// if an older version, a copy or a loose umask left them readable by others: they hold survivors'
+/// data.
+fn owner_only_files(db: &Path) -> Result<(), StoreError> {
+    let file_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::File { path, source }
+    };
+    owner_only::create(db).map_err(file_error(db))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let path = PathBuf::from(path);
+        if let Some(was) = owner_only::tighten(&path).map_err(file_error(&path))? {
+            tracing::warn!(file = %path.display(), was = format!("{was:04o}"), "the database file was readable by other users; it is now readable by its owner alone (0600)");
+        }
+    }
+    Ok(())
+}
+
+/// The file a SQLite URL names; `None` for PostgreSQL (see `classify`).
+fn sqlite_file(url: &str) -> Option<&str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    Some(url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url))
+}
+
 /// Works out the backend and the URL to connect with.
 fn classify(url: &str) -> Result<(Backend, String), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -464,7 +504,7 @@ fn classify(url: &str) -> Result<(Backend, String), StoreError> {
         }
         return Ok((Backend::Postgres, url.to_owned()));
     }
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = sqlite_file(url).unwrap_or_default();
     if path.is_empty() || url.contains("://") && !url.starts_with("sqlite:") {
         return Err(StoreError::BadUrl(redact(url)));
     }
@@ -583,6 +623,39 @@ mod tests {
         assert!(reader.await.unwrap() > 0, "reads ran beside the writes");
         let logged = std::fs::metadata(dir.path().join("steady.db-wal")).unwrap().len();
         assert!(logged < 112 << 20, "the log was not started over under load: {logged} bytes after 160 MiB written");
+        store.close().await;
+    }
+
+    /// The database file and the `-wal` and `-shm` files beside it.
+    fn files(db: &Path) -> Vec<PathBuf> {
+        ["", "-wal", "-shm"].iter().map(|suffix| PathBuf::from(format!("{}{suffix}", db.display()))).collect()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The database file and its log and index are created readable by their owner alone, and files
+    /// left readable by others are restricted when the store opens them again.
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        let (_dir, path, store) = scratch_store("modes.db").await;
+        for file in files(&path) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        store.close().await;
+        // As an older version or a copy with a loose umask might have left them.
+        for file in files(&path) {
+            if !file.exists() {
+                std::fs::write(&file, b"").unwrap();
+            }
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        }
+        let store = Store::open(&path.display().to_string()).await.unwrap();
+        for file in files(&path) {
+            assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
+        }
         store.close().await;
     }
 
