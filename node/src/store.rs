@@ -7,7 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use haven_trust::owner_only;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tonic::Status;
 
 /// Why the node's database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +53,13 @@ impl NodeStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(15))
             .pragma("secure_delete", "ON");
+        Self::open_with(path, opts).await
+    }
+
+    async fn open_with(path: &str, opts: SqliteConnectOptions) -> Result<Self, NodeStoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| Box::pin(reusable(conn)))
             .connect_with(opts)
             .await
             .map_err(|source| NodeStoreError::Open { path: path.into(), source })?;
@@ -90,6 +99,26 @@ impl NodeStore {
     }
 }
 
+/// Whether a connection given back to the pool may be used again: not while it still counts a
+/// transaction. A transaction dropped without COMMIT or ROLLBACK has queued its ROLLBACK, which runs
+/// here; but when a write fails with `disk is full`, SQLite may roll the whole transaction back
+/// itself, the ROLLBACK that follows fails, and the connection would go on counting a transaction it
+/// is not in (its next transaction would open as a savepoint, and a rollback of that leaves SQLite's
+/// transaction open). Such a connection is closed, and the pool opens a new one.
+async fn reusable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    tracing::warn!(
+        "a node database connection whose transaction failed to end is closed and replaced (a write had failed, the disk may be full)"
+    );
+    Ok(false)
+}
+
 /// Creates the database file readable and writable by its owner alone before SQLite opens it (SQLite
 /// gives the `-wal` and `-shm` files the same mode), and restricts those files to their owner if they
 /// were left readable by others.
@@ -108,6 +137,30 @@ fn owner_only_files(db: &Path) -> Result<(), NodeStoreError> {
         }
     }
     Ok(())
+}
+
+/// Whether SQLite refused a write because the disk is full (`SQLITE_FULL`, also what a
+/// `max_page_count` cap gives).
+pub fn is_disk_full(e: &sqlx::Error) -> bool {
+    /// SQLite's primary result code for a full disk; extended codes keep it in the low byte.
+    const SQLITE_FULL: i32 = 13;
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == SQLITE_FULL)
+}
+
+/// What a caller of the node's API is told when its database fails: RESOURCE_EXHAUSTED when the disk
+/// is full (nothing was saved, and the operator must free space), UNAVAILABLE otherwise.
+pub fn status(e: sqlx::Error) -> Status {
+    if is_disk_full(&e) {
+        tracing::error!(error = %e, "node database: the disk is full; free space on it");
+        return Status::resource_exhausted(
+            "the node's database disk is full; nothing was saved. The node's operator must free space on the disk that holds its database; retry later",
+        );
+    }
+    tracing::error!(error = %e, "node database");
+    Status::unavailable("the node's database is unavailable")
 }
 
 #[cfg(test)]
@@ -145,6 +198,47 @@ mod tests {
         for file in files(&path) {
             assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
         }
+        store.pool().close().await;
+    }
+
+    /// A write refused because the disk is full is told to callers as such (RESOURCE_EXHAUSTED), and
+    /// SQLite's rollback of the whole transaction leaves no connection that the pool hands out still
+    /// counting it.
+    #[tokio::test]
+    async fn after_a_full_disk_no_connection_counts_the_failed_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .pragma("max_page_count", "64");
+        let store = NodeStore::open_with(&path.display().to_string(), opts).await.unwrap();
+        sqlx::query("CREATE TABLE scratch (b BLOB NOT NULL)").execute(store.pool()).await.unwrap();
+
+        let mut tx = store.pool().begin().await.unwrap();
+        let mut refused = None;
+        for _ in 0..64 {
+            if let Err(e) = sqlx::query("INSERT INTO scratch (b) VALUES (randomblob(8192))").execute(&mut *tx).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        let refused = refused.expect("the capped file filled up");
+        assert!(is_disk_full(&refused), "{refused}");
+        let status = status(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("disk is full"), "{status:?}");
+        drop(tx);
+
+        // Every connection the pool may hand out, held at once, so the one that failed is among them
+        // if it was kept.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(store.pool().acquire().await.unwrap());
+        }
+        assert!(held.iter().all(|c| !c.is_in_transaction()), "a connection still counts the failed transaction");
+        drop(held);
         store.pool().close().await;
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use haven_trust::owner_only;
 use sqlx::SqlSafeStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -71,6 +72,10 @@ pub enum StoreError {
     /// A change was committed, but the write-ahead log that holds it could not be synced to disk.
     #[error("the change was committed but could not be synced to disk: {0}")]
     Unsynced(String),
+    /// The database refused a write because its disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `53100 disk_full`); nothing of it was committed. Writes succeed again once space is freed.
+    #[error("the database's disk is full: {0}")]
+    DiskFull(String),
     /// The SQLite file could not be created, or its mode set, before it was opened.
     #[error(
         "cannot create or restrict the database file {path}: {source}; check that its directory exists and the gateway's user may write it"
@@ -78,7 +83,25 @@ pub enum StoreError {
     File { path: PathBuf, source: std::io::Error },
     /// Any other database error.
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_disk_full(&e) { StoreError::DiskFull(e.to_string()) } else { StoreError::Sql(e) }
+    }
+}
+
+/// Whether the database refused a write because its disk is full: SQLite's `SQLITE_FULL` (which a
+/// `max_page_count` cap gives too), PostgreSQL's SQLSTATE `53100` (`disk_full`).
+pub fn is_disk_full(e: &sqlx::Error) -> bool {
+    /// SQLite's primary result code for a full disk; extended codes keep it in the low byte.
+    const SQLITE_FULL: i32 = 13;
+    let Some(db) = e.as_database_error() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == SQLITE_FULL);
+    }
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| pg.code() == "53100")
 }
 
 impl StoreError {
@@ -87,6 +110,16 @@ impl StoreError {
         match self {
             StoreError::Unsynced(why) => StoreError::Unsynced(why.clone()),
             StoreError::Commit(why) => StoreError::Commit(why.clone()),
+            StoreError::DiskFull(why) => StoreError::DiskFull(why.clone()),
+            e => StoreError::Commit(e.to_string()),
+        }
+    }
+
+    /// The same failure, as that of a shared commit of which nothing was committed. A full disk keeps
+    /// its kind: its callers are told to wait for space rather than that the database is down.
+    pub fn commit_failed(self) -> StoreError {
+        match self {
+            e @ (StoreError::Commit(_) | StoreError::DiskFull(_) | StoreError::Unsynced(_)) => e,
             e => StoreError::Commit(e.to_string()),
         }
     }
@@ -104,6 +137,10 @@ pub struct Store {
     wrote: Arc<Notify>,
     /// How many checkpoint rounds wholly copied the write-ahead log (see `checkpoint_round`).
     restarts: watch::Sender<u64>,
+    /// On SQLite, one idle connection open for as long as the store: SQLite deletes the write-ahead
+    /// log when the last connection to the file closes, so without it a writer connection replaced
+    /// while no reader is open (see `reusable`) would leave the syncer holding a deleted log.
+    keeper: Option<AnyPool>,
     /// On SQLite, syncs the write-ahead log after the writer's commits (see `wal`).
     wal: Option<Arc<WalSync>>,
     backend: Backend,
@@ -185,7 +222,7 @@ impl Store {
         if let Some(file) = sqlite_file(url) {
             owner_only_files(Path::new(file))?;
         }
-        let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15));
+        let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15)).after_release(reusable);
         let pool_opts = match backend {
             Backend::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
             Backend::Postgres => pool_opts.max_connections(16),
@@ -206,6 +243,23 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+        let keeper = match backend {
+            Backend::Sqlite => Some(
+                sqlite_pragmas(
+                    AnyPoolOptions::new()
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .test_before_acquire(false),
+                    false,
+                )
+                .connect_with(options.clone())
+                .await
+                .map_err(|source| StoreError::Connect { url: redact(url), source })?,
+            ),
+            Backend::Postgres => None,
+        };
         // SQLite admits one writer at a time, so the writes queue for one connection rather than
         // for the file lock: no busy-wait, and that connection's page cache stays valid from one
         // transaction to the next (a connection that did not make the last write must drop its cache
@@ -219,7 +273,8 @@ impl Store {
                         .max_connections(1)
                         .idle_timeout(None)
                         .max_lifetime(None)
-                        .test_before_acquire(false),
+                        .test_before_acquire(false)
+                        .after_release(reusable),
                     true,
                 )
                 .connect_with(options.clone())
@@ -247,6 +302,7 @@ impl Store {
             waiting: Arc::default(),
             wrote: Arc::new(Notify::new()),
             restarts: watch::channel(0).0,
+            keeper,
             wal,
             backend,
         };
@@ -377,7 +433,37 @@ impl Store {
         if let Some(wal) = &self.wal {
             wal.close();
         }
+        // Last: SQLite checkpoints and deletes the log as the file's last connection closes.
+        if let Some(keeper) = &self.keeper {
+            keeper.close().await;
+        }
     }
+}
+
+/// Whether a connection given back to its pool may be used again: not while it still counts a
+/// transaction. A transaction dropped without COMMIT or ROLLBACK has queued its ROLLBACK, which runs
+/// here. But when a write fails with `disk is full` (or an I/O error), SQLite may roll the whole
+/// transaction back itself; the COMMIT or ROLLBACK that follows then fails, and the connection would
+/// go on counting a transaction it is not in, so that every later `BEGIN IMMEDIATE` on it failed
+/// (`attempted to call begin_with at non-zero transaction depth`), until a restart. Such a connection
+/// is closed, and the pool opens a new one.
+fn reusable(
+    conn: &mut AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        conn.ping().await?;
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        tracing::warn!(
+            "a database connection whose transaction failed to end is closed and replaced (a write had failed, the disk may be full)"
+        );
+        Ok(false)
+    })
 }
 
 /// Copies SQLite's write-ahead log back into the database file a moment after each write
@@ -656,6 +742,48 @@ mod tests {
         for file in files(&path) {
             assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
         }
+        store.close().await;
+    }
+
+    /// A write refused because the disk is full fails with `DiskFull`. SQLite rolled the whole
+    /// transaction back, so the writer connection is not reused as though still in it: it is
+    /// replaced, and the next write transaction begins and commits. The log the syncer holds stays the
+    /// one SQLite writes, even with no reader connection open while the writer is replaced.
+    #[tokio::test]
+    async fn after_a_full_disk_the_next_write_transaction_begins() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, _, store) = scratch_store("full.db").await;
+        let log = std::fs::File::open(dir.path().join("full.db-wal")).unwrap();
+        store.pool().close().await;
+        {
+            let mut writer = store.writer().await.unwrap();
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *writer).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {}", pages + 8)))
+                .execute(&mut *writer)
+                .await
+                .unwrap();
+        }
+        let mut tx = store.begin().await.unwrap();
+        let mut refused = None;
+        for _ in 0..64 {
+            if let Err(e) = sqlx::query("INSERT INTO scratch (b) VALUES (randomblob(8192))").execute(&mut *tx).await {
+                refused = Some(StoreError::from(e));
+                break;
+            }
+        }
+        let refused = refused.expect("the capped file filled up");
+        assert!(matches!(refused, StoreError::DiskFull(_)), "{refused}");
+        drop(tx);
+
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO scratch (b) VALUES (x'00')").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "only the later transaction's row");
+        assert_eq!(log.metadata().unwrap().nlink(), 1, "SQLite deleted the log the syncer holds");
         store.close().await;
     }
 
