@@ -110,7 +110,7 @@ impl Gateway {
             .map_err(|e| StartError::File(format!("{}: {e}", dir.gateway_signing_key().display())))?;
         let pseudonym_key = parse_pseudonym_key(&read_text(dir.pseudonym_key())?)
             .map_err(|e| StartError::File(format!("{}: {e}", dir.pseudonym_key().display())))?;
-        let store = Store::open(&config.database).await?;
+        let store = Store::open_with(&config.database, config.wal_idle).await?;
         let network = trust.bundle.network();
         let cadence = audit::Cadence {
             every_entries: network.checkpoint_every_entries,
@@ -284,6 +284,15 @@ impl Gateway {
         integrator.abort();
         if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
             tracing::warn!(error = %e, "could not write aggregated rejections at shutdown");
+        }
+        // Last: acknowledged payloads, which `secure_delete` overwrote in the database file, leave
+        // SQLite's write-ahead log too.
+        match self.0.store.truncate_wal().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "could not truncate SQLite's write-ahead log at shutdown (a reader held it for 15 s); deleted payloads may remain in it until the next start"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not truncate SQLite's write-ahead log at shutdown"),
         }
         result
     }

@@ -160,6 +160,15 @@ impl Node {
         let _ = stop_tx.send(true);
         let _ = stream.await;
         let _ = retrier.await;
+        // Last: what writes replaced or deleted leaves SQLite's write-ahead log, which
+        // `secure_delete` does not reach.
+        match self.state.store.truncate_wal().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("could not truncate the node database's write-ahead log at shutdown (a reader held it)")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not truncate the node database's write-ahead log at shutdown"),
+        }
         result.map_err(|e| NodeError::Tls(e.to_string()))
     }
 }

@@ -6,8 +6,11 @@
 //! start-up. Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is
 //! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
 //! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
-//! SQLite's files are created (and, found looser, set) readable by their owner alone: they hold
-//! survivors' data.
+//!
+//! What stays on disk: SQLite's files are created (and, found looser, set) readable by their owner
+//! alone; `secure_delete` overwrites what a write deletes in the database file, and the write-ahead
+//! log, which keeps the older frames, is truncated whenever the gateway has been idle a moment and
+//! when it shuts down (see `checkpoint_wal` and [`Store::truncate_wal`]).
 
 mod migrate;
 mod wal;
@@ -137,12 +140,16 @@ pub struct Store {
     wrote: Arc<Notify>,
     /// How many checkpoint rounds wholly copied the write-ahead log (see `checkpoint_round`).
     restarts: watch::Sender<u64>,
+    /// How many times the write-ahead log was truncated to nothing (see [`Store::truncate_wal`]).
+    truncations: watch::Sender<u64>,
     /// On SQLite, one idle connection open for as long as the store: SQLite deletes the write-ahead
     /// log when the last connection to the file closes, so without it a writer connection replaced
     /// while no reader is open (see `reusable`) would leave the syncer holding a deleted log.
     keeper: Option<AnyPool>,
     /// On SQLite, syncs the write-ahead log after the writer's commits (see `wal`).
     wal: Option<Arc<WalSync>>,
+    /// On SQLite, how long no write may begin before the write-ahead log is truncated.
+    wal_idle: Duration,
     backend: Backend,
 }
 
@@ -216,6 +223,12 @@ fn redact(url: &str) -> String {
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, WAL_IDLE).await
+    }
+
+    /// [`Store::open`], truncating SQLite's write-ahead log once no write has begun for `wal_idle`
+    /// (see `checkpoint_wal`).
+    pub async fn open_with(url: &str, wal_idle: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, conn_url) = classify(url)?;
         let options = AnyConnectOptions::from_str(&conn_url).map_err(|_| StoreError::BadUrl(redact(url)))?;
@@ -302,8 +315,10 @@ impl Store {
             waiting: Arc::default(),
             wrote: Arc::new(Notify::new()),
             restarts: watch::channel(0).0,
+            truncations: watch::channel(0).0,
             keeper,
             wal,
+            wal_idle,
             backend,
         };
         migrate::run(&store).await?;
@@ -362,28 +377,15 @@ impl Store {
     /// when it ran, else as far as it had been written when the copy began); it is not when another
     /// checkpoint ran at the same time or a reader kept old pages past the wait.
     pub async fn checkpoint_round(&self, restart: bool) -> Result<bool, sqlx::Error> {
-        let copied = |row: &sqlx::any::AnyRow| -> Result<(bool, i64), sqlx::Error> {
-            let (busy, log, done): (i64, i64, i64) =
-                (sqlx::Row::try_get(row, 0)?, sqlx::Row::try_get(row, 1)?, sqlx::Row::try_get(row, 2)?);
-            Ok((busy == 0 && done == log, log))
-        };
-        let (mut whole, log) = copied(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?)?;
+        let copy = Checkpointed::of(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?)?;
+        let mut whole = copy.whole();
         // A copy on a reader connection says nothing of the commits made while it ran, and the next
         // write starts the log over only if it finds every frame copied and no reader in the log. So
         // under steady writes only the writer connection, between two transactions, can restart it:
         // RESTART copies what was appended meanwhile and waits for readers to leave the log (they are
         // short). It holds up only the next shared commit, and waits `RESTART_BUSY_TIMEOUT` at most.
-        if restart || log >= RESTART_FRAMES {
-            let mut writer = self.writer_in_turn().await?;
-            sqlx::query(RESTART_BUSY_TIMEOUT).execute(&mut *writer).await?;
-            let copy = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *writer).await;
-            if let Err(e) = sqlx::query(BUSY_TIMEOUT).execute(&mut *writer).await {
-                // Only a broken connection refuses a pragma; until the pool replaces it, the writer
-                // gives up after 10 ms on a lock another process holds.
-                tracing::error!(error = %e, "cannot restore the SQLite writer's busy timeout after a checkpoint");
-                return Err(e);
-            }
-            whole = copied(&copy?)?.0;
+        if restart || copy.log >= RESTART_FRAMES {
+            whole = self.checkpoint_on_writer("PRAGMA wal_checkpoint(RESTART)", RESTART_BUSY_TIMEOUT).await?.0.whole();
         }
         if whole {
             self.restarts.send_modify(|n| *n += 1);
@@ -391,10 +393,58 @@ impl Store {
         Ok(whole)
     }
 
+    /// Runs the checkpoint `pragma` on the writer connection, between two write transactions, waiting
+    /// at most `busy` for readers of older pages to leave the log. Returns the writer connection with
+    /// the outcome, so no write begins before the caller has counted it.
+    async fn checkpoint_on_writer(
+        &self,
+        pragma: &'static str,
+        busy: &'static str,
+    ) -> Result<(Checkpointed, PoolConnection<Any>), sqlx::Error> {
+        let mut writer = self.writer_in_turn().await?;
+        sqlx::query(busy).execute(&mut *writer).await?;
+        let copy = sqlx::query(pragma).fetch_one(&mut *writer).await;
+        if let Err(e) = sqlx::query(BUSY_TIMEOUT).execute(&mut *writer).await {
+            // Only a broken connection refuses a pragma; until the pool replaces it, the writer
+            // gives up after 10 ms on a lock another process holds.
+            tracing::error!(error = %e, "cannot restore the SQLite writer's busy timeout after a checkpoint");
+            return Err(e);
+        }
+        Ok((Checkpointed::of(&copy?)?, writer))
+    }
+
     /// Counts the checkpoint rounds that wholly copied SQLite's write-ahead log into the database
     /// file (see `checkpoint_round`).
     pub fn wal_restarts(&self) -> watch::Receiver<u64> {
         self.restarts.subscribe()
+    }
+
+    /// Copies SQLite's whole write-ahead log into the database file and truncates the log to zero
+    /// bytes, waiting up to 15 s for readers to leave it; returns whether it did. `secure_delete`
+    /// overwrites deleted payloads in the database file, but the log's older frames keep them until
+    /// the log is truncated, so the gateway calls this as it shuts down (and, with a short wait,
+    /// whenever it has been idle a moment; see `checkpoint_wal`). Returns `true` at once on
+    /// PostgreSQL, which has no such file.
+    pub async fn truncate_wal(&self) -> Result<bool, StoreError> {
+        Ok(self.backend == Backend::Postgres || self.truncate_wal_within(BUSY_TIMEOUT).await?)
+    }
+
+    /// [`Store::truncate_wal`], waiting at most `busy` for readers.
+    async fn truncate_wal_within(&self, busy: &'static str) -> Result<bool, sqlx::Error> {
+        // Counted while the writer connection is held, so a truncation counted after a commit was
+        // seen began after that commit.
+        let (copy, _writer) = self.checkpoint_on_writer("PRAGMA wal_checkpoint(TRUNCATE)", busy).await?;
+        let truncated = copy.truncated();
+        if truncated {
+            self.truncations.send_modify(|n| *n += 1);
+        }
+        Ok(truncated)
+    }
+
+    /// Counts the times SQLite's write-ahead log was truncated to nothing (see
+    /// [`Store::truncate_wal`]).
+    pub fn wal_truncations(&self) -> watch::Receiver<u64> {
+        self.truncations.subscribe()
     }
 
     /// Whether a caller of [`Store::begin`] waits for the SQLite writer connection, so a holder of
@@ -477,14 +527,39 @@ fn reusable(
 /// writer connection checkpoints what was appended during the copy (a short tail), so the log is
 /// wholly copied and the next write starts it over. Durability is unchanged: every commit is in the
 /// log and synced before it returns; a checkpoint moves pages that are already durable.
+///
+/// Once no write transaction has begun for a moment ([`WAL_IDLE`] unless configured), the log is also
+/// truncated to nothing on the writer connection (waiting `RESTART_BUSY_TIMEOUT` at most for readers,
+/// and trying again after the next idle moment if one is still in the log): `secure_delete`
+/// overwrites a deleted payload in the database file, but the log's older frames keep it until they
+/// are overwritten or cut off. So a deleted value stays in the log until the writes pause for that
+/// moment; under writes that never pause, until the log has been started over and written past it
+/// again, at most about 32 MiB (two lengths of the log) of later writes, more if a long read holds the
+/// restart back (`journal_size_limit` cuts off what lies beyond 16 MiB as the log starts over). It
+/// starts with the log to truncate: a gateway that crashed left older frames in it.
 async fn checkpoint_wal(store: Store) {
+    let mut untruncated = true;
     loop {
-        store.wrote.notified().await;
+        if untruncated {
+            if tokio::time::timeout(store.wal_idle, store.wrote.notified()).await.is_err() {
+                match store.truncate_wal_within(RESTART_BUSY_TIMEOUT).await {
+                    Ok(truncated) => untruncated = !truncated,
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "truncating SQLite's WAL failed; the next idle moment tries again")
+                    }
+                }
+                continue;
+            }
+        } else {
+            store.wrote.notified().await;
+        }
         if store.pool.is_closed() {
             return;
         }
         // Let the writes of the next moment pile up: one checkpoint for many commits.
         tokio::time::sleep(CHECKPOINT_GAP).await;
+        untruncated = true;
         match store.checkpoint_round(false).await {
             Ok(_) => {}
             Err(sqlx::Error::PoolClosed) => return,
@@ -493,8 +568,43 @@ async fn checkpoint_wal(store: Store) {
     }
 }
 
+/// What `PRAGMA wal_checkpoint` reports.
+struct Checkpointed {
+    /// Whether it was blocked by a reader or writer before it finished.
+    busy: i64,
+    /// Frames in the log.
+    log: i64,
+    /// Frames copied into the database file.
+    done: i64,
+}
+
+impl Checkpointed {
+    fn of(row: &sqlx::any::AnyRow) -> Result<Checkpointed, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Checkpointed { busy: row.try_get(0)?, log: row.try_get(1)?, done: row.try_get(2)? })
+    }
+
+    /// Every frame in the log was copied.
+    fn whole(&self) -> bool {
+        self.busy == 0 && self.done == self.log
+    }
+
+    /// The log was truncated: TRUNCATE reports an empty log only once it has truncated it.
+    fn truncated(&self) -> bool {
+        self.busy == 0 && self.log == 0
+    }
+}
+
 /// Frames (pages) the write-ahead log may reach before it is started over: 16 MiB of 4 KiB pages.
 const RESTART_FRAMES: i64 = 4096;
+
+/// How large SQLite leaves the write-ahead log file when it starts the log over
+/// (`journal_size_limit`): what lies past this is cut off rather than kept until overwritten.
+const JOURNAL_SIZE_LIMIT: &str = "PRAGMA journal_size_limit = 16777216";
+
+/// How long no write transaction may begin before the write-ahead log is truncated to nothing, unless
+/// configured otherwise.
+pub const WAL_IDLE: Duration = Duration::from_secs(1);
 
 /// How long the writer connection waits, in a checkpoint that starts the log over, for readers of
 /// older pages to finish: 10 ms, so a long read (an audit export) costs the writes little; if one
@@ -534,7 +644,9 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
             conn.execute(if writer { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" }).await?;
             conn.execute(BUSY_TIMEOUT).await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
+            // Deleted content is overwritten in the database file (payloads once acknowledged).
             conn.execute("PRAGMA secure_delete = ON").await?;
+            conn.execute(JOURNAL_SIZE_LIMIT).await?;
             Ok(())
         })
     })
@@ -722,6 +834,14 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    /// The store's files that hold `needle`, as raw bytes.
+    fn in_files(db: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        files(db)
+            .into_iter()
+            .filter(|f| std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+            .collect()
+    }
+
     /// The database file and its log and index are created readable by their owner alone, and files
     /// left readable by others are restricted when the store opens them again.
     #[tokio::test]
@@ -742,6 +862,34 @@ mod tests {
         for file in files(&path) {
             assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
         }
+        store.close().await;
+    }
+
+    /// Every connection overwrites deleted content in the database file (`secure_delete`), and once the
+    /// log is truncated a deleted value is in none of the files.
+    #[tokio::test]
+    async fn a_deleted_value_is_in_no_file_once_the_log_is_truncated() {
+        let (_dir, path, store) = scratch_store("deleted.db").await;
+        let on: i64 = sqlx::query_scalar("PRAGMA main.secure_delete").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(on, 1, "readers overwrite deleted content");
+        let on: i64 = sqlx::query_scalar("PRAGMA main.secure_delete")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(on, 1, "the writer overwrites deleted content");
+
+        let value = format!("Ileana-{}", uuid::Uuid::new_v4().simple());
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO scratch (b) VALUES ($1)").bind(value.as_bytes()).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(!in_files(&path, value.as_bytes()).is_empty(), "the value was written");
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("DELETE FROM scratch").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert!(store.truncate_wal().await.unwrap(), "no reader held the log");
+        let left = in_files(&path, value.as_bytes());
+        assert!(left.is_empty(), "the deleted value is still in {left:?}");
         store.close().await;
     }
 
