@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use haven_trust::audit::{Action, AuditEntry, CheckpointSigner};
 use haven_trust::clock::SharedClock;
+use haven_trust::owner_only;
 use haven_trust::pki::{self, CertsDir, PkiError};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -206,6 +207,9 @@ impl Gateway {
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
         let dir = certs(&config);
+        for key in owner_only::loose(&[dir.gateway_tls_key(), dir.gateway_signing_key(), dir.pseudonym_key()]) {
+            tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
+        }
         let bundle = Arc::new(load_bundle(&config)?);
         let tls = read_tls(&config)?;
         pki::check_identity(
@@ -219,7 +223,7 @@ impl Gateway {
             .map_err(|e| StartError::File(format!("{}: {e}", dir.gateway_signing_key().display())))?;
         let pseudonym_key = parse_pseudonym_key(&read_text(dir.pseudonym_key())?)
             .map_err(|e| StartError::File(format!("{}: {e}", dir.pseudonym_key().display())))?;
-        let store = Store::open(&config.database).await?;
+        let store = Store::open_with(&config.database, config.wal_idle).await?;
         check_crl_order(&store, &config, &tls).await?;
         let TlsMaterial { config: tls_config, revoked_serials, crl: accepted_crl } = tls;
         let trust = Trust { bundle, revoked_serials };
@@ -445,6 +449,15 @@ impl Gateway {
         integrator.abort();
         if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
             tracing::warn!(error = %e, "could not write aggregated rejections at shutdown");
+        }
+        // Last: acknowledged payloads, which `secure_delete` overwrote in the database file, leave
+        // SQLite's write-ahead log too.
+        match self.0.store.truncate_wal().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "could not truncate SQLite's write-ahead log at shutdown (a reader held it for 15 s); deleted payloads may remain in it until the next start"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not truncate SQLite's write-ahead log at shutdown"),
         }
         result
     }

@@ -24,6 +24,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// HTTP/2 keepalive ping interval and timeout.
     pub keepalive: Duration,
+    /// On SQLite, how long no write may begin before the write-ahead log is truncated, taking the
+    /// payloads deleted since with it (see `store::Store::open_with`).
+    pub wal_idle: Duration,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(20),
+            wal_idle: crate::store::WAL_IDLE,
         }
     }
 }

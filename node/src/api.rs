@@ -205,16 +205,16 @@ impl Node for NodeService {
 }
 
 fn db(e: sqlx::Error) -> Status {
-    tracing::error!(error = %e, "node database");
-    Status::unavailable("the node's database is unavailable")
+    crate::store::status(e)
 }
 
-/// Whether a failed submission should stay pending and be retried (the gateway could not be reached
-/// or did not answer), as opposed to a refusal of the message itself.
+/// Whether a failed submission should stay pending and be retried (the gateway could not be reached,
+/// did not answer, or its database disk is full), as opposed to a refusal of the message itself.
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
@@ -243,7 +243,7 @@ pub async fn submit(
             })
         }
         Err(s) if retryable(&s) => {
-            tracing::warn!(%message_id, status = %s.message(), "gateway unreachable; the message stays pending and will be retried");
+            tracing::warn!(%message_id, code = ?s.code(), status = %s.message(), "the gateway did not take the message (unreachable, or its disk is full); it stays pending and will be retried");
             Ok(SendResponse {
                 message_id,
                 state: "pending".into(),

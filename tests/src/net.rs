@@ -103,6 +103,11 @@ impl TestNet {
 
     /// The same, with a given policy directory and clock.
     pub async fn start_with(policies: PathBuf, clock: SharedClock) -> TestNet {
+        Self::start_configured(policies, clock, |_| {}).await
+    }
+
+    /// The same, with the gateway's configuration adjusted by `adjust` before it opens.
+    pub async fn start_configured(policies: PathBuf, clock: SharedClock, adjust: impl FnOnce(&mut Config)) -> TestNet {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs_path = dir.path().join("certs");
         haven_certs::init_with_gateway_names(
@@ -115,6 +120,7 @@ impl TestNet {
         let database = fresh_database(dir.path()).await;
         let mut config = Config::new(certs_path.clone(), policies, database.clone());
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        adjust(&mut config);
         let gateway = Gateway::open(config, clock.clone()).await.expect("gateway starts");
         let listener = gateway.bind().await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -175,6 +181,12 @@ impl TestNet {
 
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
+        self.stop_keeping_files().await;
+    }
+
+    /// Stops the server and waits for it, keeping its directory (and so its database files) until
+    /// this is dropped.
+    pub async fn stop_keeping_files(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

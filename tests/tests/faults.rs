@@ -5,6 +5,7 @@
 //!   restarted on the same database;
 //! - the recipient's node process killed (SIGKILL) while it receives, and restarted;
 //! - a node offline while messages are sent to it;
+//! - the gateway's database disk full, and space freed again;
 //! - two gateway replicas sharing one PostgreSQL, one of them killed (PostgreSQL only).
 //!
 //! Every wait is on something observable (a reply, a row in a database, a stream state) with a
@@ -1044,5 +1045,104 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
     .unwrap();
     let (next, count, min, max): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
     assert_eq!((count, min, max), (next, 0, next - 1));
+    net.stop().await;
+}
+
+/// Fills the gateway's database "disk": on SQLite the writer connection may not grow the file
+/// (`max_page_count`, set to the pages it has); on PostgreSQL every commit that records a submission
+/// fails as a full disk does (SQLSTATE 53100 `disk_full`, raised at COMMIT by a deferred trigger).
+async fn fill_disk(store: &Store) {
+    match db() {
+        Db::Sqlite => {
+            let mut writer = store.writer().await.unwrap();
+            let pages: i64 = sqlx::query("PRAGMA page_count").fetch_one(&mut *writer).await.unwrap().get(0);
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+                .execute(&mut *writer)
+                .await
+                .unwrap();
+        }
+        Db::Postgres => {
+            sqlx::raw_sql(
+                "CREATE OR REPLACE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$; \
+                 DROP TRIGGER IF EXISTS test_disk_full ON messages; \
+                 CREATE CONSTRAINT TRIGGER test_disk_full AFTER INSERT ON messages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_disk_full()",
+            )
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// Frees the space [`fill_disk`] took.
+async fn free_disk(store: &Store) {
+    match db() {
+        Db::Sqlite => {
+            let mut writer = store.writer().await.unwrap();
+            sqlx::query("PRAGMA max_page_count = 1073741823").execute(&mut *writer).await.unwrap();
+        }
+        Db::Postgres => {
+            sqlx::query("DROP TRIGGER test_disk_full ON messages").execute(store.pool()).await.unwrap();
+        }
+    }
+}
+
+/// Submits fresh referrals until one is refused (at most 2,000); returns the refusal and its
+/// envelope.
+async fn submit_until_refused(harbor: &Caller, subject: &str, consent: &str) -> (tonic::Status, Envelope) {
+    for _ in 0..2000 {
+        let env = referral(&Uuid::now_v7().to_string(), subject, consent);
+        if let Err(status) = harbor.submit(env.clone()).await {
+            return (status, env);
+        }
+    }
+    panic!("2,000 submissions fitted on a full disk");
+}
+
+fn says_disk_full(status: &tonic::Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && status.message().contains("database disk is full")
+        && status.message().contains("free space")
+}
+
+/// A full database disk refuses submissions with RESOURCE_EXHAUSTED saying so (not as an unavailable
+/// database), for as long as it stays full, and nothing of them is committed; once space is freed the
+/// gateway recovers by itself: the refused submission, sent again, and the next ones are queued. On
+/// SQLite the writer connection whose transaction SQLite rolled back on `disk is full` is not reused
+/// as though still in it (each later transaction would fail to begin); it is replaced, and the test
+/// fills the new one's disk again.
+#[tokio::test]
+async fn a_full_database_disk_is_reported_as_such_and_the_gateway_recovers_once_space_returns() {
+    let net = TestNet::start().await;
+    let harbor = Caller::casey(net.link("harbor"));
+    let (consent, subject) = harbor.consent().await;
+    assert!(queued(&harbor.submit(referral(&Uuid::now_v7().to_string(), &subject, &consent)).await.unwrap()));
+    let store = net.gateway.0.store.clone();
+    let copies = || async {
+        sqlx::query("SELECT COUNT(*) FROM deliveries WHERE recipient = $1")
+            .bind(RECIPIENT)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+
+    fill_disk(&store).await;
+    let (refused, first) = submit_until_refused(&harbor, &subject, &consent).await;
+    assert!(says_disk_full(&refused), "{refused:?}");
+    let before = copies().await;
+    // Still full: refused the same way again.
+    fill_disk(&store).await;
+    let again = harbor.submit(first.clone()).await.unwrap_err();
+    assert!(says_disk_full(&again), "{again:?}");
+    assert_eq!(copies().await, before, "nothing of a refused submission was committed");
+
+    free_disk(&store).await;
+    let resent = harbor.submit(first).await.unwrap();
+    assert!(queued(&resent) && !resent.replayed, "the refused submission is queued once space returns: {resent:?}");
+    for _ in 0..5 {
+        assert!(queued(&harbor.submit(referral(&Uuid::now_v7().to_string(), &subject, &consent)).await.unwrap()));
+    }
+    assert_eq!(copies().await, before + 6);
     net.stop().await;
 }
