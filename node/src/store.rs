@@ -18,6 +18,11 @@ use tonic::Status;
 pub enum NodeStoreError {
     #[error("cannot open node database {path}: {source}")]
     Open { path: String, source: sqlx::Error },
+    /// The file is not a SQLite database.
+    #[error(
+        "{0} is not a SQLite database (its header is not SQLite's): give --database the path of this node's database file, or a path where none exists yet to make a new one"
+    )]
+    NotSqlite(String),
     /// The file could not be created, or its mode set, before SQLite opened it.
     #[error(
         "cannot create or restrict the node database file {path}: {source}; check that its directory exists and the node's user may write it"
@@ -64,7 +69,10 @@ impl NodeStore {
             .after_release(|conn, _| Box::pin(reusable(conn)))
             .connect_with(opts)
             .await
-            .map_err(|source| NodeStoreError::Open { path: path.into(), source })?;
+            .map_err(|source| match &source {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("26") => NodeStoreError::NotSqlite(path.into()),
+                _ => NodeStoreError::Open { path: path.into(), source },
+            })?;
         let store = NodeStore { pool };
         store.migrate().await?;
         Ok(store)
@@ -188,6 +196,17 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "shopping list: bread, milk, and enough text to fill a header page\n".repeat(20))
+            .unwrap();
+        let err = NodeStore::open(&path.display().to_string()).await.err().expect("not a database");
+        assert!(matches!(err, NodeStoreError::NotSqlite(_)), "{err}");
+        assert!(err.to_string().contains("notes.txt is not a SQLite database"), "{err}");
     }
 
     /// The database file and its log and index are created readable by their owner alone, and files

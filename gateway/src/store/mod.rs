@@ -55,6 +55,11 @@ pub enum StoreError {
         "database `{host}` is not on loopback, so its URL must set `sslmode=verify-full` (and `sslrootcert=` if the server's CA is not a public one)"
     )]
     InsecureRemote { host: String },
+    /// The file is not a SQLite database.
+    #[error(
+        "{path} is not a SQLite database (its header is not SQLite's): give --database the path of this gateway's database file, or a path where none exists yet to make a new one"
+    )]
+    NotSqlite { path: String },
     /// The database could not be reached or opened.
     #[error("cannot open database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
@@ -246,7 +251,21 @@ impl Store {
         {
             use sqlx::ConnectOptions;
             match tokio::time::timeout(Duration::from_secs(15), options.connect()).await {
-                Ok(Ok(conn)) => {
+                Ok(Ok(mut conn)) => {
+                    // SQLite opens a file lazily: read its header now, so a file that is not a
+                    // database is named here instead of failing every pooled connection until the
+                    // pool gives up.
+                    if backend == Backend::Sqlite
+                        && let Err(source) = sqlx::query("PRAGMA schema_version").execute(&mut conn).await
+                    {
+                        let _ = sqlx::Connection::close(conn).await;
+                        return Err(match &source {
+                            sqlx::Error::Database(d) if d.code().as_deref() == Some("26") => {
+                                StoreError::NotSqlite { path: sqlite_file(url).unwrap_or(url).to_owned() }
+                            }
+                            _ => StoreError::Connect { url: redact(url), source },
+                        });
+                    }
                     let _ = sqlx::Connection::close(conn).await;
                 }
                 Ok(Err(source)) => return Err(StoreError::Connect { url: redact(url), source }),
@@ -722,6 +741,17 @@ mod tests {
         assert!(classify("postgres://postgres@localhost/test").is_ok());
         assert_eq!(classify("haven.db").unwrap().0, Backend::Sqlite);
         assert!(matches!(classify("mysql://x"), Err(StoreError::BadUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "shopping list: bread, milk, and enough text to fill a header page\n".repeat(20))
+            .unwrap();
+        let err = Store::open(&path.display().to_string()).await.expect_err("not a database");
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err}");
+        assert!(err.to_string().contains("notes.txt is not a SQLite database"), "{err}");
     }
 
     /// A SQLite store in a new directory, with a table `scratch (b BLOB)` to fill.
