@@ -15,7 +15,7 @@ use haven_proto::v1::{
     AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest, GetCheckpointRequest,
     SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest,
 };
-use haven_trust::audit::AuditEntry;
+use haven_trust::audit::{AuditEntry, Encoding};
 use haven_trust::export::{ConsistencyLine, Line};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -211,6 +211,10 @@ fn entry(e: &haven_proto::v1::AuditEntry) -> AuditEntry {
         outcome: e.outcome.clone(),
         correlation_id: e.correlation_id.clone(),
         source_node: e.source_node.clone(),
+        // The wire form does not show it.
+        counterparty_subject: String::new(),
+        // The first byte of the canonical encoding.
+        encoding_version: e.canonical.first().and_then(|v| Encoding::of_version(*v)).unwrap_or_default(),
     }
 }
 

@@ -12,7 +12,7 @@ use haven_node::witness::{WitnessState, to_proto as witness_proto};
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::*;
 use haven_tests::net::TestNet;
-use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner};
+use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner, Encoding};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::export::{Kind, Summary, VerifyError, verify_files};
 use haven_trust::ids::{OrgId, PersonId, Role};
@@ -597,6 +597,126 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    net.stop().await;
+}
+
+/// The recipient-scoped pseudonym a redacted entry shows is bound by the entry's leaf: swapping it for
+/// another (or removing it) in a filtered export fails verification, naming the entry.
+#[tokio::test]
+async fn the_subject_a_redacted_entry_shows_cannot_be_changed_in_a_filtered_export() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let bytes = officer(&net, "maple-house").export(all()).await.unwrap();
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.kind, Kind::Filtered);
+    let original = lines(&bytes);
+    // harbor's submission, shown to the recipient's officer under the recipient's own pseudonym.
+    let i = original
+        .iter()
+        .position(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["type"] == "entry" && v["entry"]["actor_org"] == "harbor" && v["entry"]["subject"] == RECIPIENT_SUBJECT
+        })
+        .expect("a redacted entry");
+    let seq = serde_json::from_str::<serde_json::Value>(&original[i]).unwrap()["entry"]["seq"].as_u64().unwrap();
+    let line = i as u64 + 1;
+    for other in ["rcpt-ffffffffffffffffffffffffffffffff", "rcpt-x", ""] {
+        let mut t = original.clone();
+        t[i] = edit(&t[i], |v| v["entry"]["subject"] = other.into());
+        let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+        assert!(matches!(e, VerifyError::EditedEntry { line: l, seq: s } if l == line && s == seq), "{other}: {e}");
+        assert!(e.to_string().contains(&format!("seq {seq} was edited")), "{e}");
+        // With the stated leaf removed too, the inclusion proof fails.
+        t[i] = edit(&t[i], |v| {
+            v.as_object_mut().unwrap().remove("leaf");
+        });
+        let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+        assert!(matches!(e, VerifyError::NotIncluded { seq: s, .. } if s == seq), "{other}: {e}");
+    }
+    // The actor's officer sees no pseudonym of the recipient's, but it is bound all the same.
+    let bytes = officer(&net, "harbor").export(AuditFilter { action: "submitted".into(), ..all() }).await.unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains(RECIPIENT_SUBJECT));
+    let mut t = lines(&bytes);
+    let i = t.iter().position(|l| l.contains("\"counterparty_subject_commitment\"")).expect("a hidden pseudonym");
+    t[i] = edit(&t[i], |v| v["counterparty_subject_commitment"] = hex::encode([7u8; 32]).into());
+    assert!(matches!(verify(&net, t.concat().as_bytes(), &[]).unwrap_err(), VerifyError::EditedEntry { .. }));
+    net.stop().await;
+}
+
+/// Commits an entry as a gateway did before its leaves bound the counterparty's pseudonym (encoding
+/// version 2): the pseudonym is stored beside the entry, not in its leaf.
+async fn append_version_2(net: &TestNet, mut entry: AuditEntry, counterparty_subject: &str) -> u64 {
+    let mut tx = net.gateway.0.store.begin().await.unwrap();
+    let next: i64 = sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+        .get(0);
+    entry.seq = u64::try_from(next - 1).unwrap();
+    entry.encoding_version = Encoding::V2;
+    entry.counterparty_subject = String::new();
+    let list = |l: &[String]| serde_json::to_string(l).unwrap();
+    sqlx::query("INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 2, $22)")
+        .bind(next - 1)
+        .bind(entry.time_micros)
+        .bind(entry.actor_org.as_str())
+        .bind(entry.actor_person.as_str())
+        .bind(entry.actor_role.as_str())
+        .bind(entry.action.as_str())
+        .bind(entry.object_id.as_str())
+        .bind(entry.counterparty.as_str())
+        .bind(entry.subject.as_str())
+        .bind(entry.purpose.as_str())
+        .bind(entry.consent_id.as_str())
+        .bind(list(&entry.rule_ids))
+        .bind(entry.bundle_version.as_str())
+        .bind(entry.decision.as_str())
+        .bind(entry.reason.as_str())
+        .bind(list(&entry.released_fields))
+        .bind(list(&entry.withheld_fields))
+        .bind(entry.outcome.as_str())
+        .bind(entry.correlation_id.as_str())
+        .bind(entry.source_node.as_str())
+        .bind(counterparty_subject)
+        .bind(entry.leaf_hash().to_vec())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    entry.seq
+}
+
+/// Entries written before the upgrade keep their leaves and still verify. Their leaves do not bind the
+/// recipient-scoped pseudonym, so an export shows none for them (a query still does), and showing one
+/// there fails verification.
+#[tokio::test]
+async fn entries_written_before_the_pseudonym_was_bound_still_verify_and_show_none_in_exports() {
+    let net = TestNet::start().await;
+    let old =
+        append_version_2(&net, disclosure("harbor", "maple-house", SUBJECT, "submitted", "queued"), RECIPIENT_SUBJECT)
+            .await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let full = ada.export(all()).await.unwrap();
+    assert_eq!(verify(&net, &full, &[]).unwrap().kind, Kind::Full);
+    let full = lines(&full);
+    let v: serde_json::Value = serde_json::from_str(&full[entry_line(&full, old)]).unwrap();
+    assert!(v["entry"].get("encoding_version").is_none() && v["entry"].get("counterparty_subject").is_none(), "{v}");
+
+    let maple = officer(&net, "maple-house");
+    let shown = maple.query(AuditFilter { subject: RECIPIENT_SUBJECT.into(), ..all() }, 1000, 0).await.unwrap();
+    let first = &shown.entries[0];
+    assert_eq!((first.seq, first.subject.as_str(), first.canonical[0]), (old, RECIPIENT_SUBJECT, 2));
+    let bytes = maple.export(all()).await.unwrap();
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.unbound_subjects, 0);
+    let mut t = lines(&bytes);
+    let i = entry_line(&t, old);
+    let v: serde_json::Value = serde_json::from_str(&t[i]).unwrap();
+    assert_eq!(v["entry"]["subject"], "", "{v}");
+    t[i] = edit(&t[i], |v| v["entry"]["subject"] = RECIPIENT_SUBJECT.into());
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::UnboundSubject { seq, .. } if seq == old), "{e}");
     net.stop().await;
 }
 

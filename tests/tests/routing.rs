@@ -19,7 +19,14 @@ fn text(s: &str) -> FieldValue {
 }
 
 async fn consent(node: &TestNode, purposes: &[&str], types: &[&str]) -> (String, String) {
+    consent_for(node, purposes, types, "").await
+}
+
+/// Records a consent for the subject the node knows as `subject` (minted when empty); returns the
+/// consent id and the subject.
+async fn consent_for(node: &TestNode, purposes: &[&str], types: &[&str], subject: &str) -> (String, String) {
     let req = RecordConsentRequest {
+        subject_pseudonym: subject.into(),
         purposes: purposes.iter().map(|s| s.to_string()).collect(),
         recipient_types: types.iter().map(|s| s.to_string()).collect(),
         labels: vec![
@@ -384,5 +391,51 @@ async fn bad_envelopes_are_refused_precisely_and_nothing_is_queued() {
         .get::<i64, _>(0);
     assert_eq!(queued, 0);
     harbor.stop().await;
+    net.stop().await;
+}
+
+/// A pseudonym is a subject only together with its controller: another organization that registers a
+/// consent under the same pseudonym string gets a different recipient-scoped pseudonym at every
+/// recipient, so the recipient can neither link the two organizations' referrals nor be fed the other's
+/// records under the first one's pseudonym.
+#[tokio::test]
+async fn a_recipient_sees_two_controllers_subjects_of_one_pseudonym_as_two() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let northstar = net.node("northstar", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let (harbor_consent, s1) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // northstar copies harbor's pseudonym into a consent of its own: the gateway accepts it, since to
+    // northstar it names a subject of its own.
+    let (northstar_consent, same) = consent_for(&northstar, &["housing"], &["shelter"], &s1).await;
+    assert_eq!(same, s1);
+
+    let mut seen = Vec::new();
+    for (node, consent_id) in [(&harbor, &harbor_consent), (&northstar, &northstar_consent), (&harbor, &harbor_consent)]
+    {
+        let sent = send(node, "casey", referral("maple-house", "housing", &s1, consent_id)).await.unwrap();
+        assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", sent.outcomes);
+        let got = wait_inbox(&maple, "sam", |i| delivery(i).is_some_and(|d| d.message_id == sent.message_id)).await;
+        seen.push(delivery(&got).unwrap().subject_pseudonym.clone());
+    }
+    let (harbor_first, northstar_seen, harbor_again) = (&seen[0], &seen[1], &seen[2]);
+    assert_ne!(harbor_first, northstar_seen, "two controllers' subjects must not share a pseudonym at the recipient");
+    assert_eq!(harbor_first, harbor_again, "one controller's subject keeps its pseudonym at the recipient");
+    for p in &seen {
+        assert!(p.starts_with("r_") && *p != s1, "{p}");
+    }
+    // Each copy records the derivation it used.
+    use sqlx::Row;
+    let versions: Vec<i64> = sqlx::query("SELECT pseudonym_version FROM deliveries ORDER BY delivery_id")
+        .fetch_all(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![haven_gateway::routing::pseudonym::VERSION; 3]);
+    for n in [harbor, northstar, maple] {
+        n.stop().await;
+    }
     net.stop().await;
 }

@@ -6,12 +6,16 @@
 //! - A `privacy_officer` sees the entries in which their organization is the actor or the
 //!   counterparty. In an entry where their organization is only the counterparty, the subject shown is
 //!   the recipient-scoped pseudonym (`counterparty_subject`), never the controller's; the entry then
-//!   carries the commitment the leaf was built from, so it still verifies (see
-//!   `haven_trust::audit::subject_commitment`). A subject filter matches what the officer is shown.
+//!   carries the commitment to the controller's, and the leaf commits to the pseudonym shown, so it
+//!   still verifies and the pseudonym cannot be swapped (see `haven_trust::audit`). In an entry of their
+//!   own organization, the counterparty's pseudonym is given as its commitment. A subject filter matches
+//!   what the officer is shown.
 //! - Everyone else gets PERMISSION_DENIED.
 
+use std::borrow::Cow;
+
 use haven_proto::v1::AuditFilter;
-use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::audit::{Action, AuditEntry, counterparty_subject_commitment};
 use haven_trust::ids::{Caller, OrgId, Role};
 use haven_trust::merkle::Hash;
 use sqlx::Row;
@@ -181,26 +185,51 @@ impl Filter {
 /// One entry as a reader is allowed to see it.
 #[derive(Debug, Clone)]
 pub struct Shown {
-    /// The entry; for a redacted one, `subject` is the recipient-scoped pseudonym.
+    /// The entry; for a redacted one, `subject` is the counterparty's pseudonym and
+    /// `counterparty_subject` is empty.
     pub entry: AuditEntry,
-    /// For a redacted entry, the commitment its leaf was built from.
-    pub commitment: Option<Hash>,
+    /// For a redacted entry, the commitment to the controller's subject, which it does not show.
+    pub subject_commitment: Option<Hash>,
+    /// For an entry of the reader's own organization, the commitment to the counterparty's pseudonym,
+    /// which it does not show.
+    pub counterparty_subject_commitment: Option<Hash>,
 }
 
 impl Shown {
-    /// The commitment the leaf hashes.
-    pub fn leaf_commitment(&self) -> Hash {
-        self.commitment.unwrap_or_else(|| self.entry.subject_commitment())
+    /// The (subject, counterparty subject) commitments the leaf hashes. In a redacted entry the subject
+    /// shown is the counterparty's pseudonym (bound from version 3 on; version 2 ignores the second).
+    pub fn leaf_commitments(&self) -> (Hash, Hash) {
+        let e = &self.entry;
+        match self.subject_commitment {
+            Some(subject) => (subject, counterparty_subject_commitment(e.seq, &e.subject)),
+            None => (
+                e.subject_commitment(),
+                self.counterparty_subject_commitment.unwrap_or_else(|| e.counterparty_subject_commitment()),
+            ),
+        }
     }
 
     /// The entry's leaf hash, recomputed from what is shown.
     pub fn leaf_hash(&self) -> Hash {
-        self.entry.fields(&self.leaf_commitment()).leaf_hash()
+        let (subject, counterparty) = self.leaf_commitments();
+        self.entry.fields(&subject, &counterparty).leaf_hash()
+    }
+
+    /// The entry as an export shows it: only what its leaf binds, so a redacted entry of encoding
+    /// version 2 (whose leaf does not bind the counterparty's pseudonym) shows no subject.
+    pub fn exported(&self) -> Cow<'_, AuditEntry> {
+        if self.subject_commitment.is_some() && !self.entry.encoding_version.binds_counterparty_subject() {
+            let mut e = self.entry.clone();
+            e.subject.clear();
+            return Cow::Owned(e);
+        }
+        Cow::Borrowed(&self.entry)
     }
 
     /// The wire form, with the canonical bytes the leaf hashes.
     pub fn to_proto(&self) -> haven_proto::v1::AuditEntry {
         let e = &self.entry;
+        let (subject, counterparty) = self.leaf_commitments();
         haven_proto::v1::AuditEntry {
             seq: e.seq,
             time_micros: e.time_micros,
@@ -222,7 +251,7 @@ impl Shown {
             outcome: e.outcome.clone(),
             correlation_id: e.correlation_id.clone(),
             source_node: e.source_node.clone(),
-            canonical: e.fields(&self.leaf_commitment()).canonical(),
+            canonical: e.fields(&subject, &counterparty).canonical(),
         }
     }
 }
@@ -256,8 +285,8 @@ impl Where {
     }
 }
 
-/// The columns an entry is read from, plus the counterparty's pseudonym.
-const COLUMNS: &str = "seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject";
+/// The columns an entry is read from.
+const COLUMNS: &str = super::ENTRY_COLUMNS;
 
 /// Entries with `from_seq <= seq < to_seq` that `scope` may see and `filter` selects, in seq order, at
 /// most `limit` of them, as the reader may see them.
@@ -331,14 +360,20 @@ pub async fn select(
 /// Decodes a row and applies the scope's redaction.
 fn shown(row: &sqlx::any::AnyRow, scope: &Scope) -> Result<Shown, StoreError> {
     let mut entry = super::entry_from_row(row)?;
-    let mut commitment = None;
-    if let Scope::Org(org) = scope
-        && entry.actor_org != org.as_str()
-    {
-        commitment = Some(entry.subject_commitment());
-        entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+    let (mut subject_commitment, mut counterparty_subject_commitment) = (None, None);
+    if let Scope::Org(org) = scope {
+        if entry.actor_org != org.as_str() {
+            subject_commitment = Some(entry.subject_commitment());
+            // Read as stored: an entry of version 2 is read without it, but a query (not an export)
+            // still shows it, as it did before version 3.
+            entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+            entry.counterparty_subject.clear();
+        } else if !entry.counterparty_subject.is_empty() {
+            counterparty_subject_commitment = Some(entry.counterparty_subject_commitment());
+            entry.counterparty_subject.clear();
+        }
     }
-    Ok(Shown { entry, commitment })
+    Ok(Shown { entry, subject_commitment, counterparty_subject_commitment })
 }
 
 /// Whether `org` controls a consent about `subject`: the test for a privacy officer's subject access
