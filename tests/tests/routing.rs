@@ -300,7 +300,8 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     assert_eq!(left, 0);
     // The subject access report says the legal-aid copy was queued, then cancelled: it never reached
     // its recipient.
-    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), &subject).await.unwrap();
+    let report =
+        haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), "harbor", &subject).await.unwrap();
     let to_legal_fate: Vec<(&str, &str)> = report
         .iter()
         .filter(|d| d.message_id == to_legal.message_id)
@@ -437,5 +438,64 @@ async fn a_recipient_sees_two_controllers_subjects_of_one_pseudonym_as_two() {
     for n in [harbor, northstar, maple] {
         n.stop().await;
     }
+    net.stop().await;
+}
+
+/// A consent's revocation reaches only its controller's copies: another organization that names the
+/// consent's id on a send whose rule needs no consent (a safety alert) keeps its copy, and its recipient
+/// gets no withdrawal notice from it.
+#[tokio::test]
+async fn revoking_a_consent_leaves_other_organizations_copies_alone() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let northstar = net.node("northstar", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // No law-enforcement node runs: the alert's copy waits in the queue.
+    let alert = Envelope {
+        kind: "alert".into(),
+        recipients: vec!["metro-police".into()],
+        purpose: "safety_alert".into(),
+        subject_pseudonym: subject.clone(),
+        consent_id: consent_id.clone(),
+        fields: HashMap::from([
+            ("incident_type".into(), text("suspicious_recruitment")),
+            ("location_area".into(), text("North bus terminal (fictional)")),
+        ]),
+        ..Default::default()
+    };
+    let sent = send(&northstar, "casey", alert).await.unwrap();
+    assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", sent.outcomes);
+
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+
+    // The revocation's transaction has committed: its cascade is done.
+    use sqlx::Row;
+    let pool = net.gateway.0.store.pool();
+    let status: String = sqlx::query("SELECT status FROM deliveries WHERE sender = 'northstar' AND message_id = $1")
+        .bind(sent.message_id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "sent", "harbor's revocation must not cancel northstar's copy");
+    let touched: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM outbox WHERE (org = 'metro-police' AND item_kind = 'consent_withdrawn') OR (org = 'northstar' AND item_kind = 'sender_notice')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(touched, 0, "neither northstar nor its recipient hears of harbor's revocation");
+    let cascaded: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM audit_log WHERE action IN ('cancelled', 'withdrawal_notified') AND actor_org = 'northstar'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(cascaded, 0);
+    harbor.stop().await;
+    northstar.stop().await;
     net.stop().await;
 }

@@ -11,6 +11,11 @@
 //!   own organization, the counterparty's pseudonym is given as its commitment. A subject filter matches
 //!   what the officer is shown.
 //! - Everyone else gets PERMISSION_DENIED.
+//!
+//! A subject is a pseudonym *of an organization*: an entry's subject is its actor's (see
+//! `AuditEntry::subject`). Two controllers that use the same pseudonym string have two subjects, so
+//! a subject access report is keyed by (controller, pseudonym), and a subject filter may name the
+//! controller too (`subject_controller`).
 
 use std::borrow::Cow;
 
@@ -63,6 +68,9 @@ pub struct Filter {
     pub action: Option<String>,
     pub decision: Option<String>,
     pub subject: Option<String>,
+    /// The organization that minted `subject`: only entries about its subject (the ones it is the
+    /// actor of). Only with `subject`.
+    pub subject_controller: Option<String>,
     /// Matches `object_id`.
     pub message_id: Option<String>,
     pub consent_id: Option<String>,
@@ -119,6 +127,13 @@ impl Filter {
         {
             return Err(Error::InvalidArgument(format!("unknown filter.decision `{d}` (known: allow, deny)")));
         }
+        let subject = identifier("subject", &f.subject)?;
+        let subject_controller = identifier("subject_controller", &f.subject_controller)?;
+        if subject_controller.is_some() && subject.is_none() {
+            return Err(Error::InvalidArgument(
+                "filter.subject_controller names whose pseudonym filter.subject is: give filter.subject too".into(),
+            ));
+        }
         Ok(Filter {
             from_micros: f.from_micros,
             until_micros,
@@ -126,7 +141,8 @@ impl Filter {
             person: identifier("person", &f.person)?,
             action,
             decision,
-            subject: identifier("subject", &f.subject)?,
+            subject,
+            subject_controller,
             message_id: identifier("message_id", &f.message_id)?,
             consent_id: identifier("consent_id", &f.consent_id)?,
         })
@@ -152,6 +168,7 @@ impl Filter {
             ("action", &self.action),
             ("decision", &self.decision),
             ("subject", &self.subject),
+            ("subject_controller", &self.subject_controller),
             ("message_id", &self.message_id),
             ("consent_id", &self.consent_id),
         ] {
@@ -344,6 +361,9 @@ pub async fn select(
             }),
         }
     }
+    if let Some(controller) = &filter.subject_controller {
+        w.and(|w| format!("actor_org = {}", w.bind(Bind::Text(controller.clone()))));
+    }
     let limit_param = w.bind(Bind::Int(i64::from(limit)));
     let sql = format!("SELECT {COLUMNS} FROM audit_log {} ORDER BY seq LIMIT {limit_param}", w.sql);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -387,24 +407,31 @@ pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) 
     Ok(row.is_some())
 }
 
-/// Every disclosure about `subject` (the controller's pseudonym), in seq order, and what became of each
-/// queued copy:
+/// Every disclosure `controller` made about its subject `subject`, in seq order, and what became of
+/// each queued copy:
 ///
-/// - each submission queued for a recipient (`queued`: the sender's entry, which names the subject);
-/// - each delivery of one of those messages (`delivered`: the recipient's entry, which carries the
-///   message id but, so that the controller's pseudonym is never written where the recipient reads, no
+/// - each submission queued for a recipient (`queued`: the controller's entry, which names the
 ///   subject);
+/// - each delivery of one of those messages (`delivered`: the recipient's entry, with the controller as
+///   counterparty and the message id, which is the controller's own, but, so that the controller's
+///   pseudonym is never written where the recipient reads, no subject);
 /// - each queued copy cancelled before delivery (`cancelled`: consent withdrawn) or past its TTL
 ///   (`expired`), so the report says which queued copies never reached their recipient;
 /// - each withdrawal notice queued for a recipient that may hold the data (`withdrawal_notified`; no
 ///   message id, since one notice covers every message under the consent).
 ///
-/// The entries of the last two kinds are the sender's, with the subject and the recipient as
-/// counterparty, as routing writes them.
-pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
+/// The entries of the last two kinds are the controller's, with the subject and the recipient as
+/// counterparty, as routing writes them. Everything is keyed by the controller: another organization's
+/// entries about a subject of the same pseudonym, or about a message of the same id, are never read.
+pub async fn disclosures(
+    pool: &sqlx::AnyPool,
+    controller: &str,
+    subject: &str,
+) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE (subject = $1 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND (subject = $1 OR object_id IN (SELECT object_id FROM audit_log WHERE subject = $1 AND action = 'submitted' AND outcome = 'queued' AND object_id <> ''))) ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
     )))
+    .bind(controller)
     .bind(subject)
     .fetch_all(pool)
     .await?;
@@ -448,6 +475,8 @@ mod tests {
         assert!(e.to_string().contains("known: allow, deny"), "{e}");
         let e = Filter::parse(Some(&AuditFilter { subject: "a b".into(), ..f() })).unwrap_err();
         assert!(e.to_string().contains("filter.subject"), "{e}");
+        let e = Filter::parse(Some(&AuditFilter { subject_controller: "harbor".into(), ..f() })).unwrap_err();
+        assert!(e.to_string().contains("give filter.subject too"), "{e}");
         assert!(Filter::parse(None).unwrap().is_empty());
         let ok = Filter::parse(Some(&AuditFilter { action: "submitted".into(), until_micros: 9, ..f() })).unwrap();
         assert_eq!(ok.pairs(), vec![("until_micros", "9".to_owned()), ("action", "submitted".to_owned())]);

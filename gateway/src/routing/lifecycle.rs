@@ -270,15 +270,21 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
 /// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
 /// copy that depends on it (payload deleted, sender told) and queue a withdrawal notice for every
 /// recipient that holds, or may be receiving, data under it. Returns the organizations to wake.
+///
+/// Only the copies `controller` sent are the consent's: another organization may have named the
+/// consent's id on a send whose rule needs no consent (nothing then checks it), and the controller's
+/// revocation must reach neither that organization's copies nor its recipients.
 pub async fn consent_ended(
     g: &Gateway,
     tx: &mut Tx<'_>,
+    controller: &str,
     consent_id: &str,
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, Error> {
-    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 ORDER BY delivery_id")
+    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 AND sender = $2 ORDER BY delivery_id")
         .bind(consent_id)
+        .bind(controller)
         .fetch_all(&mut **tx)
         .await?;
     let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
