@@ -499,3 +499,58 @@ async fn revoking_a_consent_leaves_other_organizations_copies_alone() {
     northstar.stop().await;
     net.stop().await;
 }
+
+/// A recipient whose copies under one consent span the upgrade of the pseudonym derivation holds them
+/// under two pseudonyms: the withdrawal names each copy by the pseudonym the recipient was given for it.
+#[tokio::test]
+async fn a_withdrawal_names_each_copy_by_the_pseudonym_its_recipient_was_given() {
+    use prost::Message;
+    use sqlx::Row;
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // The shelter's node is not running: the new copy waits in the queue.
+    let sent = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    let pool = net.gateway.0.store.pool();
+    let new_pseudonym: String = sqlx::query("SELECT recipient_subject FROM deliveries WHERE message_id = $1")
+        .bind(sent.message_id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0);
+    // A copy the shelter received before the upgrade, under the pseudonym of version 1.
+    let (old_message, old_pseudonym) = (uuid::Uuid::now_v7().to_string(), "r_00112233445566778899aabbccddeeff");
+    sqlx::query("INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, pseudonym_version, released_fields, status, updated_at_micros, expires_at_micros) VALUES ($1, 'harbor', 'casey', $2, 'maple-house', 'referral', 'housing', $3, $4, $5, 1, '[]', 'delivered', 0, $6)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(old_message.as_str())
+        .bind(consent_id.as_str())
+        .bind(subject.as_str())
+        .bind(old_pseudonym)
+        .bind(SystemClock.now_micros() + DAY)
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+
+    // The revocation's transaction has committed: its notices are queued.
+    let mut notices: Vec<(String, Vec<String>)> = sqlx::query(
+        "SELECT payload FROM outbox WHERE org = 'maple-house' AND item_kind = 'consent_withdrawn' ORDER BY item_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| match Item::decode(r.get::<Vec<u8>, _>(0).as_slice()).unwrap().body {
+        Some(item::Body::ConsentWithdrawn(w)) => (w.subject_pseudonym, w.message_ids),
+        other => panic!("expected a withdrawal notice, got {other:?}"),
+    })
+    .collect();
+    notices.sort();
+    let mut want = vec![(old_pseudonym.to_owned(), vec![old_message]), (new_pseudonym, vec![sent.message_id.clone()])];
+    want.sort();
+    assert_eq!(notices, want);
+    harbor.stop().await;
+    net.stop().await;
+}
