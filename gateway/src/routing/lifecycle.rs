@@ -269,23 +269,32 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
 
 /// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
 /// copy that depends on it (payload deleted, sender told) and queue a withdrawal notice for every
-/// recipient that holds, or may be receiving, data under it. Returns the organizations to wake.
+/// recipient that holds, or may be receiving, data under it: one for each pseudonym the recipient was
+/// given for the subject (two where its copies span the upgrade of the pseudonym derivation), each
+/// listing the copies it was given under that pseudonym. Returns the organizations to wake.
+///
+/// Only the copies `controller` sent are the consent's: another organization may have named the
+/// consent's id on a send whose rule needs no consent (nothing then checks it), and the controller's
+/// revocation must reach neither that organization's copies nor its recipients.
 pub async fn consent_ended(
     g: &Gateway,
     tx: &mut Tx<'_>,
+    controller: &str,
     consent_id: &str,
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, Error> {
-    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 ORDER BY delivery_id")
+    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 AND sender = $2 ORDER BY delivery_id")
         .bind(consent_id)
+        .bind(controller)
         .fetch_all(&mut **tx)
         .await?;
     let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
     let mut entries = Vec::new();
     let mut counts = Vec::new();
     let mut wake = Vec::new();
-    let mut holders: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+    // (recipient, its pseudonym for the subject) → the messages it holds under that pseudonym.
+    let mut holders: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
     for c in &copies {
         let mut cancelled_in_flight = false;
         if c.status == "sent" {
@@ -309,14 +318,10 @@ pub async fn consent_ended(
         if cancelled_in_flight
             || matches!(c.status.as_str(), "delivered" | "accepted" | "declined" | "closed" | "acknowledged")
         {
-            holders
-                .entry(c.recipient.clone())
-                .or_insert_with(|| (c.recipient_subject.clone(), Vec::new()))
-                .1
-                .push(c.message_id.clone());
+            holders.entry((c.recipient.clone(), c.recipient_subject.clone())).or_default().push(c.message_id.clone());
         }
     }
-    for (recipient, (recipient_subject, message_ids)) in holders {
+    for ((recipient, recipient_subject), message_ids) in holders {
         let notice = pb::ConsentWithdrawn {
             message_ids,
             subject_pseudonym: recipient_subject.clone(),
@@ -336,13 +341,15 @@ pub async fn consent_ended(
             },
         )
         .await?;
-        if let Some(c) = copies.iter().find(|c| c.recipient == recipient) {
+        if let Some(c) = copies.iter().find(|c| c.recipient == recipient && c.recipient_subject == recipient_subject) {
             let (mut e, rs) = sender_side(g, now, Action::WithdrawalNotified, c);
             e.object_id = consent_id.to_owned();
             e.reason = reason.into();
             entries.push((e, rs));
         }
-        wake.push(recipient);
+        if !wake.contains(&recipient) {
+            wake.push(recipient);
+        }
     }
     audit::append(tx, &mut entries).await?;
     queue::apply_counts(tx, &counts).await?;

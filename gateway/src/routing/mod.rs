@@ -129,7 +129,7 @@ pub fn decision_entry(
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
-        seq: 0,
+        ..Default::default()
     }
 }
 

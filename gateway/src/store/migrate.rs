@@ -36,6 +36,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005", "queue_counts"),
     migration!(6, "0006", "pending_order"),
     migration!(7, "0007", "drop_pending_default_collation"),
+    migration!(8, "0008", "controller_scoped_subjects"),
     migration!(10, "0010", "accepted_crl"),
 ];
 

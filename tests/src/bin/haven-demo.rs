@@ -531,7 +531,9 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
     let officer = who(people, "harbor", "pat-privacy")?;
     let mut audit = haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", officer.node)).await?;
     let report = audit
-        .subject_access_report(officer.req(pb::SubjectAccessRequest { subject_pseudonym: subject.clone() })?)
+        .subject_access_report(
+            officer.req(pb::SubjectAccessRequest { subject_pseudonym: subject.clone(), controller: String::new() })?,
+        )
         .await
         .map_err(|s| anyhow::anyhow!("subject access report: {}", s.message()))?
         .into_inner();
