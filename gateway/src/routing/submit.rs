@@ -104,6 +104,7 @@ async fn submit_in(
     };
     let bundle = g.bundle();
     let decided = decide_with(g, caller, &env, bundle.clone(), stored_consent);
+    // At most 3660 days (the bundle's ceiling), so neither this nor `now + ttl` can overflow.
     let ttl = i64::from(bundle.network().delivery_ttl_days) * 86_400_000_000;
     let quota = i64::from(bundle.network().queue_quota);
     let mut outcomes = Vec::with_capacity(decided.outcomes.len());

@@ -299,7 +299,7 @@ fn every_problem_in_every_file_is_listed_not_just_the_first() {
     });
     assert_eq!(problems.len(), 5, "{problems:#?}");
     let expect = [
-        ("network.toml:14:15:", "`queue_quota` must be at least 1"),
+        ("network.toml:14:15:", "`queue_quota` must be between 1 and 1000000"),
         ("rules/law-enforcement.toml:52:7:", "did you mean `county-sheriff`?"),
         ("rules/referrals.toml:15:8:", "did you mean `referral`?"),
         ("rules/referrals.toml:30:13:", "unknown purpose `medicine`"),
