@@ -24,6 +24,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// HTTP/2 keepalive ping interval and timeout.
     pub keepalive: Duration,
+    /// How often each delivery stream sends a heartbeat and renews its lease. The lease lives twice
+    /// as long, so one late renewal does not lose it, and a replica that dies frees its streams'
+    /// organizations for other replicas that long after its last renewal.
+    pub heartbeat: Duration,
 }
 
 impl Config {
@@ -37,6 +41,7 @@ impl Config {
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(20),
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -52,6 +57,7 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub keepalive_secs: Option<u64>,
+    pub heartbeat_secs: Option<u64>,
 }
 
 impl FileConfig {
