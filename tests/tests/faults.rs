@@ -641,9 +641,10 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
 }
 
 /// The recipient's node process is killed (SIGKILL) while it receives a stream of 400 submissions,
-/// and restarted on the same database. Then every accepted submission is in its inbox exactly once
-/// (items it had stored but not yet acknowledged are delivered again and stored once), and the gateway
-/// holds one delivered, acknowledged, payload-free copy of each; the audit log verifies.
+/// and restarted on the same database; its stream opens again within the lease's time to live. Then
+/// every accepted submission is in its inbox exactly once (items it had stored but not yet
+/// acknowledged are delivered again and stored once), and the gateway holds one delivered,
+/// acknowledged, payload-free copy of each; the audit log verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     const TOTAL: usize = 400;
@@ -668,7 +669,17 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     // What the node had stored but the gateway had not yet seen acknowledged when it died.
     let pool = net.gateway.0.store.pool().clone();
     let stored_unacked = stored_unacknowledged(&pool, &node_db).await;
+    let restarted = Instant::now();
     let node = Proc::node(exe(), &dir, RECIPIENT, &net.url());
+    // The killed node's connection was reset, so its stream ended and released the lease: the
+    // restarted node's stream opens well within the lease's time to live.
+    let ttl = haven_gateway::stream::lease_ttl(net.gateway.0.config.heartbeat);
+    let p = &pool;
+    wait_for("the restarted node's stream", ttl, move || async move {
+        (entries_of(p, "stream_opened", RECIPIENT).await.len() >= 2).then_some(())
+    })
+    .await;
+    let reopened = restarted.elapsed();
 
     let (accepted, refused) = stream.finish(handles).await;
     assert_eq!(accepted.len() + refused.len(), TOTAL);
@@ -678,7 +689,7 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     gateway_delivered_each_once(&pool, &accepted, &refused).await;
     audit_verifies(&pool, &net.url(), &net.certs, &dir).await;
     println!(
-        "node kill: {} accepted, {received_at_kill} received before the kill, {stored_unacked} of them stored but unacknowledged, {} attempts retried; {:.1?} in all",
+        "node kill: {} accepted, {received_at_kill} received before the kill, {stored_unacked} of them stored but unacknowledged, {} attempts retried; the restarted node's stream opened {reopened:.1?} after its start; {:.1?} in all",
         accepted.len(),
         stream.interrupted.load(Ordering::Relaxed),
         started.elapsed()
