@@ -610,6 +610,9 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
     // The node, pointed at the gateway's new address, reconnects on its own database.
     maple.stop().await;
     let maple = start_node(gw.url()).await;
+    // Its stream comes back once the killed gateway's lease on it lapses (two one-second heartbeats).
+    connected(&maple).await;
+    let reconnected = killed.elapsed();
 
     let (accepted, refused) = stream.finish(handles).await;
     assert_eq!(accepted.len() + refused.len(), TOTAL);
@@ -629,7 +632,7 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
         assert_eq!(count(&entries, "delivered", m), 0, "refused {m} was never delivered");
     }
     println!(
-        "gateway kill: {} accepted ({accepted_at_kill} before the kill, when the node held {received_at_kill}, {stored_unacked} of them stored but unacknowledged), {} refused, {} attempts failed and retried, {} of the retries replays of a committed submission; restart took {restarted:.1?}; {:.1?} in all",
+        "gateway kill: {} accepted ({accepted_at_kill} before the kill, when the node held {received_at_kill}, {stored_unacked} of them stored but unacknowledged), {} refused, {} attempts failed and retried, {} of the retries replays of a committed submission; restart took {restarted:.1?}, the node's stream was back {reconnected:.1?} after the kill; {:.1?} in all",
         accepted.len(),
         refused.len(),
         stream.interrupted.load(Ordering::Relaxed),
@@ -925,10 +928,14 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
         .await;
     let accepted_at_kill = stream.accepted();
     b.kill();
-    // Clients of B go to A from now on, and so does the node.
+    let killed = Instant::now();
+    // Clients of B go to A from now on, and so does the node, whose stream A opens once B's lease on
+    // it lapses (two one-second heartbeats).
     to_b.send_replace(on_a.clone());
     maple.stop().await;
     let maple = start_node(a.url()).await;
+    connected(&maple).await;
+    let failed_over = killed.elapsed();
 
     let (more, refused) = stream.finish(handles).await;
     assert!(accepted_at_kill < more.len(), "B was killed in the middle of the stream");
@@ -939,7 +946,7 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     gateway_delivered_each_once(store.pool(), &accepted, &refused).await;
     audit_verifies(store.pool(), &a.url(), &certs, dir.path()).await;
     println!(
-        "replicas: 10 across in {across:.1?} (10 on B in {local:.1?}); {} accepted ({accepted_at_kill} before B was killed, when the node held {received_at_kill}), {} attempts failed and retried, {} of the retries replays; {:.1?} in all",
+        "replicas: 10 across in {across:.1?} (10 on B in {local:.1?}); {} accepted ({accepted_at_kill} before B was killed, when the node held {received_at_kill}), {} attempts failed and retried, {} of the retries replays; the node's stream was on A {failed_over:.1?} after the kill; {:.1?} in all",
         accepted.len(),
         stream.interrupted.load(Ordering::Relaxed),
         stream.replayed.load(Ordering::Relaxed),
