@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use haven_proto::v1::{self as pb, GatewayFrame, Heartbeat, NodeFrame, Welcome, gateway_frame, node_frame};
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId};
+use haven_trust::untrusted::Shown;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use uuid::Uuid;
@@ -156,14 +157,14 @@ fn held_elsewhere(org: &OrgId, holder: &Holder, now: i64) -> Status {
         t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
     };
     let left_ms = holder.expires_at_micros.saturating_sub(now).max(0) / 1000;
-    let source: String = holder.source.chars().take(64).collect();
+    // Both were written by a gateway, but they are read back from the database: shown with care.
+    let (source, stream) = (Shown(&holder.source), Shown(&holder.stream_id));
     let mut status = Status::already_exists(format!(
-        "organization `{org}` already has a delivery stream, connected at {} from {source} (stream {}); \
+        "organization `{org}` already has a delivery stream, connected at {} from {source} (stream {stream}); \
          another copy of this node is running, or this node's previous stream has not yet been seen to end. \
          Its lease lapses at {} ({} s from now) unless that stream's gateway renews it: stop the other copy, \
          or retry after that",
         at(holder.opened_at_micros),
-        holder.stream_id.chars().take(64).collect::<String>(),
         at(holder.expires_at_micros),
         (left_ms + 999) / 1000,
     ));
