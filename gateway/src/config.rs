@@ -27,6 +27,10 @@ pub struct Config {
     /// On SQLite, how long no write may begin before the write-ahead log is truncated, taking the
     /// payloads deleted since with it (see `store::Store::open_with`).
     pub wal_idle: Duration,
+    /// How often each delivery stream sends a heartbeat and renews its lease. The lease lives twice
+    /// as long, so one late renewal does not lose it, and a replica that dies frees its streams'
+    /// organizations for other replicas that long after its last renewal.
+    pub heartbeat: Duration,
 }
 
 impl Config {
@@ -41,6 +45,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(20),
             wal_idle: crate::store::WAL_IDLE,
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -56,6 +61,7 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub keepalive_secs: Option<u64>,
+    pub heartbeat_secs: Option<u64>,
 }
 
 impl FileConfig {

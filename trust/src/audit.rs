@@ -202,9 +202,14 @@ pub enum Action {
     /// A reload refused because of the TLS material (CA, CRL, the gateway's certificate or key); the
     /// reason names what was wrong, and nothing changed.
     TrustReloadRejected,
-    /// A delivery stream opened or closed.
+    /// A delivery stream took its organization's lease (the source address is recorded).
     StreamOpened,
+    /// A delivery stream ended, with why and the items it had sent that were not acknowledged.
     StreamClosed,
+    /// A delivery stream was refused because another stream of the organization holds the lease.
+    StreamRefused,
+    /// An acknowledgement that came on a fenced stream: recorded, not applied.
+    AckFenced,
     AuditQueried,
     AuditExported,
     SubjectReport,
@@ -233,6 +238,8 @@ impl Action {
             Action::TrustReloadRejected => "trust_reload_rejected",
             Action::StreamOpened => "stream_opened",
             Action::StreamClosed => "stream_closed",
+            Action::StreamRefused => "stream_refused",
+            Action::AckFenced => "ack_fenced",
             Action::AuditQueried => "audit_queried",
             Action::AuditExported => "audit_exported",
             Action::SubjectReport => "subject_report",
@@ -241,7 +248,7 @@ impl Action {
     }
 
     /// Every action, for validating query filters.
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 23] = [
         Action::AuthRejected,
         Action::Decided,
         Action::Submitted,
@@ -259,6 +266,8 @@ impl Action {
         Action::TrustReloadRejected,
         Action::StreamOpened,
         Action::StreamClosed,
+        Action::StreamRefused,
+        Action::AckFenced,
         Action::AuditQueried,
         Action::AuditExported,
         Action::SubjectReport,

@@ -157,12 +157,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // Item ids are the gateway's own UUIDs. Anything else is refused here, before it can reach the
     // shared commit's one read of every unit's items, where a value the database rejects would fail
     // the other units with it.
-    if uuid::Uuid::try_parse(item_id).is_err() {
-        let shown: String = haven_trust::untrusted::shown(item_id);
-        return Err(Error::InvalidArgument(format!(
-            "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
-        )));
-    }
+    check_item_id(item_id)?;
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
     // An acknowledgement writes only through the batch's buffers when what the batch read of its
@@ -174,6 +169,57 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
     }
+    Ok(())
+}
+
+/// Refuses an acknowledged `item_id` that is not one of the gateway's item ids (UUIDs).
+fn check_item_id(item_id: &str) -> Result<(), Error> {
+    if uuid::Uuid::try_parse(item_id).is_err() {
+        let shown: String = haven_trust::untrusted::shown(item_id);
+        return Err(Error::InvalidArgument(format!(
+            "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
+        )));
+    }
+    Ok(())
+}
+
+/// An acknowledgement that arrived on a stream that lost its organization's lease: recorded as an
+/// `ack_fenced` entry, since the node that sent it did store the item, but not applied. The item stays
+/// queued and goes to the stream that holds the lease, whose acknowledgement is the `delivered` one.
+/// For one of the organization's deliveries the entry names the message as `delivered` would; for
+/// anything else, the item.
+pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+    check_item_id(item_id)?;
+    let now = g.0.clock.now_micros();
+    let mut tx = g.0.store.begin().await?;
+    let copy = match queue::get(&mut tx, item_id).await? {
+        Some(row) if row.org == org.as_str() && row.kind == queue::ItemKind::Delivery.as_str() => {
+            copy_by_id(&mut tx, &row.delivery_id).await?
+        }
+        _ => None,
+    };
+    let mut e = match &copy {
+        Some(c) => {
+            let mut e = base_entry(g, now, Action::AckFenced, c);
+            e.counterparty = c.sender.clone();
+            e
+        }
+        None => AuditEntry {
+            time_micros: now,
+            action: Action::AckFenced.as_str().into(),
+            object_id: item_id.to_owned(),
+            bundle_version: g.bundle().version_id().to_owned(),
+            ..Default::default()
+        },
+    };
+    e.actor_org = org.to_string();
+    e.actor_person = "node".into();
+    e.actor_role = Role::Node.to_string();
+    e.source_node = org.to_string();
+    e.outcome = "refused".into();
+    e.reason = "stream_fenced".into();
+    audit::append_one(&mut tx, e).await?;
+    tx.commit().await?;
     Ok(())
 }
 
