@@ -204,7 +204,7 @@ mod tests {
         let path = dir.path().join("notes.txt");
         std::fs::write(&path, "shopping list: bread, milk, and enough text to fill a header page\n".repeat(20))
             .unwrap();
-        let err = NodeStore::open(&path.display().to_string()).await.err().expect("not a database");
+        let Err(err) = NodeStore::open(&path.display().to_string()).await else { panic!("not a database") };
         assert!(matches!(err, NodeStoreError::NotSqlite(_)), "{err}");
         assert!(err.to_string().contains("notes.txt is not a SQLite database"), "{err}");
     }
