@@ -144,18 +144,9 @@ async fn reusable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
 /// gives the `-wal` and `-shm` files the same mode), and restricts those files to their owner if they
 /// were left readable by others.
 fn owner_only_files(db: &Path) -> Result<(), NodeStoreError> {
-    let file_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| NodeStoreError::File { path, source }
-    };
-    owner_only::create(db).map_err(file_error(db))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = db.as_os_str().to_owned();
-        path.push(suffix);
-        let path = PathBuf::from(path);
-        if let Some(was) = owner_only::tighten(&path).map_err(file_error(&path))? {
-            tracing::warn!(file = %path.display(), was = format!("{was:04o}"), "the node database file was readable by other users; it is now readable by its owner alone (0600)");
-        }
+    let tightened = owner_only::database_files(db).map_err(|(path, source)| NodeStoreError::File { path, source })?;
+    for file in tightened {
+        tracing::warn!(file = %file.path.display(), was = format!("{:04o}", file.mode), "the node database file was readable by other users; it is now readable by its owner alone (0600)");
     }
     Ok(())
 }

@@ -63,6 +63,26 @@ pub fn create(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Creates the SQLite database file at `db` owner-only before SQLite opens it (SQLite gives its
+/// `-wal` and `-shm` files the same mode), and tightens the database, its log and its index where an
+/// older version, a copy or a loose umask left them open to others. Returns the files it tightened,
+/// with the modes they had, for the caller to report; an error names the file it failed on.
+pub fn database_files(db: &Path) -> Result<Vec<Loose>, (PathBuf, io::Error)> {
+    create(db).map_err(|e| (db.to_owned(), e))?;
+    let mut tightened = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let path = PathBuf::from(path);
+        match tighten(&path) {
+            Ok(Some(mode)) => tightened.push(Loose { path, mode }),
+            Ok(None) => {}
+            Err(e) => return Err((path, e)),
+        }
+    }
+    Ok(tightened)
+}
+
 /// Sets mode 0600 on `path` if its group or other users may get at it; returns the mode it had then.
 /// A missing file is left missing.
 pub fn tighten(path: &Path) -> io::Result<Option<u32>> {

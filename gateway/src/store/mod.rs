@@ -677,18 +677,9 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
 /// if an older version, a copy or a loose umask left them readable by others: they hold survivors'
 /// data.
 fn owner_only_files(db: &Path) -> Result<(), StoreError> {
-    let file_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| StoreError::File { path, source }
-    };
-    owner_only::create(db).map_err(file_error(db))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = db.as_os_str().to_owned();
-        path.push(suffix);
-        let path = PathBuf::from(path);
-        if let Some(was) = owner_only::tighten(&path).map_err(file_error(&path))? {
-            tracing::warn!(file = %path.display(), was = format!("{was:04o}"), "the database file was readable by other users; it is now readable by its owner alone (0600)");
-        }
+    let tightened = owner_only::database_files(db).map_err(|(path, source)| StoreError::File { path, source })?;
+    for file in tightened {
+        tracing::warn!(file = %file.path.display(), was = format!("{:04o}", file.mode), "the database file was readable by other users; it is now readable by its owner alone (0600)");
     }
     Ok(())
 }
