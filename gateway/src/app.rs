@@ -127,8 +127,12 @@ fn read_text(path: PathBuf) -> Result<String, StartError> {
 
 fn load_bundle(config: &Config) -> Result<Bundle, StartError> {
     let pins = certs(config).pins();
-    Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
-        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))
+    let bundle = Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
+        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))?;
+    for warning in bundle.warnings() {
+        tracing::warn!(%warning, "policy bundle");
+    }
+    Ok(bundle)
 }
 
 /// The TLS material read from disk, checked, but not yet in force.
