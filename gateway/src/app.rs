@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::{self, Rejections};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::identity::{Authenticator, Trust};
 use crate::policy::Bundle;
 use crate::store::{Store, StoreError, crl};
@@ -22,6 +22,9 @@ use crate::store::{Store, StoreError, crl};
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is out of range, or a folder it names does not exist.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl StartError {
     /// A stable code for the audit log's `reason`.
     pub fn code(&self) -> &'static str {
         match self {
+            StartError::Config(_) => "config_invalid",
             StartError::Pki(PkiError::EmptyCrl { .. }) => "crl_empty",
             StartError::Pki(PkiError::ForeignCrl { .. }) => "crl_not_the_cas",
             StartError::Pki(PkiError::Malformed { what: "CRL", .. }) => "crl_malformed",
@@ -210,6 +214,7 @@ impl Gateway {
     /// files stops here with the file named.
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
+        config.validate()?;
         let dir = certs(&config);
         for key in owner_only::loose(&[dir.gateway_tls_key(), dir.gateway_signing_key(), dir.pseudonym_key()]) {
             tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");

@@ -289,3 +289,32 @@ async fn a_node_refuses_mismatched_identity_files_and_a_cleartext_gateway() {
     let err = GatewayLink::new(&swapped, clock).err().expect("signing and TLS swapped");
     assert!(matches!(err, LinkError::Identity(PkiError::WrongPurpose { .. })), "{err}");
 }
+
+/// A setting the gateway cannot run with stops the start before anything is opened, with every such
+/// setting named and how to set it; so does a certificate or policy folder that does not exist.
+#[tokio::test]
+async fn the_gateway_refuses_to_start_with_a_setting_out_of_range_or_a_missing_folder() {
+    let (dir, certs, database) = fresh_network().await;
+    let mut bad = config(&certs.0, &database);
+    bad.max_message_bytes = 0;
+    bad.request_timeout = std::time::Duration::ZERO;
+    let err = Gateway::open(bad, Arc::new(SystemClock)).await.err().expect("a zero message limit stops the start");
+    assert!(matches!(err, StartError::Config(_)), "{err}");
+    assert_eq!(err.code(), "config_invalid");
+    let text = err.to_string();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("max_message_bytes = 0 is out of range: it must be from 65536 to 268435456 bytes (default 4194304); set it with --max-message-bytes, HAVEN_MAX_MESSAGE_BYTES or `max_message_bytes` in --config"), "{text}");
+    assert!(text.contains("request_timeout_secs = 0 is out of range"), "{text}");
+
+    let missing = dir.path().join("no-such-policies");
+    let mut bad = config(&certs.0, &database);
+    bad.policies = missing.clone();
+    let err = Gateway::open(bad, Arc::new(SystemClock)).await.err().expect("a missing policy folder stops the start");
+    assert_eq!(err.to_string().lines().count(), 1, "{err}");
+    assert!(
+        err.to_string().starts_with(&format!("--policies {}: the folder does not exist", missing.display())),
+        "{err}"
+    );
+
+    Gateway::open(config(&certs.0, &database), Arc::new(SystemClock)).await.expect("the defaults start");
+}
