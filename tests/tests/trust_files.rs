@@ -318,3 +318,53 @@ async fn the_gateway_refuses_to_start_with_a_setting_out_of_range_or_a_missing_f
 
     Gateway::open(config(&certs.0, &database), Arc::new(SystemClock)).await.expect("the defaults start");
 }
+
+/// A database the gateway cannot migrate stops the start in the server's own words: on PostgreSQL its
+/// message, SQLSTATE code, detail and hint, never `at line N` (a line of PostgreSQL's C source, which
+/// means nothing to an operator).
+#[tokio::test]
+async fn a_database_error_reads_as_the_servers_message_code_detail_and_hint() {
+    use haven_gateway::store::{Store, StoreError};
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let conflicting = "CREATE TABLE audit_log (something_else INTEGER)";
+    match db() {
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
+            sqlx::raw_sql(conflicting).execute(&mut conn).await.unwrap();
+        }
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{database}?mode=rwc")).await.unwrap();
+            sqlx::raw_sql(conflicting).execute(&mut conn).await.unwrap();
+        }
+    }
+    let err = Store::open(&database).await.err().expect("the first migration cannot create audit_log");
+    let text = err.to_string();
+    assert!(text.starts_with("migration 1 (audit_log) failed: "), "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    if db() == Db::Sqlite {
+        return;
+    }
+    assert!(text.ends_with("PostgreSQL: relation \"audit_log\" already exists (SQLSTATE 42P07)"), "{text}");
+
+    let other = fresh_database(dir.path()).await;
+    let store = Store::open(&other).await.unwrap();
+    let failed = |e: sqlx::Error| StoreError::Sql(e).to_string();
+    let e = sqlx::query("SELECT no_such_function(1)").execute(store.pool()).await.unwrap_err();
+    let text = failed(e);
+    assert!(
+        text.starts_with("database error: PostgreSQL: function no_such_function(integer) does not exist (SQLSTATE 42883); hint: No function matches"),
+        "{text}"
+    );
+    let e = sqlx::query(
+        "INSERT INTO haven_migrations (version, name, checksum, applied_at_micros) VALUES (1, 'x', 'x', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap_err();
+    let text = failed(e);
+    assert!(text.contains("(SQLSTATE 23505, table haven_migrations, constraint haven_migrations_pkey); detail: Key (version)=(1) already exists."), "{text}");
+    assert!(!text.contains(" at line "), "{text}");
+    store.close().await;
+}
