@@ -36,7 +36,8 @@ impl Node for NodeService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await
+        let link = &self.state.link;
+        gw.who_am_i(link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|e| link.explained(e))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
@@ -231,7 +232,8 @@ pub async fn submit(
 ) -> Result<SendResponse, Status> {
     let message_id = env.message_id.clone();
     let mut gw = GatewayClient::new(state.link.channel());
-    match gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await {
+    let submitted = gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await;
+    match submitted.map_err(|s| state.link.explained(s)) {
         Ok(resp) => {
             let resp = resp.into_inner();
             mailbox::record_outcome(&state.store, &resp, state.clock.now_micros()).await.map_err(db)?;
