@@ -339,7 +339,7 @@ async fn a_database_error_reads_as_the_servers_message_code_detail_and_hint() {
             sqlx::raw_sql(conflicting).execute(&mut conn).await.unwrap();
         }
     }
-    let err = Store::open(&database).await.err().expect("the first migration cannot create audit_log");
+    let err = Store::open(&database).await.expect_err("the first migration cannot create audit_log");
     let text = err.to_string();
     assert!(text.starts_with("migration 1 (audit_log) failed: "), "{text}");
     assert!(text.contains("already exists"), "{text}");
