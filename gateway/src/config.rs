@@ -195,8 +195,13 @@ mod tests {
         config.max_message_bytes = usize::MAX;
         config.request_timeout = Duration::from_secs(86_400);
         config.keepalive = Duration::ZERO;
+        config.heartbeat = Duration::ZERO;
         let problems = config.validate().unwrap_err().problems;
-        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems[3]
+                .starts_with("heartbeat_secs = 0 is out of range: it must be from 1 to 3600 seconds (default 15)")
+        );
         assert!(
             problems[0].starts_with(&format!("max_message_bytes = {} is out of range", u64::MAX)),
             "{}",
