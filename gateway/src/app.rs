@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::{self, Rejections};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::identity::{Authenticator, Trust};
 use crate::policy::Bundle;
 use crate::store::{Store, StoreError, crl};
@@ -22,6 +22,9 @@ use crate::store::{Store, StoreError, crl};
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is out of range, or a folder it names does not exist.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl StartError {
     /// A stable code for the audit log's `reason`.
     pub fn code(&self) -> &'static str {
         match self {
+            StartError::Config(_) => "config_invalid",
             StartError::Pki(PkiError::EmptyCrl { .. }) => "crl_empty",
             StartError::Pki(PkiError::ForeignCrl { .. }) => "crl_not_the_cas",
             StartError::Pki(PkiError::Malformed { what: "CRL", .. }) => "crl_malformed",
@@ -127,8 +131,12 @@ fn read_text(path: PathBuf) -> Result<String, StartError> {
 
 fn load_bundle(config: &Config) -> Result<Bundle, StartError> {
     let pins = certs(config).pins();
-    Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
-        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))
+    let bundle = Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
+        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))?;
+    for warning in bundle.warnings() {
+        tracing::warn!(%warning, "policy bundle");
+    }
+    Ok(bundle)
 }
 
 /// The TLS material read from disk, checked, but not yet in force.
@@ -206,6 +214,7 @@ impl Gateway {
     /// files stops here with the file named.
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
+        config.validate()?;
         let dir = certs(&config);
         for key in owner_only::loose(&[dir.gateway_tls_key(), dir.gateway_signing_key(), dir.pseudonym_key()]) {
             tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");

@@ -93,10 +93,6 @@ impl ServeArgs {
             config.keepalive = std::time::Duration::from_secs(s);
         }
         if let Some(s) = file.heartbeat_secs {
-            if s == 0 {
-                let file = self.config.as_deref().unwrap_or(std::path::Path::new("--config"));
-                anyhow::bail!("{}: heartbeat_secs must be at least 1 (the default is 15)", file.display());
-            }
             config.heartbeat = std::time::Duration::from_secs(s);
         }
         Ok(config)

@@ -36,7 +36,8 @@ impl Node for NodeService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await
+        let link = &self.state.link;
+        gw.who_am_i(link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|e| link.explained(e))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
@@ -117,7 +118,9 @@ impl Node for NodeService {
         let counterparty = if as_sender { r.recipient.clone() } else { r.sender.clone() };
         let (message_id, code) = (r.message_id.clone(), r.code.clone());
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let resp = gw.update_status(self.state.link.request(&user.name, user.role, r)?).await?.into_inner();
+        let link = &self.state.link;
+        let resp = gw.update_status(link.request(&user.name, user.role, r)?).await.map_err(|e| link.explained(e))?;
+        let resp = resp.into_inner();
         let status =
             MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
         let change = mailbox::LocalChange {
@@ -156,7 +159,8 @@ impl Node for NodeService {
                     user.role,
                     GetConsentRequest { consent_id: r.supersedes.clone() },
                 )?)
-                .await?
+                .await
+                .map_err(|e| self.state.link.explained(e))?
                 .into_inner();
             let v: serde_json::Value = serde_json::from_str(&old.receipt_json).unwrap_or_default();
             draft.subject_pseudonym = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
@@ -169,8 +173,12 @@ impl Node for NodeService {
         let user = self.user(&req)?;
         consent::may_manage(&user)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let record =
-            gw.revoke_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await?.into_inner();
+        let link = &self.state.link;
+        let record = gw
+            .revoke_consent(link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|e| link.explained(e))?
+            .into_inner();
         let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
         let subject = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
         consent::remember(&self.state, &record, &subject, &user).await?;
@@ -180,13 +188,15 @@ impl Node for NodeService {
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await
+        let link = &self.state.link;
+        gw.get_consent(link.request(&user.name, user.role, req.into_inner())?).await.map_err(|e| link.explained(e))
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?).await
+        let link = &self.state.link;
+        gw.list_consents(link.request(&user.name, user.role, req.into_inner())?).await.map_err(|e| link.explained(e))
     }
 
     async fn witness_status(
@@ -231,7 +241,8 @@ pub async fn submit(
 ) -> Result<SendResponse, Status> {
     let message_id = env.message_id.clone();
     let mut gw = GatewayClient::new(state.link.channel());
-    match gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await {
+    let submitted = gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await;
+    match submitted.map_err(|s| state.link.explained(s)) {
         Ok(resp) => {
             let resp = resp.into_inner();
             mailbox::record_outcome(&state.store, &resp, state.clock.now_micros()).await.map_err(db)?;

@@ -37,20 +37,20 @@ type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportCh
 impl Audit for AuditProxy {
     async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.query(req).await
+        gw.query(req).await.map_err(|e| self.state.link.explained(e))
     }
 
     type ExportStream = ExportStream;
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        let stream = gw.export(req).await?.into_inner();
+        let stream = gw.export(req).await.map_err(|e| self.state.link.explained(e))?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<SignedCheckpoint>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_checkpoint(req).await
+        gw.get_checkpoint(req).await.map_err(|e| self.state.link.explained(e))
     }
 
     async fn get_inclusion_proof(
@@ -58,7 +58,7 @@ impl Audit for AuditProxy {
         req: Request<InclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_inclusion_proof(req).await
+        gw.get_inclusion_proof(req).await.map_err(|e| self.state.link.explained(e))
     }
 
     async fn get_consistency_proof(
@@ -66,7 +66,7 @@ impl Audit for AuditProxy {
         req: Request<ConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_consistency_proof(req).await
+        gw.get_consistency_proof(req).await.map_err(|e| self.state.link.explained(e))
     }
 
     async fn subject_access_report(
@@ -74,6 +74,6 @@ impl Audit for AuditProxy {
         req: Request<SubjectAccessRequest>,
     ) -> Result<Response<SubjectAccessResponse>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.subject_access_report(req).await
+        gw.subject_access_report(req).await.map_err(|e| self.state.link.explained(e))
     }
 }

@@ -85,6 +85,66 @@ fn first_der(path: &Path) -> Result<Vec<u8>, LinkError> {
 /// Minted tokens by (person, role), with their expiry.
 type TokenCache = HashMap<(String, Role), (String, i64)>;
 
+/// What the node dials and trusts, to say what a failed TLS handshake means.
+#[derive(Debug)]
+struct Dialing {
+    url: String,
+    name: String,
+    ca_path: PathBuf,
+    /// The network CA's subject, which names the network (`CN=Haven network CA 3f9a0c21, O=Haven`).
+    ca_subject: String,
+    tls_cert: PathBuf,
+}
+
+impl Dialing {
+    /// The rustls error at the root of a failed call, if the TLS handshake is what failed.
+    fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+        while let Some(e) = next {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref()) {
+                return Some(tls);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// What a handshake failure means, for the operator of this node.
+    fn explain(&self, tls: &rustls::Error) -> Option<String> {
+        use rustls::CertificateError as C;
+        let (url, ca) = (&self.url, self.ca_path.display());
+        let what = match tls {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                "the gateway at {url} presented a certificate that the network CA in {ca} ({}) did not issue: either {url} is another network's gateway, or {ca} is another network's CA; check --gateway, and the ca.pem the operator sent (`haven-certs install` checks it against this organization's certificates)",
+                self.ca_subject
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+                "the gateway at {url} presented a certificate that does not carry the name `{}` (--gateway-name): give the name the gateway's certificate was issued for, or have the operator add it (`haven-certs renew --out CA_DIR --gateway --gateway-name {}`)",
+                self.name, self.name
+            ),
+            rustls::Error::InvalidCertificate(
+                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+            ) => format!(
+                "the gateway at {url} presented a certificate outside its validity period: the operator must renew it (`haven-certs renew --gateway`), or this machine's clock is wrong"
+            ),
+            rustls::Error::InvalidCertificate(C::Revoked) => {
+                format!(
+                    "the gateway at {url} presented a revoked certificate: the operator must install its renewed one"
+                )
+            }
+            rustls::Error::AlertReceived(alert) => format!(
+                "the gateway at {url} refused this node's certificate {} (TLS alert {alert:?}): it is not from the gateway's network CA, or it is revoked or expired; check it with the operator",
+                self.tls_cert.display()
+            ),
+            _ => return None,
+        };
+        Some(format!("{what} (TLS: {tls})"))
+    }
+}
+
 /// The node's authenticated link to the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayLink {
@@ -92,6 +152,7 @@ pub struct GatewayLink {
     signer: OrgSigner,
     clock: SharedClock,
     tokens: Arc<Mutex<TokenCache>>,
+    dialing: Arc<Dialing>,
 }
 
 impl GatewayLink {
@@ -121,6 +182,16 @@ impl GatewayLink {
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
+        let ca_subject = pki::CertInfo::parse(&first_der(&config.ca_cert)?)
+            .map(|info| info.subject)
+            .map_err(|e| LinkError::Tls(format!("{}: {e}", config.ca_cert.display())))?;
+        let dialing = Arc::new(Dialing {
+            url: config.gateway_url.clone(),
+            name: config.gateway_name.clone(),
+            ca_path: config.ca_cert.clone(),
+            ca_subject,
+            tls_cert: config.tls_cert.clone(),
+        });
         let signer = OrgSigner::new(
             config.org.clone(),
             &read(&config.signing_key)?,
@@ -128,7 +199,22 @@ impl GatewayLink {
             &first_der(&config.tls_cert)?,
         )
         .map_err(|e| LinkError::Signer(e.to_string()))?;
-        Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())) })
+        Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())), dialing })
+    }
+
+    /// What a failed call means when the TLS handshake with the gateway is what failed (the gateway's
+    /// certificate is from another CA, lacks the name dialed, has expired, or the gateway refused this
+    /// node's certificate), in words the operator can act on; `None` for any other failure.
+    pub fn tls_failure(&self, status: &tonic::Status) -> Option<String> {
+        Dialing::tls_error(status).and_then(|tls| self.dialing.explain(tls))
+    }
+
+    /// `status`, with its message replaced by [`GatewayLink::tls_failure`]'s when there is one.
+    pub fn explained(&self, status: tonic::Status) -> tonic::Status {
+        match self.tls_failure(&status) {
+            Some(message) => tonic::Status::new(status.code(), message),
+            None => status,
+        }
     }
 
     /// The channel to the gateway.

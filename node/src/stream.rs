@@ -148,7 +148,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
     let mut client = GatewayClient::new(link.channel());
     let mut inbound = match client.deliveries(req).await {
         Ok(resp) => resp.into_inner(),
-        Err(e) => return Ended::from_status(&e),
+        Err(e) => return link.tls_failure(&e).map_or_else(|| Ended::from_status(&e), Ended::Lost),
     };
     // A frame read while draining a burst of items, to handle next.
     let mut lookahead = None;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use haven_proto::v1::*;
-use haven_tests::net::{TestNet, TestNode};
+use haven_tests::net::{TestNet, TestNode, copy_policies};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
 use haven_trust::receipt::ConsentReceipt;
@@ -252,6 +252,75 @@ async fn an_alert_fans_out_deidentified_and_each_liaison_acknowledges() {
     for n in [harbor, metro, county] {
         n.stop().await;
     }
+    net.stop().await;
+}
+
+/// An organization in the registry without pins can never connect, so nothing is queued for it: an
+/// alert to every permitted recipient leaves it out, and a message naming it gets that recipient
+/// refused `recipient_not_pinned`, audited like any refusal, while the other recipients are served.
+#[tokio::test]
+async fn an_organization_without_pins_is_never_queued_for_and_a_message_naming_it_is_refused_for_it() {
+    let policies = tempfile::tempdir().unwrap();
+    copy_policies(policies.path());
+    let orgs = policies.path().join("orgs.toml");
+    let mut registry = std::fs::read_to_string(&orgs).unwrap();
+    registry.push_str(
+        "\n[[org]]\nid = \"lakeside-police\"\nname = \"Lakeside Police Liaison (fictional)\"\ntype = \"law_enforcement\"\n",
+    );
+    std::fs::write(&orgs, registry).unwrap();
+    let net = TestNet::start_with(policies.path().to_owned(), std::sync::Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let alert = |recipients: &[&str]| Envelope {
+        kind: "alert".into(),
+        all_permitted_recipients: recipients.is_empty(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        purpose: "safety_alert".into(),
+        fields: HashMap::from([("incident_type".into(), text("suspicious_recruitment"))]),
+        ..Default::default()
+    };
+
+    let to_all = send(&harbor, "casey", alert(&[])).await.unwrap();
+    let mut reached: Vec<&str> = to_all.outcomes.iter().map(|o| o.recipient.as_str()).collect();
+    reached.sort();
+    assert_eq!(reached, vec!["county-sheriff", "metro-police"], "the unpinned liaison is not a recipient at all");
+
+    let named = send(&harbor, "casey", alert(&["lakeside-police", "metro-police"])).await.unwrap();
+    let outcome = |org: &str| named.outcomes.iter().find(|o| o.recipient == org).unwrap();
+    assert_eq!(outcome("metro-police").outcome, recipient_outcome::Outcome::Queued as i32);
+    let refused = outcome("lakeside-police");
+    assert_eq!(refused.outcome, recipient_outcome::Outcome::Denied as i32);
+    let d = refused.decision.as_ref().unwrap();
+    assert_eq!((d.reason_code.as_str(), d.reason_detail.as_str()), ("recipient_not_pinned", "lakeside-police"));
+    assert_eq!(d.reason, DenyReason::RecipientNotPinned as i32);
+    assert!(d.released_fields.is_empty() && d.withheld_fields == ["incident_type"]);
+
+    use sqlx::Row;
+    let pool = net.gateway.0.store.pool();
+    let queued = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1")
+        .bind("lakeside-police")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    assert_eq!(queued, 0);
+    let size = haven_gateway::audit::size(pool).await.unwrap();
+    let audited: Vec<_> = haven_gateway::audit::read_range(pool, 0, size)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.counterparty == "lakeside-police")
+        .collect();
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert_eq!(
+        (
+            audited[0].action.as_str(),
+            audited[0].decision.as_str(),
+            audited[0].reason.as_str(),
+            audited[0].outcome.as_str()
+        ),
+        ("submitted", "deny", "recipient_not_pinned", "denied")
+    );
+    harbor.stop().await;
     net.stop().await;
 }
 

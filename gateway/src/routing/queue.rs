@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::rows::{OutboxRow, insert_outbox};
-use crate::store::{Backend, Store, Tx};
+use crate::store::{Backend, Store, StoreError, Tx};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -168,7 +168,7 @@ pub async fn sendable<'a>(
     skip: impl IntoIterator<Item = &'a String>,
     now: i64,
     limit: i64,
-) -> Result<Vec<Pending>, sqlx::Error> {
+) -> Result<Vec<Pending>, StoreError> {
     let sql = match store.backend() {
         Backend::Sqlite => SENDABLE_SQLITE,
         Backend::Postgres => SENDABLE_POSTGRES,
@@ -176,7 +176,10 @@ pub async fn sendable<'a>(
     let skip =
         serde_json::to_string(&skip.into_iter().collect::<Vec<_>>()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let rows = sqlx::query(sql).bind(org).bind(skip).bind(now).bind(limit).fetch_all(store.pool()).await?;
-    rows.iter().map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? })).collect()
+    Ok(rows
+        .iter()
+        .map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? }))
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 /// A queued row's identity, read under the transaction.

@@ -14,6 +14,7 @@
 
 pub mod crl;
 mod migrate;
+pub mod reported;
 mod wal;
 
 use std::ops::{Deref, DerefMut};
@@ -61,10 +62,10 @@ pub enum StoreError {
     )]
     NotSqlite { path: String },
     /// The database could not be reached or opened.
-    #[error("cannot open database {url}: {source}")]
+    #[error("cannot open database {url}: {}", reported::reported(.source))]
     Connect { url: String, source: sqlx::Error },
     /// A migration failed.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", reported::reported(.source))]
     Migration { version: i64, name: &'static str, source: sqlx::Error },
     /// The database holds a migration this binary does not know (it is older than the database).
     #[error("the database was migrated by a newer Haven (migration {0} is unknown to this binary); upgrade the binary")]
@@ -91,13 +92,13 @@ pub enum StoreError {
     )]
     File { path: PathBuf, source: std::io::Error },
     /// Any other database error.
-    #[error("database error: {0}")]
+    #[error("database error: {}", reported::reported(.0))]
     Sql(sqlx::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
-        if is_disk_full(&e) { StoreError::DiskFull(e.to_string()) } else { StoreError::Sql(e) }
+        if is_disk_full(&e) { StoreError::DiskFull(reported::reported(&e).to_string()) } else { StoreError::Sql(e) }
     }
 }
 
