@@ -1,0 +1,13 @@
+//! Haven's rules of sharing, as pure functions over facts.
+//!
+//! This crate holds what the gateway (and, for sealed payloads, a node) must decide the same way
+//! everywhere, and nothing that does I/O: no database, no network, no async runtime. CI checks that
+//! `cargo tree -e normal -p haven-sharing` names none of `sqlx`, `tonic`, `tokio` or `hyper`.
+//!
+//! - [`policy`]: the sharing-policy language (`policies/`), read, checked and indexed into a
+//!   [`policy::Bundle`], and [`policy::decide`], which says for each recipient whether a message may go
+//!   and which of its fields it may see.
+
+#![forbid(unsafe_code)]
+
+pub mod policy;
