@@ -6,8 +6,10 @@
 //!
 //! - [`policy`]: the sharing-policy language (`policies/`), read, checked and indexed into a
 //!   [`policy::Bundle`], and [`policy::decide`], which says for each recipient whether a message may go
-//!   and which of its fields it may see.
+//!   and which of its fields it may see;
+//! - [`consent`]: whether a consent is in force now, for a decision and for a copy already queued.
 
 #![forbid(unsafe_code)]
 
+pub mod consent;
 pub mod policy;

@@ -29,12 +29,10 @@ pub struct Decided {
     pub outcomes: Vec<(OrgId, Decision)>,
 }
 
-/// The consent's state as a decision must see it: a given consent past its window is expired even
-/// before the sweep records it. A stream's read of what it may send decides the same in SQL
-/// (`queue::SENDABLE_SQLITE`).
+/// The consent's state as a decision must see it ([`haven_sharing::consent::effective_state`]).
 pub fn effective_state(stored: &Stored, now_micros: i64) -> ConsentState {
     let until = i64::try_from(stored.receipt.valid_until.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-    if stored.state == ConsentState::Given && now_micros >= until { ConsentState::Expired } else { stored.state }
+    haven_sharing::consent::effective_state(stored.state, until, now_micros)
 }
 
 /// Decides every recipient of `env` for `caller`.

@@ -132,14 +132,14 @@ impl Pending {
 /// organization, `$2` a JSON array of item ids to pass over (those in flight), `$3` the time now,
 /// `$4` at most how many.
 ///
-/// - Every item is checked against its consent as it is read: an item queued under a consent goes out
-///   only while that consent is given and within its window, or superseded by a renewal (which keeps
-///   it in force for copies already queued), as `routing::effective_state` decides. Others wait for the
-///   sweep or the cascade to cancel them.
+/// - Every item is checked against its consent as it is read, by the rule
+///   [`haven_sharing::consent::releases_queued_copy`] defines, written here in SQL: an item queued
+///   under a consent goes out only while that consent is given and within its window, or superseded
+///   by a renewal. Others wait for the sweep or the cascade to cancel them. The consent-agreement test
+///   in `tests/tests/consent.rs` proves the two agree on both databases.
 /// - A consent covers only its controller's items: an item whose sender named another organization's
 ///   consent (possible on a send whose rule needs no consent) is read as naming no consent that
-///   exists, and waits for its expiry, so that no organization's consent holds back or releases
-///   another's sends.
+///   exists (`QueuedUnder::Unknown`), and waits for its expiry.
 /// - The ids passed over and the items whose consent does not cover them are filtered out by the
 ///   statement (the consent through its primary key), so only the rows sent come back.
 /// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending_c` gives
