@@ -7,9 +7,12 @@
 //! - [`policy`]: the sharing-policy language (`policies/`), read, checked and indexed into a
 //!   [`policy::Bundle`], and [`policy::decide`], which says for each recipient whether a message may go
 //!   and which of its fields it may see;
-//! - [`consent`]: whether a consent is in force now, for a decision and for a copy already queued.
+//! - [`consent`]: whether a consent is in force now, for a decision and for a copy already queued;
+//! - [`delivery`]: the states of a recipient's copy and of a queued item, and the closed loop of
+//!   status changes a referral or an alert follows.
 
 #![forbid(unsafe_code)]
 
 pub mod consent;
+pub mod delivery;
 pub mod policy;
