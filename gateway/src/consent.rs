@@ -223,13 +223,15 @@ fn content_hash(json: &str) -> String {
 fn row_to_stored(row: &sqlx::any::AnyRow) -> Result<Stored, Error> {
     let json: String = row.try_get("receipt_json")?;
     let receipt: ConsentReceipt = serde_json::from_str(&json)
-        .map_err(|e| Error::FailedPrecondition(format!("stored consent is unreadable: {e}")))?;
+        .map_err(|e| Error::Internal(format!("a stored consent receipt cannot be decoded: {e}")))?;
     let state: String = row.try_get("state")?;
+    let state = ConsentState::parse(&state)
+        .ok_or_else(|| Error::Internal(format!("a stored consent has the unknown state `{state}`")))?;
     Ok(Stored {
         receipt,
         receipt_jws: row.try_get("receipt_jws")?,
         receipt_json: json,
-        state: ConsentState::parse(&state).unwrap_or(ConsentState::Revoked),
+        state,
         revocation_reason: row.try_get("revocation_reason")?,
         superseded_by: row.try_get("superseded_by")?,
         registered_at_micros: row.try_get("registered_at_micros")?,

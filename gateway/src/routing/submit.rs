@@ -88,7 +88,7 @@ async fn submit_in(
             )));
         }
         let mut resp = pb::SubmitResponse::decode(bytes.as_slice())
-            .map_err(|e| Error::FailedPrecondition(format!("stored reply is unreadable: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the stored reply to message {message_id} cannot be decoded: {e}")))?;
         resp.replayed = true;
         return Ok((resp, Vec::new()));
     }
