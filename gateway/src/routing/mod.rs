@@ -55,14 +55,12 @@ fn reachable(bundle: &Bundle, org: &OrgId) -> bool {
 fn not_pinned(bundle: &Bundle, recipient: &OrgId, fields: &[&str]) -> Decision {
     let mut withheld: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
     withheld.sort();
-    Decision {
-        allowed: false,
+    Decision::Deny {
+        reason: DenyReason::RecipientNotPinned,
+        detail: Some(recipient.to_string()),
         rule_ids: Vec::new(),
-        released: Vec::new(),
         withheld,
         bundle_version: bundle.version_id().to_owned(),
-        reason: Some(DenyReason::RecipientNotPinned),
-        reason_detail: Some(recipient.to_string()),
     }
 }
 
@@ -115,16 +113,16 @@ pub fn decide_with(
 
 /// The wire form of a decision.
 pub fn decision_proto(d: &Decision) -> pb::Decision {
-    let code = d.reason.map(|r| r.code()).unwrap_or("");
+    let code = d.reason().map(|r| r.code()).unwrap_or("");
     pb::Decision {
-        allowed: d.allowed,
-        rule_ids: d.rule_ids.clone(),
-        released_fields: d.released.clone(),
-        withheld_fields: d.withheld.clone(),
-        bundle_version: d.bundle_version.clone(),
+        allowed: d.allowed(),
+        rule_ids: d.rule_ids().to_vec(),
+        released_fields: d.released().to_vec(),
+        withheld_fields: d.withheld().to_vec(),
+        bundle_version: d.bundle_version().to_owned(),
         reason: pb::DenyReason::from_str_name(&code.to_ascii_uppercase()).map_or(0, |r| r as i32),
         reason_code: code.to_owned(),
-        reason_detail: d.reason_detail.clone().unwrap_or_default(),
+        reason_detail: d.reason_detail().map(str::to_owned).unwrap_or_default(),
     }
 }
 
@@ -149,12 +147,12 @@ pub fn decision_entry(
         subject: env.subject.clone().unwrap_or_default(),
         purpose: env.purpose.clone(),
         consent_id: env.consent_id.clone().unwrap_or_default(),
-        rule_ids: d.rule_ids.clone(),
-        bundle_version: d.bundle_version.clone(),
-        decision: if d.allowed { "allow" } else { "deny" }.into(),
-        reason: d.reason.map(|r| r.code().to_owned()).unwrap_or_default(),
-        released_fields: d.released.clone(),
-        withheld_fields: d.withheld.clone(),
+        rule_ids: d.rule_ids().to_vec(),
+        bundle_version: d.bundle_version().to_owned(),
+        decision: if d.allowed() { "allow" } else { "deny" }.into(),
+        reason: d.reason().map(|r| r.code().to_owned()).unwrap_or_default(),
+        released_fields: d.released().to_vec(),
+        withheld_fields: d.withheld().to_vec(),
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
@@ -179,7 +177,7 @@ pub async fn dry_run(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<pb:
             .iter()
             .map(|(r, d)| pb::RecipientOutcome {
                 recipient: r.to_string(),
-                outcome: if d.allowed {
+                outcome: if d.allowed() {
                     pb::recipient_outcome::Outcome::Queued
                 } else {
                     pb::recipient_outcome::Outcome::Denied

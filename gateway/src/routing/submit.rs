@@ -112,7 +112,7 @@ async fn submit_in(
     let mut woken = Vec::new();
     for (recipient, mut d) in decided.outcomes {
         let mut outcome =
-            if d.allowed { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
+            if d.allowed() { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
         // Committed, plus what this shared commit queued before this submission. The batch's changes
         // are summed only when they could reach the quota: they add at most one each.
         let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
@@ -127,13 +127,9 @@ async fn submit_in(
                 .map(|c| c.2)
                 .sum::<i64>()
         };
-        if d.allowed && near && committed + queued() >= quota {
+        if d.allowed() && near && committed + queued() >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
-            d.allowed = false;
-            d.reason = Some(DenyReason::QuotaExceeded);
-            d.reason_detail = Some(recipient.to_string());
-            d.withheld = env.fields.keys().cloned().collect();
-            d.released.clear();
+            d = d.refused(DenyReason::QuotaExceeded, Some(recipient.to_string()));
         }
         let mut delivery_id = String::new();
         let mut recipient_subject = String::new();
@@ -147,7 +143,7 @@ async fn submit_in(
                 .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), caller.org.as_str(), s))
                 .unwrap_or_default();
             let fields = d
-                .released
+                .released()
                 .iter()
                 .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), envelope::to_proto(v))))
                 .collect();
@@ -159,9 +155,9 @@ async fn submit_in(
                 purpose: env.purpose.clone(),
                 subject_pseudonym: recipient_subject.clone(),
                 fields,
-                withheld_fields: d.withheld.clone(),
-                rule_ids: d.rule_ids.clone(),
-                bundle_version: d.bundle_version.clone(),
+                withheld_fields: d.withheld().to_vec(),
+                rule_ids: d.rule_ids().to_vec(),
+                bundle_version: d.bundle_version().to_owned(),
                 expires_at_micros: now + ttl,
                 correlation_id: env.correlation_id.clone(),
             };
@@ -177,7 +173,7 @@ async fn submit_in(
                 subject: env.subject.clone().unwrap_or_default(),
                 recipient_subject: recipient_subject.clone(),
                 pseudonym_version: pseudonym::VERSION,
-                released_fields: serde_json::to_string(&d.released).unwrap_or_default(),
+                released_fields: serde_json::to_string(&d.released()).unwrap_or_default(),
                 updated_at_micros: now,
                 expires_at_micros: now + ttl,
             });
