@@ -98,18 +98,9 @@ fn short(s: &str) -> String {
     haven_trust::untrusted::shown(s)
 }
 
-/// A subject pseudonym: random, minted by the controller (128 bits or more), never derived from
-/// personal data. Accepted form: 22 to 64 characters of `A-Z a-z 0-9 _ -`.
+/// A subject pseudonym of the accepted form ([`haven_sharing::consent::check_pseudonym`]).
 pub fn check_pseudonym(p: &str) -> Result<(), Error> {
-    let ok = (22..=64).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(
-            "subject pseudonym must be 22-64 characters of A-Z, a-z, 0-9, `_` or `-` (a random value of 128 bits or more)"
-                .into(),
-        ))
-    }
+    haven_sharing::consent::check_pseudonym(p).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// Checks a receipt's content against the bundle in force.

@@ -7,6 +7,18 @@
 
 use haven_trust::receipt::ConsentState;
 
+/// A subject pseudonym that is not of the accepted form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subject pseudonym must be 22-64 characters of A-Z, a-z, 0-9, `_` or `-` (a random value of 128 bits or more)")]
+pub struct PseudonymError;
+
+/// A subject pseudonym: random, minted by the controller (128 bits or more), never derived from
+/// personal data. Accepted form: 22 to 64 characters of `A-Z a-z 0-9 _ -`.
+pub fn check_pseudonym(p: &str) -> Result<(), PseudonymError> {
+    let ok = (22..=64).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(PseudonymError) }
+}
+
 /// The consent's state as a decision must see it: a given consent past its window is expired even
 /// before the expiry sweep records it. `valid_until_micros` is the end of its window (exclusive).
 pub fn effective_state(state: ConsentState, valid_until_micros: i64, now_micros: i64) -> ConsentState {

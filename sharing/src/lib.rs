@@ -8,6 +8,8 @@
 //!   [`policy::Bundle`], and [`policy::decide`], which says for each recipient whether a message may go
 //!   and which of its fields it may see;
 //! - [`consent`]: whether a consent is in force now, for a decision and for a copy already queued;
+//! - [`envelope`]: a submitted envelope parsed once, with typed ids ([`envelope::MessageId`],
+//!   [`envelope::ConsentId`], [`envelope::Kind`], [`envelope::Purpose`]) and a refusal for each bad part;
 //! - [`delivery`]: the states of a recipient's copy and of a queued item, and the closed loop of
 //!   status changes a referral or an alert follows.
 
@@ -15,4 +17,5 @@
 
 pub mod consent;
 pub mod delivery;
+pub mod envelope;
 pub mod policy;

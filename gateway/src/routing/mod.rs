@@ -18,7 +18,7 @@ use haven_trust::receipt::{ConsentState, ConsentView};
 use crate::app::Gateway;
 use crate::audit;
 use crate::consent::{self, Stored};
-use crate::envelope::{Envelope, Recipients};
+use crate::envelope::{Envelope, MessageId, Recipients};
 use crate::error::Error;
 use crate::policy::{self, Bundle, Decision, DecisionRequest, DenyReason};
 
@@ -39,7 +39,7 @@ pub fn effective_state(stored: &Stored, now_micros: i64) -> ConsentState {
 pub async fn decide_all(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<Decided, Error> {
     let bundle = g.bundle();
     let consent = match &env.consent_id {
-        Some(id) => consent::load_read(g.0.store.pool(), id).await?,
+        Some(id) => consent::load_read(g.0.store.pool(), id.as_str()).await?,
         None => None,
     };
     Ok(decide_with(g, caller, env, bundle, consent))
@@ -79,7 +79,7 @@ pub fn decide_with(
     let recipients = match &env.recipients {
         Recipients::Named(list) => list.clone(),
         Recipients::AllPermitted => bundle
-            .candidate_recipients(&caller.org, caller.role, &env.kind, &env.purpose)
+            .candidate_recipients(&caller.org, caller.role, env.kind.as_str(), env.purpose.as_str())
             .into_iter()
             .filter(|org| reachable(&bundle, org))
             .collect(),
@@ -97,10 +97,10 @@ pub fn decide_with(
                 sender: &caller.org,
                 sender_role: caller.role,
                 recipient: &recipient,
-                kind: &env.kind,
-                purpose: &env.purpose,
+                kind: env.kind.as_str(),
+                purpose: env.purpose.as_str(),
                 subject: env.subject.as_deref(),
-                consent_id: env.consent_id.as_deref(),
+                consent_id: env.consent_id.as_ref().map(|c| c.as_str()),
                 fields: &names,
             };
             let view = consent.as_ref().zip(state).map(|(c, state)| ConsentView { receipt: &c.receipt, state });
@@ -142,11 +142,11 @@ pub fn decision_entry(
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
         action: action.as_str().into(),
-        object_id: if env.message_id.is_nil() { String::new() } else { env.message_id.to_string() },
+        object_id: if env.message_id == MessageId::NONE { String::new() } else { env.message_id.to_string() },
         counterparty: recipient.to_string(),
         subject: env.subject.clone().unwrap_or_default(),
-        purpose: env.purpose.clone(),
-        consent_id: env.consent_id.clone().unwrap_or_default(),
+        purpose: env.purpose.to_string(),
+        consent_id: env.consent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
         rule_ids: d.rule_ids().to_vec(),
         bundle_version: d.bundle_version().to_owned(),
         decision: if d.allowed() { "allow" } else { "deny" }.into(),

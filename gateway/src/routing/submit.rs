@@ -38,7 +38,7 @@ fn content_hash(env: &Envelope) -> String {
 pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
     let reads = Reads {
         messages: vec![(caller.org.to_string(), env.message_id.to_string())],
-        consents: env.consent_id.iter().cloned().collect(),
+        consents: env.consent_id.iter().map(ToString::to_string).collect(),
         senders: vec![caller.org.to_string()],
         ..Reads::default()
     };
@@ -96,9 +96,9 @@ async fn submit_in(
     // Lock the consent row, so a revocation racing this submission either commits first (and this
     // submission sees it) or waits for this commit (and its cascade sees these copies).
     let stored_consent = match &env.consent_id {
-        Some(id) => match seen.consent(id) {
+        Some(id) => match seen.consent(id.as_str()) {
             Some(stored) => stored.cloned(),
-            None => consent::load_locked(tx, id).await?,
+            None => consent::load_locked(tx, id.as_str()).await?,
         },
         None => None,
     };
@@ -149,10 +149,10 @@ async fn submit_in(
                 .collect();
             let delivery = pb::Delivery {
                 message_id: message_id.clone(),
-                kind: env.kind.clone(),
+                kind: env.kind.to_string(),
                 sender: caller.org.to_string(),
                 sender_person: caller.person.to_string(),
-                purpose: env.purpose.clone(),
+                purpose: env.purpose.to_string(),
                 subject_pseudonym: recipient_subject.clone(),
                 fields,
                 withheld_fields: d.withheld().to_vec(),
@@ -167,9 +167,9 @@ async fn submit_in(
                 sender_person: caller.person.to_string(),
                 message_id: message_id.clone(),
                 recipient: recipient.to_string(),
-                kind: env.kind.clone(),
-                purpose: env.purpose.clone(),
-                consent_id: env.consent_id.clone().unwrap_or_default(),
+                kind: env.kind.to_string(),
+                purpose: env.purpose.to_string(),
+                consent_id: env.consent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                 subject: env.subject.clone().unwrap_or_default(),
                 recipient_subject: recipient_subject.clone(),
                 pseudonym_version: pseudonym::VERSION,
@@ -183,7 +183,7 @@ async fn submit_in(
                     org: recipient.as_str(),
                     body: pb::item::Body::Delivery(delivery),
                     delivery_id: &delivery_id,
-                    consent_id: env.consent_id.as_deref().unwrap_or(""),
+                    consent_id: env.consent_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
                     sender: caller.org.as_str(),
                     expires_at_micros: now + ttl,
                 },
@@ -215,7 +215,7 @@ async fn submit_in(
     rows.messages.push(MessageRow {
         sender: caller.org.to_string(),
         message_id: message_id.clone(),
-        kind: env.kind.clone(),
+        kind: env.kind.to_string(),
         content_sha256: hash,
         response: response.encode_to_vec(),
         created_at_micros: now,

@@ -19,7 +19,7 @@ pub mod engine;
 pub mod explain;
 mod files;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod index;
 pub mod network;
 pub mod rules;
@@ -30,6 +30,6 @@ pub mod testcases;
 pub use bundle::{Bundle, BundleParts, BundleVersion};
 pub use engine::{Decision, DecisionRequest, DenyReason, decide, decide_linear};
 pub use explain::{Explanation, explain};
-pub use network::{NetworkParams, Purpose, Purposes};
+pub use network::{NetworkParams, PurposeDef, Purposes};
 pub use rules::{ConsentRequirement, Effect, FieldGrant, Origin, Parties, Rule};
 pub use schema::{FieldDef, FieldProblem, FieldType, FieldValue, KindDef, LABELS, Schema};
