@@ -111,21 +111,6 @@ pub fn decide_with(
     Decided { bundle, consent, outcomes }
 }
 
-/// The wire form of a decision.
-pub fn decision_proto(d: &Decision) -> pb::Decision {
-    let code = d.reason().map(|r| r.code()).unwrap_or("");
-    pb::Decision {
-        allowed: d.allowed(),
-        rule_ids: d.rule_ids().to_vec(),
-        released_fields: d.released().to_vec(),
-        withheld_fields: d.withheld().to_vec(),
-        bundle_version: d.bundle_version().to_owned(),
-        reason: pb::DenyReason::from_str_name(&code.to_ascii_uppercase()).map_or(0, |r| r as i32),
-        reason_code: code.to_owned(),
-        reason_detail: d.reason_detail().map(str::to_owned).unwrap_or_default(),
-    }
-}
-
 /// The audit entry for one recipient's decision.
 pub fn decision_entry(
     g: &Gateway,
@@ -182,7 +167,7 @@ pub async fn dry_run(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<pb:
                 } else {
                     pb::recipient_outcome::Outcome::Denied
                 } as i32,
-                decision: Some(decision_proto(d)),
+                decision: Some(pb::Decision::from(d)),
                 delivery_id: String::new(),
             })
             .collect(),

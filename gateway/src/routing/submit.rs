@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use super::queue::{self, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
-use super::{decide_with, decision_entry, decision_proto, pseudonym};
+use super::{decide_with, decision_entry, pseudonym};
 use crate::app::Gateway;
 use crate::commit::{Batch, Reads};
 use crate::consent;
-use crate::envelope::{self, Envelope, Recipients};
+use crate::envelope::{Envelope, Recipients};
 use crate::error::Error;
 use crate::policy::DenyReason;
 
@@ -145,7 +145,7 @@ async fn submit_in(
             let fields = d
                 .released()
                 .iter()
-                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), envelope::to_proto(v))))
+                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), pb::FieldValue::from(v))))
                 .collect();
             let delivery = pb::Delivery {
                 message_id: message_id.clone(),
@@ -202,7 +202,7 @@ async fn submit_in(
         outcomes.push(pb::RecipientOutcome {
             recipient: recipient.to_string(),
             outcome: outcome as i32,
-            decision: Some(decision_proto(&d)),
+            decision: Some(pb::Decision::from(&d)),
             delivery_id,
         });
     }
