@@ -19,6 +19,8 @@ use crate::identity::{Authenticator, Trust};
 use crate::policy::Bundle;
 use crate::store::{Store, StoreError, crl};
 
+pub use crate::state::{Gateway, Inner};
+
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,38 +90,6 @@ impl StartError {
         }
     }
 }
-
-/// Everything the services share.
-pub struct Inner {
-    pub config: Config,
-    pub store: Store,
-    pub clock: SharedClock,
-    pub auth: Authenticator,
-    pub trust: Arc<RwLock<Arc<Trust>>>,
-    pub tls: Arc<RwLock<Arc<ServerConfig>>>,
-    pub rejections: Arc<Rejections>,
-    pub checkpoints: CheckpointSigner,
-    /// The audit log's Merkle tree, checkpoints and proofs; `audit_log.subscribe()` yields each newly
-    /// signed checkpoint for the delivery streams.
-    pub audit_log: audit::AuditLog,
-    /// Shared commits for submissions and acknowledgements.
-    pub commits: crate::commit::Committer,
-    /// The secret for recipient-scoped pseudonyms; shared by replicas.
-    pub pseudonym_key: [u8; 32],
-    /// Bumped on every reload, so open streams re-check their peer.
-    pub reloads: watch::Sender<u64>,
-    /// Flips to true when the gateway starts shutting down, so open streams end and shutdown is not
-    /// held up by nodes that never hang up.
-    pub closing: watch::Sender<bool>,
-    /// Wakes an organization's delivery stream when something is queued for it.
-    pub wakeups: crate::routing::queue::Wakeups,
-    /// The open delivery streams, one per organization.
-    pub streams: crate::stream::Streams,
-}
-
-/// A running gateway's shared state. Cheap to clone.
-#[derive(Clone)]
-pub struct Gateway(pub Arc<Inner>);
 
 fn certs(config: &Config) -> CertsDir {
     CertsDir(config.certs.clone())
@@ -366,11 +336,6 @@ impl Gateway {
             tracing::error!(error = %w, "could not write the trust_reload_rejected audit entry");
         }
         e
-    }
-
-    /// The policy bundle in force.
-    pub fn bundle(&self) -> Arc<Bundle> {
-        self.0.auth.trust().bundle.clone()
     }
 
     /// Writes `entry` in its own transaction, with the CRL now in force when it is one to record.

@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::app::Gateway;
 use crate::audit;
 use crate::error::Error;
 use crate::policy::Bundle;
-use crate::store::Tx;
+use crate::state::Gateway;
+pub use crate::store::consents::{Stored, load, load_locked, load_many, load_read};
 
 /// Why a consent was revoked; the controller gives one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,19 +59,6 @@ impl RevocationReason {
             Self::RevokedByOrg | Self::RecordedInError => ConsentState::Revoked,
         }
     }
-}
-
-/// A stored consent.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub receipt: ConsentReceipt,
-    pub receipt_jws: String,
-    pub receipt_json: String,
-    pub state: ConsentState,
-    pub revocation_reason: String,
-    pub superseded_by: String,
-    pub registered_at_micros: i64,
-    pub state_changed_at_micros: i64,
 }
 
 impl Stored {
@@ -209,93 +196,6 @@ pub fn verify(jws: &str, caller: &Caller, bundle: &Bundle) -> Result<(ConsentRec
 
 fn content_hash(json: &str) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
-}
-
-fn row_to_stored(row: &sqlx::any::AnyRow) -> Result<Stored, Error> {
-    let json: String = row.try_get("receipt_json")?;
-    let receipt: ConsentReceipt = serde_json::from_str(&json)
-        .map_err(|e| Error::Internal(format!("a stored consent receipt cannot be decoded: {e}")))?;
-    let state: String = row.try_get("state")?;
-    let state = ConsentState::parse(&state)
-        .ok_or_else(|| Error::Internal(format!("a stored consent has the unknown state `{state}`")))?;
-    Ok(Stored {
-        receipt,
-        receipt_jws: row.try_get("receipt_jws")?,
-        receipt_json: json,
-        state,
-        revocation_reason: row.try_get("revocation_reason")?,
-        superseded_by: row.try_get("superseded_by")?,
-        registered_at_micros: row.try_get("registered_at_micros")?,
-        state_changed_at_micros: row.try_get("state_changed_at_micros")?,
-    })
-}
-
-/// The columns every consent read selects.
-macro_rules! select {
-    ($tail:literal) => {
-        concat!("SELECT consent_id, receipt_json, receipt_jws, state, revocation_reason, superseded_by, registered_at_micros, state_changed_at_micros, content_sha256 FROM consents ", $tail)
-    };
-}
-
-/// Loads a consent in a transaction.
-pub async fn load(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<(Stored, String)>, Error> {
-    let row = sqlx::query(select!("WHERE consent_id = $1")).bind(consent_id).fetch_optional(&mut **tx).await?;
-    match row {
-        Some(r) => Ok(Some((row_to_stored(&r)?, r.try_get("content_sha256")?))),
-        None => Ok(None),
-    }
-}
-
-/// Loads consents by id in a transaction, for a shared commit's submissions: each id maps to its
-/// consent, or to `None` where there is none. A row that cannot be read is left out, so the submission
-/// that names it reads it alone and gets the reason.
-///
-/// On PostgreSQL it also locks the rows (as [`load_locked`] does), skipping any another transaction
-/// holds: those are left out too, and each submission that names one waits for it alone.
-pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sqlite = crate::audit::is_sqlite(tx);
-    let mut sql = String::from(select!("WHERE consent_id IN "));
-    crate::audit::push_row(&mut sql, sqlite, 0, ids.len());
-    if !sqlite {
-        sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
-    }
-    // Its shape changes with the number of ids, which callers take in `audit::chunks`.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(*id);
-    }
-    // Where rows may be skipped, a missing id is not known to be absent.
-    let mut found: std::collections::HashMap<String, Option<Stored>> =
-        if sqlite { ids.iter().map(|id| ((*id).to_owned(), None)).collect() } else { Default::default() };
-    for row in q.fetch_all(&mut **tx).await? {
-        let id: String = row.try_get("consent_id")?;
-        match row_to_stored(&row) {
-            Ok(stored) => found.insert(id, Some(stored)),
-            Err(_) => found.remove(&id),
-        };
-    }
-    Ok(found.into_iter().collect())
-}
-
-/// Loads a consent in a transaction and, on PostgreSQL, locks its row until the transaction ends, as a
-/// revocation does, so the two are ordered (SQLite's transactions already are).
-pub async fn load_locked(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<Stored>, Error> {
-    let sql = if crate::audit::is_sqlite(tx) {
-        select!("WHERE consent_id = $1")
-    } else {
-        select!("WHERE consent_id = $1 FOR NO KEY UPDATE")
-    };
-    let row = sqlx::query(sql).bind(consent_id).fetch_optional(&mut **tx).await?;
-    row.as_ref().map(row_to_stored).transpose()
-}
-
-/// Loads a consent outside a transaction (decisions, shows).
-pub async fn load_read(pool: &sqlx::AnyPool, consent_id: &str) -> Result<Option<Stored>, Error> {
-    let row = sqlx::query(select!("WHERE consent_id = $1")).bind(consent_id).fetch_optional(pool).await?;
-    row.as_ref().map(row_to_stored).transpose()
 }
 
 fn entry(g: &Gateway, caller: &Caller, action: Action, receipt: &ConsentReceipt, reason: &str) -> AuditEntry {
@@ -467,17 +367,7 @@ pub async fn list(
         )));
     }
     let limit = i64::from(limit.clamp(1, 500));
-    let rows = sqlx::query(
-        select!("WHERE controller = $1 AND ($2 = '' OR subject = $2) AND ($3 = '' OR state = $3) AND consent_id > $4 ORDER BY consent_id LIMIT $5"),
-    )
-    .bind(caller.org.as_str())
-    .bind(subject)
-    .bind(state)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(g.0.store.pool())
-    .await?;
-    rows.iter().map(row_to_stored).collect()
+    Ok(crate::store::consents::list(g.0.store.pool(), caller.org.as_str(), subject, state, after, limit).await?)
 }
 
 /// Marks every given consent whose window has ended as expired, each with its audit entry, in one

@@ -22,5 +22,6 @@ pub mod policy;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod stream;

@@ -9,9 +9,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
-use crate::app::Gateway;
 use crate::identity::{self, PeerInfo};
 use crate::service::{AuditService, GatewayService};
+use crate::state::Gateway;
 
 /// The interceptor that turns each request's certificate and token into a `Caller`.
 fn authenticate(gateway: Gateway) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {

@@ -4,6 +4,7 @@
 use haven_sharing::envelope::{RawEnvelope, RawValue};
 use haven_sharing::policy::{Decision, FieldValue};
 use haven_trust::audit::{AuditEntry, Checkpoint, Encoding};
+use haven_trust::ids::Caller;
 
 use crate::v1 as pb;
 use crate::v1::field_value::Value;
@@ -99,6 +100,17 @@ impl From<&pb::AuditEntry> for AuditEntry {
             source_node: e.source_node.clone(),
             counterparty_subject: String::new(),
             encoding_version: e.canonical.first().and_then(|v| Encoding::of_version(*v)).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&Caller> for pb::Caller {
+    fn from(c: &Caller) -> Self {
+        pb::Caller {
+            org_id: c.org.to_string(),
+            org_type: c.org_type.to_string(),
+            person: c.person.to_string(),
+            role: c.role.as_str().to_owned(),
         }
     }
 }

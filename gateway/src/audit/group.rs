@@ -17,7 +17,6 @@ use std::sync::Arc;
 use haven_trust::audit::AuditEntry;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::log::LogError;
 use crate::store::{Store, StoreError};
 
 /// The most entries one shared commit takes.
@@ -41,13 +40,21 @@ pub(crate) fn start(store: Store, integrator: Arc<Notify>) -> mpsc::Sender<Reque
 }
 
 /// Queues entries and waits until they are committed.
-pub(crate) async fn submit(queue: &mpsc::Sender<Request>, entries: Vec<(AuditEntry, String)>) -> Result<u64, LogError> {
+pub(crate) async fn submit(
+    queue: &mpsc::Sender<Request>,
+    entries: Vec<(AuditEntry, String)>,
+) -> Result<u64, SubmitError> {
     let (reply, answer) = oneshot::channel();
-    queue
-        .send(Request { entries, reply })
-        .await
-        .map_err(|_| LogError::Commit("the audit committer has stopped".into()))?;
-    answer.await.map_err(|_| LogError::Commit("the audit committer has stopped".into()))?.map_err(LogError::Store)
+    queue.send(Request { entries, reply }).await.map_err(|_| SubmitError::Stopped)?;
+    answer.await.map_err(|_| SubmitError::Stopped)?.map_err(SubmitError::Store)
+}
+
+/// Why queued entries were not committed.
+pub(crate) enum SubmitError {
+    /// The committer task has stopped (a bug: it runs as long as the gateway).
+    Stopped,
+    /// The database failed; none of the batch was committed.
+    Store(StoreError),
 }
 
 async fn run(store: Store, integrator: Arc<Notify>, mut rx: mpsc::Receiver<Request>) {

@@ -205,7 +205,10 @@ impl AuditLog {
     /// are durably committed. Returns the first assigned seq.
     pub async fn record(&self, entries: Vec<(AuditEntry, String)>) -> Result<u64, LogError> {
         let queue = self.0.group.get_or_init(|| group::start(self.0.store.clone(), self.0.nudge.clone()));
-        group::submit(queue, entries).await
+        group::submit(queue, entries).await.map_err(|e| match e {
+            group::SubmitError::Stopped => LogError::Commit("the audit committer has stopped".into()),
+            group::SubmitError::Store(e) => LogError::Store(e),
+        })
     }
 
     /// Runs the integrator in the background until the returned task is aborted: it integrates within

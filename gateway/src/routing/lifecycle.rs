@@ -10,59 +10,13 @@ use sqlx::Row;
 
 use super::queue::{self, NewItem};
 use super::rows::{Acked, OutboxRow};
-use crate::app::Gateway;
 use crate::audit;
 use crate::commit::{Batch, Reads};
 use crate::error::Error;
+use crate::state::Gateway;
 use crate::store::Tx;
-
-/// One recipient copy, as stored (no field values).
-#[derive(Debug, Clone)]
-pub struct Copy {
-    pub delivery_id: String,
-    pub sender: String,
-    pub message_id: String,
-    pub recipient: String,
-    pub kind: String,
-    pub purpose: String,
-    pub consent_id: String,
-    pub subject: String,
-    pub recipient_subject: String,
-    pub status: DeliveryStatus,
-    pub expires_at_micros: i64,
-}
-
-const COPY_COLUMNS: &str = "delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros";
-
-/// A stored delivery status; one the gateway never writes is a decode error (a broken invariant).
-fn delivery_status(s: &str) -> Result<DeliveryStatus, sqlx::Error> {
-    DeliveryStatus::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown delivery status `{s}`").into()))
-}
-
-pub(crate) fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
-    Ok(Copy {
-        delivery_id: r.try_get("delivery_id")?,
-        sender: r.try_get("sender")?,
-        message_id: r.try_get("message_id")?,
-        recipient: r.try_get("recipient")?,
-        kind: r.try_get("kind")?,
-        purpose: r.try_get("purpose")?,
-        consent_id: r.try_get("consent_id")?,
-        subject: r.try_get("subject")?,
-        recipient_subject: r.try_get("recipient_subject")?,
-        status: delivery_status(&r.try_get::<String, _>("status")?)?,
-        expires_at_micros: r.try_get("expires_at_micros")?,
-    })
-}
-
-async fn copy_by_id(tx: &mut Tx<'_>, delivery_id: &str) -> Result<Option<Copy>, sqlx::Error> {
-    let _ = COPY_COLUMNS;
-    let r = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE delivery_id = $1")
-        .bind(delivery_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    r.as_ref().map(copy_from).transpose()
-}
+use crate::store::consents::lock_consent;
+use crate::store::deliveries::{Copy, copy_by_id, copy_from};
 
 async fn set_status(
     tx: &mut Tx<'_>,
@@ -137,21 +91,6 @@ fn sender_notice(now: i64, c: &Copy, kind: pb::sender_notice::Kind, reason: &str
             expires_at_micros: i64::MAX,
         },
     )
-}
-
-/// Locks a consent's row for the rest of the transaction. Every transaction that touches copies under
-/// a consent takes this lock first, so revocations, acknowledgements, withdrawals and expiry queue up
-/// on the consent instead of deadlocking on PostgreSQL. On SQLite a write transaction already holds
-/// the database's one write lock (`BEGIN IMMEDIATE`), so there is nothing more to take.
-pub(crate) async fn lock_consent(tx: &mut Tx<'_>, consent_id: &str) -> Result<(), sqlx::Error> {
-    if !consent_id.is_empty() && !audit::is_sqlite(tx) {
-        // The lock an UPDATE takes, without writing a new row version.
-        sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
-            .bind(consent_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    }
-    Ok(())
 }
 
 /// A node's transport acknowledgement: the item is stored at the node, so its payload goes, and a

@@ -15,12 +15,12 @@ use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId};
 use haven_trust::receipt::{ConsentState, ConsentView};
 
-use crate::app::Gateway;
 use crate::audit;
 use crate::consent::{self, Stored};
 use crate::envelope::{Envelope, MessageId, Recipients};
 use crate::error::Error;
 use crate::policy::{self, Bundle, Decision, DecisionRequest, DenyReason};
+use crate::state::Gateway;
 
 /// The decisions for every recipient of one envelope, all from one bundle version.
 pub struct Decided {

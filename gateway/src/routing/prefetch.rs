@@ -15,11 +15,11 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::lifecycle::{Copy, copy_from};
 use super::queue::QueuedRow;
 use crate::audit::{chunks, is_sqlite, push_pair_terms, push_row};
-use crate::consent::{self, Stored};
 use crate::store::Tx;
+use crate::store::consents::{self, Stored};
+use crate::store::deliveries::{Copy, copy_from};
 
 /// What one unit will read, named before it runs.
 #[derive(Default)]
@@ -136,7 +136,7 @@ impl Prefetched {
 
         let consents: Vec<&str> = consents.into_iter().collect();
         for chunk in chunks(&consents, sqlite, CHUNK) {
-            for (id, stored) in consent::load_many(tx, chunk).await? {
+            for (id, stored) in consents::load_many(tx, chunk).await? {
                 out.consents.insert(id, stored);
             }
         }

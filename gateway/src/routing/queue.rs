@@ -19,8 +19,7 @@ use uuid::Uuid;
 use super::rows::{OutboxRow, insert_outbox};
 use crate::store::{Backend, Store, StoreError, Tx};
 
-/// The channel name for PostgreSQL wake-ups.
-pub const PG_CHANNEL: &str = "haven_queue";
+pub use super::rows::PG_CHANNEL;
 
 /// What kind of item a row holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

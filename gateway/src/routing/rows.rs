@@ -15,6 +15,9 @@ use sqlx::{Any, AssertSqlSafe};
 use crate::audit::{PG_INSERT_CHUNK, chunks, is_sqlite, push_row};
 use crate::store::Tx;
 
+/// The channel name for PostgreSQL wake-ups.
+pub const PG_CHANNEL: &str = "haven_queue";
+
 /// A recipient's copy of a message.
 pub struct DeliveryRow {
     pub delivery_id: String,
@@ -190,7 +193,7 @@ pub async fn insert_outbox(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sq
     if !is_sqlite(tx) {
         let orgs: BTreeSet<&str> = rows.iter().map(|r| r.org.as_str()).collect();
         for org in orgs {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(super::queue::PG_CHANNEL).bind(org).execute(&mut **tx).await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(org).execute(&mut **tx).await?;
         }
     }
     Ok(())

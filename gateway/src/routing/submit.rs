@@ -13,12 +13,12 @@ use uuid::Uuid;
 use super::queue::{self, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
 use super::{decide_with, decision_entry, pseudonym};
-use crate::app::Gateway;
 use crate::commit::{Batch, Reads};
 use crate::consent;
 use crate::envelope::{Envelope, Recipients};
 use crate::error::Error;
 use crate::policy::DenyReason;
+use crate::state::Gateway;
 
 /// What makes two submissions with one id the same: everything the sender chose.
 fn content_hash(env: &Envelope) -> String {

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::{caller, settled};
-use crate::app::Gateway;
 use crate::audit::query::{self, DEFAULT_PAGE, Filter, MAX_PAGE, Scope};
 use crate::audit::{self, AuditLog};
 use crate::error::Error;
+use crate::state::Gateway;
 
 /// Serves `haven.v1.Audit`.
 pub struct AuditService {

@@ -9,9 +9,9 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, caller_proto, settled};
-use crate::app::Gateway;
+use super::{caller, settled};
 use crate::identity::PeerInfo;
+use crate::state::Gateway;
 use crate::{consent, envelope, routing};
 
 /// Serves `haven.v1.Gateway`.
@@ -32,7 +32,7 @@ impl GatewayRpc for GatewayService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let caller = caller(&req)?;
         Ok(Response::new(WhoAmIResponse {
-            caller: Some(caller_proto(&caller)),
+            caller: Some(haven_proto::v1::Caller::from(&caller)),
             bundle_version: self.gateway.bundle().version_id().to_owned(),
         }))
     }

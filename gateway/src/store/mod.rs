@@ -12,7 +12,9 @@
 //! log, which keeps the older frames, is truncated whenever the gateway has been idle a moment and
 //! when it shuts down (see `checkpoint_wal` and [`Store::truncate_wal`]).
 
+pub mod consents;
 pub mod crl;
+pub mod deliveries;
 mod migrate;
 pub mod reported;
 mod wal;

@@ -10,9 +10,9 @@
 //! which is not applied.
 
 pub mod lease;
+pub mod registry;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -21,16 +21,16 @@ use haven_proto::v1::{self as pb, GatewayFrame, Heartbeat, NodeFrame, Welcome, g
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId};
 use haven_trust::untrusted::Shown;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
-use crate::app::Gateway;
 use crate::error::Error;
 use crate::identity::PeerInfo;
 use crate::routing::{lifecycle, queue};
-use crate::service::caller_proto;
+use crate::state::Gateway;
 use lease::{Claim, Holder, Lease, Taken};
+pub use registry::Streams;
 
 /// The shortest heartbeat a stream uses, whatever the configuration says (a zero interval would spin).
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
@@ -52,46 +52,6 @@ fn micros(d: Duration) -> i64 {
 /// The metadata key of an ALREADY_EXISTS refusal that says, in milliseconds, when the holder's lease
 /// lapses unless it is renewed: the earliest moment a retry can succeed, unless the holder ends first.
 pub const RETRY_AFTER_MS: &str = "haven-retry-after-ms";
-
-/// The open streams of this replica, one per organization. A stream that takes over a lapsed lease
-/// fences this replica's older stream of the organization at once; a stream on another replica finds
-/// out when it next renews or acknowledges.
-#[derive(Default)]
-pub struct Streams {
-    open: Mutex<HashMap<OrgId, (Uuid, watch::Sender<bool>)>>,
-}
-
-impl Streams {
-    /// Registers a new stream for `org`, fencing the one it replaces on this replica.
-    fn open(&self, org: &OrgId, id: Uuid) -> watch::Receiver<bool> {
-        let (tx, rx) = watch::channel(false);
-        if let Ok(mut open) = self.open.lock()
-            && let Some((_, old)) = open.insert(org.clone(), (id, tx))
-        {
-            let _ = old.send(true);
-        }
-        rx
-    }
-
-    /// Forgets a stream, if it is still the current one.
-    fn close(&self, org: &OrgId, id: Uuid) {
-        if let Ok(mut open) = self.open.lock()
-            && open.get(org).is_some_and(|(cur, _)| *cur == id)
-        {
-            open.remove(org);
-        }
-    }
-
-    /// How many streams are open.
-    pub fn len(&self) -> usize {
-        self.open.lock().map(|o| o.len()).unwrap_or(0)
-    }
-
-    /// Whether no stream is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// A stream that holds its organization's lease, ready to [`run`].
 pub struct Opened {
@@ -346,7 +306,7 @@ async fn serve(
     };
     tokio::pin!(closed);
     let welcome = Welcome {
-        caller: Some(caller_proto(caller)),
+        caller: Some(pb::Caller::from(caller)),
         max_unacked: u32::try_from(window.max).unwrap_or(64),
         stream_id: id.to_string(),
         bundle_version: gateway.bundle().version_id().to_owned(),
