@@ -13,8 +13,9 @@ use haven_trust::registry::Registry;
 use haven_trust::source::{Located, SourceFile};
 use sha2::{Digest, Sha256};
 
+use super::directory::Directory;
 use super::files;
-use super::index::{Directory, RuleIndex};
+use super::index::RuleIndex;
 use super::network::{NetworkParams, Purposes};
 use super::rules::{self, Compiled, Context, Part, Rule, RuleSpans, role_bit};
 use super::schema::{LABELS, Schema, label_bit};

@@ -15,6 +15,7 @@
 //! The language itself is documented in `docs/policy-language.md`.
 
 pub mod bundle;
+mod directory;
 pub mod engine;
 pub mod explain;
 mod files;

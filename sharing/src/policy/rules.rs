@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 use toml::Spanned;
 use toml::value::Datetime;
 
+use super::directory::Directory;
 use super::files;
-use super::index::Directory;
 use super::network::Purposes;
 use super::schema::{LABELS, STATUS_KIND, Schema, label_bit};
 

@@ -13,8 +13,8 @@ use haven_trust::untrusted::Shown;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::directory::FxMap;
 use super::files::{self, Node};
-use super::index::FxMap;
 
 /// The sensitivity labels, fixed by the network (FHIR security labels in spirit).
 pub const LABELS: [&str; 5] = ["identifying", "contact", "sensitive", "operational", "location"];
