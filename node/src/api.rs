@@ -27,6 +27,11 @@ impl NodeService {
     fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
         self.state.users.sign_in(req.metadata())
     }
+
+    /// A failed gateway call, as the person who asked should see it ([`crate::link::GatewayLink::relay`]).
+    fn relay(&self, s: Status) -> Status {
+        self.state.link.relay(s)
+    }
 }
 
 type InboxStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<InboxItem, Status>> + Send>>;
@@ -36,7 +41,7 @@ impl Node for NodeService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await
+        gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|s| self.relay(s))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
@@ -117,7 +122,11 @@ impl Node for NodeService {
         let counterparty = if as_sender { r.recipient.clone() } else { r.sender.clone() };
         let (message_id, code) = (r.message_id.clone(), r.code.clone());
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let resp = gw.update_status(self.state.link.request(&user.name, user.role, r)?).await?.into_inner();
+        let resp = gw
+            .update_status(self.state.link.request(&user.name, user.role, r)?)
+            .await
+            .map_err(|s| self.relay(s))?
+            .into_inner();
         let status =
             MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
         let change = mailbox::LocalChange {
@@ -156,7 +165,8 @@ impl Node for NodeService {
                     user.role,
                     GetConsentRequest { consent_id: r.supersedes.clone() },
                 )?)
-                .await?
+                .await
+                .map_err(|s| self.relay(s))?
                 .into_inner();
             let v: serde_json::Value = serde_json::from_str(&old.receipt_json).unwrap_or_default();
             draft.subject_pseudonym = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
@@ -169,8 +179,11 @@ impl Node for NodeService {
         let user = self.user(&req)?;
         consent::may_manage(&user)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let record =
-            gw.revoke_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await?.into_inner();
+        let record = gw
+            .revoke_consent(self.state.link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|s| self.relay(s))?
+            .into_inner();
         let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
         let subject = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
         consent::remember(&self.state, &record, &subject, &user).await?;
@@ -180,13 +193,17 @@ impl Node for NodeService {
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?).await
+        gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|s| self.relay(s))
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?).await
+        gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|s| self.relay(s))
     }
 
     async fn witness_status(
@@ -222,7 +239,8 @@ fn retryable(s: &Status) -> bool {
     )
 }
 
-/// Submits a recorded send and records the outcome. An unreachable gateway leaves it pending.
+/// Submits a recorded send and records the outcome. A gateway that cannot be reached, or answers that
+/// it cannot take the message now, leaves it pending, with the reason.
 pub async fn submit(
     state: &NodeState,
     env: Envelope,
@@ -240,20 +258,26 @@ pub async fn submit(
                 state: "submitted".into(),
                 outcomes: resp.outcomes,
                 bundle_version: resp.bundle_version,
+                pending_reason: String::new(),
             })
         }
         Err(s) if retryable(&s) => {
-            tracing::warn!(%message_id, status = %s.message(), "gateway unreachable; the message stays pending and will be retried");
+            // Whether the gateway was reached decides what the person (and the operator) should look
+            // at: the network and certificates, or the gateway's own trouble.
+            let reason = state.link.describe(&s);
+            tracing::warn!(%message_id, %reason, "the gateway did not accept the message; it stays pending and will be retried");
+            mailbox::record_pending(&state.store, &message_id, &reason).await.map_err(db)?;
             Ok(SendResponse {
                 message_id,
                 state: "pending".into(),
                 outcomes: Vec::new(),
                 bundle_version: String::new(),
+                pending_reason: reason,
             })
         }
         Err(s) => {
             mailbox::record_failure(&state.store, &message_id, s.message()).await.map_err(db)?;
-            Err(s)
+            Err(state.link.relay(s))
         }
     }
 }

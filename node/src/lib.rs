@@ -8,6 +8,7 @@
 //! - [`api`]: the `Node` service; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
 //!   forwarded to the gateway; [`cli_audit`]: `haven-node audit ...`;
+//! - [`failure`]: why a call failed, told apart (never reached the other end, or its answer);
 //! - [`cli`]: what people run against their node: `haven-node referral|alert|inbox|consent|whoami`.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod audit_proxy;
 pub mod cli;
 pub mod cli_audit;
 pub mod consent;
+pub mod failure;
 pub mod link;
 pub mod mailbox;
 pub mod store;

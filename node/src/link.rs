@@ -3,6 +3,10 @@
 //!
 //! Tokens are reused within their lifetime (the gateway caches verified tokens, so reuse saves both
 //! sides an ECDSA operation) and replaced a minute before they expire.
+//!
+//! Every failed call to the gateway goes through [`GatewayLink::relay`] (what the node answers its
+//! people) or [`GatewayLink::describe`] (what it logs), which tell a gateway that could not be reached
+//! from one that answered, and name the gateway's address and the cause.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,8 @@ use haven_trust::pki::{self, CertsDir};
 use haven_trust::token::{MAX_LIFETIME_SECS, OrgSigner};
 use haven_trust::untrusted::shown;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::failure;
 
 /// Why the link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,8 @@ type TokenCache = HashMap<(String, Role), (String, i64)>;
 #[derive(Clone)]
 pub struct GatewayLink {
     channel: Channel,
+    /// The gateway's address, named in every failure to reach it.
+    url: Arc<str>,
     signer: OrgSigner,
     clock: SharedClock,
     tokens: Arc<Mutex<TokenCache>>,
@@ -128,7 +136,39 @@ impl GatewayLink {
             &first_der(&config.tls_cert)?,
         )
         .map_err(|e| LinkError::Signer(e.to_string()))?;
-        Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())) })
+        Ok(GatewayLink {
+            channel,
+            url: config.gateway_url.as_str().into(),
+            signer,
+            clock,
+            tokens: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The gateway's address, as configured.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A failed gateway call as the node passes it on to the person who asked: a call that never got
+    /// an answer becomes UNAVAILABLE naming the gateway's address and the cause (a refused TLS
+    /// handshake in words), an UNAVAILABLE the gateway sent says that the gateway answered it, with
+    /// the gateway's reason, and any other answer passes through unchanged.
+    pub fn relay(&self, s: tonic::Status) -> tonic::Status {
+        if failure::transport_failure(&s).is_some() || s.code() == tonic::Code::Unavailable {
+            tonic::Status::unavailable(self.describe(&s))
+        } else {
+            s
+        }
+    }
+
+    /// A failed gateway call on one line, for the log, a pending send and the witness: `cannot reach
+    /// the gateway at URL: <cause>`, or `the gateway at URL answered <CODE>: <its reason>`.
+    pub fn describe(&self, s: &tonic::Status) -> String {
+        match failure::transport_failure(s) {
+            Some(cause) => format!("cannot reach the gateway at {}: {}", self.url, failure::gateway_transport(cause)),
+            None => format!("the gateway at {} answered {}: {}", self.url, failure::code_name(s.code()), s.message()),
+        }
     }
 
     /// The channel to the gateway.

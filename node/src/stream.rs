@@ -74,7 +74,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String
     let mut client = GatewayClient::new(link.channel());
     let mut inbound = match client.deliveries(req).await {
         Ok(resp) => resp.into_inner(),
-        Err(e) => return format!("{}: {}", e.code(), e.message()),
+        Err(e) => return link.describe(&e),
     };
     // A frame read while draining a burst of items, to handle next.
     let mut lookahead = None;
@@ -144,7 +144,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> String
             }
             Ok(Some(_)) => {}
             Ok(None) => return "gateway closed the stream".into(),
-            Err(e) => return format!("{}: {}", e.code(), e.message()),
+            Err(e) => return link.describe(&e),
         }
     }
 }

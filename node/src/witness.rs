@@ -28,6 +28,7 @@ use haven_trust::registry::Fingerprint;
 use sqlx::Row;
 use tokio::sync::{Mutex, watch};
 
+use crate::failure;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::store::NodeStore;
 
@@ -137,19 +138,6 @@ pub fn to_proto(cp: &Checkpoint) -> SignedCheckpoint {
     }
 }
 
-/// What a refused gateway call means: the gateway refusing this organization's own credentials is an
-/// alarm (its certificates were unpinned or swapped); anything else only means it could not be asked.
-fn refused(what: &str, e: &tonic::Status) -> Finding {
-    if e.code() == tonic::Code::Unauthenticated {
-        Finding::alarm(
-            WitnessState::Unpinned,
-            format!("{what}: the gateway refuses this organization's own credentials: {}", e.message()),
-        )
-    } else {
-        Finding::alarm(WitnessState::Unreachable, format!("{what}: {}: {}", e.code(), e.message()))
-    }
-}
-
 /// The outcome of one check, before it is recorded.
 struct Finding {
     state: WitnessState,
@@ -226,7 +214,7 @@ impl Witness {
         };
         match AuditClient::new(self.0.link.channel()).get_checkpoint(req).await {
             Ok(resp) => self.observe(resp.into_inner()).await,
-            Err(e) => self.record(refused("cannot get a checkpoint", &e)).await,
+            Err(e) => self.record(self.refused("cannot get a checkpoint", &e)).await,
         }
     }
 
@@ -304,6 +292,20 @@ impl Witness {
         Ok(Finding { state: WitnessState::Ok, detail: format!("checkpoint of size {size} verified"), keep })
     }
 
+    /// What a refused gateway call means: the gateway refusing this organization's own credentials is
+    /// an alarm (its certificates were unpinned or swapped); anything else, a gateway that could not be
+    /// reached included, only means it could not be asked.
+    fn refused(&self, what: &str, e: &tonic::Status) -> Finding {
+        if e.code() == tonic::Code::Unauthenticated && failure::transport_failure(e).is_none() {
+            Finding::alarm(
+                WitnessState::Unpinned,
+                format!("{what}: the gateway refuses this organization's own credentials: {}", e.message()),
+            )
+        } else {
+            Finding::alarm(WitnessState::Unreachable, format!("{what}: {}", self.0.link.describe(e)))
+        }
+    }
+
     async fn consistency(&self, first: u64, second: u64) -> Result<Vec<merkle::Hash>, Finding> {
         let req = self
             .0
@@ -313,7 +315,7 @@ impl Witness {
         let proof = AuditClient::new(self.0.link.channel())
             .get_consistency_proof(req)
             .await
-            .map_err(|e| refused(&format!("cannot get a consistency proof from {first} to {second}"), &e))?
+            .map_err(|e| self.refused(&format!("cannot get a consistency proof from {first} to {second}"), &e))?
             .into_inner();
         merkle::proof_from_slices(&proof.hashes).map_err(|e| {
             Finding::alarm(WitnessState::Fork, format!("malformed consistency proof from the gateway: {e}"))
@@ -329,7 +331,7 @@ impl Witness {
         let pins = GatewayClient::new(self.0.link.channel())
             .get_pins(req)
             .await
-            .map_err(|e| refused("cannot read the registry's pins", &e))?
+            .map_err(|e| self.refused("cannot read the registry's pins", &e))?
             .into_inner();
         let own = pins.orgs.iter().find(|o| o.org_id == self.0.org.as_str());
         let (tls, signing) = own.map_or((&[][..], &[][..]), |o| (&o.tls_pins[..], &o.signing_pins[..]));

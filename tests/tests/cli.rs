@@ -574,3 +574,88 @@ async fn plain_http_to_another_machine_is_refused_before_any_token_is_sent() {
         assert_eq!(r.code, 5, "loopback over http is allowed, and unreachable here: {r:?}");
     }
 }
+
+/// A send the gateway does not take stays pending, and says why: the gateway answered UNAVAILABLE
+/// (here, its database is gone) with its reason, or it could not be reached at all (here, it is
+/// stopped), with its address and the cause. Other commands relayed by the node say the same.
+#[tokio::test]
+async fn a_pending_send_says_whether_the_gateway_answered_unavailable_or_could_not_be_reached() {
+    let net = TestNet::start().await;
+    let gateway = net.url();
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = record_housing_consent(&harbor).await;
+    let send = |json: bool| {
+        let (consent_id, subject) = (consent_id.clone(), subject.clone());
+        let harbor = &harbor;
+        async move {
+            let mut args = vec![
+                "referral",
+                "send",
+                "--to",
+                "maple-house",
+                "--purpose",
+                "housing",
+                "--subject",
+                &subject,
+                "--consent",
+                &consent_id,
+                "-f",
+                "urgency=high",
+                "-f",
+                "safe_to_contact_by=through_caseworker",
+            ];
+            if json {
+                args.push("--json");
+            }
+            as_person(harbor, "casey", &args).await
+        }
+    };
+
+    net.gateway.0.store.close().await;
+    let r = send(false).await;
+    assert_eq!(r.code, 0, "a pending send is accepted by the node: {r:?}");
+    let answered =
+        format!("is pending: the gateway at {gateway} answered UNAVAILABLE: the gateway's database is unavailable");
+    assert!(r.out.contains(&answered), "{r:?}");
+    assert!(!r.out.contains("could not be reached"), "the gateway was reached: {r:?}");
+    let id = r.out.split_whitespace().nth(1).unwrap().to_owned();
+    let shown = as_person(&harbor, "casey", &["referral", "show", &id]).await;
+    assert!(shown.out.contains("waiting:") && shown.out.contains("answered UNAVAILABLE"), "{shown:?}");
+    let listed = as_person(&harbor, "casey", &["consent", "list"]).await;
+    assert_eq!(listed.code, 5, "{listed:?}");
+    assert!(
+        listed.err.contains(&format!("the gateway at {gateway} answered UNAVAILABLE: the gateway's database")),
+        "{listed:?}"
+    );
+
+    // The same organization's node, pointed at a port where no gateway listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("https://localhost:{port}");
+    let cut_off = TestNode::start_at(
+        &net.dir.path().join("cut-off"),
+        &net.certs,
+        nowhere.clone(),
+        "harbor",
+        &[("casey", Role::Caseworker)],
+        std::sync::Arc::new(haven_trust::clock::SystemClock),
+    )
+    .await;
+    let r = as_person(
+        &cut_off,
+        "casey",
+        &["referral", "send", "--to", "maple-house", "--purpose", "housing", "-f", "urgency=high", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sent = r.one();
+    assert_eq!(sent["state"], "pending");
+    let reason = sent["pending_reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("cannot reach the gateway at {nowhere}: ")), "{reason}");
+    assert!(reason.contains("tcp connect error") && reason.to_lowercase().contains("connection refused"), "{reason}");
+    let who = as_person(&cut_off, "casey", &["whoami"]).await;
+    assert_eq!(who.code, 5, "{who:?}");
+    assert!(who.err.contains(&format!("cannot reach the gateway at {nowhere}: tcp connect error")), "{who:?}");
+    cut_off.stop().await;
+    harbor.stop().await;
+    net.stop().await;
+}

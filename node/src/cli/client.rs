@@ -8,7 +8,8 @@ use haven_proto::v1::node_client::NodeClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use super::error::{CliError, chain};
+use super::error::CliError;
+use crate::failure::chain;
 
 /// How to reach your node, and how to print what it says. Every people-facing command takes these.
 #[derive(Debug, Clone, clap::Args)]

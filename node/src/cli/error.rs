@@ -7,9 +7,11 @@
 //! | 2 | usage error: the command line is wrong |
 //! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
-//! | 5 | unavailable: the node or the gateway behind it cannot be reached (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
+//! | 5 | unavailable: the node or the gateway behind it cannot be reached, or answers UNAVAILABLE (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
 
 use tonic::Code;
+
+use crate::failure::{self, code_name};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -46,6 +48,9 @@ pub enum CliError {
         "cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)"
     )]
     Unreachable { node: String, detail: String },
+    /// The connection to the node failed during the call: the node never answered it.
+    #[error("the node did not answer: {0} (is `haven-node serve` still running? check its log)")]
+    NodeLost(String),
     /// The node, or the gateway behind it, answered with an error status.
     #[error("{what} ({code}): {message}", what = meaning(.0.code()), code = code_name(.0.code()), message = .0.message())]
     Status(tonic::Status),
@@ -62,7 +67,11 @@ pub enum CliError {
 
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
-        CliError::Status(s)
+        // A status made on this side from a transport failure is not the node's answer.
+        match failure::transport_failure(&s) {
+            Some(cause) => CliError::NodeLost(failure::chain(cause)),
+            None => CliError::Status(s),
+        }
     }
 }
 
@@ -71,7 +80,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Unreachable { .. } | CliError::WatchEnded => EXIT_UNAVAILABLE,
+            CliError::Unreachable { .. } | CliError::NodeLost(_) | CliError::WatchEnded => EXIT_UNAVAILABLE,
             CliError::Status(s) => match s.code() {
                 Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => EXIT_REFUSED,
                 Code::Unauthenticated | Code::PermissionDenied => EXIT_DENIED,
@@ -94,44 +103,6 @@ fn meaning(code: Code) -> &'static str {
     }
 }
 
-/// The canonical gRPC name of a status code, as `grpcurl` and the gRPC docs spell it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// An error and every cause under it, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +116,15 @@ mod tests {
         assert_eq!(code(Code::PermissionDenied), EXIT_DENIED);
         assert_eq!(code(Code::Unavailable), EXIT_UNAVAILABLE);
         assert_eq!(code(Code::Internal), EXIT_FAILED);
+    }
+
+    #[test]
+    fn a_status_made_from_a_lost_connection_is_not_the_nodes_answer() {
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let e = CliError::from(lost);
+        assert!(matches!(e, CliError::NodeLost(_)), "{e:?}");
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+        assert_eq!(CliError::from(tonic::Status::unknown("x")).exit_code(), EXIT_FAILED);
     }
 
     #[test]
