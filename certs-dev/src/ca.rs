@@ -19,8 +19,31 @@ use crate::issue::{Validity, random_serial};
 use crate::layout::Layout;
 use crate::store::{self, Existing, Secrecy};
 
-/// The common name of the development network CA.
-pub const NETWORK_CA_NAME: &str = "Haven Development Network CA";
+/// How every network CA's common name begins, unless the operator names it: `init` adds a random id
+/// (`Haven network CA 3f9a0c21`), so that two networks' CAs never share a subject. With one subject, a
+/// node dialing another network's gateway would find "its" CA and fail on a bad signature, instead of
+/// being told that the gateway's certificate comes from another CA.
+pub const NETWORK_CA_NAME: &str = "Haven network CA";
+
+/// A new CA's common name: `name` if the operator gave one, else [`NETWORK_CA_NAME`] and a random id.
+pub(crate) fn ca_common_name(name: Option<&str>) -> Result<String, CertsError> {
+    let Some(name) = name else {
+        return Ok(format!("{NETWORK_CA_NAME} {}", hex::encode(rand::random::<[u8; 4]>())));
+    };
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 64 || trimmed.chars().any(char::is_control) {
+        return Err(CertsError::BadCaName {
+            name: haven_trust::untrusted::shown(name),
+            detail: "a CA name is one line of 1 to 64 characters".to_owned(),
+        });
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The common name in a CA certificate's subject, if it has one.
+pub(crate) fn common_name(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned)
+}
 
 /// A CA that can issue certificates and sign CRLs.
 pub(crate) struct NetworkCa {
@@ -120,6 +143,11 @@ impl NetworkCa {
             _ => None,
         });
         Ok(ski.map_or(KeyIdMethod::Sha256, KeyIdMethod::PreSpecified))
+    }
+
+    /// The common name of the CA's subject.
+    pub(crate) fn name(&self) -> Result<String, CertsError> {
+        Ok(common_name(&parse_cert(&self.cert_der, &self.cert_path)?).unwrap_or_default())
     }
 
     /// Fails unless `cert` carries a valid signature by this CA.

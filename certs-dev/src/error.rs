@@ -101,6 +101,26 @@ pub enum CertsError {
         detail: String,
     },
 
+    /// A certificate request asks for something the network's profile for `--org` and `--kind` does
+    /// not give: another party's name, other names, CA powers or other usages.
+    #[error("refusing to sign {}: {detail}", path.display())]
+    CsrRefused {
+        /// The CSR file.
+        path: PathBuf,
+        /// What the request asked for, and what to do.
+        detail: String,
+    },
+
+    /// A file given to `install` does not fit its place (a key that is not its certificate's, a
+    /// certificate of another party, of the wrong kind or from another CA); nothing was installed.
+    #[error("{what}: {detail}; nothing was installed")]
+    InstallRefused {
+        /// The options the file came from.
+        what: &'static str,
+        /// What was wrong, naming the file.
+        detail: String,
+    },
+
     /// A file exists where a new one would be written, and it must not be overwritten.
     #[error("refusing to overwrite {}: {hint}", path.display())]
     AlreadyExists {
@@ -153,6 +173,26 @@ pub enum CertsError {
         path: PathBuf,
         /// The names it lacks, comma-separated.
         missing: String,
+    },
+
+    /// The name given for a new network CA cannot be its common name.
+    #[error("`{name}` cannot name the network CA: {detail}")]
+    BadCaName {
+        /// The name given (at most 64 characters of it).
+        name: String,
+        /// Why not.
+        detail: String,
+    },
+
+    /// `init --ca-name` was given for a directory whose CA has another name.
+    #[error("the network CA in {} is named `{existing}`, not `{asked}`; init never remakes the CA: leave out --ca-name, or run `haven-certs init --force` to start over with a new CA (every certificate is then reissued)", path.display())]
+    CaNameDiffers {
+        /// The existing `ca.pem`.
+        path: PathBuf,
+        /// Its common name.
+        existing: String,
+        /// The name given.
+        asked: String,
     },
 
     /// rcgen refused to build a key, certificate, request or CRL.

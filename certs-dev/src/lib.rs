@@ -11,6 +11,7 @@
 //! - [`revocation`] — [`revoke`], `revoked.toml` and `crl.pem`;
 //! - [`renewal`] — [`renew`];
 //! - [`csr`] — the production flow, [`make_csr`] and [`sign_csr`];
+//! - [`install`] — [`install()`], a node's certificate folder from the files an organization holds;
 //! - [`pins`] — `pins.toml`;
 //! - [`bad_certs`] — expired, unpinned and foreign certificates for TLS tests;
 //! - [`error`] — [`CertsError`].
@@ -24,6 +25,7 @@ mod store;
 pub mod bad_certs;
 pub mod csr;
 pub mod error;
+pub mod install;
 pub mod layout;
 pub mod network;
 pub mod party;
@@ -35,9 +37,10 @@ pub use bad_certs::{foreign_ca_org_cert, issue_expired_org_cert, issue_unpinned_
 pub use ca::NETWORK_CA_NAME;
 pub use csr::{make_csr, sign_csr};
 pub use error::CertsError;
+pub use install::{InstallFiles, Installed, install};
 pub use issue::Issued;
 pub use layout::Layout;
-pub use network::{InitReport, init, init_with_gateway_names};
+pub use network::{InitOptions, InitReport, init, init_with, init_with_gateway_names};
 pub use party::{CertKind, Party};
 pub use renewal::{renew, renew_with_gateway_names};
 pub use revocation::{RevocationCause, RevocationList, RevokedEntry, revoke, revoke_cert_file, revoke_party};

@@ -34,6 +34,10 @@ enum Command {
         /// 127.0.0.1). Repeat for several.
         #[arg(long = "gateway-name", value_name = "NAME")]
         gateway_names: Vec<String>,
+        /// The name of a new network CA (its subject's common name), which TLS errors show; default
+        /// `Haven network CA` and a random id, so no two networks' CAs look alike.
+        #[arg(long, value_name = "NAME")]
+        ca_name: Option<String>,
     },
     /// Revoke a certificate: add it to crl.pem and remove its pin.
     Revoke {
@@ -79,6 +83,38 @@ enum Command {
         /// Where to write the certificate (must not exist).
         #[arg(long)]
         cert_out: PathBuf,
+    },
+    /// Put an organization's certificates and keys, the network CA and the gateway's checkpoint
+    /// signing certificate where a node reads them (DIR/ca.pem, DIR/gateway/signing.crt,
+    /// DIR/orgs/<ID>/...), keys 0600. Every file is checked first; nothing is written if one is wrong.
+    Install {
+        /// The organization.
+        #[arg(long)]
+        org: OrgId,
+        /// The TLS certificate `sign-csr` issued.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// Its key (from `haven-certs csr --kind tls`).
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// The signing certificate `sign-csr` issued.
+        #[arg(long)]
+        signing_cert: PathBuf,
+        /// Its key (from `haven-certs csr --kind signing`).
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The network CA certificate (ca.pem) the operator sent.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The gateway's checkpoint signing certificate (gateway/signing.crt) the operator sent.
+        #[arg(long)]
+        gateway_signing_cert: PathBuf,
+        /// The node's certificate folder (its --certs).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace files already there with other content (after a renewal).
+        #[arg(long)]
+        replace: bool,
     },
     /// Make a new key and a certificate request, as an organization does (its key never leaves it).
     Csr {
@@ -146,7 +182,7 @@ fn print_issued(issued: &Issued) {
 fn print_init(report: &InitReport) {
     let layout = &report.layout;
     let verb = if report.ca_created { "created" } else { "reused " };
-    println!("{verb}  network CA {}", layout.ca_cert().display());
+    println!("{verb}  network CA {} (`{}`)", layout.ca_cert().display(), report.ca_name);
     for issued in &report.issued {
         print_issued(issued);
     }
@@ -162,8 +198,9 @@ fn print_init(report: &InitReport) {
 
 fn run(cli: Cli) -> Result<(), haven_certs::CertsError> {
     match cli.command {
-        Command::Init { orgs, out, force, gateway_names } => {
-            let report = haven_certs::init_with_gateway_names(&orgs, &out, force, &gateway_names)?;
+        Command::Init { orgs, out, force, gateway_names, ca_name } => {
+            let options = haven_certs::InitOptions { force, gateway_names, ca_name };
+            let report = haven_certs::init_with(&orgs, &out, &options)?;
             print_init(&report);
         }
         Command::Revoke { out, target, signing } => {
@@ -197,6 +234,30 @@ fn run(cli: Cli) -> Result<(), haven_certs::CertsError> {
             let issued = haven_certs::sign_csr(&out, &org, &csr, kind, &cert_out)?;
             print_issued(&issued);
             println!("pinned   in {}", Layout::new(&out).pins().display());
+        }
+        Command::Install {
+            org,
+            tls_cert,
+            tls_key,
+            signing_cert,
+            signing_key,
+            ca,
+            gateway_signing_cert,
+            out,
+            replace,
+        } => {
+            let files =
+                haven_certs::InstallFiles { tls_cert, tls_key, signing_cert, signing_key, ca, gateway_signing_cert };
+            let done = haven_certs::install(&org, &files, &out, replace)?;
+            for path in &done.written {
+                println!("wrote    {}", path.display());
+            }
+            for path in &done.unchanged {
+                println!("kept     {} (already there)", path.display());
+            }
+            println!("network CA `{}`", done.ca_name);
+            println!("pins     tls {}  signing {} (the registry must list these)", done.tls_pin, done.signing_pin);
+            println!("next:    haven-node serve --org {org} --certs {} ...", out.display());
         }
         Command::Csr { org, kind, key_out, csr_out } => {
             haven_certs::make_csr(&org, kind, &key_out, &csr_out)?;

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use haven_trust::registry::{PinsFile, Registry};
 
-use crate::ca::{NETWORK_CA_NAME, NetworkCa};
+use crate::ca::{NetworkCa, ca_common_name};
 use crate::error::CertsError;
 use crate::issue::{Issued, OnDisk, Validity, dns_names_of, gateway_names, issue_with_new_key, takes_dns_names};
 use crate::layout::Layout;
@@ -36,12 +36,26 @@ pub struct InitReport {
     pub pseudonym_key_created: bool,
     /// The pins now in `pins.toml`.
     pub pins: PinsFile,
+    /// The network CA's common name.
+    pub ca_name: String,
+}
+
+/// What [`init_with`] is asked to do beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Delete everything an earlier `init` wrote, the CA included, and start over.
+    pub force: bool,
+    /// DNS names for the gateway's TLS certificate, beside `localhost` and `127.0.0.1`.
+    pub gateway_names: Vec<String>,
+    /// The common name of a new CA; by default `Haven network CA` and a random id, so that no two
+    /// networks' CAs share a subject. Refused if the directory's CA exists under another name.
+    pub ca_name: Option<String>,
 }
 
 /// Sets up (or completes) the development PKI in `out` for the organizations of `orgs_toml`. See the
 /// module documentation for what a rerun and `force` do.
 pub fn init(orgs_toml: &Path, out: &Path, force: bool) -> Result<InitReport, CertsError> {
-    init_with_gateway_names(orgs_toml, out, force, &[])
+    init_with(orgs_toml, out, &InitOptions { force, ..InitOptions::default() })
 }
 
 /// [`init`], with the gateway's TLS certificate also naming `names` (DNS host names).
@@ -51,7 +65,13 @@ pub fn init_with_gateway_names(
     force: bool,
     names: &[String],
 ) -> Result<InitReport, CertsError> {
-    let names = gateway_names(names)?;
+    init_with(orgs_toml, out, &InitOptions { force, gateway_names: names.to_vec(), ca_name: None })
+}
+
+/// [`init`] with every option.
+pub fn init_with(orgs_toml: &Path, out: &Path, options: &InitOptions) -> Result<InitReport, CertsError> {
+    let (force, names) = (options.force, gateway_names(&options.gateway_names)?);
+    let ca_name = ca_common_name(options.ca_name.as_deref())?;
     let registry = Registry::load(orgs_toml, None).map_err(|problems| CertsError::Registry {
         path: orgs_toml.to_owned(),
         problems: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
@@ -62,10 +82,15 @@ pub fn init_with_gateway_names(
     }
 
     let (ca, ca_created) = if layout.ca_cert().exists() || layout.ca_key().exists() {
-        (NetworkCa::load(&layout)?, false)
+        let ca = NetworkCa::load(&layout)?;
+        let existing = ca.name()?;
+        if options.ca_name.is_some() && existing != ca_name {
+            return Err(CertsError::CaNameDiffers { path: layout.ca_cert(), existing, asked: ca_name });
+        }
+        (ca, false)
     } else {
         refuse_orphans(&layout)?;
-        let mut ca = NetworkCa::generate(NETWORK_CA_NAME)?;
+        let mut ca = NetworkCa::generate(&ca_name)?;
         ca.write(&layout, Existing::Refuse(HINT_USE_RENEW))?;
         (ca, true)
     };
@@ -123,7 +148,8 @@ pub fn init_with_gateway_names(
     revocation::publish(&layout, &ca, &mut revoked)?;
     let pins = pins::rebuild(&layout, &revoked)?;
     pins::save(&layout, &pins)?;
-    Ok(InitReport { layout, ca_created, issued, pseudonym_key_created, pins })
+    let ca_name = ca.name()?;
+    Ok(InitReport { layout, ca_created, issued, pseudonym_key_created, pins, ca_name })
 }
 
 /// Removes everything `init` writes (and nothing else in the directory).

@@ -99,7 +99,10 @@ fn init_writes_every_file_with_the_network_profiles() {
     assert!(ca.is_ca());
     let ku = ca.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign());
-    assert!(ca.subject().to_string().contains("Haven Development Network CA"));
+    let cn = ca.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(cn, report.ca_name);
+    let id = cn.strip_prefix("Haven network CA ").expect("the default name and an id");
+    assert!(id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{cn}");
 
     // Secrets are 0600.
     let mut secrets =
@@ -216,6 +219,37 @@ fn rerun_keeps_the_ca_and_adds_a_newly_listed_org() {
     assert_eq!(PinsFile::load(&layout.pins()).unwrap().org[&new].signing.len(), 1);
 }
 
+/// Two networks' CAs never share a subject: a node that dials another network's gateway is then told
+/// the certificate comes from an unknown issuer, instead of failing on a bad signature of a CA that
+/// merely looks like its own.
+#[test]
+fn every_init_makes_a_ca_with_a_subject_of_its_own_or_the_name_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = |out: &Path| {
+        let der = read_der(&Layout::new(out).ca_cert());
+        X509Certificate::from_der(&der).unwrap().1.subject().to_string()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let no_orgs = dir.path().join("no-orgs.toml");
+    std::fs::write(&no_orgs, "# organizations enrol by certificate request\n").unwrap();
+    haven_certs::init(&no_orgs, &a, false).unwrap();
+    haven_certs::init(&no_orgs, &b, false).unwrap();
+    assert_ne!(subject(&a), subject(&b));
+
+    let named = dir.path().join("named");
+    let options = |name: &str| haven_certs::InitOptions { ca_name: Some(name.to_owned()), ..Default::default() };
+    let report = haven_certs::init_with(&no_orgs, &named, &options("Lakeshore Haven Network CA")).unwrap();
+    assert_eq!(report.ca_name, "Lakeshore Haven Network CA");
+    assert!(subject(&named).contains("CN=Lakeshore Haven Network CA"), "{}", subject(&named));
+    // A rerun keeps the CA; naming it otherwise is refused rather than ignored.
+    haven_certs::init_with(&no_orgs, &named, &options("Lakeshore Haven Network CA")).unwrap();
+    let err = haven_certs::init_with(&no_orgs, &named, &options("Another CA")).unwrap_err();
+    assert!(matches!(err, CertsError::CaNameDiffers { .. }), "{err}");
+    assert!(err.to_string().contains("is named `Lakeshore Haven Network CA`, not `Another CA`"), "{err}");
+    let err = haven_certs::init_with(&no_orgs, &dir.path().join("bad"), &options("")).unwrap_err();
+    assert!(matches!(err, CertsError::BadCaName { .. }), "{err}");
+}
+
 #[test]
 fn init_never_overwrites_half_a_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,14 +364,11 @@ fn sign_csr_forces_the_network_profile_and_refuses_other_keys() {
     haven_certs::init(&repo_orgs(), &out, false).unwrap();
     let harbor = org("harbor");
 
-    // A request asking for far more than it should get.
+    // A request that asks for nothing (as `openssl req -new` makes by default) gets the profile.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
-    params.subject_alt_names.push(rcgen::SanType::URI("haven://org/metro-police".try_into().unwrap()));
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
-    let csr_path = dir.path().join("greedy.csr");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Harbor Light Outreach");
+    let csr_path = dir.path().join("plain.csr");
     std::fs::write(&csr_path, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
 
     let cert_out = dir.path().join("harbor-tls.crt");
@@ -399,6 +430,219 @@ fn sign_csr_forces_the_network_profile_and_refuses_other_keys() {
     std::fs::write(&tampered, lines.join("\n")).unwrap();
     let err = haven_certs::sign_csr(&out, &harbor, &tampered, CertKind::Tls, &dir.path().join("y.crt")).unwrap_err();
     assert!(matches!(err, CertsError::BadCsr { .. }), "{err}");
+}
+
+/// A request that asks for more than the profile, or names another party, is refused before anything
+/// is signed, with what it asked for and what to do: it is most likely another organization's request
+/// or the wrong kind, and signing it would put the wrong key behind the organization's name.
+#[test]
+fn sign_csr_refuses_a_request_naming_another_party_or_asking_beyond_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let layout = Layout::new(&out);
+    haven_certs::init(&repo_orgs(), &out, false).unwrap();
+    let pins_before = std::fs::read(layout.pins()).unwrap();
+    let harbor = org("harbor");
+    let request = |name: &str, edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        edit(&mut params);
+        let path = dir.path().join(format!("{name}.csr"));
+        std::fs::write(&path, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+        path
+    };
+    let uri = |u: &str| rcgen::SanType::URI(u.try_into().unwrap());
+    // Another organization's request, made by `haven-certs csr` as that organization would.
+    let police_csr = dir.path().join("police.csr");
+    haven_certs::make_csr(&org("metro-police"), CertKind::Tls, &dir.path().join("police.key"), &police_csr).unwrap();
+    let tls_csr = dir.path().join("harbor-tls.csr");
+    haven_certs::make_csr(&harbor, CertKind::Tls, &dir.path().join("harbor-tls.key"), &tls_csr).unwrap();
+    let cases: Vec<(PathBuf, CertKind, &str)> = vec![
+        (
+            police_csr,
+            CertKind::Tls,
+            "it is a request of another organization: it names haven://org/metro-police, but --org is harbor; if it is metro-police's request, sign it with --org metro-police",
+        ),
+        (
+            request("both", &|p| {
+                p.subject_alt_names = vec![uri("haven://org/harbor"), uri("haven://org/maple-house")];
+            }),
+            CertKind::Tls,
+            "names haven://org/maple-house, but --org is harbor",
+        ),
+        (
+            request("gateway", &|p| p.subject_alt_names = vec![uri("haven://gateway")]),
+            CertKind::Tls,
+            "it names the gateway (haven://gateway)",
+        ),
+        (
+            request("dns", &|p| {
+                p.subject_alt_names =
+                    vec![uri("haven://org/harbor"), rcgen::SanType::DnsName("evil.example".try_into().unwrap())];
+            }),
+            CertKind::Tls,
+            "it asks for names an organization's certificate never carries (DNS:evil.example)",
+        ),
+        (
+            request("ca", &|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)),
+            CertKind::Tls,
+            "it asks to be a certificate authority",
+        ),
+        (
+            request("ku", &|p| {
+                p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyCertSign]
+            }),
+            CertKind::Signing,
+            "it asks for key usage digitalSignature, keyCertSign; the profile gives digitalSignature only",
+        ),
+        (
+            request("eku", &|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning]),
+            CertKind::Tls,
+            "it asks for extended key usage codeSigning; the tls profile gives clientAuth and serverAuth only",
+        ),
+        (
+            tls_csr.clone(),
+            CertKind::Signing,
+            "it asks for the TLS usages clientAuth, serverAuth, so it is a TLS request: sign it with --kind tls",
+        ),
+    ];
+    for (csr, kind, says) in cases {
+        let cert_out = dir.path().join("out.crt");
+        let err = haven_certs::sign_csr(&out, &harbor, &csr, kind, &cert_out).unwrap_err();
+        assert!(matches!(err, CertsError::CsrRefused { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("refusing to sign {}: ", csr.display())), "{text}");
+        assert!(text.contains(says), "{} should say {says}: {text}", csr.display());
+        assert!(!cert_out.exists(), "nothing is written for {}", csr.display());
+    }
+    assert_eq!(std::fs::read(layout.pins()).unwrap(), pins_before, "nothing is pinned");
+    // The organization's own TLS request, signed as what it is.
+    haven_certs::sign_csr(&out, &harbor, &tls_csr, CertKind::Tls, &dir.path().join("ok.crt")).unwrap();
+}
+
+/// What an organization holds after enrolment: its keys and requests made with `haven-certs csr`, the
+/// certificates the operator signed, and the operator's `ca.pem` and `gateway/signing.crt`.
+fn enrolled(dir: &Path, pki: &Path, id: &str) -> haven_certs::InstallFiles {
+    let org = org(id);
+    let at = |name: &str| dir.join(format!("{id}-{name}"));
+    for (kind, name) in [(CertKind::Tls, "tls"), (CertKind::Signing, "signing")] {
+        let (key, csr, cert) = (at(&format!("{name}.key")), at(&format!("{name}.csr")), at(&format!("{name}.crt")));
+        haven_certs::make_csr(&org, kind, &key, &csr).unwrap();
+        haven_certs::sign_csr(pki, &org, &csr, kind, &cert).unwrap();
+    }
+    let layout = Layout::new(pki);
+    haven_certs::InstallFiles {
+        tls_cert: at("tls.crt"),
+        tls_key: at("tls.key"),
+        signing_cert: at("signing.crt"),
+        signing_key: at("signing.key"),
+        ca: layout.ca_cert(),
+        gateway_signing_cert: layout.gateway_signing_cert(),
+    }
+}
+
+/// `install` puts each file where a node reads it, keys 0600, after checking every one as a node
+/// would; a swapped, misplaced, foreign or other organization's file is refused, naming the option,
+/// and nothing is written.
+#[test]
+fn install_assembles_a_node_certificate_folder_and_refuses_files_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let no_orgs = dir.path().join("no-orgs.toml");
+    std::fs::write(&no_orgs, "# organizations enrol by certificate request\n").unwrap();
+    haven_certs::init(&no_orgs, &pki, false).unwrap();
+    let harbor = org("harbor");
+    let files = enrolled(dir.path(), &pki, "harbor");
+
+    let refusals: Vec<(&str, haven_certs::InstallFiles, OrgId, &str)> = vec![
+        (
+            "keys swapped",
+            haven_certs::InstallFiles {
+                tls_key: files.signing_key.clone(),
+                signing_key: files.tls_key.clone(),
+                ..files.clone()
+            },
+            harbor.clone(),
+            "--tls-cert and --tls-key: ",
+        ),
+        (
+            "TLS and signing certificates swapped with their keys",
+            haven_certs::InstallFiles {
+                tls_cert: files.signing_cert.clone(),
+                tls_key: files.signing_key.clone(),
+                signing_cert: files.tls_cert.clone(),
+                signing_key: files.tls_key.clone(),
+                ..files.clone()
+            },
+            harbor.clone(),
+            "clientAuth",
+        ),
+        (
+            "another organization's files",
+            files.clone(),
+            org("maple-house"),
+            "names haven://org/harbor, but it is installed as the certificate of haven://org/maple-house",
+        ),
+        (
+            "the gateway's TLS certificate as its signing certificate",
+            haven_certs::InstallFiles { gateway_signing_cert: Layout::new(&pki).gateway_tls_cert(), ..files.clone() },
+            harbor.clone(),
+            "--gateway-signing-cert: ",
+        ),
+        (
+            "a CA certificate that is not one",
+            haven_certs::InstallFiles { ca: files.tls_cert.clone(), ..files.clone() },
+            harbor.clone(),
+            "--ca: ",
+        ),
+    ];
+    let out = dir.path().join("node-certs");
+    for (case, given, id, says) in refusals {
+        let err = haven_certs::install(&id, &given, &out, false).unwrap_err();
+        assert!(matches!(err, CertsError::InstallRefused { .. }), "{case}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(says) && text.ends_with("; nothing was installed"), "{case}: {text}");
+        assert!(!out.exists(), "{case}: nothing is written");
+    }
+    // Another network's CA.
+    let other = dir.path().join("other-pki");
+    haven_certs::init(&no_orgs, &other, false).unwrap();
+    let foreign = haven_certs::InstallFiles { ca: Layout::new(&other).ca_cert(), ..files.clone() };
+    let err = haven_certs::install(&harbor, &foreign, &out, false).unwrap_err();
+    assert!(err.to_string().contains("was not issued by the network CA in"), "{err}");
+    assert!(!out.exists());
+
+    let done = haven_certs::install(&harbor, &files, &out, false).unwrap();
+    assert_eq!(done.written.len(), 6);
+    let node = haven_trust::pki::CertsDir(out.clone());
+    for (installed, given) in [
+        (node.ca_cert(), &files.ca),
+        (node.gateway_signing_cert(), &files.gateway_signing_cert),
+        (node.org_tls_cert(&harbor), &files.tls_cert),
+        (node.org_tls_key(&harbor), &files.tls_key),
+        (node.org_signing_cert(&harbor), &files.signing_cert),
+        (node.org_signing_key(&harbor), &files.signing_key),
+    ] {
+        assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(given).unwrap(), "{}", installed.display());
+    }
+    assert_eq!(mode(&node.org_tls_key(&harbor)), 0o600);
+    assert_eq!(mode(&node.org_signing_key(&harbor)), 0o600);
+    assert_eq!(done.tls_pin, fingerprint(&files.tls_cert));
+    use haven_trust::pki::{CertPurpose, check_identity};
+    let uri = harbor.uri();
+    check_identity(&node.org_tls_cert(&harbor), &node.org_tls_key(&harbor), &uri, CertPurpose::TlsClient).unwrap();
+    check_identity(&node.org_signing_cert(&harbor), &node.org_signing_key(&harbor), &uri, CertPurpose::Signing)
+        .unwrap();
+
+    // Again with the same files: nothing to do. With a renewed certificate: only with --replace.
+    let again = haven_certs::install(&harbor, &files, &out, false).unwrap();
+    assert_eq!((again.written.len(), again.unchanged.len()), (0, 6));
+    let renewed = enrolled(&dir.path().join("renewal"), &pki, "harbor");
+    let err = haven_certs::install(&harbor, &renewed, &out, false).unwrap_err();
+    assert!(matches!(err, CertsError::AlreadyExists { .. }) && err.to_string().contains("--replace"), "{err}");
+    assert_eq!(std::fs::read(node.org_tls_key(&harbor)).unwrap(), std::fs::read(&files.tls_key).unwrap());
+    let replaced = haven_certs::install(&harbor, &renewed, &out, true).unwrap();
+    assert_eq!(replaced.written.len(), 4, "the CA and the gateway's certificate are unchanged");
 }
 
 #[test]

@@ -67,6 +67,8 @@ fn entry(i: u64) -> AuditEntry {
         outcome: "queued".into(),
         correlation_id: format!("0197a0c4-2222-7000-8000-{i:012x}"),
         source_node: "harbor".into(),
+        counterparty_subject: format!("r_{:032x}", i % 5000),
+        encoding_version: Default::default(),
     }
 }
 
@@ -91,7 +93,13 @@ fn verify_rate(n: u64) {
         let e = entry(i);
         let leaf = e.leaf_hash();
         tree.push(leaf).expect("push");
-        let line = Line::Entry { entry: &e, leaf: hex::encode(leaf), subject_commitment: None, proof: None };
+        let line = Line::Entry {
+            entry: &e,
+            leaf: hex::encode(leaf),
+            subject_commitment: None,
+            counterparty_subject_commitment: None,
+            proof: None,
+        };
         bytes.extend_from_slice(line.to_json_line().as_bytes());
         if (i + 1) % 1000 == 0 || i + 1 == n {
             let cp = signer.sign(i + 1, &tree.root(), 1);

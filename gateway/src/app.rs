@@ -7,13 +7,14 @@ use std::sync::{Arc, RwLock};
 
 use haven_trust::audit::{Action, AuditEntry, CheckpointSigner};
 use haven_trust::clock::SharedClock;
+use haven_trust::owner_only;
 use haven_trust::pki::{self, CertsDir, PkiError};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::{self, Rejections};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::identity::{Authenticator, Trust};
 use crate::policy::Bundle;
 use crate::store::{Store, StoreError, crl};
@@ -21,6 +22,9 @@ use crate::store::{Store, StoreError, crl};
 /// Why the gateway could not start or reload. Each names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is out of range, or a folder it names does not exist.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("{0}")]
@@ -52,6 +56,7 @@ impl StartError {
     /// A stable code for the audit log's `reason`.
     pub fn code(&self) -> &'static str {
         match self {
+            StartError::Config(_) => "config_invalid",
             StartError::Pki(PkiError::EmptyCrl { .. }) => "crl_empty",
             StartError::Pki(PkiError::ForeignCrl { .. }) => "crl_not_the_cas",
             StartError::Pki(PkiError::Malformed { what: "CRL", .. }) => "crl_malformed",
@@ -126,8 +131,12 @@ fn read_text(path: PathBuf) -> Result<String, StartError> {
 
 fn load_bundle(config: &Config) -> Result<Bundle, StartError> {
     let pins = certs(config).pins();
-    Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
-        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))
+    let bundle = Bundle::load(&config.policies, pins.exists().then_some(pins.as_path()))
+        .map_err(|errs| StartError::Bundle(errs.iter().map(|e| e.to_string()).collect()))?;
+    for warning in bundle.warnings() {
+        tracing::warn!(%warning, "policy bundle");
+    }
+    Ok(bundle)
 }
 
 /// The TLS material read from disk, checked, but not yet in force.
@@ -205,7 +214,11 @@ impl Gateway {
     /// files stops here with the file named.
     pub async fn open(config: Config, clock: SharedClock) -> Result<Gateway, StartError> {
         pki::install_crypto_provider();
+        config.validate()?;
         let dir = certs(&config);
+        for key in owner_only::loose(&[dir.gateway_tls_key(), dir.gateway_signing_key(), dir.pseudonym_key()]) {
+            tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
+        }
         let bundle = Arc::new(load_bundle(&config)?);
         let tls = read_tls(&config)?;
         pki::check_identity(
@@ -219,7 +232,7 @@ impl Gateway {
             .map_err(|e| StartError::File(format!("{}: {e}", dir.gateway_signing_key().display())))?;
         let pseudonym_key = parse_pseudonym_key(&read_text(dir.pseudonym_key())?)
             .map_err(|e| StartError::File(format!("{}: {e}", dir.pseudonym_key().display())))?;
-        let store = Store::open(&config.database).await?;
+        let store = Store::open_with(&config.database, config.wal_idle).await?;
         check_crl_order(&store, &config, &tls).await?;
         let TlsMaterial { config: tls_config, revoked_serials, crl: accepted_crl } = tls;
         let trust = Trust { bundle, revoked_serials };
@@ -445,6 +458,15 @@ impl Gateway {
         integrator.abort();
         if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
             tracing::warn!(error = %e, "could not write aggregated rejections at shutdown");
+        }
+        // Last: acknowledged payloads, which `secure_delete` overwrote in the database file, leave
+        // SQLite's write-ahead log too.
+        match self.0.store.truncate_wal().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "could not truncate SQLite's write-ahead log at shutdown (a reader held it for 15 s); deleted payloads may remain in it until the next start"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not truncate SQLite's write-ahead log at shutdown"),
         }
         result
     }

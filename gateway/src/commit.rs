@@ -170,7 +170,7 @@ async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Jo
 
 /// Runs the jobs in one transaction on `held` (or a connection from the pool) and answers each.
 /// Returns whether audit entries were committed, and the connection if the commit succeeded (one
-/// that failed may be broken; the pool checks it).
+/// that failed may be broken, or still count its transaction; the pool checks it, and replaces it).
 async fn commit_batch(
     store: Store,
     held: Option<PoolConnection<Any>>,
@@ -213,15 +213,15 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         }
     };
     let postgres = store.backend() == Backend::Postgres;
-    let mut broken: Option<String> = None;
+    let mut broken: Option<StoreError> = None;
     if postgres && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await {
-        broken = Some(e.to_string());
+        broken = Some(e.into());
     }
     let (reads, jobs): (Vec<Reads>, Vec<Work>) = jobs.into_iter().map(|j| (j.reads, j.work)).unzip();
     if broken.is_none() && reads.iter().any(|r| !r.is_empty()) {
         match Prefetched::read(&mut batch.tx, reads.iter()).await {
             Ok(seen) => batch.seen = seen,
-            Err(e) => broken = Some(e.to_string()),
+            Err(e) => broken = Some(e.into()),
         }
     }
     // What closes the last unit's savepoint when it succeeded: it goes out with the statement that
@@ -239,7 +239,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             let open = format!("{close}SAVEPOINT unit");
             close = "";
             if let Err(e) = sqlx::raw_sql(AssertSqlSafe(open)).execute(&mut *batch.tx).await {
-                broken = Some(e.to_string());
+                broken = Some(e.into());
                 finishes.push(work(None).await.1);
                 continue;
             }
@@ -259,19 +259,19 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit").execute(&mut *batch.tx).await
         {
             // Undone at once, so the next unit never sees what this one wrote.
-            broken = Some(e.to_string());
+            broken = Some(e.into());
         }
     }
     if broken.is_none()
         && !close.is_empty()
         && let Err(e) = sqlx::raw_sql(AssertSqlSafe(close.trim_end_matches("; "))).execute(&mut *batch.tx).await
     {
-        broken = Some(e.to_string());
+        broken = Some(e.into());
     }
     let Batch { mut tx, rows, mut audit, counts, .. } = batch;
     let appended = !audit.is_empty();
     let outcome = match broken {
-        Some(why) => Err(StoreError::Commit(why)),
+        Some(why) => Err(why.commit_failed()),
         None => async {
             rows.write(&mut tx).await?;
             if appended {
@@ -281,7 +281,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             tx.commit_visible().await
         }
         .await
-        .map_err(|e| StoreError::Commit(e.to_string())),
+        .map_err(StoreError::commit_failed),
     };
     let committed = outcome.is_ok();
     match outcome {

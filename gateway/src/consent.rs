@@ -434,7 +434,9 @@ pub async fn revoke(g: &Gateway, caller: &Caller, consent_id: &str, reason: &str
     .await?;
     let mut entries = vec![(entry(g, caller, Action::ConsentRevoked, &stored.receipt, reason.as_str()), String::new())];
     audit::append(&mut tx, &mut entries).await?;
-    let wake = crate::routing::lifecycle::consent_ended(g, &mut tx, consent_id, reason.as_str(), now).await?;
+    let wake =
+        crate::routing::lifecycle::consent_ended(g, &mut tx, caller.org.as_str(), consent_id, reason.as_str(), now)
+            .await?;
     tx.commit().await?;
     for org in wake {
         g.0.wakeups.wake(&org);
@@ -524,7 +526,15 @@ pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
                 ..Default::default()
             };
             audit::append(&mut tx, &mut [(system, String::new())]).await?;
-            let wake = crate::routing::lifecycle::consent_ended(g, &mut tx, &id, "expired", now).await?;
+            let wake = crate::routing::lifecycle::consent_ended(
+                g,
+                &mut tx,
+                stored.receipt.controller.as_str(),
+                &id,
+                "expired",
+                now,
+            )
+            .await?;
             tx.commit().await?;
             for org in wake {
                 g.0.wakeups.wake(&org);

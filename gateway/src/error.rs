@@ -35,7 +35,7 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Store(StoreError::Sql(e))
+        Error::Store(e.into())
     }
 }
 
@@ -59,6 +59,12 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable(
                     "the change was committed but the gateway could not sync it to disk, so a power failure could still undo it; the gateway's operator must check its disk; retry later (the change may already be applied)",
+                )
+            }
+            Error::Store(e @ StoreError::DiskFull(_)) => {
+                tracing::error!(error = %e, "storage failure: the database's disk is full; free space on it");
+                Status::resource_exhausted(
+                    "the gateway's database disk is full; nothing was committed. The gateway's operator must free space on the disk that holds its database; retry later",
                 )
             }
             Error::Store(e) => {

@@ -5,7 +5,8 @@
 //! - [`policy`]: the sharing-policy bundle and the pure decision function;
 //! - [`audit`]: appending to the audit log in the same transaction as each state change;
 //! - [`store`]: SQLite and PostgreSQL behind one code path, with embedded migrations;
-//! - [`stream`]: each node's delivery stream;
+//! - [`stream`]: each node's delivery stream, and the lease that lets one stream per organization
+//!   receive across replicas;
 //! - [`service`]: the gRPC services; [`server`]: the listener that serves them;
 //! - [`app`]: the running gateway's state and its reload path; [`config`]: its settings.
 

@@ -45,7 +45,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A TOML file with any of: listen, certs, policies, database, max_message_bytes,
-    /// request_timeout_secs, keepalive_secs. Flags and HAVEN_* variables take precedence.
+    /// request_timeout_secs, keepalive_secs, heartbeat_secs. Flags and HAVEN_* variables take precedence.
     #[arg(long, env = "HAVEN_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on for nodes.
@@ -91,6 +91,9 @@ impl ServeArgs {
         }
         if let Some(s) = file.keepalive_secs {
             config.keepalive = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = file.heartbeat_secs {
+            config.heartbeat = std::time::Duration::from_secs(s);
         }
         Ok(config)
     }

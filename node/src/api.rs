@@ -222,16 +222,16 @@ impl Node for NodeService {
 }
 
 fn db(e: sqlx::Error) -> Status {
-    tracing::error!(error = %e, "node database");
-    Status::unavailable("the node's database is unavailable")
+    crate::store::status(e)
 }
 
-/// Whether a failed submission should stay pending and be retried (the gateway could not be reached
-/// or did not answer), as opposed to a refusal of the message itself.
+/// Whether a failed submission should stay pending and be retried (the gateway could not be reached,
+/// did not answer, or its database disk is full), as opposed to a refusal of the message itself.
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
@@ -240,7 +240,8 @@ fn retryable(s: &Status) -> bool {
 }
 
 /// Submits a recorded send and records the outcome. A gateway that cannot be reached, or answers that
-/// it cannot take the message now, leaves it pending, with the reason.
+/// it cannot take the message now (UNAVAILABLE, or RESOURCE_EXHAUSTED when its database disk is full),
+/// leaves it pending, with the reason.
 pub async fn submit(
     state: &NodeState,
     env: Envelope,

@@ -78,6 +78,11 @@ impl Node {
             return Err(NodeError::NeedsTls(config.listen));
         }
         let users = Users::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
+        let mut keys = vec![config.link.tls_key.clone(), config.link.signing_key.clone()];
+        keys.extend(config.api_tls.as_ref().map(|(_, key)| key.clone()));
+        for key in haven_trust::owner_only::loose(&keys) {
+            tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
+        }
         let store = NodeStore::open(&config.database).await?;
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());
@@ -155,6 +160,15 @@ impl Node {
         let _ = stop_tx.send(true);
         let _ = stream.await;
         let _ = retrier.await;
+        // Last: what writes replaced or deleted leaves SQLite's write-ahead log, which
+        // `secure_delete` does not reach.
+        match self.state.store.truncate_wal().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("could not truncate the node database's write-ahead log at shutdown (a reader held it)")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not truncate the node database's write-ahead log at shutdown"),
+        }
         result.map_err(|e| NodeError::Tls(e.to_string()))
     }
 }

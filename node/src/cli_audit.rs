@@ -15,7 +15,7 @@ use haven_proto::v1::{
     AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest, GetCheckpointRequest,
     SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest,
 };
-use haven_trust::audit::AuditEntry;
+use haven_trust::audit::{AuditEntry, Encoding};
 use haven_trust::export::{ConsistencyLine, Line};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -52,13 +52,17 @@ pub enum AuditCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// "Who has seen my data?": every disclosure about one subject.
+    /// "Who has seen my data?": every disclosure one controller made about one of its subjects.
     Report {
         #[command(flatten)]
         client: ClientArgs,
         /// The subject's pseudonym (the controller's).
         #[arg(long)]
         subject: String,
+        /// The controller that minted the pseudonym: required of a network auditor; a privacy officer
+        /// reports on their own organization's subjects only and may leave it out.
+        #[arg(long)]
+        controller: Option<String>,
     },
     /// The gateway's newest signed checkpoint (with --json, a file `verify --checkpoint` accepts).
     Checkpoint {
@@ -126,6 +130,9 @@ pub struct FilterArgs {
     /// A subject pseudonym.
     #[arg(long)]
     pub subject: Option<String>,
+    /// With --subject: the organization that minted it (only its entries about that subject).
+    #[arg(long)]
+    pub subject_controller: Option<String>,
     #[arg(long)]
     pub message_id: Option<String>,
     #[arg(long)]
@@ -159,6 +166,7 @@ impl FilterArgs {
             action: s(&self.action),
             decision: s(&self.decision),
             subject: s(&self.subject),
+            subject_controller: s(&self.subject_controller),
             message_id: s(&self.message_id),
             consent_id: s(&self.consent_id),
         })
@@ -211,6 +219,10 @@ fn entry(e: &haven_proto::v1::AuditEntry) -> AuditEntry {
         outcome: e.outcome.clone(),
         correlation_id: e.correlation_id.clone(),
         source_node: e.source_node.clone(),
+        // The wire form does not show it.
+        counterparty_subject: String::new(),
+        // The first byte of the canonical encoding.
+        encoding_version: e.canonical.first().and_then(|v| Encoding::of_version(*v)).unwrap_or_default(),
     }
 }
 
@@ -250,7 +262,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             query(&client, &filter, page_size, cursor, all).await
         }
         AuditCommand::Export { client, filter, out } => export(&client, &filter, out).await,
-        AuditCommand::Report { client, subject } => report(&client, subject).await,
+        AuditCommand::Report { client, subject, controller } => report(&client, subject, controller).await,
         AuditCommand::Checkpoint { client, refresh, consistency_from } => {
             checkpoint(&client, refresh, consistency_from).await
         }
@@ -343,13 +355,10 @@ async fn export(client: &ClientArgs, filter: &FilterArgs, out: Option<PathBuf>) 
     Ok(())
 }
 
-async fn report(client: &ClientArgs, subject: String) -> anyhow::Result<()> {
+async fn report(client: &ClientArgs, subject: String, controller: Option<String>) -> anyhow::Result<()> {
     let mut audit = AuditClient::new(client.channel().await?);
-    let resp = audit
-        .subject_access_report(client.request(SubjectAccessRequest { subject_pseudonym: subject })?)
-        .await
-        .map_err(status)?
-        .into_inner();
+    let request = SubjectAccessRequest { subject_pseudonym: subject, controller: controller.unwrap_or_default() };
+    let resp = audit.subject_access_report(client.request(request)?).await.map_err(status)?.into_inner();
     if client.json {
         let list: Vec<serde_json::Value> = resp
             .disclosures
@@ -367,10 +376,18 @@ async fn report(client: &ClientArgs, subject: String) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "subject_pseudonym": resp.subject_pseudonym, "disclosures": list }));
+        println!(
+            "{}",
+            serde_json::json!({ "subject_pseudonym": resp.subject_pseudonym, "controller": resp.controller, "disclosures": list })
+        );
         return Ok(());
     }
-    println!("disclosures about subject {}: {}", resp.subject_pseudonym, resp.disclosures.len());
+    println!(
+        "disclosures by {} about its subject {}: {}",
+        resp.controller,
+        resp.subject_pseudonym,
+        resp.disclosures.len()
+    );
     let rows: Vec<Vec<String>> = resp
         .disclosures
         .iter()

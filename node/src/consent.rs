@@ -112,6 +112,6 @@ pub async fn remember(state: &NodeState, record: &ConsentRecord, subject: &str, 
         .bind(state.clock.now_micros())
         .execute(state.store.pool())
         .await
-        .map_err(|e| Status::unavailable(format!("node database: {e}")))?;
+        .map_err(crate::store::status)?;
     Ok(())
 }

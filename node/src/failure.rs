@@ -93,7 +93,7 @@ const ALERT_RECEIVED: &str = "received fatal alert: ";
 
 /// The name of the TLS alert the other end sent, if one ended the connection. A connection lost inside
 /// HTTP/2 keeps only the text of the I/O error that carried rustls's error, so the text is read too.
-fn received_alert(e: &(dyn Error + 'static)) -> Option<String> {
+pub fn received_alert(e: &(dyn Error + 'static)) -> Option<String> {
     if let Some(rustls::Error::AlertReceived(alert)) = tls_error(e) {
         return Some(format!("{alert:?}"));
     }

@@ -91,15 +91,58 @@ fn first_der(path: &Path) -> Result<Vec<u8>, LinkError> {
 /// Minted tokens by (person, role), with their expiry.
 type TokenCache = HashMap<(String, Role), (String, i64)>;
 
+/// What the node dials and trusts, to say what a failed call means. Its `url` is named in every
+/// failure to reach the gateway.
+#[derive(Debug)]
+struct Dialing {
+    url: String,
+    name: String,
+    ca_path: PathBuf,
+    /// The network CA's subject, which names the network (`CN=Haven network CA 3f9a0c21, O=Haven`).
+    ca_subject: String,
+}
+
+impl Dialing {
+    /// What a handshake failure means, for the operator of this node, when this node refused the
+    /// gateway's certificate (a refusal of this node's certificate by the gateway is said by
+    /// [`failure::gateway_transport`]); `None` for any other failure.
+    fn explain(&self, cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+        use rustls::CertificateError as C;
+        let tls = failure::tls_error(cause)?;
+        let (url, ca) = (&self.url, self.ca_path.display());
+        let what = match tls {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                "the gateway at {url} presented a certificate that the network CA in {ca} ({}) did not issue: either {url} is another network's gateway, or {ca} is another network's CA; check --gateway, and the ca.pem the operator sent (`haven-certs install` checks it against this organization's certificates)",
+                self.ca_subject
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+                "the gateway at {url} presented a certificate that does not carry the name `{}` (--gateway-name): give the name the gateway's certificate was issued for, or have the operator add it (`haven-certs renew --out CA_DIR --gateway --gateway-name {}`)",
+                self.name, self.name
+            ),
+            rustls::Error::InvalidCertificate(
+                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+            ) => format!(
+                "the gateway at {url} presented a certificate outside its validity period: the operator must renew it (`haven-certs renew --gateway`), or this machine's clock is wrong"
+            ),
+            rustls::Error::InvalidCertificate(C::Revoked) => {
+                format!(
+                    "the gateway at {url} presented a revoked certificate: the operator must install its renewed one"
+                )
+            }
+            _ => return None,
+        };
+        Some(format!("{what} (TLS: {tls})"))
+    }
+}
+
 /// The node's authenticated link to the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayLink {
     channel: Channel,
-    /// The gateway's address, named in every failure to reach it.
-    url: Arc<str>,
     signer: OrgSigner,
     clock: SharedClock,
     tokens: Arc<Mutex<TokenCache>>,
+    dialing: Arc<Dialing>,
 }
 
 impl GatewayLink {
@@ -129,6 +172,15 @@ impl GatewayLink {
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
+        let ca_subject = pki::CertInfo::parse(&first_der(&config.ca_cert)?)
+            .map(|info| info.subject)
+            .map_err(|e| LinkError::Tls(format!("{}: {e}", config.ca_cert.display())))?;
+        let dialing = Arc::new(Dialing {
+            url: config.gateway_url.clone(),
+            name: config.gateway_name.clone(),
+            ca_path: config.ca_cert.clone(),
+            ca_subject,
+        });
         let signer = OrgSigner::new(
             config.org.clone(),
             &read(&config.signing_key)?,
@@ -136,18 +188,22 @@ impl GatewayLink {
             &first_der(&config.tls_cert)?,
         )
         .map_err(|e| LinkError::Signer(e.to_string()))?;
-        Ok(GatewayLink {
-            channel,
-            url: config.gateway_url.as_str().into(),
-            signer,
-            clock,
-            tokens: Arc::new(Mutex::new(HashMap::new())),
-        })
+        Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())), dialing })
     }
 
     /// The gateway's address, as configured.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.dialing.url
+    }
+
+    /// What a failed call means when the TLS handshake with the gateway is what failed (the gateway's
+    /// certificate is from another CA, lacks the name dialed, has expired, or the gateway refused this
+    /// node's certificate), in words the operator can act on; `None` for any other failure.
+    pub fn tls_failure(&self, status: &tonic::Status) -> Option<String> {
+        let cause = failure::transport_failure(status)?;
+        self.dialing
+            .explain(cause)
+            .or_else(|| failure::received_alert(cause).map(|_| failure::gateway_transport(cause)))
     }
 
     /// A failed gateway call as the node passes it on to the person who asked: a call that never got
@@ -163,11 +219,17 @@ impl GatewayLink {
     }
 
     /// A failed gateway call on one line, for the log, a pending send and the witness: `cannot reach
-    /// the gateway at URL: <cause>`, or `the gateway at URL answered <CODE>: <its reason>`.
+    /// the gateway at URL: <cause>`, or `the gateway at URL answered <CODE>: <its reason>`. A gateway
+    /// certificate this node refused is said as [`GatewayLink::tls_failure`] says it (`the gateway at
+    /// URL presented a certificate that ...`).
     pub fn describe(&self, s: &tonic::Status) -> String {
+        let url = &self.dialing.url;
         match failure::transport_failure(s) {
-            Some(cause) => format!("cannot reach the gateway at {}: {}", self.url, failure::gateway_transport(cause)),
-            None => format!("the gateway at {} answered {}: {}", self.url, failure::code_name(s.code()), s.message()),
+            Some(cause) => match self.dialing.explain(cause) {
+                Some(words) => words,
+                None => format!("cannot reach the gateway at {url}: {}", failure::gateway_transport(cause)),
+            },
+            None => format!("the gateway at {url} answered {}: {}", failure::code_name(s.code()), s.message()),
         }
     }
 

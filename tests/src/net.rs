@@ -86,6 +86,8 @@ pub struct TestNet {
     pub database: String,
     /// The gateway's clock; clients of this net mint their tokens with it.
     pub clock: SharedClock,
+    /// The policy bundle the gateway serves.
+    pub policies: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -103,6 +105,11 @@ impl TestNet {
 
     /// The same, with a given policy directory and clock.
     pub async fn start_with(policies: PathBuf, clock: SharedClock) -> TestNet {
+        Self::start_configured(policies, clock, |_| {}).await
+    }
+
+    /// The same, with the gateway's configuration adjusted by `adjust` before it opens.
+    pub async fn start_configured(policies: PathBuf, clock: SharedClock, adjust: impl FnOnce(&mut Config)) -> TestNet {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs_path = dir.path().join("certs");
         haven_certs::init_with_gateway_names(
@@ -113,20 +120,8 @@ impl TestNet {
         )
         .expect("dev PKI");
         let database = fresh_database(dir.path()).await;
-        let mut config = Config::new(certs_path.clone(), policies, database.clone());
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let gateway = Gateway::open(config, clock.clone()).await.expect("gateway starts");
-        let listener = gateway.bind().await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let g = gateway.clone();
-        let server = tokio::spawn(async move {
-            let _ = g
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (gateway, addr, stop, server) =
+            serve_gateway(&certs_path, &policies, &database, clock.clone(), adjust).await;
         TestNet {
             dir,
             certs: CertsDir(certs_path),
@@ -134,6 +129,22 @@ impl TestNet {
             addr,
             database,
             clock,
+            policies,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// A second gateway serving this network on the same database, as a replica does: the same
+    /// certificates, bundle and clock, its own connections, streams and listener (127.0.0.1:0).
+    pub async fn replica(&self) -> Replica {
+        let (gateway, addr, stop, server) =
+            serve_gateway(&self.certs.0, &self.policies, &self.database, self.clock.clone(), |_| {}).await;
+        Replica {
+            gateway,
+            addr,
+            certs: self.certs.clone(),
+            clock: self.clock.clone(),
             stop: Some(stop),
             server: Some(server),
         }
@@ -175,6 +186,12 @@ impl TestNet {
 
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
+        self.stop_keeping_files().await;
+    }
+
+    /// Stops the server and waits for it, keeping its directory (and so its database files) until
+    /// this is dropped.
+    pub async fn stop_keeping_files(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -185,6 +202,73 @@ impl TestNet {
 }
 
 impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Opens a gateway on `database` and serves it on 127.0.0.1:0 until the returned sender fires.
+async fn serve_gateway(
+    certs: &Path,
+    policies: &Path,
+    database: &str,
+    clock: SharedClock,
+    adjust: impl FnOnce(&mut Config),
+) -> (Gateway, SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut config = Config::new(certs.to_owned(), policies.to_owned(), database.to_owned());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    adjust(&mut config);
+    let gateway = Gateway::open(config, clock).await.expect("gateway starts");
+    let listener = gateway.bind().await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let g = gateway.clone();
+    let server = tokio::spawn(async move {
+        let _ = g
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (gateway, addr, stop, server)
+}
+
+/// A second gateway of a [`TestNet`], on the same database (see [`TestNet::replica`]).
+pub struct Replica {
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+    certs: CertsDir,
+    clock: SharedClock,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Replica {
+    /// This replica's URL.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// A node's link to this replica, with the organization's dev certificates.
+    pub fn link(&self, org: &str) -> GatewayLink {
+        let org = OrgId::parse(org).expect("org id");
+        GatewayLink::new(&LinkConfig::from_certs_dir(self.url(), &self.certs, org), self.clock.clone()).expect("link")
+    }
+
+    /// Stops the replica and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Replica {
     fn drop(&mut self) {
         if let Some(h) = self.server.take() {
             h.abort();

@@ -13,6 +13,10 @@ use haven_node::users::Users;
 use haven_trust::ids::{PersonId, Role};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
+/// The heartbeat of a [`Proc::gateway`]'s delivery streams, in seconds: a stream's lease lives twice
+/// as long, which is how long a node waits for its stream after the gateway holding it was killed.
+pub const GATEWAY_HEARTBEAT_SECS: u64 = 1;
+
 /// What a role prints once it listens: this, then its address.
 pub const READY: &str = "HAVEN_READY ";
 
@@ -67,10 +71,19 @@ impl Proc {
     }
 
     /// A gateway process: certificates in `dir/certs`, the bundle in `policies`, the database at
-    /// `database`; its log goes to `dir/<name>.log`.
+    /// `database`; its log goes to `dir/<name>.log`. Its streams beat every [`GATEWAY_HEARTBEAT_SECS`],
+    /// so the stream leases of a gateway that is killed lapse within twice that.
     pub fn gateway(exe: &Path, name: &str, dir: &Path, policies: &Path, database: &str) -> Proc {
-        let args =
-            ["gateway".as_ref(), dir.as_os_str(), policies.as_os_str(), "--database".as_ref(), database.as_ref()];
+        let heartbeat = GATEWAY_HEARTBEAT_SECS.to_string();
+        let args = [
+            "gateway".as_ref(),
+            dir.as_os_str(),
+            policies.as_os_str(),
+            "--database".as_ref(),
+            database.as_ref(),
+            "--heartbeat-secs".as_ref(),
+            heartbeat.as_ref(),
+        ];
         Proc::spawn(exe, name, &args, &dir.join(format!("{name}.log")))
     }
 

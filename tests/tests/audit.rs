@@ -11,8 +11,8 @@ use haven_node::link::GatewayLink;
 use haven_node::witness::{WitnessState, to_proto as witness_proto};
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::*;
-use haven_tests::net::TestNet;
-use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner};
+use haven_tests::net::{TestNet, TestNode};
+use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner, Encoding};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::export::{Kind, Summary, VerifyError, verify_files};
 use haven_trust::ids::{OrgId, PersonId, Role};
@@ -62,7 +62,11 @@ impl As {
     }
 
     async fn report(&self, subject: &str) -> Result<SubjectAccessResponse, tonic::Status> {
-        let r = SubjectAccessRequest { subject_pseudonym: subject.into() };
+        self.report_for(subject, "").await
+    }
+
+    async fn report_for(&self, subject: &str, controller: &str) -> Result<SubjectAccessResponse, tonic::Status> {
+        let r = SubjectAccessRequest { subject_pseudonym: subject.into(), controller: controller.into() };
         self.client().subject_access_report(self.req(r)).await.map(|r| r.into_inner())
     }
 
@@ -203,7 +207,9 @@ async fn every_action_built_so_far_writes_its_entry() {
     ada.query(all(), 10, 0).await.unwrap();
     ada.export(all()).await.unwrap();
     ada.client()
-        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+        .subject_access_report(
+            ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into(), controller: "harbor".into() }),
+        )
         .await
         .unwrap();
 
@@ -499,7 +505,9 @@ async fn each_role_gets_exactly_its_access() {
         assert_eq!(who.export(all()).await.unwrap_err().code(), Code::PermissionDenied);
         let e = who
             .client()
-            .subject_access_report(who.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+            .subject_access_report(
+                who.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into(), ..Default::default() }),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
@@ -563,7 +571,9 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
     let ada = auditor(&net);
     let report = ada
         .client()
-        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into() }))
+        .subject_access_report(
+            ada.req(SubjectAccessRequest { subject_pseudonym: SUBJECT.into(), controller: "harbor".into() }),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -593,10 +603,296 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
     assert_eq!(officer(&net, "maple-house").report(SUBJECT).await.unwrap_err().code(), Code::PermissionDenied);
     let e = ada
         .client()
-        .subject_access_report(ada.req(SubjectAccessRequest { subject_pseudonym: String::new() }))
+        .subject_access_report(
+            ada.req(SubjectAccessRequest { subject_pseudonym: String::new(), controller: "harbor".into() }),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    net.stop().await;
+}
+
+/// Records a consent at `node` for housing at a shelter, for the subject the node knows as `subject`
+/// (minted when empty); returns the consent id and the subject.
+async fn housing_consent(node: &TestNode, subject: &str) -> (String, String) {
+    let req = RecordConsentRequest {
+        subject_pseudonym: subject.into(),
+        purposes: vec!["housing".into()],
+        recipient_types: vec!["shelter".into()],
+        labels: vec!["identifying".into(), "contact".into(), "operational".into()],
+        valid_until_micros: SystemClock.now_micros() + 30 * 86_400_000_000,
+        method: "written".into(),
+        evidence_sha256: "ef".repeat(32),
+        language: "en".into(),
+        ..Default::default()
+    };
+    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
+    let subject = serde_json::from_str::<haven_trust::receipt::ConsentReceipt>(&c.receipt_json).unwrap().subject;
+    (c.consent_id, subject)
+}
+
+/// Sends a housing referral to maple-house (whose node is not running, so the copy stays queued);
+/// returns its message id.
+async fn refer_to_shelter(node: &TestNode, subject: &str, consent_id: &str) -> String {
+    let text = |s: &str| FieldValue { value: Some(field_value::Value::Text(s.into())) };
+    let env = Envelope {
+        kind: "referral".into(),
+        recipients: vec!["maple-house".into()],
+        purpose: "housing".into(),
+        subject_pseudonym: subject.into(),
+        consent_id: consent_id.into(),
+        fields: std::collections::HashMap::from([
+            ("urgency".into(), text("high")),
+            ("safe_to_contact_by".into(), text("through_caseworker")),
+            ("survivor_first_name".into(), text("Rosa (fictional)")),
+        ]),
+        ..Default::default()
+    };
+    let sent = node
+        .client()
+        .await
+        .send(node.as_person("casey", SendRequest { envelope: Some(env) }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", sent.outcomes);
+    sent.message_id
+}
+
+/// What a report says, without times and positions: (action, recipient, message id).
+fn lines_of(r: &SubjectAccessResponse) -> Vec<(String, String, String)> {
+    r.disclosures.iter().map(|d| (d.action.clone(), d.recipient.clone(), d.message_id.clone())).collect()
+}
+
+/// A pseudonym names a subject only together with its controller. An organization that registers a
+/// consent of its own under another organization's pseudonym reports on its own subject: its own
+/// disclosures only, the same answer whether or not the other organization uses the pseudonym.
+#[tokio::test]
+async fn a_privacy_officer_reports_only_on_their_own_organizations_subject() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let northstar = net.node("northstar", &[("casey", Role::Caseworker)]).await;
+    let (harbor_consent, s1) = housing_consent(&harbor, "").await;
+    let harbor_msg = refer_to_shelter(&harbor, &s1, &harbor_consent).await;
+    // northstar takes harbor's pseudonym for a consent of its own; the gateway accepts it.
+    let (northstar_consent, same) = housing_consent(&northstar, &s1).await;
+    assert_eq!(same, s1);
+    let northstar_msg = refer_to_shelter(&northstar, &s1, &northstar_consent).await;
+    // And a subject only northstar uses, disclosed the same way.
+    let (other_consent, s2) = housing_consent(&northstar, "").await;
+    let other_msg = refer_to_shelter(&northstar, &s2, &other_consent).await;
+
+    let queued = |m: &str| vec![("queued".to_owned(), "maple-house".to_owned(), m.to_owned())];
+    let harbor_officer = officer(&net, "harbor");
+    let northstar_officer = officer(&net, "northstar");
+    let mine = northstar_officer.report(&s1).await.unwrap();
+    assert_eq!(lines_of(&mine), queued(&northstar_msg), "northstar sees its own disclosure and nothing of harbor's");
+    assert_eq!(mine.controller, "northstar");
+    // Nothing tells northstar that another organization uses the pseudonym.
+    let alone = northstar_officer.report(&s2).await.unwrap();
+    assert_eq!(lines_of(&alone), queued(&other_msg));
+    assert_eq!(lines_of(&harbor_officer.report(&s1).await.unwrap()), queued(&harbor_msg));
+    // An officer reports on their own organization's subjects only, whatever the pseudonym.
+    for subject in [&s1, &s2] {
+        let e = northstar_officer.report_for(subject, "harbor").await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    assert_eq!(lines_of(&northstar_officer.report_for(&s1, "northstar").await.unwrap()), queued(&northstar_msg));
+
+    // The network auditor names the controller, and gets that controller's subject only.
+    let ada = auditor(&net);
+    assert_eq!(lines_of(&ada.report_for(&s1, "harbor").await.unwrap()), queued(&harbor_msg));
+    assert_eq!(lines_of(&ada.report_for(&s1, "northstar").await.unwrap()), queued(&northstar_msg));
+    let e = ada.report(&s1).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("controller is required"), "{}", e.message());
+    // A subject filter may name the controller too.
+    let f = |controller: &str| AuditFilter {
+        subject: s1.clone(),
+        subject_controller: controller.into(),
+        action: "submitted".into(),
+        ..all()
+    };
+    let by = |page: AuditQueryResponse| page.entries.into_iter().map(|e| e.object_id).collect::<Vec<_>>();
+    assert_eq!(by(ada.query(f("harbor"), 100, 0).await.unwrap()), vec![harbor_msg.clone()]);
+    assert_eq!(by(ada.query(f("northstar"), 100, 0).await.unwrap()), vec![northstar_msg.clone()]);
+    assert_eq!(by(ada.query(f(""), 100, 0).await.unwrap()), vec![harbor_msg.clone(), northstar_msg.clone()]);
+    assert_eq!(by(northstar_officer.query(f(""), 100, 0).await.unwrap()), vec![northstar_msg.clone()]);
+    let e = ada.query(AuditFilter { subject_controller: "harbor".into(), ..all() }, 10, 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // harbor's officer sees, under harbor's pseudonym, that the auditor reported on harbor's subject.
+    let reads = harbor_officer.query(AuditFilter { action: "subject_report".into(), ..all() }, 100, 0).await.unwrap();
+    assert!(
+        reads.entries.iter().any(|e| e.actor_org == "audit-office" && e.counterparty == "harbor" && e.subject == s1),
+        "{:?}",
+        reads.entries
+    );
+    assert!(reads.entries.iter().all(|e| e.actor_org != "northstar"), "{:?}", reads.entries);
+    harbor.stop().await;
+    northstar.stop().await;
+    net.stop().await;
+}
+
+/// Message ids are the sender's own: another organization may use the same id for a message of its
+/// own, and the acknowledgement of that message is no disclosure of the controller's.
+#[tokio::test]
+async fn a_report_follows_only_the_controllers_own_messages() {
+    let net = TestNet::start().await;
+    let harbor_sent = disclosure("harbor", "maple-house", SUBJECT, "submitted", "queued");
+    let mut northstar_sent = disclosure("northstar", "maple-house", SUBJECT, "submitted", "queued");
+    northstar_sent.object_id = harbor_sent.object_id.clone();
+    // maple-house's node acknowledges both copies: routing writes each with the recipient as the actor,
+    // the sender as the counterparty, and no subject.
+    let ack = |sender: &str| AuditEntry {
+        time_micros: SystemClock.now_micros(),
+        actor_org: "maple-house".into(),
+        actor_person: "node".into(),
+        actor_role: "node".into(),
+        action: "delivered".into(),
+        object_id: harbor_sent.object_id.clone(),
+        counterparty: sender.into(),
+        purpose: "housing".into(),
+        outcome: "ok".into(),
+        source_node: "maple-house".into(),
+        ..Default::default()
+    };
+    let first = append(
+        &net,
+        vec![
+            (harbor_sent.clone(), RECIPIENT_SUBJECT.into()),
+            (northstar_sent, "rcpt-other".into()),
+            (ack("harbor"), String::new()),
+            (ack("northstar"), String::new()),
+        ],
+    )
+    .await;
+    let report = auditor(&net).report_for(SUBJECT, "harbor").await.unwrap();
+    let seqs: Vec<(u64, &str)> = report.disclosures.iter().map(|d| (d.seq, d.action.as_str())).collect();
+    assert_eq!(seqs, vec![(first, "queued"), (first + 2, "delivered")]);
+    let report = auditor(&net).report_for(SUBJECT, "northstar").await.unwrap();
+    let seqs: Vec<(u64, &str)> = report.disclosures.iter().map(|d| (d.seq, d.action.as_str())).collect();
+    assert_eq!(seqs, vec![(first + 1, "queued"), (first + 3, "delivered")]);
+    net.stop().await;
+}
+
+/// The recipient-scoped pseudonym a redacted entry shows is bound by the entry's leaf: swapping it for
+/// another (or removing it) in a filtered export fails verification, naming the entry.
+#[tokio::test]
+async fn the_subject_a_redacted_entry_shows_cannot_be_changed_in_a_filtered_export() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let bytes = officer(&net, "maple-house").export(all()).await.unwrap();
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.kind, Kind::Filtered);
+    let original = lines(&bytes);
+    // harbor's submission, shown to the recipient's officer under the recipient's own pseudonym.
+    let i = original
+        .iter()
+        .position(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["type"] == "entry" && v["entry"]["actor_org"] == "harbor" && v["entry"]["subject"] == RECIPIENT_SUBJECT
+        })
+        .expect("a redacted entry");
+    let seq = serde_json::from_str::<serde_json::Value>(&original[i]).unwrap()["entry"]["seq"].as_u64().unwrap();
+    let line = i as u64 + 1;
+    for other in ["rcpt-ffffffffffffffffffffffffffffffff", "rcpt-x", ""] {
+        let mut t = original.clone();
+        t[i] = edit(&t[i], |v| v["entry"]["subject"] = other.into());
+        let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+        assert!(matches!(e, VerifyError::EditedEntry { line: l, seq: s } if l == line && s == seq), "{other}: {e}");
+        assert!(e.to_string().contains(&format!("seq {seq} was edited")), "{e}");
+        // With the stated leaf removed too, the inclusion proof fails.
+        t[i] = edit(&t[i], |v| {
+            v.as_object_mut().unwrap().remove("leaf");
+        });
+        let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+        assert!(matches!(e, VerifyError::NotIncluded { seq: s, .. } if s == seq), "{other}: {e}");
+    }
+    // The actor's officer sees no pseudonym of the recipient's, but it is bound all the same.
+    let bytes = officer(&net, "harbor").export(AuditFilter { action: "submitted".into(), ..all() }).await.unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains(RECIPIENT_SUBJECT));
+    let mut t = lines(&bytes);
+    let i = t.iter().position(|l| l.contains("\"counterparty_subject_commitment\"")).expect("a hidden pseudonym");
+    t[i] = edit(&t[i], |v| v["counterparty_subject_commitment"] = hex::encode([7u8; 32]).into());
+    assert!(matches!(verify(&net, t.concat().as_bytes(), &[]).unwrap_err(), VerifyError::EditedEntry { .. }));
+    net.stop().await;
+}
+
+/// Commits an entry as a gateway did before its leaves bound the counterparty's pseudonym (encoding
+/// version 2): the pseudonym is stored beside the entry, not in its leaf.
+async fn append_version_2(net: &TestNet, mut entry: AuditEntry, counterparty_subject: &str) -> u64 {
+    let mut tx = net.gateway.0.store.begin().await.unwrap();
+    let next: i64 = sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+        .get(0);
+    entry.seq = u64::try_from(next - 1).unwrap();
+    entry.encoding_version = Encoding::V2;
+    entry.counterparty_subject = String::new();
+    let list = |l: &[String]| serde_json::to_string(l).unwrap();
+    sqlx::query("INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 2, $22)")
+        .bind(next - 1)
+        .bind(entry.time_micros)
+        .bind(entry.actor_org.as_str())
+        .bind(entry.actor_person.as_str())
+        .bind(entry.actor_role.as_str())
+        .bind(entry.action.as_str())
+        .bind(entry.object_id.as_str())
+        .bind(entry.counterparty.as_str())
+        .bind(entry.subject.as_str())
+        .bind(entry.purpose.as_str())
+        .bind(entry.consent_id.as_str())
+        .bind(list(&entry.rule_ids))
+        .bind(entry.bundle_version.as_str())
+        .bind(entry.decision.as_str())
+        .bind(entry.reason.as_str())
+        .bind(list(&entry.released_fields))
+        .bind(list(&entry.withheld_fields))
+        .bind(entry.outcome.as_str())
+        .bind(entry.correlation_id.as_str())
+        .bind(entry.source_node.as_str())
+        .bind(counterparty_subject)
+        .bind(entry.leaf_hash().to_vec())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    entry.seq
+}
+
+/// Entries written before the upgrade keep their leaves and still verify. Their leaves do not bind the
+/// recipient-scoped pseudonym, so an export shows none for them (a query still does), and showing one
+/// there fails verification.
+#[tokio::test]
+async fn entries_written_before_the_pseudonym_was_bound_still_verify_and_show_none_in_exports() {
+    let net = TestNet::start().await;
+    let old =
+        append_version_2(&net, disclosure("harbor", "maple-house", SUBJECT, "submitted", "queued"), RECIPIENT_SUBJECT)
+            .await;
+    some_traffic(&net).await;
+    let ada = auditor(&net);
+    let full = ada.export(all()).await.unwrap();
+    assert_eq!(verify(&net, &full, &[]).unwrap().kind, Kind::Full);
+    let full = lines(&full);
+    let v: serde_json::Value = serde_json::from_str(&full[entry_line(&full, old)]).unwrap();
+    assert!(v["entry"].get("encoding_version").is_none() && v["entry"].get("counterparty_subject").is_none(), "{v}");
+
+    let maple = officer(&net, "maple-house");
+    let shown = maple.query(AuditFilter { subject: RECIPIENT_SUBJECT.into(), ..all() }, 1000, 0).await.unwrap();
+    let first = &shown.entries[0];
+    assert_eq!((first.seq, first.subject.as_str(), first.canonical[0]), (old, RECIPIENT_SUBJECT, 2));
+    let bytes = maple.export(all()).await.unwrap();
+    let s = verify(&net, &bytes, &[]).unwrap();
+    assert_eq!(s.unbound_subjects, 0);
+    let mut t = lines(&bytes);
+    let i = entry_line(&t, old);
+    let v: serde_json::Value = serde_json::from_str(&t[i]).unwrap();
+    assert_eq!(v["entry"]["subject"], "", "{v}");
+    t[i] = edit(&t[i], |v| v["entry"]["subject"] = RECIPIENT_SUBJECT.into());
+    let e = verify(&net, t.concat().as_bytes(), &[]).unwrap_err();
+    assert!(matches!(e, VerifyError::UnboundSubject { seq, .. } if seq == old), "{e}");
     net.stop().await;
 }
 
@@ -928,7 +1224,9 @@ async fn the_node_cli_queries_exports_and_verifies() {
     })
     .await
     .unwrap();
-    run(AuditCommand::Report { client: client(true), subject: SUBJECT.into() }).await.unwrap();
+    run(AuditCommand::Report { client: client(true), subject: SUBJECT.into(), controller: Some("harbor".into()) })
+        .await
+        .unwrap();
     run(AuditCommand::Witness { client: client(false) }).await.unwrap();
     let export = dir.join("export.jsonl");
     run(AuditCommand::Export { client: client(false), filter: FilterArgs::default(), out: Some(export.clone()) })

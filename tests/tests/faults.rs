@@ -5,7 +5,14 @@
 //!   restarted on the same database;
 //! - the recipient's node process killed (SIGKILL) while it receives, and restarted;
 //! - a node offline while messages are sent to it;
-//! - two gateway replicas sharing one PostgreSQL, one of them killed (PostgreSQL only).
+//! - the gateway's database disk full, and space freed again;
+//! - two gateway replicas sharing one PostgreSQL, one of them killed (PostgreSQL only);
+//! - two running copies of one organization's node, on one gateway, on two replicas in one process,
+//!   and on two gateway processes sharing one database (PostgreSQL, or one SQLite file), one of which
+//!   is killed; a stream that lost its lease and still acknowledges.
+//!
+//! A killed gateway leaves its streams' leases behind; the gateway processes here beat every second,
+//! so those leases lapse within two seconds, and the nodes that reconnect elsewhere wait that long.
 //!
 //! Every wait is on something observable (a reply, a row in a database, a stream state) with a
 //! deadline; nothing sleeps and hopes.
@@ -560,7 +567,8 @@ impl Stream {
 /// The gateway process is killed (SIGKILL) in the middle of a stream of 600 submissions (one in ten
 /// refused as bad input) from eight concurrent tasks and their deliveries to a running node, and
 /// restarted on the same database and certificates. A submission whose reply was lost is resubmitted
-/// with the same message id, as the node's outbox does. Then every accepted submission is in the
+/// with the same message id, as the node's outbox does. The node's stream comes back once the killed
+/// gateway's lease on it lapses. Then every accepted submission is in the
 /// node's inbox exactly once, nothing refused is, the gateway holds one delivered, acknowledged,
 /// payload-free copy of each, and the audit log verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -603,6 +611,9 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
     // The node, pointed at the gateway's new address, reconnects on its own database.
     maple.stop().await;
     let maple = start_node(gw.url()).await;
+    // Its stream comes back once the killed gateway's lease on it lapses (two one-second heartbeats).
+    connected(&maple).await;
+    let reconnected = killed.elapsed();
 
     let (accepted, refused) = stream.finish(handles).await;
     assert_eq!(accepted.len() + refused.len(), TOTAL);
@@ -622,7 +633,7 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
         assert_eq!(count(&entries, "delivered", m), 0, "refused {m} was never delivered");
     }
     println!(
-        "gateway kill: {} accepted ({accepted_at_kill} before the kill, when the node held {received_at_kill}, {stored_unacked} of them stored but unacknowledged), {} refused, {} attempts failed and retried, {} of the retries replays of a committed submission; restart took {restarted:.1?}; {:.1?} in all",
+        "gateway kill: {} accepted ({accepted_at_kill} before the kill, when the node held {received_at_kill}, {stored_unacked} of them stored but unacknowledged), {} refused, {} attempts failed and retried, {} of the retries replays of a committed submission; restart took {restarted:.1?}, the node's stream was back {reconnected:.1?} after the kill; {:.1?} in all",
         accepted.len(),
         refused.len(),
         stream.interrupted.load(Ordering::Relaxed),
@@ -634,9 +645,10 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
 }
 
 /// The recipient's node process is killed (SIGKILL) while it receives a stream of 400 submissions,
-/// and restarted on the same database. Then every accepted submission is in its inbox exactly once
-/// (items it had stored but not yet acknowledged are delivered again and stored once), and the gateway
-/// holds one delivered, acknowledged, payload-free copy of each; the audit log verifies.
+/// and restarted on the same database; its stream opens again within the lease's time to live. Then
+/// every accepted submission is in its inbox exactly once (items it had stored but not yet
+/// acknowledged are delivered again and stored once), and the gateway holds one delivered,
+/// acknowledged, payload-free copy of each; the audit log verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     const TOTAL: usize = 400;
@@ -661,7 +673,17 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     // What the node had stored but the gateway had not yet seen acknowledged when it died.
     let pool = net.gateway.0.store.pool().clone();
     let stored_unacked = stored_unacknowledged(&pool, &node_db).await;
+    let restarted = Instant::now();
     let node = Proc::node(exe(), &dir, RECIPIENT, &net.url());
+    // The killed node's connection was reset, so its stream ended and released the lease: the
+    // restarted node's stream opens well within the lease's time to live.
+    let ttl = haven_gateway::stream::lease_ttl(net.gateway.0.config.heartbeat);
+    let p = &pool;
+    wait_for("the restarted node's stream", ttl, move || async move {
+        (entries_of(p, "stream_opened", RECIPIENT).await.len() >= 2).then_some(())
+    })
+    .await;
+    let reopened = restarted.elapsed();
 
     let (accepted, refused) = stream.finish(handles).await;
     assert_eq!(accepted.len() + refused.len(), TOTAL);
@@ -671,7 +693,7 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     gateway_delivered_each_once(&pool, &accepted, &refused).await;
     audit_verifies(&pool, &net.url(), &net.certs, &dir).await;
     println!(
-        "node kill: {} accepted, {received_at_kill} received before the kill, {stored_unacked} of them stored but unacknowledged, {} attempts retried; {:.1?} in all",
+        "node kill: {} accepted, {received_at_kill} received before the kill, {stored_unacked} of them stored but unacknowledged, {} attempts retried; the restarted node's stream opened {reopened:.1?} after its start; {:.1?} in all",
         accepted.len(),
         stream.interrupted.load(Ordering::Relaxed),
         started.elapsed()
@@ -833,8 +855,9 @@ async fn messages_sent_to_an_offline_node_are_delivered_when_it_returns() {
 /// so): two gateway replicas share one database. A message submitted on replica A is delivered through
 /// replica B, where the node is connected, woken by LISTEN/NOTIFY rather than the slow safety poll.
 /// Then B is killed (SIGKILL) in the middle of a stream of submissions to both; submissions whose
-/// reply was lost go again through A with the same message id, the node fails over to A, and every
-/// accepted submission is delivered exactly once; the audit log verifies.
+/// reply was lost go again through A with the same message id, the node fails over to A (once B's lease
+/// on its stream lapses), and every accepted submission is delivered exactly once; the audit log
+/// verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     if db() != Db::Postgres {
@@ -906,10 +929,14 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
         .await;
     let accepted_at_kill = stream.accepted();
     b.kill();
-    // Clients of B go to A from now on, and so does the node.
+    let killed = Instant::now();
+    // Clients of B go to A from now on, and so does the node, whose stream A opens once B's lease on
+    // it lapses (two one-second heartbeats).
     to_b.send_replace(on_a.clone());
     maple.stop().await;
     let maple = start_node(a.url()).await;
+    connected(&maple).await;
+    let failed_over = killed.elapsed();
 
     let (more, refused) = stream.finish(handles).await;
     assert!(accepted_at_kill < more.len(), "B was killed in the middle of the stream");
@@ -920,7 +947,7 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     gateway_delivered_each_once(store.pool(), &accepted, &refused).await;
     audit_verifies(store.pool(), &a.url(), &certs, dir.path()).await;
     println!(
-        "replicas: 10 across in {across:.1?} (10 on B in {local:.1?}); {} accepted ({accepted_at_kill} before B was killed, when the node held {received_at_kill}), {} attempts failed and retried, {} of the retries replays; {:.1?} in all",
+        "replicas: 10 across in {across:.1?} (10 on B in {local:.1?}); {} accepted ({accepted_at_kill} before B was killed, when the node held {received_at_kill}), {} attempts failed and retried, {} of the retries replays; the node's stream was on A {failed_over:.1?} after the kill; {:.1?} in all",
         accepted.len(),
         stream.interrupted.load(Ordering::Relaxed),
         stream.replayed.load(Ordering::Relaxed),
@@ -1044,5 +1071,478 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
     .unwrap();
     let (next, count, min, max): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
     assert_eq!((count, min, max), (next, 0, next - 1));
+    net.stop().await;
+}
+
+/// Fills the gateway's database "disk": on SQLite the writer connection may not grow the file
+/// (`max_page_count`, set to the pages it has); on PostgreSQL every commit that records a submission
+/// fails as a full disk does (SQLSTATE 53100 `disk_full`, raised at COMMIT by a deferred trigger).
+async fn fill_disk(store: &Store) {
+    match db() {
+        Db::Sqlite => {
+            let mut writer = store.writer().await.unwrap();
+            let pages: i64 = sqlx::query("PRAGMA page_count").fetch_one(&mut *writer).await.unwrap().get(0);
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+                .execute(&mut *writer)
+                .await
+                .unwrap();
+        }
+        Db::Postgres => {
+            sqlx::raw_sql(
+                "CREATE OR REPLACE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$; \
+                 DROP TRIGGER IF EXISTS test_disk_full ON messages; \
+                 CREATE CONSTRAINT TRIGGER test_disk_full AFTER INSERT ON messages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_disk_full()",
+            )
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// Frees the space [`fill_disk`] took.
+async fn free_disk(store: &Store) {
+    match db() {
+        Db::Sqlite => {
+            let mut writer = store.writer().await.unwrap();
+            sqlx::query("PRAGMA max_page_count = 1073741823").execute(&mut *writer).await.unwrap();
+        }
+        Db::Postgres => {
+            sqlx::query("DROP TRIGGER test_disk_full ON messages").execute(store.pool()).await.unwrap();
+        }
+    }
+}
+
+/// Submits fresh referrals until one is refused (at most 2,000); returns the refusal and its
+/// envelope.
+async fn submit_until_refused(harbor: &Caller, subject: &str, consent: &str) -> (tonic::Status, Envelope) {
+    for _ in 0..2000 {
+        let env = referral(&Uuid::now_v7().to_string(), subject, consent);
+        if let Err(status) = harbor.submit(env.clone()).await {
+            return (status, env);
+        }
+    }
+    panic!("2,000 submissions fitted on a full disk");
+}
+
+fn says_disk_full(status: &tonic::Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && status.message().contains("database disk is full")
+        && status.message().contains("free space")
+}
+
+/// A full database disk refuses submissions with RESOURCE_EXHAUSTED saying so (not as an unavailable
+/// database), for as long as it stays full, and nothing of them is committed; once space is freed the
+/// gateway recovers by itself: the refused submission, sent again, and the next ones are queued. On
+/// SQLite the writer connection whose transaction SQLite rolled back on `disk is full` is not reused
+/// as though still in it (each later transaction would fail to begin); it is replaced, and the test
+/// fills the new one's disk again.
+#[tokio::test]
+async fn a_full_database_disk_is_reported_as_such_and_the_gateway_recovers_once_space_returns() {
+    let net = TestNet::start().await;
+    let harbor = Caller::casey(net.link("harbor"));
+    let (consent, subject) = harbor.consent().await;
+    assert!(queued(&harbor.submit(referral(&Uuid::now_v7().to_string(), &subject, &consent)).await.unwrap()));
+    let store = net.gateway.0.store.clone();
+    let copies = || async {
+        sqlx::query("SELECT COUNT(*) FROM deliveries WHERE recipient = $1")
+            .bind(RECIPIENT)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+
+    fill_disk(&store).await;
+    let (refused, first) = submit_until_refused(&harbor, &subject, &consent).await;
+    assert!(says_disk_full(&refused), "{refused:?}");
+    let before = copies().await;
+    // Still full: refused the same way again.
+    fill_disk(&store).await;
+    let again = harbor.submit(first.clone()).await.unwrap_err();
+    assert!(says_disk_full(&again), "{again:?}");
+    assert_eq!(copies().await, before, "nothing of a refused submission was committed");
+
+    free_disk(&store).await;
+    let resent = harbor.submit(first).await.unwrap();
+    assert!(queued(&resent) && !resent.replayed, "the refused submission is queued once space returns: {resent:?}");
+    for _ in 0..5 {
+        assert!(queued(&harbor.submit(referral(&Uuid::now_v7().to_string(), &subject, &consent)).await.unwrap()));
+    }
+    assert_eq!(copies().await, before + 6);
+    net.stop().await;
+}
+
+/// Opens `org`'s delivery stream by hand through `link`, as a node does; the gateway's answer.
+async fn open_stream(
+    link: &GatewayLink,
+) -> Result<(tokio::sync::mpsc::Sender<NodeFrame>, tonic::Streaming<GatewayFrame>), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<NodeFrame>(8);
+    let hello = NodeFrame { frame: Some(node_frame::Frame::Hello(Hello { witnessed_tree_size: 0 })) };
+    tx.send(hello).await.unwrap();
+    let req = link.request(&PersonId::node(), Role::Node, tokio_stream::wrappers::ReceiverStream::new(rx)).unwrap();
+    let inbound = GatewayClient::new(link.channel()).deliveries(req).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+/// The next frame of a stream that matches `pick` (others are passed over), within 20 s.
+async fn next_frame<T>(
+    stream: &mut tonic::Streaming<GatewayFrame>,
+    mut pick: impl FnMut(gateway_frame::Frame) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(GatewayFrame { frame: Some(f) })) => {
+                    if let Some(v) = pick(f) {
+                        return v;
+                    }
+                }
+                Ok(_) => panic!("the stream ended"),
+                Err(s) => panic!("the stream closed: {s:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the frame arrives within 20 s")
+}
+
+fn welcome(f: gateway_frame::Frame) -> Option<Welcome> {
+    if let gateway_frame::Frame::Welcome(w) = f { Some(w) } else { None }
+}
+
+fn an_item(f: gateway_frame::Frame) -> Option<Item> {
+    if let gateway_frame::Frame::Item(i) = f { Some(i) } else { None }
+}
+
+/// How a stream ends, within 20 s: its closing status, or None for a normal end.
+async fn stream_end(stream: &mut tonic::Streaming<GatewayFrame>) -> Option<tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 20 s")
+}
+
+/// The audit entries of `action` whose actor is `org`, in log order.
+async fn entries_of(pool: &sqlx::AnyPool, action: &str, org: &str) -> Vec<AuditEntry> {
+    let size = haven_gateway::audit::size(pool).await.unwrap();
+    let entries = haven_gateway::audit::read_range(pool, 0, size).await.unwrap();
+    entries.into_iter().filter(|e| e.action == action && e.actor_org == org).collect()
+}
+
+/// Waits until the gateway has refused an in-process node's stream because another stream of its
+/// organization holds the lease.
+async fn refused_as_held(node: &TestNode) {
+    let mut s = node.state.stream.clone();
+    tokio::time::timeout(Duration::from_secs(20), s.wait_for(|s| s.held_elsewhere && s.refusals >= 1))
+        .await
+        .expect("the node's stream is refused within 20 s")
+        .expect("stream state");
+}
+
+/// A refusal of a second stream: ALREADY_EXISTS naming when the holding stream connected and from
+/// where (the `stream_opened` entry of the holder records its source), and when its lease lapses.
+fn assert_held_by(refusal: &tonic::Status, holder: &AuditEntry) {
+    assert_eq!(refusal.code(), Code::AlreadyExists, "{refusal:?}");
+    let m = refusal.message();
+    assert!(m.contains(&format!("organization `{RECIPIENT}` already has a delivery stream, connected at ")), "{m}");
+    assert!(m.contains(&format!("from {} (stream {})", holder.source_node, holder.object_id)), "{m}");
+    assert!(m.contains("another copy of this node is running"), "{m}");
+    let retry: u64 = refusal
+        .metadata()
+        .get("haven-retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("the refusal says when the lease lapses");
+    assert!(retry <= 30_000, "at most the lease's time to live: {retry} ms");
+}
+
+/// Submits `n` referrals from harbor to the shelter through `harbor` under one fresh consent.
+async fn send_referrals(harbor: &Caller, n: usize) -> HashSet<String> {
+    let (consent, subject) = harbor.consent().await;
+    let mut sent = HashSet::new();
+    for _ in 0..n {
+        let id = Uuid::now_v7().to_string();
+        assert!(queued(&harbor.submit(referral(&id, &subject, &consent)).await.unwrap()));
+        sent.insert(id);
+    }
+    sent
+}
+
+/// The shelter's node delivered nothing to its users.
+async fn inbox_is_empty(node: &TestNode) {
+    let inbox = Inbox::read(node.state.store.pool()).await.unwrap();
+    assert!(inbox.deliveries.is_empty(), "a second copy of the node received {:?}", inbox.deliveries.keys());
+}
+
+/// Two running copies of one organization's node on one gateway: the first holds the stream's lease,
+/// and the second is refused (ALREADY_EXISTS, naming when and from where the first connected) and
+/// keeps being refused instead of replacing it; the first receives every delivery, the second none,
+/// and the trail records the first's opening and each refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_of_a_node_is_refused_and_the_first_keeps_every_delivery() {
+    let net = TestNet::start().await;
+    let people = [("sam", Role::Caseworker)];
+    let first = net.node(RECIPIENT, &people).await;
+    connected(&first).await;
+    let gw = net.gateway.0.store.pool().clone();
+    let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
+    assert_eq!(opened.len(), 1, "the first copy's stream opening is recorded: {opened:?}");
+    let refusal = open_stream(&net.link(RECIPIENT)).await.expect_err("a second stream is refused");
+    assert_held_by(&refusal, &opened[0]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let second =
+        TestNode::start_at(elsewhere.path(), &net.certs, net.url(), RECIPIENT, &people, Arc::new(SystemClock)).await;
+    refused_as_held(&second).await;
+    let sent = send_referrals(&Caller::casey(net.link("harbor")), 40).await;
+    let pool = first.state.store.pool().clone();
+    all_delivered_once("every referral at the first copy", || Some(pool.clone()), &sent, &HashSet::new()).await;
+    drained(&gw, RECIPIENT).await;
+    inbox_is_empty(&second).await;
+    let s = second.state.stream.borrow().clone();
+    assert_eq!(s.sessions, 0, "the second copy never held the stream: {s:?}");
+    assert!(first.state.stream.borrow().connected && first.state.stream.borrow().sessions == 1, "never replaced");
+
+    let refused = entries_of(&gw, "stream_refused", RECIPIENT).await;
+    assert!(refused.len() >= 2, "the hand-made attempt and the second copy's: {refused:?}");
+    for e in &refused {
+        assert_eq!(
+            (e.object_id.as_str(), e.outcome.as_str(), e.reason.as_str()),
+            (opened[0].object_id.as_str(), "refused", "stream_held")
+        );
+    }
+    assert_eq!(entries_of(&gw, "stream_opened", RECIPIENT).await.len(), 1, "no second stream opened");
+    second.stop().await;
+    first.stop().await;
+    net.stop().await;
+}
+
+/// Two gateway replicas on one database: a stream on one holds the organization's lease for both, so
+/// a second copy of the node on the other replica is refused, and what is submitted through the other
+/// replica goes to the first copy alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_refuse_a_second_stream_of_an_organization() {
+    let net = TestNet::start().await;
+    let replica = net.replica().await;
+    let people = [("sam", Role::Caseworker)];
+    let first = net.node(RECIPIENT, &people).await;
+    connected(&first).await;
+    let gw = net.gateway.0.store.pool().clone();
+    let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let refusal = open_stream(&replica.link(RECIPIENT)).await.expect_err("the other replica refuses a second stream");
+    assert_held_by(&refusal, &opened[0]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let second =
+        TestNode::start_at(elsewhere.path(), &net.certs, replica.url(), RECIPIENT, &people, Arc::new(SystemClock))
+            .await;
+    refused_as_held(&second).await;
+    let sent = send_referrals(&Caller::casey(replica.link("harbor")), 30).await;
+    let pool = first.state.store.pool().clone();
+    all_delivered_once("every referral at the first copy", || Some(pool.clone()), &sent, &HashSet::new()).await;
+    drained(&gw, RECIPIENT).await;
+    inbox_is_empty(&second).await;
+    assert_eq!(second.state.stream.borrow().sessions, 0, "the second copy never held the stream");
+    second.stop().await;
+    first.stop().await;
+    replica.stop().await;
+    net.stop().await;
+}
+
+/// Two gateway processes on one database (PostgreSQL, or one SQLite file): a second copy of the node
+/// on the other process is refused while the first holds the stream, and receives nothing. Then the
+/// process holding the stream is killed (SIGKILL): its lease is no longer renewed, and once it lapses
+/// (two heartbeats of one second) the second copy takes the stream over and receives what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_gateway_holding_a_stream_dies_its_lease_lapses_and_a_waiting_copy_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = CertsDir(dir.path().join("certs"));
+    haven_certs::init(&policies_dir().join("orgs.toml"), &certs.0, false).unwrap();
+    let database = fresh_database(dir.path()).await;
+    let one = Proc::gateway(exe(), "gateway-1", dir.path(), &policies_dir(), &database);
+    let two = Proc::gateway(exe(), "gateway-2", dir.path(), &policies_dir(), &database);
+    let people = [("sam", Role::Caseworker)];
+    let first = TestNode::start_at(dir.path(), &certs, one.url(), RECIPIENT, &people, Arc::new(SystemClock)).await;
+    connected(&first).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let second =
+        TestNode::start_at(elsewhere.path(), &certs, two.url(), RECIPIENT, &people, Arc::new(SystemClock)).await;
+    refused_as_held(&second).await;
+    let harbor = Caller::casey(link_to(&two.url(), &certs, "harbor"));
+    let before = send_referrals(&harbor, 20).await;
+    let pool = first.state.store.pool().clone();
+    all_delivered_once("every referral at the first copy", || Some(pool.clone()), &before, &HashSet::new()).await;
+    let store = Store::open(&database).await.unwrap();
+    drained(store.pool(), RECIPIENT).await;
+    inbox_is_empty(&second).await;
+    assert_eq!(second.state.stream.borrow().sessions, 0, "the second copy never held the stream");
+
+    one.kill();
+    let killed = Instant::now();
+    let mut s = second.state.stream.clone();
+    tokio::time::timeout(Duration::from_secs(30), s.wait_for(|s| s.connected))
+        .await
+        .expect("the second copy gets the stream once the dead gateway's lease lapses")
+        .unwrap();
+    let took = killed.elapsed();
+    // The lease lives two heartbeats (2 s) after its last renewal; the waiting copy retries no later
+    // than just after the lapse the gateway told it.
+    assert!(took < Duration::from_secs(10), "took over {took:?} after the kill");
+    let after = send_referrals(&harbor, 10).await;
+    let pool = second.state.store.pool().clone();
+    all_delivered_once("what followed, at the second copy", || Some(pool.clone()), &after, &HashSet::new()).await;
+    drained(store.pool(), RECIPIENT).await;
+    println!("took over {took:.1?} after the gateway holding the stream was killed");
+    second.stop().await;
+    first.stop().await;
+    drop(two);
+}
+
+/// A stream whose lease lapsed (its replica did not renew it in time: the clock moves past the
+/// lease's two heartbeats) is fenced once another stream of the organization takes the lease over on
+/// another replica. The item that was in flight on the old stream goes to the new one as well; the
+/// old stream's acknowledgement of it is audited (`ack_fenced`) but not applied, and the old stream is
+/// closed with ABORTED, its `stream_closed` entry listing the item; the new stream's acknowledgement
+/// delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_on_a_fenced_stream_is_audited_but_not_applied() {
+    let clock = haven_trust::clock::ManualClock::starting_now();
+    let net = TestNet::start_with_clock(Arc::new(clock.clone())).await;
+    let replica = net.replica().await;
+    let gw = net.gateway.0.store.pool().clone();
+    let (old_tx, mut old) = open_stream(&net.link(RECIPIENT)).await.expect("the first stream opens");
+    let old_id = next_frame(&mut old, welcome).await.stream_id;
+    let sent = send_referrals(&Caller::casey(net.link("harbor")), 1).await;
+    let message = sent.iter().next().unwrap().clone();
+    let item = next_frame(&mut old, an_item).await;
+
+    // Two heartbeats (30 s) pass without a renewal.
+    clock.advance_secs(31);
+    let (new_tx, mut new) = open_stream(&replica.link(RECIPIENT)).await.expect("a stream takes the lapsed lease over");
+    let new_id = next_frame(&mut new, welcome).await.stream_id;
+    let again = next_frame(&mut new, an_item).await;
+    assert_eq!(again.item_id, item.item_id, "the item in flight on the fenced stream goes to the new one");
+
+    old_tx
+        .send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id.clone() })) })
+        .await
+        .unwrap();
+    let status = stream_end(&mut old).await.expect("the fenced stream is closed with a status");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("lease lapsed") && status.message().contains("acknowledgements are refused"),
+        "{status:?}"
+    );
+    let state = |id: String| {
+        let gw = gw.clone();
+        async move {
+            let r = sqlx::query("SELECT o.state, d.status FROM outbox o JOIN deliveries d ON d.delivery_id = o.delivery_id WHERE o.item_id = $1")
+                .bind(id)
+                .fetch_one(&gw)
+                .await
+                .unwrap();
+            (r.get::<String, _>(0), r.get::<String, _>(1))
+        }
+    };
+    assert_eq!(state(item.item_id.clone()).await, ("pending".to_owned(), "sent".to_owned()), "not applied");
+    let fenced = entries_of(&gw, "ack_fenced", RECIPIENT).await;
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    assert_eq!(
+        (
+            fenced[0].object_id.as_str(),
+            fenced[0].counterparty.as_str(),
+            fenced[0].outcome.as_str(),
+            fenced[0].reason.as_str()
+        ),
+        (message.as_str(), "harbor", "refused", "stream_fenced")
+    );
+    assert!(entries_of(&gw, "delivered", RECIPIENT).await.is_empty(), "nothing delivered yet");
+    let closed = entries_of(&gw, "stream_closed", RECIPIENT).await;
+    let old_closed = closed.iter().find(|e| e.object_id == old_id).expect("the fenced stream's closing is recorded");
+    assert_eq!(old_closed.reason, "fenced");
+    assert_eq!(old_closed.released_fields, vec![item.item_id.clone()], "the item that was in flight on it");
+
+    new_tx
+        .send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id.clone() })) })
+        .await
+        .unwrap();
+    let st = &state;
+    let id = item.item_id.clone();
+    wait_for("the new stream's acknowledgement", Duration::from_secs(20), move || {
+        let id = id.clone();
+        async move { (st(id).await == ("acked".to_owned(), "delivered".to_owned())).then_some(()) }
+    })
+    .await;
+    let delivered = entries_of(&gw, "delivered", RECIPIENT).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].object_id, message);
+    assert!(entries_of(&gw, "stream_opened", RECIPIENT).await.iter().any(|e| e.object_id == new_id));
+    drop((old_tx, new_tx, new));
+    replica.stop().await;
+    net.stop().await;
+}
+
+/// A stream's opening and closing are accesses: `stream_opened` names the stream and where it
+/// connected from, and `stream_closed` says why it closed and lists the items it had sent that were
+/// not acknowledged. A stream that the node closes releases the lease at once, so the node's next
+/// stream opens straight away.
+#[tokio::test]
+async fn stream_openings_and_closings_are_audited_with_the_source_and_the_items_in_flight() {
+    let net = TestNet::start().await;
+    let gw = net.gateway.0.store.pool().clone();
+    send_referrals(&Caller::casey(net.link("harbor")), 3).await;
+    let link = net.link(RECIPIENT);
+    let (tx, mut stream) = open_stream(&link).await.unwrap();
+    let id = next_frame(&mut stream, welcome).await.stream_id;
+    let mut items = Vec::new();
+    for _ in 0..3 {
+        items.push(next_frame(&mut stream, an_item).await.item_id);
+    }
+    tx.send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: items[0].clone() })) }).await.unwrap();
+    let first = items[0].clone();
+    let g = &gw;
+    wait_for("the first acknowledgement", Duration::from_secs(20), move || {
+        let first = first.clone();
+        async move {
+            let r = sqlx::query("SELECT state FROM outbox WHERE item_id = $1").bind(first).fetch_one(g).await.ok()?;
+            (r.get::<String, _>(0) == "acked").then_some(())
+        }
+    })
+    .await;
+    // The node closes its side: the gateway ends the stream normally.
+    drop(tx);
+    assert!(stream_end(&mut stream).await.is_none(), "a normal end");
+
+    let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(
+        (opened[0].object_id.as_str(), opened[0].actor_role.as_str(), opened[0].outcome.as_str()),
+        (id.as_str(), "node", "ok")
+    );
+    let source: std::net::SocketAddr = opened[0].source_node.parse().expect("the source is an address and port");
+    assert!(source.ip().is_loopback(), "{source}");
+    let closed = entries_of(&gw, "stream_closed", RECIPIENT).await;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!((closed[0].object_id.as_str(), closed[0].reason.as_str()), (id.as_str(), "node_closed"));
+    assert_eq!(closed[0].source_node, opened[0].source_node);
+    let mut in_flight = items[1..].to_vec();
+    in_flight.sort();
+    assert_eq!(closed[0].released_fields, in_flight, "the two items sent and not acknowledged");
+
+    // Released at once: the next stream opens, and the items in flight come again.
+    let (_tx, mut again) = open_stream(&link).await.expect("the lease was released when the stream closed");
+    next_frame(&mut again, welcome).await;
+    let mut resent = vec![next_frame(&mut again, an_item).await.item_id, next_frame(&mut again, an_item).await.item_id];
+    resent.sort();
+    assert_eq!(resent, in_flight);
     net.stop().await;
 }

@@ -104,6 +104,61 @@ async fn a_node_checks_the_gateway_by_the_dns_name_its_certificate_carries() {
     assert_eq!(caller.org_id, "harbor");
     let err = whoami("elsewhere.haven.test").await.expect_err("a certificate without the name is refused");
     assert_eq!(err.code(), Code::Unavailable, "refused at the handshake: {err:?}");
+    let said = net.link_named("harbor", "elsewhere.haven.test").tls_failure(&err).expect("explained");
+    assert!(said.contains("does not carry the name `elsewhere.haven.test` (--gateway-name)"), "{said}");
+    net.stop().await;
+}
+
+/// A node set up for another network (its ca.pem and certificates from another `haven-certs init`)
+/// that dials this network's gateway is told that its CA did not issue the gateway's certificate, on
+/// its delivery stream, for `whoami`, and for a direct call; it is not left with a bare `BadSignature`.
+/// Every network CA has a subject of its own, so the handshake fails on an unknown issuer.
+#[tokio::test]
+async fn a_node_of_another_network_is_told_the_gateway_certificate_is_not_from_its_ca() {
+    let net = TestNet::start().await;
+    let other = net.dir.path().join("other-network");
+    haven_certs::init(&haven_tests::net::policies_dir().join("orgs.toml"), &other, false).unwrap();
+    let certs = haven_trust::pki::CertsDir(other);
+    let config = haven_node::link::LinkConfig::from_certs_dir(net.url(), &certs, org("harbor"));
+    let link = haven_node::link::GatewayLink::new(&config, net.clock.clone()).unwrap();
+    let req = link.request(&PersonId::parse("casey").unwrap(), Role::Caseworker, WhoAmIRequest {}).unwrap();
+    let err = GatewayClient::new(link.channel()).who_am_i(req).await.expect_err("another network's gateway");
+    let said = link.tls_failure(&err).unwrap_or_else(|| panic!("not explained: {err:?}"));
+    let ca = certs.ca_cert();
+    assert!(
+        said.starts_with(&format!(
+            "the gateway at {} presented a certificate that the network CA in {} (CN=Haven network CA ",
+            net.url(),
+            ca.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("did not issue: either") && said.ends_with("(TLS: invalid peer certificate: UnknownIssuer)"),
+        "{said}"
+    );
+
+    // The same words on the node's stream and for `whoami` through its API.
+    let node = haven_tests::net::TestNode::start_at(
+        net.dir.path(),
+        &certs,
+        net.url(),
+        "harbor",
+        &[("casey", Role::Caseworker)],
+        net.clock.clone(),
+    )
+    .await;
+    let mut stream = node.state.stream.clone();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stream.wait_for(|s| !s.last_error.is_empty()))
+        .await
+        .expect("the stream reports within 20 s")
+        .unwrap()
+        .last_error
+        .clone();
+    assert!(ended.contains(&format!("the network CA in {}", ca.display())), "{ended}");
+    let whoami = node.client().await.who_am_i(node.as_person("casey", WhoAmIRequest {})).await.unwrap_err();
+    assert!(whoami.message().contains("did not issue: either"), "{whoami:?}");
+    node.stop().await;
     net.stop().await;
 }
 

@@ -98,7 +98,7 @@ async fn an_undelivered_copy_expires_after_the_ttl_and_the_sender_sees_it() {
     assert_eq!(payload.get::<String, _>(0), "expired");
     assert_eq!(payload.get::<i64, _>(1), 0, "the payload is gone with the expiry");
     // The subject access report says the copy was queued, then expired: it never reached its recipient.
-    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), &s).await.unwrap();
+    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), "harbor", &s).await.unwrap();
     let fate: Vec<(&str, &str, &str)> =
         report.iter().map(|d| (d.action.as_str(), d.recipient.as_str(), d.message_id.as_str())).collect();
     assert_eq!(
@@ -271,7 +271,8 @@ async fn a_stream_reads_only_covered_items_through_its_index_whatever_the_statis
     assert_eq!(read(vec![expected[0].clone(), expected[4].clone()]).await, [&expected[1..4], &expected[5..]].concat());
 
     // Items under a consent go out only while it covers them (the read is at time 100): given and
-    // within its window, or renewed; not past its window, revoked, or not on record.
+    // within its window, or renewed; not past its window, revoked, not on record, or another
+    // organization's (a consent covers only its controller's sends).
     let mut tx = store.begin().await.unwrap();
     sqlx::query(
         "INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) VALUES \
@@ -283,15 +284,24 @@ async fn a_stream_reads_only_covered_items_through_its_index_whatever_the_statis
     .execute(&mut *tx)
     .await
     .unwrap();
-    for (item, consent) in expected.iter().zip(["c-given", "c-lapsed", "c-renewed", "c-revoked", "c-unknown"]) {
-        sqlx::query("UPDATE outbox SET consent_id = $1 WHERE item_id = $2")
+    let under = [
+        ("c-given", "org0"),
+        ("c-lapsed", "org0"),
+        ("c-renewed", "org0"),
+        ("c-revoked", "org0"),
+        ("c-unknown", "org0"),
+        ("c-given", "org1"),
+    ];
+    for (item, (consent, sender)) in expected.iter().zip(under) {
+        sqlx::query("UPDATE outbox SET consent_id = $1, sender = $2 WHERE item_id = $3")
             .bind(consent)
+            .bind(sender)
             .bind(item.as_str())
             .execute(&mut *tx)
             .await
             .unwrap();
     }
     tx.commit().await.unwrap();
-    let covered: Vec<String> = [0, 2, 5, 6, 7, 8, 9].iter().map(|&i| expected[i].clone()).collect();
+    let covered: Vec<String> = [0, 2, 6, 7, 8, 9].iter().map(|&i| expected[i].clone()).collect();
     assert_eq!(read(vec![]).await, covered);
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use haven_proto::v1::*;
-use haven_tests::net::{TestNet, TestNode};
+use haven_tests::net::{TestNet, TestNode, copy_policies};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
 use haven_trust::receipt::ConsentReceipt;
@@ -19,7 +19,14 @@ fn text(s: &str) -> FieldValue {
 }
 
 async fn consent(node: &TestNode, purposes: &[&str], types: &[&str]) -> (String, String) {
+    consent_for(node, purposes, types, "").await
+}
+
+/// Records a consent for the subject the node knows as `subject` (minted when empty); returns the
+/// consent id and the subject.
+async fn consent_for(node: &TestNode, purposes: &[&str], types: &[&str], subject: &str) -> (String, String) {
     let req = RecordConsentRequest {
+        subject_pseudonym: subject.into(),
         purposes: purposes.iter().map(|s| s.to_string()).collect(),
         recipient_types: types.iter().map(|s| s.to_string()).collect(),
         labels: vec![
@@ -248,6 +255,75 @@ async fn an_alert_fans_out_deidentified_and_each_liaison_acknowledges() {
     net.stop().await;
 }
 
+/// An organization in the registry without pins can never connect, so nothing is queued for it: an
+/// alert to every permitted recipient leaves it out, and a message naming it gets that recipient
+/// refused `recipient_not_pinned`, audited like any refusal, while the other recipients are served.
+#[tokio::test]
+async fn an_organization_without_pins_is_never_queued_for_and_a_message_naming_it_is_refused_for_it() {
+    let policies = tempfile::tempdir().unwrap();
+    copy_policies(policies.path());
+    let orgs = policies.path().join("orgs.toml");
+    let mut registry = std::fs::read_to_string(&orgs).unwrap();
+    registry.push_str(
+        "\n[[org]]\nid = \"lakeside-police\"\nname = \"Lakeside Police Liaison (fictional)\"\ntype = \"law_enforcement\"\n",
+    );
+    std::fs::write(&orgs, registry).unwrap();
+    let net = TestNet::start_with(policies.path().to_owned(), std::sync::Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let alert = |recipients: &[&str]| Envelope {
+        kind: "alert".into(),
+        all_permitted_recipients: recipients.is_empty(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        purpose: "safety_alert".into(),
+        fields: HashMap::from([("incident_type".into(), text("suspicious_recruitment"))]),
+        ..Default::default()
+    };
+
+    let to_all = send(&harbor, "casey", alert(&[])).await.unwrap();
+    let mut reached: Vec<&str> = to_all.outcomes.iter().map(|o| o.recipient.as_str()).collect();
+    reached.sort();
+    assert_eq!(reached, vec!["county-sheriff", "metro-police"], "the unpinned liaison is not a recipient at all");
+
+    let named = send(&harbor, "casey", alert(&["lakeside-police", "metro-police"])).await.unwrap();
+    let outcome = |org: &str| named.outcomes.iter().find(|o| o.recipient == org).unwrap();
+    assert_eq!(outcome("metro-police").outcome, recipient_outcome::Outcome::Queued as i32);
+    let refused = outcome("lakeside-police");
+    assert_eq!(refused.outcome, recipient_outcome::Outcome::Denied as i32);
+    let d = refused.decision.as_ref().unwrap();
+    assert_eq!((d.reason_code.as_str(), d.reason_detail.as_str()), ("recipient_not_pinned", "lakeside-police"));
+    assert_eq!(d.reason, DenyReason::RecipientNotPinned as i32);
+    assert!(d.released_fields.is_empty() && d.withheld_fields == ["incident_type"]);
+
+    use sqlx::Row;
+    let pool = net.gateway.0.store.pool();
+    let queued = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1")
+        .bind("lakeside-police")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    assert_eq!(queued, 0);
+    let size = haven_gateway::audit::size(pool).await.unwrap();
+    let audited: Vec<_> = haven_gateway::audit::read_range(pool, 0, size)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.counterparty == "lakeside-police")
+        .collect();
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert_eq!(
+        (
+            audited[0].action.as_str(),
+            audited[0].decision.as_str(),
+            audited[0].reason.as_str(),
+            audited[0].outcome.as_str()
+        ),
+        ("submitted", "deny", "recipient_not_pinned", "denied")
+    );
+    harbor.stop().await;
+    net.stop().await;
+}
+
 #[tokio::test]
 async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     let net = TestNet::start().await;
@@ -293,7 +369,8 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     assert_eq!(left, 0);
     // The subject access report says the legal-aid copy was queued, then cancelled: it never reached
     // its recipient.
-    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), &subject).await.unwrap();
+    let report =
+        haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), "harbor", &subject).await.unwrap();
     let to_legal_fate: Vec<(&str, &str)> = report
         .iter()
         .filter(|d| d.message_id == to_legal.message_id)
@@ -383,6 +460,166 @@ async fn bad_envelopes_are_refused_precisely_and_nothing_is_queued() {
         .unwrap()
         .get::<i64, _>(0);
     assert_eq!(queued, 0);
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// A pseudonym is a subject only together with its controller: another organization that registers a
+/// consent under the same pseudonym string gets a different recipient-scoped pseudonym at every
+/// recipient, so the recipient can neither link the two organizations' referrals nor be fed the other's
+/// records under the first one's pseudonym.
+#[tokio::test]
+async fn a_recipient_sees_two_controllers_subjects_of_one_pseudonym_as_two() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let northstar = net.node("northstar", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let (harbor_consent, s1) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // northstar copies harbor's pseudonym into a consent of its own: the gateway accepts it, since to
+    // northstar it names a subject of its own.
+    let (northstar_consent, same) = consent_for(&northstar, &["housing"], &["shelter"], &s1).await;
+    assert_eq!(same, s1);
+
+    let mut seen = Vec::new();
+    for (node, consent_id) in [(&harbor, &harbor_consent), (&northstar, &northstar_consent), (&harbor, &harbor_consent)]
+    {
+        let sent = send(node, "casey", referral("maple-house", "housing", &s1, consent_id)).await.unwrap();
+        assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", sent.outcomes);
+        let got = wait_inbox(&maple, "sam", |i| delivery(i).is_some_and(|d| d.message_id == sent.message_id)).await;
+        seen.push(delivery(&got).unwrap().subject_pseudonym.clone());
+    }
+    let (harbor_first, northstar_seen, harbor_again) = (&seen[0], &seen[1], &seen[2]);
+    assert_ne!(harbor_first, northstar_seen, "two controllers' subjects must not share a pseudonym at the recipient");
+    assert_eq!(harbor_first, harbor_again, "one controller's subject keeps its pseudonym at the recipient");
+    for p in &seen {
+        assert!(p.starts_with("r_") && *p != s1, "{p}");
+    }
+    // Each copy records the derivation it used.
+    use sqlx::Row;
+    let versions: Vec<i64> = sqlx::query("SELECT pseudonym_version FROM deliveries ORDER BY delivery_id")
+        .fetch_all(net.gateway.0.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![haven_gateway::routing::pseudonym::VERSION; 3]);
+    for n in [harbor, northstar, maple] {
+        n.stop().await;
+    }
+    net.stop().await;
+}
+
+/// A consent's revocation reaches only its controller's copies: another organization that names the
+/// consent's id on a send whose rule needs no consent (a safety alert) keeps its copy, and its recipient
+/// gets no withdrawal notice from it.
+#[tokio::test]
+async fn revoking_a_consent_leaves_other_organizations_copies_alone() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let northstar = net.node("northstar", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // No law-enforcement node runs: the alert's copy waits in the queue.
+    let alert = Envelope {
+        kind: "alert".into(),
+        recipients: vec!["metro-police".into()],
+        purpose: "safety_alert".into(),
+        subject_pseudonym: subject.clone(),
+        consent_id: consent_id.clone(),
+        fields: HashMap::from([
+            ("incident_type".into(), text("suspicious_recruitment")),
+            ("location_area".into(), text("North bus terminal (fictional)")),
+        ]),
+        ..Default::default()
+    };
+    let sent = send(&northstar, "casey", alert).await.unwrap();
+    assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32, "{:?}", sent.outcomes);
+
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+
+    // The revocation's transaction has committed: its cascade is done.
+    use sqlx::Row;
+    let pool = net.gateway.0.store.pool();
+    let status: String = sqlx::query("SELECT status FROM deliveries WHERE sender = 'northstar' AND message_id = $1")
+        .bind(sent.message_id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "sent", "harbor's revocation must not cancel northstar's copy");
+    let touched: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM outbox WHERE (org = 'metro-police' AND item_kind = 'consent_withdrawn') OR (org = 'northstar' AND item_kind = 'sender_notice')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(touched, 0, "neither northstar nor its recipient hears of harbor's revocation");
+    let cascaded: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM audit_log WHERE action IN ('cancelled', 'withdrawal_notified') AND actor_org = 'northstar'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(cascaded, 0);
+    harbor.stop().await;
+    northstar.stop().await;
+    net.stop().await;
+}
+
+/// A recipient whose copies under one consent span the upgrade of the pseudonym derivation holds them
+/// under two pseudonyms: the withdrawal names each copy by the pseudonym the recipient was given for it.
+#[tokio::test]
+async fn a_withdrawal_names_each_copy_by_the_pseudonym_its_recipient_was_given() {
+    use prost::Message;
+    use sqlx::Row;
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
+    // The shelter's node is not running: the new copy waits in the queue.
+    let sent = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    let pool = net.gateway.0.store.pool();
+    let new_pseudonym: String = sqlx::query("SELECT recipient_subject FROM deliveries WHERE message_id = $1")
+        .bind(sent.message_id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0);
+    // A copy the shelter received before the upgrade, under the pseudonym of version 1.
+    let (old_message, old_pseudonym) = (uuid::Uuid::now_v7().to_string(), "r_00112233445566778899aabbccddeeff");
+    sqlx::query("INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, pseudonym_version, released_fields, status, updated_at_micros, expires_at_micros) VALUES ($1, 'harbor', 'casey', $2, 'maple-house', 'referral', 'housing', $3, $4, $5, 1, '[]', 'delivered', 0, $6)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(old_message.as_str())
+        .bind(consent_id.as_str())
+        .bind(subject.as_str())
+        .bind(old_pseudonym)
+        .bind(SystemClock.now_micros() + DAY)
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+
+    // The revocation's transaction has committed: its notices are queued.
+    let mut notices: Vec<(String, Vec<String>)> = sqlx::query(
+        "SELECT payload FROM outbox WHERE org = 'maple-house' AND item_kind = 'consent_withdrawn' ORDER BY item_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| match Item::decode(r.get::<Vec<u8>, _>(0).as_slice()).unwrap().body {
+        Some(item::Body::ConsentWithdrawn(w)) => (w.subject_pseudonym, w.message_ids),
+        other => panic!("expected a withdrawal notice, got {other:?}"),
+    })
+    .collect();
+    notices.sort();
+    let mut want = vec![(old_pseudonym.to_owned(), vec![old_message]), (new_pseudonym, vec![sent.message_id.clone()])];
+    want.sort();
+    assert_eq!(notices, want);
     harbor.stop().await;
     net.stop().await;
 }

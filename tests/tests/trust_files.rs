@@ -289,3 +289,82 @@ async fn a_node_refuses_mismatched_identity_files_and_a_cleartext_gateway() {
     let err = GatewayLink::new(&swapped, clock).err().expect("signing and TLS swapped");
     assert!(matches!(err, LinkError::Identity(PkiError::WrongPurpose { .. })), "{err}");
 }
+
+/// A setting the gateway cannot run with stops the start before anything is opened, with every such
+/// setting named and how to set it; so does a certificate or policy folder that does not exist.
+#[tokio::test]
+async fn the_gateway_refuses_to_start_with_a_setting_out_of_range_or_a_missing_folder() {
+    let (dir, certs, database) = fresh_network().await;
+    let mut bad = config(&certs.0, &database);
+    bad.max_message_bytes = 0;
+    bad.request_timeout = std::time::Duration::ZERO;
+    let err = Gateway::open(bad, Arc::new(SystemClock)).await.err().expect("a zero message limit stops the start");
+    assert!(matches!(err, StartError::Config(_)), "{err}");
+    assert_eq!(err.code(), "config_invalid");
+    let text = err.to_string();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("max_message_bytes = 0 is out of range: it must be from 65536 to 268435456 bytes (default 4194304); set it with --max-message-bytes, HAVEN_MAX_MESSAGE_BYTES or `max_message_bytes` in --config"), "{text}");
+    assert!(text.contains("request_timeout_secs = 0 is out of range"), "{text}");
+
+    let missing = dir.path().join("no-such-policies");
+    let mut bad = config(&certs.0, &database);
+    bad.policies = missing.clone();
+    let err = Gateway::open(bad, Arc::new(SystemClock)).await.err().expect("a missing policy folder stops the start");
+    assert_eq!(err.to_string().lines().count(), 1, "{err}");
+    assert!(
+        err.to_string().starts_with(&format!("--policies {}: the folder does not exist", missing.display())),
+        "{err}"
+    );
+
+    Gateway::open(config(&certs.0, &database), Arc::new(SystemClock)).await.expect("the defaults start");
+}
+
+/// A database the gateway cannot migrate stops the start in the server's own words: on PostgreSQL its
+/// message, SQLSTATE code, detail and hint, never `at line N` (a line of PostgreSQL's C source, which
+/// means nothing to an operator).
+#[tokio::test]
+async fn a_database_error_reads_as_the_servers_message_code_detail_and_hint() {
+    use haven_gateway::store::{Store, StoreError};
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let conflicting = "CREATE TABLE audit_log (something_else INTEGER)";
+    match db() {
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
+            sqlx::raw_sql(conflicting).execute(&mut conn).await.unwrap();
+        }
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{database}?mode=rwc")).await.unwrap();
+            sqlx::raw_sql(conflicting).execute(&mut conn).await.unwrap();
+        }
+    }
+    let err = Store::open(&database).await.expect_err("the first migration cannot create audit_log");
+    let text = err.to_string();
+    assert!(text.starts_with("migration 1 (audit_log) failed: "), "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    if db() == Db::Sqlite {
+        return;
+    }
+    assert!(text.ends_with("PostgreSQL: relation \"audit_log\" already exists (SQLSTATE 42P07)"), "{text}");
+
+    let other = fresh_database(dir.path()).await;
+    let store = Store::open(&other).await.unwrap();
+    let failed = |e: sqlx::Error| StoreError::Sql(e).to_string();
+    let e = sqlx::query("SELECT no_such_function(1)").execute(store.pool()).await.unwrap_err();
+    let text = failed(e);
+    assert!(
+        text.starts_with("database error: PostgreSQL: function no_such_function(integer) does not exist (SQLSTATE 42883); hint: No function matches"),
+        "{text}"
+    );
+    let e = sqlx::query(
+        "INSERT INTO haven_migrations (version, name, checksum, applied_at_micros) VALUES (1, 'x', 'x', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap_err();
+    let text = failed(e);
+    assert!(text.contains("(SQLSTATE 23505, table haven_migrations, constraint haven_migrations_pkey); detail: Key (version)=(1) already exists."), "{text}");
+    assert!(!text.contains(" at line "), "{text}");
+    store.close().await;
+}

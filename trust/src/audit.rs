@@ -4,7 +4,7 @@
 //! use this module, so there is one definition of what is hashed and what is signed. The encoding is
 //! documented in `docs/audit-export.md`; changing it means a new [`ENCODING_VERSION`].
 //!
-//! # The subject commitment (encoding version 2)
+//! # The subject commitments
 //!
 //! The canonical encoding does not hold the subject pseudonym itself but a commitment to it,
 //! [`subject_commitment`] = SHA-256(`haven.audit.subject/v1` ‖ 0x00 ‖ seq ‖ subject). A privacy officer
@@ -14,6 +14,11 @@
 //! values, so the commitment cannot be reversed by guessing (unlike a hash of a field value, which the
 //! log never holds), and because `seq` is hashed in, two entries about the same subject carry unrelated
 //! commitments: a redacted export does not let recipients link what they hold.
+//!
+//! Version 3 also commits to the pseudonym the counterparty knows the subject by,
+//! [`counterparty_subject_commitment`], so the recipient-scoped pseudonym a redacted entry shows is
+//! bound by the leaf like every other field: changing it fails verification. Version 2 entries, written
+//! before, bind only the controller's pseudonym; they keep their encoding and still verify.
 
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
@@ -25,20 +30,97 @@ use crate::merkle::Hash;
 use crate::pki::CertInfo;
 use crate::registry::Fingerprint;
 
-/// The first byte of every canonical entry. Version 2 commits to the subject through
-/// [`subject_commitment`]; version 1 (the subject in clear) was never released.
-pub const ENCODING_VERSION: u8 = 2;
+/// The newest canonical entry encoding, the one the gateway writes: the first byte of each new entry's
+/// encoding, and the `encoding_version` of an export that may hold such entries. Version 3 commits to
+/// the subject through [`subject_commitment`] and to the counterparty's pseudonym for it through
+/// [`counterparty_subject_commitment`]; version 2 (entries written before) only to the subject; version
+/// 1 (the subject in clear) was never released.
+pub const ENCODING_VERSION: u8 = 3;
+
+/// Which canonical encoding an entry's leaf was built with. Each entry keeps the one it was written
+/// with: a leaf is never recomputed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Encoding {
+    /// Version 2: commits to the subject only, not to what the counterparty knows it by.
+    V2,
+    /// Version 3 ([`ENCODING_VERSION`]): also commits to the counterparty's pseudonym.
+    #[default]
+    V3,
+}
+
+impl Encoding {
+    /// The version number, the first byte of the encoding.
+    pub fn version(self) -> u8 {
+        match self {
+            Encoding::V2 => 2,
+            Encoding::V3 => 3,
+        }
+    }
+
+    /// The encoding of a version number, if it is one this code knows.
+    pub fn of_version(v: u8) -> Option<Self> {
+        match v {
+            2 => Some(Encoding::V2),
+            3 => Some(Encoding::V3),
+            _ => None,
+        }
+    }
+
+    /// Whether the encoding binds the counterparty's pseudonym.
+    pub fn binds_counterparty_subject(self) -> bool {
+        self == Encoding::V3
+    }
+
+    /// What an export line means when it names no version: entries exported before the version was
+    /// named were all version 2.
+    fn unnamed() -> Self {
+        Encoding::V2
+    }
+
+    fn is_unnamed(&self) -> bool {
+        *self == Encoding::unnamed()
+    }
+}
+
+impl TryFrom<u8> for Encoding {
+    type Error = String;
+
+    fn try_from(v: u8) -> Result<Self, String> {
+        Encoding::of_version(v).ok_or_else(|| format!("unknown entry encoding version {v} (known: 2, 3)"))
+    }
+}
+
+impl From<Encoding> for u8 {
+    fn from(e: Encoding) -> u8 {
+        e.version()
+    }
+}
 
 /// The domain separation prefix of [`subject_commitment`].
 const SUBJECT_DOMAIN: &[u8] = b"haven.audit.subject/v1\0";
 
+/// The domain separation prefix of [`counterparty_subject_commitment`].
+const COUNTERPARTY_SUBJECT_DOMAIN: &[u8] = b"haven.audit.counterparty_subject/v1\0";
+
 /// The commitment to the subject pseudonym of entry `seq` that the canonical encoding holds:
 /// SHA-256(`haven.audit.subject/v1` ‖ 0x00 ‖ seq as u64 big-endian ‖ subject as UTF-8).
 pub fn subject_commitment(seq: u64, subject: &str) -> Hash {
+    commitment(SUBJECT_DOMAIN, seq, subject)
+}
+
+/// The commitment to the pseudonym the counterparty of entry `seq` knows the subject by, which a
+/// version 3 encoding holds right after the [`subject_commitment`]:
+/// SHA-256(`haven.audit.counterparty_subject/v1` ‖ 0x00 ‖ seq as u64 big-endian ‖ pseudonym as UTF-8).
+pub fn counterparty_subject_commitment(seq: u64, counterparty_subject: &str) -> Hash {
+    commitment(COUNTERPARTY_SUBJECT_DOMAIN, seq, counterparty_subject)
+}
+
+fn commitment(domain: &[u8], seq: u64, value: &str) -> Hash {
     let mut h = Sha256::new();
-    h.update(SUBJECT_DOMAIN);
+    h.update(domain);
     h.update(seq.to_be_bytes());
-    h.update(subject.as_bytes());
+    h.update(value.as_bytes());
     h.finalize().into()
 }
 
@@ -59,8 +141,11 @@ pub struct AuditEntry {
     /// The message, delivery or consent the action concerns.
     pub object_id: String,
     pub counterparty: String,
-    /// The controller's subject pseudonym. The canonical encoding holds only its
-    /// [`subject_commitment`].
+    /// A subject pseudonym, always the actor organization's own: the controller's, in an entry about a
+    /// consent or a disclosure (whose actor is the controller), or the one a reader looked for, in an
+    /// entry recording a read. A pseudonym names a subject only together with the organization that
+    /// minted it, so what this entry says about a subject it says about (`actor_org`, `subject`). The
+    /// canonical encoding holds only its [`subject_commitment`].
     pub subject: String,
     pub purpose: String,
     pub consent_id: String,
@@ -77,6 +162,16 @@ pub struct AuditEntry {
     pub correlation_id: String,
     /// The organization whose node the action came through.
     pub source_node: String,
+    /// The pseudonym the counterparty knows the subject by (its recipient-scoped one), shown to the
+    /// counterparty's privacy officer in place of `subject`. Version 3 holds only its
+    /// [`counterparty_subject_commitment`]; version 2 does not bind it, so an entry of version 2 is
+    /// read with this empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub counterparty_subject: String,
+    /// The encoding the entry's leaf was built with. In JSON it is named for version 3 and later; an
+    /// entry that names none is version 2.
+    #[serde(default = "Encoding::unnamed", skip_serializing_if = "Encoding::is_unnamed")]
+    pub encoding_version: Encoding,
 }
 
 /// The actions the log records.
@@ -107,9 +202,14 @@ pub enum Action {
     /// A reload refused because of the TLS material (CA, CRL, the gateway's certificate or key); the
     /// reason names what was wrong, and nothing changed.
     TrustReloadRejected,
-    /// A delivery stream opened or closed.
+    /// A delivery stream took its organization's lease (the source address is recorded).
     StreamOpened,
+    /// A delivery stream ended, with why and the items it had sent that were not acknowledged.
     StreamClosed,
+    /// A delivery stream was refused because another stream of the organization holds the lease.
+    StreamRefused,
+    /// An acknowledgement that came on a fenced stream: recorded, not applied.
+    AckFenced,
     AuditQueried,
     AuditExported,
     SubjectReport,
@@ -138,6 +238,8 @@ impl Action {
             Action::TrustReloadRejected => "trust_reload_rejected",
             Action::StreamOpened => "stream_opened",
             Action::StreamClosed => "stream_closed",
+            Action::StreamRefused => "stream_refused",
+            Action::AckFenced => "ack_fenced",
             Action::AuditQueried => "audit_queried",
             Action::AuditExported => "audit_exported",
             Action::SubjectReport => "subject_report",
@@ -146,7 +248,7 @@ impl Action {
     }
 
     /// Every action, for validating query filters.
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 23] = [
         Action::AuthRejected,
         Action::Decided,
         Action::Submitted,
@@ -164,6 +266,8 @@ impl Action {
         Action::TrustReloadRejected,
         Action::StreamOpened,
         Action::StreamClosed,
+        Action::StreamRefused,
+        Action::AckFenced,
         Action::AuditQueried,
         Action::AuditExported,
         Action::SubjectReport,
@@ -206,10 +310,11 @@ fn put_list<S: AsRef<str>>(out: &mut impl Sink, items: &[S]) {
 }
 
 /// The fields of an entry as the canonical encoding sees them, borrowed from an [`AuditEntry`] or from
-/// a line of an export (where strings may be borrowed from the line itself). The subject is given as
-/// its commitment.
+/// a line of an export (where strings may be borrowed from the line itself). The subject and the
+/// counterparty's pseudonym are given as their commitments.
 #[derive(Debug, Clone, Copy)]
 pub struct EntryFields<'a, S: AsRef<str>> {
+    pub encoding: Encoding,
     pub seq: u64,
     pub time_micros: i64,
     pub actor_org: &'a str,
@@ -219,6 +324,8 @@ pub struct EntryFields<'a, S: AsRef<str>> {
     pub object_id: &'a str,
     pub counterparty: &'a str,
     pub subject_commitment: &'a Hash,
+    /// Written by version 3 only.
+    pub counterparty_subject_commitment: &'a Hash,
     pub purpose: &'a str,
     pub consent_id: &'a str,
     pub rule_ids: &'a [S],
@@ -234,13 +341,16 @@ pub struct EntryFields<'a, S: AsRef<str>> {
 
 impl<S: AsRef<str>> EntryFields<'_, S> {
     fn write(&self, out: &mut impl Sink) {
-        out.put(&[ENCODING_VERSION]);
+        out.put(&[self.encoding.version()]);
         out.put(&self.seq.to_be_bytes());
         out.put(&self.time_micros.to_be_bytes());
         for s in [self.actor_org, self.actor_person, self.actor_role, self.action, self.object_id, self.counterparty] {
             put_str(out, s);
         }
         out.put(self.subject_commitment);
+        if self.encoding.binds_counterparty_subject() {
+            out.put(self.counterparty_subject_commitment);
+        }
         for s in [self.purpose, self.consent_id] {
             put_str(out, s);
         }
@@ -272,9 +382,15 @@ impl<S: AsRef<str>> EntryFields<'_, S> {
 }
 
 impl AuditEntry {
-    /// The entry's fields with the subject replaced by `commitment`.
-    pub fn fields<'a>(&'a self, commitment: &'a Hash) -> EntryFields<'a, String> {
+    /// The entry's fields with the subject and the counterparty's pseudonym replaced by the given
+    /// commitments.
+    pub fn fields<'a>(
+        &'a self,
+        subject_commitment: &'a Hash,
+        counterparty_subject_commitment: &'a Hash,
+    ) -> EntryFields<'a, String> {
         EntryFields {
+            encoding: self.encoding_version,
             seq: self.seq,
             time_micros: self.time_micros,
             actor_org: &self.actor_org,
@@ -283,7 +399,8 @@ impl AuditEntry {
             action: &self.action,
             object_id: &self.object_id,
             counterparty: &self.counterparty,
-            subject_commitment: commitment,
+            subject_commitment,
+            counterparty_subject_commitment,
             purpose: &self.purpose,
             consent_id: &self.consent_id,
             rule_ids: &self.rule_ids,
@@ -303,18 +420,25 @@ impl AuditEntry {
         subject_commitment(self.seq, &self.subject)
     }
 
+    /// The commitment to this entry's counterparty's pseudonym (see
+    /// [`counterparty_subject_commitment`]).
+    pub fn counterparty_subject_commitment(&self) -> Hash {
+        counterparty_subject_commitment(self.seq, &self.counterparty_subject)
+    }
+
     /// The canonical encoding the Merkle leaf hashes: the version byte, `seq` (u64 big-endian),
     /// `time_micros` (i64 big-endian), then every other field in declaration order, each string as a
     /// u32 big-endian byte length followed by its UTF-8 bytes, each list as a u32 big-endian count
     /// followed by its strings, except the subject, which is written as its 32-byte
-    /// [`subject_commitment`] with no length.
+    /// [`subject_commitment`] with no length, followed in version 3 by the 32-byte
+    /// [`counterparty_subject_commitment`]. `encoding_version` is the version byte, not a field.
     pub fn canonical(&self) -> Vec<u8> {
-        self.fields(&self.subject_commitment()).canonical()
+        self.fields(&self.subject_commitment(), &self.counterparty_subject_commitment()).canonical()
     }
 
     /// The Merkle leaf hash of the entry: SHA-256(0x00 ‖ [`AuditEntry::canonical`]).
     pub fn leaf_hash(&self) -> Hash {
-        self.fields(&self.subject_commitment()).leaf_hash()
+        self.fields(&self.subject_commitment(), &self.counterparty_subject_commitment()).leaf_hash()
     }
 }
 
@@ -452,9 +576,87 @@ mod tests {
         assert_ne!(subject_commitment(3, &e.subject), subject_commitment(4, &e.subject));
         // A redacted copy that carries the commitment hashes to the same leaf.
         let shown = AuditEntry { subject: "recipient-scoped".into(), ..e.clone() };
-        assert_eq!(shown.fields(&e.subject_commitment()).leaf_hash(), e.leaf_hash());
+        let none = e.counterparty_subject_commitment();
+        assert_eq!(shown.fields(&e.subject_commitment(), &none).leaf_hash(), e.leaf_hash());
         let other = AuditEntry { subject: "subj-other".into(), ..e.clone() };
         assert_ne!(other.leaf_hash(), e.leaf_hash());
+    }
+
+    /// One entry of each version, hashed by an independent implementation of the documented encoding
+    /// (`docs/audit-export.md`): version 2 leaves written before version 3 existed keep verifying.
+    #[test]
+    fn both_encodings_match_their_documented_bytes() {
+        let mut e = AuditEntry {
+            seq: 17,
+            time_micros: 1_750_000_000_000_000,
+            actor_org: "harbor".into(),
+            actor_person: "casey".into(),
+            actor_role: "caseworker".into(),
+            action: "submitted".into(),
+            object_id: "0197a1b2-0000-7000-8000-000000000001".into(),
+            counterparty: "maple-house".into(),
+            subject: "subj-5f1c0a3e9b7d4e2a8c6b1d0f3a5e7c9b".into(),
+            purpose: "housing".into(),
+            consent_id: "c-0001".into(),
+            rule_ids: vec!["ngo-to-shelter-housing".into()],
+            bundle_version: "sha256:test".into(),
+            decision: "allow".into(),
+            released_fields: vec!["first_name".into(), "needs".into()],
+            withheld_fields: vec!["date_of_birth".into()],
+            outcome: "queued".into(),
+            source_node: "harbor".into(),
+            counterparty_subject: "r_0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+            ..Default::default()
+        };
+        assert_eq!(e.encoding_version, Encoding::V3, "new entries are written with the newest encoding");
+        assert_eq!(hex::encode(e.leaf_hash()), "f3855996b0969465bcc777f422acdfa8194c257447918c0d0d651634f69687e9");
+        e.encoding_version = Encoding::V2;
+        assert_eq!(hex::encode(e.leaf_hash()), "456dce6d5a05d7535598a61f08e3b7b1ed9457ec209c2638c1f16b7302d985e7");
+        assert_eq!(e.canonical()[0], 2);
+        // Version 2 does not bind the counterparty's pseudonym at all.
+        let v2 = e.leaf_hash();
+        e.counterparty_subject = "r_ffffffffffffffffffffffffffffffff".into();
+        assert_eq!(e.leaf_hash(), v2);
+    }
+
+    #[test]
+    fn version_3_binds_the_counterpartys_pseudonym_without_holding_it() {
+        let e = AuditEntry {
+            seq: 3,
+            subject: "subj-0123456789abcdef".into(),
+            counterparty_subject: "r_0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+            ..Default::default()
+        };
+        let bytes = e.canonical();
+        assert_eq!(bytes[0], 3);
+        assert!(!bytes.windows(e.counterparty_subject.len()).any(|w| w == e.counterparty_subject.as_bytes()));
+        assert!(bytes.windows(32).any(|w| w == e.counterparty_subject_commitment()));
+        let other = AuditEntry { counterparty_subject: "r_ffffffffffffffffffffffffffffffff".into(), ..e.clone() };
+        assert_ne!(other.leaf_hash(), e.leaf_hash());
+        // The two commitments are separated by domain: swapping the pseudonyms changes the leaf.
+        let swapped = AuditEntry {
+            subject: e.counterparty_subject.clone(),
+            counterparty_subject: e.subject.clone(),
+            ..e.clone()
+        };
+        assert_ne!(swapped.leaf_hash(), e.leaf_hash());
+        assert_ne!(subject_commitment(3, &e.subject), counterparty_subject_commitment(3, &e.subject));
+    }
+
+    #[test]
+    fn json_names_the_encoding_from_version_3_on() {
+        let e = AuditEntry { seq: 1, ..Default::default() };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["encoding_version"], 3);
+        assert!(json.get("counterparty_subject").is_none(), "an empty pseudonym is left out");
+        assert_eq!(serde_json::from_value::<AuditEntry>(json).unwrap(), e);
+        let v2 = AuditEntry { encoding_version: Encoding::V2, ..e.clone() };
+        let json = serde_json::to_value(&v2).unwrap();
+        assert!(json.get("encoding_version").is_none(), "version 2 predates the key");
+        assert_eq!(serde_json::from_value::<AuditEntry>(json).unwrap().encoding_version, Encoding::V2);
+        let mut json = serde_json::to_value(&e).unwrap();
+        json["encoding_version"] = 9.into();
+        assert!(serde_json::from_value::<AuditEntry>(json).is_err());
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! - **filtered** export (a filter, or a privacy officer's scope): a `header`, the covering `checkpoint`,
 //!   then the matching entries in seq order, each with its inclusion proof against that checkpoint, then
 //!   `end`. Where a privacy officer must not see the controller's subject pseudonym, the entry shows the
-//!   recipient-scoped one and the line carries the `subject_commitment` the leaf was built from.
+//!   recipient-scoped one, which the leaf commits to (encoding version 3), and the line carries the
+//!   `subject_commitment` to the controller's. Where an officer must not see the counterparty's pseudonym,
+//!   the line carries its `counterparty_subject_commitment` instead. Whatever an entry shows, the leaf
+//!   binds: a redacted entry of version 2, whose leaf does not bind the recipient-scoped pseudonym, shows
+//!   none.
 //!
 //! Checkpoints collected elsewhere (a node's witness, an earlier export) are checked against the
 //! export: any two must describe one log, or the verifier reports a fork. Consistency proofs for sizes
@@ -29,7 +33,10 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditEntry, Checkpoint, CheckpointKey, ENCODING_VERSION, EntryFields, subject_commitment};
+use crate::audit::{
+    AuditEntry, Checkpoint, CheckpointKey, ENCODING_VERSION, Encoding, EntryFields, counterparty_subject_commitment,
+    subject_commitment,
+};
 use crate::merkle::{self, CompactTree, Hash};
 
 /// The `format` of every export header.
@@ -51,7 +58,8 @@ pub enum Kind {
 pub struct Header {
     /// Always [`FORMAT`].
     pub format: String,
-    /// The canonical entry encoding the leaves use ([`ENCODING_VERSION`]).
+    /// The newest canonical entry encoding the entries may use ([`ENCODING_VERSION`]); each entry
+    /// names its own.
     pub encoding_version: u8,
     pub kind: Kind,
     /// The size of the covering checkpoint.
@@ -84,9 +92,15 @@ pub enum Line<'a> {
         entry: &'a AuditEntry,
         /// The leaf hash (hex) the log integrated for this seq.
         leaf: String,
-        /// Present when `entry.subject` is not the subject the leaf commits to (a redacted entry).
+        /// A redacted entry: the commitment to the controller's subject, which the entry does not
+        /// show; `entry.subject` is then the counterparty's pseudonym (bound by a version 3 leaf, and
+        /// empty in a version 2 entry, whose leaf does not bind it).
         #[serde(skip_serializing_if = "Option::is_none")]
         subject_commitment: Option<String>,
+        /// The commitment to the counterparty's pseudonym, where the reader may not see it (the
+        /// actor's own privacy officer); `entry.counterparty_subject` is then empty.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        counterparty_subject_commitment: Option<String>,
         /// Filtered exports: the inclusion proof against the covering checkpoint, lowest first.
         #[serde(skip_serializing_if = "Option::is_none")]
         proof: Option<Vec<String>>,
@@ -143,6 +157,11 @@ pub enum VerifyError {
     /// A filtered export holds an entry its checkpoint does not cover.
     #[error("line {line}: seq {seq} is not covered by the checkpoint of size {tree_size}: it was inserted")]
     NotCovered { line: u64, seq: u64, tree_size: u64 },
+    /// A redacted entry of encoding version 2 shows a subject, which its leaf does not bind.
+    #[error(
+        "line {line}: seq {seq} shows a subject its leaf does not bind (a redacted entry of encoding version 2 shows none): the shown subject was added or changed"
+    )]
+    UnboundSubject { line: u64, seq: u64 },
     /// An entry of a filtered export fails its inclusion proof.
     #[error("line {line}: seq {seq} is not in the signed log (edited, or inserted later): inclusion proof: {reason}")]
     NotIncluded { line: u64, seq: u64, reason: String },
@@ -191,6 +210,9 @@ pub struct Summary {
     pub covering: Checkpoint,
     /// Independent checkpoints found consistent with the export.
     pub independent: u64,
+    /// Redacted entries of an export of encoding version 2 (made before version 3) that show a
+    /// subject: their leaves do not bind it, so nothing here proves it.
+    pub unbound_subjects: u64,
 }
 
 /// The fields of an entry line, borrowed from the line where possible.
@@ -235,11 +257,17 @@ struct EntryIn<'a> {
     correlation_id: Cow<'a, str>,
     #[serde(borrow)]
     source_node: Cow<'a, str>,
+    #[serde(default, borrow)]
+    counterparty_subject: Cow<'a, str>,
+    /// Absent before version 3.
+    #[serde(default)]
+    encoding_version: Option<u8>,
 }
 
 impl EntryIn<'_> {
-    fn leaf(&self, commitment: &Hash) -> Hash {
+    fn leaf(&self, encoding: Encoding, subject: &Hash, counterparty_subject: &Hash) -> Hash {
         EntryFields {
+            encoding,
             seq: self.seq,
             time_micros: self.time_micros,
             actor_org: &self.actor_org,
@@ -248,7 +276,8 @@ impl EntryIn<'_> {
             action: &self.action,
             object_id: &self.object_id,
             counterparty: &self.counterparty,
-            subject_commitment: commitment,
+            subject_commitment: subject,
+            counterparty_subject_commitment: counterparty_subject,
             purpose: &self.purpose,
             consent_id: &self.consent_id,
             rule_ids: &self.rule_ids,
@@ -278,6 +307,8 @@ struct LineIn<'a> {
     leaf: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     subject_commitment: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    counterparty_subject_commitment: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     proof: Option<Vec<Cow<'a, str>>>,
     // header
@@ -587,6 +618,9 @@ enum Item {
         seq: u64,
         leaf: Hash,
         proof: Option<Vec<Hash>>,
+        encoding: Encoding,
+        /// A redacted entry of version 2 that shows a subject its leaf does not bind.
+        unbound: bool,
     },
     /// A checkpoint and whether its signature verified (checked by the worker, reported in order).
     Checkpoint(Checkpoint, Result<(), String>),
@@ -595,6 +629,62 @@ enum Item {
         entries: u64,
         checkpoints: u64,
     },
+}
+
+/// An entry line's encoding and the (subject, counterparty subject) commitments its leaf is built from,
+/// and whether it shows a subject the leaf does not bind.
+///
+/// Everything a version 3 entry shows is bound: a redacted entry shows the counterparty's pseudonym as
+/// its `subject` and gives the commitment to the controller's; any other entry shows its subject and
+/// either shows the counterparty's pseudonym or gives its commitment. A version 2 leaf binds no
+/// counterparty pseudonym, so a version 2 entry shows none (the caller decides what a redacted version 2
+/// entry that shows a subject means).
+fn commitments(line: &LineIn<'_>, entry: &EntryIn<'_>) -> Result<(Encoding, (Hash, Hash), bool), Bad> {
+    let seq = entry.seq;
+    let hash_of = |name: &str, h: &Option<Cow<'_, str>>| -> Result<Option<Hash>, Bad> {
+        h.as_deref().map(|h| parse_hash(h).map_err(|e| Bad::Malformed(format!("{name}: {e}")))).transpose()
+    };
+    let given_subject = hash_of("subject_commitment", &line.subject_commitment)?;
+    let given_counterparty = hash_of("counterparty_subject_commitment", &line.counterparty_subject_commitment)?;
+    let encoding = match entry.encoding_version {
+        None => Encoding::V2,
+        Some(v) => Encoding::of_version(v).ok_or_else(|| {
+            Bad::Malformed(format!("entry.encoding_version {v} is not one this verifier knows (2, 3)"))
+        })?,
+    };
+    let shows_counterparty = !entry.counterparty_subject.is_empty();
+    if given_counterparty.is_some() && shows_counterparty {
+        return Err(Bad::Malformed(
+            "an entry gives either `entry.counterparty_subject` or `counterparty_subject_commitment`, not both".into(),
+        ));
+    }
+    match encoding {
+        Encoding::V2 => {
+            if shows_counterparty || given_counterparty.is_some() {
+                return Err(Bad::Malformed(
+                    "an entry of encoding version 2 has no counterparty subject: its leaf does not bind one".into(),
+                ));
+            }
+            let unbound = given_subject.is_some() && !entry.subject.is_empty();
+            let subject = given_subject.unwrap_or_else(|| subject_commitment(seq, &entry.subject));
+            Ok((encoding, (subject, [0; 32]), unbound))
+        }
+        Encoding::V3 => match given_subject {
+            Some(subject) => {
+                if shows_counterparty || given_counterparty.is_some() {
+                    return Err(Bad::Malformed(
+                        "a redacted entry (with `subject_commitment`) shows the counterparty's pseudonym as its `subject`, and nothing else about it".into(),
+                    ));
+                }
+                Ok((encoding, (subject, counterparty_subject_commitment(seq, &entry.subject)), false))
+            }
+            None => {
+                let counterparty = given_counterparty
+                    .unwrap_or_else(|| counterparty_subject_commitment(seq, &entry.counterparty_subject));
+                Ok((encoding, (subject_commitment(seq, &entry.subject), counterparty), false))
+            }
+        },
+    }
 }
 
 /// Parses and hashes one line: everything about a line that does not depend on the lines before it.
@@ -606,11 +696,8 @@ fn parse_line(text: &str, key: &CheckpointKey) -> Result<Item, Bad> {
         LineKind::Entry => {
             let entry = line.entry.as_ref().ok_or_else(|| Bad::Malformed("entry line without `entry`".into()))?;
             let seq = entry.seq;
-            let commitment = match line.subject_commitment.as_deref() {
-                Some(h) => parse_hash(h).map_err(|e| Bad::Malformed(format!("subject_commitment: {e}")))?,
-                None => subject_commitment(seq, &entry.subject),
-            };
-            let leaf = entry.leaf(&commitment);
+            let (encoding, commitments, unbound) = commitments(&line, entry)?;
+            let leaf = entry.leaf(encoding, &commitments.0, &commitments.1);
             if let Some(stated) = line.leaf.as_deref()
                 && parse_hash(stated).map_err(|e| Bad::Malformed(format!("leaf: {e}")))? != leaf
             {
@@ -625,7 +712,7 @@ fn parse_line(text: &str, key: &CheckpointKey) -> Result<Item, Bad> {
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
             };
-            Item::Entry { seq, leaf, proof }
+            Item::Entry { seq, leaf, proof, encoding, unbound }
         }
         LineKind::Checkpoint => {
             let cp = line.checkpoint().map_err(Bad::Malformed)?;
@@ -794,6 +881,7 @@ struct Check<'a> {
     covering: Option<(Checkpoint, Hash)>,
     covered_to: u64,
     ended: Option<(u64, u64)>,
+    unbound_subjects: u64,
 }
 
 impl<'a> Check<'a> {
@@ -815,6 +903,7 @@ impl<'a> Check<'a> {
             covering: None,
             covered_to: 0,
             ended: None,
+            unbound_subjects: 0,
         }
     }
 
@@ -852,7 +941,26 @@ impl<'a> Check<'a> {
         let kind = header.kind;
         match item {
             Item::Header(_) => return Err(malformed(name, line, "a second header")),
-            Item::Entry { seq, leaf, proof } => {
+            Item::Entry { seq, leaf, proof, encoding, unbound } => {
+                if encoding.version() > header.encoding_version {
+                    return Err(malformed(
+                        name,
+                        line,
+                        format!(
+                            "seq {seq} has encoding version {}, newer than the export's version {}",
+                            encoding.version(),
+                            header.encoding_version
+                        ),
+                    ));
+                }
+                if unbound {
+                    // Before version 3 every export showed the recipient-scoped pseudonym unbound; from
+                    // version 3 on, an export never shows what its leaves do not bind.
+                    if header.encoding_version >= 3 {
+                        return Err(VerifyError::UnboundSubject { line, seq });
+                    }
+                    self.unbound_subjects += 1;
+                }
                 match kind {
                     Kind::Full => {
                         if seq > self.next_seq {
@@ -1001,6 +1109,7 @@ impl<'a> Check<'a> {
             checkpoints: self.checkpoints,
             covering,
             independent: self.independent.checkpoints.len() as u64,
+            unbound_subjects: self.unbound_subjects,
         })
     }
 }
@@ -1012,9 +1121,9 @@ fn header_of(line: &LineIn<'_>) -> Result<Header, String> {
         return Err(format!("format is `{}`", crate::untrusted::shown(&format)));
     }
     let version = line.encoding_version.ok_or("no encoding_version")?;
-    if version != ENCODING_VERSION {
+    if Encoding::of_version(version).is_none() {
         return Err(format!(
-            "entry encoding version {version} is not the version {ENCODING_VERSION} this verifier knows"
+            "entry encoding version {version} is not one this verifier knows (2 to {ENCODING_VERSION})"
         ));
     }
     Ok(Header {
@@ -1065,6 +1174,14 @@ impl Summary {
             Kind::Full => "full export",
             Kind::Filtered => "filtered export",
         };
+        let unbound = match self.unbound_subjects {
+            0 => String::new(),
+            1 => "; 1 redacted entry of encoding version 2 shows a subject the log does not bind: nothing proves it"
+                .to_owned(),
+            n => format!(
+                "; {n} redacted entries of encoding version 2 show a subject the log does not bind: nothing proves it"
+            ),
+        };
         format!(
             "OK: {kind}: {} entries verified against {} signed checkpoint(s); covering checkpoint: size {}, root {}, signed at {} µs by key {}; {} independent checkpoint(s) consistent",
             self.entries,
@@ -1074,7 +1191,7 @@ impl Summary {
             self.covering.timestamp_micros,
             self.covering.key_id,
             self.independent
-        )
+        ) + &unbound
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`registry`]: the organization registry and its certificate pins;
 //! - [`source`]: contract files that report problems as `file:line:col`;
 //! - [`pki`]: reading certificates and keys, and building the TLS configurations;
+//! - [`owner_only`]: key and database files that only their owner may read;
 //! - [`token`]: the short-lived person tokens a node mints and the gateway verifies;
 //! - [`receipt`]: the signed consent receipt;
 //! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints;
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod export;
 pub mod ids;
 pub mod merkle;
+pub mod owner_only;
 pub mod pki;
 pub mod receipt;
 pub mod registry;

@@ -248,6 +248,9 @@ pub fn key_matches_cert(key_pem: &[u8], cert_der: &[u8]) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub struct CertInfo {
     pub fingerprint: Fingerprint,
+    /// The subject's distinguished name as text (`CN=..., O=...`), for messages: a network CA's
+    /// subject names the network.
+    pub subject: String,
     /// URI SANs, for example `haven://org/harbor`.
     pub uris: Vec<String>,
     /// Serial number, big-endian bytes, for revocation checks.
@@ -287,6 +290,7 @@ impl CertInfo {
         }
         Ok(CertInfo {
             fingerprint: Fingerprint::of_der(der),
+            subject: cert.subject().to_string(),
             uris,
             serial: cert.raw_serial().to_vec(),
             not_after: cert.validity().not_after.timestamp(),

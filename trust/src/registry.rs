@@ -86,6 +86,15 @@ pub struct OrgEntry {
     pub signing_pins: Vec<Fingerprint>,
 }
 
+impl OrgEntry {
+    /// Whether the organization's node could ever be served: it needs a pinned TLS certificate to
+    /// complete a handshake and a pinned signing certificate for the tokens of every call, its delivery
+    /// stream included. The gateway queues nothing for an organization that cannot.
+    pub fn can_connect(&self) -> bool {
+        !self.tls_pins.is_empty() && !self.signing_pins.is_empty()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgsFile {

@@ -4,8 +4,9 @@
 //! A full export (a network auditor with no filter) carries every entry from seq 0 to the covering
 //! checkpoint's size, each stored checkpoint right after the entry that completes it, and each entry's
 //! leaf hash as the tree integrated it. A filtered export carries the covering checkpoint first, then
-//! each selected entry with its inclusion proof against that checkpoint. Entries are read in pages, so
-//! an export of any size streams in bounded memory.
+//! each selected entry with its inclusion proof against that checkpoint, as the reader may see it (see
+//! [`query::Shown`]), showing nothing its leaf does not bind. Entries are read in pages, so an export
+//! of any size streams in bounded memory.
 //!
 //! The exporter writes what the database holds, damaged or not: a row deleted or edited behind the
 //! gateway's back is exported as found, and the verifier names it.
@@ -109,7 +110,14 @@ async fn full_export(
         let leaves: HashMap<u64, Hash> = log.leaves(from, to).await?.into_iter().collect();
         for entry in &page {
             let leaf = leaves.get(&entry.seq).map(hex::encode).unwrap_or_default();
-            if out.line(Line::Entry { entry, leaf, subject_commitment: None, proof: None }).await.is_err() {
+            let line = Line::Entry {
+                entry,
+                leaf,
+                subject_commitment: None,
+                counterparty_subject_commitment: None,
+                proof: None,
+            };
+            if out.line(line).await.is_err() {
                 return Ok(Err(()));
             }
             entries += 1;
@@ -161,9 +169,10 @@ async fn filtered_export(
             let leaf =
                 merkle::NodeSource::subtree_hash(&nodes, 0, seq).map_err(|e| LogError::Damaged(e.to_string()))?;
             let line = Line::Entry {
-                entry: &shown.entry,
+                entry: &shown.exported(),
                 leaf: hex::encode(leaf),
-                subject_commitment: shown.commitment.map(hex::encode),
+                subject_commitment: shown.subject_commitment.map(hex::encode),
+                counterparty_subject_commitment: shown.counterparty_subject_commitment.map(hex::encode),
                 proof: Some(proof.iter().map(hex::encode).collect()),
             };
             if out.line(line).await.is_err() {

@@ -88,7 +88,7 @@ pub enum LogError {
 
 impl From<sqlx::Error> for LogError {
     fn from(e: sqlx::Error) -> Self {
-        LogError::Store(StoreError::Sql(e))
+        LogError::Store(e.into())
     }
 }
 

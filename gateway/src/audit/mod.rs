@@ -19,7 +19,7 @@ mod rejections;
 pub use log::{AuditLog, Cadence, LogError};
 pub use rejections::Rejections;
 
-use haven_trust::audit::AuditEntry;
+use haven_trust::audit::{AuditEntry, Encoding};
 use sqlx::Row;
 
 use crate::store::{StoreError, Tx};
@@ -28,8 +28,10 @@ use crate::store::{StoreError, Tx};
 ///
 /// `seq` comes from the single `audit_head` row, which stays locked until the transaction ends: if the
 /// transaction rolls back, neither the entries nor their positions exist; if it commits, both do, and
-/// positions are gap-free in commit order. `counterparty_subject` carries, per entry, the subject as
-/// the counterparty knows it (its recipient-scoped pseudonym), for that counterparty's privacy officer.
+/// positions are gap-free in commit order. The string beside each entry is the subject as the
+/// counterparty knows it (its recipient-scoped pseudonym), for that counterparty's privacy officer: it
+/// becomes the entry's `counterparty_subject`, which the leaf binds. Every entry is written with the
+/// newest encoding.
 pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
     if entries.is_empty() {
         return Ok(0);
@@ -41,8 +43,10 @@ pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Re
         .await?;
     let end: i64 = row.try_get(0)?;
     let first = end - n;
-    for (i, (entry, _)) in entries.iter_mut().enumerate() {
+    for (i, (entry, counterparty_subject)) in entries.iter_mut().enumerate() {
         entry.seq = u64::try_from(first + i as i64).unwrap_or(0);
+        entry.counterparty_subject.clone_from(counterparty_subject);
+        entry.encoding_version = Encoding::default();
     }
     // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
     let sqlite = is_sqlite(tx);
@@ -54,7 +58,7 @@ pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Re
             push_row(&mut sql, sqlite, i, INSERT_COLUMNS);
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (entry, counterparty_subject) in chunk {
+        for (entry, _) in chunk {
             q = q
                 .bind(i64::try_from(entry.seq).unwrap_or(i64::MAX))
                 .bind(entry.time_micros)
@@ -76,7 +80,8 @@ pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Re
                 .bind(entry.outcome.as_str())
                 .bind(entry.correlation_id.as_str())
                 .bind(entry.source_node.as_str())
-                .bind(counterparty_subject.as_str())
+                .bind(entry.counterparty_subject.as_str())
+                .bind(i64::from(entry.encoding_version.version()))
                 .bind(entry.leaf_hash().to_vec());
         }
         q.execute(&mut **tx).await?;
@@ -166,8 +171,8 @@ impl<'r, T> Iterator for Chunks<'r, T> {
 }
 
 /// The columns of an `audit_log` row, in the order [`append`] binds them.
-const INSERT_HEAD: &str = "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, leaf_hash) VALUES";
-const INSERT_COLUMNS: usize = 22;
+const INSERT_HEAD: &str = "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version, leaf_hash) VALUES";
+const INSERT_COLUMNS: usize = 23;
 /// Rows per INSERT on PostgreSQL. sqlx does not set TCP_NODELAY, and a statement whose bind message
 /// outgrows about 8 KiB meets Nagle's algorithm and the server's delayed ACK: a 40 ms stall per
 /// statement (measured: 64-row inserts at 1,400 entries/s, 8-row inserts at 25,000/s). Small statements
@@ -191,17 +196,29 @@ pub fn parse_list(s: &str) -> Vec<String> {
 
 /// Reads entries `[from, to)` in order, as stored.
 pub async fn read_range(pool: &sqlx::AnyPool, from: u64, to: u64) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = sqlx::query("SELECT seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq")
-        .bind(i64::try_from(from).unwrap_or(i64::MAX))
-        .bind(i64::try_from(to).unwrap_or(i64::MAX))
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq"
+    )))
+    .bind(i64::try_from(from).unwrap_or(i64::MAX))
+    .bind(i64::try_from(to).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
     rows.iter().map(entry_from_row).collect()
 }
 
-/// Decodes an `audit_log` row.
+/// The columns [`entry_from_row`] reads.
+pub const ENTRY_COLUMNS: &str = "seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version";
+
+/// Decodes an `audit_log` row as its leaf sees it: an entry of encoding version 2 is read without the
+/// `counterparty_subject` stored beside it, which its leaf does not bind.
 pub fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
     let s = |name: &str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(name)?) };
+    let version: i64 = row.try_get("encoding_version")?;
+    let encoding =
+        u8::try_from(version).ok().and_then(Encoding::of_version).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "encoding_version".into(),
+            source: format!("{version} is not an entry encoding this gateway knows (2, 3)").into(),
+        })?;
     Ok(AuditEntry {
         seq: u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
         time_micros: row.try_get("time_micros")?,
@@ -223,6 +240,12 @@ pub fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError>
         outcome: s("outcome")?,
         correlation_id: s("correlation_id")?,
         source_node: s("source_node")?,
+        counterparty_subject: if encoding.binds_counterparty_subject() {
+            s("counterparty_subject")?
+        } else {
+            String::new()
+        },
+        encoding_version: encoding,
     })
 }
 

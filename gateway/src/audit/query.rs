@@ -6,12 +6,21 @@
 //! - A `privacy_officer` sees the entries in which their organization is the actor or the
 //!   counterparty. In an entry where their organization is only the counterparty, the subject shown is
 //!   the recipient-scoped pseudonym (`counterparty_subject`), never the controller's; the entry then
-//!   carries the commitment the leaf was built from, so it still verifies (see
-//!   `haven_trust::audit::subject_commitment`). A subject filter matches what the officer is shown.
+//!   carries the commitment to the controller's, and the leaf commits to the pseudonym shown, so it
+//!   still verifies and the pseudonym cannot be swapped (see `haven_trust::audit`). In an entry of their
+//!   own organization, the counterparty's pseudonym is given as its commitment. A subject filter matches
+//!   what the officer is shown.
 //! - Everyone else gets PERMISSION_DENIED.
+//!
+//! A subject is a pseudonym *of an organization*: an entry's subject is its actor's (see
+//! `AuditEntry::subject`). Two controllers that use the same pseudonym string have two subjects, so
+//! a subject access report is keyed by (controller, pseudonym), and a subject filter may name the
+//! controller too (`subject_controller`).
+
+use std::borrow::Cow;
 
 use haven_proto::v1::AuditFilter;
-use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::audit::{Action, AuditEntry, counterparty_subject_commitment};
 use haven_trust::ids::{Caller, OrgId, Role};
 use haven_trust::merkle::Hash;
 use sqlx::Row;
@@ -59,6 +68,9 @@ pub struct Filter {
     pub action: Option<String>,
     pub decision: Option<String>,
     pub subject: Option<String>,
+    /// The organization that minted `subject`: only entries about its subject (the ones it is the
+    /// actor of). Only with `subject`.
+    pub subject_controller: Option<String>,
     /// Matches `object_id`.
     pub message_id: Option<String>,
     pub consent_id: Option<String>,
@@ -115,6 +127,13 @@ impl Filter {
         {
             return Err(Error::InvalidArgument(format!("unknown filter.decision `{d}` (known: allow, deny)")));
         }
+        let subject = identifier("subject", &f.subject)?;
+        let subject_controller = identifier("subject_controller", &f.subject_controller)?;
+        if subject_controller.is_some() && subject.is_none() {
+            return Err(Error::InvalidArgument(
+                "filter.subject_controller names whose pseudonym filter.subject is: give filter.subject too".into(),
+            ));
+        }
         Ok(Filter {
             from_micros: f.from_micros,
             until_micros,
@@ -122,7 +141,8 @@ impl Filter {
             person: identifier("person", &f.person)?,
             action,
             decision,
-            subject: identifier("subject", &f.subject)?,
+            subject,
+            subject_controller,
             message_id: identifier("message_id", &f.message_id)?,
             consent_id: identifier("consent_id", &f.consent_id)?,
         })
@@ -148,6 +168,7 @@ impl Filter {
             ("action", &self.action),
             ("decision", &self.decision),
             ("subject", &self.subject),
+            ("subject_controller", &self.subject_controller),
             ("message_id", &self.message_id),
             ("consent_id", &self.consent_id),
         ] {
@@ -181,26 +202,51 @@ impl Filter {
 /// One entry as a reader is allowed to see it.
 #[derive(Debug, Clone)]
 pub struct Shown {
-    /// The entry; for a redacted one, `subject` is the recipient-scoped pseudonym.
+    /// The entry; for a redacted one, `subject` is the counterparty's pseudonym and
+    /// `counterparty_subject` is empty.
     pub entry: AuditEntry,
-    /// For a redacted entry, the commitment its leaf was built from.
-    pub commitment: Option<Hash>,
+    /// For a redacted entry, the commitment to the controller's subject, which it does not show.
+    pub subject_commitment: Option<Hash>,
+    /// For an entry of the reader's own organization, the commitment to the counterparty's pseudonym,
+    /// which it does not show.
+    pub counterparty_subject_commitment: Option<Hash>,
 }
 
 impl Shown {
-    /// The commitment the leaf hashes.
-    pub fn leaf_commitment(&self) -> Hash {
-        self.commitment.unwrap_or_else(|| self.entry.subject_commitment())
+    /// The (subject, counterparty subject) commitments the leaf hashes. In a redacted entry the subject
+    /// shown is the counterparty's pseudonym (bound from version 3 on; version 2 ignores the second).
+    pub fn leaf_commitments(&self) -> (Hash, Hash) {
+        let e = &self.entry;
+        match self.subject_commitment {
+            Some(subject) => (subject, counterparty_subject_commitment(e.seq, &e.subject)),
+            None => (
+                e.subject_commitment(),
+                self.counterparty_subject_commitment.unwrap_or_else(|| e.counterparty_subject_commitment()),
+            ),
+        }
     }
 
     /// The entry's leaf hash, recomputed from what is shown.
     pub fn leaf_hash(&self) -> Hash {
-        self.entry.fields(&self.leaf_commitment()).leaf_hash()
+        let (subject, counterparty) = self.leaf_commitments();
+        self.entry.fields(&subject, &counterparty).leaf_hash()
+    }
+
+    /// The entry as an export shows it: only what its leaf binds, so a redacted entry of encoding
+    /// version 2 (whose leaf does not bind the counterparty's pseudonym) shows no subject.
+    pub fn exported(&self) -> Cow<'_, AuditEntry> {
+        if self.subject_commitment.is_some() && !self.entry.encoding_version.binds_counterparty_subject() {
+            let mut e = self.entry.clone();
+            e.subject.clear();
+            return Cow::Owned(e);
+        }
+        Cow::Borrowed(&self.entry)
     }
 
     /// The wire form, with the canonical bytes the leaf hashes.
     pub fn to_proto(&self) -> haven_proto::v1::AuditEntry {
         let e = &self.entry;
+        let (subject, counterparty) = self.leaf_commitments();
         haven_proto::v1::AuditEntry {
             seq: e.seq,
             time_micros: e.time_micros,
@@ -222,7 +268,7 @@ impl Shown {
             outcome: e.outcome.clone(),
             correlation_id: e.correlation_id.clone(),
             source_node: e.source_node.clone(),
-            canonical: e.fields(&self.leaf_commitment()).canonical(),
+            canonical: e.fields(&subject, &counterparty).canonical(),
         }
     }
 }
@@ -256,8 +302,8 @@ impl Where {
     }
 }
 
-/// The columns an entry is read from, plus the counterparty's pseudonym.
-const COLUMNS: &str = "seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject";
+/// The columns an entry is read from.
+const COLUMNS: &str = super::ENTRY_COLUMNS;
 
 /// Entries with `from_seq <= seq < to_seq` that `scope` may see and `filter` selects, in seq order, at
 /// most `limit` of them, as the reader may see them.
@@ -315,6 +361,9 @@ pub async fn select(
             }),
         }
     }
+    if let Some(controller) = &filter.subject_controller {
+        w.and(|w| format!("actor_org = {}", w.bind(Bind::Text(controller.clone()))));
+    }
     let limit_param = w.bind(Bind::Int(i64::from(limit)));
     let sql = format!("SELECT {COLUMNS} FROM audit_log {} ORDER BY seq LIMIT {limit_param}", w.sql);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -331,14 +380,20 @@ pub async fn select(
 /// Decodes a row and applies the scope's redaction.
 fn shown(row: &sqlx::any::AnyRow, scope: &Scope) -> Result<Shown, StoreError> {
     let mut entry = super::entry_from_row(row)?;
-    let mut commitment = None;
-    if let Scope::Org(org) = scope
-        && entry.actor_org != org.as_str()
-    {
-        commitment = Some(entry.subject_commitment());
-        entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+    let (mut subject_commitment, mut counterparty_subject_commitment) = (None, None);
+    if let Scope::Org(org) = scope {
+        if entry.actor_org != org.as_str() {
+            subject_commitment = Some(entry.subject_commitment());
+            // Read as stored: an entry of version 2 is read without it, but a query (not an export)
+            // still shows it, as it did before version 3.
+            entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+            entry.counterparty_subject.clear();
+        } else if !entry.counterparty_subject.is_empty() {
+            counterparty_subject_commitment = Some(entry.counterparty_subject_commitment());
+            entry.counterparty_subject.clear();
+        }
     }
-    Ok(Shown { entry, commitment })
+    Ok(Shown { entry, subject_commitment, counterparty_subject_commitment })
 }
 
 /// Whether `org` controls a consent about `subject`: the test for a privacy officer's subject access
@@ -352,24 +407,31 @@ pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) 
     Ok(row.is_some())
 }
 
-/// Every disclosure about `subject` (the controller's pseudonym), in seq order, and what became of each
-/// queued copy:
+/// Every disclosure `controller` made about its subject `subject`, in seq order, and what became of
+/// each queued copy:
 ///
-/// - each submission queued for a recipient (`queued`: the sender's entry, which names the subject);
-/// - each delivery of one of those messages (`delivered`: the recipient's entry, which carries the
-///   message id but, so that the controller's pseudonym is never written where the recipient reads, no
+/// - each submission queued for a recipient (`queued`: the controller's entry, which names the
 ///   subject);
+/// - each delivery of one of those messages (`delivered`: the recipient's entry, with the controller as
+///   counterparty and the message id, which is the controller's own, but, so that the controller's
+///   pseudonym is never written where the recipient reads, no subject);
 /// - each queued copy cancelled before delivery (`cancelled`: consent withdrawn) or past its TTL
 ///   (`expired`), so the report says which queued copies never reached their recipient;
 /// - each withdrawal notice queued for a recipient that may hold the data (`withdrawal_notified`; no
 ///   message id, since one notice covers every message under the consent).
 ///
-/// The entries of the last two kinds are the sender's, with the subject and the recipient as
-/// counterparty, as routing writes them.
-pub async fn disclosures(pool: &sqlx::AnyPool, subject: &str) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
+/// The entries of the last two kinds are the controller's, with the subject and the recipient as
+/// counterparty, as routing writes them. Everything is keyed by the controller: another organization's
+/// entries about a subject of the same pseudonym, or about a message of the same id, are never read.
+pub async fn disclosures(
+    pool: &sqlx::AnyPool,
+    controller: &str,
+    subject: &str,
+) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE (subject = $1 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND (subject = $1 OR object_id IN (SELECT object_id FROM audit_log WHERE subject = $1 AND action = 'submitted' AND outcome = 'queued' AND object_id <> ''))) ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
     )))
+    .bind(controller)
     .bind(subject)
     .fetch_all(pool)
     .await?;
@@ -413,6 +475,8 @@ mod tests {
         assert!(e.to_string().contains("known: allow, deny"), "{e}");
         let e = Filter::parse(Some(&AuditFilter { subject: "a b".into(), ..f() })).unwrap_err();
         assert!(e.to_string().contains("filter.subject"), "{e}");
+        let e = Filter::parse(Some(&AuditFilter { subject_controller: "harbor".into(), ..f() })).unwrap_err();
+        assert!(e.to_string().contains("give filter.subject too"), "{e}");
         assert!(Filter::parse(None).unwrap().is_empty());
         let ok = Filter::parse(Some(&AuditFilter { action: "submitted".into(), until_micros: 9, ..f() })).unwrap();
         assert_eq!(ok.pairs(), vec![("until_micros", "9".to_owned()), ("action", "submitted".to_owned())]);

@@ -79,6 +79,10 @@ pub struct Bundle {
     version: BundleVersion,
     /// `version.id()`, computed once because every decision carries it.
     version_id: String,
+    /// What the bundle allows but a reviewer should see: an organization the gateway can never reach
+    /// (no pins), a rule naming a type no organization has yet. `policy check` prints them and the
+    /// gateway logs them; they never stop a bundle.
+    warnings: Vec<Located>,
 }
 
 /// The files of a bundle, in the order the version hashes them.
@@ -89,7 +93,15 @@ impl Bundle {
     /// `rules/*.toml`, read in file-name order), merging certificate pins from `pins`. Every problem is
     /// listed, each at its place in its file. `tests/` is not part of the bundle.
     pub fn load(dir: &Path, pins: Option<&Path>) -> Result<Bundle, Vec<Located>> {
+        if !dir.is_dir() {
+            let what = if dir.exists() { "is not a folder" } else { "does not exist" };
+            let message = format!(
+                "the policy folder {what}; give the folder that holds orgs.toml, network.toml, purposes.toml, schema.toml and rules/ (`haven-gateway policy init DIR` writes a starter bundle)"
+            );
+            return Err(vec![Located { file: dir.to_owned(), line: 0, col: 0, message }]);
+        }
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let orgs_src = read(dir, "orgs.toml", &mut problems);
         let registry = orgs_src.as_ref().and_then(|src| keep(Some(Registry::load(&src.path, pins)), &mut problems));
         if let (Some(before), Some(_)) = (&orgs_src, &registry)
@@ -108,7 +120,7 @@ impl Bundle {
         let mut rules = Vec::new();
         let mut spans = Vec::new();
         for (n, src) in rule_sources.iter().enumerate() {
-            for (rule, rule_spans) in rules::parse_file(src, registry.as_ref(), &mut problems) {
+            for (rule, rule_spans) in rules::parse_file(src, registry.as_ref(), &mut problems, &mut warnings) {
                 rules.push(rule);
                 spans.push(Some((n, rule_spans)));
             }
@@ -116,6 +128,9 @@ impl Bundle {
         let (Some(registry), Some(purposes), Some(schema)) = (registry, purposes, schema) else {
             return Err(files::in_order(problems));
         };
+        if let Some(src) = &orgs_src {
+            warnings.extend(unpinned(&registry).map(|message| src.whole(message)));
+        }
         let mut content: Vec<(String, &str)> = Vec::new();
         for (name, src) in TOP_FILES.iter().zip([&network_src, &orgs_src, &purposes_src, &schema_src]) {
             content.extend(src.as_ref().map(|s| ((*name).to_owned(), s.text.as_str())));
@@ -129,7 +144,10 @@ impl Bundle {
         // parameters if network.toml is broken), so one run lists every problem.
         let parts = BundleParts { registry, network: network.unwrap_or_default(), purposes, schema, rules };
         match assemble(parts, &spans, &rule_sources, digest) {
-            Ok(bundle) if problems.is_empty() => Ok(bundle),
+            Ok(mut bundle) if problems.is_empty() => {
+                bundle.warnings = files::in_order(warnings);
+                Ok(bundle)
+            }
             Ok(_) => Err(files::in_order(problems)),
             Err(more) => {
                 problems.extend(more);
@@ -157,6 +175,11 @@ impl Bundle {
     /// `sha256:<hex>`.
     pub fn version_id(&self) -> &str {
         &self.version_id
+    }
+
+    /// What a reviewer should see but does not stop the bundle, in reading order (see the field).
+    pub fn warnings(&self) -> &[Located] {
+        &self.warnings
     }
 
     /// The organization registry.
@@ -241,6 +264,23 @@ impl Bundle {
         found[s as usize] = false;
         found.iter().enumerate().filter(|(_, f)| **f).map(|(o, _)| self.dir.org_id(o as u32).clone()).collect()
     }
+}
+
+/// One warning per organization whose node can never connect: without a TLS pin its handshake is
+/// refused, without a signing pin every token it signs is. The gateway queues nothing for it.
+fn unpinned(registry: &Registry) -> impl Iterator<Item = String> + '_ {
+    registry.iter().filter_map(|org| {
+        let missing = match (org.tls_pins.is_empty(), org.signing_pins.is_empty()) {
+            (false, false) => return None,
+            (true, true) => "no TLS pin (`tls_pins`) and no signing pin (`signing_pins`)",
+            (true, false) => "no TLS pin (`tls_pins`)",
+            (false, true) => "no signing pin (`signing_pins`)",
+        };
+        Some(format!(
+            "organization `{}` has {missing}, so its node can never connect and the gateway queues nothing for it; add the SHA-256 of its certificates (`haven-certs sign-csr` prints them)",
+            org.id
+        ))
+    })
 }
 
 fn read(dir: &Path, name: &str, problems: &mut Vec<Located>) -> Option<SourceFile> {
@@ -340,6 +380,7 @@ fn assemble(
     Ok(Bundle {
         version_id: version.id(),
         version,
+        warnings: Vec::new(),
         registry: parts.registry,
         network: parts.network,
         purposes: parts.purposes,

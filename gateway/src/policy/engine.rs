@@ -134,6 +134,9 @@ deny_reasons! {
     QuotaExceeded = "quota_exceeded", "the recipient's queue from this sender is full";
     /// The recipient is not in the registry. The router checks this first; [`decide`] also returns it.
     UnknownRecipient = "unknown_recipient", "the recipient is not an organization of the network";
+    /// The registry pins no TLS or no signing certificate of the recipient, so its node can never
+    /// connect and nothing is queued for it. Decided by the router, never by [`decide`].
+    RecipientNotPinned = "recipient_not_pinned", "the recipient has no pinned certificates, so its node cannot connect";
 }
 
 impl DenyReason {

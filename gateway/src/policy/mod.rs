@@ -10,7 +10,8 @@
 //! - [`engine`]: [`decide`], [`Decision`] and the fixed list of [`DenyReason`]s;
 //! - [`explain`]: why a decision came out as it did, rule by rule;
 //! - [`testcases`]: the table-driven cases in `policies/tests/*.toml`;
-//! - [`cli`]: `haven-gateway policy check|test|explain`;
+//! - [`cli`]: `haven-gateway policy check|test|explain|init`;
+//! - [`starter`]: the starter bundle `policy init` writes, whose rules fit any registry;
 //! - [`synthetic`]: a large generated network for the benchmark and the index-equivalence tests.
 //!
 //! The language itself is documented in `docs/policy-language.md`.
@@ -26,6 +27,7 @@ mod index;
 pub mod network;
 pub mod rules;
 pub mod schema;
+pub mod starter;
 pub mod synthetic;
 pub mod testcases;
 

@@ -47,7 +47,7 @@ impl Default for NetworkParams {
     }
 }
 
-/// The longest consent window any network may choose (ten years).
+/// The longest consent window any network may choose (ten years), and the longest delivery TTL.
 const MAX_CONSENT_DAYS_LIMIT: u32 = 3_660;
 
 #[derive(Deserialize)]
@@ -69,9 +69,11 @@ impl NetworkParams {
         let raw: RawNetwork = files::parse_whole(src).map_err(|e| vec![e])?;
         let d = NetworkParams::default();
         let mut problems = Vec::new();
-        let mut positive = |v: Option<Spanned<u64>>, name: &str, default: u64| match v {
-            Some(v) if *v.get_ref() == 0 => {
-                problems.push(src.at(v.span().start, format!("`{name}` must be at least 1")));
+        // Every limit has a ceiling as well as a floor: a value past it is a typo, and the gateway does
+        // arithmetic with these (a TTL in microseconds, a window of items in memory).
+        let mut within = |v: Option<Spanned<u64>>, name: &str, default: u64, max: u64| match v {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > max => {
+                problems.push(src.at(v.span().start, format!("`{name}` must be between 1 and {max}")));
                 default
             }
             Some(v) => v.into_inner(),
@@ -80,52 +82,52 @@ impl NetworkParams {
         let widen = |v: Option<Spanned<u32>>| v.map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())));
         let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         let params = NetworkParams {
-            max_consent_days: narrow(positive(
+            max_consent_days: narrow(within(
                 widen(raw.max_consent_days.clone()),
                 "max_consent_days",
                 d.max_consent_days.into(),
+                MAX_CONSENT_DAYS_LIMIT.into(),
             )),
-            delivery_ttl_days: narrow(positive(
+            delivery_ttl_days: narrow(within(
                 widen(raw.delivery_ttl_days),
                 "delivery_ttl_days",
                 d.delivery_ttl_days.into(),
+                MAX_CONSENT_DAYS_LIMIT.into(),
             )),
-            queue_quota: narrow(positive(widen(raw.queue_quota), "queue_quota", d.queue_quota.into())),
-            checkpoint_every_entries: positive(
+            queue_quota: narrow(within(widen(raw.queue_quota), "queue_quota", d.queue_quota.into(), 1_000_000)),
+            checkpoint_every_entries: within(
                 raw.checkpoint_every_entries,
                 "checkpoint_every_entries",
                 d.checkpoint_every_entries,
+                1_000_000,
             ),
-            checkpoint_every_secs: positive(
+            checkpoint_every_secs: within(
                 raw.checkpoint_every_secs,
                 "checkpoint_every_secs",
                 d.checkpoint_every_secs,
+                86_400,
             ),
-            max_recipients: narrow(positive(widen(raw.max_recipients), "max_recipients", d.max_recipients.into())),
-            max_unacked_per_stream: narrow(positive(
+            max_recipients: narrow(within(
+                widen(raw.max_recipients),
+                "max_recipients",
+                d.max_recipients.into(),
+                10_000,
+            )),
+            max_unacked_per_stream: narrow(within(
                 widen(raw.max_unacked_per_stream),
                 "max_unacked_per_stream",
                 d.max_unacked_per_stream.into(),
+                10_000,
             )),
             label: raw.label.as_ref().map(|l| l.get_ref().clone()),
         };
-        if let Some(days) = &raw.max_consent_days
-            && *days.get_ref() > MAX_CONSENT_DAYS_LIMIT
-        {
-            problems.push(src.at(
-                days.span().start,
-                format!(
-                    "`max_consent_days` is {}; consent must be time-limited, at most {MAX_CONSENT_DAYS_LIMIT} days",
-                    days.get_ref()
-                ),
-            ));
-        }
         if let Some(label) = &raw.label {
             let l = label.get_ref();
             if l.trim().is_empty() || l.chars().count() > 100 || l.contains(['\n', '\r']) {
                 problems.push(src.at(label.span().start, "`label` must be one line of 1 to 100 characters"));
             }
         }
+        problems.sort_by_key(|p| (p.line, p.col));
         if problems.is_empty() { Ok(params) } else { Err(problems) }
     }
 }
@@ -242,8 +244,22 @@ mod tests {
         assert_eq!(
             text,
             [
-                "network.toml:1:15: `queue_quota` must be at least 1",
-                "network.toml:2:20: `max_consent_days` is 9999; consent must be time-limited, at most 3660 days"
+                "network.toml:1:15: `queue_quota` must be between 1 and 1000000",
+                "network.toml:2:20: `max_consent_days` must be between 1 and 3660"
+            ]
+        );
+        // Past a ceiling: arithmetic on these cannot overflow.
+        let errs = NetworkParams::parse(&src(
+            "network.toml",
+            "delivery_ttl_days = 4294967295\nmax_unacked_per_stream = 100000\n",
+        ))
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "network.toml:1:21: `delivery_ttl_days` must be between 1 and 3660",
+                "network.toml:2:26: `max_unacked_per_stream` must be between 1 and 10000"
             ]
         );
         let errs = NetworkParams::parse(&src("network.toml", "max_recipient = 3\n")).unwrap_err();

@@ -215,11 +215,13 @@ fn start(span: Range<usize>) -> usize {
 }
 
 /// Reads one rules file. Each `[[rule]]` is parsed on its own, so every broken rule is reported. With
-/// no registry (because `orgs.toml` is broken), rules are checked for shape only.
+/// no registry (because `orgs.toml` is broken), rules are checked for shape only. What is allowed but
+/// worth a reviewer's look (a type no organization has yet) goes to `warnings`.
 pub(crate) fn parse_file(
     src: &SourceFile,
     registry: Option<&Registry>,
     problems: &mut Vec<Located>,
+    warnings: &mut Vec<Located>,
 ) -> Vec<(Rule, RuleSpans)> {
     let doc = match files::parse_document(src) {
         Ok(doc) => doc,
@@ -240,7 +242,7 @@ pub(crate) fn parse_file(
             }
         };
         let before = problems.len();
-        let rule = resolve(src, item.span().start, raw, registry, problems);
+        let rule = resolve(src, item.span().start, raw, registry, problems, warnings);
         if problems.len() == before {
             rules.extend(rule);
         }
@@ -254,9 +256,11 @@ fn resolve(
     raw: RawRule,
     registry: Option<&Registry>,
     problems: &mut Vec<Located>,
+    warnings: &mut Vec<Located>,
 ) -> Option<(Rule, RuleSpans)> {
     let id = raw.id.get_ref().clone();
     let mut say = |at: usize, msg: String| problems.push(src.at(at, format!("rule `{id}`: {msg}")));
+    let mut warn = |at: usize, msg: String| warnings.push(src.at(at, format!("rule `{id}`: {msg}")));
     let spans = RuleSpans {
         header,
         id: Some(raw.id.span().start),
@@ -274,8 +278,8 @@ fn resolve(
         valid_until: raw.valid_until.as_ref().map(|v| v.span().start),
     };
     let registry = registry?;
-    let from = raw.from.map(|l| resolve_parties(&l, "from", registry, &mut say));
-    let to = raw.to.map(|l| resolve_parties(&l, "to", registry, &mut say));
+    let from = raw.from.map(|l| resolve_parties(&l, "from", registry, &mut say, &mut warn));
+    let to = raw.to.map(|l| resolve_parties(&l, "to", registry, &mut say, &mut warn));
     let person_roles = raw.person_roles.map(|list| {
         let mut roles = Vec::new();
         for entry in list.into_inner() {
@@ -327,8 +331,16 @@ fn resolve(
 
 /// Resolves `from`/`to` entries. An entry is an organization id or an organization type; when a name
 /// is both (the operator organization is usually of type `operator`), it must be written `org:<id>`
-/// or `type:<type>`.
-fn resolve_parties(list: &SpannedList, key: &str, registry: &Registry, say: &mut impl FnMut(usize, String)) -> Parties {
+/// or `type:<type>`. A type written `type:<type>` that no organization has yet is accepted with a
+/// warning: a type covers the organizations that join later, so a bundle written for a network's
+/// types checks clean before every type has a member (the starter bundle relies on it).
+fn resolve_parties(
+    list: &SpannedList,
+    key: &str,
+    registry: &Registry,
+    say: &mut impl FnMut(usize, String),
+    warn: &mut impl FnMut(usize, String),
+) -> Parties {
     let types = registry.types();
     let org_names: Vec<&str> = registry.iter().map(|o| o.id.as_str()).collect();
     let type_names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
@@ -353,17 +365,21 @@ fn resolve_parties(list: &SpannedList, key: &str, registry: &Registry, say: &mut
                 }
             }
         } else if let Some(name) = text.strip_prefix("type:") {
-            match as_type(name) {
-                Some(t) => (None, Some(t)),
-                None => {
-                    say(
+            match (as_type(name), OrgType::parse(name)) {
+                (Some(t), _) => (None, Some(t)),
+                (None, Ok(t)) => {
+                    warn(
                         at,
                         format!(
-                            "unknown organization type `{name}` in `{key}`{} (types in the registry: {})",
+                            "no organization in the registry has type `{name}` yet, so `{key}` covers none until one joins{} (types in the registry: {})",
                             files::did_you_mean(name, type_names.iter().copied()),
                             type_names.join(", ")
                         ),
                     );
+                    (None, Some(t))
+                }
+                (None, Err(e)) => {
+                    say(at, format!("`{key}`: {e}"));
                     continue;
                 }
             }
@@ -383,7 +399,7 @@ fn resolve_parties(list: &SpannedList, key: &str, registry: &Registry, say: &mut
                     say(
                         at,
                         format!(
-                            "`{text}` in `{key}` is neither an organization nor an organization type{} (types: {})",
+                            "`{text}` in `{key}` is neither an organization nor an organization type{} (types: {}); a type no organization has yet is written `type:{text}`",
                             files::did_you_mean(text, org_names.iter().chain(type_names.iter()).copied()),
                             type_names.join(", ")
                         ),
@@ -608,13 +624,9 @@ fn party_match(
             None => p.push((part, format!("unknown organization `{org}` in `{key}`"))),
         }
     }
-    let mut types = Vec::new();
-    for t in &parties.types {
-        match cx.dir.type_number(t.as_str()) {
-            Some(n) => types.push(n),
-            None => p.push((part, format!("unknown organization type `{t}` in `{key}`"))),
-        }
-    }
+    // A type no organization has yet covers none now: it gets no number, so nothing is filed under it,
+    // and the next bundle (every registry change is one) numbers it once it has a member.
+    let mut types: Vec<u32> = parties.types.iter().filter_map(|t| cx.dir.type_number(t.as_str())).collect();
     orgs.sort_unstable();
     orgs.dedup();
     types.sort_unstable();

@@ -157,12 +157,7 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     // Item ids are the gateway's own UUIDs. Anything else is refused here, before it can reach the
     // shared commit's one read of every unit's items, where a value the database rejects would fail
     // the other units with it.
-    if uuid::Uuid::try_parse(item_id).is_err() {
-        let shown: String = haven_trust::untrusted::shown(item_id);
-        return Err(Error::InvalidArgument(format!(
-            "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
-        )));
-    }
+    check_item_id(item_id)?;
     let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
     // An acknowledgement writes only through the batch's buffers when what the batch read of its
@@ -174,6 +169,57 @@ pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
     if let Some(s) = wake {
         g.0.wakeups.wake(&s);
     }
+    Ok(())
+}
+
+/// Refuses an acknowledged `item_id` that is not one of the gateway's item ids (UUIDs).
+fn check_item_id(item_id: &str) -> Result<(), Error> {
+    if uuid::Uuid::try_parse(item_id).is_err() {
+        let shown: String = haven_trust::untrusted::shown(item_id);
+        return Err(Error::InvalidArgument(format!(
+            "ack item_id {shown:?} is not an item id: acknowledge the `item_id` of an Item this stream sent"
+        )));
+    }
+    Ok(())
+}
+
+/// An acknowledgement that arrived on a stream that lost its organization's lease: recorded as an
+/// `ack_fenced` entry, since the node that sent it did store the item, but not applied. The item stays
+/// queued and goes to the stream that holds the lease, whose acknowledgement is the `delivered` one.
+/// For one of the organization's deliveries the entry names the message as `delivered` would; for
+/// anything else, the item.
+pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+    check_item_id(item_id)?;
+    let now = g.0.clock.now_micros();
+    let mut tx = g.0.store.begin().await?;
+    let copy = match queue::get(&mut tx, item_id).await? {
+        Some(row) if row.org == org.as_str() && row.kind == queue::ItemKind::Delivery.as_str() => {
+            copy_by_id(&mut tx, &row.delivery_id).await?
+        }
+        _ => None,
+    };
+    let mut e = match &copy {
+        Some(c) => {
+            let mut e = base_entry(g, now, Action::AckFenced, c);
+            e.counterparty = c.sender.clone();
+            e
+        }
+        None => AuditEntry {
+            time_micros: now,
+            action: Action::AckFenced.as_str().into(),
+            object_id: item_id.to_owned(),
+            bundle_version: g.bundle().version_id().to_owned(),
+            ..Default::default()
+        },
+    };
+    e.actor_org = org.to_string();
+    e.actor_person = "node".into();
+    e.actor_role = Role::Node.to_string();
+    e.source_node = org.to_string();
+    e.outcome = "refused".into();
+    e.reason = "stream_fenced".into();
+    audit::append_one(&mut tx, e).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -269,23 +315,32 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
 
 /// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
 /// copy that depends on it (payload deleted, sender told) and queue a withdrawal notice for every
-/// recipient that holds, or may be receiving, data under it. Returns the organizations to wake.
+/// recipient that holds, or may be receiving, data under it: one for each pseudonym the recipient was
+/// given for the subject (two where its copies span the upgrade of the pseudonym derivation), each
+/// listing the copies it was given under that pseudonym. Returns the organizations to wake.
+///
+/// Only the copies `controller` sent are the consent's: another organization may have named the
+/// consent's id on a send whose rule needs no consent (nothing then checks it), and the controller's
+/// revocation must reach neither that organization's copies nor its recipients.
 pub async fn consent_ended(
     g: &Gateway,
     tx: &mut Tx<'_>,
+    controller: &str,
     consent_id: &str,
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, Error> {
-    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 ORDER BY delivery_id")
+    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 AND sender = $2 ORDER BY delivery_id")
         .bind(consent_id)
+        .bind(controller)
         .fetch_all(&mut **tx)
         .await?;
     let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
     let mut entries = Vec::new();
     let mut counts = Vec::new();
     let mut wake = Vec::new();
-    let mut holders: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+    // (recipient, its pseudonym for the subject) → the messages it holds under that pseudonym.
+    let mut holders: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
     for c in &copies {
         let mut cancelled_in_flight = false;
         if c.status == "sent" {
@@ -309,14 +364,10 @@ pub async fn consent_ended(
         if cancelled_in_flight
             || matches!(c.status.as_str(), "delivered" | "accepted" | "declined" | "closed" | "acknowledged")
         {
-            holders
-                .entry(c.recipient.clone())
-                .or_insert_with(|| (c.recipient_subject.clone(), Vec::new()))
-                .1
-                .push(c.message_id.clone());
+            holders.entry((c.recipient.clone(), c.recipient_subject.clone())).or_default().push(c.message_id.clone());
         }
     }
-    for (recipient, (recipient_subject, message_ids)) in holders {
+    for ((recipient, recipient_subject), message_ids) in holders {
         let notice = pb::ConsentWithdrawn {
             message_ids,
             subject_pseudonym: recipient_subject.clone(),
@@ -336,13 +387,15 @@ pub async fn consent_ended(
             },
         )
         .await?;
-        if let Some(c) = copies.iter().find(|c| c.recipient == recipient) {
+        if let Some(c) = copies.iter().find(|c| c.recipient == recipient && c.recipient_subject == recipient_subject) {
             let (mut e, rs) = sender_side(g, now, Action::WithdrawalNotified, c);
             e.object_id = consent_id.to_owned();
             e.reason = reason.into();
             entries.push((e, rs));
         }
-        wake.push(recipient);
+        if !wake.contains(&recipient) {
+            wake.push(recipient);
+        }
     }
     audit::append(tx, &mut entries).await?;
     queue::apply_counts(tx, &counts).await?;

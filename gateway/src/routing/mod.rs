@@ -20,7 +20,7 @@ use crate::audit;
 use crate::consent::{self, Stored};
 use crate::envelope::{Envelope, Recipients};
 use crate::error::Error;
-use crate::policy::{self, Bundle, Decision, DecisionRequest};
+use crate::policy::{self, Bundle, Decision, DecisionRequest, DenyReason};
 
 /// The decisions for every recipient of one envelope, all from one bundle version.
 pub struct Decided {
@@ -47,7 +47,30 @@ pub async fn decide_all(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<
     Ok(decide_with(g, caller, env, bundle, consent))
 }
 
-/// The pure part of [`decide_all`]: given the bundle and the consent, decide each recipient.
+/// Whether the registry pins certificates of `org` with which its node could ever connect; nothing
+/// is queued for one that cannot, since no stream could ever take it.
+fn reachable(bundle: &Bundle, org: &OrgId) -> bool {
+    bundle.registry().get(org).is_some_and(|entry| entry.can_connect())
+}
+
+/// The refusal of a recipient whose node can never connect: nothing released, every field withheld.
+fn not_pinned(bundle: &Bundle, recipient: &OrgId, fields: &[&str]) -> Decision {
+    let mut withheld: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+    withheld.sort();
+    Decision {
+        allowed: false,
+        rule_ids: Vec::new(),
+        released: Vec::new(),
+        withheld,
+        bundle_version: bundle.version_id().to_owned(),
+        reason: Some(DenyReason::RecipientNotPinned),
+        reason_detail: Some(recipient.to_string()),
+    }
+}
+
+/// The pure part of [`decide_all`]: given the bundle and the consent, decide each recipient. An alert
+/// to every permitted recipient leaves out the organizations whose nodes can never connect; a
+/// recipient named outright is refused `recipient_not_pinned`.
 pub fn decide_with(
     g: &Gateway,
     caller: &Caller,
@@ -59,13 +82,21 @@ pub fn decide_with(
     let now = g.0.clock.now();
     let recipients = match &env.recipients {
         Recipients::Named(list) => list.clone(),
-        Recipients::AllPermitted => bundle.candidate_recipients(&caller.org, caller.role, &env.kind, &env.purpose),
+        Recipients::AllPermitted => bundle
+            .candidate_recipients(&caller.org, caller.role, &env.kind, &env.purpose)
+            .into_iter()
+            .filter(|org| reachable(&bundle, org))
+            .collect(),
     };
     let names: Vec<&str> = env.fields.keys().map(String::as_str).collect();
     let state = consent.as_ref().map(|c| effective_state(c, now_micros));
     let outcomes = recipients
         .into_iter()
         .map(|recipient| {
+            if !reachable(&bundle, &recipient) {
+                let d = not_pinned(&bundle, &recipient, &names);
+                return (recipient, d);
+            }
             let req = DecisionRequest {
                 sender: &caller.org,
                 sender_role: caller.role,
@@ -129,7 +160,7 @@ pub fn decision_entry(
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
-        seq: 0,
+        ..Default::default()
     }
 }
 

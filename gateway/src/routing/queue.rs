@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::rows::{OutboxRow, insert_outbox};
-use crate::store::{Backend, Store, Tx};
+use crate::store::{Backend, Store, StoreError, Tx};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -136,6 +136,10 @@ impl Pending {
 ///   only while that consent is given and within its window, or superseded by a renewal (which keeps
 ///   it in force for copies already queued), as `routing::effective_state` decides. Others wait for the
 ///   sweep or the cascade to cancel them.
+/// - A consent covers only its controller's items: an item whose sender named another organization's
+///   consent (possible on a send whose rule needs no consent) is read as naming no consent that
+///   exists, and waits for its expiry, so that no organization's consent holds back or releases
+///   another's sends.
 /// - The ids passed over and the items whose consent does not cover them are filtered out by the
 ///   statement (the consent through its primary key), so only the rows sent come back.
 /// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending_c` gives
@@ -143,7 +147,7 @@ impl Pending {
 macro_rules! sendable {
     ($skip:literal, $order:literal) => {
         concat!(
-            "SELECT o.item_id, o.payload FROM outbox o LEFT JOIN consents c ON c.consent_id = o.consent_id ",
+            "SELECT o.item_id, o.payload FROM outbox o LEFT JOIN consents c ON c.consent_id = o.consent_id AND c.controller = o.sender ",
             "WHERE o.org = $1 AND o.state = 'pending' AND o.item_id NOT IN (",
             $skip,
             ") AND (o.consent_id = '' OR c.state = 'superseded' OR (c.state = 'given' AND c.valid_until_micros > $3)) ",
@@ -164,7 +168,7 @@ pub async fn sendable<'a>(
     skip: impl IntoIterator<Item = &'a String>,
     now: i64,
     limit: i64,
-) -> Result<Vec<Pending>, sqlx::Error> {
+) -> Result<Vec<Pending>, StoreError> {
     let sql = match store.backend() {
         Backend::Sqlite => SENDABLE_SQLITE,
         Backend::Postgres => SENDABLE_POSTGRES,
@@ -172,7 +176,10 @@ pub async fn sendable<'a>(
     let skip =
         serde_json::to_string(&skip.into_iter().collect::<Vec<_>>()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let rows = sqlx::query(sql).bind(org).bind(skip).bind(now).bind(limit).fetch_all(store.pool()).await?;
-    rows.iter().map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? })).collect()
+    Ok(rows
+        .iter()
+        .map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? }))
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 /// A queued row's identity, read under the transaction.

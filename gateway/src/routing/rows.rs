@@ -27,6 +27,8 @@ pub struct DeliveryRow {
     pub consent_id: String,
     pub subject: String,
     pub recipient_subject: String,
+    /// The derivation of `recipient_subject` ([`super::pseudonym::VERSION`]).
+    pub pseudonym_version: i64,
     /// JSON array of the released field names.
     pub released_fields: String,
     pub updated_at_micros: i64,
@@ -118,7 +120,7 @@ impl NewRows {
             },
         )
         .await?;
-        insert_many(tx, "INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, released_fields, status, updated_at_micros, expires_at_micros) VALUES", 14, &self.deliveries, |q, d| {
+        insert_many(tx, "INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, pseudonym_version, released_fields, status, updated_at_micros, expires_at_micros) VALUES", 15, &self.deliveries, |q, d| {
             q.bind(d.delivery_id.as_str())
                 .bind(d.sender.as_str())
                 .bind(d.sender_person.as_str())
@@ -129,6 +131,7 @@ impl NewRows {
                 .bind(d.consent_id.as_str())
                 .bind(d.subject.as_str())
                 .bind(d.recipient_subject.as_str())
+                .bind(d.pseudonym_version)
                 .bind(d.released_fields.as_str())
                 .bind("sent")
                 .bind(d.updated_at_micros)

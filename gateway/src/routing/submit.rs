@@ -104,6 +104,7 @@ async fn submit_in(
     };
     let bundle = g.bundle();
     let decided = decide_with(g, caller, &env, bundle.clone(), stored_consent);
+    // At most 3660 days (the bundle's ceiling), so neither this nor `now + ttl` can overflow.
     let ttl = i64::from(bundle.network().delivery_ttl_days) * 86_400_000_000;
     let quota = i64::from(bundle.network().queue_quota);
     let mut outcomes = Vec::with_capacity(decided.outcomes.len());
@@ -138,10 +139,12 @@ async fn submit_in(
         let mut recipient_subject = String::new();
         if outcome == pb::recipient_outcome::Outcome::Queued {
             delivery_id = Uuid::now_v7().to_string();
+            // The sender is the controller of the subject it names: a consent a rule relies on must be
+            // the sender's own (the decision checked it).
             recipient_subject = env
                 .subject
                 .as_deref()
-                .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), s))
+                .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), caller.org.as_str(), s))
                 .unwrap_or_default();
             let fields = d
                 .released
@@ -173,6 +176,7 @@ async fn submit_in(
                 consent_id: env.consent_id.clone().unwrap_or_default(),
                 subject: env.subject.clone().unwrap_or_default(),
                 recipient_subject: recipient_subject.clone(),
+                pseudonym_version: pseudonym::VERSION,
                 released_fields: serde_json::to_string(&d.released).unwrap_or_default(),
                 updated_at_micros: now,
                 expires_at_micros: now + ttl,

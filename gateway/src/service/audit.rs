@@ -10,6 +10,7 @@ use haven_proto::v1::audit_server::Audit;
 use haven_proto::v1::*;
 use haven_trust::audit::{Action, AuditEntry, ENCODING_VERSION};
 use haven_trust::export::{FORMAT, Header, Kind};
+use haven_trust::ids::OrgId;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -187,11 +188,36 @@ impl Audit for AuditService {
     ) -> Result<Response<SubjectAccessResponse>, Status> {
         let caller = caller(&req)?;
         let scope = Scope::of(&caller)?;
-        let subject = req.into_inner().subject_pseudonym;
+        let r = req.into_inner();
+        let subject = r.subject_pseudonym;
         let filter = Filter::parse(Some(&AuditFilter { subject: subject.clone(), ..Default::default() }))?;
         if filter.subject.is_none() {
             return Err(Error::InvalidArgument("subject_pseudonym is required".into()).into());
         }
+        // A pseudonym names a subject only together with its controller. An officer's is their own
+        // organization, and naming another gets the same answer whether or not it uses the pseudonym.
+        let controller = match (&scope, r.controller.as_str()) {
+            (Scope::Org(org), "") => org.clone(),
+            (Scope::Org(org), named) if named == org.as_str() => org.clone(),
+            (Scope::Org(org), _) => {
+                return Err(Error::PermissionDenied(format!(
+                    "a privacy officer reports only on their own organization's subjects: leave controller empty or give `{org}`"
+                ))
+                .into());
+            }
+            (Scope::All, "") => {
+                return Err(Error::InvalidArgument(
+                    "controller is required: a pseudonym names a subject only together with the organization that minted it (the consent's controller)".into(),
+                )
+                .into());
+            }
+            (Scope::All, named) => OrgId::parse(named).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "controller `{}` is not an organization id (lowercase letters, digits, `-`, `_` and `.`)",
+                    named.chars().take(64).collect::<String>()
+                ))
+            })?,
+        };
         let pool = self.gateway.0.store.pool();
         if let Scope::Org(org) = &scope
             && !query::controls_subject(pool, org, &subject).await.map_err(Error::from)?
@@ -201,8 +227,16 @@ impl Audit for AuditService {
             ))
             .into());
         }
-        let disclosures = query::disclosures(pool, &subject).await.map_err(Error::from)?;
-        self.audited(filter.audit_entry(&caller, Action::SubjectReport, self.now())).await?;
-        Ok(Response::new(SubjectAccessResponse { subject_pseudonym: subject, disclosures }))
+        let disclosures = query::disclosures(pool, controller.as_str(), &subject).await.map_err(Error::from)?;
+        // The controller is the counterparty of the report, and knows the subject by this pseudonym: its
+        // privacy officer sees who reported on its subject.
+        let mut entry = filter.audit_entry(&caller, Action::SubjectReport, self.now());
+        entry.counterparty = controller.to_string();
+        self.log().record(vec![(entry, subject.clone())]).await.map_err(Error::from)?;
+        Ok(Response::new(SubjectAccessResponse {
+            subject_pseudonym: subject,
+            disclosures,
+            controller: controller.to_string(),
+        }))
     }
 }

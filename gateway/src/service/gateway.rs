@@ -65,9 +65,12 @@ impl GatewayRpc for GatewayService {
             .get::<PeerInfo>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no verified client certificate on this connection"))?;
+        // The stream opens only with its organization's lease; while another stream holds it, the
+        // call is refused here, before any frame is exchanged.
+        let opened = crate::stream::open(&self.gateway, &caller, &peer).await?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(crate::stream::run(self.gateway.clone(), caller, peer, inbound, tx));
+        tokio::spawn(crate::stream::run(self.gateway.clone(), caller, peer, opened, inbound, tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

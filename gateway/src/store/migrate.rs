@@ -28,6 +28,9 @@ macro_rules! migration {
     };
 }
 
+/// Every migration, in the order they are applied. Versions increase but need not be contiguous:
+/// [`apply`] runs each listed migration whose version the database has not recorded, so a number left
+/// out now can be listed later and is then applied on databases that already have the ones after it.
 const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "audit_log"),
     migration!(2, "0002", "consent"),
@@ -36,6 +39,8 @@ const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005", "queue_counts"),
     migration!(6, "0006", "pending_order"),
     migration!(7, "0007", "drop_pending_default_collation"),
+    migration!(8, "0008", "controller_scoped_subjects"),
+    migration!(9, "0009", "stream_leases"),
     migration!(10, "0010", "accepted_crl"),
 ];
 

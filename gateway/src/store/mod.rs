@@ -6,18 +6,26 @@
 //! start-up. Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is
 //! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
 //! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
+//!
+//! What stays on disk: SQLite's files are created (and, found looser, set) readable by their owner
+//! alone; `secure_delete` overwrites what a write deletes in the database file, and the write-ahead
+//! log, which keeps the older frames, is truncated whenever the gateway has been idle a moment and
+//! when it shuts down (see `checkpoint_wal` and [`Store::truncate_wal`]).
 
 pub mod crl;
 mod migrate;
+pub mod reported;
 mod wal;
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use haven_trust::owner_only;
 use sqlx::SqlSafeStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
@@ -48,11 +56,16 @@ pub enum StoreError {
         "database `{host}` is not on loopback, so its URL must set `sslmode=verify-full` (and `sslrootcert=` if the server's CA is not a public one)"
     )]
     InsecureRemote { host: String },
+    /// The file is not a SQLite database.
+    #[error(
+        "{path} is not a SQLite database (its header is not SQLite's): give --database the path of this gateway's database file, or a path where none exists yet to make a new one"
+    )]
+    NotSqlite { path: String },
     /// The database could not be reached or opened.
-    #[error("cannot open database {url}: {source}")]
+    #[error("cannot open database {url}: {}", reported::reported(.source))]
     Connect { url: String, source: sqlx::Error },
     /// A migration failed.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", reported::reported(.source))]
     Migration { version: i64, name: &'static str, source: sqlx::Error },
     /// The database holds a migration this binary does not know (it is older than the database).
     #[error("the database was migrated by a newer Haven (migration {0} is unknown to this binary); upgrade the binary")]
@@ -69,9 +82,36 @@ pub enum StoreError {
     /// A change was committed, but the write-ahead log that holds it could not be synced to disk.
     #[error("the change was committed but could not be synced to disk: {0}")]
     Unsynced(String),
+    /// The database refused a write because its disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `53100 disk_full`); nothing of it was committed. Writes succeed again once space is freed.
+    #[error("the database's disk is full: {0}")]
+    DiskFull(String),
+    /// The SQLite file could not be created, or its mode set, before it was opened.
+    #[error(
+        "cannot create or restrict the database file {path}: {source}; check that its directory exists and the gateway's user may write it"
+    )]
+    File { path: PathBuf, source: std::io::Error },
     /// Any other database error.
-    #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    #[error("database error: {}", reported::reported(.0))]
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_disk_full(&e) { StoreError::DiskFull(reported::reported(&e).to_string()) } else { StoreError::Sql(e) }
+    }
+}
+
+/// Whether the database refused a write because its disk is full: SQLite's `SQLITE_FULL` (which a
+/// `max_page_count` cap gives too), PostgreSQL's SQLSTATE `53100` (`disk_full`).
+pub fn is_disk_full(e: &sqlx::Error) -> bool {
+    /// SQLite's primary result code for a full disk; extended codes keep it in the low byte.
+    const SQLITE_FULL: i32 = 13;
+    let Some(db) = e.as_database_error() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == SQLITE_FULL);
+    }
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| pg.code() == "53100")
 }
 
 impl StoreError {
@@ -80,6 +120,16 @@ impl StoreError {
         match self {
             StoreError::Unsynced(why) => StoreError::Unsynced(why.clone()),
             StoreError::Commit(why) => StoreError::Commit(why.clone()),
+            StoreError::DiskFull(why) => StoreError::DiskFull(why.clone()),
+            e => StoreError::Commit(e.to_string()),
+        }
+    }
+
+    /// The same failure, as that of a shared commit of which nothing was committed. A full disk keeps
+    /// its kind: its callers are told to wait for space rather than that the database is down.
+    pub fn commit_failed(self) -> StoreError {
+        match self {
+            e @ (StoreError::Commit(_) | StoreError::DiskFull(_) | StoreError::Unsynced(_)) => e,
             e => StoreError::Commit(e.to_string()),
         }
     }
@@ -97,8 +147,16 @@ pub struct Store {
     wrote: Arc<Notify>,
     /// How many checkpoint rounds wholly copied the write-ahead log (see `checkpoint_round`).
     restarts: watch::Sender<u64>,
+    /// How many times the write-ahead log was truncated to nothing (see [`Store::truncate_wal`]).
+    truncations: watch::Sender<u64>,
+    /// On SQLite, one idle connection open for as long as the store: SQLite deletes the write-ahead
+    /// log when the last connection to the file closes, so without it a writer connection replaced
+    /// while no reader is open (see `reusable`) would leave the syncer holding a deleted log.
+    keeper: Option<AnyPool>,
     /// On SQLite, syncs the write-ahead log after the writer's commits (see `wal`).
     wal: Option<Arc<WalSync>>,
+    /// On SQLite, how long no write may begin before the write-ahead log is truncated.
+    wal_idle: Duration,
     backend: Backend,
 }
 
@@ -172,10 +230,19 @@ fn redact(url: &str) -> String {
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, WAL_IDLE).await
+    }
+
+    /// [`Store::open`], truncating SQLite's write-ahead log once no write has begun for `wal_idle`
+    /// (see `checkpoint_wal`).
+    pub async fn open_with(url: &str, wal_idle: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, conn_url) = classify(url)?;
         let options = AnyConnectOptions::from_str(&conn_url).map_err(|_| StoreError::BadUrl(redact(url)))?;
-        let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15));
+        if let Some(file) = sqlite_file(url) {
+            owner_only_files(Path::new(file))?;
+        }
+        let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15)).after_release(reusable);
         let pool_opts = match backend {
             Backend::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
             Backend::Postgres => pool_opts.max_connections(16),
@@ -185,7 +252,21 @@ impl Store {
         {
             use sqlx::ConnectOptions;
             match tokio::time::timeout(Duration::from_secs(15), options.connect()).await {
-                Ok(Ok(conn)) => {
+                Ok(Ok(mut conn)) => {
+                    // SQLite opens a file lazily: read its header now, so a file that is not a
+                    // database is named here instead of failing every pooled connection until the
+                    // pool gives up.
+                    if backend == Backend::Sqlite
+                        && let Err(source) = sqlx::query("PRAGMA schema_version").execute(&mut conn).await
+                    {
+                        let _ = sqlx::Connection::close(conn).await;
+                        return Err(match &source {
+                            sqlx::Error::Database(d) if d.code().as_deref() == Some("26") => {
+                                StoreError::NotSqlite { path: sqlite_file(url).unwrap_or(url).to_owned() }
+                            }
+                            _ => StoreError::Connect { url: redact(url), source },
+                        });
+                    }
                     let _ = sqlx::Connection::close(conn).await;
                 }
                 Ok(Err(source)) => return Err(StoreError::Connect { url: redact(url), source }),
@@ -196,6 +277,23 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+        let keeper = match backend {
+            Backend::Sqlite => Some(
+                sqlite_pragmas(
+                    AnyPoolOptions::new()
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .test_before_acquire(false),
+                    false,
+                )
+                .connect_with(options.clone())
+                .await
+                .map_err(|source| StoreError::Connect { url: redact(url), source })?,
+            ),
+            Backend::Postgres => None,
+        };
         // SQLite admits one writer at a time, so the writes queue for one connection rather than
         // for the file lock: no busy-wait, and that connection's page cache stays valid from one
         // transaction to the next (a connection that did not make the last write must drop its cache
@@ -209,7 +307,8 @@ impl Store {
                         .max_connections(1)
                         .idle_timeout(None)
                         .max_lifetime(None)
-                        .test_before_acquire(false),
+                        .test_before_acquire(false)
+                        .after_release(reusable),
                     true,
                 )
                 .connect_with(options.clone())
@@ -237,7 +336,10 @@ impl Store {
             waiting: Arc::default(),
             wrote: Arc::new(Notify::new()),
             restarts: watch::channel(0).0,
+            truncations: watch::channel(0).0,
+            keeper,
             wal,
+            wal_idle,
             backend,
         };
         migrate::run(&store).await?;
@@ -296,28 +398,15 @@ impl Store {
     /// when it ran, else as far as it had been written when the copy began); it is not when another
     /// checkpoint ran at the same time or a reader kept old pages past the wait.
     pub async fn checkpoint_round(&self, restart: bool) -> Result<bool, sqlx::Error> {
-        let copied = |row: &sqlx::any::AnyRow| -> Result<(bool, i64), sqlx::Error> {
-            let (busy, log, done): (i64, i64, i64) =
-                (sqlx::Row::try_get(row, 0)?, sqlx::Row::try_get(row, 1)?, sqlx::Row::try_get(row, 2)?);
-            Ok((busy == 0 && done == log, log))
-        };
-        let (mut whole, log) = copied(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?)?;
+        let copy = Checkpointed::of(&sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?)?;
+        let mut whole = copy.whole();
         // A copy on a reader connection says nothing of the commits made while it ran, and the next
         // write starts the log over only if it finds every frame copied and no reader in the log. So
         // under steady writes only the writer connection, between two transactions, can restart it:
         // RESTART copies what was appended meanwhile and waits for readers to leave the log (they are
         // short). It holds up only the next shared commit, and waits `RESTART_BUSY_TIMEOUT` at most.
-        if restart || log >= RESTART_FRAMES {
-            let mut writer = self.writer_in_turn().await?;
-            sqlx::query(RESTART_BUSY_TIMEOUT).execute(&mut *writer).await?;
-            let copy = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(&mut *writer).await;
-            if let Err(e) = sqlx::query(BUSY_TIMEOUT).execute(&mut *writer).await {
-                // Only a broken connection refuses a pragma; until the pool replaces it, the writer
-                // gives up after 10 ms on a lock another process holds.
-                tracing::error!(error = %e, "cannot restore the SQLite writer's busy timeout after a checkpoint");
-                return Err(e);
-            }
-            whole = copied(&copy?)?.0;
+        if restart || copy.log >= RESTART_FRAMES {
+            whole = self.checkpoint_on_writer("PRAGMA wal_checkpoint(RESTART)", RESTART_BUSY_TIMEOUT).await?.0.whole();
         }
         if whole {
             self.restarts.send_modify(|n| *n += 1);
@@ -325,10 +414,58 @@ impl Store {
         Ok(whole)
     }
 
+    /// Runs the checkpoint `pragma` on the writer connection, between two write transactions, waiting
+    /// at most `busy` for readers of older pages to leave the log. Returns the writer connection with
+    /// the outcome, so no write begins before the caller has counted it.
+    async fn checkpoint_on_writer(
+        &self,
+        pragma: &'static str,
+        busy: &'static str,
+    ) -> Result<(Checkpointed, PoolConnection<Any>), sqlx::Error> {
+        let mut writer = self.writer_in_turn().await?;
+        sqlx::query(busy).execute(&mut *writer).await?;
+        let copy = sqlx::query(pragma).fetch_one(&mut *writer).await;
+        if let Err(e) = sqlx::query(BUSY_TIMEOUT).execute(&mut *writer).await {
+            // Only a broken connection refuses a pragma; until the pool replaces it, the writer
+            // gives up after 10 ms on a lock another process holds.
+            tracing::error!(error = %e, "cannot restore the SQLite writer's busy timeout after a checkpoint");
+            return Err(e);
+        }
+        Ok((Checkpointed::of(&copy?)?, writer))
+    }
+
     /// Counts the checkpoint rounds that wholly copied SQLite's write-ahead log into the database
     /// file (see `checkpoint_round`).
     pub fn wal_restarts(&self) -> watch::Receiver<u64> {
         self.restarts.subscribe()
+    }
+
+    /// Copies SQLite's whole write-ahead log into the database file and truncates the log to zero
+    /// bytes, waiting up to 15 s for readers to leave it; returns whether it did. `secure_delete`
+    /// overwrites deleted payloads in the database file, but the log's older frames keep them until
+    /// the log is truncated, so the gateway calls this as it shuts down (and, with a short wait,
+    /// whenever it has been idle a moment; see `checkpoint_wal`). Returns `true` at once on
+    /// PostgreSQL, which has no such file.
+    pub async fn truncate_wal(&self) -> Result<bool, StoreError> {
+        Ok(self.backend == Backend::Postgres || self.truncate_wal_within(BUSY_TIMEOUT).await?)
+    }
+
+    /// [`Store::truncate_wal`], waiting at most `busy` for readers.
+    async fn truncate_wal_within(&self, busy: &'static str) -> Result<bool, sqlx::Error> {
+        // Counted while the writer connection is held, so a truncation counted after a commit was
+        // seen began after that commit.
+        let (copy, _writer) = self.checkpoint_on_writer("PRAGMA wal_checkpoint(TRUNCATE)", busy).await?;
+        let truncated = copy.truncated();
+        if truncated {
+            self.truncations.send_modify(|n| *n += 1);
+        }
+        Ok(truncated)
+    }
+
+    /// Counts the times SQLite's write-ahead log was truncated to nothing (see
+    /// [`Store::truncate_wal`]).
+    pub fn wal_truncations(&self) -> watch::Receiver<u64> {
+        self.truncations.subscribe()
     }
 
     /// Whether a caller of [`Store::begin`] waits for the SQLite writer connection, so a holder of
@@ -367,7 +504,37 @@ impl Store {
         if let Some(wal) = &self.wal {
             wal.close();
         }
+        // Last: SQLite checkpoints and deletes the log as the file's last connection closes.
+        if let Some(keeper) = &self.keeper {
+            keeper.close().await;
+        }
     }
+}
+
+/// Whether a connection given back to its pool may be used again: not while it still counts a
+/// transaction. A transaction dropped without COMMIT or ROLLBACK has queued its ROLLBACK, which runs
+/// here. But when a write fails with `disk is full` (or an I/O error), SQLite may roll the whole
+/// transaction back itself; the COMMIT or ROLLBACK that follows then fails, and the connection would
+/// go on counting a transaction it is not in, so that every later `BEGIN IMMEDIATE` on it failed
+/// (`attempted to call begin_with at non-zero transaction depth`), until a restart. Such a connection
+/// is closed, and the pool opens a new one.
+fn reusable(
+    conn: &mut AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        conn.ping().await?;
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        tracing::warn!(
+            "a database connection whose transaction failed to end is closed and replaced (a write had failed, the disk may be full)"
+        );
+        Ok(false)
+    })
 }
 
 /// Copies SQLite's write-ahead log back into the database file a moment after each write
@@ -381,14 +548,39 @@ impl Store {
 /// writer connection checkpoints what was appended during the copy (a short tail), so the log is
 /// wholly copied and the next write starts it over. Durability is unchanged: every commit is in the
 /// log and synced before it returns; a checkpoint moves pages that are already durable.
+///
+/// Once no write transaction has begun for a moment ([`WAL_IDLE`] unless configured), the log is also
+/// truncated to nothing on the writer connection (waiting `RESTART_BUSY_TIMEOUT` at most for readers,
+/// and trying again after the next idle moment if one is still in the log): `secure_delete`
+/// overwrites a deleted payload in the database file, but the log's older frames keep it until they
+/// are overwritten or cut off. So a deleted value stays in the log until the writes pause for that
+/// moment; under writes that never pause, until the log has been started over and written past it
+/// again, at most about 32 MiB (two lengths of the log) of later writes, more if a long read holds the
+/// restart back (`journal_size_limit` cuts off what lies beyond 16 MiB as the log starts over). It
+/// starts with the log to truncate: a gateway that crashed left older frames in it.
 async fn checkpoint_wal(store: Store) {
+    let mut untruncated = true;
     loop {
-        store.wrote.notified().await;
+        if untruncated {
+            if tokio::time::timeout(store.wal_idle, store.wrote.notified()).await.is_err() {
+                match store.truncate_wal_within(RESTART_BUSY_TIMEOUT).await {
+                    Ok(truncated) => untruncated = !truncated,
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "truncating SQLite's WAL failed; the next idle moment tries again")
+                    }
+                }
+                continue;
+            }
+        } else {
+            store.wrote.notified().await;
+        }
         if store.pool.is_closed() {
             return;
         }
         // Let the writes of the next moment pile up: one checkpoint for many commits.
         tokio::time::sleep(CHECKPOINT_GAP).await;
+        untruncated = true;
         match store.checkpoint_round(false).await {
             Ok(_) => {}
             Err(sqlx::Error::PoolClosed) => return,
@@ -397,8 +589,43 @@ async fn checkpoint_wal(store: Store) {
     }
 }
 
+/// What `PRAGMA wal_checkpoint` reports.
+struct Checkpointed {
+    /// Whether it was blocked by a reader or writer before it finished.
+    busy: i64,
+    /// Frames in the log.
+    log: i64,
+    /// Frames copied into the database file.
+    done: i64,
+}
+
+impl Checkpointed {
+    fn of(row: &sqlx::any::AnyRow) -> Result<Checkpointed, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Checkpointed { busy: row.try_get(0)?, log: row.try_get(1)?, done: row.try_get(2)? })
+    }
+
+    /// Every frame in the log was copied.
+    fn whole(&self) -> bool {
+        self.busy == 0 && self.done == self.log
+    }
+
+    /// The log was truncated: TRUNCATE reports an empty log only once it has truncated it.
+    fn truncated(&self) -> bool {
+        self.busy == 0 && self.log == 0
+    }
+}
+
 /// Frames (pages) the write-ahead log may reach before it is started over: 16 MiB of 4 KiB pages.
 const RESTART_FRAMES: i64 = 4096;
+
+/// How large SQLite leaves the write-ahead log file when it starts the log over
+/// (`journal_size_limit`): what lies past this is cut off rather than kept until overwritten.
+const JOURNAL_SIZE_LIMIT: &str = "PRAGMA journal_size_limit = 16777216";
+
+/// How long no write transaction may begin before the write-ahead log is truncated to nothing, unless
+/// configured otherwise.
+pub const WAL_IDLE: Duration = Duration::from_secs(1);
 
 /// How long the writer connection waits, in a checkpoint that starts the log over, for readers of
 /// older pages to finish: 10 ms, so a long read (an audit export) costs the writes little; if one
@@ -438,10 +665,32 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
             conn.execute(if writer { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" }).await?;
             conn.execute(BUSY_TIMEOUT).await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
+            // Deleted content is overwritten in the database file (payloads once acknowledged).
             conn.execute("PRAGMA secure_delete = ON").await?;
+            conn.execute(JOURNAL_SIZE_LIMIT).await?;
             Ok(())
         })
     })
+}
+
+/// Creates the SQLite file at `db` readable and writable by its owner alone before SQLite opens it
+/// (SQLite gives its `-wal` and `-shm` files the same mode), and restricts those files to their owner
+/// if an older version, a copy or a loose umask left them readable by others: they hold survivors'
+/// data.
+fn owner_only_files(db: &Path) -> Result<(), StoreError> {
+    let tightened = owner_only::database_files(db).map_err(|(path, source)| StoreError::File { path, source })?;
+    for file in tightened {
+        tracing::warn!(file = %file.path.display(), was = format!("{:04o}", file.mode), "the database file was readable by other users; it is now readable by its owner alone (0600)");
+    }
+    Ok(())
+}
+
+/// The file a SQLite URL names; `None` for PostgreSQL (see `classify`).
+fn sqlite_file(url: &str) -> Option<&str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    Some(url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url))
 }
 
 /// Works out the backend and the URL to connect with.
@@ -465,7 +714,7 @@ fn classify(url: &str) -> Result<(Backend, String), StoreError> {
         }
         return Ok((Backend::Postgres, url.to_owned()));
     }
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = sqlite_file(url).unwrap_or_default();
     if path.is_empty() || url.contains("://") && !url.starts_with("sqlite:") {
         return Err(StoreError::BadUrl(redact(url)));
     }
@@ -484,6 +733,17 @@ mod tests {
         assert!(classify("postgres://postgres@localhost/test").is_ok());
         assert_eq!(classify("haven.db").unwrap().0, Backend::Sqlite);
         assert!(matches!(classify("mysql://x"), Err(StoreError::BadUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "shopping list: bread, milk, and enough text to fill a header page\n".repeat(20))
+            .unwrap();
+        let err = Store::open(&path.display().to_string()).await.expect_err("not a database");
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err}");
+        assert!(err.to_string().contains("notes.txt is not a SQLite database"), "{err}");
     }
 
     /// A SQLite store in a new directory, with a table `scratch (b BLOB)` to fill.
@@ -584,6 +844,117 @@ mod tests {
         assert!(reader.await.unwrap() > 0, "reads ran beside the writes");
         let logged = std::fs::metadata(dir.path().join("steady.db-wal")).unwrap().len();
         assert!(logged < 112 << 20, "the log was not started over under load: {logged} bytes after 160 MiB written");
+        store.close().await;
+    }
+
+    /// The database file and the `-wal` and `-shm` files beside it.
+    fn files(db: &Path) -> Vec<PathBuf> {
+        ["", "-wal", "-shm"].iter().map(|suffix| PathBuf::from(format!("{}{suffix}", db.display()))).collect()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The store's files that hold `needle`, as raw bytes.
+    fn in_files(db: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        files(db)
+            .into_iter()
+            .filter(|f| std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+            .collect()
+    }
+
+    /// The database file and its log and index are created readable by their owner alone, and files
+    /// left readable by others are restricted when the store opens them again.
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        let (_dir, path, store) = scratch_store("modes.db").await;
+        for file in files(&path) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        store.close().await;
+        // As an older version or a copy with a loose umask might have left them.
+        for file in files(&path) {
+            if !file.exists() {
+                std::fs::write(&file, b"").unwrap();
+            }
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        }
+        let store = Store::open(&path.display().to_string()).await.unwrap();
+        for file in files(&path) {
+            assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
+        }
+        store.close().await;
+    }
+
+    /// Every connection overwrites deleted content in the database file (`secure_delete`), and once the
+    /// log is truncated a deleted value is in none of the files.
+    #[tokio::test]
+    async fn a_deleted_value_is_in_no_file_once_the_log_is_truncated() {
+        let (_dir, path, store) = scratch_store("deleted.db").await;
+        let on: i64 = sqlx::query_scalar("PRAGMA main.secure_delete").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(on, 1, "readers overwrite deleted content");
+        let on: i64 = sqlx::query_scalar("PRAGMA main.secure_delete")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(on, 1, "the writer overwrites deleted content");
+
+        let value = format!("Ileana-{}", uuid::Uuid::new_v4().simple());
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO scratch (b) VALUES ($1)").bind(value.as_bytes()).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(!in_files(&path, value.as_bytes()).is_empty(), "the value was written");
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("DELETE FROM scratch").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert!(store.truncate_wal().await.unwrap(), "no reader held the log");
+        let left = in_files(&path, value.as_bytes());
+        assert!(left.is_empty(), "the deleted value is still in {left:?}");
+        store.close().await;
+    }
+
+    /// A write refused because the disk is full fails with `DiskFull`. SQLite rolled the whole
+    /// transaction back, so the writer connection is not reused as though still in it: it is
+    /// replaced, and the next write transaction begins and commits. The log the syncer holds stays the
+    /// one SQLite writes, even with no reader connection open while the writer is replaced.
+    #[tokio::test]
+    async fn after_a_full_disk_the_next_write_transaction_begins() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, _, store) = scratch_store("full.db").await;
+        let log = std::fs::File::open(dir.path().join("full.db-wal")).unwrap();
+        store.pool().close().await;
+        {
+            let mut writer = store.writer().await.unwrap();
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *writer).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {}", pages + 8)))
+                .execute(&mut *writer)
+                .await
+                .unwrap();
+        }
+        let mut tx = store.begin().await.unwrap();
+        let mut refused = None;
+        for _ in 0..64 {
+            if let Err(e) = sqlx::query("INSERT INTO scratch (b) VALUES (randomblob(8192))").execute(&mut *tx).await {
+                refused = Some(StoreError::from(e));
+                break;
+            }
+        }
+        let refused = refused.expect("the capped file filled up");
+        assert!(matches!(refused, StoreError::DiskFull(_)), "{refused}");
+        drop(tx);
+
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO scratch (b) VALUES (x'00')").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "only the later transaction's row");
+        assert_eq!(log.metadata().unwrap().nlink(), 1, "SQLite deleted the log the syncer holds");
         store.close().await;
     }
 

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use haven_gateway::store::reported::reported;
 use haven_trust::ids::OrgId;
 use haven_trust::pki::CertsDir;
 use sqlx::Connection;
@@ -115,6 +116,39 @@ impl Db {
         }
     }
 
+    /// On PostgreSQL, makes sure the database the URL names exists, creating it (through the server's
+    /// `postgres` database) if it does not, since each scenario's database is made next to it. Returns
+    /// what it did, for the operator.
+    pub async fn prepare(&self) -> anyhow::Result<Option<String>> {
+        let Db::Postgres { admin } = self else { return Ok(None) };
+        let missing = match sqlx::PgConnection::connect(admin).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(None);
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNKNOWN_DATABASE) => e,
+            Err(e) => bail!("cannot reach PostgreSQL at {}: {}", redact(admin), reported(&e)),
+        };
+        let Some(name) = database_of(admin).filter(|n| !n.is_empty()) else {
+            bail!("cannot reach PostgreSQL at {}: {}", redact(admin), missing.message());
+        };
+        let server = with_database(admin, "postgres");
+        let mut conn = sqlx::PgConnection::connect(&server).await.map_err(|e| {
+            anyhow::anyhow!(
+                "database {name} does not exist at {}, and its server's `postgres` database cannot be reached to create it: {}",
+                redact(admin),
+                reported(&e)
+            )
+        })?;
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create database {name} at {}: {}", redact(admin), reported(&e)))?;
+        let _ = conn.close().await;
+        Ok(Some(format!("created database {name} at {}: it did not exist", redact(admin))))
+    }
+
     /// `sqlite` or `postgres`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -134,17 +168,38 @@ impl Db {
                 let name = format!("haven_bench_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = sqlx::PgConnection::connect(admin)
                     .await
-                    .with_context(|| format!("cannot reach PostgreSQL at {}", redact(admin)))?;
+                    .map_err(|e| anyhow::anyhow!("cannot reach PostgreSQL at {}: {}", redact(admin), reported(&e)))?;
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
-                    .with_context(|| format!("cannot create database {name}"))?;
-                let base = admin.split('?').next().unwrap_or(admin);
-                let base = base.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_else(|| base.to_owned());
-                Ok(FreshDb { url: format!("{base}/{name}"), created: Some((admin.clone(), name)) })
+                    .map_err(|e| anyhow::anyhow!("cannot create database {name}: {}", reported(&e)))?;
+                Ok(FreshDb { url: with_database(admin, &name), created: Some((admin.clone(), name)) })
             }
         }
     }
+}
+
+/// PostgreSQL's SQLSTATE for a database that does not exist (`invalid_catalog_name`).
+const UNKNOWN_DATABASE: &str = "3D000";
+
+/// The database a PostgreSQL URL names (the last path segment, before any query).
+fn database_of(url: &str) -> Option<&str> {
+    let base = url.split('?').next().unwrap_or(url);
+    let (scheme_end, _) = base.split_once("://")?;
+    base[scheme_end.len() + 3..].split_once('/').map(|(_, db)| db)
+}
+
+/// The same URL naming another database on the same server, its query (`sslmode`, ...) kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let server = match database_of(base) {
+        Some(db) => &base[..base.len() - db.len() - 1],
+        None => base,
+    };
+    format!("{server}/{database}{query}")
 }
 
 fn redact(url: &str) -> String {
@@ -260,5 +315,44 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_database_on_the_same_server_keeps_the_query() {
+        let url = "postgres://haven@db.internal:5432/bench?sslmode=verify-full";
+        assert_eq!(database_of(url), Some("bench"));
+        assert_eq!(with_database(url, "postgres"), "postgres://haven@db.internal:5432/postgres?sslmode=verify-full");
+        assert_eq!(with_database("postgres://localhost/x", "y"), "postgres://localhost/y");
+        assert_eq!(database_of("postgres://localhost"), None);
+        assert_eq!(with_database("postgres://localhost", "y"), "postgres://localhost/y");
+    }
+
+    /// `--database URL` naming a database that does not exist yet: it is created, and said so.
+    #[tokio::test]
+    async fn a_database_the_url_names_is_created_when_missing() {
+        if haven_tests::net::db() != haven_tests::net::Db::Postgres {
+            println!("SKIPPED: needs PostgreSQL; run with HAVEN_TEST_DB=postgres");
+            return;
+        }
+        let server =
+            std::env::var("HAVEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("haven_bench_admin_{}", uuid::Uuid::new_v4().simple());
+        let db = Db::parse(Some(&with_database(&server, &name))).unwrap();
+        let said = db.prepare().await.unwrap().expect("it says it created the database");
+        assert!(said.starts_with(&format!("created database {name} at ")), "{said}");
+        assert_eq!(db.prepare().await.unwrap(), None, "it exists now");
+        let fresh = db.fresh(Path::new("/nonexistent"), "t").await.unwrap();
+        assert!(fresh.url.contains("/haven_bench_"), "{}", fresh.url);
+        fresh.drop_now().await;
+        let mut conn = sqlx::PgConnection::connect(&with_database(&server, "postgres")).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
 }

@@ -9,7 +9,8 @@
 //! It makes a bench network (the sample bundle plus the organizations the scenarios need, with
 //! development certificates) in a temporary directory, then runs each scenario against a real gateway
 //! started as its own process (this binary with the hidden role `gateway`), on a fresh SQLite file or,
-//! with `--database postgres://...`, a fresh PostgreSQL database on that server. Clients are real node
+//! with `--database postgres://...`, a fresh PostgreSQL database on that server (the database the URL
+//! names is created first if it does not exist, and the run says so). Clients are real node
 //! clients over mTLS on loopback. `baseline` is a bare tonic echo over the same mTLS stack (the hidden
 //! role `echo`), measured in the same run; every other throughput is also given as a ratio to it.
 //!
@@ -46,7 +47,8 @@ struct Cli {
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
     /// `sqlite` (a fresh file per scenario, the default) or a PostgreSQL URL: each scenario then gets a
-    /// fresh database on that server, dropped afterwards.
+    /// fresh database on that server, dropped afterwards. The database the URL names is created (and
+    /// kept) if it does not exist.
     #[arg(long)]
     database: Option<String>,
     /// Also write the figures to this file as JSON, keyed by scenario name.
@@ -188,6 +190,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--duration and --concurrency must be positive");
     }
     let db = Db::parse(cli.database.as_deref())?;
+    if let Some(done) = db.prepare().await? {
+        eprintln!("haven-bench: {done}");
+    }
     let mut order = if cli.scenarios.is_empty() {
         vec![Scenario::Baseline, Scenario::Submit, Scenario::E2e, Scenario::Fanout, Scenario::ManyOrgs]
     } else {

@@ -49,6 +49,10 @@ enum RoleCmd {
         /// Defaults to DIR/gateway.db.
         #[arg(long)]
         database: Option<String>,
+        /// The delivery streams' heartbeat (and lease renewal) interval; a stream's lease lives twice
+        /// as long. Defaults to the gateway's own default.
+        #[arg(long)]
+        heartbeat_secs: Option<u64>,
     },
     #[command(hide = true)]
     Node { dir: PathBuf, org: OrgId, gateway: String },
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.role {
-        Some(RoleCmd::Gateway { dir, policies, database }) => rt.block_on(run_gateway(&dir, &policies, database)),
+        Some(RoleCmd::Gateway { dir, policies, database, heartbeat_secs }) => {
+            rt.block_on(run_gateway(&dir, &policies, database, heartbeat_secs))
+        }
         Some(RoleCmd::Node { dir, org, gateway }) => rt.block_on(run_node(&dir, org, gateway)),
         None => rt.block_on(story(&cli.dir, &cli.policies, cli.keep_running)),
     };
@@ -83,11 +89,20 @@ fn quiet_logs(name: &str) {
     tracing::debug!(process = name, "starting");
 }
 
-async fn run_gateway(dir: &Path, policies: &Path, database: Option<String>) -> anyhow::Result<()> {
+async fn run_gateway(
+    dir: &Path,
+    policies: &Path,
+    database: Option<String>,
+    heartbeat_secs: Option<u64>,
+) -> anyhow::Result<()> {
     quiet_logs("gateway");
     let database = database.unwrap_or_else(|| dir.join("gateway.db").display().to_string());
     let mut config = haven_gateway::config::Config::new(dir.join("certs"), policies.to_owned(), database);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Some(s) = heartbeat_secs {
+        anyhow::ensure!(s > 0, "--heartbeat-secs must be at least 1");
+        config.heartbeat = Duration::from_secs(s);
+    }
     let gateway = haven_gateway::app::Gateway::open(config, Arc::new(SystemClock)).await?;
     let listener = gateway.bind().await?;
     println!("{READY}{}", listener.local_addr()?);
@@ -531,7 +546,9 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
     let officer = who(people, "harbor", "pat-privacy")?;
     let mut audit = haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", officer.node)).await?;
     let report = audit
-        .subject_access_report(officer.req(pb::SubjectAccessRequest { subject_pseudonym: subject.clone() })?)
+        .subject_access_report(
+            officer.req(pb::SubjectAccessRequest { subject_pseudonym: subject.clone(), controller: String::new() })?,
+        )
         .await
         .map_err(|s| anyhow::anyhow!("subject access report: {}", s.message()))?
         .into_inner();

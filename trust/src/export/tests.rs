@@ -14,6 +14,12 @@ struct Log {
 }
 
 fn log(n: u64) -> Log {
+    log_with_legacy(n, 0)
+}
+
+/// A log of `n` entries whose first `legacy` were written with encoding version 2, before version 3
+/// existed: their leaves do not bind the counterparty's pseudonym, so they are read without it.
+fn log_with_legacy(n: u64, legacy: u64) -> Log {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["gateway.test".into()]).unwrap().self_signed(&key).unwrap();
     let cert = cert.der().to_vec();
@@ -30,9 +36,15 @@ fn log(n: u64) -> Log {
             object_id: format!("msg-{seq}"),
             counterparty: "maple-house".into(),
             subject: format!("subj-{:032x}", seq % 3),
+            counterparty_subject: format!("r_{:032x}", seq % 3 + 100),
             released_fields: vec!["first_name".into(), "needs".into()],
             outcome: "queued".into(),
             ..Default::default()
+        };
+        let e = if seq < legacy {
+            AuditEntry { encoding_version: Encoding::V2, counterparty_subject: String::new(), ..e }
+        } else {
+            e
         };
         l.tree.push(e.leaf_hash()).unwrap();
         l.entries.push(e);
@@ -66,8 +78,14 @@ impl Log {
         let mut cps = 0;
         for e in &self.entries {
             out.push(
-                Line::Entry { entry: e, leaf: hex::encode(e.leaf_hash()), subject_commitment: None, proof: None }
-                    .to_json_line(),
+                Line::Entry {
+                    entry: e,
+                    leaf: hex::encode(e.leaf_hash()),
+                    subject_commitment: None,
+                    counterparty_subject_commitment: None,
+                    proof: None,
+                }
+                .to_json_line(),
             );
             let size = e.seq + 1;
             if size % every == 0 || size == n {
@@ -81,23 +99,40 @@ impl Log {
 
     /// A filtered export of `seqs`, redacting the subject of those in `redact`.
     fn filtered(&self, seqs: &[u64], redact: &[u64]) -> Vec<String> {
+        let views: Vec<(u64, View)> =
+            seqs.iter().map(|&s| (s, if redact.contains(&s) { View::Redacted } else { View::AsStored })).collect();
+        self.filtered_views(&views)
+    }
+
+    /// A filtered export of the given entries, each shown as the gateway shows it to its reader.
+    fn filtered_views(&self, seqs: &[(u64, View)]) -> Vec<String> {
         let n = self.entries.len() as u64;
         let mut out = vec![Line::Header(&self.header(Kind::Filtered, n)).to_json_line()];
         out.push(Line::Checkpoint(&self.checkpoint(n)).to_json_line());
-        for &seq in seqs {
+        for &(seq, view) in seqs {
             let real = &self.entries[seq as usize];
             let mut shown = real.clone();
-            let mut commitment = None;
-            if redact.contains(&seq) {
-                shown.subject = "recipient-scoped".into();
-                commitment = Some(hex::encode(real.subject_commitment()));
+            let (mut subject, mut counterparty) = (None, None);
+            match view {
+                View::AsStored => {}
+                View::Redacted => {
+                    shown.subject = std::mem::take(&mut shown.counterparty_subject);
+                    subject = Some(hex::encode(real.subject_commitment()));
+                }
+                // Version 2 entries are read without one, so there is nothing to hide.
+                View::CounterpartyHidden if !real.counterparty_subject.is_empty() => {
+                    shown.counterparty_subject.clear();
+                    counterparty = Some(hex::encode(real.counterparty_subject_commitment()));
+                }
+                View::CounterpartyHidden => {}
             }
             let proof = merkle::inclusion_proof(&self.tree, seq, n).unwrap().iter().map(hex::encode).collect();
             out.push(
                 Line::Entry {
                     entry: &shown,
                     leaf: hex::encode(real.leaf_hash()),
-                    subject_commitment: commitment,
+                    subject_commitment: subject,
+                    counterparty_subject_commitment: counterparty,
                     proof: Some(proof),
                 }
                 .to_json_line(),
@@ -125,6 +160,18 @@ impl Log {
         }
         ind
     }
+}
+
+/// How a filtered export shows an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// As stored (a network auditor).
+    AsStored,
+    /// To the counterparty's privacy officer: the counterparty's pseudonym as the subject, and the
+    /// commitment to the controller's.
+    Redacted,
+    /// To the actor's privacy officer: the commitment to the counterparty's pseudonym in its place.
+    CounterpartyHidden,
 }
 
 /// Replaces the entry line of `seq` (line index `seq + 1` in an export without interleaved
@@ -218,6 +265,7 @@ fn a_renumbered_insertion_is_caught() {
             entry: &inserted,
             leaf: hex::encode(inserted.leaf_hash()),
             subject_commitment: None,
+            counterparty_subject_commitment: None,
             proof: None,
         }
         .to_json_line(),
@@ -235,8 +283,14 @@ fn an_entry_appended_after_the_last_checkpoint_is_caught() {
     let mut extra = l.entries[19].clone();
     extra.seq = 20;
     lines.push(
-        Line::Entry { entry: &extra, leaf: hex::encode(extra.leaf_hash()), subject_commitment: None, proof: None }
-            .to_json_line(),
+        Line::Entry {
+            entry: &extra,
+            leaf: hex::encode(extra.leaf_hash()),
+            subject_commitment: None,
+            counterparty_subject_commitment: None,
+            proof: None,
+        }
+        .to_json_line(),
     );
     lines.push(edit_line(&end, |v| v["entries"] = 21.into()));
     let e = l.verify(&lines).unwrap_err();
@@ -274,8 +328,14 @@ fn log_prefix_export(l: &Log, size: u64) -> Vec<String> {
     let mut lines = vec![Line::Header(&l.header(Kind::Full, size)).to_json_line()];
     for e in &l.entries[..size as usize] {
         lines.push(
-            Line::Entry { entry: e, leaf: hex::encode(e.leaf_hash()), subject_commitment: None, proof: None }
-                .to_json_line(),
+            Line::Entry {
+                entry: e,
+                leaf: hex::encode(e.leaf_hash()),
+                subject_commitment: None,
+                counterparty_subject_commitment: None,
+                proof: None,
+            }
+            .to_json_line(),
         );
     }
     lines.push(Line::Checkpoint(&l.checkpoint(size)).to_json_line());
@@ -439,4 +499,108 @@ fn checkpoint_files_accept_untyped_checkpoints_and_consistency_lines() {
     let bad = format!("{}\n", serde_json::to_string(&Checkpoint { tree_size: 6, ..cp }).unwrap());
     let e = ind.add_file("node.json", Cursor::new(bad.into_bytes()), &l.cert).unwrap_err();
     assert!(matches!(e, VerifyError::BadSignature { tree_size: 6, .. }), "{e}");
+}
+
+#[test]
+fn the_subject_a_redacted_entry_shows_is_bound_by_its_leaf() {
+    let l = log(20);
+    let lines = l.filtered(&[3, 7, 11], &[7]);
+    let ok = l.verify(&lines).unwrap();
+    assert_eq!((ok.entries, ok.unbound_subjects), (3, 0));
+    let i = entry_index(&lines, 7);
+    let shown = l.entries[7].counterparty_subject.clone();
+    assert!(lines[i].contains(&shown), "the redacted entry shows the recipient-scoped pseudonym");
+    // Another pseudonym, or none at all, in its place.
+    for other in ["r_ffffffffffffffffffffffffffffffff", &l.entries[3].counterparty_subject, ""] {
+        let mut t = lines.clone();
+        t[i] = edit_line(&t[i], |v| v["entry"]["subject"] = other.into());
+        let e = l.verify(&t).unwrap_err();
+        assert!(matches!(e, VerifyError::EditedEntry { line: 4, seq: 7 }), "{other}: {e}");
+        // With the stated leaf dropped, the inclusion proof fails instead.
+        t[i] = edit_line(&t[i], |v| {
+            v.as_object_mut().unwrap().remove("leaf");
+        });
+        let e = l.verify(&t).unwrap_err();
+        assert!(matches!(e, VerifyError::NotIncluded { line: 4, seq: 7, .. }), "{other}: {e}");
+    }
+    // Passed off as an entry of version 2, whose leaf binds no counterparty pseudonym: the leaf is not
+    // one of version 2.
+    let mut t = lines.clone();
+    t[i] = edit_line(&t[i], |v| {
+        v["entry"].as_object_mut().unwrap().remove("encoding_version");
+        v["entry"]["subject"] = "r_ffffffffffffffffffffffffffffffff".into();
+    });
+    let e = l.verify(&t).unwrap_err();
+    assert!(matches!(e, VerifyError::EditedEntry { seq: 7, .. }), "{e}");
+    // Showing the pseudonym beside the commitment to the controller's is not a form the format has.
+    let mut t = lines.clone();
+    t[i] = edit_line(&t[i], |v| v["entry"]["counterparty_subject"] = shown.clone().into());
+    assert!(matches!(l.verify(&t).unwrap_err(), VerifyError::Malformed { line: 4, .. }));
+}
+
+#[test]
+fn the_counterpartys_pseudonym_is_bound_where_it_is_shown_and_where_it_is_hidden() {
+    let l = log(20);
+    // A full export shows it, and binds it.
+    let mut lines = l.full(8);
+    let i = entry_index(&lines, 5);
+    lines[i] =
+        edit_line(&lines[i], |v| v["entry"]["counterparty_subject"] = "r_ffffffffffffffffffffffffffffffff".into());
+    assert!(matches!(l.verify(&lines).unwrap_err(), VerifyError::EditedEntry { seq: 5, .. }));
+    // The actor's own officer gets its commitment instead.
+    let lines = l.filtered_views(&[(5, View::CounterpartyHidden), (6, View::AsStored)]);
+    l.verify(&lines).unwrap();
+    let i = entry_index(&lines, 5);
+    assert!(!lines[i].contains(&l.entries[5].counterparty_subject));
+    let mut t = lines.clone();
+    t[i] = edit_line(&t[i], |v| v["counterparty_subject_commitment"] = hex::encode([7u8; 32]).into());
+    assert!(matches!(l.verify(&t).unwrap_err(), VerifyError::EditedEntry { seq: 5, .. }));
+    let mut t = lines.clone();
+    t[i] = edit_line(&t[i], |v| v["entry"]["counterparty_subject"] = "r_ffffffffffffffffffffffffffffffff".into());
+    assert!(matches!(l.verify(&t).unwrap_err(), VerifyError::Malformed { line: 3, .. }));
+}
+
+#[test]
+fn entries_of_version_2_still_verify_and_show_nothing_their_leaves_do_not_bind() {
+    // Entries 0..10 were written before version 3.
+    let l = log_with_legacy(30, 10);
+    assert_eq!(l.verify(&l.full(8)).unwrap().entries, 30);
+    let lines = l.filtered_views(&[
+        (2, View::Redacted),
+        (4, View::AsStored),
+        (5, View::CounterpartyHidden),
+        (12, View::Redacted),
+        (15, View::CounterpartyHidden),
+    ]);
+    assert_eq!(l.verify(&lines).unwrap().unbound_subjects, 0);
+    let i = entry_index(&lines, 2);
+    let v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+    assert_eq!(v["entry"]["subject"], "", "a redacted entry of version 2 shows no subject");
+    assert!(v["entry"].get("encoding_version").is_none());
+    // Showing one there is caught, since nothing binds it.
+    let mut t = lines.clone();
+    t[i] = edit_line(&t[i], |v| v["entry"]["subject"] = "r_ffffffffffffffffffffffffffffffff".into());
+    let e = l.verify(&t).unwrap_err();
+    assert!(matches!(e, VerifyError::UnboundSubject { line: 3, seq: 2 }), "{e}");
+    assert!(e.to_string().contains("seq 2 shows a subject its leaf does not bind"), "{e}");
+    // So is a counterparty pseudonym on a version 2 entry.
+    let mut t = lines.clone();
+    let j = entry_index(&t, 4);
+    t[j] = edit_line(&t[j], |v| v["entry"]["counterparty_subject"] = "r_ffffffffffffffffffffffffffffffff".into());
+    assert!(matches!(l.verify(&t).unwrap_err(), VerifyError::Malformed { line: 4, .. }));
+    // An export that says it is of version 2 holds no entry of version 3.
+    let mut t = lines.clone();
+    t[0] = edit_line(&t[0], |v| v["encoding_version"] = 2.into());
+    let e = l.verify(&t).unwrap_err();
+    assert!(matches!(e, VerifyError::Malformed { line: 6, .. }), "{e}");
+
+    // An export made before version 3 showed the recipient-scoped pseudonym unbound: it still verifies,
+    // and says what it cannot prove.
+    let mut archive = l.filtered_views(&[(2, View::Redacted), (4, View::AsStored)]);
+    archive[0] = edit_line(&archive[0], |v| v["encoding_version"] = 2.into());
+    let i = entry_index(&archive, 2);
+    archive[i] = edit_line(&archive[i], |v| v["entry"]["subject"] = "r_0a1b2c3d4e5f60718293a4b5c6d7e8f9".into());
+    let s = l.verify(&archive).unwrap();
+    assert_eq!((s.entries, s.unbound_subjects), (2, 1));
+    assert!(s.describe().contains("1 redacted entry of encoding version 2 shows a subject the log does not bind"));
 }

@@ -76,7 +76,7 @@ fn each_kind_of_mistake_is_refused_with_a_precise_located_message() {
             "rules/referrals.toml",
             "from = [\"ngo\"]",
             "from = [\"harbour\"]",
-            "rules/referrals.toml:12:9: rule `ngo-to-shelter-housing`: `harbour` in `from` is neither an organization nor an organization type (did you mean `harbor`?) (types: auditor, clinic, law_enforcement, legal_aid, ngo, operator, shelter)",
+            "rules/referrals.toml:12:9: rule `ngo-to-shelter-housing`: `harbour` in `from` is neither an organization nor an organization type (did you mean `harbor`?) (types: auditor, clinic, law_enforcement, legal_aid, ngo, operator, shelter); a type no organization has yet is written `type:harbour`",
         ),
         (
             "rules/referrals.toml",
@@ -299,7 +299,7 @@ fn every_problem_in_every_file_is_listed_not_just_the_first() {
     });
     assert_eq!(problems.len(), 5, "{problems:#?}");
     let expect = [
-        ("network.toml:14:15:", "`queue_quota` must be at least 1"),
+        ("network.toml:14:15:", "`queue_quota` must be between 1 and 1000000"),
         ("rules/law-enforcement.toml:52:7:", "did you mean `county-sheriff`?"),
         ("rules/referrals.toml:15:8:", "did you mean `referral`?"),
         ("rules/referrals.toml:30:13:", "unknown purpose `medicine`"),
@@ -372,4 +372,49 @@ fn rules_built_in_memory_are_checked_like_loaded_ones() {
     let a = Bundle::from_parts(fixed.clone()).unwrap();
     assert_eq!(a.version(), Bundle::from_parts(fixed).unwrap().version());
     assert_ne!(a.version(), b.version());
+}
+
+#[test]
+fn a_type_no_organization_has_yet_is_a_warning_when_written_as_a_type_and_matches_nobody() {
+    let dir = copy_shipped();
+    replace(
+        dir.path(),
+        "rules/referrals.toml",
+        "to = [\"shelter\"]",
+        "to = [\"shelter\", \"type:food_bank\", \"type:sheltr\"]",
+    );
+    let b = Bundle::load(dir.path(), None).unwrap_or_else(|p| panic!("{p:#?}"));
+    let prefix = format!("{}/", dir.path().display());
+    let warned: Vec<String> =
+        b.warnings().iter().map(|w| w.to_string().replace(&prefix, "")).filter(|w| w.contains("rule")).collect();
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    assert!(
+        warned[0].starts_with("rules/referrals.toml:13:18: rule `ngo-to-shelter-housing`: no organization in the registry has type `food_bank` yet"),
+        "{}",
+        warned[0]
+    );
+    assert!(
+        warned[1].contains("`sheltr` yet, so `to` covers none until one joins (did you mean `shelter`?)"),
+        "{}",
+        warned[1]
+    );
+    // The shelter is still reached, and nothing is filed under the types without members.
+    let harbor = OrgId::parse("harbor").unwrap();
+    let found = b.candidate_recipients(&harbor, Role::Caseworker, "referral", "housing");
+    assert_eq!(found.iter().map(OrgId::as_str).collect::<Vec<_>>(), ["maple-house"]);
+    // Unprefixed, an unknown name is still an error: it may be a mistyped organization.
+    let problems = broken("rules/referrals.toml", "to = [\"shelter\"]", "to = [\"food_bank\"]");
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].ends_with("a type no organization has yet is written `type:food_bank`"), "{}", problems[0]);
+}
+
+#[test]
+fn every_organization_without_pins_is_named_in_a_warning() {
+    let b = shipped();
+    let warned: Vec<String> = b.warnings().iter().map(|w| w.message.clone()).collect();
+    assert_eq!(warned.len(), b.registry().len(), "the sample registry pins nobody: {warned:#?}");
+    assert!(
+        warned.iter().any(|w| w.starts_with("organization `harbor` has no TLS pin (`tls_pins`) and no signing pin"))
+    );
+    assert!(b.warnings().iter().all(|w| w.file.ends_with("orgs.toml")));
 }

@@ -382,10 +382,12 @@ fn names_the_bundle_does_not_know_are_denied_without_looking_at_rules() {
 #[test]
 fn reason_codes_are_stable_unique_snake_case_and_round_trip() {
     let all = DenyReason::all();
-    assert_eq!(all.len(), 19);
+    assert_eq!(all.len(), 20);
     let mut codes: Vec<&str> = all.iter().map(|r| r.code()).collect();
     for (reason, code) in all.iter().zip(&codes) {
         assert_eq!(DenyReason::from_code(code), Some(*reason));
+        let wire = haven_proto::v1::DenyReason::from_str_name(&code.to_ascii_uppercase());
+        assert!(wire.is_some(), "`{code}` has no value in the wire's DenyReason enum");
         assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code}");
         assert!(!reason.describe().is_empty());
     }
