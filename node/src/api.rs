@@ -74,26 +74,48 @@ impl Node for NodeService {
 
     async fn watch_inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxStream>, Status> {
         self.user(&req)?;
+        let signed_in = req.metadata().clone();
         let kind = req.into_inner().kind;
-        let rx = self.state.arrivals.subscribe();
-        let stream = futures::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(rx), move |r| {
-            let kind = kind.clone();
-            async move {
-                match r {
-                    Ok(item) => {
-                        let k = match &item.item {
-                            Some(Item { body: Some(item::Body::Delivery(d)), .. }) => d.kind.clone(),
-                            _ => item.item_kind.clone(),
-                        };
-                        (kind.is_empty() || k == kind || item.item_kind == kind).then_some(Ok(item))
-                    }
-                    Err(_) => {
-                        Some(Err(Status::data_loss("missed arrivals while this watch lagged; list the inbox again")))
-                    }
+        let mut arrivals = self.state.arrivals.subscribe();
+        let mut people = self.state.users.subscribe();
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    // A person removed or disabled by a reload loses the watch at once.
+                    changed = people.changed() => match changed {
+                        Ok(()) => match state.users.sign_in(&signed_in) {
+                            Ok(_) => continue,
+                            Err(refused) => Err(refused),
+                        },
+                        Err(_) => return,
+                    },
+                    r = arrivals.recv() => match r {
+                        Ok(item) => {
+                            let k = match &item.item {
+                                Some(Item { body: Some(item::Body::Delivery(d)), .. }) => d.kind.clone(),
+                                _ => item.item_kind.clone(),
+                            };
+                            if !(kind.is_empty() || k == kind || item.item_kind == kind) {
+                                continue;
+                            }
+                            Ok(item)
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            Err(Status::data_loss("missed arrivals while this watch lagged; list the inbox again"))
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                let last = next.is_err();
+                if tx.send(next).await.is_err() || last {
+                    return;
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Result<Response<MessageView>, Status> {
