@@ -1,4 +1,4 @@
-//! The people-facing `haven-node` commands (referral, alert, inbox, consent, whoami), run in process
+//! The `haven-node` commands (referral, alert, inbox, consent, whoami, and users), run in process
 //! through `haven_node::cli::run` (the binary's own code path) against real nodes and a real gateway
 //! over mTLS: what they print, as tables and as JSON lines, and what their exit codes mean.
 //!
@@ -656,6 +656,69 @@ async fn a_pending_send_says_whether_the_gateway_answered_unavailable_or_could_n
     assert_eq!(who.code, 5, "{who:?}");
     assert!(who.err.contains(&format!("cannot reach the gateway at {nowhere}: tcp connect error")), "{who:?}");
     cut_off.stop().await;
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// `users remove|disable|enable` edit the users file, say what they did and that a running node applies
+/// it on SIGHUP; a person the file does not list exits 3 (not found) and changes nothing. Once the node
+/// re-reads the file (what SIGHUP does), the removed and the disabled person are refused, and enabling
+/// gives the person back their own token.
+#[tokio::test]
+async fn users_remove_disable_and_enable_edit_the_file_and_a_reload_puts_it_in_force() {
+    let net = TestNet::start().await;
+    let harbor =
+        net.node("harbor", &[("casey", Role::Caseworker), ("sam", Role::Caseworker), ("lee", Role::Liaison)]).await;
+    let file = harbor.state.users.path().display().to_string();
+    let users = |args: &[&str]| {
+        let all: Vec<String> =
+            std::iter::once("users").chain(args.iter().copied()).chain(["--file", &file]).map(str::to_owned).collect();
+        async move { haven_node(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let listed = || {
+        let users = haven_node::users::Users::load(harbor.state.users.path()).unwrap();
+        users.user.iter().map(|u| (u.name.to_string(), u.disabled)).collect::<Vec<_>>()
+    };
+    let before = std::fs::read(harbor.state.users.path()).unwrap();
+
+    // Unknown names: exit 3, the file untouched.
+    for verb in ["remove", "disable", "enable"] {
+        let r = users(&[verb, "nobody"]).await;
+        assert_eq!(r.code, 3, "{verb}: {r:?}");
+        assert!(r.err.contains(&format!("no person `nobody` in {file} (it lists: casey, sam, lee)")), "{r:?}");
+    }
+    assert_eq!(std::fs::read(harbor.state.users.path()).unwrap(), before, "a refused command changes nothing");
+    let missing = haven_node(&["users", "remove", "sam", "--file", "/nonexistent/users.toml"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.err.contains("/nonexistent/users.toml"), "{missing:?}");
+
+    let r = users(&["remove", "sam"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("removed sam (caseworker) from {file}; a running node applies")), "{r:?}");
+    assert!(r.out.contains("SIGHUP"), "{r:?}");
+    let r = users(&["disable", "casey"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("disabled casey in {file}; ")) && r.out.contains("SIGHUP"), "{r:?}");
+    let again = users(&["disable", "casey"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.out.contains("casey is already disabled"), "{again:?}");
+    assert_eq!(listed(), [("casey".to_owned(), true), ("lee".to_owned(), false)]);
+
+    // Not in force until the node re-reads the file.
+    assert_eq!(as_person(&harbor, "sam", &["inbox"]).await.code, 0);
+    harbor.state.reload_users().expect("the edited file is valid");
+    let sam = as_person(&harbor, "sam", &["inbox"]).await;
+    assert_eq!(sam.code, 4, "{sam:?}");
+    let casey = as_person(&harbor, "casey", &["inbox"]).await;
+    assert_eq!(casey.code, 4, "{casey:?}");
+    assert!(casey.err.contains("`casey` is disabled"), "{casey:?}");
+    assert_eq!(as_person(&harbor, "lee", &["inbox"]).await.code, 0);
+
+    let r = users(&["enable", "casey"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("enabled casey in {file}; ")), "{r:?}");
+    harbor.state.reload_users().expect("the edited file is valid");
+    assert_eq!(as_person(&harbor, "casey", &["inbox"]).await.code, 0, "casey's own token works again");
     harbor.stop().await;
     net.stop().await;
 }

@@ -5,7 +5,7 @@
 //! | 0 | success (a send whose recipients were all denied is still a success: the reply says why) |
 //! | 1 | anything else |
 //! | 2 | usage error: the command line is wrong |
-//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`) |
+//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), or what the command names does not exist (`users remove` of a person the file does not list) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
 //! | 5 | unavailable: the node or the gateway behind it cannot be reached, or answers UNAVAILABLE (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
 
@@ -19,7 +19,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the command line is wrong (clap uses the same code).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the node or the gateway refused the request as invalid.
+/// Exit code: the node or the gateway refused the request as invalid, or what the command names does not
+/// exist.
 pub const EXIT_REFUSED: u8 = 3;
 /// Exit code: not signed in, or not permitted.
 pub const EXIT_DENIED: u8 = 4;
@@ -31,7 +32,8 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (a send whose recipients were denied still succeeds; the output says why)
   2  usage error
-  3  refused as invalid by the node or gateway (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND)
+  3  refused as invalid by the node or gateway (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND),
+     or not found (a person the users file does not list)
   4  not signed in or not permitted (UNAUTHENTICATED, PERMISSION_DENIED)
   5  unavailable: the node or the gateway cannot be reached
   1  anything else";
@@ -43,6 +45,12 @@ pub enum CliError {
     /// header, an https node without `--ca`.
     #[error("{0}")]
     Usage(String),
+    /// What the command names does not exist (a person the users file does not list).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A local file could not be read, parsed or written (the users file).
+    #[error("{0}")]
+    File(String),
     /// No connection to the node could be made at all.
     #[error(
         "cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)"
@@ -80,6 +88,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::NotFound(_) => EXIT_REFUSED,
             CliError::Unreachable { .. } | CliError::NodeLost(_) | CliError::WatchEnded => EXIT_UNAVAILABLE,
             CliError::Status(s) => match s.code() {
                 Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => EXIT_REFUSED,
@@ -87,7 +96,7 @@ impl CliError {
                 Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
                 _ => EXIT_FAILED,
             },
-            CliError::Answer(_) | CliError::Output(_) => EXIT_FAILED,
+            CliError::Answer(_) | CliError::Output(_) | CliError::File(_) => EXIT_FAILED,
         }
     }
 }
