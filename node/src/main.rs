@@ -32,13 +32,10 @@ enum LogFormat {
 enum Command {
     /// Connect to the gateway and serve the Node API.
     Serve(ServeArgs),
-    /// The people-facing commands (referral, alert, inbox, consent, whoami) and `users` (see
+    /// Every other command: referral, alert, inbox, consent, whoami, audit and users (see
     /// `haven_node::cli`).
     #[command(flatten)]
     People(haven_node::cli::Command),
-    /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
-    #[command(subcommand)]
-    Audit(haven_node::cli_audit::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -98,7 +95,6 @@ fn main() -> ExitCode {
             let code = runtime.block_on(haven_node::cli::execute(&cmd, &mut std::io::stdout(), &mut std::io::stderr()));
             return ExitCode::from(code);
         }
-        Command::Audit(cmd) => runtime.block_on(haven_node::cli_audit::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

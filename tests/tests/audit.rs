@@ -1187,7 +1187,6 @@ async fn people_reach_the_audit_api_through_their_own_node() {
 
 #[tokio::test]
 async fn the_node_cli_queries_exports_and_verifies() {
-    use haven_node::cli_audit::{AuditCommand, ClientArgs, FilterArgs, run};
     let net = TestNet::start().await;
     some_traffic(&net).await;
     let dir = net.dir.path().join("cli-node");
@@ -1213,39 +1212,56 @@ async fn the_node_cli_queries_exports_and_verifies() {
     let served = tokio::spawn(node.serve(listener, async move {
         let _ = stopped.await;
     }));
-    let client = |json| ClientArgs { node: format!("http://{addr}"), token: token.clone(), json };
+    let node_url = format!("http://{addr}");
+    let cli = |args: &[&str]| {
+        let argv: Vec<String> = ["haven-node", "audit"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .chain(
+                (args[0] != "verify")
+                    .then(|| ["--node".to_owned(), node_url.clone(), "--token".to_owned(), token.clone()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+        async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = haven_node::cli::run(argv, &mut out, &mut err).await;
+            (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+        }
+    };
 
-    run(AuditCommand::Query {
-        client: client(false),
-        filter: FilterArgs::default(),
-        page_size: 5,
-        cursor: 0,
-        all: true,
-    })
-    .await
-    .unwrap();
-    run(AuditCommand::Report { client: client(true), subject: SUBJECT.into(), controller: Some("harbor".into()) })
-        .await
-        .unwrap();
-    run(AuditCommand::Witness { client: client(false) }).await.unwrap();
+    let (code, out, err) = cli(&["query", "--page-size", "5", "--all"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SEQ") && out.contains("submitted"), "{out}");
+    let (code, out, err) = cli(&["report", "--subject", SUBJECT, "--controller", "harbor", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["controller"], "harbor");
+    let (code, out, err) = cli(&["witness"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("state:"), "{out}");
     let export = dir.join("export.jsonl");
-    run(AuditCommand::Export { client: client(false), filter: FilterArgs::default(), out: Some(export.clone()) })
-        .await
-        .unwrap();
-    let key = signing_cert(&net);
-    run(AuditCommand::Verify { export: export.clone(), key: key.clone(), checkpoints: vec![] }).await.unwrap();
-    // A bad filter value is refused with the gateway's reason.
-    let bad = FilterArgs { action: Some("peeked".into()), ..FilterArgs::default() };
-    let e = run(AuditCommand::Query { client: client(false), filter: bad, page_size: 5, cursor: 0, all: false })
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("unknown filter.action"), "{e}");
+    let export_arg = export.display().to_string();
+    let (code, _, err) = cli(&["export", "--out", &export_arg]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("wrote "), "{err}");
+    let key = signing_cert(&net).display().to_string();
+    let (code, out, err) = cli(&["verify", &export_arg, "--key", &key]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    // A bad filter value is refused with the gateway's reason, as invalid (exit 3).
+    let (code, _, err) = cli(&["query", "--action", "peeked", "--page-size", "5"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("unknown filter.action"), "{err}");
     // An edited export fails verification.
     let text =
         std::fs::read_to_string(&export).unwrap().replacen("\"outcome\":\"queued\"", "\"outcome\":\"refused\"", 1);
     std::fs::write(&export, text).unwrap();
-    let e = run(AuditCommand::Verify { export, key, checkpoints: vec![] }).await.unwrap_err();
-    assert!(e.to_string().contains("was edited"), "{e}");
+    let (code, _, err) = cli(&["verify", &export_arg, "--key", &key]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("verification FAILED") && err.contains("was edited"), "{err}");
     let _ = stop.send(());
     served.await.unwrap().unwrap();
     net.stop().await;

@@ -722,3 +722,70 @@ async fn users_remove_disable_and_enable_edit_the_file_and_a_reload_puts_it_in_f
     harbor.stop().await;
     net.stop().await;
 }
+
+/// Every command family exits with the code the README's table promises: 5 when the node cannot be
+/// reached; 4 when the gateway refuses the person (a caseworker reading the audit log); and, with the
+/// gateway stopped, 5 for what needs the gateway, 0 for a send (kept pending) and for what the node
+/// answers from its own records (the inbox, sent messages, the witness's report).
+#[tokio::test]
+async fn every_command_family_exits_as_the_readme_promises_when_the_node_or_the_gateway_fails() {
+    let mut net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let some_id = "0190a5f1-0000-7000-8000-000000000000";
+    let export = net.dir.path().join("export.jsonl").display().to_string();
+    let referral = ["referral", "send", "--to", "maple-house", "--purpose", "housing", "-f", "urgency=high"];
+    let alert =
+        ["alert", "send", "--all", "-f", "incident_type=suspicious_recruitment", "-f", "number_of_people:int=3"];
+    let audit_query = ["audit", "query"];
+    let audit_export = ["audit", "export", "--out", &export];
+    let audit_report = ["audit", "report", "--subject", "s-1", "--controller", "harbor"];
+    let audit_checkpoint = ["audit", "checkpoint"];
+    // (command, exit code with the gateway stopped)
+    let families: [(&[&str], u8); 13] = [
+        (&["whoami"], 5),
+        (&referral, 0),
+        (&alert, 0),
+        (&["inbox"], 0),
+        (&["referral", "list"], 0),
+        (&["referral", "accept", some_id, "--sender", "maple-house"], 5),
+        (&["consent", "list"], 5),
+        (&["consent", "show", some_id], 5),
+        (&audit_query, 5),
+        (&audit_export, 5),
+        (&audit_report, 5),
+        (&audit_checkpoint, 5),
+        (&["audit", "witness"], 0),
+    ];
+
+    // (a) Nothing listens at the node's address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    for (args, _) in &families {
+        let all: Vec<&str> = args.iter().copied().chain(["--node", &nowhere, "--token", "t"]).collect();
+        let r = haven_node(&all).await;
+        assert_eq!(r.code, 5, "{args:?} against a stopped node: {r:?}");
+        assert!(r.err.starts_with("haven-node: cannot reach the node at "), "{args:?}: {r:?}");
+    }
+
+    // (b) The gateway refuses the person: a caseworker may not read the audit log (its checkpoints are
+    // every node's to witness).
+    for args in [&audit_query[..], &audit_export, &audit_report] {
+        let r = as_person(&harbor, "casey", args).await;
+        assert_eq!(r.code, 4, "{args:?} as a caseworker: {r:?}");
+        assert!(r.err.starts_with("haven-node: not permitted (PERMISSION_DENIED): "), "{args:?}: {r:?}");
+    }
+
+    // (c) The gateway is stopped; the node keeps running.
+    net.stop_keeping_files().await;
+    for (args, code) in &families {
+        let r = as_person(&harbor, "casey", args).await;
+        assert_eq!(r.code, *code, "{args:?} with the gateway stopped: {r:?}");
+        if *code == 5 {
+            assert!(r.err.contains("(UNAVAILABLE): cannot reach the gateway at "), "{args:?}: {r:?}");
+        }
+    }
+    let sent = as_person(&harbor, "casey", &["referral", "list", "--json"]).await;
+    assert!(sent.json().iter().all(|m| m["state"] == "pending"), "the sends wait: {sent:?}");
+    harbor.stop().await;
+    net.stop().await;
+}

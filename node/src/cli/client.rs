@@ -54,6 +54,7 @@ fn node_url(s: &str) -> Result<http::Uri, String> {
 
 /// A signed-in connection to the node.
 pub struct Session {
+    channel: Channel,
     node: NodeClient<Channel>,
     bearer: MetadataValue<Ascii>,
 }
@@ -79,12 +80,17 @@ impl Session {
             .connect()
             .await
             .map_err(|e| CliError::Unreachable { node: args.node.to_string(), detail: chain(&e) })?;
-        Ok(Session { node: NodeClient::new(channel), bearer })
+        Ok(Session { node: NodeClient::new(channel.clone()), channel, bearer })
     }
 
     /// A client of the node's API (cheap: clones share the connection).
     pub fn client(&self) -> NodeClient<Channel> {
         self.node.clone()
+    }
+
+    /// The connection to the node, for a client of its other services (Audit).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// `msg` as a request signed in as the token's person.

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success (a send whose recipients were all denied is still a success: the reply says why) |
-//! | 1 | anything else |
+//! | 1 | anything else (an export that fails `audit verify`, a file that cannot be read or written) |
 //! | 2 | usage error: the command line is wrong |
 //! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), or what the command names does not exist (`users remove` of a person the file does not list) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
@@ -36,7 +36,7 @@ Exit codes:
      or not found (a person the users file does not list)
   4  not signed in or not permitted (UNAUTHENTICATED, PERMISSION_DENIED)
   5  unavailable: the node or the gateway cannot be reached
-  1  anything else";
+  1  anything else (an export that fails `audit verify`, a file that cannot be read or written)";
 
 /// Why a people-facing command failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +48,12 @@ pub enum CliError {
     /// What the command names does not exist (a person the users file does not list).
     #[error("not found: {0}")]
     NotFound(String),
-    /// A local file could not be read, parsed or written (the users file).
+    /// A local file could not be read, parsed or written (the users file, an export's output).
     #[error("{0}")]
     File(String),
+    /// An audit export did not verify (`audit verify`), or could not be read to be verified.
+    #[error("verification FAILED: {0}")]
+    Verification(String),
     /// No connection to the node could be made at all.
     #[error(
         "cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)"
@@ -96,7 +99,7 @@ impl CliError {
                 Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
                 _ => EXIT_FAILED,
             },
-            CliError::Answer(_) | CliError::Output(_) | CliError::File(_) => EXIT_FAILED,
+            CliError::Answer(_) | CliError::Output(_) | CliError::File(_) | CliError::Verification(_) => EXIT_FAILED,
         }
     }
 }
