@@ -6,6 +6,7 @@ use std::sync::Arc;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::node_server::Node;
 use haven_proto::v1::*;
+use haven_trust::ids::Role;
 use tonic::{Request, Response, Status};
 
 use crate::app::NodeState;
@@ -233,13 +234,48 @@ impl Node for NodeService {
         req: Request<WitnessStatusRequest>,
     ) -> Result<Response<WitnessStatusResponse>, Status> {
         self.user(&req)?;
-        let report = self.state.witness.report();
-        Ok(Response::new(WitnessStatusResponse {
-            latest: report.latest,
-            state: report.state.as_str().to_owned(),
-            detail: report.detail,
-            checked_at_micros: report.checked_at_micros,
+        Ok(Response::new(witness_status(self.state.witness.report())))
+    }
+
+    async fn acknowledge_witness_alarm(
+        &self,
+        req: Request<AcknowledgeWitnessAlarmRequest>,
+    ) -> Result<Response<AcknowledgeWitnessAlarmResponse>, Status> {
+        let user = self.user(&req)?;
+        if user.role != Role::Auditor {
+            return Err(Status::permission_denied(format!(
+                "acknowledging a witness alarm needs role auditor, not {}",
+                user.role
+            )));
+        }
+        let note = req.into_inner().note;
+        if note.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "say what you found in the note (--note): it is kept with the alarm it acknowledges",
+            ));
+        }
+        let (acknowledged, report) =
+            self.state.witness.acknowledge(user.name.as_str(), note.trim()).await.map_err(db)?;
+        if acknowledged == 0 {
+            return Err(Status::failed_precondition(format!(
+                "the witness has no standing alarm to acknowledge (it reports `{}`)",
+                report.state.as_str()
+            )));
+        }
+        Ok(Response::new(AcknowledgeWitnessAlarmResponse {
+            acknowledged: u32::try_from(acknowledged).unwrap_or(u32::MAX),
+            status: Some(witness_status(report)),
         }))
+    }
+}
+
+/// The witness's report on the wire.
+fn witness_status(report: crate::witness::WitnessReport) -> WitnessStatusResponse {
+    WitnessStatusResponse {
+        latest: report.latest,
+        state: report.state.as_str().to_owned(),
+        detail: report.detail,
+        checked_at_micros: report.checked_at_micros,
     }
 }
 

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::{
-    AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest, GetCheckpointRequest,
-    SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest,
+    AcknowledgeWitnessAlarmRequest, AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest,
+    GetCheckpointRequest, SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest, WitnessStatusResponse,
 };
 use haven_trust::audit::{AuditEntry, Encoding};
 use haven_trust::export::{ConsistencyLine, Line};
@@ -76,10 +76,14 @@ pub enum AuditCommand {
         #[arg(long)]
         consistency_from: Option<u64>,
     },
-    /// What this node's witness has seen of the audit log.
+    /// What this node's witness has seen of the audit log; exits 6 while an alarm stands. `ack`
+    /// acknowledges it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Witness {
         #[command(flatten)]
         client: ClientArgs,
+        #[command(subcommand)]
+        action: Option<WitnessAction>,
     },
     /// Verify an export offline with the gateway's signing certificate.
     Verify {
@@ -91,6 +95,21 @@ pub enum AuditCommand {
         /// Independently collected checkpoint files (`haven-node audit checkpoint --json`).
         #[arg(long = "checkpoint", num_args = 1..)]
         checkpoints: Vec<PathBuf>,
+    },
+}
+
+/// What an auditor does about the witness.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WitnessAction {
+    /// Acknowledge the standing alarm once you have looked into it (role auditor): the node records
+    /// you, the time and your note beside it, then checks the gateway again; a problem that persists
+    /// is a new alarm.
+    Ack {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What you found (kept with the alarm, at most 1000 characters).
+        #[arg(long)]
+        note: String,
     },
 }
 
@@ -211,7 +230,10 @@ pub async fn run(cmd: &AuditCommand, out: Out<'_>, err: Out<'_>) -> Result<(), C
         AuditCommand::Checkpoint { client, refresh, consistency_from } => {
             checkpoint(client, *refresh, *consistency_from, out).await
         }
-        AuditCommand::Witness { client } => witness(client, out).await,
+        AuditCommand::Witness { client, action: None } => witness(client, out).await,
+        AuditCommand::Witness { action: Some(WitnessAction::Ack { client, note }), .. } => {
+            acknowledge(client, note, out).await
+        }
         AuditCommand::Verify { export, key, checkpoints } => {
             let summary = haven_trust::export::verify_files(export, key, checkpoints)
                 .map_err(|e| CliError::Verification(e.to_string()))?;
@@ -427,8 +449,8 @@ async fn checkpoint(
 async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
     let s = Session::open(client).await?;
     let r = s.client().witness_status(s.signed(WitnessStatusRequest {})).await?.into_inner();
-    let latest = r.latest.as_ref().map(from_proto);
     if client.json {
+        let latest = r.latest.as_ref().map(from_proto);
         writeln!(
             out,
             "{}",
@@ -439,8 +461,39 @@ async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
                 "latest": latest,
             })
         )?;
-        return Ok(());
+    } else {
+        write_witness(&r, out)?;
     }
+    in_alarm(&r)
+}
+
+async fn acknowledge(client: &ClientArgs, note: &str, out: Out<'_>) -> Result<(), CliError> {
+    let s = Session::open(client).await?;
+    let req = AcknowledgeWitnessAlarmRequest { note: note.to_owned() };
+    let resp = s.client().acknowledge_witness_alarm(s.signed(req)).await?.into_inner();
+    let r = resp.status.unwrap_or_default();
+    if client.json {
+        let latest = r.latest.as_ref().map(from_proto);
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "acknowledged": resp.acknowledged,
+                "state": r.state,
+                "detail": r.detail,
+                "checked_at_micros": r.checked_at_micros,
+                "latest": latest,
+            })
+        )?;
+    } else {
+        let plural = if resp.acknowledged == 1 { "" } else { "s" };
+        writeln!(out, "acknowledged {} alarm{plural}; checked again:", resp.acknowledged)?;
+        write_witness(&r, out)?;
+    }
+    in_alarm(&r)
+}
+
+fn write_witness(r: &WitnessStatusResponse, out: Out<'_>) -> Result<(), CliError> {
     writeln!(
         out,
         "state:      {}\ndetail:     {}\nchecked at: {}",
@@ -448,7 +501,7 @@ async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
         or_dash(&r.detail),
         when(r.checked_at_micros)
     )?;
-    if let Some(cp) = latest {
+    if let Some(cp) = r.latest.as_ref().map(from_proto) {
         writeln!(
             out,
             "witnessed:  size {}, root {}, signed at {}",
@@ -458,4 +511,14 @@ async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
         )?;
     }
     Ok(())
+}
+
+/// A report in alarm is a failure of the command (exit 6), after the report itself is printed.
+fn in_alarm(r: &WitnessStatusResponse) -> Result<(), CliError> {
+    match r.state.as_str() {
+        "fork" | "bad_signature" | "unpinned" => {
+            Err(CliError::WitnessAlarm { state: r.state.clone(), detail: r.detail.clone() })
+        }
+        _ => Ok(()),
+    }
 }

@@ -19,8 +19,10 @@ pub struct ClientArgs {
     pub node: http::Uri,
     /// Your node token, from `haven-node users add`. Prefer the HAVEN_TOKEN variable: an argument is
     /// visible to other users of this machine in the process list.
-    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// (Required; an `Option` only so that a command whose subcommand takes these arguments itself,
+    /// `audit witness ack`, does not need them twice.)
+    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true, required = true)]
+    pub token: Option<String>,
     /// For an https:// node: the PEM certificate its API certificate chains to.
     #[arg(long, env = "HAVEN_NODE_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -62,7 +64,11 @@ pub struct Session {
 impl Session {
     /// Connects to the node named by `args` (failing fast when nothing listens there).
     pub async fn open(args: &ClientArgs) -> Result<Session, CliError> {
-        let bearer = format!("Bearer {}", args.token)
+        let token = args
+            .token
+            .as_deref()
+            .ok_or_else(|| CliError::Usage("give your node token: --token or HAVEN_TOKEN".into()))?;
+        let bearer = format!("Bearer {token}")
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| CliError::Usage("the token has characters a header cannot carry; copy it again".into()))?;
         let mut endpoint = Endpoint::from(args.node.clone()).connect_timeout(Duration::from_secs(10));

@@ -8,6 +8,7 @@
 //! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), or what the command names does not exist (`users remove` of a person the file does not list) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
 //! | 5 | unavailable: the node or the gateway behind it cannot be reached, or answers UNAVAILABLE (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
+//! | 6 | the audit witness reports an alarm (`audit witness`, and `audit witness ack` when the problem persists) |
 
 use tonic::Code;
 
@@ -26,6 +27,8 @@ pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_DENIED: u8 = 4;
 /// Exit code: the node or the gateway cannot be reached.
 pub const EXIT_UNAVAILABLE: u8 = 5;
+/// Exit code: the node's audit witness reports an alarm.
+pub const EXIT_WITNESS_ALARM: u8 = 6;
 
 /// The exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -36,6 +39,7 @@ Exit codes:
      or not found (a person the users file does not list)
   4  not signed in or not permitted (UNAUTHENTICATED, PERMISSION_DENIED)
   5  unavailable: the node or the gateway cannot be reached
+  6  the audit witness reports an alarm (audit witness)
   1  anything else (an export that fails `audit verify`, a file that cannot be read or written)";
 
 /// Why a people-facing command failed.
@@ -71,6 +75,11 @@ pub enum CliError {
     /// The node sent something this command cannot read (a version mismatch or a damaged record).
     #[error("the node sent an answer this command cannot read: {0}")]
     Answer(String),
+    /// The node's audit witness reports an alarm: its report is printed, and the command fails.
+    #[error(
+        "the audit witness is in alarm ({state}): {detail}; once an auditor has looked into it: `haven-node audit witness ack --note \"...\"` (an `unpinned` alarm also clears itself when the registry pins this organization's own certificates, and no other, again)"
+    )]
+    WitnessAlarm { state: String, detail: String },
     /// The output could not be written (a closed pipe, a full disk).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -99,6 +108,7 @@ impl CliError {
                 Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
                 _ => EXIT_FAILED,
             },
+            CliError::WitnessAlarm { .. } => EXIT_WITNESS_ALARM,
             CliError::Answer(_) | CliError::Output(_) | CliError::File(_) | CliError::Verification(_) => EXIT_FAILED,
         }
     }
