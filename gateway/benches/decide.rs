@@ -62,7 +62,7 @@ fn medians(net: &SyntheticNetwork) {
     }
     let (i, l) = (median(indexed), median(linear));
     let allowed =
-        net.requests.iter().filter(|r| decide(&r.request(), &net.bundle, r.consent(), net.now).allowed).count();
+        net.requests.iter().filter(|r| decide(&r.request(), &net.bundle, r.consent(), net.now).allowed()).count();
     println!();
     println!(
         "median time per decision, {ORGS} organizations, {RULES} rules, {REQUESTS} requests ({allowed} allowed), 51 passes each:"

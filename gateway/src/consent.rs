@@ -98,18 +98,9 @@ fn short(s: &str) -> String {
     haven_trust::untrusted::shown(s)
 }
 
-/// A subject pseudonym: random, minted by the controller (128 bits or more), never derived from
-/// personal data. Accepted form: 22 to 64 characters of `A-Z a-z 0-9 _ -`.
+/// A subject pseudonym of the accepted form ([`haven_sharing::consent::check_pseudonym`]).
 pub fn check_pseudonym(p: &str) -> Result<(), Error> {
-    let ok = (22..=64).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(
-            "subject pseudonym must be 22-64 characters of A-Z, a-z, 0-9, `_` or `-` (a random value of 128 bits or more)"
-                .into(),
-        ))
-    }
+    haven_sharing::consent::check_pseudonym(p).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// Checks a receipt's content against the bundle in force.
@@ -223,13 +214,15 @@ fn content_hash(json: &str) -> String {
 fn row_to_stored(row: &sqlx::any::AnyRow) -> Result<Stored, Error> {
     let json: String = row.try_get("receipt_json")?;
     let receipt: ConsentReceipt = serde_json::from_str(&json)
-        .map_err(|e| Error::FailedPrecondition(format!("stored consent is unreadable: {e}")))?;
+        .map_err(|e| Error::Internal(format!("a stored consent receipt cannot be decoded: {e}")))?;
     let state: String = row.try_get("state")?;
+    let state = ConsentState::parse(&state)
+        .ok_or_else(|| Error::Internal(format!("a stored consent has the unknown state `{state}`")))?;
     Ok(Stored {
         receipt,
         receipt_jws: row.try_get("receipt_jws")?,
         receipt_json: json,
-        state: ConsentState::parse(&state).unwrap_or(ConsentState::Revoked),
+        state,
         revocation_reason: row.try_get("revocation_reason")?,
         superseded_by: row.try_get("superseded_by")?,
         registered_at_micros: row.try_get("registered_at_micros")?,

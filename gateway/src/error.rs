@@ -33,6 +33,17 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+impl From<haven_sharing::delivery::StatusError> for Error {
+    fn from(e: haven_sharing::delivery::StatusError) -> Self {
+        use haven_sharing::delivery::StatusError as E;
+        match e {
+            E::NotApplicable { .. } => Error::InvalidArgument(e.to_string()),
+            E::WrongParty { .. } => Error::PermissionDenied(e.to_string()),
+            E::IllegalTransition { .. } => Error::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::Store(e.into())
@@ -65,6 +76,12 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "storage failure: the database's disk is full; free space on it");
                 Status::resource_exhausted(
                     "the gateway's database disk is full; nothing was committed. The gateway's operator must free space on the disk that holds its database; retry later",
+                )
+            }
+            Error::Store(e @ StoreError::Unreadable(_)) => {
+                tracing::error!(error = %e, "stored data cannot be read: a bug or damaged data");
+                Status::internal(
+                    "the gateway holds data it cannot read back (a bug or damaged data, not a passing failure); nothing was committed. The gateway's operator must check its log",
                 )
             }
             Error::Store(e) => {

@@ -52,17 +52,24 @@ pub fn db() -> Db {
     }
 }
 
-/// A fresh, empty database URL for one test.
+/// A fresh, empty database URL for one test, on the database `HAVEN_TEST_DB` selects.
 pub async fn fresh_database(dir: &Path) -> String {
-    match db() {
+    fresh_database_on(db(), dir).await
+}
+
+/// A fresh, empty database URL for one test on `db`, whatever `HAVEN_TEST_DB` says: a SQLite file in
+/// `dir`, or a new database on the PostgreSQL server named by `HAVEN_TEST_PG`. A server that cannot be
+/// reached fails the test.
+pub async fn fresh_database_on(db: Db, dir: &Path) -> String {
+    match db {
         Db::Sqlite => dir.join("gateway.db").display().to_string(),
         Db::Postgres => {
             let admin =
                 std::env::var("HAVEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let name = format!("haven_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for HAVEN_TEST_DB=postgres: {e}"));
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                panic!("this test needs PostgreSQL at {admin} (HAVEN_TEST_PG names another server): {e}")
+            });
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
                 .await

@@ -343,3 +343,105 @@ async fn bad_consent_input_is_refused_precisely_and_nothing_is_stored() {
     );
     net.stop().await;
 }
+
+/// The consent check lives once: a delivery stream's SQL read of what it may send
+/// (`queue::sendable`) and the rule it stands for (`haven_sharing::consent::releases_queued_copy`,
+/// built on the `effective_state` decisions use) agree on random consents, windows and times, on the
+/// database under test. Each round stores a few hundred consents in every state, with windows around
+/// the times asked about and some of another controller, queues one item under each (and some under
+/// no consent or an unknown one), then asks both at several times, the window ends exactly included.
+#[tokio::test]
+async fn the_stream_read_and_the_consent_rule_agree_on_random_consents() {
+    use haven_gateway::routing::queue;
+    use haven_gateway::store::Store;
+    use haven_sharing::consent::{QueuedUnder, releases_queued_copy};
+    use haven_trust::receipt::ConsentState;
+    use rand::{Rng, SeedableRng};
+
+    const STATES: [ConsentState; 5] = [
+        ConsentState::Given,
+        ConsentState::Withdrawn,
+        ConsentState::Revoked,
+        ConsentState::Expired,
+        ConsentState::Superseded,
+    ];
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&haven_tests::net::fresh_database(dir.path()).await).await.unwrap();
+    let mut expected_ids = std::collections::BTreeMap::new();
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..300 {
+        let consent_id = format!("c-{i:04}");
+        let state = STATES[rng.random_range(0..STATES.len())];
+        let until: i64 = rng.random_range(0..=20);
+        // Mostly the sender's own consent; sometimes another organization's, or none on record.
+        let (controller, stored) = match rng.random_range(0..10) {
+            0 => ("org-other", true),
+            1 => ("org-a", false),
+            _ => ("org-a", true),
+        };
+        if stored {
+            sqlx::query(
+                "INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, \
+                 valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) \
+                 VALUES ($1, $2, $3, '', '{}', $1, 0, $4, $5, 0, 0)",
+            )
+            .bind(&consent_id)
+            .bind(controller)
+            .bind(format!("subject-{i}"))
+            .bind(until)
+            .bind(state.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        let under = match (stored, controller) {
+            (true, "org-a") => QueuedUnder::Consent { state, valid_until_micros: until },
+            _ => QueuedUnder::Unknown,
+        };
+        // One item in ten names no consent at all.
+        let (item_consent, under) =
+            if rng.random_range(0..10) == 0 { (String::new(), QueuedUnder::NoConsent) } else { (consent_id, under) };
+        let item_id = format!("item-{i:04}");
+        sqlx::query(
+            "INSERT INTO outbox (item_id, org, item_kind, consent_id, sender, payload, queued_at_micros, \
+             expires_at_micros, state) VALUES ($1, 'org-b', 'delivery', $2, 'org-a', $3, 0, 1000000, 'pending')",
+        )
+        .bind(&item_id)
+        .bind(&item_consent)
+        .bind(vec![0_u8])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        expected_ids.insert(item_id, under);
+    }
+    tx.commit().await.unwrap();
+
+    let mut released_somewhere = 0;
+    let mut held_somewhere = 0;
+    for now in [-1_i64, 0, 1, 5, 10, 19, 20, 21] {
+        let read: Vec<String> =
+            queue::sendable(&store, "org-b", &[], now, 10_000).await.unwrap().into_iter().map(|p| p.item_id).collect();
+        let rule: Vec<String> = expected_ids
+            .iter()
+            .filter(|(_, under)| releases_queued_copy(**under, now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let disagree: Vec<_> = expected_ids
+            .iter()
+            .filter(|(id, _)| read.contains(id) != rule.contains(id))
+            .map(|(id, under)| format!("{id} under {under:?}: SQL {}, rule {}", read.contains(id), rule.contains(id)))
+            .collect();
+        assert!(
+            disagree.is_empty(),
+            "seed {seed}, now {now}: the read and the rule disagree on\n{}",
+            disagree.join("\n")
+        );
+        released_somewhere += rule.len();
+        held_somewhere += expected_ids.len() - rule.len();
+    }
+    // Both answers occur, so agreement is not agreement on nothing.
+    assert!(released_somewhere > 0 && held_somewhere > 0, "seed {seed}: {released_somewhere} / {held_somewhere}");
+    store.close().await;
+}

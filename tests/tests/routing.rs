@@ -166,8 +166,9 @@ async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
     // Illegal transitions and the wrong party.
     let decline =
         UpdateStatusRequest { status: MessageStatus::Declined as i32, code: "no_capacity".into(), ..accept.clone() };
-    let err = maple.client().await.update_status(maple.as_person("sam", decline)).await.unwrap_err();
+    let err = maple.client().await.update_status(maple.as_person("sam", decline.clone())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "cannot move a referral from `accepted` to `declined` (allowed from: sent, delivered)");
     let close_by_sender = UpdateStatusRequest {
         message_id: sent.message_id.clone(),
         recipient: "maple-house".into(),
@@ -181,6 +182,17 @@ async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
     maple.client().await.update_status(maple.as_person("sam", close)).await.unwrap();
     let r = sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Closed).await;
     assert_eq!(r.code, "housed");
+
+    // A stored status the gateway never writes is a broken invariant: INTERNAL, not "retry later".
+    sqlx::query("UPDATE deliveries SET status = 'misfiled' WHERE message_id = $1")
+        .bind(sent.message_id.as_str())
+        .execute(net.gateway.0.store.pool())
+        .await
+        .unwrap();
+    let decline = UpdateStatusRequest { update_id: uuid::Uuid::new_v4().to_string(), ..decline };
+    let err = maple.client().await.update_status(maple.as_person("sam", decline)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("cannot read back"), "{err:?}");
 
     // Resubmitting the same message id: same content replays, different content is refused.
     let mut again = referral("maple-house", "housing", &subject, &consent_id);

@@ -119,19 +119,6 @@ fn from_db(x: i64) -> u64 {
     u64::try_from(x).unwrap_or(0)
 }
 
-/// The wire form of a checkpoint.
-pub fn to_proto(cp: &Checkpoint) -> SignedCheckpoint {
-    let root = cp.root().unwrap_or_default();
-    SignedCheckpoint {
-        tree_size: cp.tree_size,
-        root_hash: root.to_vec(),
-        timestamp_micros: cp.timestamp_micros,
-        signed_body: Checkpoint::body(cp.tree_size, &root, cp.timestamp_micros),
-        signature: hex::decode(&cp.signature).unwrap_or_default(),
-        key_id: cp.key_id.clone(),
-    }
-}
-
 struct Inner {
     store: Store,
     signer: CheckpointSigner,
@@ -205,7 +192,7 @@ impl AuditLog {
         };
         self.0.latest.send_if_modified(|cur| {
             if newer(cur) {
-                *cur = Some(to_proto(cp));
+                *cur = Some(SignedCheckpoint::from(cp));
                 true
             } else {
                 false

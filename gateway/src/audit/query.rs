@@ -245,31 +245,9 @@ impl Shown {
 
     /// The wire form, with the canonical bytes the leaf hashes.
     pub fn to_proto(&self) -> haven_proto::v1::AuditEntry {
-        let e = &self.entry;
         let (subject, counterparty) = self.leaf_commitments();
-        haven_proto::v1::AuditEntry {
-            seq: e.seq,
-            time_micros: e.time_micros,
-            actor_org: e.actor_org.clone(),
-            actor_person: e.actor_person.clone(),
-            actor_role: e.actor_role.clone(),
-            action: e.action.clone(),
-            object_id: e.object_id.clone(),
-            counterparty: e.counterparty.clone(),
-            subject: e.subject.clone(),
-            purpose: e.purpose.clone(),
-            consent_id: e.consent_id.clone(),
-            rule_ids: e.rule_ids.clone(),
-            bundle_version: e.bundle_version.clone(),
-            decision: e.decision.clone(),
-            reason: e.reason.clone(),
-            released_fields: e.released_fields.clone(),
-            withheld_fields: e.withheld_fields.clone(),
-            outcome: e.outcome.clone(),
-            correlation_id: e.correlation_id.clone(),
-            source_node: e.source_node.clone(),
-            canonical: e.fields(&subject, &counterparty).canonical(),
-        }
+        let canonical = self.entry.fields(&subject, &counterparty).canonical();
+        haven_proto::convert::WireEntry { entry: &self.entry, canonical }.into()
     }
 }
 

@@ -1,39 +1,27 @@
-//! The sharing-policy engine: the contract in `policies/`, read, checked and indexed into a
-//! [`Bundle`], and the pure [`decide`] function that says, for each recipient of a message, whether it
-//! may go, which rules say so, and which of its fields the recipient may see.
+//! The sharing policy at the gateway: the engine itself is `haven_sharing::policy` (no I/O), re-exported
+//! here so that the gateway's modules name it as `crate::policy`; this module adds what only the
+//! gateway's command line needs.
 //!
-//! - [`bundle`]: loading a whole `policies/` directory, its version, its lookups;
-//! - [`network`]: `network.toml` (limits) and `purposes.toml`;
-//! - [`schema`]: `schema.toml`, message kinds, field types and sensitivity labels;
-//! - [`rules`]: `rules/*.toml`, the sharing rules, and the checks that refuse a rule that is wrong or
-//!   can never match;
-//! - [`engine`]: [`decide`], [`Decision`] and the fixed list of [`DenyReason`]s;
-//! - [`explain`]: why a decision came out as it did, rule by rule;
-//! - [`testcases`]: the table-driven cases in `policies/tests/*.toml`;
 //! - [`cli`]: `haven-gateway policy check|test|explain|init`;
-//! - [`starter`]: the starter bundle `policy init` writes, whose rules fit any registry;
-//! - [`synthetic`]: a large generated network for the benchmark and the index-equivalence tests.
+//! - [`starter`]: the starter bundle `policy init` writes, whose rules fit any registry.
 //!
 //! The language itself is documented in `docs/policy-language.md`.
 
-pub mod bundle;
 pub mod cli;
-pub mod engine;
-pub mod explain;
-mod files;
-#[cfg(test)]
-mod fixtures;
-mod index;
-pub mod network;
-pub mod rules;
-pub mod schema;
 pub mod starter;
-pub mod synthetic;
-pub mod testcases;
 
-pub use bundle::{Bundle, BundleParts, BundleVersion};
-pub use engine::{Decision, DecisionRequest, DenyReason, decide, decide_linear};
-pub use explain::{Explanation, explain};
-pub use network::{NetworkParams, Purpose, Purposes};
-pub use rules::{ConsentRequirement, Effect, FieldGrant, Origin, Parties, Rule};
-pub use schema::{FieldDef, FieldProblem, FieldType, FieldValue, KindDef, LABELS, Schema};
+pub use haven_sharing::policy::*;
+
+#[cfg(test)]
+mod tests {
+    use super::DenyReason;
+
+    #[test]
+    fn every_denial_reason_has_its_value_in_the_wire_enum() {
+        for reason in DenyReason::all() {
+            let code = reason.code();
+            let wire = haven_proto::v1::DenyReason::from_str_name(&code.to_ascii_uppercase());
+            assert!(wire.is_some(), "`{code}` has no value in the wire's DenyReason enum");
+        }
+    }
+}

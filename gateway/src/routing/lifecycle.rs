@@ -3,6 +3,7 @@
 //! and expiry. Each change commits with its audit entry and any notice it owes the other party.
 
 use haven_proto::v1 as pb;
+use haven_sharing::delivery::{self, DeliveryStatus, ItemState, Party};
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId, Role};
 use sqlx::Row;
@@ -27,11 +28,16 @@ pub struct Copy {
     pub consent_id: String,
     pub subject: String,
     pub recipient_subject: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub expires_at_micros: i64,
 }
 
 const COPY_COLUMNS: &str = "delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros";
+
+/// A stored delivery status; one the gateway never writes is a decode error (a broken invariant).
+fn delivery_status(s: &str) -> Result<DeliveryStatus, sqlx::Error> {
+    DeliveryStatus::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown delivery status `{s}`").into()))
+}
 
 pub(crate) fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
     Ok(Copy {
@@ -44,7 +50,7 @@ pub(crate) fn copy_from(r: &sqlx::any::AnyRow) -> Result<Copy, sqlx::Error> {
         consent_id: r.try_get("consent_id")?,
         subject: r.try_get("subject")?,
         recipient_subject: r.try_get("recipient_subject")?,
-        status: r.try_get("status")?,
+        status: delivery_status(&r.try_get::<String, _>("status")?)?,
         expires_at_micros: r.try_get("expires_at_micros")?,
     })
 }
@@ -61,13 +67,13 @@ async fn copy_by_id(tx: &mut Tx<'_>, delivery_id: &str) -> Result<Option<Copy>, 
 async fn set_status(
     tx: &mut Tx<'_>,
     delivery_id: &str,
-    status: &str,
+    status: DeliveryStatus,
     code: &str,
     by: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE deliveries SET status = $1, status_code = $2, status_by = $3, updated_at_micros = $4 WHERE delivery_id = $5")
-        .bind(status)
+        .bind(status.as_str())
         .bind(code)
         .bind(by)
         .bind(now)
@@ -253,13 +259,13 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
     let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
     // Settled implies the batch read the item, so `row` is that read.
     let ended = if buffered {
-        let pending = row.state == "pending" && !rows.is_acked(item_id);
+        let pending = row.state == ItemState::Pending && !rows.is_acked(item_id);
         if pending && is_delivery {
             counts.push((row.sender.clone(), row.org.clone(), -1));
         }
         pending
     } else {
-        queue::finish(tx, item_id, "acked", now, counts).await?
+        queue::finish(tx, item_id, ItemState::Acked, now, counts).await?
     };
     if !ended {
         return Ok(None);
@@ -343,16 +349,16 @@ pub async fn consent_ended(
     let mut holders: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
     for c in &copies {
         let mut cancelled_in_flight = false;
-        if c.status == "sent" {
+        if c.status == DeliveryStatus::Sent {
             let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
                 .bind(c.delivery_id.as_str())
                 .fetch_all(&mut **tx)
                 .await?;
             for it in items {
                 let id: String = it.try_get(0)?;
-                queue::finish(tx, &id, "cancelled", now, &mut counts).await?;
+                queue::finish(tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
-            set_status(tx, &c.delivery_id, "revoked", reason, "", now).await?;
+            set_status(tx, &c.delivery_id, DeliveryStatus::Revoked, reason, "", now).await?;
             let (mut e, rs) = sender_side(g, now, Action::Cancelled, c);
             e.reason = reason.into();
             entries.push((e, rs));
@@ -361,9 +367,7 @@ pub async fn consent_ended(
             // It may already be on its way to the node: count it as received.
             cancelled_in_flight = true;
         }
-        if cancelled_in_flight
-            || matches!(c.status.as_str(), "delivered" | "accepted" | "declined" | "closed" | "acknowledged")
-        {
+        if cancelled_in_flight || c.status.recipient_holds_it() {
             holders.entry((c.recipient.clone(), c.recipient_subject.clone())).or_default().push(c.message_id.clone());
         }
     }
@@ -418,14 +422,14 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
         lock_consent(&mut tx, &consent_id).await?;
         let mut counts = Vec::new();
-        if !queue::finish(&mut tx, &item_id, "expired", now, &mut counts).await? {
+        if !queue::finish(&mut tx, &item_id, ItemState::Expired, now, &mut counts).await? {
             tx.rollback().await?;
             continue;
         }
         let mut entries = Vec::new();
         let mut wake = None;
         if let Some(c) = copy_by_id(&mut tx, &delivery_id).await? {
-            set_status(&mut tx, &c.delivery_id, "expired", "ttl", "", now).await?;
+            set_status(&mut tx, &c.delivery_id, DeliveryStatus::Expired, "ttl", "", now).await?;
             entries.push(sender_side(g, now, Action::Expired, &c));
             notify_sender(&mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
             wake = Some(c.sender.clone());
@@ -441,38 +445,9 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Which party may make which change, from which states.
-fn transition(
-    kind: &str,
-    status: pb::MessageStatus,
-    from: &str,
-    caller_is_sender: bool,
-) -> Result<&'static str, Error> {
-    use pb::MessageStatus as S;
-    let wrong_party = |who: &str| Err(Error::PermissionDenied(format!("only the {who} may set this status")));
-    let (to, by_sender, allowed_from): (&'static str, bool, &[&str]) = match (kind, status) {
-        // The recipient's own change proves it holds the copy, even if its node's acknowledgement has
-        // not committed yet (the node stores an item, then acknowledges it): `sent` counts as delivered.
-        ("referral", S::Accepted) => ("accepted", false, &["sent", "delivered"]),
-        ("referral", S::Declined) => ("declined", false, &["sent", "delivered"]),
-        ("referral", S::Closed) => ("closed", false, &["accepted"]),
-        ("referral", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered", "accepted"]),
-        ("alert", S::Acknowledged) => ("acknowledged", false, &["sent", "delivered"]),
-        ("alert", S::Withdrawn) => ("withdrawn", true, &["sent", "delivered"]),
-        (k, s) => {
-            return Err(Error::InvalidArgument(format!("status {} does not apply to a {k}", s.as_str_name())));
-        }
-    };
-    if by_sender != caller_is_sender {
-        return wrong_party(if by_sender { "sender" } else { "recipient" });
-    }
-    if !allowed_from.contains(&from) {
-        return Err(Error::FailedPrecondition(format!(
-            "cannot move a {kind} from `{from}` to `{to}` (allowed from: {})",
-            allowed_from.join(", ")
-        )));
-    }
-    Ok(to)
+/// The status a party asks for, if it is one a copy can have.
+fn requested(status: pb::MessageStatus) -> Option<DeliveryStatus> {
+    DeliveryStatus::parse(&status.as_str_name().to_ascii_lowercase())
 }
 
 /// Applies a status update from either party, with its idempotency key.
@@ -552,23 +527,32 @@ pub async fn update_status(
     let mut entries = Vec::new();
     let mut counts = Vec::new();
     let mut wake = Vec::new();
-    let mut final_status = "";
+    let mut final_status = None;
     for c in &copies {
-        let to = transition(&c.kind, status, &c.status, c.sender == caller.org.as_str())?;
-        final_status = to;
-        if to == "withdrawn" && c.status == "sent" {
+        let Some(to) = requested(status) else {
+            return Err(Error::InvalidArgument(format!(
+                "status {} does not apply to a {}",
+                status.as_str_name(),
+                c.kind
+            )));
+        };
+        let by = if c.sender == caller.org.as_str() { Party::Sender } else { Party::Recipient };
+        let to = delivery::transition(&c.kind, c.status, to, by)?;
+        final_status = Some(to);
+        let withdrawn_unsent = to == DeliveryStatus::Withdrawn && c.status == DeliveryStatus::Sent;
+        if withdrawn_unsent {
             let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
                 .bind(c.delivery_id.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
             for it in items {
                 let id: String = it.try_get(0)?;
-                queue::finish(&mut tx, &id, "cancelled", now, &mut counts).await?;
+                queue::finish(&mut tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
         }
         set_status(&mut tx, &c.delivery_id, to, &req.code, caller.person.as_str(), now).await?;
         let other = if c.sender == caller.org.as_str() { c.recipient.clone() } else { c.sender.clone() };
-        if !(to == "withdrawn" && c.status == "sent") {
+        if !withdrawn_unsent {
             let notice = pb::StatusNotice {
                 message_id: c.message_id.clone(),
                 from_org: caller.org.to_string(),
@@ -598,7 +582,7 @@ pub async fn update_status(
         e.actor_role = caller.role.to_string();
         e.counterparty = other;
         e.reason = req.code.clone();
-        e.outcome = to.into();
+        e.outcome = to.as_str().into();
         e.source_node = caller.org.to_string();
         // The controller (sender) sees its own pseudonym; the recipient never sees it.
         let recipient_subject = if c.sender == caller.org.as_str() {
@@ -615,7 +599,7 @@ pub async fn update_status(
                 .bind(caller.org.as_str())
                 .bind(req.update_id.as_str())
                 .bind(c.delivery_id.as_str())
-                .bind(to)
+                .bind(to.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -626,6 +610,7 @@ pub async fn update_status(
     for o in wake {
         g.0.wakeups.wake(&o);
     }
-    let st = pb::MessageStatus::from_str_name(&final_status.to_ascii_uppercase()).unwrap_or(status);
+    let st =
+        final_status.and_then(|s| pb::MessageStatus::from_str_name(&s.as_str().to_ascii_uppercase())).unwrap_or(status);
     Ok(pb::UpdateStatusResponse { status: st as i32, replayed: false })
 }

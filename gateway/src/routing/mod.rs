@@ -18,7 +18,7 @@ use haven_trust::receipt::{ConsentState, ConsentView};
 use crate::app::Gateway;
 use crate::audit;
 use crate::consent::{self, Stored};
-use crate::envelope::{Envelope, Recipients};
+use crate::envelope::{Envelope, MessageId, Recipients};
 use crate::error::Error;
 use crate::policy::{self, Bundle, Decision, DecisionRequest, DenyReason};
 
@@ -29,19 +29,17 @@ pub struct Decided {
     pub outcomes: Vec<(OrgId, Decision)>,
 }
 
-/// The consent's state as a decision must see it: a given consent past its window is expired even
-/// before the sweep records it. A stream's read of what it may send decides the same in SQL
-/// (`queue::SENDABLE_SQLITE`).
+/// The consent's state as a decision must see it ([`haven_sharing::consent::effective_state`]).
 pub fn effective_state(stored: &Stored, now_micros: i64) -> ConsentState {
     let until = i64::try_from(stored.receipt.valid_until.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-    if stored.state == ConsentState::Given && now_micros >= until { ConsentState::Expired } else { stored.state }
+    haven_sharing::consent::effective_state(stored.state, until, now_micros)
 }
 
 /// Decides every recipient of `env` for `caller`.
 pub async fn decide_all(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<Decided, Error> {
     let bundle = g.bundle();
     let consent = match &env.consent_id {
-        Some(id) => consent::load_read(g.0.store.pool(), id).await?,
+        Some(id) => consent::load_read(g.0.store.pool(), id.as_str()).await?,
         None => None,
     };
     Ok(decide_with(g, caller, env, bundle, consent))
@@ -57,14 +55,12 @@ fn reachable(bundle: &Bundle, org: &OrgId) -> bool {
 fn not_pinned(bundle: &Bundle, recipient: &OrgId, fields: &[&str]) -> Decision {
     let mut withheld: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
     withheld.sort();
-    Decision {
-        allowed: false,
+    Decision::Deny {
+        reason: DenyReason::RecipientNotPinned,
+        detail: Some(recipient.to_string()),
         rule_ids: Vec::new(),
-        released: Vec::new(),
         withheld,
         bundle_version: bundle.version_id().to_owned(),
-        reason: Some(DenyReason::RecipientNotPinned),
-        reason_detail: Some(recipient.to_string()),
     }
 }
 
@@ -83,7 +79,7 @@ pub fn decide_with(
     let recipients = match &env.recipients {
         Recipients::Named(list) => list.clone(),
         Recipients::AllPermitted => bundle
-            .candidate_recipients(&caller.org, caller.role, &env.kind, &env.purpose)
+            .candidate_recipients(&caller.org, caller.role, env.kind.as_str(), env.purpose.as_str())
             .into_iter()
             .filter(|org| reachable(&bundle, org))
             .collect(),
@@ -101,10 +97,10 @@ pub fn decide_with(
                 sender: &caller.org,
                 sender_role: caller.role,
                 recipient: &recipient,
-                kind: &env.kind,
-                purpose: &env.purpose,
+                kind: env.kind.as_str(),
+                purpose: env.purpose.as_str(),
                 subject: env.subject.as_deref(),
-                consent_id: env.consent_id.as_deref(),
+                consent_id: env.consent_id.as_ref().map(|c| c.as_str()),
                 fields: &names,
             };
             let view = consent.as_ref().zip(state).map(|(c, state)| ConsentView { receipt: &c.receipt, state });
@@ -113,21 +109,6 @@ pub fn decide_with(
         })
         .collect();
     Decided { bundle, consent, outcomes }
-}
-
-/// The wire form of a decision.
-pub fn decision_proto(d: &Decision) -> pb::Decision {
-    let code = d.reason.map(|r| r.code()).unwrap_or("");
-    pb::Decision {
-        allowed: d.allowed,
-        rule_ids: d.rule_ids.clone(),
-        released_fields: d.released.clone(),
-        withheld_fields: d.withheld.clone(),
-        bundle_version: d.bundle_version.clone(),
-        reason: pb::DenyReason::from_str_name(&code.to_ascii_uppercase()).map_or(0, |r| r as i32),
-        reason_code: code.to_owned(),
-        reason_detail: d.reason_detail.clone().unwrap_or_default(),
-    }
 }
 
 /// The audit entry for one recipient's decision.
@@ -146,17 +127,17 @@ pub fn decision_entry(
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
         action: action.as_str().into(),
-        object_id: if env.message_id.is_nil() { String::new() } else { env.message_id.to_string() },
+        object_id: if env.message_id == MessageId::NONE { String::new() } else { env.message_id.to_string() },
         counterparty: recipient.to_string(),
         subject: env.subject.clone().unwrap_or_default(),
-        purpose: env.purpose.clone(),
-        consent_id: env.consent_id.clone().unwrap_or_default(),
-        rule_ids: d.rule_ids.clone(),
-        bundle_version: d.bundle_version.clone(),
-        decision: if d.allowed { "allow" } else { "deny" }.into(),
-        reason: d.reason.map(|r| r.code().to_owned()).unwrap_or_default(),
-        released_fields: d.released.clone(),
-        withheld_fields: d.withheld.clone(),
+        purpose: env.purpose.to_string(),
+        consent_id: env.consent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        rule_ids: d.rule_ids().to_vec(),
+        bundle_version: d.bundle_version().to_owned(),
+        decision: if d.allowed() { "allow" } else { "deny" }.into(),
+        reason: d.reason().map(|r| r.code().to_owned()).unwrap_or_default(),
+        released_fields: d.released().to_vec(),
+        withheld_fields: d.withheld().to_vec(),
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
@@ -181,12 +162,12 @@ pub async fn dry_run(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<pb:
             .iter()
             .map(|(r, d)| pb::RecipientOutcome {
                 recipient: r.to_string(),
-                outcome: if d.allowed {
+                outcome: if d.allowed() {
                     pb::recipient_outcome::Outcome::Queued
                 } else {
                     pb::recipient_outcome::Outcome::Denied
                 } as i32,
-                decision: Some(decision_proto(d)),
+                decision: Some(pb::Decision::from(d)),
                 delivery_id: String::new(),
             })
             .collect(),

@@ -109,7 +109,7 @@ impl Prefetched {
             for r in q.fetch_all(&mut **tx).await? {
                 let row = QueuedRow {
                     org: r.try_get("org")?,
-                    state: r.try_get("state")?,
+                    state: super::queue::item_state(&r.try_get::<String, _>("state")?)?,
                     kind: r.try_get("item_kind")?,
                     delivery_id: r.try_get("item_delivery")?,
                     consent_id: r.try_get("item_consent")?,
@@ -157,7 +157,7 @@ impl Prefetched {
             for r in q.fetch_all(&mut **tx).await? {
                 let id: String = r.try_get(0)?;
                 if let Some(Some((row, _))) = out.items.get_mut(&id) {
-                    row.state = r.try_get(1)?;
+                    row.state = super::queue::item_state(&r.try_get::<String, _>(1)?)?;
                 }
             }
         }

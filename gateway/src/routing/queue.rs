@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use haven_proto::v1 as pb;
+use haven_sharing::delivery::ItemState;
 use prost::Message;
 use sqlx::Row;
 use tokio::sync::Notify;
@@ -132,14 +133,14 @@ impl Pending {
 /// organization, `$2` a JSON array of item ids to pass over (those in flight), `$3` the time now,
 /// `$4` at most how many.
 ///
-/// - Every item is checked against its consent as it is read: an item queued under a consent goes out
-///   only while that consent is given and within its window, or superseded by a renewal (which keeps
-///   it in force for copies already queued), as `routing::effective_state` decides. Others wait for the
-///   sweep or the cascade to cancel them.
+/// - Every item is checked against its consent as it is read, by the rule
+///   [`haven_sharing::consent::releases_queued_copy`] defines, written here in SQL: an item queued
+///   under a consent goes out only while that consent is given and within its window, or superseded
+///   by a renewal. Others wait for the sweep or the cascade to cancel them. The consent-agreement test
+///   in `tests/tests/consent.rs` proves the two agree on both databases.
 /// - A consent covers only its controller's items: an item whose sender named another organization's
 ///   consent (possible on a send whose rule needs no consent) is read as naming no consent that
-///   exists, and waits for its expiry, so that no organization's consent holds back or releases
-///   another's sends.
+///   exists (`QueuedUnder::Unknown`), and waits for its expiry.
 /// - The ids passed over and the items whose consent does not cover them are filtered out by the
 ///   statement (the consent through its primary key), so only the rows sent come back.
 /// - PostgreSQL's orders by `item_id` in the "C" collation, an order only `outbox_pending_c` gives
@@ -186,13 +187,18 @@ pub async fn sendable<'a>(
 #[derive(Clone)]
 pub struct QueuedRow {
     pub org: String,
-    pub state: String,
+    pub state: ItemState,
     pub kind: String,
     pub delivery_id: String,
     /// The consent a delivery depends on (empty for notices and consent-free deliveries).
     pub consent_id: String,
     /// A delivery's sender (empty for notices).
     pub sender: String,
+}
+
+/// A stored item state; one the gateway never writes is a decode error (a broken invariant).
+pub fn item_state(s: &str) -> Result<ItemState, sqlx::Error> {
+    ItemState::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown outbox state `{s}`").into()))
 }
 
 /// Reads an item's row.
@@ -205,7 +211,7 @@ pub async fn get(tx: &mut Tx<'_>, item_id: &str) -> Result<Option<QueuedRow>, sq
     row.map(|r| {
         Ok(QueuedRow {
             org: r.try_get("org")?,
-            state: r.try_get("state")?,
+            state: item_state(&r.try_get::<String, _>("state")?)?,
             kind: r.try_get("item_kind")?,
             delivery_id: r.try_get("delivery_id")?,
             consent_id: r.try_get("consent_id")?,
@@ -226,14 +232,14 @@ pub type CountChanges = Vec<(String, String, i64)>;
 pub async fn finish(
     tx: &mut Tx<'_>,
     item_id: &str,
-    state: &str,
+    state: ItemState,
     now: i64,
     counts: &mut CountChanges,
 ) -> Result<bool, sqlx::Error> {
     let ended = sqlx::query(
         "UPDATE outbox SET state = $1, payload = $2, done_at_micros = $3 WHERE item_id = $4 AND state = 'pending' RETURNING sender, org, item_kind",
     )
-    .bind(state)
+    .bind(state.as_str())
     .bind(Vec::<u8>::new())
     .bind(now)
     .bind(item_id)

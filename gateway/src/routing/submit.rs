@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use super::queue::{self, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
-use super::{decide_with, decision_entry, decision_proto, pseudonym};
+use super::{decide_with, decision_entry, pseudonym};
 use crate::app::Gateway;
 use crate::commit::{Batch, Reads};
 use crate::consent;
-use crate::envelope::{self, Envelope, Recipients};
+use crate::envelope::{Envelope, Recipients};
 use crate::error::Error;
 use crate::policy::DenyReason;
 
@@ -38,7 +38,7 @@ fn content_hash(env: &Envelope) -> String {
 pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
     let reads = Reads {
         messages: vec![(caller.org.to_string(), env.message_id.to_string())],
-        consents: env.consent_id.iter().cloned().collect(),
+        consents: env.consent_id.iter().map(ToString::to_string).collect(),
         senders: vec![caller.org.to_string()],
         ..Reads::default()
     };
@@ -88,7 +88,7 @@ async fn submit_in(
             )));
         }
         let mut resp = pb::SubmitResponse::decode(bytes.as_slice())
-            .map_err(|e| Error::FailedPrecondition(format!("stored reply is unreadable: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the stored reply to message {message_id} cannot be decoded: {e}")))?;
         resp.replayed = true;
         return Ok((resp, Vec::new()));
     }
@@ -96,9 +96,9 @@ async fn submit_in(
     // Lock the consent row, so a revocation racing this submission either commits first (and this
     // submission sees it) or waits for this commit (and its cascade sees these copies).
     let stored_consent = match &env.consent_id {
-        Some(id) => match seen.consent(id) {
+        Some(id) => match seen.consent(id.as_str()) {
             Some(stored) => stored.cloned(),
-            None => consent::load_locked(tx, id).await?,
+            None => consent::load_locked(tx, id.as_str()).await?,
         },
         None => None,
     };
@@ -112,7 +112,7 @@ async fn submit_in(
     let mut woken = Vec::new();
     for (recipient, mut d) in decided.outcomes {
         let mut outcome =
-            if d.allowed { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
+            if d.allowed() { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
         // Committed, plus what this shared commit queued before this submission. The batch's changes
         // are summed only when they could reach the quota: they add at most one each.
         let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
@@ -127,13 +127,9 @@ async fn submit_in(
                 .map(|c| c.2)
                 .sum::<i64>()
         };
-        if d.allowed && near && committed + queued() >= quota {
+        if d.allowed() && near && committed + queued() >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
-            d.allowed = false;
-            d.reason = Some(DenyReason::QuotaExceeded);
-            d.reason_detail = Some(recipient.to_string());
-            d.withheld = env.fields.keys().cloned().collect();
-            d.released.clear();
+            d = d.refused(DenyReason::QuotaExceeded, Some(recipient.to_string()));
         }
         let mut delivery_id = String::new();
         let mut recipient_subject = String::new();
@@ -147,21 +143,21 @@ async fn submit_in(
                 .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), caller.org.as_str(), s))
                 .unwrap_or_default();
             let fields = d
-                .released
+                .released()
                 .iter()
-                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), envelope::to_proto(v))))
+                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), pb::FieldValue::from(v))))
                 .collect();
             let delivery = pb::Delivery {
                 message_id: message_id.clone(),
-                kind: env.kind.clone(),
+                kind: env.kind.to_string(),
                 sender: caller.org.to_string(),
                 sender_person: caller.person.to_string(),
-                purpose: env.purpose.clone(),
+                purpose: env.purpose.to_string(),
                 subject_pseudonym: recipient_subject.clone(),
                 fields,
-                withheld_fields: d.withheld.clone(),
-                rule_ids: d.rule_ids.clone(),
-                bundle_version: d.bundle_version.clone(),
+                withheld_fields: d.withheld().to_vec(),
+                rule_ids: d.rule_ids().to_vec(),
+                bundle_version: d.bundle_version().to_owned(),
                 expires_at_micros: now + ttl,
                 correlation_id: env.correlation_id.clone(),
             };
@@ -171,13 +167,13 @@ async fn submit_in(
                 sender_person: caller.person.to_string(),
                 message_id: message_id.clone(),
                 recipient: recipient.to_string(),
-                kind: env.kind.clone(),
-                purpose: env.purpose.clone(),
-                consent_id: env.consent_id.clone().unwrap_or_default(),
+                kind: env.kind.to_string(),
+                purpose: env.purpose.to_string(),
+                consent_id: env.consent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                 subject: env.subject.clone().unwrap_or_default(),
                 recipient_subject: recipient_subject.clone(),
                 pseudonym_version: pseudonym::VERSION,
-                released_fields: serde_json::to_string(&d.released).unwrap_or_default(),
+                released_fields: serde_json::to_string(&d.released()).unwrap_or_default(),
                 updated_at_micros: now,
                 expires_at_micros: now + ttl,
             });
@@ -187,7 +183,7 @@ async fn submit_in(
                     org: recipient.as_str(),
                     body: pb::item::Body::Delivery(delivery),
                     delivery_id: &delivery_id,
-                    consent_id: env.consent_id.as_deref().unwrap_or(""),
+                    consent_id: env.consent_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
                     sender: caller.org.as_str(),
                     expires_at_micros: now + ttl,
                 },
@@ -206,7 +202,7 @@ async fn submit_in(
         outcomes.push(pb::RecipientOutcome {
             recipient: recipient.to_string(),
             outcome: outcome as i32,
-            decision: Some(decision_proto(&d)),
+            decision: Some(pb::Decision::from(&d)),
             delivery_id,
         });
     }
@@ -219,7 +215,7 @@ async fn submit_in(
     rows.messages.push(MessageRow {
         sender: caller.org.to_string(),
         message_id: message_id.clone(),
-        kind: env.kind.clone(),
+        kind: env.kind.to_string(),
         content_sha256: hash,
         response: response.encode_to_vec(),
         created_at_micros: now,

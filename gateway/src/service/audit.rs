@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, settled};
 use crate::app::Gateway;
-use crate::audit::log::to_proto;
 use crate::audit::query::{self, DEFAULT_PAGE, Filter, MAX_PAGE, Scope};
 use crate::audit::{self, AuditLog};
 use crate::error::Error;
@@ -126,7 +125,7 @@ impl Audit for AuditService {
             _ => self.log().covering_checkpoint().await.map_err(Error::from)?,
         };
         settled(&self.gateway).await?;
-        Ok(Response::new(to_proto(&cp)))
+        Ok(Response::new(haven_proto::v1::SignedCheckpoint::from(&cp)))
     }
 
     async fn get_inclusion_proof(

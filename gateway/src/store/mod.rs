@@ -86,6 +86,10 @@ pub enum StoreError {
     /// `53100 disk_full`); nothing of it was committed. Writes succeed again once space is freed.
     #[error("the database's disk is full: {0}")]
     DiskFull(String),
+    /// Stored data could not be read back as the gateway wrote it (a value of the wrong type, a state
+    /// it never writes): a bug or damaged data, never a passing failure, so never "retry later".
+    #[error("stored data cannot be read: {0}")]
+    Unreadable(String),
     /// The SQLite file could not be created, or its mode set, before it was opened.
     #[error(
         "cannot create or restrict the database file {path}: {source}; check that its directory exists and the gateway's user may write it"
@@ -98,8 +102,25 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
-        if is_disk_full(&e) { StoreError::DiskFull(reported::reported(&e).to_string()) } else { StoreError::Sql(e) }
+        if is_disk_full(&e) {
+            StoreError::DiskFull(reported::reported(&e).to_string())
+        } else if is_unreadable(&e) {
+            StoreError::Unreadable(e.to_string())
+        } else {
+            StoreError::Sql(e)
+        }
     }
+}
+
+/// Whether reading a row back failed: the row is not what the gateway writes.
+fn is_unreadable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+    )
 }
 
 /// Whether the database refused a write because its disk is full: SQLite's `SQLITE_FULL` (which a
@@ -121,6 +142,7 @@ impl StoreError {
             StoreError::Unsynced(why) => StoreError::Unsynced(why.clone()),
             StoreError::Commit(why) => StoreError::Commit(why.clone()),
             StoreError::DiskFull(why) => StoreError::DiskFull(why.clone()),
+            StoreError::Unreadable(why) => StoreError::Unreadable(why.clone()),
             e => StoreError::Commit(e.to_string()),
         }
     }

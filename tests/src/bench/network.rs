@@ -29,8 +29,9 @@ pub const EXTRA_LIAISONS: usize = 48;
 /// How many of the `many-orgs` organizations are NGOs (senders); the rest are shelters.
 pub const MANY_SENDERS: usize = 5;
 
-/// The bench's `queue_quota`: high enough that no scenario meets it.
-pub const BENCH_QUEUE_QUOTA: u32 = 10_000_000;
+/// The bench's `queue_quota`: high enough that no scenario meets it, and the most `network.toml`
+/// accepts.
+pub const BENCH_QUEUE_QUOTA: u32 = 1_000_000;
 
 /// Certificates and the bench bundle, in a temporary directory.
 pub struct BenchNet {
@@ -321,6 +322,18 @@ impl Drop for Proc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bundle the bench writes is one the gateway loads: every limit it raises stays within the
+    /// ceilings `network.toml` enforces.
+    #[test]
+    fn the_bench_bundle_loads() {
+        let net = build(&haven_tests::net::policies_dir(), 3).unwrap();
+        let bundle = haven_gateway::policy::Bundle::load(&net.policies, None).unwrap_or_else(|problems| {
+            panic!("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        });
+        assert_eq!(bundle.network().queue_quota, BENCH_QUEUE_QUOTA);
+        assert_eq!(net.many.len(), 3);
+    }
 
     #[test]
     fn another_database_on_the_same_server_keeps_the_query() {

@@ -134,7 +134,7 @@ impl NetworkParams {
 
 /// A purpose the network recognizes. Consents and rules name purposes; an unknown one is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Purpose {
+pub struct PurposeDef {
     pub name: String,
     /// What sharing for this purpose means, as the survivor is told when consenting.
     pub description: String,
@@ -143,7 +143,7 @@ pub struct Purpose {
 /// Every purpose of the network, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Purposes {
-    list: Vec<Purpose>,
+    list: Vec<PurposeDef>,
 }
 
 #[derive(Deserialize)]
@@ -175,7 +175,9 @@ impl Purposes {
                             raw.description.span().start,
                             format!("purpose `{n}` needs a description the survivor can be told"),
                         )),
-                        Ok(raw) => list.push(Purpose { name: n.to_owned(), description: raw.description.into_inner() }),
+                        Ok(raw) => {
+                            list.push(PurposeDef { name: n.to_owned(), description: raw.description.into_inner() })
+                        }
                         Err(e) => problems.push(e),
                     }
                 }
@@ -190,14 +192,14 @@ impl Purposes {
     }
 
     /// Builds the list from purposes made in memory (tests and the benchmark).
-    pub fn from_list(mut list: Vec<Purpose>) -> Purposes {
+    pub fn from_list(mut list: Vec<PurposeDef>) -> Purposes {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list.dedup_by(|a, b| a.name == b.name);
         Purposes { list }
     }
 
     /// Every purpose, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Purpose> {
+    pub fn iter(&self) -> impl Iterator<Item = &PurposeDef> {
         self.list.iter()
     }
 

@@ -46,24 +46,99 @@ pub struct DecisionRequest<'a> {
 }
 
 /// The outcome for one recipient. Every decision names the rules and the bundle version it came
-/// from, so an audit entry can say exactly why data moved or did not.
+/// from, so an audit entry can say exactly why data moved or did not. An allow has no reason and a
+/// deny releases nothing: the type cannot say otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// On an allow: the allow rules that released fields and the deny rules that stripped some. On a
-    /// deny: the rules the denial rests on (the denying rule, or the allow rules that came closest).
-    pub rule_ids: Vec<String>,
-    /// The fields the recipient receives, sorted. Empty on a deny.
-    pub released: Vec<String>,
-    /// The fields present but not released, sorted. On a deny, every field present.
-    pub withheld: Vec<String>,
+pub enum Decision {
+    /// The message may go to this recipient, carrying only `released`.
+    Allow {
+        /// The allow rules that released fields and the deny rules that stripped some.
+        rule_ids: Vec<String>,
+        /// The fields the recipient receives, sorted.
+        released: Vec<String>,
+        /// The fields present but not released, sorted.
+        withheld: Vec<String>,
+        /// `sha256:<hex>` of the bundle that decided.
+        bundle_version: String,
+    },
+    /// The message may not go to this recipient.
+    Deny {
+        reason: DenyReason,
+        /// The specific rule, field, purpose, organization or consent the reason is about; see
+        /// `docs/policy-language.md` for what each reason puts here. Never a field value.
+        detail: Option<String>,
+        /// The rules the denial rests on (the denying rule, or the allow rules that came closest).
+        rule_ids: Vec<String>,
+        /// Every field present, sorted.
+        withheld: Vec<String>,
+        /// `sha256:<hex>` of the bundle that decided.
+        bundle_version: String,
+    },
+}
+
+impl Decision {
+    /// Whether the message may go.
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// Why it may not; `None` on an allow.
+    pub fn reason(&self) -> Option<DenyReason> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { reason, .. } => Some(*reason),
+        }
+    }
+
+    /// What the reason is about, when it names something.
+    pub fn reason_detail(&self) -> Option<&str> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { detail, .. } => detail.as_deref(),
+        }
+    }
+
+    /// The rules the decision rests on.
+    pub fn rule_ids(&self) -> &[String] {
+        match self {
+            Decision::Allow { rule_ids, .. } | Decision::Deny { rule_ids, .. } => rule_ids,
+        }
+    }
+
+    /// The fields the recipient receives; empty on a deny.
+    pub fn released(&self) -> &[String] {
+        match self {
+            Decision::Allow { released, .. } => released,
+            Decision::Deny { .. } => &[],
+        }
+    }
+
+    /// The fields present but not released.
+    pub fn withheld(&self) -> &[String] {
+        match self {
+            Decision::Allow { withheld, .. } | Decision::Deny { withheld, .. } => withheld,
+        }
+    }
+
     /// `sha256:<hex>` of the bundle that decided.
-    pub bundle_version: String,
-    /// Why the message was denied; `None` on an allow.
-    pub reason: Option<DenyReason>,
-    /// The specific rule, field, purpose, organization or consent the reason is about; see
-    /// `docs/policy-language.md` for what each reason puts here. Never a field value.
-    pub reason_detail: Option<String>,
+    pub fn bundle_version(&self) -> &str {
+        match self {
+            Decision::Allow { bundle_version, .. } | Decision::Deny { bundle_version, .. } => bundle_version,
+        }
+    }
+
+    /// The same recipient refused after the rules allowed it, for a reason outside them (the queue
+    /// quota): nothing released, every field present withheld, the rules kept.
+    pub fn refused(self, reason: DenyReason, detail: Option<String>) -> Decision {
+        match self {
+            Decision::Allow { rule_ids, released, mut withheld, bundle_version } => {
+                withheld.extend(released);
+                withheld.sort_unstable();
+                Decision::Deny { reason, detail, rule_ids, withheld, bundle_version }
+            }
+            deny @ Decision::Deny { .. } => deny,
+        }
+    }
 }
 
 macro_rules! deny_reasons {
@@ -428,14 +503,11 @@ fn evaluate(
         let reason = if by_consent { DenyReason::ConsentLabelNotCovered } else { DenyReason::RequiredFieldNotReleased };
         return denial(bundle, req, Some(f), reason, field, counted);
     }
-    Decision {
-        allowed: true,
+    Decision::Allow {
         rule_ids: counted.iter().map(|&i| bundle.rules()[i].id.clone()).collect(),
         released: def.names_in(released).map(str::to_owned).collect(),
         withheld: withheld(def, f.present & !released, &f.unknown),
         bundle_version: bundle.version_id().to_owned(),
-        reason: None,
-        reason_detail: None,
     }
 }
 
@@ -466,14 +538,12 @@ fn denial(
             names
         }
     };
-    Decision {
-        allowed: false,
+    Decision::Deny {
+        reason,
+        detail,
         rule_ids: rules.into_iter().map(|i| bundle.rules()[i].id.clone()).collect(),
-        released: Vec::new(),
         withheld,
         bundle_version: bundle.version_id().to_owned(),
-        reason: Some(reason),
-        reason_detail: detail,
     }
 }
 

@@ -152,20 +152,20 @@ pub fn explain(
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.decision;
-        match (d.allowed, d.reason) {
+        match (d.allowed(), d.reason()) {
             (true, _) => writeln!(f, "decision: allow")?,
             (false, Some(reason)) => {
                 write!(f, "decision: deny, {} ({})", reason.code(), reason.describe())?;
-                if let Some(detail) = &d.reason_detail {
+                if let Some(detail) = &d.reason_detail() {
                     write!(f, ": {detail}")?;
                 }
                 writeln!(f)?;
             }
             (false, None) => writeln!(f, "decision: deny")?,
         }
-        writeln!(f, "rules:    {}", if d.rule_ids.is_empty() { "none".to_owned() } else { d.rule_ids.join(", ") })?;
-        writeln!(f, "released: {}", d.released.join(", "))?;
-        writeln!(f, "withheld: {}", d.withheld.join(", "))?;
+        writeln!(f, "rules:    {}", if d.rule_ids().is_empty() { "none".to_owned() } else { d.rule_ids().join(", ") })?;
+        writeln!(f, "released: {}", d.released().join(", "))?;
+        writeln!(f, "withheld: {}", d.withheld().join(", "))?;
         writeln!(f, "bundle:   {}", self.bundle)?;
         if self.rules.is_empty() {
             return writeln!(f, "\nno rule was evaluated: the request names something the bundle does not know");

@@ -83,17 +83,17 @@ impl TestCase {
         let e = &self.expect;
         let word = |allowed: bool| if allowed { "allow" } else { "deny" };
         let mut out = Vec::new();
-        if d.allowed != e.allowed {
-            let reason = d.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-            out.push(format!("expected {}, got {}{reason}", word(e.allowed), word(d.allowed)));
-        } else if e.reason.is_some() && d.reason != e.reason {
+        if d.allowed() != e.allowed {
+            let reason = d.reason().map(|r| format!(" ({r})")).unwrap_or_default();
+            out.push(format!("expected {}, got {}{reason}", word(e.allowed), word(d.allowed())));
+        } else if e.reason.is_some() && d.reason() != e.reason {
             let show = |r: Option<DenyReason>| r.map_or("none", |r| r.code());
-            out.push(format!("expected reason {}, got {}", show(e.reason), show(d.reason)));
+            out.push(format!("expected reason {}, got {}", show(e.reason), show(d.reason())));
         }
         if let Some(detail) = &e.reason_detail
-            && d.reason_detail.as_ref() != Some(detail)
+            && d.reason_detail() != Some(detail.as_str())
         {
-            out.push(format!("expected detail `{detail}`, got {:?}", d.reason_detail));
+            out.push(format!("expected detail `{detail}`, got {:?}", d.reason_detail()));
         }
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();
@@ -101,9 +101,9 @@ impl TestCase {
             v
         };
         for (what, expected, got) in [
-            ("rule_ids", &e.rule_ids, &d.rule_ids),
-            ("released", &e.released, &d.released),
-            ("withheld", &e.withheld, &d.withheld),
+            ("rule_ids", &e.rule_ids, &d.rule_ids()),
+            ("released", &e.released, &d.released()),
+            ("withheld", &e.withheld, &d.withheld()),
         ] {
             if let Some(expected) = expected
                 && sorted(expected) != sorted(got)
@@ -535,16 +535,16 @@ mod tests {
         let bundle = shipped();
         let cases = load(&shipped_dir().join("tests"), &bundle).unwrap();
         let decisions: Vec<Decision> = cases.iter().map(|c| c.run(&bundle).decision).collect();
-        let rules: BTreeSet<&str> = decisions.iter().flat_map(|d| d.rule_ids.iter().map(String::as_str)).collect();
+        let rules: BTreeSet<&str> = decisions.iter().flat_map(|d| d.rule_ids().iter().map(String::as_str)).collect();
         for rule in bundle.rules() {
             assert!(rules.contains(rule.id.as_str()), "no case exercises rule `{}`", rule.id);
         }
-        let reasons: BTreeSet<DenyReason> = decisions.iter().filter_map(|d| d.reason).collect();
+        let reasons: BTreeSet<DenyReason> = decisions.iter().filter_map(|d| d.reason()).collect();
         let by_the_router = [DenyReason::QuotaExceeded, DenyReason::RecipientNotPinned];
         for reason in DenyReason::all().iter().filter(|r| !by_the_router.contains(r)) {
             assert!(reasons.contains(reason), "no case produces `{}`", reason.code());
         }
-        assert!(decisions.iter().any(|d| d.allowed));
+        assert!(decisions.iter().any(|d| d.allowed()));
     }
 
     #[test]
