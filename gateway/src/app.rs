@@ -412,7 +412,9 @@ impl Gateway {
         let closing = self.clone();
         let shutdown = async move {
             shutdown.await;
-            let _ = closing.0.closing.send(true);
+            // Stored even when no stream is open to receive it (`send` would drop it then), so a
+            // stream that opens while the server drains its connections ends at once too.
+            closing.0.closing.send_replace(true);
         };
         let result = crate::server::run(self.clone(), listener, shutdown).await;
         sweeper.abort();

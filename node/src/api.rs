@@ -6,6 +6,7 @@ use std::sync::Arc;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::node_server::Node;
 use haven_proto::v1::*;
+use haven_trust::ids::Role;
 use tonic::{Request, Response, Status};
 
 use crate::app::NodeState;
@@ -27,6 +28,11 @@ impl NodeService {
     fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
         self.state.users.sign_in(req.metadata())
     }
+
+    /// A failed gateway call, as the person who asked should see it ([`crate::link::GatewayLink::relay`]).
+    fn relay(&self, s: Status) -> Status {
+        self.state.link.relay(s)
+    }
 }
 
 type InboxStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<InboxItem, Status>> + Send>>;
@@ -36,8 +42,7 @@ impl Node for NodeService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let link = &self.state.link;
-        gw.who_am_i(link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|e| link.explained(e))
+        gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|s| self.relay(s))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
@@ -70,26 +75,48 @@ impl Node for NodeService {
 
     async fn watch_inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxStream>, Status> {
         self.user(&req)?;
+        let signed_in = req.metadata().clone();
         let kind = req.into_inner().kind;
-        let rx = self.state.arrivals.subscribe();
-        let stream = futures::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(rx), move |r| {
-            let kind = kind.clone();
-            async move {
-                match r {
-                    Ok(item) => {
-                        let k = match &item.item {
-                            Some(Item { body: Some(item::Body::Delivery(d)), .. }) => d.kind.clone(),
-                            _ => item.item_kind.clone(),
-                        };
-                        (kind.is_empty() || k == kind || item.item_kind == kind).then_some(Ok(item))
-                    }
-                    Err(_) => {
-                        Some(Err(Status::data_loss("missed arrivals while this watch lagged; list the inbox again")))
-                    }
+        let mut arrivals = self.state.arrivals.subscribe();
+        let mut people = self.state.users.subscribe();
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    // A person removed or disabled by a reload loses the watch at once.
+                    changed = people.changed() => match changed {
+                        Ok(()) => match state.users.sign_in(&signed_in) {
+                            Ok(_) => continue,
+                            Err(refused) => Err(refused),
+                        },
+                        Err(_) => return,
+                    },
+                    r = arrivals.recv() => match r {
+                        Ok(item) => {
+                            let k = match &item.item {
+                                Some(Item { body: Some(item::Body::Delivery(d)), .. }) => d.kind.clone(),
+                                _ => item.item_kind.clone(),
+                            };
+                            if !(kind.is_empty() || k == kind || item.item_kind == kind) {
+                                continue;
+                            }
+                            Ok(item)
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            Err(Status::data_loss("missed arrivals while this watch lagged; list the inbox again"))
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                let last = next.is_err();
+                if tx.send(next).await.is_err() || last {
+                    return;
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Result<Response<MessageView>, Status> {
@@ -118,9 +145,11 @@ impl Node for NodeService {
         let counterparty = if as_sender { r.recipient.clone() } else { r.sender.clone() };
         let (message_id, code) = (r.message_id.clone(), r.code.clone());
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let link = &self.state.link;
-        let resp = gw.update_status(link.request(&user.name, user.role, r)?).await.map_err(|e| link.explained(e))?;
-        let resp = resp.into_inner();
+        let resp = gw
+            .update_status(self.state.link.request(&user.name, user.role, r)?)
+            .await
+            .map_err(|s| self.relay(s))?
+            .into_inner();
         let status =
             MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
         let change = mailbox::LocalChange {
@@ -160,7 +189,7 @@ impl Node for NodeService {
                     GetConsentRequest { consent_id: r.supersedes.clone() },
                 )?)
                 .await
-                .map_err(|e| self.state.link.explained(e))?
+                .map_err(|s| self.relay(s))?
                 .into_inner();
             let v: serde_json::Value = serde_json::from_str(&old.receipt_json).unwrap_or_default();
             draft.subject_pseudonym = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
@@ -173,11 +202,10 @@ impl Node for NodeService {
         let user = self.user(&req)?;
         consent::may_manage(&user)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let link = &self.state.link;
         let record = gw
-            .revoke_consent(link.request(&user.name, user.role, req.into_inner())?)
+            .revoke_consent(self.state.link.request(&user.name, user.role, req.into_inner())?)
             .await
-            .map_err(|e| link.explained(e))?
+            .map_err(|s| self.relay(s))?
             .into_inner();
         let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
         let subject = v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
@@ -188,15 +216,17 @@ impl Node for NodeService {
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let link = &self.state.link;
-        gw.get_consent(link.request(&user.name, user.role, req.into_inner())?).await.map_err(|e| link.explained(e))
+        gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|s| self.relay(s))
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
         let user = self.user(&req)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
-        let link = &self.state.link;
-        gw.list_consents(link.request(&user.name, user.role, req.into_inner())?).await.map_err(|e| link.explained(e))
+        gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?)
+            .await
+            .map_err(|s| self.relay(s))
     }
 
     async fn witness_status(
@@ -204,13 +234,48 @@ impl Node for NodeService {
         req: Request<WitnessStatusRequest>,
     ) -> Result<Response<WitnessStatusResponse>, Status> {
         self.user(&req)?;
-        let report = self.state.witness.report();
-        Ok(Response::new(WitnessStatusResponse {
-            latest: report.latest,
-            state: report.state.as_str().to_owned(),
-            detail: report.detail,
-            checked_at_micros: report.checked_at_micros,
+        Ok(Response::new(witness_status(self.state.witness.report())))
+    }
+
+    async fn acknowledge_witness_alarm(
+        &self,
+        req: Request<AcknowledgeWitnessAlarmRequest>,
+    ) -> Result<Response<AcknowledgeWitnessAlarmResponse>, Status> {
+        let user = self.user(&req)?;
+        if user.role != Role::Auditor {
+            return Err(Status::permission_denied(format!(
+                "acknowledging a witness alarm needs role auditor, not {}",
+                user.role
+            )));
+        }
+        let note = req.into_inner().note;
+        if note.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "say what you found in the note (--note): it is kept with the alarm it acknowledges",
+            ));
+        }
+        let (acknowledged, report) =
+            self.state.witness.acknowledge(user.name.as_str(), note.trim()).await.map_err(db)?;
+        if acknowledged == 0 {
+            return Err(Status::failed_precondition(format!(
+                "the witness has no standing alarm to acknowledge (it reports `{}`)",
+                report.state.as_str()
+            )));
+        }
+        Ok(Response::new(AcknowledgeWitnessAlarmResponse {
+            acknowledged: u32::try_from(acknowledged).unwrap_or(u32::MAX),
+            status: Some(witness_status(report)),
         }))
+    }
+}
+
+/// The witness's report on the wire.
+fn witness_status(report: crate::witness::WitnessReport) -> WitnessStatusResponse {
+    WitnessStatusResponse {
+        latest: report.latest,
+        state: report.state.as_str().to_owned(),
+        detail: report.detail,
+        checked_at_micros: report.checked_at_micros,
     }
 }
 
@@ -232,7 +297,9 @@ fn retryable(s: &Status) -> bool {
     )
 }
 
-/// Submits a recorded send and records the outcome. An unreachable gateway leaves it pending.
+/// Submits a recorded send and records the outcome. A gateway that cannot be reached, or answers that
+/// it cannot take the message now (UNAVAILABLE, or RESOURCE_EXHAUSTED when its database disk is full),
+/// leaves it pending, with the reason.
 pub async fn submit(
     state: &NodeState,
     env: Envelope,
@@ -241,8 +308,7 @@ pub async fn submit(
 ) -> Result<SendResponse, Status> {
     let message_id = env.message_id.clone();
     let mut gw = GatewayClient::new(state.link.channel());
-    let submitted = gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await;
-    match submitted.map_err(|s| state.link.explained(s)) {
+    match gw.submit(state.link.request(person, role, SubmitRequest { envelope: Some(env) })?).await {
         Ok(resp) => {
             let resp = resp.into_inner();
             mailbox::record_outcome(&state.store, &resp, state.clock.now_micros()).await.map_err(db)?;
@@ -251,20 +317,26 @@ pub async fn submit(
                 state: "submitted".into(),
                 outcomes: resp.outcomes,
                 bundle_version: resp.bundle_version,
+                pending_reason: String::new(),
             })
         }
         Err(s) if retryable(&s) => {
-            tracing::warn!(%message_id, code = ?s.code(), status = %s.message(), "the gateway did not take the message (unreachable, or its disk is full); it stays pending and will be retried");
+            // Whether the gateway was reached decides what the person (and the operator) should look
+            // at: the network and certificates, or the gateway's own trouble.
+            let reason = state.link.describe(&s);
+            tracing::warn!(%message_id, %reason, "the gateway did not accept the message; it stays pending and will be retried");
+            mailbox::record_pending(&state.store, &message_id, &reason).await.map_err(db)?;
             Ok(SendResponse {
                 message_id,
                 state: "pending".into(),
                 outcomes: Vec::new(),
                 bundle_version: String::new(),
+                pending_reason: reason,
             })
         }
         Err(s) => {
             mailbox::record_failure(&state.store, &message_id, s.message()).await.map_err(db)?;
-            Err(s)
+            Err(state.link.relay(s))
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::audit_proxy::AuditProxy;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::store::{NodeStore, NodeStoreError};
 use crate::stream::StreamState;
-use crate::users::Users;
+use crate::users::Directory;
 
 /// Settings for `haven-node serve`.
 #[derive(Debug, Clone)]
@@ -55,7 +55,8 @@ pub enum NodeError {
 pub struct NodeState {
     pub link: GatewayLink,
     pub store: NodeStore,
-    pub users: Users,
+    /// The people who may sign in, re-read from the users file on SIGHUP.
+    pub users: Directory,
     pub clock: SharedClock,
     pub stream: watch::Receiver<StreamState>,
     /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
@@ -77,7 +78,7 @@ impl Node {
         if !config.listen.ip().is_loopback() && config.api_tls.is_none() {
             return Err(NodeError::NeedsTls(config.listen));
         }
-        let users = Users::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
+        let users = Directory::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
         let mut keys = vec![config.link.tls_key.clone(), config.link.signing_key.clone()];
         keys.extend(config.api_tls.as_ref().map(|(_, key)| key.clone()));
         for key in haven_trust::owner_only::loose(&keys) {
@@ -173,17 +174,49 @@ impl Node {
     }
 }
 
+impl NodeState {
+    /// Re-reads the users file and puts it in force (what SIGHUP does), logging each change. A file
+    /// that cannot be read or parsed is refused and logged, and the people in force stay.
+    pub fn reload_users(&self) -> Result<Vec<String>, NodeError> {
+        let file = self.users.path().display().to_string();
+        match self.users.reload() {
+            Ok(changes) => {
+                for change in &changes {
+                    tracing::info!(%file, "users file: {change}");
+                }
+                tracing::info!(%file, changes = changes.len(), "users file reloaded");
+                Ok(changes)
+            }
+            Err(e) => {
+                tracing::error!(%file, error = %e, "users file refused; the people already in force stay until it is fixed and the node gets SIGHUP again");
+                Err(NodeError::Users(e.to_string()))
+            }
+        }
+    }
+}
+
 impl Node {
-    /// Serves until SIGTERM or Ctrl-C.
+    /// Serves until SIGTERM or Ctrl-C; SIGHUP re-reads the users file ([`NodeState::reload_users`]).
     pub async fn serve_until_signal(self, listener: TcpListener) -> Result<(), NodeError> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| NodeError::Tls(format!("signal handler: {e}")))?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let handler = |kind| signal(kind).map_err(|e| NodeError::Tls(format!("signal handler: {e}")));
+        let mut term = handler(SignalKind::terminate())?;
+        // Installed before the API serves, so a SIGHUP is never the default action (exit).
+        let mut hangup = handler(SignalKind::hangup())?;
+        let state = self.state.clone();
+        let reloads = tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let _ = state.reload_users();
+            }
+        });
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        self.serve(listener, shutdown).await
+        let served = self.serve(listener, shutdown).await;
+        reloads.abort();
+        served
     }
 }

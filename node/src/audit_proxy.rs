@@ -1,7 +1,10 @@
 //! The node's `Audit` service: the organization's people reach the gateway's audit API through their
 //! own node. Each call is authenticated with the person's node token and forwarded to the gateway with
 //! the person's short-lived gateway token, so the gateway decides what they may see (and records that
-//! they looked) as itself; the node adds nothing and removes nothing.
+//! they looked) as itself; the node adds nothing and removes nothing. A gateway that cannot be reached,
+//! or answers UNAVAILABLE, is reported as the `Node` service reports it ([`GatewayLink::relay`]).
+//!
+//! [`GatewayLink::relay`]: crate::link::GatewayLink::relay
 
 use std::sync::Arc;
 
@@ -29,6 +32,11 @@ impl AuditProxy {
         let out = self.state.link.request(&user.name, user.role, req.into_inner())?;
         Ok((AuditClient::new(self.state.link.channel()), out))
     }
+
+    /// A failed gateway call, as the person should see it.
+    fn relay(&self, s: Status) -> Status {
+        self.state.link.relay(s)
+    }
 }
 
 type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportChunk, Status>> + Send>>;
@@ -37,20 +45,21 @@ type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportCh
 impl Audit for AuditProxy {
     async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.query(req).await.map_err(|e| self.state.link.explained(e))
+        gw.query(req).await.map_err(|s| self.relay(s))
     }
 
     type ExportStream = ExportStream;
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        let stream = gw.export(req).await.map_err(|e| self.state.link.explained(e))?.into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        let stream = gw.export(req).await.map_err(|s| self.relay(s))?.into_inner();
+        let link = self.state.link.clone();
+        Ok(Response::new(Box::pin(futures::StreamExt::map(stream, move |chunk| chunk.map_err(|s| link.relay(s))))))
     }
 
     async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<SignedCheckpoint>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_checkpoint(req).await.map_err(|e| self.state.link.explained(e))
+        gw.get_checkpoint(req).await.map_err(|s| self.relay(s))
     }
 
     async fn get_inclusion_proof(
@@ -58,7 +67,7 @@ impl Audit for AuditProxy {
         req: Request<InclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_inclusion_proof(req).await.map_err(|e| self.state.link.explained(e))
+        gw.get_inclusion_proof(req).await.map_err(|s| self.relay(s))
     }
 
     async fn get_consistency_proof(
@@ -66,7 +75,7 @@ impl Audit for AuditProxy {
         req: Request<ConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.get_consistency_proof(req).await.map_err(|e| self.state.link.explained(e))
+        gw.get_consistency_proof(req).await.map_err(|s| self.relay(s))
     }
 
     async fn subject_access_report(
@@ -74,6 +83,6 @@ impl Audit for AuditProxy {
         req: Request<SubjectAccessRequest>,
     ) -> Result<Response<SubjectAccessResponse>, Status> {
         let (mut gw, req) = self.forward(req)?;
-        gw.subject_access_report(req).await.map_err(|e| self.state.link.explained(e))
+        gw.subject_access_report(req).await.map_err(|s| self.relay(s))
     }
 }

@@ -94,8 +94,9 @@ pub async fn register(
     let jws = state.link.signer().sign(&receipt).map_err(|e| Status::internal(e.to_string()))?;
     let mut gw = GatewayClient::new(state.link.channel());
     let req = state.link.request(&user.name, user.role, RegisterConsentRequest { receipt_jws: jws })?;
-    let sent = if renew { gw.renew_consent(req).await } else { gw.register_consent(req).await };
-    let record = sent.map_err(|e| state.link.explained(e))?.into_inner();
+    let record = if renew { gw.renew_consent(req).await } else { gw.register_consent(req).await }
+        .map_err(|s| state.link.relay(s))?
+        .into_inner();
     remember(state, &record, &receipt.subject, user).await?;
     Ok(record)
 }

@@ -7,15 +7,17 @@
 //! - [`store`]: the node's own SQLite database;
 //! - [`api`]: the `Node` service; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
-//!   forwarded to the gateway; [`cli_audit`]: `haven-node audit ...`;
-//! - [`cli`]: what people run against their node: `haven-node referral|alert|inbox|consent|whoami`.
+//!   forwarded to the gateway;
+//! - [`failure`]: why a call failed, told apart (never reached the other end, or its answer);
+//! - [`cli`]: every `haven-node` command but `serve`: what people run against their node
+//!   (`referral|alert|inbox|consent|whoami|audit`) and `users`.
 
 pub mod api;
 pub mod app;
 pub mod audit_proxy;
 pub mod cli;
-pub mod cli_audit;
 pub mod consent;
+pub mod failure;
 pub mod link;
 pub mod mailbox;
 pub mod store;

@@ -3,6 +3,10 @@
 //!
 //! Tokens are reused within their lifetime (the gateway caches verified tokens, so reuse saves both
 //! sides an ECDSA operation) and replaced a minute before they expire.
+//!
+//! Every failed call to the gateway goes through [`GatewayLink::relay`] (what the node answers its
+//! people) or [`GatewayLink::describe`] (what it logs), which tell a gateway that could not be reached
+//! from one that answered, and name the gateway's address and the cause.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,8 @@ use haven_trust::pki::{self, CertsDir};
 use haven_trust::token::{MAX_LIFETIME_SECS, OrgSigner};
 use haven_trust::untrusted::shown;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::failure;
 
 /// Why the link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +91,8 @@ fn first_der(path: &Path) -> Result<Vec<u8>, LinkError> {
 /// Minted tokens by (person, role), with their expiry.
 type TokenCache = HashMap<(String, Role), (String, i64)>;
 
-/// What the node dials and trusts, to say what a failed TLS handshake means.
+/// What the node dials and trusts, to say what a failed call means. Its `url` is named in every
+/// failure to reach the gateway.
 #[derive(Debug)]
 struct Dialing {
     url: String,
@@ -93,28 +100,15 @@ struct Dialing {
     ca_path: PathBuf,
     /// The network CA's subject, which names the network (`CN=Haven network CA 3f9a0c21, O=Haven`).
     ca_subject: String,
-    tls_cert: PathBuf,
 }
 
 impl Dialing {
-    /// The rustls error at the root of a failed call, if the TLS handshake is what failed.
-    fn tls_error(status: &tonic::Status) -> Option<&rustls::Error> {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-        while let Some(e) = next {
-            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-                return Some(tls);
-            }
-            if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref()) {
-                return Some(tls);
-            }
-            next = e.source();
-        }
-        None
-    }
-
-    /// What a handshake failure means, for the operator of this node.
-    fn explain(&self, tls: &rustls::Error) -> Option<String> {
+    /// What a handshake failure means, for the operator of this node, when this node refused the
+    /// gateway's certificate (a refusal of this node's certificate by the gateway is said by
+    /// [`failure::gateway_transport`]); `None` for any other failure.
+    fn explain(&self, cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         use rustls::CertificateError as C;
+        let tls = failure::tls_error(cause)?;
         let (url, ca) = (&self.url, self.ca_path.display());
         let what = match tls {
             rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
@@ -135,10 +129,6 @@ impl Dialing {
                     "the gateway at {url} presented a revoked certificate: the operator must install its renewed one"
                 )
             }
-            rustls::Error::AlertReceived(alert) => format!(
-                "the gateway at {url} refused this node's certificate {} (TLS alert {alert:?}): it is not from the gateway's network CA, or it is revoked or expired; check it with the operator",
-                self.tls_cert.display()
-            ),
             _ => return None,
         };
         Some(format!("{what} (TLS: {tls})"))
@@ -190,7 +180,6 @@ impl GatewayLink {
             name: config.gateway_name.clone(),
             ca_path: config.ca_cert.clone(),
             ca_subject,
-            tls_cert: config.tls_cert.clone(),
         });
         let signer = OrgSigner::new(
             config.org.clone(),
@@ -202,18 +191,45 @@ impl GatewayLink {
         Ok(GatewayLink { channel, signer, clock, tokens: Arc::new(Mutex::new(HashMap::new())), dialing })
     }
 
+    /// The gateway's address, as configured.
+    pub fn url(&self) -> &str {
+        &self.dialing.url
+    }
+
     /// What a failed call means when the TLS handshake with the gateway is what failed (the gateway's
     /// certificate is from another CA, lacks the name dialed, has expired, or the gateway refused this
     /// node's certificate), in words the operator can act on; `None` for any other failure.
     pub fn tls_failure(&self, status: &tonic::Status) -> Option<String> {
-        Dialing::tls_error(status).and_then(|tls| self.dialing.explain(tls))
+        let cause = failure::transport_failure(status)?;
+        self.dialing
+            .explain(cause)
+            .or_else(|| failure::received_alert(cause).map(|_| failure::gateway_transport(cause)))
     }
 
-    /// `status`, with its message replaced by [`GatewayLink::tls_failure`]'s when there is one.
-    pub fn explained(&self, status: tonic::Status) -> tonic::Status {
-        match self.tls_failure(&status) {
-            Some(message) => tonic::Status::new(status.code(), message),
-            None => status,
+    /// A failed gateway call as the node passes it on to the person who asked: a call that never got
+    /// an answer becomes UNAVAILABLE naming the gateway's address and the cause (a refused TLS
+    /// handshake in words), an UNAVAILABLE the gateway sent says that the gateway answered it, with
+    /// the gateway's reason, and any other answer passes through unchanged.
+    pub fn relay(&self, s: tonic::Status) -> tonic::Status {
+        if failure::transport_failure(&s).is_some() || s.code() == tonic::Code::Unavailable {
+            tonic::Status::unavailable(self.describe(&s))
+        } else {
+            s
+        }
+    }
+
+    /// A failed gateway call on one line, for the log, a pending send and the witness: `cannot reach
+    /// the gateway at URL: <cause>`, or `the gateway at URL answered <CODE>: <its reason>`. A gateway
+    /// certificate this node refused is said as [`GatewayLink::tls_failure`] says it (`the gateway at
+    /// URL presented a certificate that ...`).
+    pub fn describe(&self, s: &tonic::Status) -> String {
+        let url = &self.dialing.url;
+        match failure::transport_failure(s) {
+            Some(cause) => match self.dialing.explain(cause) {
+                Some(words) => words,
+                None => format!("cannot reach the gateway at {url}: {}", failure::gateway_transport(cause)),
+            },
+            None => format!("the gateway at {url} answered {}: {}", failure::code_name(s.code()), s.message()),
         }
     }
 

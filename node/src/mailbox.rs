@@ -212,6 +212,16 @@ pub async fn record_failure(store: &NodeStore, message_id: &str, error: &str) ->
     Ok(())
 }
 
+/// Keeps why a pending send is still waiting (the last attempt's failure), for `referral show`.
+pub async fn record_pending(store: &NodeStore, message_id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sent SET error = $1 WHERE message_id = $2 AND state = 'pending'")
+        .bind(reason)
+        .bind(message_id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
 /// Sends still waiting for the gateway, oldest first: (envelope, person, role).
 pub async fn pending_sends(store: &NodeStore) -> Result<Vec<(pb::Envelope, String, String)>, sqlx::Error> {
     let rows = sqlx::query(

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use haven_node::app::{Node, NodeConfig};
 use haven_node::link::LinkConfig;
-use haven_node::users::Users;
 use haven_trust::clock::SystemClock;
-use haven_trust::ids::{OrgId, PersonId, Role};
+use haven_trust::ids::OrgId;
 use haven_trust::pki::CertsDir;
 
 #[derive(Parser)]
@@ -33,15 +32,10 @@ enum LogFormat {
 enum Command {
     /// Connect to the gateway and serve the Node API.
     Serve(ServeArgs),
-    /// Manage the people who may use this node.
-    #[command(subcommand)]
-    Users(UsersCommand),
-    /// The people-facing commands: referral, alert, inbox, consent, whoami (see `haven_node::cli`).
+    /// Every other command: referral, alert, inbox, consent, whoami, audit and users (see
+    /// `haven_node::cli`).
     #[command(flatten)]
     People(haven_node::cli::Command),
-    /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
-    #[command(subcommand)]
-    Audit(haven_node::cli_audit::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -74,19 +68,6 @@ struct ServeArgs {
     api_key: Option<PathBuf>,
 }
 
-#[derive(Subcommand)]
-enum UsersCommand {
-    /// Add a person (or give them a new token) and print their token once.
-    Add {
-        #[arg(long, default_value = "users.toml")]
-        file: PathBuf,
-        #[arg(long)]
-        name: PersonId,
-        #[arg(long)]
-        role: Role,
-    },
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -110,12 +91,10 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             runtime.block_on(serve(args))
         }
-        Command::Users(UsersCommand::Add { file, name, role }) => add_user(&file, name, role),
         Command::People(cmd) => {
             let code = runtime.block_on(haven_node::cli::execute(&cmd, &mut std::io::stdout(), &mut std::io::stderr()));
             return ExitCode::from(code);
         }
-        Command::Audit(cmd) => runtime.block_on(haven_node::cli_audit::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,15 +121,5 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = node.bind().await?;
     tracing::info!(addr = %listener.local_addr()?, "node API listening");
     node.serve_until_signal(listener).await?;
-    Ok(())
-}
-
-fn add_user(file: &std::path::Path, name: PersonId, role: Role) -> anyhow::Result<()> {
-    let mut users =
-        if file.exists() { Users::load(file).map_err(|e| anyhow::anyhow!("{e}"))? } else { Users::default() };
-    let token = users.add(name.clone(), role);
-    users.save(file)?;
-    println!("added {name} ({role}) to {}", file.display());
-    println!("token (shown once): {token}");
     Ok(())
 }

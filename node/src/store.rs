@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_witness.sql")),
     (3, include_str!("migrations/0003_consent.sql")),
     (4, include_str!("migrations/0004_mail.sql")),
+    (5, include_str!("migrations/0005_witness_clearing.sql")),
 ];
 
 impl NodeStore {

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use std::sync::Arc;
 
 use crate::app::NodeState;
+use crate::failure;
 use crate::mailbox;
 
 /// What the node knows about its stream, for its users and for tests.
@@ -148,7 +149,11 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
     let mut client = GatewayClient::new(link.channel());
     let mut inbound = match client.deliveries(req).await {
         Ok(resp) => resp.into_inner(),
-        Err(e) => return link.tls_failure(&e).map_or_else(|| Ended::from_status(&e), Ended::Lost),
+        // Another copy of this node holding the stream is said by the gateway's ALREADY_EXISTS.
+        Err(e) if e.code() == tonic::Code::AlreadyExists && failure::transport_failure(&e).is_none() => {
+            return Ended::from_status(&e);
+        }
+        Err(e) => return Ended::Lost(link.describe(&e)),
     };
     // A frame read while draining a burst of items, to handle next.
     let mut lookahead = None;
@@ -219,7 +224,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
             }
             Ok(Some(_)) => {}
             Ok(None) => return Ended::Lost("gateway closed the stream".into()),
-            Err(e) => return Ended::Lost(format!("{}: {}", e.code(), e.message())),
+            Err(e) => return Ended::Lost(link.describe(&e)),
         }
     }
 }

@@ -12,8 +12,11 @@
 //!
 //! A newer consistent checkpoint replaces the kept one. A failure is logged with `tracing::error!`,
 //! written to `witness_alarm` and reported by `Node.WitnessStatus` from then on: a gateway that
-//! rewrote history stays caught across restarts until an operator has looked into it (and cleared the
-//! alarm rows). An unreachable gateway is reported but is not an alarm.
+//! rewrote history stays caught across restarts until an auditor has looked into it and acknowledged
+//! it ([`Witness::acknowledge`], `haven-node audit witness ack`). An `unpinned` alarm also clears itself
+//! when a later check finds the registry pinning this organization's own certificates, and no other,
+//! again (the end of a certificate rotation); a fork or a bad signature never does. A cleared alarm's
+//! row stays, with when and how it was cleared. An unreachable gateway is reported but is not an alarm.
 
 use std::sync::Arc;
 
@@ -28,6 +31,7 @@ use haven_trust::registry::Fingerprint;
 use sqlx::Row;
 use tokio::sync::{Mutex, watch};
 
+use crate::failure;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::store::NodeStore;
 
@@ -61,7 +65,8 @@ impl WitnessState {
         }
     }
 
-    /// Whether this is an alarm (kept until an operator clears it).
+    /// Whether this is an alarm (kept until an auditor acknowledges it or, for `unpinned`, the pins
+    /// say so again).
     pub fn is_alarm(self) -> bool {
         matches!(self, WitnessState::Fork | WitnessState::BadSignature | WitnessState::Unpinned)
     }
@@ -137,32 +142,25 @@ pub fn to_proto(cp: &Checkpoint) -> SignedCheckpoint {
     }
 }
 
-/// What a refused gateway call means: the gateway refusing this organization's own credentials is an
-/// alarm (its certificates were unpinned or swapped); anything else only means it could not be asked.
-fn refused(what: &str, e: &tonic::Status) -> Finding {
-    if e.code() == tonic::Code::Unauthenticated {
-        Finding::alarm(
-            WitnessState::Unpinned,
-            format!("{what}: the gateway refuses this organization's own credentials: {}", e.message()),
-        )
-    } else {
-        Finding::alarm(WitnessState::Unreachable, format!("{what}: {}: {}", e.code(), e.message()))
-    }
-}
-
 /// The outcome of one check, before it is recorded.
 struct Finding {
     state: WitnessState,
     detail: String,
     /// The checkpoint to keep as the newest, if it changes.
     keep: Option<Checkpoint>,
+    /// Whether this check found the registry pinning this organization's own certificates, and no
+    /// other: what clears a standing `unpinned` alarm.
+    pins_ok: bool,
 }
 
 impl Finding {
     fn alarm(state: WitnessState, detail: String) -> Self {
-        Finding { state, detail, keep: None }
+        Finding { state, detail, keep: None, pins_ok: false }
     }
 }
+
+/// How many characters of an acknowledgement's note are kept.
+pub const MAX_ACK_NOTE_CHARS: usize = 1000;
 
 impl Witness {
     /// A witness for the organization `config` names, keeping its state in `store`.
@@ -226,7 +224,7 @@ impl Witness {
         };
         match AuditClient::new(self.0.link.channel()).get_checkpoint(req).await {
             Ok(resp) => self.observe(resp.into_inner()).await,
-            Err(e) => self.record(refused("cannot get a checkpoint", &e)).await,
+            Err(e) => self.record(self.refused("cannot get a checkpoint", &e)).await,
         }
     }
 
@@ -301,7 +299,26 @@ impl Witness {
         if let Err(f) = self.check_pins().await {
             return Ok(f);
         }
-        Ok(Finding { state: WitnessState::Ok, detail: format!("checkpoint of size {size} verified"), keep })
+        Ok(Finding {
+            state: WitnessState::Ok,
+            detail: format!("checkpoint of size {size} verified"),
+            keep,
+            pins_ok: true,
+        })
+    }
+
+    /// What a refused gateway call means: the gateway refusing this organization's own credentials is
+    /// an alarm (its certificates were unpinned or swapped); anything else, a gateway that could not be
+    /// reached included, only means it could not be asked.
+    fn refused(&self, what: &str, e: &tonic::Status) -> Finding {
+        if e.code() == tonic::Code::Unauthenticated && failure::transport_failure(e).is_none() {
+            Finding::alarm(
+                WitnessState::Unpinned,
+                format!("{what}: the gateway refuses this organization's own credentials: {}", e.message()),
+            )
+        } else {
+            Finding::alarm(WitnessState::Unreachable, format!("{what}: {}", self.0.link.describe(e)))
+        }
     }
 
     async fn consistency(&self, first: u64, second: u64) -> Result<Vec<merkle::Hash>, Finding> {
@@ -313,7 +330,7 @@ impl Witness {
         let proof = AuditClient::new(self.0.link.channel())
             .get_consistency_proof(req)
             .await
-            .map_err(|e| refused(&format!("cannot get a consistency proof from {first} to {second}"), &e))?
+            .map_err(|e| self.refused(&format!("cannot get a consistency proof from {first} to {second}"), &e))?
             .into_inner();
         merkle::proof_from_slices(&proof.hashes).map_err(|e| {
             Finding::alarm(WitnessState::Fork, format!("malformed consistency proof from the gateway: {e}"))
@@ -329,7 +346,7 @@ impl Witness {
         let pins = GatewayClient::new(self.0.link.channel())
             .get_pins(req)
             .await
-            .map_err(|e| refused("cannot read the registry's pins", &e))?
+            .map_err(|e| self.refused("cannot read the registry's pins", &e))?
             .into_inner();
         let own = pins.orgs.iter().find(|o| o.org_id == self.0.org.as_str());
         let (tls, signing) = own.map_or((&[][..], &[][..]), |o| (&o.tls_pins[..], &o.signing_pins[..]));
@@ -375,6 +392,22 @@ impl Witness {
         } else if f.state == WitnessState::Unreachable {
             tracing::warn!(detail = %f.detail, "audit witness could not check the newest checkpoint");
         }
+        if f.pins_ok {
+            let cleared = sqlx::query(
+                "UPDATE witness_alarm SET cleared_at_micros = $1, cleared_by = 'pins' WHERE state = 'unpinned' AND cleared_at_micros IS NULL",
+            )
+            .bind(now)
+            .execute(self.0.store.pool())
+            .await;
+            match cleared {
+                Ok(done) if done.rows_affected() > 0 => tracing::info!(
+                    alarms = done.rows_affected(),
+                    "audit witness: the registry pins this organization's own certificates again, and no other; the unpinned alarm clears itself"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot clear the resolved unpinned alarm in the node database"),
+            }
+        }
         if let Some(cp) = &f.keep {
             let saved = sqlx::query(
                 "INSERT INTO witness (id, tree_size, checkpoint, checked_at_micros) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET tree_size = excluded.tree_size, checkpoint = excluded.checkpoint, checked_at_micros = excluded.checked_at_micros",
@@ -394,7 +427,7 @@ impl Witness {
                 r.latest = Some(to_proto(cp));
             }
             match &alarm {
-                // An alarm stands until an operator clears it.
+                // An alarm stands until it is acknowledged (or, unpinned, resolved by the pins).
                 Some((state, detail, at)) => (r.state, r.detail, r.checked_at_micros) = (*state, detail.clone(), *at),
                 None => (r.state, r.detail, r.checked_at_micros) = (f.state, f.detail.clone(), now),
             }
@@ -409,11 +442,41 @@ impl Witness {
         Ok(row.and_then(|r| r.try_get::<String, _>(0).ok()).and_then(|s| serde_json::from_str(&s).ok()))
     }
 
+    /// Acknowledges every standing alarm for `person`, an auditor who looked into it, with their
+    /// `note` (at most [`MAX_ACK_NOTE_CHARS`] characters are kept); then checks the gateway's newest
+    /// checkpoint at once, so the report says what holds now (a problem that persists is a new
+    /// finding). Returns how many alarms were acknowledged (0: none stood) and the report.
+    pub async fn acknowledge(&self, person: &str, note: &str) -> Result<(u64, WitnessReport), sqlx::Error> {
+        let note: String = note.chars().take(MAX_ACK_NOTE_CHARS).collect();
+        let acknowledged = {
+            let _one_at_a_time = self.0.busy.lock().await;
+            let done = sqlx::query(
+                "UPDATE witness_alarm SET cleared_at_micros = $1, cleared_by = 'ack', acked_by = $2, ack_note = $3 WHERE cleared_at_micros IS NULL",
+            )
+            .bind(self.0.clock.now_micros())
+            .bind(person)
+            .bind(&note)
+            .execute(self.0.store.pool())
+            .await?
+            .rows_affected();
+            if done > 0 {
+                tracing::warn!(%person, %note, alarms = done, "audit witness alarm acknowledged");
+            }
+            done
+        };
+        if acknowledged == 0 {
+            return Ok((0, self.report()));
+        }
+        Ok((acknowledged, self.check_now().await))
+    }
+
     /// The first alarm recorded and not cleared.
     async fn first_alarm(&self) -> Result<Option<(WitnessState, String, i64)>, sqlx::Error> {
-        let row = sqlx::query("SELECT state, detail, at_micros FROM witness_alarm ORDER BY id LIMIT 1")
-            .fetch_optional(self.0.store.pool())
-            .await?;
+        let row = sqlx::query(
+            "SELECT state, detail, at_micros FROM witness_alarm WHERE cleared_at_micros IS NULL ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(self.0.store.pool())
+        .await?;
         Ok(row.map(|r| {
             let state = match r.try_get::<String, _>("state").unwrap_or_default().as_str() {
                 "fork" => WitnessState::Fork,

@@ -1147,6 +1147,171 @@ async fn a_witnessing_node_detects_a_foreign_key_pinned_for_its_organization() {
     net.stop().await;
 }
 
+/// Runs `haven-node ARGS...` in process: (exit code, stdout, stderr).
+async fn haven_node_cli(args: &[&str]) -> (u8, String, String) {
+    let argv = std::iter::once("haven-node").chain(args.iter().copied());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = haven_node::cli::run(argv, &mut out, &mut err).await;
+    (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+/// `haven-node audit witness ARGS... --node URL --token TOKEN` as `person` at `node`.
+async fn witness_cli(node: &TestNode, person: &str, args: &[&str]) -> (u8, String, String) {
+    let url = format!("http://{}", node.addr);
+    let all: Vec<&str> = ["audit", "witness"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--node", &url, "--token", node.token(person)])
+        .collect();
+    haven_node_cli(&all).await
+}
+
+/// The witness's alarm rows: (state, cleared_by, cleared_at_micros, acked_by, ack_note).
+async fn alarm_rows(node: &TestNode) -> Vec<(String, Option<String>, Option<i64>, Option<String>, Option<String>)> {
+    sqlx::query_as("SELECT state, cleared_by, cleared_at_micros, acked_by, ack_note FROM witness_alarm ORDER BY id")
+        .fetch_all(node.state.store.pool())
+        .await
+        .unwrap()
+}
+
+/// The rotation the deployment guide describes (a new certificate by request, pinned next to the old
+/// one; the node reinstalled on it with `haven-certs install --replace` and restarted; the old one
+/// revoked and unpinned) raises `unpinned` while two certificates are pinned, and the alarm clears
+/// itself once the pins are this node's alone again: recorded as cleared by the pins, the rows kept.
+#[tokio::test]
+async fn after_a_certificate_rotation_the_unpinned_alarm_clears_itself_and_stays_as_history() {
+    let net = TestNet::start().await;
+    let org = OrgId::parse("maple-house").unwrap();
+    let files = |tls_cert: PathBuf, tls_key: PathBuf| haven_certs::InstallFiles {
+        tls_cert,
+        tls_key,
+        signing_cert: net.certs.org_signing_cert(&org),
+        signing_key: net.certs.org_signing_key(&org),
+        ca: net.certs.ca_cert(),
+        gateway_signing_cert: net.certs.gateway_signing_cert(),
+    };
+    // The organization's node runs on its own certificate folder, as `haven-certs install` lays it out.
+    let own = haven_trust::pki::CertsDir(net.dir.path().join("maple-house-certs"));
+    let old_tls = net.certs.org_tls_cert(&org);
+    haven_certs::install(&org, &files(old_tls.clone(), net.certs.org_tls_key(&org)), &own.0, false).unwrap();
+    let node_dir = net.dir.path().join("maple-house-node");
+    let start =
+        || TestNode::start_at(&node_dir, &own, net.url(), "maple-house", &[("ada", Role::Auditor)], net.clock.clone());
+    let node = start().await;
+    assert_eq!(node.state.witness.check_now().await.state, WitnessState::Ok);
+
+    // 1-3: a new request, signed, its pin added next to the old one, and the gateway reloaded.
+    let new = net.dir.path().join("rotation");
+    std::fs::create_dir_all(&new).unwrap();
+    haven_certs::make_csr(&org, haven_certs::CertKind::Tls, &new.join("tls.key"), &new.join("tls.csr")).unwrap();
+    let ca_dir = net.certs.0.as_path();
+    haven_certs::sign_csr(ca_dir, &org, &new.join("tls.csr"), haven_certs::CertKind::Tls, &new.join("tls.crt"))
+        .unwrap();
+    net.gateway.reload(None).await.unwrap();
+    let r = node.state.witness.check_now().await;
+    assert_eq!(r.state, WitnessState::Unpinned, "two certificates pinned: {}", r.detail);
+
+    // 4: installed with --replace; the node restarts on the new certificate. The old one is still
+    // pinned, and is not this node's: the alarm stands.
+    node.stop().await;
+    haven_certs::install(&org, &files(new.join("tls.crt"), new.join("tls.key")), &own.0, true).unwrap();
+    let node = start().await;
+    let r = node.state.witness.check_now().await;
+    assert_eq!(r.state, WitnessState::Unpinned, "{}", r.detail);
+    assert_eq!(witness_cli(&node, "ada", &[]).await.0, 6, "`audit witness` exits 6 while the alarm stands");
+
+    // 5: the old certificate revoked (which removes its pin) and the gateway reloaded.
+    haven_certs::revoke_cert_file(ca_dir, &old_tls).unwrap();
+    net.gateway.reload(None).await.unwrap();
+    let r = node.state.witness.check_now().await;
+    assert_eq!(r.state, WitnessState::Ok, "the pins are this node's again: {}", r.detail);
+    let (code, out, err) = witness_cli(&node, "ada", &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("state:      ok"), "{out}");
+    let rows = alarm_rows(&node).await;
+    assert!(!rows.is_empty(), "the alarms are kept as history");
+    for (state, cleared_by, cleared_at, acked_by, _) in &rows {
+        assert_eq!(state, "unpinned");
+        assert_eq!(cleared_by.as_deref(), Some("pins"), "{rows:?}");
+        assert!(cleared_at.is_some_and(|t| t > 0), "{rows:?}");
+        assert_eq!(acked_by, &None, "{rows:?}");
+    }
+    // Still so after a restart.
+    node.stop().await;
+    let node = start().await;
+    assert_ne!(node.state.witness.report().state, WitnessState::Unpinned);
+    node.stop().await;
+    net.stop().await;
+}
+
+/// A fork is a real inconsistency: it stands through later honest checks (which clear an `unpinned`
+/// alarm) and across a restart, `audit witness` exits 6 meanwhile, and only an auditor can acknowledge
+/// it, with a note; the node records who and when, keeps the row, and reports the witness out of alarm.
+#[tokio::test]
+async fn a_fork_stands_until_an_auditor_acknowledges_it() {
+    let net = TestNet::start().await;
+    some_traffic(&net).await;
+    let people = [("ada", Role::Auditor), ("casey", Role::Caseworker), ("pat", Role::PrivacyOfficer)];
+    let node = net.node("harbor", &people).await;
+    let witness = node.state.witness.clone();
+    assert_eq!(witness.check_now().await.state, WitnessState::Ok);
+    assert_eq!(witness_cli(&node, "casey", &[]).await.0, 0, "no alarm: exit 0");
+    let (code, _, err) = witness_cli(&node, "ada", &["ack", "--note", "nothing to see"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no standing alarm"), "{err}");
+
+    // The gateway's key signs a different root for a size the log has.
+    let signer =
+        CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
+            .unwrap();
+    some_traffic(&net).await;
+    net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
+    let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
+    let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
+    assert_eq!(witness.observe(witness_proto(&forked)).await.state, WitnessState::Fork);
+    // An honest check (whose pins are fine) does not clear it.
+    assert_eq!(witness.check_now().await.state, WitnessState::Fork);
+    let (code, out, err) = witness_cli(&node, "casey", &[]).await;
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(out.starts_with("state:      fork"), "{out}");
+    assert!(err.contains("the audit witness is in alarm (fork)") && err.contains("audit witness ack"), "{err}");
+
+    // Only an auditor may acknowledge it, and must say what they found.
+    for person in ["casey", "pat"] {
+        let (code, _, err) = witness_cli(&node, person, &["ack", "--note", "looked"]).await;
+        assert_eq!(code, 4, "{person}: {err}");
+        assert!(err.contains("PERMISSION_DENIED") && err.contains("needs role auditor"), "{err}");
+    }
+    let (code, _, err) = witness_cli(&node, "ada", &["ack", "--note", "  "]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+    assert_eq!(witness_cli(&node, "casey", &[]).await.0, 6, "refused acknowledgements change nothing");
+
+    let before = SystemClock.now_micros();
+    let note = "forged checkpoint from a test signer (fictional); reported to the network";
+    let (code, out, err) = witness_cli(&node, "ada", &["ack", "--note", note, "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let acked: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(acked["acknowledged"], 1, "{acked}");
+    assert_eq!(acked["state"], "ok", "checked again at once: {acked}");
+    let rows = alarm_rows(&node).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (state, cleared_by, cleared_at, acked_by, ack_note) = &rows[0];
+    assert_eq!(state, "fork");
+    assert_eq!(cleared_by.as_deref(), Some("ack"));
+    assert!(cleared_at.is_some_and(|t| t >= before), "{rows:?}");
+    assert_eq!(acked_by.as_deref(), Some("ada"));
+    assert_eq!(ack_note.as_deref(), Some(note));
+    assert_eq!(witness_cli(&node, "casey", &[]).await.0, 0, "out of alarm until a new finding");
+
+    // A new finding is a new alarm.
+    assert_eq!(witness.observe(witness_proto(&forked)).await.state, WitnessState::Fork);
+    assert_eq!(witness_cli(&node, "casey", &[]).await.0, 6);
+    assert_eq!(alarm_rows(&node).await.len(), 2);
+    node.stop().await;
+    net.stop().await;
+}
+
 #[tokio::test]
 async fn people_reach_the_audit_api_through_their_own_node() {
     let net = TestNet::start().await;
@@ -1187,7 +1352,6 @@ async fn people_reach_the_audit_api_through_their_own_node() {
 
 #[tokio::test]
 async fn the_node_cli_queries_exports_and_verifies() {
-    use haven_node::cli_audit::{AuditCommand, ClientArgs, FilterArgs, run};
     let net = TestNet::start().await;
     some_traffic(&net).await;
     let dir = net.dir.path().join("cli-node");
@@ -1213,39 +1377,56 @@ async fn the_node_cli_queries_exports_and_verifies() {
     let served = tokio::spawn(node.serve(listener, async move {
         let _ = stopped.await;
     }));
-    let client = |json| ClientArgs { node: format!("http://{addr}"), token: token.clone(), json };
+    let node_url = format!("http://{addr}");
+    let cli = |args: &[&str]| {
+        let argv: Vec<String> = ["haven-node", "audit"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .chain(
+                (args[0] != "verify")
+                    .then(|| ["--node".to_owned(), node_url.clone(), "--token".to_owned(), token.clone()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+        async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = haven_node::cli::run(argv, &mut out, &mut err).await;
+            (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+        }
+    };
 
-    run(AuditCommand::Query {
-        client: client(false),
-        filter: FilterArgs::default(),
-        page_size: 5,
-        cursor: 0,
-        all: true,
-    })
-    .await
-    .unwrap();
-    run(AuditCommand::Report { client: client(true), subject: SUBJECT.into(), controller: Some("harbor".into()) })
-        .await
-        .unwrap();
-    run(AuditCommand::Witness { client: client(false) }).await.unwrap();
+    let (code, out, err) = cli(&["query", "--page-size", "5", "--all"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SEQ") && out.contains("submitted"), "{out}");
+    let (code, out, err) = cli(&["report", "--subject", SUBJECT, "--controller", "harbor", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["controller"], "harbor");
+    let (code, out, err) = cli(&["witness"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("state:"), "{out}");
     let export = dir.join("export.jsonl");
-    run(AuditCommand::Export { client: client(false), filter: FilterArgs::default(), out: Some(export.clone()) })
-        .await
-        .unwrap();
-    let key = signing_cert(&net);
-    run(AuditCommand::Verify { export: export.clone(), key: key.clone(), checkpoints: vec![] }).await.unwrap();
-    // A bad filter value is refused with the gateway's reason.
-    let bad = FilterArgs { action: Some("peeked".into()), ..FilterArgs::default() };
-    let e = run(AuditCommand::Query { client: client(false), filter: bad, page_size: 5, cursor: 0, all: false })
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("unknown filter.action"), "{e}");
+    let export_arg = export.display().to_string();
+    let (code, _, err) = cli(&["export", "--out", &export_arg]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("wrote "), "{err}");
+    let key = signing_cert(&net).display().to_string();
+    let (code, out, err) = cli(&["verify", &export_arg, "--key", &key]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    // A bad filter value is refused with the gateway's reason, as invalid (exit 3).
+    let (code, _, err) = cli(&["query", "--action", "peeked", "--page-size", "5"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("unknown filter.action"), "{err}");
     // An edited export fails verification.
     let text =
         std::fs::read_to_string(&export).unwrap().replacen("\"outcome\":\"queued\"", "\"outcome\":\"refused\"", 1);
     std::fs::write(&export, text).unwrap();
-    let e = run(AuditCommand::Verify { export, key, checkpoints: vec![] }).await.unwrap_err();
-    assert!(e.to_string().contains("was edited"), "{e}");
+    let (code, _, err) = cli(&["verify", &export_arg, "--key", &key]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("verification FAILED") && err.contains("was edited"), "{err}");
     let _ = stop.send(());
     served.await.unwrap().unwrap();
     net.stop().await;

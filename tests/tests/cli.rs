@@ -1,4 +1,4 @@
-//! The people-facing `haven-node` commands (referral, alert, inbox, consent, whoami), run in process
+//! The `haven-node` commands (referral, alert, inbox, consent, whoami, and users), run in process
 //! through `haven_node::cli::run` (the binary's own code path) against real nodes and a real gateway
 //! over mTLS: what they print, as tables and as JSON lines, and what their exit codes mean.
 //!
@@ -573,4 +573,219 @@ async fn plain_http_to_another_machine_is_refused_before_any_token_is_sent() {
         let r = haven_node(&["inbox", "--node", url, "--token", "t"]).await;
         assert_eq!(r.code, 5, "loopback over http is allowed, and unreachable here: {r:?}");
     }
+}
+
+/// A send the gateway does not take stays pending, and says why: the gateway answered UNAVAILABLE
+/// (here, its database is gone) with its reason, or it could not be reached at all (here, it is
+/// stopped), with its address and the cause. Other commands relayed by the node say the same.
+#[tokio::test]
+async fn a_pending_send_says_whether_the_gateway_answered_unavailable_or_could_not_be_reached() {
+    let net = TestNet::start().await;
+    let gateway = net.url();
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent_id, subject) = record_housing_consent(&harbor).await;
+    let send = |json: bool| {
+        let (consent_id, subject) = (consent_id.clone(), subject.clone());
+        let harbor = &harbor;
+        async move {
+            let mut args = vec![
+                "referral",
+                "send",
+                "--to",
+                "maple-house",
+                "--purpose",
+                "housing",
+                "--subject",
+                &subject,
+                "--consent",
+                &consent_id,
+                "-f",
+                "urgency=high",
+                "-f",
+                "safe_to_contact_by=through_caseworker",
+            ];
+            if json {
+                args.push("--json");
+            }
+            as_person(harbor, "casey", &args).await
+        }
+    };
+
+    net.gateway.0.store.close().await;
+    let r = send(false).await;
+    assert_eq!(r.code, 0, "a pending send is accepted by the node: {r:?}");
+    let answered =
+        format!("is pending: the gateway at {gateway} answered UNAVAILABLE: the gateway's database is unavailable");
+    assert!(r.out.contains(&answered), "{r:?}");
+    assert!(!r.out.contains("could not be reached"), "the gateway was reached: {r:?}");
+    let id = r.out.split_whitespace().nth(1).unwrap().to_owned();
+    let shown = as_person(&harbor, "casey", &["referral", "show", &id]).await;
+    assert!(shown.out.contains("waiting:") && shown.out.contains("answered UNAVAILABLE"), "{shown:?}");
+    let listed = as_person(&harbor, "casey", &["consent", "list"]).await;
+    assert_eq!(listed.code, 5, "{listed:?}");
+    assert!(
+        listed.err.contains(&format!("the gateway at {gateway} answered UNAVAILABLE: the gateway's database")),
+        "{listed:?}"
+    );
+
+    // The same organization's node, pointed at a port where no gateway listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("https://localhost:{port}");
+    let cut_off = TestNode::start_at(
+        &net.dir.path().join("cut-off"),
+        &net.certs,
+        nowhere.clone(),
+        "harbor",
+        &[("casey", Role::Caseworker)],
+        std::sync::Arc::new(haven_trust::clock::SystemClock),
+    )
+    .await;
+    let r = as_person(
+        &cut_off,
+        "casey",
+        &["referral", "send", "--to", "maple-house", "--purpose", "housing", "-f", "urgency=high", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sent = r.one();
+    assert_eq!(sent["state"], "pending");
+    let reason = sent["pending_reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("cannot reach the gateway at {nowhere}: ")), "{reason}");
+    assert!(reason.contains("tcp connect error") && reason.to_lowercase().contains("connection refused"), "{reason}");
+    let who = as_person(&cut_off, "casey", &["whoami"]).await;
+    assert_eq!(who.code, 5, "{who:?}");
+    assert!(who.err.contains(&format!("cannot reach the gateway at {nowhere}: tcp connect error")), "{who:?}");
+    cut_off.stop().await;
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// `users remove|disable|enable` edit the users file, say what they did and that a running node applies
+/// it on SIGHUP; a person the file does not list exits 3 (not found) and changes nothing. Once the node
+/// re-reads the file (what SIGHUP does), the removed and the disabled person are refused, and enabling
+/// gives the person back their own token.
+#[tokio::test]
+async fn users_remove_disable_and_enable_edit_the_file_and_a_reload_puts_it_in_force() {
+    let net = TestNet::start().await;
+    let harbor =
+        net.node("harbor", &[("casey", Role::Caseworker), ("sam", Role::Caseworker), ("lee", Role::Liaison)]).await;
+    let file = harbor.state.users.path().display().to_string();
+    let users = |args: &[&str]| {
+        let all: Vec<String> =
+            std::iter::once("users").chain(args.iter().copied()).chain(["--file", &file]).map(str::to_owned).collect();
+        async move { haven_node(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let listed = || {
+        let users = haven_node::users::Users::load(harbor.state.users.path()).unwrap();
+        users.user.iter().map(|u| (u.name.to_string(), u.disabled)).collect::<Vec<_>>()
+    };
+    let before = std::fs::read(harbor.state.users.path()).unwrap();
+
+    // Unknown names: exit 3, the file untouched.
+    for verb in ["remove", "disable", "enable"] {
+        let r = users(&[verb, "nobody"]).await;
+        assert_eq!(r.code, 3, "{verb}: {r:?}");
+        assert!(r.err.contains(&format!("no person `nobody` in {file} (it lists: casey, sam, lee)")), "{r:?}");
+    }
+    assert_eq!(std::fs::read(harbor.state.users.path()).unwrap(), before, "a refused command changes nothing");
+    let missing = haven_node(&["users", "remove", "sam", "--file", "/nonexistent/users.toml"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.err.contains("/nonexistent/users.toml"), "{missing:?}");
+
+    let r = users(&["remove", "sam"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("removed sam (caseworker) from {file}; a running node applies")), "{r:?}");
+    assert!(r.out.contains("SIGHUP"), "{r:?}");
+    let r = users(&["disable", "casey"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("disabled casey in {file}; ")) && r.out.contains("SIGHUP"), "{r:?}");
+    let again = users(&["disable", "casey"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.out.contains("casey is already disabled"), "{again:?}");
+    assert_eq!(listed(), [("casey".to_owned(), true), ("lee".to_owned(), false)]);
+
+    // Not in force until the node re-reads the file.
+    assert_eq!(as_person(&harbor, "sam", &["inbox"]).await.code, 0);
+    harbor.state.reload_users().expect("the edited file is valid");
+    let sam = as_person(&harbor, "sam", &["inbox"]).await;
+    assert_eq!(sam.code, 4, "{sam:?}");
+    let casey = as_person(&harbor, "casey", &["inbox"]).await;
+    assert_eq!(casey.code, 4, "{casey:?}");
+    assert!(casey.err.contains("`casey` is disabled"), "{casey:?}");
+    assert_eq!(as_person(&harbor, "lee", &["inbox"]).await.code, 0);
+
+    let r = users(&["enable", "casey"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("enabled casey in {file}; ")), "{r:?}");
+    harbor.state.reload_users().expect("the edited file is valid");
+    assert_eq!(as_person(&harbor, "casey", &["inbox"]).await.code, 0, "casey's own token works again");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// Every command family exits with the code the README's table promises: 5 when the node cannot be
+/// reached; 4 when the gateway refuses the person (a caseworker reading the audit log); and, with the
+/// gateway stopped, 5 for what needs the gateway, 0 for a send (kept pending) and for what the node
+/// answers from its own records (the inbox, sent messages, the witness's report).
+#[tokio::test]
+async fn every_command_family_exits_as_the_readme_promises_when_the_node_or_the_gateway_fails() {
+    let mut net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let some_id = "0190a5f1-0000-7000-8000-000000000000";
+    let export = net.dir.path().join("export.jsonl").display().to_string();
+    let referral = ["referral", "send", "--to", "maple-house", "--purpose", "housing", "-f", "urgency=high"];
+    let alert =
+        ["alert", "send", "--all", "-f", "incident_type=suspicious_recruitment", "-f", "number_of_people:int=3"];
+    let audit_query = ["audit", "query"];
+    let audit_export = ["audit", "export", "--out", &export];
+    let audit_report = ["audit", "report", "--subject", "s-1", "--controller", "harbor"];
+    let audit_checkpoint = ["audit", "checkpoint"];
+    // (command, exit code with the gateway stopped)
+    let families: [(&[&str], u8); 13] = [
+        (&["whoami"], 5),
+        (&referral, 0),
+        (&alert, 0),
+        (&["inbox"], 0),
+        (&["referral", "list"], 0),
+        (&["referral", "accept", some_id, "--sender", "maple-house"], 5),
+        (&["consent", "list"], 5),
+        (&["consent", "show", some_id], 5),
+        (&audit_query, 5),
+        (&audit_export, 5),
+        (&audit_report, 5),
+        (&audit_checkpoint, 5),
+        (&["audit", "witness"], 0),
+    ];
+
+    // (a) Nothing listens at the node's address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    for (args, _) in &families {
+        let all: Vec<&str> = args.iter().copied().chain(["--node", &nowhere, "--token", "t"]).collect();
+        let r = haven_node(&all).await;
+        assert_eq!(r.code, 5, "{args:?} against a stopped node: {r:?}");
+        assert!(r.err.starts_with("haven-node: cannot reach the node at "), "{args:?}: {r:?}");
+    }
+
+    // (b) The gateway refuses the person: a caseworker may not read the audit log (its checkpoints are
+    // every node's to witness).
+    for args in [&audit_query[..], &audit_export, &audit_report] {
+        let r = as_person(&harbor, "casey", args).await;
+        assert_eq!(r.code, 4, "{args:?} as a caseworker: {r:?}");
+        assert!(r.err.starts_with("haven-node: not permitted (PERMISSION_DENIED): "), "{args:?}: {r:?}");
+    }
+
+    // (c) The gateway is stopped; the node keeps running.
+    net.stop_keeping_files().await;
+    for (args, code) in &families {
+        let r = as_person(&harbor, "casey", args).await;
+        assert_eq!(r.code, *code, "{args:?} with the gateway stopped: {r:?}");
+        if *code == 5 {
+            assert!(r.err.contains("(UNAVAILABLE): cannot reach the gateway at "), "{args:?}: {r:?}");
+        }
+    }
+    let sent = as_person(&harbor, "casey", &["referral", "list", "--json"]).await;
+    assert!(sent.json().iter().all(|m| m["state"] == "pending"), "the sends wait: {sent:?}");
+    harbor.stop().await;
+    net.stop().await;
 }

@@ -508,3 +508,15 @@ async fn the_audit_log_refuses_update_and_delete() {
     assert!(del.unwrap_err().to_string().contains("append-only"));
     assert_eq!(audit::read_range(store.pool(), 0, 1).await.unwrap().len(), 1);
 }
+
+/// A gateway that starts shutting down while no delivery stream is open (its nodes are between two
+/// attempts) still records that it is closing, so a stream a node opens while the server drains its
+/// connections sees it and ends at once, instead of holding the shutdown up forever.
+#[tokio::test]
+async fn a_gateway_shutting_down_with_no_stream_open_still_closes_the_streams_opened_after() {
+    let mut net = TestNet::start().await;
+    let gateway = net.gateway.clone();
+    assert_eq!(gateway.0.closing.receiver_count(), 0, "no stream is open");
+    tokio::time::timeout(Duration::from_secs(20), net.stop_keeping_files()).await.expect("stops within 20 s");
+    assert!(*gateway.0.closing.subscribe().borrow(), "a stream subscribing now sees the gateway closing");
+}

@@ -109,3 +109,31 @@ async fn new_checkpoints_reach_the_node_over_its_stream_and_are_witnessed() {
     node.stop().await;
     net.stop().await;
 }
+
+/// A node whose TLS certificate was revoked (and the gateway reloaded) is refused at the handshake; the
+/// node says so, with the gateway's address, in its stream's error (what it logs) and in what it answers
+/// its people: UNAVAILABLE, the gateway refused this node's certificate, check the gateway's log.
+#[tokio::test]
+async fn a_node_whose_certificate_was_revoked_says_the_gateway_refused_it_at_the_handshake() {
+    let net = TestNet::start().await;
+    haven_certs::revoke(net.certs.0.as_path(), &OrgId::parse("harbor").unwrap(), haven_certs::CertKind::Tls).unwrap();
+    net.gateway.reload(None).await.unwrap();
+    let node = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let refused = "the gateway refused this node's certificate during the TLS handshake";
+    let mut stream_state = node.state.stream.clone();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stream_state.wait_for(|s| !s.last_error.is_empty()))
+        .await
+        .expect("the stream fails within 20 s")
+        .unwrap()
+        .last_error
+        .clone();
+    assert!(ended.contains(refused), "{ended}");
+    assert!(ended.contains(&format!("cannot reach the gateway at {}", net.url())), "{ended}");
+    assert!(ended.contains("check the gateway's log and this organization's certificate"), "{ended}");
+
+    let err = node.client().await.who_am_i(node.as_person("casey", WhoAmIRequest {})).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(refused) && err.message().contains(&net.url()), "{}", err.message());
+    node.stop().await;
+    net.stop().await;
+}

@@ -8,7 +8,8 @@ use haven_proto::v1::node_client::NodeClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use super::error::{CliError, chain};
+use super::error::CliError;
+use crate::failure::chain;
 
 /// How to reach your node, and how to print what it says. Every people-facing command takes these.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,8 +19,10 @@ pub struct ClientArgs {
     pub node: http::Uri,
     /// Your node token, from `haven-node users add`. Prefer the HAVEN_TOKEN variable: an argument is
     /// visible to other users of this machine in the process list.
-    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// (Required; an `Option` only so that a command whose subcommand takes these arguments itself,
+    /// `audit witness ack`, does not need them twice.)
+    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true, required = true)]
+    pub token: Option<String>,
     /// For an https:// node: the PEM certificate its API certificate chains to.
     #[arg(long, env = "HAVEN_NODE_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -53,6 +56,7 @@ fn node_url(s: &str) -> Result<http::Uri, String> {
 
 /// A signed-in connection to the node.
 pub struct Session {
+    channel: Channel,
     node: NodeClient<Channel>,
     bearer: MetadataValue<Ascii>,
 }
@@ -60,7 +64,11 @@ pub struct Session {
 impl Session {
     /// Connects to the node named by `args` (failing fast when nothing listens there).
     pub async fn open(args: &ClientArgs) -> Result<Session, CliError> {
-        let bearer = format!("Bearer {}", args.token)
+        let token = args
+            .token
+            .as_deref()
+            .ok_or_else(|| CliError::Usage("give your node token: --token or HAVEN_TOKEN".into()))?;
+        let bearer = format!("Bearer {token}")
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| CliError::Usage("the token has characters a header cannot carry; copy it again".into()))?;
         let mut endpoint = Endpoint::from(args.node.clone()).connect_timeout(Duration::from_secs(10));
@@ -78,12 +86,17 @@ impl Session {
             .connect()
             .await
             .map_err(|e| CliError::Unreachable { node: args.node.to_string(), detail: chain(&e) })?;
-        Ok(Session { node: NodeClient::new(channel), bearer })
+        Ok(Session { node: NodeClient::new(channel.clone()), channel, bearer })
     }
 
     /// A client of the node's API (cheap: clones share the connection).
     pub fn client(&self) -> NodeClient<Channel> {
         self.node.clone()
+    }
+
+    /// The connection to the node, for a client of its other services (Audit).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// `msg` as a request signed in as the token's person.

@@ -3,13 +3,16 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success (a send whose recipients were all denied is still a success: the reply says why) |
-//! | 1 | anything else |
+//! | 1 | anything else (an export that fails `audit verify`, a file that cannot be read or written) |
 //! | 2 | usage error: the command line is wrong |
-//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`) |
+//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), or what the command names does not exist (`users remove` of a person the file does not list) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
-//! | 5 | unavailable: the node or the gateway behind it cannot be reached (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
+//! | 5 | unavailable: the node or the gateway behind it cannot be reached, or answers UNAVAILABLE (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
+//! | 6 | the audit witness reports an alarm (`audit witness`, and `audit witness ack` when the problem persists) |
 
 use tonic::Code;
+
+use crate::failure::{self, code_name};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -17,22 +20,27 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the command line is wrong (clap uses the same code).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the node or the gateway refused the request as invalid.
+/// Exit code: the node or the gateway refused the request as invalid, or what the command names does not
+/// exist.
 pub const EXIT_REFUSED: u8 = 3;
 /// Exit code: not signed in, or not permitted.
 pub const EXIT_DENIED: u8 = 4;
 /// Exit code: the node or the gateway cannot be reached.
 pub const EXIT_UNAVAILABLE: u8 = 5;
+/// Exit code: the node's audit witness reports an alarm.
+pub const EXIT_WITNESS_ALARM: u8 = 6;
 
 /// The exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (a send whose recipients were denied still succeeds; the output says why)
   2  usage error
-  3  refused as invalid by the node or gateway (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND)
+  3  refused as invalid by the node or gateway (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND),
+     or not found (a person the users file does not list)
   4  not signed in or not permitted (UNAUTHENTICATED, PERMISSION_DENIED)
   5  unavailable: the node or the gateway cannot be reached
-  1  anything else";
+  6  the audit witness reports an alarm (audit witness)
+  1  anything else (an export that fails `audit verify`, a file that cannot be read or written)";
 
 /// Why a people-facing command failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +49,23 @@ pub enum CliError {
     /// header, an https node without `--ca`.
     #[error("{0}")]
     Usage(String),
+    /// What the command names does not exist (a person the users file does not list).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A local file could not be read, parsed or written (the users file, an export's output).
+    #[error("{0}")]
+    File(String),
+    /// An audit export did not verify (`audit verify`), or could not be read to be verified.
+    #[error("verification FAILED: {0}")]
+    Verification(String),
     /// No connection to the node could be made at all.
     #[error(
         "cannot reach the node at {node}: {detail} (is `haven-node serve` running there? check --node or HAVEN_NODE)"
     )]
     Unreachable { node: String, detail: String },
+    /// The connection to the node failed during the call: the node never answered it.
+    #[error("the node did not answer: {0} (is `haven-node serve` still running? check its log)")]
+    NodeLost(String),
     /// The node, or the gateway behind it, answered with an error status.
     #[error("{what} ({code}): {message}", what = meaning(.0.code()), code = code_name(.0.code()), message = .0.message())]
     Status(tonic::Status),
@@ -55,6 +75,11 @@ pub enum CliError {
     /// The node sent something this command cannot read (a version mismatch or a damaged record).
     #[error("the node sent an answer this command cannot read: {0}")]
     Answer(String),
+    /// The node's audit witness reports an alarm: its report is printed, and the command fails.
+    #[error(
+        "the audit witness is in alarm ({state}): {detail}; once an auditor has looked into it: `haven-node audit witness ack --note \"...\"` (an `unpinned` alarm also clears itself when the registry pins this organization's own certificates, and no other, again)"
+    )]
+    WitnessAlarm { state: String, detail: String },
     /// The output could not be written (a closed pipe, a full disk).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -62,7 +87,11 @@ pub enum CliError {
 
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
-        CliError::Status(s)
+        // A status made on this side from a transport failure is not the node's answer.
+        match failure::transport_failure(&s) {
+            Some(cause) => CliError::NodeLost(failure::chain(cause)),
+            None => CliError::Status(s),
+        }
     }
 }
 
@@ -71,14 +100,16 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Unreachable { .. } | CliError::WatchEnded => EXIT_UNAVAILABLE,
+            CliError::NotFound(_) => EXIT_REFUSED,
+            CliError::Unreachable { .. } | CliError::NodeLost(_) | CliError::WatchEnded => EXIT_UNAVAILABLE,
             CliError::Status(s) => match s.code() {
                 Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => EXIT_REFUSED,
                 Code::Unauthenticated | Code::PermissionDenied => EXIT_DENIED,
                 Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
                 _ => EXIT_FAILED,
             },
-            CliError::Answer(_) | CliError::Output(_) => EXIT_FAILED,
+            CliError::WitnessAlarm { .. } => EXIT_WITNESS_ALARM,
+            CliError::Answer(_) | CliError::Output(_) | CliError::File(_) | CliError::Verification(_) => EXIT_FAILED,
         }
     }
 }
@@ -94,44 +125,6 @@ fn meaning(code: Code) -> &'static str {
     }
 }
 
-/// The canonical gRPC name of a status code, as `grpcurl` and the gRPC docs spell it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// An error and every cause under it, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +138,15 @@ mod tests {
         assert_eq!(code(Code::PermissionDenied), EXIT_DENIED);
         assert_eq!(code(Code::Unavailable), EXIT_UNAVAILABLE);
         assert_eq!(code(Code::Internal), EXIT_FAILED);
+    }
+
+    #[test]
+    fn a_status_made_from_a_lost_connection_is_not_the_nodes_answer() {
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let e = CliError::from(lost);
+        assert!(matches!(e, CliError::NodeLost(_)), "{e:?}");
+        assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
+        assert_eq!(CliError::from(tonic::Status::unknown("x")).exit_code(), EXIT_FAILED);
     }
 
     #[test]

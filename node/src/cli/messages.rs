@@ -113,8 +113,11 @@ pub struct OutcomeRow {
 #[derive(Debug, Serialize)]
 pub struct SendRow {
     pub message_id: String,
-    /// submitted (the gateway answered) or pending (it could not be reached; the node retries).
+    /// submitted (the gateway answered) or pending (the gateway could not be reached, or answered that
+    /// it cannot take the message now; the node retries).
     pub state: String,
+    /// For a pending message, which of the two it was, with the gateway's address or its reason.
+    pub pending_reason: String,
     pub bundle_version: String,
     pub outcomes: Vec<OutcomeRow>,
 }
@@ -143,7 +146,8 @@ pub struct SentRow {
     /// pending, submitted or failed.
     pub state: String,
     pub created_at: String,
-    /// Why the gateway refused it as a whole, for a failed send.
+    /// Why the gateway refused it as a whole, for a failed send; why it is still waiting, for a
+    /// pending one.
     pub error: String,
     pub recipients: Vec<RecipientRow>,
 }
@@ -203,6 +207,7 @@ fn send_row(r: SendResponse) -> SendRow {
         outcomes: r.outcomes.iter().map(outcome_row).collect(),
         message_id: r.message_id,
         state: r.state,
+        pending_reason: r.pending_reason,
         bundle_version: r.bundle_version,
     }
 }
@@ -251,9 +256,11 @@ pub async fn send(
     if row.state == "pending" {
         writeln!(
             out,
-            "{kind} {id} is pending: the gateway could not be reached. The node keeps it in its outbox and \
-             retries with the same message id; follow it with `haven-node {kind} show {id}`.",
-            id = row.message_id
+            "{kind} {id} is pending: {why}. The node keeps it in its outbox and retries with the same message \
+             id; follow it with `haven-node {kind} show {id}`.",
+            id = row.message_id,
+            why =
+                if row.pending_reason.is_empty() { "the gateway has not accepted it yet" } else { &row.pending_reason },
         )?;
         return Ok(());
     }
@@ -303,10 +310,10 @@ pub async fn list(args: &ListArgs, out: Out<'_>, kind: Kind) -> Result<(), CliEr
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                if m.state == "pending" {
-                    "waiting for the gateway; the node retries".into()
-                } else {
-                    output::or_dash(&m.error)
+                match (m.state.as_str(), m.error.is_empty()) {
+                    ("pending", true) => "waiting for the gateway; the node retries".into(),
+                    ("pending", false) => format!("waiting ({}); the node retries", m.error),
+                    _ => output::or_dash(&m.error),
                 },
             ]);
         }
@@ -350,11 +357,11 @@ pub async fn show(args: &ShowArgs, out: Out<'_>) -> Result<(), CliError> {
                     ("purpose", m.purpose.clone()),
                     ("state", m.state.clone()),
                     ("created", m.created_at.clone()),
-                    ("refused", m.error.clone()),
+                    (if m.state == "pending" { "waiting" } else { "refused" }, m.error.clone()),
                 ],
             )?;
             if m.state == "pending" {
-                writeln!(out, "the gateway has not answered yet; the node retries with the same message id")?;
+                writeln!(out, "the gateway has not accepted it yet; the node retries with the same message id")?;
             }
             let mut table = Table::new(&["RECIPIENT", "STATUS", "BY", "UPDATED", "CODE", "REASON"]);
             for r in &m.recipients {

@@ -1,9 +1,11 @@
-//! What an organization's people run: `haven-node referral|alert|inbox|consent|whoami`, each a client
+//! What an organization's people run: `haven-node referral|alert|inbox|consent|whoami|audit`, each a client
 //! of their own running node's API (`--node`, default http://127.0.0.1:7600, or HAVEN_NODE), signed
-//! in with their node token (`--token` or HAVEN_TOKEN).
+//! in with their node token (`--token` or HAVEN_TOKEN); and what its administrator runs beside the
+//! node: `haven-node users` ([`users`]), which edits the users file.
 //!
 //! - [`referral`], [`alert`]: sending and answering messages, over the shared [`messages`] code;
 //! - [`inbox`]: what arrived, and `--watch`; [`consent`]: recording, renewing and revoking consent;
+//! - [`audit`]: the audit log, subject access reports, checkpoints and the witness;
 //! - [`client`]: connecting and signing in; [`error`]: failures and their exit codes;
 //! - [`fields`], [`dates`]: command-line syntax for field values and dates; [`output`]: tables and
 //!   JSON lines.
@@ -12,6 +14,7 @@
 //! the binary does.
 
 pub mod alert;
+pub mod audit;
 pub mod client;
 pub mod consent;
 pub mod dates;
@@ -21,6 +24,7 @@ pub mod inbox;
 pub mod messages;
 pub mod output;
 pub mod referral;
+pub mod users;
 pub mod whoami;
 
 use std::ffi::OsString;
@@ -28,8 +32,9 @@ use std::ffi::OsString;
 use error::{CliError, EXIT_CODES_HELP, EXIT_OK};
 use output::Out;
 
-/// The people-facing subcommands. `haven-node`'s own parser flattens these in beside `serve` and
-/// `users`.
+/// Every subcommand but `serve`: the people-facing ones, `audit`, and `users` for the node's
+/// administrator.
+/// `haven-node`'s own parser flattens these in beside `serve`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Send, follow and answer referrals.
@@ -47,6 +52,12 @@ pub enum Command {
     /// Show who you are signed in as, as the gateway sees it.
     #[command(after_help = EXIT_CODES_HELP)]
     Whoami(client::ClientArgs),
+    /// Manage the people who may use this node (its users file).
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Users(users::UsersCommand),
+    /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Audit(audit::AuditCommand),
 }
 
 /// The same commands as a parser of their own, for [`run`].
@@ -82,6 +93,8 @@ pub async fn execute(cmd: &Command, out: Out<'_>, err: Out<'_>) -> u8 {
         Command::Inbox(a) => inbox::run(a, out, err).await,
         Command::Consent(c) => consent::run(c, out).await,
         Command::Whoami(a) => whoami::run(a, out).await,
+        Command::Users(c) => users::run(c, out),
+        Command::Audit(c) => audit::run(c, out, err).await,
     };
     let _ = out.flush();
     match result {

@@ -1,5 +1,6 @@
 //! `haven-node audit query|export|report|checkpoint|witness|verify`: the audit API from the command line,
-//! through the person's own node. Human tables by default, `--json` for scripts.
+//! through the person's own node. Human tables by default, `--json` for scripts. Failures print and
+//! exit like every other `haven-node` command ([`super::error`]).
 //!
 //! `verify` runs offline: it needs only the export and the gateway's signing certificate (it is the same
 //! code as `haven-gateway audit verify`). `checkpoint --json` writes a checkpoint file that `verify
@@ -8,19 +9,19 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, anyhow};
 use haven_proto::v1::audit_client::AuditClient;
-use haven_proto::v1::node_client::NodeClient;
 use haven_proto::v1::{
-    AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest, GetCheckpointRequest,
-    SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest,
+    AcknowledgeWitnessAlarmRequest, AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest,
+    GetCheckpointRequest, SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest, WitnessStatusResponse,
 };
 use haven_trust::audit::{AuditEntry, Encoding};
 use haven_trust::export::{ConsistencyLine, Line};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tonic::transport::Channel;
 
+use super::client::{ClientArgs, Session};
+use super::error::CliError;
+use super::output::{Out, or_dash, write_rows};
 use crate::witness::from_proto;
 
 /// The `audit` subcommands.
@@ -75,10 +76,14 @@ pub enum AuditCommand {
         #[arg(long)]
         consistency_from: Option<u64>,
     },
-    /// What this node's witness has seen of the audit log.
+    /// What this node's witness has seen of the audit log; exits 6 while an alarm stands. `ack`
+    /// acknowledges it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Witness {
         #[command(flatten)]
         client: ClientArgs,
+        #[command(subcommand)]
+        action: Option<WitnessAction>,
     },
     /// Verify an export offline with the gateway's signing certificate.
     Verify {
@@ -93,18 +98,19 @@ pub enum AuditCommand {
     },
 }
 
-/// How to reach your node.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ClientArgs {
-    /// The node's API address.
-    #[arg(long, env = "HAVEN_NODE", default_value = "http://127.0.0.1:7600")]
-    pub node: String,
-    /// Your node token.
-    #[arg(long, env = "HAVEN_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+/// What an auditor does about the witness.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WitnessAction {
+    /// Acknowledge the standing alarm once you have looked into it (role auditor): the node records
+    /// you, the time and your note beside it, then checks the gateway again; a problem that persists
+    /// is a new alarm.
+    Ack {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What you found (kept with the alarm, at most 1000 characters).
+        #[arg(long)]
+        note: String,
+    },
 }
 
 /// The audit filter. Times are RFC 3339 (`2025-06-01T00:00:00Z`) or microseconds since the epoch.
@@ -139,13 +145,17 @@ pub struct FilterArgs {
     pub consent_id: Option<String>,
 }
 
-fn micros(s: &str) -> anyhow::Result<i64> {
+fn micros(s: &str) -> Result<i64, CliError> {
     if let Ok(m) = s.parse::<i64>() {
         return Ok(m);
     }
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| anyhow!("`{s}` is neither RFC 3339 (2025-06-01T00:00:00Z) nor microseconds since the epoch"))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| anyhow!("`{s}` is out of range"))
+    let shown = haven_trust::untrusted::shown(s);
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        CliError::Usage(format!(
+            "`{shown}` is neither RFC 3339 (2025-06-01T00:00:00Z) nor microseconds since the epoch"
+        ))
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| CliError::Usage(format!("`{shown}` is out of range")))
 }
 
 fn when(micros: i64) -> String {
@@ -156,7 +166,7 @@ fn when(micros: i64) -> String {
 }
 
 impl FilterArgs {
-    fn to_proto(&self) -> anyhow::Result<AuditFilter> {
+    fn to_proto(&self) -> Result<AuditFilter, CliError> {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
         Ok(AuditFilter {
             from_micros: self.from.as_deref().map(micros).transpose()?.unwrap_or(0),
@@ -171,29 +181,6 @@ impl FilterArgs {
             consent_id: s(&self.consent_id),
         })
     }
-}
-
-impl ClientArgs {
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        tonic::transport::Endpoint::from_shared(self.node.clone())
-            .map_err(|_| anyhow!("`{}` is not a valid node address", self.node))?
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.node))
-    }
-
-    fn request<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().map_err(|_| anyhow!("the token is not a valid header value"))?,
-        );
-        Ok(req)
-    }
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 /// The serde form of a wire entry.
@@ -226,54 +213,41 @@ fn entry(e: &haven_proto::v1::AuditEntry) -> AuditEntry {
     }
 }
 
-/// Prints rows as a table with a header, columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+/// Writes rows as a table under a header, columns padded to their widest cell.
+fn table(out: Out<'_>, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+    let all: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect()).chain(rows).collect();
+    write_rows(out, &all)
 }
 
-fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_owned() }
-}
-
-/// Runs an `audit` subcommand.
-pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+/// Runs an `audit` subcommand, writing what it prints to `out` and notes to `err`.
+pub async fn run(cmd: &AuditCommand, out: Out<'_>, err: Out<'_>) -> Result<(), CliError> {
     match cmd {
         AuditCommand::Query { client, filter, page_size, cursor, all } => {
-            query(&client, &filter, page_size, cursor, all).await
+            query(client, filter, *page_size, *cursor, *all, out).await
         }
-        AuditCommand::Export { client, filter, out } => export(&client, &filter, out).await,
-        AuditCommand::Report { client, subject, controller } => report(&client, subject, controller).await,
+        AuditCommand::Export { client, filter, out: file } => export(client, filter, file.as_ref(), out, err).await,
+        AuditCommand::Report { client, subject, controller } => report(client, subject, controller, out).await,
         AuditCommand::Checkpoint { client, refresh, consistency_from } => {
-            checkpoint(&client, refresh, consistency_from).await
+            checkpoint(client, *refresh, *consistency_from, out).await
         }
-        AuditCommand::Witness { client } => witness(&client).await,
+        AuditCommand::Witness { client, action: None } => witness(client, out).await,
+        AuditCommand::Witness { action: Some(WitnessAction::Ack { client, note }), .. } => {
+            acknowledge(client, note, out).await
+        }
         AuditCommand::Verify { export, key, checkpoints } => {
-            let summary = haven_trust::export::verify_files(&export, &key, &checkpoints)
-                .map_err(|e| anyhow!("verification FAILED: {e}"))?;
-            println!("{}", summary.describe());
+            let summary = haven_trust::export::verify_files(export, key, checkpoints)
+                .map_err(|e| CliError::Verification(e.to_string()))?;
+            writeln!(out, "{}", summary.describe())?;
             Ok(())
         }
     }
+}
+
+/// A signed-in session and an Audit client over its connection.
+async fn audit_client(client: &ClientArgs) -> Result<(Session, AuditClient<tonic::transport::Channel>), CliError> {
+    let session = Session::open(client).await?;
+    let audit = AuditClient::new(session.channel());
+    Ok((session, audit))
 }
 
 async fn query(
@@ -282,15 +256,15 @@ async fn query(
     page_size: u32,
     mut cursor: u64,
     all: bool,
-) -> anyhow::Result<()> {
-    let mut audit = AuditClient::new(client.channel().await?);
+    out: Out<'_>,
+) -> Result<(), CliError> {
     let filter = filter.to_proto()?;
+    let (s, mut audit) = audit_client(client).await?;
     let mut entries = Vec::new();
     let next = loop {
         let resp = audit
-            .query(client.request(AuditQueryRequest { filter: Some(filter.clone()), page_size, cursor })?)
-            .await
-            .map_err(status)?
+            .query(s.signed(AuditQueryRequest { filter: Some(filter.clone()), page_size, cursor }))
+            .await?
             .into_inner();
         entries.extend(resp.entries);
         if !all || resp.next_cursor == 0 {
@@ -300,7 +274,7 @@ async fn query(
     };
     if client.json {
         let list: Vec<AuditEntry> = entries.iter().map(entry).collect();
-        println!("{}", serde_json::json!({ "entries": list, "next_cursor": next }));
+        writeln!(out, "{}", serde_json::json!({ "entries": list, "next_cursor": next }))?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
@@ -319,46 +293,60 @@ async fn query(
             ]
         })
         .collect();
-    table(&["SEQ", "TIME", "ACTION", "ACTOR", "COUNTERPARTY", "SUBJECT", "OBJECT", "DECISION", "OUTCOME"], &rows);
+    let header = ["SEQ", "TIME", "ACTION", "ACTOR", "COUNTERPARTY", "SUBJECT", "OBJECT", "DECISION", "OUTCOME"];
+    table(out, &header, rows)?;
     if next != 0 {
-        println!("more: --cursor {next}");
+        writeln!(out, "more: --cursor {next}")?;
     }
     Ok(())
 }
 
-async fn export(client: &ClientArgs, filter: &FilterArgs, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut audit = AuditClient::new(client.channel().await?);
-    let mut stream = audit
-        .export(client.request(AuditExportRequest { filter: Some(filter.to_proto()?) })?)
-        .await
-        .map_err(status)?
-        .into_inner();
-    let mut sink: Box<dyn Write> = match &out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+async fn export(
+    client: &ClientArgs,
+    filter: &FilterArgs,
+    file: Option<&PathBuf>,
+    out: Out<'_>,
+    err: Out<'_>,
+) -> Result<(), CliError> {
+    let filter = filter.to_proto()?;
+    let (s, mut audit) = audit_client(client).await?;
+    let mut stream = audit.export(s.signed(AuditExportRequest { filter: Some(filter) })).await?.into_inner();
+    // The file is created once the node has accepted the export, so a refusal leaves no empty file.
+    let mut to_file = match file {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| CliError::File(format!("cannot create {}: {e}", path.display())))?,
         )),
-        None => Box::new(std::io::stdout().lock()),
+        None => None,
+    };
+    let sink: &mut (dyn Write + Send) = match &mut to_file {
+        Some(f) => f,
+        None => out,
     };
     let mut bytes = 0usize;
-    while let Some(chunk) = stream.message().await.map_err(status)? {
+    while let Some(chunk) = stream.message().await? {
         bytes += chunk.data.len();
-        sink.write_all(&chunk.data).context("cannot write the export")?;
+        sink.write_all(&chunk.data)?;
     }
-    sink.flush().context("cannot write the export")?;
-    if let Some(path) = out {
-        eprintln!(
+    sink.flush()?;
+    if let Some(path) = file {
+        writeln!(
+            err,
             "wrote {bytes} bytes to {}; check it with `haven-node audit verify {} --key CERTS_DIR/gateway/signing.crt`",
             path.display(),
             path.display()
-        );
+        )?;
     }
     Ok(())
 }
 
-async fn report(client: &ClientArgs, subject: String, controller: Option<String>) -> anyhow::Result<()> {
-    let mut audit = AuditClient::new(client.channel().await?);
-    let request = SubjectAccessRequest { subject_pseudonym: subject, controller: controller.unwrap_or_default() };
-    let resp = audit.subject_access_report(client.request(request)?).await.map_err(status)?.into_inner();
+async fn report(client: &ClientArgs, subject: &str, controller: &Option<String>, out: Out<'_>) -> Result<(), CliError> {
+    let (s, mut audit) = audit_client(client).await?;
+    let request = SubjectAccessRequest {
+        subject_pseudonym: subject.to_owned(),
+        controller: controller.clone().unwrap_or_default(),
+    };
+    let resp = audit.subject_access_report(s.signed(request)).await?.into_inner();
     if client.json {
         let list: Vec<serde_json::Value> = resp
             .disclosures
@@ -376,18 +364,20 @@ async fn report(client: &ClientArgs, subject: String, controller: Option<String>
                 })
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::json!({ "subject_pseudonym": resp.subject_pseudonym, "controller": resp.controller, "disclosures": list })
-        );
+        )?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "disclosures by {} about its subject {}: {}",
         resp.controller,
         resp.subject_pseudonym,
         resp.disclosures.len()
-    );
+    )?;
     let rows: Vec<Vec<String>> = resp
         .disclosures
         .iter()
@@ -403,61 +393,66 @@ async fn report(client: &ClientArgs, subject: String, controller: Option<String>
             ]
         })
         .collect();
-    table(&["DATE", "WHAT", "RECIPIENT", "PURPOSE", "FIELDS RELEASED", "CONSENT", "MESSAGE"], &rows);
+    table(out, &["DATE", "WHAT", "RECIPIENT", "PURPOSE", "FIELDS RELEASED", "CONSENT", "MESSAGE"], rows)?;
     Ok(())
 }
 
-async fn checkpoint(client: &ClientArgs, refresh: bool, consistency_from: Option<u64>) -> anyhow::Result<()> {
-    let mut audit = AuditClient::new(client.channel().await?);
-    let cp: SignedCheckpoint =
-        audit.get_checkpoint(client.request(GetCheckpointRequest { refresh })?).await.map_err(status)?.into_inner();
+async fn checkpoint(
+    client: &ClientArgs,
+    refresh: bool,
+    consistency_from: Option<u64>,
+    out: Out<'_>,
+) -> Result<(), CliError> {
+    let (s, mut audit) = audit_client(client).await?;
+    let cp: SignedCheckpoint = audit.get_checkpoint(s.signed(GetCheckpointRequest { refresh })).await?.into_inner();
     let proof = match consistency_from {
         Some(first) if first < cp.tree_size && first > 0 => Some(
             audit
                 .get_consistency_proof(
-                    client.request(ConsistencyProofRequest { first_size: first, second_size: cp.tree_size })?,
+                    s.signed(ConsistencyProofRequest { first_size: first, second_size: cp.tree_size }),
                 )
-                .await
-                .map_err(status)?
+                .await?
                 .into_inner(),
         ),
         _ => None,
     };
     let checkpoint = from_proto(&cp);
     if client.json {
-        print!("{}", Line::Checkpoint(&checkpoint).to_json_line());
+        write!(out, "{}", Line::Checkpoint(&checkpoint).to_json_line())?;
         if let Some(p) = &proof {
             let line = ConsistencyLine {
                 first_size: p.first_size,
                 second_size: p.second_size,
                 hashes: p.hashes.iter().map(hex::encode).collect(),
             };
-            print!("{}", Line::Consistency(&line).to_json_line());
+            write!(out, "{}", Line::Consistency(&line).to_json_line())?;
         }
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "tree size:  {}\nroot hash:  {}\nsigned at:  {}\nkey id:     {}",
         checkpoint.tree_size,
         checkpoint.root_hash,
         when(checkpoint.timestamp_micros),
         checkpoint.key_id
-    );
+    )?;
     if let Some(p) = proof {
-        println!("consistency proof from size {} ({} hashes):", p.first_size, p.hashes.len());
+        writeln!(out, "consistency proof from size {} ({} hashes):", p.first_size, p.hashes.len())?;
         for h in p.hashes {
-            println!("  {}", hex::encode(h));
+            writeln!(out, "  {}", hex::encode(h))?;
         }
     }
     Ok(())
 }
 
-async fn witness(client: &ClientArgs) -> anyhow::Result<()> {
-    let mut node = NodeClient::new(client.channel().await?);
-    let r = node.witness_status(client.request(WitnessStatusRequest {})?).await.map_err(status)?.into_inner();
-    let latest = r.latest.as_ref().map(from_proto);
+async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
+    let s = Session::open(client).await?;
+    let r = s.client().witness_status(s.signed(WitnessStatusRequest {})).await?.into_inner();
     if client.json {
-        println!(
+        let latest = r.latest.as_ref().map(from_proto);
+        writeln!(
+            out,
             "{}",
             serde_json::json!({
                 "state": r.state,
@@ -465,12 +460,65 @@ async fn witness(client: &ClientArgs) -> anyhow::Result<()> {
                 "checked_at_micros": r.checked_at_micros,
                 "latest": latest,
             })
-        );
-        return Ok(());
+        )?;
+    } else {
+        write_witness(&r, out)?;
     }
-    println!("state:      {}\ndetail:     {}\nchecked at: {}", r.state, or_dash(&r.detail), when(r.checked_at_micros));
-    if let Some(cp) = latest {
-        println!("witnessed:  size {}, root {}, signed at {}", cp.tree_size, cp.root_hash, when(cp.timestamp_micros));
+    in_alarm(&r)
+}
+
+async fn acknowledge(client: &ClientArgs, note: &str, out: Out<'_>) -> Result<(), CliError> {
+    let s = Session::open(client).await?;
+    let req = AcknowledgeWitnessAlarmRequest { note: note.to_owned() };
+    let resp = s.client().acknowledge_witness_alarm(s.signed(req)).await?.into_inner();
+    let r = resp.status.unwrap_or_default();
+    if client.json {
+        let latest = r.latest.as_ref().map(from_proto);
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "acknowledged": resp.acknowledged,
+                "state": r.state,
+                "detail": r.detail,
+                "checked_at_micros": r.checked_at_micros,
+                "latest": latest,
+            })
+        )?;
+    } else {
+        let plural = if resp.acknowledged == 1 { "" } else { "s" };
+        writeln!(out, "acknowledged {} alarm{plural}; checked again:", resp.acknowledged)?;
+        write_witness(&r, out)?;
+    }
+    in_alarm(&r)
+}
+
+fn write_witness(r: &WitnessStatusResponse, out: Out<'_>) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "state:      {}\ndetail:     {}\nchecked at: {}",
+        r.state,
+        or_dash(&r.detail),
+        when(r.checked_at_micros)
+    )?;
+    if let Some(cp) = r.latest.as_ref().map(from_proto) {
+        writeln!(
+            out,
+            "witnessed:  size {}, root {}, signed at {}",
+            cp.tree_size,
+            cp.root_hash,
+            when(cp.timestamp_micros)
+        )?;
     }
     Ok(())
+}
+
+/// A report in alarm is a failure of the command (exit 6), after the report itself is printed.
+fn in_alarm(r: &WitnessStatusResponse) -> Result<(), CliError> {
+    match r.state.as_str() {
+        "fork" | "bad_signature" | "unpinned" => {
+            Err(CliError::WitnessAlarm { state: r.state.clone(), detail: r.detail.clone() })
+        }
+        _ => Ok(()),
+    }
 }
