@@ -118,30 +118,6 @@ fn first_der(path: &std::path::Path) -> Result<Vec<u8>, LinkError> {
         .ok_or_else(|| LinkError::Tls(format!("{}: no certificate", path.display())))
 }
 
-/// The wire checkpoint as the trust crate checks it.
-pub fn from_proto(cp: &SignedCheckpoint) -> Checkpoint {
-    Checkpoint {
-        tree_size: cp.tree_size,
-        root_hash: hex::encode(&cp.root_hash),
-        timestamp_micros: cp.timestamp_micros,
-        signature: hex::encode(&cp.signature),
-        key_id: cp.key_id.clone(),
-    }
-}
-
-/// The trust crate's checkpoint on the wire.
-pub fn to_proto(cp: &Checkpoint) -> SignedCheckpoint {
-    let root = cp.root().unwrap_or_default();
-    SignedCheckpoint {
-        tree_size: cp.tree_size,
-        root_hash: root.to_vec(),
-        timestamp_micros: cp.timestamp_micros,
-        signed_body: Checkpoint::body(cp.tree_size, &root, cp.timestamp_micros),
-        signature: hex::decode(&cp.signature).unwrap_or_default(),
-        key_id: cp.key_id.clone(),
-    }
-}
-
 /// The outcome of one check, before it is recorded.
 struct Finding {
     state: WitnessState,
@@ -193,7 +169,7 @@ impl Witness {
         let kept = witness.kept().await?;
         let alarm = witness.first_alarm().await?;
         witness.0.report.send_modify(|r| {
-            r.latest = kept.as_ref().map(to_proto);
+            r.latest = kept.as_ref().map(SignedCheckpoint::from);
             if let Some((state, detail, at)) = alarm {
                 (r.state, r.detail, r.checked_at_micros) = (state, detail, at);
             }
@@ -240,7 +216,7 @@ impl Witness {
     }
 
     async fn check(&self, wire: &SignedCheckpoint) -> Result<Finding, sqlx::Error> {
-        let cp = from_proto(wire);
+        let cp = Checkpoint::from(wire);
         let size = cp.tree_size;
         if let Err(e) = cp.verify(&self.0.gateway_cert) {
             return Ok(Finding::alarm(
@@ -424,7 +400,7 @@ impl Witness {
         let alarm = self.first_alarm().await.ok().flatten();
         self.0.report.send_modify(|r| {
             if let Some(cp) = &f.keep {
-                r.latest = Some(to_proto(cp));
+                r.latest = Some(SignedCheckpoint::from(cp));
             }
             match &alarm {
                 // An alarm stands until it is acknowledged (or, unpinned, resolved by the pins).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use haven_gateway::audit;
 use haven_gateway::store::Backend;
 use haven_node::link::GatewayLink;
-use haven_node::witness::{WitnessState, to_proto as witness_proto};
+use haven_node::witness::WitnessState;
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::*;
 use haven_tests::net::{TestNet, TestNode};
@@ -398,7 +398,7 @@ async fn a_forked_checkpoint_collected_by_a_node_is_caught_against_an_export() {
         std::fs::write(&path, haven_trust::export::Line::Checkpoint(cp).to_json_line()).unwrap();
         path
     };
-    let honest = file("honest.json", &haven_node::witness::from_proto(&early));
+    let honest = file("honest.json", &haven_trust::audit::Checkpoint::from(&early));
     assert_eq!(verify(&net, &bytes, std::slice::from_ref(&honest)).unwrap().independent, 1);
 
     // The gateway's key signed, for some node, a different history of the same size: a fork.
@@ -907,7 +907,7 @@ async fn proofs_from_the_gateway_verify_against_its_signed_checkpoints() {
     assert!(second.tree_size > first.tree_size);
     let der = cert_der(&net);
     for cp in [&first, &second] {
-        haven_node::witness::from_proto(cp).verify(&der).unwrap();
+        haven_trust::audit::Checkpoint::from(cp).verify(&der).unwrap();
     }
     let r1 = merkle::hash_from_slice(&first.root_hash).unwrap();
     let r2 = merkle::hash_from_slice(&second.root_hash).unwrap();
@@ -1053,7 +1053,7 @@ async fn checkpoints_are_signed_on_the_cadence_and_published_to_subscribers() {
     .unwrap()
     .clone()
     .unwrap();
-    haven_node::witness::from_proto(&next).verify(&cert_der(&net)).unwrap();
+    haven_trust::audit::Checkpoint::from(&next).verify(&cert_der(&net)).unwrap();
     assert_eq!(net.gateway.0.audit_log.latest_signed(), Some(next));
     net.stop().await;
 }
@@ -1084,7 +1084,7 @@ async fn a_witnessing_node_accepts_honest_checkpoints_and_detects_a_fork() {
     .unwrap()
     .sign(newer.tree_size + 1, &[1; 32], 1);
     let node2 = net.node("northstar", &[]).await;
-    let r = node2.state.witness.observe(witness_proto(&impostor)).await;
+    let r = node2.state.witness.observe(haven_proto::v1::SignedCheckpoint::from(&impostor)).await;
     assert_eq!(r.state, WitnessState::BadSignature, "{}", r.detail);
 
     // The gateway's own key signs a different history that claims to extend what the node witnessed.
@@ -1095,15 +1095,19 @@ async fn a_witnessing_node_accepts_honest_checkpoints_and_detects_a_fork() {
     net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
     let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
-    let r = witness.observe(witness_proto(&forked)).await;
+    let r = witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await;
     assert_eq!(r.state, WitnessState::Fork, "{}", r.detail);
     assert!(r.detail.contains("fork"), "{}", r.detail);
     // The kept checkpoint is still an honest one (the stream may have brought a newer honest one
     // meanwhile), and the alarm stands for the node's users.
     let kept_now = r.latest.clone().expect("the node keeps its last good checkpoint");
     assert!(kept_now.tree_size >= newer.tree_size);
-    assert_ne!(kept_now.root_hash, witness_proto(&forked).root_hash, "the forked checkpoint was not kept");
-    haven_node::witness::from_proto(&kept_now).verify(&cert_der(&net)).unwrap();
+    assert_ne!(
+        kept_now.root_hash,
+        haven_proto::v1::SignedCheckpoint::from(&forked).root_hash,
+        "the forked checkpoint was not kept"
+    );
+    haven_trust::audit::Checkpoint::from(&kept_now).verify(&cert_der(&net)).unwrap();
     let honest = witness.check_now().await;
     assert_eq!(honest.state, WitnessState::Fork, "an alarm stands until an operator clears it");
     let status =
@@ -1268,7 +1272,7 @@ async fn a_fork_stands_until_an_auditor_acknowledges_it() {
     net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
     let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
-    assert_eq!(witness.observe(witness_proto(&forked)).await.state, WitnessState::Fork);
+    assert_eq!(witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await.state, WitnessState::Fork);
     // An honest check (whose pins are fine) does not clear it.
     assert_eq!(witness.check_now().await.state, WitnessState::Fork);
     let (code, out, err) = witness_cli(&node, "casey", &[]).await;
@@ -1305,7 +1309,7 @@ async fn a_fork_stands_until_an_auditor_acknowledges_it() {
     assert_eq!(witness_cli(&node, "casey", &[]).await.0, 0, "out of alarm until a new finding");
 
     // A new finding is a new alarm.
-    assert_eq!(witness.observe(witness_proto(&forked)).await.state, WitnessState::Fork);
+    assert_eq!(witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await.state, WitnessState::Fork);
     assert_eq!(witness_cli(&node, "casey", &[]).await.0, 6);
     assert_eq!(alarm_rows(&node).await.len(), 2);
     node.stop().await;

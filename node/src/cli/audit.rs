@@ -14,7 +14,7 @@ use haven_proto::v1::{
     AcknowledgeWitnessAlarmRequest, AuditExportRequest, AuditFilter, AuditQueryRequest, ConsistencyProofRequest,
     GetCheckpointRequest, SignedCheckpoint, SubjectAccessRequest, WitnessStatusRequest, WitnessStatusResponse,
 };
-use haven_trust::audit::{AuditEntry, Encoding};
+use haven_trust::audit::AuditEntry;
 use haven_trust::export::{ConsistencyLine, Line};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -22,7 +22,6 @@ use time::format_description::well_known::Rfc3339;
 use super::client::{ClientArgs, Session};
 use super::error::CliError;
 use super::output::{Out, or_dash, write_rows};
-use crate::witness::from_proto;
 
 /// The `audit` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -183,36 +182,6 @@ impl FilterArgs {
     }
 }
 
-/// The serde form of a wire entry.
-fn entry(e: &haven_proto::v1::AuditEntry) -> AuditEntry {
-    AuditEntry {
-        seq: e.seq,
-        time_micros: e.time_micros,
-        actor_org: e.actor_org.clone(),
-        actor_person: e.actor_person.clone(),
-        actor_role: e.actor_role.clone(),
-        action: e.action.clone(),
-        object_id: e.object_id.clone(),
-        counterparty: e.counterparty.clone(),
-        subject: e.subject.clone(),
-        purpose: e.purpose.clone(),
-        consent_id: e.consent_id.clone(),
-        rule_ids: e.rule_ids.clone(),
-        bundle_version: e.bundle_version.clone(),
-        decision: e.decision.clone(),
-        reason: e.reason.clone(),
-        released_fields: e.released_fields.clone(),
-        withheld_fields: e.withheld_fields.clone(),
-        outcome: e.outcome.clone(),
-        correlation_id: e.correlation_id.clone(),
-        source_node: e.source_node.clone(),
-        // The wire form does not show it.
-        counterparty_subject: String::new(),
-        // The first byte of the canonical encoding.
-        encoding_version: e.canonical.first().and_then(|v| Encoding::of_version(*v)).unwrap_or_default(),
-    }
-}
-
 /// Writes rows as a table under a header, columns padded to their widest cell.
 fn table(out: Out<'_>, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     let all: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect()).chain(rows).collect();
@@ -273,7 +242,7 @@ async fn query(
         cursor = resp.next_cursor;
     };
     if client.json {
-        let list: Vec<AuditEntry> = entries.iter().map(entry).collect();
+        let list: Vec<AuditEntry> = entries.iter().map(AuditEntry::from).collect();
         writeln!(out, "{}", serde_json::json!({ "entries": list, "next_cursor": next }))?;
         return Ok(());
     }
@@ -416,7 +385,7 @@ async fn checkpoint(
         ),
         _ => None,
     };
-    let checkpoint = from_proto(&cp);
+    let checkpoint = haven_trust::audit::Checkpoint::from(&cp);
     if client.json {
         write!(out, "{}", Line::Checkpoint(&checkpoint).to_json_line())?;
         if let Some(p) = &proof {
@@ -450,7 +419,7 @@ async fn witness(client: &ClientArgs, out: Out<'_>) -> Result<(), CliError> {
     let s = Session::open(client).await?;
     let r = s.client().witness_status(s.signed(WitnessStatusRequest {})).await?.into_inner();
     if client.json {
-        let latest = r.latest.as_ref().map(from_proto);
+        let latest = r.latest.as_ref().map(haven_trust::audit::Checkpoint::from);
         writeln!(
             out,
             "{}",
@@ -473,7 +442,7 @@ async fn acknowledge(client: &ClientArgs, note: &str, out: Out<'_>) -> Result<()
     let resp = s.client().acknowledge_witness_alarm(s.signed(req)).await?.into_inner();
     let r = resp.status.unwrap_or_default();
     if client.json {
-        let latest = r.latest.as_ref().map(from_proto);
+        let latest = r.latest.as_ref().map(haven_trust::audit::Checkpoint::from);
         writeln!(
             out,
             "{}",
@@ -501,7 +470,7 @@ fn write_witness(r: &WitnessStatusResponse, out: Out<'_>) -> Result<(), CliError
         or_dash(&r.detail),
         when(r.checked_at_micros)
     )?;
-    if let Some(cp) = r.latest.as_ref().map(from_proto) {
+    if let Some(cp) = r.latest.as_ref().map(haven_trust::audit::Checkpoint::from) {
         writeln!(
             out,
             "witnessed:  size {}, root {}, signed at {}",
