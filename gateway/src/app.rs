@@ -211,7 +211,7 @@ impl Gateway {
             every_entries: network.checkpoint_every_entries,
             every: std::time::Duration::from_secs(network.checkpoint_every_secs),
         };
-        let audit_log = audit::AuditLog::new(store.clone(), checkpoints.clone(), clock.clone(), cadence);
+        let audit_log = audit::AuditLog::new(store.clone(), checkpoints, clock.clone(), cadence);
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let rejections = Arc::new(Rejections::default());
         let auth = Authenticator::new(trust.clone(), clock.clone(), rejections.clone());
@@ -224,7 +224,6 @@ impl Gateway {
             trust,
             tls: Arc::new(RwLock::new(tls_config)),
             rejections,
-            checkpoints,
             commits,
             audit_log,
             pseudonym_key,

@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use haven_trust::audit::CheckpointSigner;
 use haven_trust::clock::SharedClock;
 use rustls::ServerConfig;
 use tokio::sync::watch;
@@ -20,37 +19,76 @@ use crate::stream::registry::Streams;
 
 /// Everything the services share.
 pub struct Inner {
-    pub config: Config,
-    pub store: Store,
-    pub clock: SharedClock,
-    pub auth: Authenticator,
-    pub trust: Arc<RwLock<Arc<Trust>>>,
-    pub tls: Arc<RwLock<Arc<ServerConfig>>>,
-    pub rejections: Arc<Rejections>,
-    pub checkpoints: CheckpointSigner,
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) clock: SharedClock,
+    pub(crate) auth: Authenticator,
+    pub(crate) trust: Arc<RwLock<Arc<Trust>>>,
+    pub(crate) tls: Arc<RwLock<Arc<ServerConfig>>>,
+    pub(crate) rejections: Arc<Rejections>,
     /// The audit log's Merkle tree, checkpoints and proofs; `audit_log.subscribe()` yields each newly
     /// signed checkpoint for the delivery streams.
-    pub audit_log: audit::AuditLog,
+    pub(crate) audit_log: audit::AuditLog,
     /// Shared commits for submissions and acknowledgements.
-    pub commits: Committer,
+    pub(crate) commits: Committer,
     /// The secret for recipient-scoped pseudonyms; shared by replicas.
-    pub pseudonym_key: [u8; 32],
+    pub(crate) pseudonym_key: [u8; 32],
     /// Bumped on every reload, so open streams re-check their peer.
-    pub reloads: watch::Sender<u64>,
+    pub(crate) reloads: watch::Sender<u64>,
     /// Flips to true when the gateway starts shutting down, so open streams end and shutdown is not
     /// held up by nodes that never hang up.
-    pub closing: watch::Sender<bool>,
+    pub(crate) closing: watch::Sender<bool>,
     /// Wakes an organization's delivery stream when something is queued for it.
-    pub wakeups: Wakeups,
+    pub(crate) wakeups: Wakeups,
     /// The open delivery streams, one per organization.
-    pub streams: Streams,
+    pub(crate) streams: Streams,
 }
 
 /// A running gateway's shared state. Cheap to clone.
 #[derive(Clone)]
-pub struct Gateway(pub Arc<Inner>);
+pub struct Gateway(pub(crate) Arc<Inner>);
 
 impl Gateway {
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The clock every decision and entry is timed by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.0.clock
+    }
+
+    /// The settings it was built from.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The audit log's Merkle tree, checkpoints and proofs.
+    pub fn audit_log(&self) -> &audit::AuditLog {
+        &self.0.audit_log
+    }
+
+    /// The counts of refused requests, written to the audit log every few seconds.
+    pub fn rejections(&self) -> &Rejections {
+        &self.0.rejections
+    }
+
+    /// The shared committer of submissions and acknowledgements.
+    pub fn commits(&self) -> &Committer {
+        &self.0.commits
+    }
+
+    /// The trust material in force: registry pins, CRL, bundle.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.0.auth.trust()
+    }
+
+    /// Whether the gateway is shutting down; open streams watch it.
+    pub fn closing(&self) -> &watch::Sender<bool> {
+        &self.0.closing
+    }
+
     /// The policy bundle in force.
     pub fn bundle(&self) -> Arc<Bundle> {
         self.0.auth.trust().bundle.clone()

@@ -139,7 +139,7 @@ async fn acknowledged_values_are_in_none_of_the_gateways_files_after_a_clean_sto
     assert!(!found_in(&files, &names).is_empty(), "the queued values were written to the gateway's files");
 
     let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
-    drained(net.gateway.0.store.pool()).await;
+    drained(net.gateway.store().pool()).await;
     maple.stop().await;
     harbor.stop().await;
     let mut net = net;
@@ -163,7 +163,7 @@ async fn acknowledged_values_leave_the_gateways_files_once_it_is_idle() {
     let files = database_files(&net.database);
     assert!(!found_in(&files, &names).is_empty(), "the queued values were written to the gateway's files");
 
-    let store = net.gateway.0.store.clone();
+    let store = net.gateway.store().clone();
     let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
     drained(store.pool()).await;
     // A truncation counted from here began after the last acknowledgement committed (it runs on the
@@ -274,5 +274,5 @@ async fn key_files_others_may_read_are_reported_at_start() {
         assert!(captured.warnings_naming(&key).is_empty(), "{} is owner-only:\n{}", key.display(), captured.text());
     }
     node.stop().await;
-    gateway.0.store.close().await;
+    gateway.store().close().await;
 }

@@ -151,7 +151,7 @@ const RECIPIENT_SUBJECT: &str = "rcpt-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 /// Commits entries in one transaction, as a state change would.
 async fn append(net: &TestNet, entries: Vec<(AuditEntry, String)>) -> u64 {
     let mut entries = entries;
-    let store = &net.gateway.0.store;
+    let store = &net.gateway.store();
     let mut tx = store.begin().await.unwrap();
     let first = audit::append(&mut tx, &mut entries).await.unwrap();
     tx.commit().await.unwrap();
@@ -173,7 +173,7 @@ async fn some_traffic(net: &TestNet) {
 }
 
 async fn actions(net: &TestNet) -> Vec<String> {
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let size = audit::size(pool).await.unwrap();
     audit::read_range(pool, 0, size).await.unwrap().into_iter().map(|e| e.action).collect()
 }
@@ -197,7 +197,7 @@ async fn every_action_built_so_far_writes_its_entry() {
     let mut req = tonic::Request::new(GetCheckpointRequest { refresh: false });
     req.metadata_mut().insert("authorization", "Bearer garbage".parse().unwrap());
     assert_eq!(AuditClient::new(ch).get_checkpoint(req).await.unwrap_err().code(), Code::Unauthenticated);
-    net.gateway.0.rejections.flush(&net.gateway.0.store, SystemClock.now_micros()).await.unwrap();
+    net.gateway.rejections().flush(net.gateway.store(), SystemClock.now_micros()).await.unwrap();
 
     // A policy reload.
     net.gateway.reload(None).await.unwrap();
@@ -220,7 +220,7 @@ async fn every_action_built_so_far_writes_its_entry() {
         assert!(seen.iter().any(|a| a == action), "no `{action}` entry in {seen:?}");
     }
     // The reads name who read.
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let size = audit::size(pool).await.unwrap();
     let report =
         audit::read_range(pool, 0, size).await.unwrap().into_iter().find(|e| e.action == "subject_report").unwrap();
@@ -316,11 +316,11 @@ async fn a_full_export_verifies_offline_and_catches_every_kind_of_tampering() {
 
 /// Drops an append-only trigger, as an attacker with the database owner's rights would.
 async fn drop_trigger(net: &TestNet, table: &str, trigger: &str) {
-    let sql = match net.gateway.0.store.backend() {
+    let sql = match net.gateway.store().backend() {
         Backend::Sqlite => format!("DROP TRIGGER {trigger}"),
         Backend::Postgres => format!("DROP TRIGGER {trigger} ON {table}"),
     };
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(net.gateway.0.store.pool()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(net.gateway.store().pool()).await.unwrap();
 }
 
 #[tokio::test]
@@ -330,7 +330,7 @@ async fn an_entry_edited_in_the_database_is_named_by_the_verifier() {
     // Integrated and checkpointed before the attack.
     auditor(&net).checkpoint(true).await.unwrap();
     drop_trigger(&net, "audit_log", "audit_log_no_update").await;
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let edited = sqlx::query("UPDATE audit_log SET released_fields = '[\"first_name\"]', withheld_fields = '[\"needs\",\"date_of_birth\"]' WHERE seq = 4")
         .execute(pool)
         .await
@@ -347,11 +347,11 @@ async fn an_entry_deleted_from_the_database_is_named_by_the_verifier() {
     let net = TestNet::start().await;
     some_traffic(&net).await;
     auditor(&net).checkpoint(true).await.unwrap();
-    match net.gateway.0.store.backend() {
+    match net.gateway.store().backend() {
         Backend::Sqlite => drop_trigger(&net, "audit_log", "audit_log_no_delete").await,
         Backend::Postgres => drop_trigger(&net, "audit_log", "audit_log_no_update").await,
     }
-    sqlx::query("DELETE FROM audit_log WHERE seq = 9").execute(net.gateway.0.store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 9").execute(net.gateway.store().pool()).await.unwrap();
     let bytes = auditor(&net).export(all()).await.unwrap();
     let e = verify(&net, &bytes, &[]).unwrap_err();
     assert!(matches!(e, VerifyError::MissingEntry { expected: 9, .. }), "{e}");
@@ -362,7 +362,7 @@ async fn an_entry_deleted_from_the_database_is_named_by_the_verifier() {
 async fn the_tree_and_checkpoint_tables_are_append_only() {
     let net = TestNet::start().await;
     auditor(&net).checkpoint(true).await.unwrap();
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     for sql in [
         "UPDATE merkle_node SET hash = hash",
         "DELETE FROM merkle_node",
@@ -374,7 +374,7 @@ async fn the_tree_and_checkpoint_tables_are_append_only() {
         let e = sqlx::query(sql).execute(pool).await.expect_err(sql).to_string();
         assert!(e.contains("append-only") || e.contains("only moves forward"), "{sql}: {e}");
     }
-    if net.gateway.0.store.backend() == Backend::Postgres {
+    if net.gateway.store().backend() == Backend::Postgres {
         for table in ["merkle_node", "audit_checkpoint", "merkle_head"] {
             let e = sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}"))).execute(pool).await.unwrap_err();
             assert!(e.to_string().contains("append-only"), "{table}: {e}");
@@ -545,7 +545,7 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
     other.decision = "deny".into();
     // The recipient's node acknowledges one of the queued messages: routing writes it with the
     // recipient as the actor and no subject.
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let delivered_id: String =
         sqlx::query("SELECT object_id FROM audit_log WHERE action = 'submitted' ORDER BY seq LIMIT 1")
             .fetch_one(pool)
@@ -596,7 +596,7 @@ async fn subject_access_reports_list_disclosures_for_the_controller_and_auditors
         .bind(SUBJECT)
         .bind(now)
         .bind(now + 86_400_000_000)
-        .execute(net.gateway.0.store.pool())
+        .execute(net.gateway.store().pool())
         .await
         .unwrap();
     assert_eq!(harbor.report(SUBJECT).await.unwrap().disclosures.len(), 21);
@@ -822,7 +822,7 @@ async fn the_subject_a_redacted_entry_shows_cannot_be_changed_in_a_filtered_expo
 /// Commits an entry as a gateway did before its leaves bound the counterparty's pseudonym (encoding
 /// version 2): the pseudonym is stored beside the entry, not in its leaf.
 async fn append_version_2(net: &TestNet, mut entry: AuditEntry, counterparty_subject: &str) -> u64 {
-    let mut tx = net.gateway.0.store.begin().await.unwrap();
+    let mut tx = net.gateway.store().begin().await.unwrap();
     let next: i64 = sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq")
         .fetch_one(&mut *tx)
         .await
@@ -1003,7 +1003,7 @@ async fn bad_input_gets_a_precise_status_and_reason() {
 #[tokio::test]
 async fn concurrent_standalone_entries_share_commits_and_stay_gap_free() {
     let net = TestNet::start().await;
-    let log = net.gateway.0.audit_log.clone();
+    let log = net.gateway.audit_log().clone();
     let mut tasks = Vec::new();
     for i in 0..64 {
         let log = log.clone();
@@ -1032,7 +1032,7 @@ async fn concurrent_standalone_entries_share_commits_and_stay_gap_free() {
 #[tokio::test]
 async fn checkpoints_are_signed_on_the_cadence_and_published_to_subscribers() {
     let net = TestNet::start().await;
-    let mut sub = net.gateway.0.audit_log.subscribe();
+    let mut sub = net.gateway.audit_log().subscribe();
     // The first checkpoint follows the gateway_started entry without anyone asking.
     let first = tokio::time::timeout(Duration::from_secs(10), sub.wait_for(|c| c.is_some()))
         .await
@@ -1054,7 +1054,7 @@ async fn checkpoints_are_signed_on_the_cadence_and_published_to_subscribers() {
     .clone()
     .unwrap();
     haven_trust::audit::Checkpoint::from(&next).verify(&cert_der(&net)).unwrap();
-    assert_eq!(net.gateway.0.audit_log.latest_signed(), Some(next));
+    assert_eq!(net.gateway.audit_log().latest_signed(), Some(next));
     net.stop().await;
 }
 
@@ -1092,8 +1092,8 @@ async fn a_witnessing_node_accepts_honest_checkpoints_and_detects_a_fork() {
         CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
             .unwrap();
     some_traffic(&net).await;
-    net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
-    let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
+    net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    let size = net.gateway.audit_log().integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
     let r = witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await;
     assert_eq!(r.state, WitnessState::Fork, "{}", r.detail);
@@ -1269,8 +1269,8 @@ async fn a_fork_stands_until_an_auditor_acknowledges_it() {
         CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
             .unwrap();
     some_traffic(&net).await;
-    net.gateway.0.audit_log.covering_checkpoint().await.unwrap();
-    let size = net.gateway.0.audit_log.integrated_size().await.unwrap();
+    net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    let size = net.gateway.audit_log().integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
     assert_eq!(witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await.state, WitnessState::Fork);
     // An honest check (whose pins are fine) does not clear it.
@@ -1343,7 +1343,7 @@ async fn people_reach_the_audit_api_through_their_own_node() {
     let s = verify(&net, &bytes, &[]).unwrap();
     assert_eq!(s.kind, Kind::Full);
     // The gateway recorded who read, through the node.
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let row = sqlx::query("SELECT actor_org, actor_person FROM audit_log WHERE action = 'audit_exported'")
         .fetch_one(pool)
         .await

@@ -611,7 +611,7 @@ async fn a_pending_send_says_whether_the_gateway_answered_unavailable_or_could_n
         }
     };
 
-    net.gateway.0.store.close().await;
+    net.gateway.store().close().await;
     let r = send(false).await;
     assert_eq!(r.code, 0, "a pending send is accepted by the node: {r:?}");
     let answered =

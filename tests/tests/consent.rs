@@ -238,7 +238,7 @@ fn good_receipt() -> ConsentReceipt {
 
 async fn stored_consents(net: &TestNet) -> i64 {
     use sqlx::Row;
-    sqlx::query("SELECT COUNT(*) FROM consents").fetch_one(net.gateway.0.store.pool()).await.unwrap().get::<i64, _>(0)
+    sqlx::query("SELECT COUNT(*) FROM consents").fetch_one(net.gateway.store().pool()).await.unwrap().get::<i64, _>(0)
 }
 
 async fn refused(net: &TestNet, signer: &str, r: &ConsentReceipt, code: Code, expect: &str) {
@@ -332,8 +332,8 @@ async fn bad_consent_input_is_refused_precisely_and_nothing_is_stored() {
     assert_eq!(once.state, "withdrawn");
     assert_eq!(twice.state_changed_at_micros, once.state_changed_at_micros, "revoking twice changes nothing");
 
-    let size = haven_gateway::audit::size(net.gateway.0.store.pool()).await.unwrap();
-    let entries = haven_gateway::audit::read_range(net.gateway.0.store.pool(), 0, size).await.unwrap();
+    let size = haven_gateway::audit::size(net.gateway.store().pool()).await.unwrap();
+    let entries = haven_gateway::audit::read_range(net.gateway.store().pool(), 0, size).await.unwrap();
     let actions: Vec<&str> =
         entries.iter().filter(|e| e.consent_id == r.consent_id).map(|e| e.action.as_str()).collect();
     assert_eq!(

@@ -403,7 +403,7 @@ async fn a_revocation_racing_a_delivery_never_lets_it_through_after_the_revocati
     }
     let raced = started.elapsed();
 
-    let pool = net.gateway.0.store.pool().clone();
+    let pool = net.gateway.store().pool().clone();
     drained(&pool, RECIPIENT).await;
     let inbox = Inbox::read(maple.state.store.pool()).await.unwrap();
     let size = haven_gateway::audit::size(&pool).await.unwrap();
@@ -671,13 +671,13 @@ async fn a_node_killed_while_receiving_gets_everything_exactly_once() {
     .await;
     node.kill();
     // What the node had stored but the gateway had not yet seen acknowledged when it died.
-    let pool = net.gateway.0.store.pool().clone();
+    let pool = net.gateway.store().pool().clone();
     let stored_unacked = stored_unacknowledged(&pool, &node_db).await;
     let restarted = Instant::now();
     let node = Proc::node(exe(), &dir, RECIPIENT, &net.url());
     // The killed node's connection was reset, so its stream ended and released the lease: the
     // restarted node's stream opens well within the lease's time to live.
-    let ttl = haven_gateway::stream::lease_ttl(net.gateway.0.config.heartbeat);
+    let ttl = haven_gateway::stream::lease_ttl(net.gateway.config().heartbeat);
     let p = &pool;
     wait_for("the restarted node's stream", ttl, move || async move {
         (entries_of(p, "stream_opened", RECIPIENT).await.len() >= 2).then_some(())
@@ -729,7 +729,7 @@ async fn submissions_sharing_a_commit_fail_alone() {
     assert_eq!(refused[0].code(), Code::AlreadyExists, "{:?}", refused[0]);
     assert!(replies.iter().filter_map(|r| r.as_ref().ok()).all(|r| queued(r) && !r.replayed));
 
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     let count = |sql: &'static str| {
         let gw = gw.clone();
         async move { sqlx::query(sql).bind(RECIPIENT).fetch_one(&gw).await.unwrap().get::<i64, _>(0) }
@@ -767,7 +767,7 @@ async fn a_submission_whose_consent_row_is_held_fails_alone() {
     let harbor = Arc::new(Caller::casey(net.link("harbor")));
     let (held, held_subject) = harbor.consent().await;
     let (free, free_subject) = harbor.consent().await;
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     let mut holder = gw.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
         .bind(held.as_str())
@@ -823,7 +823,7 @@ async fn messages_sent_to_an_offline_node_are_delivered_when_it_returns() {
     all_delivered_once("the first referral", || Some(pool.clone()), &HashSet::from([first.clone()]), &HashSet::new())
         .await;
     // Stored at the node is not yet acknowledged at the gateway: wait for the acknowledgement's commit.
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     drained(&gw, RECIPIENT).await;
     maple.stop().await;
 
@@ -970,7 +970,7 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
     use haven_gateway::routing::rows::MessageRow;
 
     let net = TestNet::start().await;
-    let pool = net.gateway.0.store.pool().clone();
+    let pool = net.gateway.store().pool().clone();
     // A queued notice has no consent: on PostgreSQL, a unit that names it is not settled by the batch.
     sqlx::query("INSERT INTO outbox (item_id, org, item_kind, payload, queued_at_micros, expires_at_micros, state) VALUES ('unit-notice', 'harbor', 'sender_notice', $1, 0, 9223372036854775807, 'pending')")
         .bind(vec![1u8, 2, 3])
@@ -983,7 +983,7 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
     };
 
     let units = (0..24usize).map(|i| {
-        let commits = net.gateway.0.commits.clone();
+        let commits = net.gateway.commits().clone();
         async move {
             let result = commits
                 .run(reads(i), move |batch| {
@@ -1143,7 +1143,7 @@ async fn a_full_database_disk_is_reported_as_such_and_the_gateway_recovers_once_
     let harbor = Caller::casey(net.link("harbor"));
     let (consent, subject) = harbor.consent().await;
     assert!(queued(&harbor.submit(referral(&Uuid::now_v7().to_string(), &subject, &consent)).await.unwrap()));
-    let store = net.gateway.0.store.clone();
+    let store = net.gateway.store().clone();
     let copies = || async {
         sqlx::query("SELECT COUNT(*) FROM deliveries WHERE recipient = $1")
             .bind(RECIPIENT)
@@ -1292,7 +1292,7 @@ async fn a_second_copy_of_a_node_is_refused_and_the_first_keeps_every_delivery()
     let people = [("sam", Role::Caseworker)];
     let first = net.node(RECIPIENT, &people).await;
     connected(&first).await;
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
     assert_eq!(opened.len(), 1, "the first copy's stream opening is recorded: {opened:?}");
     let refusal = open_stream(&net.link(RECIPIENT)).await.expect_err("a second stream is refused");
@@ -1335,7 +1335,7 @@ async fn two_replicas_on_one_database_refuse_a_second_stream_of_an_organization(
     let people = [("sam", Role::Caseworker)];
     let first = net.node(RECIPIENT, &people).await;
     connected(&first).await;
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
     assert_eq!(opened.len(), 1, "{opened:?}");
     let refusal = open_stream(&replica.link(RECIPIENT)).await.expect_err("the other replica refuses a second stream");
@@ -1418,7 +1418,7 @@ async fn an_acknowledgement_on_a_fenced_stream_is_audited_but_not_applied() {
     let clock = haven_trust::clock::ManualClock::starting_now();
     let net = TestNet::start_with_clock(Arc::new(clock.clone())).await;
     let replica = net.replica().await;
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     let (old_tx, mut old) = open_stream(&net.link(RECIPIENT)).await.expect("the first stream opens");
     let old_id = next_frame(&mut old, welcome).await.stream_id;
     let sent = send_referrals(&Caller::casey(net.link("harbor")), 1).await;
@@ -1498,7 +1498,7 @@ async fn an_acknowledgement_on_a_fenced_stream_is_audited_but_not_applied() {
 #[tokio::test]
 async fn stream_openings_and_closings_are_audited_with_the_source_and_the_items_in_flight() {
     let net = TestNet::start().await;
-    let gw = net.gateway.0.store.pool().clone();
+    let gw = net.gateway.store().pool().clone();
     send_referrals(&Caller::casey(net.link("harbor")), 3).await;
     let link = net.link(RECIPIENT);
     let (tx, mut stream) = open_stream(&link).await.unwrap();

@@ -429,8 +429,8 @@ async fn rejections_are_aggregated_into_the_audit_log() {
     for _ in 0..5 {
         let _ = whoami_with(&net, Some("Bearer garbage".into())).await;
     }
-    let store = &net.gateway.0.store;
-    let written = net.gateway.0.rejections.flush(store, SystemClock.now_micros()).await.unwrap();
+    let store = &net.gateway.store();
+    let written = net.gateway.rejections().flush(store, SystemClock.now_micros()).await.unwrap();
     assert_eq!(written, 1, "five identical rejections make one entry");
     let size = audit::size(store.pool()).await.unwrap();
     let entries = audit::read_range(store.pool(), 0, size).await.unwrap();
@@ -516,7 +516,7 @@ async fn the_audit_log_refuses_update_and_delete() {
 async fn a_gateway_shutting_down_with_no_stream_open_still_closes_the_streams_opened_after() {
     let mut net = TestNet::start().await;
     let gateway = net.gateway.clone();
-    assert_eq!(gateway.0.closing.receiver_count(), 0, "no stream is open");
+    assert_eq!(gateway.closing().receiver_count(), 0, "no stream is open");
     tokio::time::timeout(Duration::from_secs(20), net.stop_keeping_files()).await.expect("stops within 20 s");
-    assert!(*gateway.0.closing.subscribe().borrow(), "a stream subscribing now sees the gateway closing");
+    assert!(*gateway.closing().subscribe().borrow(), "a stream subscribing now sees the gateway closing");
 }

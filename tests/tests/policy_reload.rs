@@ -82,7 +82,7 @@ async fn a_changed_rule_takes_effect_on_reload_and_a_broken_bundle_is_refused() 
     assert!(err.message().contains("operational"), "suggests the near miss: {}", err.message());
     assert_eq!(alert_to_metro(&net).await.bundle_version, r.new_version, "the old bundle stays in force");
 
-    let store = &net.gateway.0.store;
+    let store = &net.gateway.store();
     let size = haven_gateway::audit::size(store.pool()).await.unwrap();
     let entries = haven_gateway::audit::read_range(store.pool(), 0, size).await.unwrap();
     let reloaded: Vec<_> = entries.iter().filter(|e| e.action == "policy_reloaded").collect();

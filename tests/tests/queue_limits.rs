@@ -70,7 +70,7 @@ async fn beyond_the_quota_a_recipient_is_refused_and_nothing_queued_is_dropped()
     assert_eq!(r.outcomes[0].outcome, recipient_outcome::Outcome::QuotaExceeded as i32);
     assert_eq!(r.outcomes[0].decision.as_ref().unwrap().reason_code, "quota_exceeded");
     let pending = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = 'maple-house' AND state = 'pending'")
-        .fetch_one(net.gateway.0.store.pool())
+        .fetch_one(net.gateway.store().pool())
         .await
         .unwrap()
         .get::<i64, _>(0);
@@ -92,13 +92,13 @@ async fn an_undelivered_copy_expires_after_the_ttl_and_the_sender_sees_it() {
     assert_eq!(haven_gateway::routing::lifecycle::expire_due(&net.gateway).await.unwrap(), 1);
     let payload =
         sqlx::query("SELECT state, length(payload) FROM outbox WHERE org = 'maple-house' AND item_kind = 'delivery'")
-            .fetch_one(net.gateway.0.store.pool())
+            .fetch_one(net.gateway.store().pool())
             .await
             .unwrap();
     assert_eq!(payload.get::<String, _>(0), "expired");
     assert_eq!(payload.get::<i64, _>(1), 0, "the payload is gone with the expiry");
     // The subject access report says the copy was queued, then expired: it never reached its recipient.
-    let report = haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), "harbor", &s).await.unwrap();
+    let report = haven_gateway::audit::query::disclosures(net.gateway.store().pool(), "harbor", &s).await.unwrap();
     let fate: Vec<(&str, &str, &str)> =
         report.iter().map(|d| (d.action.as_str(), d.recipient.as_str(), d.message_id.as_str())).collect();
     assert_eq!(
@@ -168,7 +168,7 @@ async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frame
     let (c, s) = consent(&harbor, &SystemClock).await;
     send(&harbor, referral(&s, &c)).await;
     let maple_item: String = sqlx::query("SELECT item_id FROM outbox WHERE org = 'maple-house'")
-        .fetch_one(net.gateway.0.store.pool())
+        .fetch_one(net.gateway.store().pool())
         .await
         .unwrap()
         .get(0);
@@ -198,7 +198,7 @@ async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frame
 
     let still = sqlx::query("SELECT state FROM outbox WHERE item_id = $1")
         .bind(maple_item.as_str())
-        .fetch_one(net.gateway.0.store.pool())
+        .fetch_one(net.gateway.store().pool())
         .await
         .unwrap()
         .get::<String, _>(0);

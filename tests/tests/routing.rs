@@ -186,7 +186,7 @@ async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
     // A stored status the gateway never writes is a broken invariant: INTERNAL, not "retry later".
     sqlx::query("UPDATE deliveries SET status = 'misfiled' WHERE message_id = $1")
         .bind(sent.message_id.as_str())
-        .execute(net.gateway.0.store.pool())
+        .execute(net.gateway.store().pool())
         .await
         .unwrap();
     let decline = UpdateStatusRequest { update_id: uuid::Uuid::new_v4().to_string(), ..decline };
@@ -307,7 +307,7 @@ async fn an_organization_without_pins_is_never_queued_for_and_a_message_naming_i
     assert!(d.released_fields.is_empty() && d.withheld_fields == ["incident_type"]);
 
     use sqlx::Row;
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let queued = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = $1")
         .bind("lakeside-police")
         .fetch_one(pool)
@@ -374,7 +374,7 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     // of the withdrawal, since a cancelled copy could have been in flight.)
     use sqlx::Row;
     let left = sqlx::query("SELECT COUNT(*) FROM outbox WHERE org = 'lantern-legal' AND item_kind = 'delivery' AND (state = 'pending' OR length(payload) > 0)")
-        .fetch_one(net.gateway.0.store.pool())
+        .fetch_one(net.gateway.store().pool())
         .await
         .unwrap()
         .get::<i64, _>(0);
@@ -382,7 +382,7 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     // The subject access report says the legal-aid copy was queued, then cancelled: it never reached
     // its recipient.
     let report =
-        haven_gateway::audit::query::disclosures(net.gateway.0.store.pool(), "harbor", &subject).await.unwrap();
+        haven_gateway::audit::query::disclosures(net.gateway.store().pool(), "harbor", &subject).await.unwrap();
     let to_legal_fate: Vec<(&str, &str)> = report
         .iter()
         .filter(|d| d.message_id == to_legal.message_id)
@@ -467,7 +467,7 @@ async fn bad_envelopes_are_refused_precisely_and_nothing_is_queued() {
     }
     use sqlx::Row;
     let queued = sqlx::query("SELECT COUNT(*) FROM outbox")
-        .fetch_one(net.gateway.0.store.pool())
+        .fetch_one(net.gateway.store().pool())
         .await
         .unwrap()
         .get::<i64, _>(0);
@@ -509,7 +509,7 @@ async fn a_recipient_sees_two_controllers_subjects_of_one_pseudonym_as_two() {
     // Each copy records the derivation it used.
     use sqlx::Row;
     let versions: Vec<i64> = sqlx::query("SELECT pseudonym_version FROM deliveries ORDER BY delivery_id")
-        .fetch_all(net.gateway.0.store.pool())
+        .fetch_all(net.gateway.store().pool())
         .await
         .unwrap()
         .iter()
@@ -552,7 +552,7 @@ async fn revoking_a_consent_leaves_other_organizations_copies_alone() {
 
     // The revocation's transaction has committed: its cascade is done.
     use sqlx::Row;
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let status: String = sqlx::query("SELECT status FROM deliveries WHERE sender = 'northstar' AND message_id = $1")
         .bind(sent.message_id.as_str())
         .fetch_one(pool)
@@ -592,7 +592,7 @@ async fn a_withdrawal_names_each_copy_by_the_pseudonym_its_recipient_was_given()
     let (consent_id, subject) = consent(&harbor, &["housing"], &["shelter"]).await;
     // The shelter's node is not running: the new copy waits in the queue.
     let sent = send(&harbor, "casey", referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let new_pseudonym: String = sqlx::query("SELECT recipient_subject FROM deliveries WHERE message_id = $1")
         .bind(sent.message_id.as_str())
         .fetch_one(pool)

@@ -23,7 +23,7 @@ fn org(id: &str) -> OrgId {
 
 /// Every audit entry the gateway has written so far.
 async fn entries(net: &TestNet) -> Vec<AuditEntry> {
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let size = haven_gateway::audit::size(pool).await.unwrap();
     haven_gateway::audit::read_range(pool, 0, size).await.unwrap()
 }
@@ -46,7 +46,7 @@ async fn restart(net: &TestNet) -> Result<Gateway, StartError> {
 }
 
 fn revoked_count(net: &TestNet) -> usize {
-    net.gateway.0.auth.trust().revoked_serials.len()
+    net.gateway.trust().revoked_serials.len()
 }
 
 #[tokio::test]
@@ -155,7 +155,7 @@ async fn a_junk_tls_key_refuses_the_reload_names_the_file_and_changes_nothing() 
 /// Makes every insert into the audit log fail, as a database that cannot be written would, until
 /// [`database_back`] is called.
 async fn database_down(net: &TestNet) {
-    let pool = net.gateway.0.store.pool();
+    let pool = net.gateway.store().pool();
     let statements: &[&str] = match db() {
         Db::Sqlite => &[
             "CREATE TRIGGER test_database_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'the database is down for this test'); END",
@@ -175,7 +175,7 @@ async fn database_back(net: &TestNet) {
         Db::Sqlite => "DROP TRIGGER test_database_down",
         Db::Postgres => "DROP TRIGGER test_database_down ON audit_log",
     };
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(net.gateway.0.store.pool()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(net.gateway.store().pool()).await.unwrap();
 }
 
 #[tokio::test]
