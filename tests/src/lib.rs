@@ -6,5 +6,6 @@
 //! test creates its own database on the server named by `HAVEN_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), and a server that cannot be reached fails the test.
 
+pub mod fixtures;
 pub mod net;
 pub mod procs;

@@ -2,43 +2,26 @@
 //! has stopped or gone idle, database files only their owner may read, and key files that others may
 //! read reported when a server starts.
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use haven_proto::v1::*;
+use haven_tests::fixtures::{DAY, consent_request, record_consent, referral, send, text};
 use haven_tests::net::{Db, TestNet, TestNode, db, policies_dir};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
-use haven_trust::receipt::ConsentReceipt;
 use sqlx::Row;
 use uuid::Uuid;
 
-const DAY: i64 = 86_400_000_000;
 const RECIPIENT: &str = "maple-house";
 const BOUND: Duration = Duration::from_secs(60);
 
-fn text(s: &str) -> FieldValue {
-    FieldValue { value: Some(field_value::Value::Text(s.into())) }
-}
-
 /// Records a housing consent at `node` for shelters; returns (consent id, subject).
 async fn consent(node: &TestNode) -> (String, String) {
-    let req = RecordConsentRequest {
-        purposes: vec!["housing".into()],
-        recipient_types: vec!["shelter".into()],
-        labels: vec!["identifying".into(), "contact".into(), "operational".into()],
-        valid_until_micros: SystemClock.now_micros() + 30 * DAY,
-        method: "written".into(),
-        evidence_sha256: "ef".repeat(32),
-        language: "en".into(),
-        ..Default::default()
-    };
-    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
-    let subject = serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject;
-    (c.consent_id, subject)
+    let labels = ["identifying", "contact", "operational"];
+    record_consent(node, consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY))
+        .await
 }
 
 /// Sends `count` housing referrals from `harbor` to the shelter, each naming a fictional survivor
@@ -48,26 +31,9 @@ async fn send_referrals(harbor: &TestNode, count: usize) -> Vec<String> {
     let mut names = Vec::new();
     for _ in 0..count {
         let name = format!("Marisol-{}", Uuid::new_v4().simple());
-        let env = Envelope {
-            kind: "referral".into(),
-            recipients: vec![RECIPIENT.into()],
-            purpose: "housing".into(),
-            subject_pseudonym: subject.clone(),
-            consent_id: consent_id.clone(),
-            fields: HashMap::from([
-                ("urgency".into(), text("high")),
-                ("safe_to_contact_by".into(), text("through_caseworker")),
-                ("survivor_first_name".into(), text(&name)),
-            ]),
-            ..Default::default()
-        };
-        let sent = harbor
-            .client()
-            .await
-            .send(harbor.as_person("casey", SendRequest { envelope: Some(env) }))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut env = referral(RECIPIENT, "housing", &subject, &consent_id);
+        env.fields.insert("survivor_first_name".into(), text(&name));
+        let sent = send(harbor, "casey", env).await.unwrap();
         assert_eq!(sent.state, "submitted", "{sent:?}");
         names.push(name);
     }

@@ -431,6 +431,9 @@ async fn privacy_officers_see_their_organizations_entries_with_recipient_scoped_
     // The canonical bytes never carry the controller's pseudonym, and still hash to the integrated leaf.
     let seq = page.entries[0].seq;
     let leaf = merkle::leaf_hash(&page.entries[0].canonical);
+    // A query shows what is committed; the tree integrates it shortly after. Wait for that here, so the
+    // proof is asked of a tree that holds the entry.
+    net.gateway.audit_log().covering_checkpoint().await.unwrap();
     let proof = maple
         .client()
         .get_inclusion_proof(maple.req(InclusionProofRequest { seq, tree_size: 0 }))

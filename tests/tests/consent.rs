@@ -7,24 +7,17 @@ use std::sync::Arc;
 
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::*;
+use haven_tests::fixtures::{DAY, consent_request, text};
 use haven_tests::net::{TestNet, TestNode};
 use haven_trust::clock::{Clock, ManualClock};
 use haven_trust::ids::{PersonId, Role};
 use haven_trust::receipt::ConsentReceipt;
 use tonic::Code;
 
-const DAY: i64 = 86_400_000_000;
-
 fn draft(clock: &dyn Clock, purposes: &[&str], types: &[&str], labels: &[&str]) -> RecordConsentRequest {
     RecordConsentRequest {
-        purposes: purposes.iter().map(|s| s.to_string()).collect(),
-        recipient_types: types.iter().map(|s| s.to_string()).collect(),
-        labels: labels.iter().map(|s| s.to_string()).collect(),
-        valid_until_micros: clock.now_micros() + 90 * DAY,
-        method: "written".into(),
         evidence_sha256: "ab".repeat(32),
-        language: "en".into(),
-        ..Default::default()
+        ..consent_request(purposes, types, labels, clock.now_micros() + 90 * DAY)
     }
 }
 
@@ -34,10 +27,6 @@ async fn record(node: &TestNode, d: RecordConsentRequest) -> ConsentRecord {
 
 fn subject_of(c: &ConsentRecord) -> String {
     serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject
-}
-
-fn text(s: &str) -> FieldValue {
-    FieldValue { value: Some(field_value::Value::Text(s.into())) }
 }
 
 /// A housing referral's fields: required ones plus one sensitive field.

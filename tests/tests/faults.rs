@@ -29,6 +29,7 @@ use haven_node::link::{GatewayLink, LinkConfig};
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::*;
+use haven_tests::fixtures::{self, stream_end, text};
 use haven_tests::net::{Db, TestNet, TestNode, db, fresh_database, policies_dir};
 use haven_tests::procs::{Proc, node_users, open_node_db};
 use haven_trust::audit::AuditEntry;
@@ -51,26 +52,9 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_haven-demo"))
 }
 
-fn text(s: &str) -> FieldValue {
-    FieldValue { value: Some(field_value::Value::Text(s.into())) }
-}
-
 /// A housing referral from harbor to the shelter under `consent`.
 fn referral(message_id: &str, subject: &str, consent: &str) -> Envelope {
-    Envelope {
-        message_id: message_id.into(),
-        kind: "referral".into(),
-        recipients: vec![RECIPIENT.into()],
-        purpose: "housing".into(),
-        subject_pseudonym: subject.into(),
-        consent_id: consent.into(),
-        fields: HashMap::from([
-            ("urgency".into(), text("high")),
-            ("safe_to_contact_by".into(), text("through_caseworker")),
-            ("survivor_first_name".into(), text("Rosa (fictional)")),
-        ]),
-        ..Default::default()
-    }
+    Envelope { message_id: message_id.into(), ..fixtures::referral(RECIPIENT, "housing", subject, consent) }
 }
 
 /// The same with a field the schema does not know: refused as a whole with INVALID_ARGUMENT.
@@ -1215,21 +1199,6 @@ fn an_item(f: gateway_frame::Frame) -> Option<Item> {
     if let gateway_frame::Frame::Item(i) = f { Some(i) } else { None }
 }
 
-/// How a stream ends, within 20 s: its closing status, or None for a normal end.
-async fn stream_end(stream: &mut tonic::Streaming<GatewayFrame>) -> Option<tonic::Status> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(s) => return Some(s),
-            }
-        }
-    })
-    .await
-    .expect("the stream ends within 20 s")
-}
-
 /// The audit entries of `action` whose actor is `org`, in log order.
 async fn entries_of(pool: &sqlx::AnyPool, action: &str, org: &str) -> Vec<AuditEntry> {
     let size = haven_gateway::audit::size(pool).await.unwrap();
@@ -1436,7 +1405,9 @@ async fn an_acknowledgement_on_a_fenced_stream_is_audited_but_not_applied() {
         .send(NodeFrame { frame: Some(node_frame::Frame::Ack(Ack { item_id: item.item_id.clone() })) })
         .await
         .unwrap();
-    let status = stream_end(&mut old).await.expect("the fenced stream is closed with a status");
+    let status = stream_end(&mut old, Duration::from_secs(20), "the fenced stream")
+        .await
+        .expect("the fenced stream is closed with a status");
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     assert!(
         status.message().contains("lease lapsed") && status.message().contains("acknowledgements are refused"),
@@ -1520,7 +1491,7 @@ async fn stream_openings_and_closings_are_audited_with_the_source_and_the_items_
     .await;
     // The node closes its side: the gateway ends the stream normally.
     drop(tx);
-    assert!(stream_end(&mut stream).await.is_none(), "a normal end");
+    assert!(stream_end(&mut stream, Duration::from_secs(20), "the stream").await.is_none(), "a normal end");
 
     let opened = entries_of(&gw, "stream_opened", RECIPIENT).await;
     assert_eq!(opened.len(), 1, "{opened:?}");

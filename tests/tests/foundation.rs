@@ -9,6 +9,7 @@ use haven_gateway::audit;
 use haven_gateway::store::Store;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::{GetPinsRequest, NodeFrame, WhoAmIRequest};
+use haven_tests::fixtures::stream_end;
 use haven_tests::net::{GATEWAY_NAME, TestNet, fresh_database};
 use haven_trust::audit::AuditEntry;
 use haven_trust::clock::{Clock, SystemClock};
@@ -267,18 +268,8 @@ async fn revocation_and_reload_refuse_new_handshakes_and_close_open_streams() {
     haven_certs::revoke(net.certs.0.as_path(), &org("harbor"), haven_certs::CertKind::Tls).unwrap();
     net.gateway.reload(None).await.unwrap();
 
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break None,
-                Err(s) => break Some(s),
-            }
-        }
-    })
-    .await
-    .expect("stream closes within 10 s");
-    let status = closed.expect("closed with a status");
+    let status =
+        stream_end(&mut stream, Duration::from_secs(10), "after the revocation").await.expect("closed with a status");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     drop(tx);
     handshake_refused(

@@ -7,49 +7,26 @@ use std::time::Duration;
 
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::*;
+use haven_tests::fixtures::{self, DAY, consent_request, record_consent, text};
 use haven_tests::net::{TestNet, TestNode, copy_policies, policies_dir};
 use haven_trust::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use haven_trust::ids::{PersonId, Role};
-use haven_trust::receipt::ConsentReceipt;
 use sqlx::Row;
 use tonic::Code;
 
-const DAY: i64 = 86_400_000_000;
-
-fn text(s: &str) -> FieldValue {
-    FieldValue { value: Some(field_value::Value::Text(s.into())) }
-}
-
 async fn consent(node: &TestNode, clock: &dyn Clock) -> (String, String) {
-    let req = RecordConsentRequest {
-        purposes: vec!["housing".into()],
-        recipient_types: vec!["shelter".into()],
-        labels: vec!["identifying".into(), "contact".into(), "operational".into()],
-        valid_until_micros: clock.now_micros() + 90 * DAY,
-        method: "written".into(),
-        evidence_sha256: "ab".repeat(32),
-        language: "en".into(),
-        ..Default::default()
-    };
-    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
-    let subject = serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject;
-    (c.consent_id, subject)
+    let labels = ["identifying", "contact", "operational"];
+    record_consent(node, consent_request(&["housing"], &["shelter"], &labels, clock.now_micros() + 90 * DAY)).await
 }
 
 fn referral(subject: &str, consent: &str) -> Envelope {
-    Envelope {
-        kind: "referral".into(),
-        recipients: vec!["maple-house".into()],
-        purpose: "housing".into(),
-        subject_pseudonym: subject.into(),
-        consent_id: consent.into(),
-        fields: HashMap::from([("urgency".into(), text("low")), ("safe_to_contact_by".into(), text("phone_call"))]),
-        ..Default::default()
-    }
+    let mut env = fixtures::referral("maple-house", "housing", subject, consent);
+    env.fields = HashMap::from([("urgency".into(), text("low")), ("safe_to_contact_by".into(), text("phone_call"))]);
+    env
 }
 
 async fn send(node: &TestNode, env: Envelope) -> SendResponse {
-    node.client().await.send(node.as_person("casey", SendRequest { envelope: Some(env) })).await.unwrap().into_inner()
+    fixtures::send(node, "casey", env).await.unwrap()
 }
 
 #[tokio::test]

@@ -6,17 +6,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use haven_proto::v1::*;
+use haven_tests::fixtures::{self, DAY, consent_request, record_consent, send, text};
 use haven_tests::net::{TestNet, TestNode, copy_policies};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
-use haven_trust::receipt::ConsentReceipt;
 use tonic::Code;
-
-const DAY: i64 = 86_400_000_000;
-
-fn text(s: &str) -> FieldValue {
-    FieldValue { value: Some(field_value::Value::Text(s.into())) }
-}
 
 async fn consent(node: &TestNode, purposes: &[&str], types: &[&str]) -> (String, String) {
     consent_for(node, purposes, types, "").await
@@ -25,50 +19,19 @@ async fn consent(node: &TestNode, purposes: &[&str], types: &[&str]) -> (String,
 /// Records a consent for the subject the node knows as `subject` (minted when empty); returns the
 /// consent id and the subject.
 async fn consent_for(node: &TestNode, purposes: &[&str], types: &[&str], subject: &str) -> (String, String) {
-    let req = RecordConsentRequest {
-        subject_pseudonym: subject.into(),
-        purposes: purposes.iter().map(|s| s.to_string()).collect(),
-        recipient_types: types.iter().map(|s| s.to_string()).collect(),
-        labels: vec![
-            "identifying".into(),
-            "contact".into(),
-            "operational".into(),
-            "sensitive".into(),
-            "location".into(),
-        ],
-        valid_until_micros: SystemClock.now_micros() + 30 * DAY,
-        method: "written".into(),
-        evidence_sha256: "ef".repeat(32),
-        language: "en".into(),
-        ..Default::default()
-    };
-    let c = node.client().await.record_consent(node.as_person("casey", req)).await.unwrap().into_inner();
-    let subject = serde_json::from_str::<ConsentReceipt>(&c.receipt_json).unwrap().subject;
-    (c.consent_id, subject)
+    let labels = ["identifying", "contact", "operational", "sensitive", "location"];
+    let mut req = consent_request(purposes, types, &labels, SystemClock.now_micros() + 30 * DAY);
+    req.subject_pseudonym = subject.into();
+    record_consent(node, req).await
 }
 
+/// A referral with a sensitive field the rules keep from shelters.
 fn referral(to: &str, purpose: &str, subject: &str, consent: &str) -> Envelope {
-    Envelope {
-        kind: "referral".into(),
-        recipients: vec![to.into()],
-        purpose: purpose.into(),
-        subject_pseudonym: subject.into(),
-        consent_id: consent.into(),
-        fields: HashMap::from([
-            ("urgency".into(), text("high")),
-            ("safe_to_contact_by".into(), text("through_caseworker")),
-            ("survivor_first_name".into(), text("Rosa (fictional)")),
-            ("medical_notes".into(), text("fictional notes")),
-        ]),
-        ..Default::default()
-    }
+    let mut env = fixtures::referral(to, purpose, subject, consent);
+    env.fields.insert("medical_notes".into(), text("fictional notes"));
+    env
 }
 
-async fn send(node: &TestNode, person: &str, env: Envelope) -> Result<SendResponse, tonic::Status> {
-    node.client().await.send(node.as_person(person, SendRequest { envelope: Some(env) })).await.map(|r| r.into_inner())
-}
-
-/// Waits until the node's inbox holds an item matching `pred`.
 async fn wait_inbox(node: &TestNode, person: &str, pred: impl Fn(&InboxItem) -> bool) -> InboxItem {
     let mut watch =
         node.client().await.watch_inbox(node.as_person(person, InboxRequest::default())).await.unwrap().into_inner();

@@ -13,6 +13,7 @@ use haven_node::users::Users;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::node_client::NodeClient;
 use haven_proto::v1::{InboxRequest, NodeFrame};
+use haven_tests::fixtures::stream_end;
 use haven_tests::net::{fresh_database, policies_dir};
 use haven_tests::procs::{Proc, node_users};
 use haven_trust::clock::SystemClock;
@@ -60,18 +61,7 @@ async fn sighup_after_revoke_closes_the_stream_and_sigterm_shuts_down() {
 
     haven_certs::revoke(&certs, &harbor, haven_certs::CertKind::Tls).unwrap();
     signal(child.id(), "HUP");
-    let status = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break None,
-                Err(s) => break Some(s),
-            }
-        }
-    })
-    .await
-    .expect("the stream closes within 10 s of SIGHUP")
-    .expect("with a status");
+    let status = stream_end(&mut stream, Duration::from_secs(10), "after SIGHUP").await.expect("with a status");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{}", status.message());
 
