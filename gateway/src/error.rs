@@ -37,7 +37,7 @@ impl From<haven_sharing::delivery::StatusError> for Error {
     fn from(e: haven_sharing::delivery::StatusError) -> Self {
         use haven_sharing::delivery::StatusError as E;
         match e {
-            E::NotApplicable { .. } => Error::InvalidArgument(e.to_string()),
+            E::NotApplicable { .. } | E::BadCode | E::CodeRequired => Error::InvalidArgument(e.to_string()),
             E::WrongParty { .. } => Error::PermissionDenied(e.to_string()),
             E::IllegalTransition { .. } => Error::FailedPrecondition(e.to_string()),
         }

@@ -155,6 +155,12 @@ pub enum StatusError {
     /// The copy is in a state this change cannot leave.
     #[error("cannot move a {kind} from `{from}` to `{to}` (allowed from: {})", list(.allowed))]
     IllegalTransition { kind: String, from: DeliveryStatus, to: DeliveryStatus, allowed: &'static [DeliveryStatus] },
+    /// A status code is a snake_case code, never free text (it is stored and shown to the other party).
+    #[error("code must be a snake_case code of at most 64 characters, never free text")]
+    BadCode,
+    /// A decline says why, and a close says how it ended.
+    #[error("a decline needs a reason code and a close needs an outcome code")]
+    CodeRequired,
 }
 
 fn list(statuses: &[DeliveryStatus]) -> String {
@@ -188,6 +194,59 @@ pub fn transition(
         return Err(StatusError::IllegalTransition { kind: kind.to_owned(), from, to, allowed });
     }
     Ok(to)
+}
+
+/// Checks the code a party gives with a change: snake_case, at most 64 characters, never free text; a
+/// decline needs its reason and a close its outcome.
+pub fn check_code(to: DeliveryStatus, code: &str) -> Result<(), StatusError> {
+    let snake = code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !snake {
+        return Err(StatusError::BadCode);
+    }
+    if matches!(to, DeliveryStatus::Declined | DeliveryStatus::Closed) && code.is_empty() {
+        return Err(StatusError::CodeRequired);
+    }
+    Ok(())
+}
+
+/// What a party's status change does to one copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusPlan {
+    /// The copy's new status.
+    pub to: DeliveryStatus,
+    /// End the items still queued for the copy: a withdrawal before the recipient's node took it.
+    pub cancel_queued: bool,
+    /// Tell the other party (a status notice on its stream). A copy withdrawn before its recipient
+    /// took it is simply never delivered, so its recipient hears nothing.
+    pub notify_other_party: bool,
+}
+
+/// Plans `by`'s change of a `kind` copy now `from` to `to` ([`transition`] decides whether it may).
+pub fn plan_status_change(
+    kind: &str,
+    from: DeliveryStatus,
+    to: DeliveryStatus,
+    by: Party,
+) -> Result<StatusPlan, StatusError> {
+    let to = transition(kind, from, to, by)?;
+    let withdrawn_unsent = to == DeliveryStatus::Withdrawn && from == DeliveryStatus::Sent;
+    Ok(StatusPlan { to, cancel_queued: withdrawn_unsent, notify_other_party: !withdrawn_unsent })
+}
+
+/// What the end of a consent (revoked or withdrawn) does to one copy sent under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentEndPlan {
+    /// The copy was still queued: its items end, it becomes `revoked`, and its sender is told.
+    pub revoke: bool,
+    /// The recipient holds the copy, or may (it was on its way): it gets a withdrawal notice.
+    pub notify_recipient: bool,
+}
+
+/// Plans what the end of its consent does to a copy now `status`.
+pub fn plan_consent_end(status: DeliveryStatus) -> ConsentEndPlan {
+    let revoke = status == DeliveryStatus::Sent;
+    // A copy cancelled while queued may already be on its way to the node: count it as received.
+    ConsentEndPlan { revoke, notify_recipient: revoke || status.recipient_holds_it() }
 }
 
 #[cfg(test)]
@@ -255,5 +314,38 @@ mod tests {
     fn only_a_copy_its_node_took_counts_as_held() {
         let held: Vec<_> = DeliveryStatus::ALL.into_iter().filter(|s| s.recipient_holds_it()).collect();
         assert_eq!(held, [S::Delivered, S::Accepted, S::Declined, S::Closed, S::Acknowledged]);
+    }
+
+    #[test]
+    fn a_withdrawal_before_delivery_cancels_quietly_and_any_other_change_is_told() {
+        let plan = plan_status_change("referral", S::Sent, S::Withdrawn, Party::Sender).unwrap();
+        assert_eq!(plan, StatusPlan { to: S::Withdrawn, cancel_queued: true, notify_other_party: false });
+        let plan = plan_status_change("referral", S::Delivered, S::Withdrawn, Party::Sender).unwrap();
+        assert_eq!(plan, StatusPlan { to: S::Withdrawn, cancel_queued: false, notify_other_party: true });
+        let plan = plan_status_change("alert", S::Sent, S::Acknowledged, Party::Recipient).unwrap();
+        assert_eq!(plan, StatusPlan { to: S::Acknowledged, cancel_queued: false, notify_other_party: true });
+        assert!(plan_status_change("alert", S::Withdrawn, S::Acknowledged, Party::Recipient).is_err());
+    }
+
+    #[test]
+    fn codes_are_snake_case_and_a_decline_or_close_needs_one() {
+        assert_eq!(check_code(S::Accepted, ""), Ok(()));
+        assert_eq!(check_code(S::Declined, "no_capacity"), Ok(()));
+        assert_eq!(check_code(S::Declined, ""), Err(StatusError::CodeRequired));
+        assert_eq!(check_code(S::Closed, ""), Err(StatusError::CodeRequired));
+        assert_eq!(check_code(S::Closed, "Housed today"), Err(StatusError::BadCode));
+        assert_eq!(check_code(S::Closed, &"a".repeat(65)), Err(StatusError::BadCode));
+        assert_eq!(check_code(S::Closed, &"a".repeat(64)), Ok(()));
+    }
+
+    #[test]
+    fn the_end_of_a_consent_revokes_queued_copies_and_tells_every_holder() {
+        assert_eq!(plan_consent_end(S::Sent), ConsentEndPlan { revoke: true, notify_recipient: true });
+        for held in [S::Delivered, S::Accepted, S::Declined, S::Closed, S::Acknowledged] {
+            assert_eq!(plan_consent_end(held), ConsentEndPlan { revoke: false, notify_recipient: true }, "{held}");
+        }
+        for gone in [S::Withdrawn, S::Revoked, S::Expired] {
+            assert_eq!(plan_consent_end(gone), ConsentEndPlan { revoke: false, notify_recipient: false }, "{gone}");
+        }
     }
 }
