@@ -9,9 +9,9 @@ use haven_proto::v1::*;
 use haven_trust::ids::Role;
 use tonic::{Request, Response, Status};
 
-use crate::app::NodeState;
 use crate::consent;
 use crate::mailbox;
+use crate::state::NodeState;
 use crate::users::User;
 
 /// Serves `haven.v1.Node`.

@@ -16,6 +16,8 @@ use crate::audit_proxy::AuditProxy;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::store::{NodeStore, NodeStoreError};
 use crate::stream::StreamState;
+
+pub use crate::state::NodeState;
 use crate::users::Directory;
 
 /// Settings for `haven-node serve`.
@@ -49,20 +51,6 @@ pub enum NodeError {
     Tls(String),
     #[error("audit witness: {0}")]
     Witness(#[from] crate::witness::WitnessError),
-}
-
-/// What the node's services share.
-pub struct NodeState {
-    pub link: GatewayLink,
-    pub store: NodeStore,
-    /// The people who may sign in, re-read from the users file on SIGHUP.
-    pub users: Directory,
-    pub clock: SharedClock,
-    pub stream: watch::Receiver<StreamState>,
-    /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
-    pub witness: crate::witness::Witness,
-    /// New arrivals, as they are stored.
-    pub arrivals: crate::mailbox::Arrivals,
 }
 
 /// A node ready to serve.

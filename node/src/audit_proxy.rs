@@ -13,7 +13,7 @@ use haven_proto::v1::audit_server::Audit;
 use haven_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::app::NodeState;
+use crate::state::NodeState;
 
 /// Serves `haven.v1.Audit` on the node.
 pub struct AuditProxy {

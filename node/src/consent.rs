@@ -11,7 +11,7 @@ use rand::RngCore;
 use time::OffsetDateTime;
 use tonic::Status;
 
-use crate::app::NodeState;
+use crate::state::NodeState;
 use crate::users::User;
 
 /// Mints a subject pseudonym: 128 random bits as 32 hex characters.

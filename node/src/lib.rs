@@ -20,6 +20,7 @@ pub mod consent;
 pub mod failure;
 pub mod link;
 pub mod mailbox;
+pub mod state;
 pub mod store;
 pub mod stream;
 pub mod users;

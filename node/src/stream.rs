@@ -19,24 +19,10 @@ use tokio::sync::{mpsc, watch};
 
 use std::sync::Arc;
 
-use crate::app::NodeState;
 use crate::failure;
 use crate::mailbox;
-
-/// What the node knows about its stream, for its users and for tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamState {
-    pub connected: bool,
-    /// How many times the stream has been (re)opened.
-    pub sessions: u64,
-    /// Why the last session ended.
-    pub last_error: String,
-    /// Whether the gateway refused the last attempt because another stream of this organization holds
-    /// its lease (another copy of this node, or this node's previous stream not yet seen to end).
-    pub held_elsewhere: bool,
-    /// How many attempts the gateway refused for that reason.
-    pub refusals: u64,
-}
+use crate::state::NodeState;
+pub use crate::state::StreamState;
 
 /// The metadata key in which the gateway's ALREADY_EXISTS refusal says, in milliseconds, when the
 /// holder's lease lapses unless it is renewed.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::client::{ClientArgs, Session};
 use super::error::CliError;
 use super::fields;
-use super::messages::{Kind, inbox_request, status_name};
+use super::kind::{Kind, inbox_request, status_name};
 use super::output::{self, Out, Table};
 
 /// `haven-node inbox`.

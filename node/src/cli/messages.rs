@@ -3,8 +3,8 @@
 //! (accept, decline, close, acknowledge, withdraw).
 
 use haven_proto::v1::{
-    Envelope, GetMessageRequest, InboxRequest, ListSentRequest, MessageStatus, RecipientOutcome, RecipientStatus,
-    SendRequest, SendResponse, SentMessage, UpdateStatusRequest, recipient_outcome,
+    Envelope, GetMessageRequest, ListSentRequest, MessageStatus, RecipientOutcome, RecipientStatus, SendRequest,
+    SendResponse, SentMessage, UpdateStatusRequest, recipient_outcome,
 };
 use haven_trust::ids::OrgId;
 use serde::Serialize;
@@ -14,24 +14,8 @@ use super::client::{ClientArgs, Session};
 use super::error::CliError;
 use super::fields::{self, FIELD_HELP, FieldArg};
 use super::inbox::{self, InboxRow};
+pub use super::kind::{Kind, inbox_request, status_name};
 use super::output::{self, Out, Table};
-
-/// The two kinds of message people send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Referral,
-    Alert,
-}
-
-impl Kind {
-    /// The wire name (`policies/schema.toml`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Referral => "referral",
-            Kind::Alert => "alert",
-        }
-    }
-}
 
 /// What every send takes besides its recipients and purpose.
 #[derive(Debug, Clone, clap::Args)]
@@ -170,16 +154,6 @@ pub struct StatusRow {
     pub code: String,
     /// True when the same change had been recorded before (nothing changed this time).
     pub replayed: bool,
-}
-
-/// The lowercase name of a status. The sender's node stores a denied recipient without a lifecycle
-/// status, only with its reason, so that shows as `denied`.
-pub fn status_name(status: i32, reason: &str) -> String {
-    match MessageStatus::try_from(status) {
-        Ok(MessageStatus::Unspecified) | Err(_) if !reason.is_empty() => "denied".into(),
-        Ok(MessageStatus::Unspecified) | Err(_) => "-".into(),
-        Ok(s) => s.as_str_name().to_ascii_lowercase(),
-    }
 }
 
 fn outcome_row(o: &RecipientOutcome) -> OutcomeRow {
@@ -417,9 +391,4 @@ pub fn answer(args: &AnswerArgs, status: MessageStatus, code: String) -> UpdateS
         code,
         update_id: args.update_id.map(|u| u.to_string()).unwrap_or_default(),
     }
-}
-
-/// The inbox request for one kind.
-pub fn inbox_request(kind: Option<Kind>, limit: u32) -> InboxRequest {
-    InboxRequest { kind: kind.map(|k| k.as_str().to_owned()).unwrap_or_default(), limit }
 }

@@ -21,6 +21,7 @@ pub mod dates;
 pub mod error;
 pub mod fields;
 pub mod inbox;
+pub mod kind;
 pub mod messages;
 pub mod output;
 pub mod referral;

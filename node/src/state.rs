@@ -1,0 +1,40 @@
+//! What a running node's API, delivery stream and audit proxy share; built and run by `app.rs`.
+
+use tokio::sync::watch;
+
+use haven_trust::clock::SharedClock;
+
+use crate::link::GatewayLink;
+use crate::mailbox::Arrivals;
+use crate::store::NodeStore;
+use crate::users::Directory;
+use crate::witness::Witness;
+
+/// What the node's services share.
+pub struct NodeState {
+    pub link: GatewayLink,
+    pub store: NodeStore,
+    /// The people who may sign in, re-read from the users file on SIGHUP.
+    pub users: Directory,
+    pub clock: SharedClock,
+    pub stream: watch::Receiver<StreamState>,
+    /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
+    pub witness: Witness,
+    /// New arrivals, as they are stored.
+    pub arrivals: Arrivals,
+}
+
+/// What the node knows about its stream, for its users and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamState {
+    pub connected: bool,
+    /// How many times the stream has been (re)opened.
+    pub sessions: u64,
+    /// Why the last session ended.
+    pub last_error: String,
+    /// Whether the gateway refused the last attempt because another stream of this organization holds
+    /// its lease (another copy of this node, or this node's previous stream not yet seen to end).
+    pub held_elsewhere: bool,
+    /// How many attempts the gateway refused for that reason.
+    pub refusals: u64,
+}
