@@ -15,9 +15,9 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 use crate::error::CertsError;
-use crate::issue::{Validity, random_serial};
 use crate::layout::Layout;
 use crate::store::{self, Existing, Secrecy};
+use crate::validity::{Validity, random_serial};
 
 /// How every network CA's common name begins, unless the operator names it: `init` adds a random id
 /// (`Haven network CA 3f9a0c21`), so that two networks' CAs never share a subject. With one subject, a

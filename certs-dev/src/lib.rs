@@ -21,6 +21,7 @@
 mod ca;
 mod issue;
 mod store;
+mod validity;
 
 pub mod bad_certs;
 pub mod csr;

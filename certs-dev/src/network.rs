@@ -146,7 +146,7 @@ pub fn init_with(orgs_toml: &Path, out: &Path, options: &InitOptions) -> Result<
 
     let mut revoked = RevocationList::load(&layout)?;
     revocation::publish(&layout, &ca, &mut revoked)?;
-    let pins = pins::rebuild(&layout, &revoked)?;
+    let pins = pins::rebuild(&layout, revoked.revoked.iter().map(|e| &e.fingerprint))?;
     pins::save(&layout, &pins)?;
     let ca_name = ca.name()?;
     Ok(InitReport { layout, ca_created, issued, pseudonym_key_created, pins, ca_name })

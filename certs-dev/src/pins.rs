@@ -11,7 +11,6 @@ use crate::error::CertsError;
 use crate::issue::OnDisk;
 use crate::layout::Layout;
 use crate::party::{CertKind, Party};
-use crate::revocation::RevocationList;
 use crate::store::{self, Existing, Secrecy};
 
 /// Reads `pins.toml`, or an empty pins file when there is none.
@@ -61,7 +60,10 @@ pub(crate) fn remove(pins: &mut PinsFile, fingerprint: &Fingerprint) {
 
 /// The pins after a rerun of `init`: those already recorded, plus every certificate in the layout,
 /// minus every revoked certificate.
-pub(crate) fn rebuild(layout: &Layout, revoked: &RevocationList) -> Result<PinsFile, CertsError> {
+pub(crate) fn rebuild<'a>(
+    layout: &Layout,
+    revoked: impl IntoIterator<Item = &'a Fingerprint>,
+) -> Result<PinsFile, CertsError> {
     let mut pins = load(layout)?;
     let mut parties = vec![Party::Gateway];
     parties.extend(org_dirs(layout)?.into_iter().map(Party::Org));
@@ -74,8 +76,8 @@ pub(crate) fn rebuild(layout: &Layout, revoked: &RevocationList) -> Result<PinsF
             }
         }
     }
-    for entry in &revoked.revoked {
-        remove(&mut pins, &entry.fingerprint);
+    for fingerprint in revoked {
+        remove(&mut pins, fingerprint);
     }
     Ok(pins)
 }
