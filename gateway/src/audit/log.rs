@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::group;
 use crate::error::Error;
-use crate::store::{Backend, Store, StoreError, Tx};
+use crate::store::{Backend, Store, StoreError, Tx, dialect};
 
 /// When checkpoints are signed: after this many new entries, or this long after the previous one if
 /// the log has grown since, whichever comes first (`network.toml`: `checkpoint_every_entries`,
@@ -52,7 +52,7 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// The most entries one integration transaction takes.
 const BATCH: usize = 4096;
 /// Perfect subtrees per INSERT on PostgreSQL: small statements, for the reason given at
-/// `super::PG_INSERT_CHUNK` (on SQLite, see `super::chunks`).
+/// `crate::store::dialect::PG_INSERT_CHUNK` (on SQLite, see `crate::store::dialect::chunks`).
 const PG_NODE_CHUNK: usize = 64;
 /// Subtrees per SELECT by id (two binds each) on PostgreSQL.
 const FETCH_CHUNK: usize = 100;
@@ -505,10 +505,10 @@ fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<Checkpoint, LogError> 
 /// Reads the named subtrees, a bounded number per query.
 async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LogError> {
     let mut out = HashMap::with_capacity(ids.len());
-    let sqlite = super::is_sqlite(conn);
-    for chunk in super::chunks(ids, sqlite, FETCH_CHUNK) {
+    let sqlite = dialect::is_sqlite(conn);
+    for chunk in dialect::chunks(ids, sqlite, FETCH_CHUNK) {
         let mut sql = String::from("SELECT level, idx, hash FROM merkle_node WHERE ");
-        super::push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
+        dialect::push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index));
@@ -525,20 +525,10 @@ async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap
 
 /// Writes newly completed subtrees, many per statement.
 async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
-    let sqlite = super::is_sqlite(tx);
-    for chunk in super::chunks(nodes, sqlite, PG_NODE_CHUNK) {
-        let mut sql = String::from("INSERT INTO merkle_node (level, idx, hash) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            super::push_row(&mut sql, sqlite, i, 3);
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, hash) in chunk {
-            q = q.bind(i64::from(id.level)).bind(db_int(id.index)).bind(hash.to_vec());
-        }
-        q.execute(&mut **tx).await?;
-    }
+    let head = "INSERT INTO merkle_node (level, idx, hash) VALUES";
+    dialect::with_rows(tx, head, 3, "", PG_NODE_CHUNK, nodes, |q, (id, hash)| {
+        q.bind(i64::from(id.level)).bind(db_int(id.index)).bind(hash.to_vec())
+    })
+    .await?;
     Ok(())
 }

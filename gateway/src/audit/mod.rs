@@ -22,6 +22,7 @@ pub use rejections::Rejections;
 use haven_trust::audit::{AuditEntry, Encoding};
 use sqlx::Row;
 
+use crate::store::dialect::insert_many;
 use crate::store::{StoreError, Tx};
 
 /// Appends entries in the caller's transaction and returns the first assigned `seq`.
@@ -49,136 +50,38 @@ pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Re
         entry.encoding_version = Encoding::default();
     }
     // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
-    let sqlite = is_sqlite(tx);
-    for chunk in chunks(entries, sqlite, PG_INSERT_CHUNK) {
-        let mut sql = String::with_capacity(INSERT_HEAD.len() + chunk.len() * 120);
-        sql.push_str(INSERT_HEAD);
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { " " } else { ", " });
-            push_row(&mut sql, sqlite, i, INSERT_COLUMNS);
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (entry, _) in chunk {
-            q = q
-                .bind(i64::try_from(entry.seq).unwrap_or(i64::MAX))
-                .bind(entry.time_micros)
-                .bind(entry.actor_org.as_str())
-                .bind(entry.actor_person.as_str())
-                .bind(entry.actor_role.as_str())
-                .bind(entry.action.as_str())
-                .bind(entry.object_id.as_str())
-                .bind(entry.counterparty.as_str())
-                .bind(entry.subject.as_str())
-                .bind(entry.purpose.as_str())
-                .bind(entry.consent_id.as_str())
-                .bind(list(&entry.rule_ids))
-                .bind(entry.bundle_version.as_str())
-                .bind(entry.decision.as_str())
-                .bind(entry.reason.as_str())
-                .bind(list(&entry.released_fields))
-                .bind(list(&entry.withheld_fields))
-                .bind(entry.outcome.as_str())
-                .bind(entry.correlation_id.as_str())
-                .bind(entry.source_node.as_str())
-                .bind(entry.counterparty_subject.as_str())
-                .bind(i64::from(entry.encoding_version.version()))
-                .bind(entry.leaf_hash().to_vec());
-        }
-        q.execute(&mut **tx).await?;
-    }
+    insert_many(tx, INSERT_HEAD, INSERT_COLUMNS, &*entries, |q, (entry, _)| {
+        q.bind(i64::try_from(entry.seq).unwrap_or(i64::MAX))
+            .bind(entry.time_micros)
+            .bind(entry.actor_org.as_str())
+            .bind(entry.actor_person.as_str())
+            .bind(entry.actor_role.as_str())
+            .bind(entry.action.as_str())
+            .bind(entry.object_id.as_str())
+            .bind(entry.counterparty.as_str())
+            .bind(entry.subject.as_str())
+            .bind(entry.purpose.as_str())
+            .bind(entry.consent_id.as_str())
+            .bind(list(&entry.rule_ids))
+            .bind(entry.bundle_version.as_str())
+            .bind(entry.decision.as_str())
+            .bind(entry.reason.as_str())
+            .bind(list(&entry.released_fields))
+            .bind(list(&entry.withheld_fields))
+            .bind(entry.outcome.as_str())
+            .bind(entry.correlation_id.as_str())
+            .bind(entry.source_node.as_str())
+            .bind(entry.counterparty_subject.as_str())
+            .bind(i64::from(entry.encoding_version.version()))
+            .bind(entry.leaf_hash().to_vec())
+    })
+    .await?;
     Ok(u64::try_from(first).unwrap_or(0))
-}
-
-/// Whether a connection is SQLite's.
-pub(crate) fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
-    conn.backend_name() == "SQLite"
-}
-
-/// Writes `n` terms `(first = ? AND second = ?)` joined by `OR` (numbered `$1, $2, ...` on
-/// PostgreSQL): a lookup of `n` keys of two columns, which SQLite plans as one index search per term.
-pub(crate) fn push_pair_terms(sql: &mut String, sqlite: bool, first: &str, second: &str, n: usize) {
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(" OR ");
-        }
-        if sqlite {
-            sql.push_str(&format!("({first} = ? AND {second} = ?)"));
-        } else {
-            sql.push_str(&format!("({first} = ${} AND {second} = ${})", 2 * i + 1, 2 * i + 2));
-        }
-    }
-}
-
-/// Writes the placeholders of row `row` of a multi-row statement of `columns` columns: `($1, $2, ...)`,
-/// or `(?, ?, ...)` on SQLite, which looks each named placeholder up by a linear scan of all of them,
-/// so that a statement of thousands of `$N` binds would cost quadratic time to bind.
-pub(crate) fn push_row(sql: &mut String, sqlite: bool, row: usize, columns: usize) {
-    sql.push('(');
-    for c in 0..columns {
-        if c > 0 {
-            sql.push_str(", ");
-        }
-        if sqlite {
-            sql.push('?');
-        } else {
-            sql.push('$');
-            sql.push_str(&(row * columns + c + 1).to_string());
-        }
-    }
-    sql.push(')');
-}
-
-/// The most rows (or keys) one statement takes on SQLite: see [`chunks`].
-const SQLITE_MAX_CHUNK: usize = 64;
-
-/// The chunks a statement of many rows (or keys) takes `rows` in: on PostgreSQL, `pg` at a time.
-///
-/// On SQLite a compiled statement is cached by its text, which changes with its number of rows; a
-/// statement that is not cached is parsed again each time, and parsing was 18 % of the SQLite writer's
-/// time under load and 30 % with one caller. So there the chunks are powers of two, largest first, up
-/// to [`SQLITE_MAX_CHUNK`]: `n` rows take `n / 64` statements plus one per bit set in `n % 64`, a
-/// connection keeps at most seven shapes of each statement, and every statement is kept prepared.
-/// (sqlx keeps the 100 most recently used statements per connection, so under a load that uses
-/// every shape of every kind the rarest shapes are parsed again now and then.)
-pub(crate) fn chunks<T>(rows: &[T], sqlite: bool, pg: usize) -> Chunks<'_, T> {
-    Chunks { rest: rows, sqlite, pg: pg.max(1) }
-}
-
-/// The iterator of [`chunks`].
-pub(crate) struct Chunks<'r, T> {
-    rest: &'r [T],
-    sqlite: bool,
-    pg: usize,
-}
-
-impl<'r, T> Iterator for Chunks<'r, T> {
-    type Item = &'r [T];
-
-    fn next(&mut self) -> Option<&'r [T]> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let n = if self.sqlite {
-            let n = self.rest.len().min(SQLITE_MAX_CHUNK);
-            1 << n.ilog2()
-        } else {
-            self.rest.len().min(self.pg)
-        };
-        let (chunk, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Some(chunk)
-    }
 }
 
 /// The columns of an `audit_log` row, in the order [`append`] binds them.
 const INSERT_HEAD: &str = "INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version, leaf_hash) VALUES";
 const INSERT_COLUMNS: usize = 23;
-/// Rows per INSERT on PostgreSQL. sqlx does not set TCP_NODELAY, and a statement whose bind message
-/// outgrows about 8 KiB meets Nagle's algorithm and the server's delayed ACK: a 40 ms stall per
-/// statement (measured: 64-row inserts at 1,400 entries/s, 8-row inserts at 25,000/s). Small statements
-/// in one transaction cost one round trip each and no stall.
-pub(crate) const PG_INSERT_CHUNK: usize = 8;
-
 /// Appends one entry with no counterparty-scoped subject.
 pub async fn append_one(tx: &mut Tx<'_>, entry: AuditEntry) -> Result<u64, StoreError> {
     append(tx, &mut [(entry, String::new())]).await
@@ -253,34 +156,4 @@ pub fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError>
 pub async fn size(pool: &sqlx::AnyPool) -> Result<u64, StoreError> {
     let row = sqlx::query("SELECT next_seq FROM audit_head WHERE id = 1").fetch_one(pool).await?;
     Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sizes(n: usize, sqlite: bool, pg: usize) -> Vec<usize> {
-        let rows: Vec<usize> = (0..n).collect();
-        let got: Vec<&[usize]> = chunks(&rows, sqlite, pg).collect();
-        assert_eq!(got.concat(), rows, "every row once, in order");
-        got.iter().map(|c| c.len()).collect()
-    }
-
-    /// On SQLite a statement of many rows comes in a few shapes only (powers of two up to the
-    /// limit), so each is compiled once per connection; on PostgreSQL in chunks of the given size.
-    #[test]
-    fn sqlite_chunks_are_powers_of_two_largest_first() {
-        assert!(sizes(0, true, 8).is_empty());
-        assert_eq!(sizes(1, true, 8), [1]);
-        assert_eq!(sizes(23, true, 8), [16, 4, 2, 1]);
-        assert_eq!(sizes(64, true, 8), [64]);
-        assert_eq!(sizes(200, true, 8), [64, 64, 64, 8]);
-        assert_eq!(sizes(23, false, 8), [8, 8, 7]);
-        assert_eq!(sizes(3, false, 0), [1, 1, 1], "a chunk size of zero is taken as one");
-        for n in 0..=300 {
-            let s = sizes(n, true, 8);
-            assert!(s.iter().all(|c| c.is_power_of_two() && *c <= SQLITE_MAX_CHUNK), "{n}: {s:?}");
-            assert!(s.len() <= n / SQLITE_MAX_CHUNK + 6, "{n} rows in {} statements", s.len());
-        }
-    }
 }

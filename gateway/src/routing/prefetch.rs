@@ -16,10 +16,10 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::queue::QueuedRow;
-use crate::audit::{chunks, is_sqlite, push_pair_terms, push_row};
 use crate::store::Tx;
 use crate::store::consents::{self, Stored};
-use crate::store::deliveries::{Copy, copy_from};
+use crate::store::deliveries::{self, Copy, copy_from};
+use crate::store::dialect::{chunks, is_sqlite, push_pair_terms, push_row};
 
 /// What one unit will read, named before it runs.
 #[derive(Default)]
@@ -98,7 +98,7 @@ impl Prefetched {
         for chunk in chunks(&items, sqlite, CHUNK) {
             let mut sql = format!(
                 "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
-                COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
+                COPY = deliveries::COPY_COLUMNS
             );
             push_row(&mut sql, sqlite, 0, chunk.len());
             let mut q = sqlx::query(AssertSqlSafe(sql));

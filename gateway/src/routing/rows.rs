@@ -8,35 +8,14 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe};
-
-use crate::audit::{PG_INSERT_CHUNK, chunks, is_sqlite, push_row};
 use crate::store::Tx;
+use crate::store::deliveries::{self, Delivered};
+use crate::store::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, with_rows};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
 
-/// A recipient's copy of a message.
-pub struct DeliveryRow {
-    pub delivery_id: String,
-    pub sender: String,
-    pub sender_person: String,
-    pub message_id: String,
-    pub recipient: String,
-    pub kind: String,
-    pub purpose: String,
-    pub consent_id: String,
-    pub subject: String,
-    pub recipient_subject: String,
-    /// The derivation of `recipient_subject` ([`super::pseudonym::VERSION`]).
-    pub pseudonym_version: i64,
-    /// JSON array of the released field names.
-    pub released_fields: String,
-    pub updated_at_micros: i64,
-    pub expires_at_micros: i64,
-}
+pub use crate::store::deliveries::DeliveryRow;
 
 /// A submitted message, with its reply for idempotent resubmission.
 pub struct MessageRow {
@@ -123,24 +102,7 @@ impl NewRows {
             },
         )
         .await?;
-        insert_many(tx, "INSERT INTO deliveries (delivery_id, sender, sender_person, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, pseudonym_version, released_fields, status, updated_at_micros, expires_at_micros) VALUES", 15, &self.deliveries, |q, d| {
-            q.bind(d.delivery_id.as_str())
-                .bind(d.sender.as_str())
-                .bind(d.sender_person.as_str())
-                .bind(d.message_id.as_str())
-                .bind(d.recipient.as_str())
-                .bind(d.kind.as_str())
-                .bind(d.purpose.as_str())
-                .bind(d.consent_id.as_str())
-                .bind(d.subject.as_str())
-                .bind(d.recipient_subject.as_str())
-                .bind(d.pseudonym_version)
-                .bind(d.released_fields.as_str())
-                .bind("sent")
-                .bind(d.updated_at_micros)
-                .bind(d.expires_at_micros)
-        })
-        .await?;
+        deliveries::insert(tx, &self.deliveries).await?;
         insert_outbox(tx, &self.outbox).await?;
         self.record_acks(tx).await
     }
@@ -152,7 +114,9 @@ impl NewRows {
         let head =
             format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
         let tail = ") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'";
-        let ended = with_rows(tx, &head, 2, tail, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at)).await?;
+        let ended =
+            with_rows(tx, &head, 2, tail, PG_INSERT_CHUNK, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at))
+                .await?;
         // Each was read as pending in this transaction, which holds the write lock: if any was not
         // ended here, the counts and audit entries built on that read are wrong, and nothing commits.
         if ended != self.acked.len() as u64 {
@@ -162,14 +126,15 @@ impl NewRows {
                 self.acked.len()
             )));
         }
-        let copies: Vec<&Acked> = self.acked.iter().filter(|a| a.delivery_id.is_some()).collect();
-        let head = "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES";
-        let tail = ") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'";
+        let copies: Vec<Delivered<'_>> = self
+            .acked
+            .iter()
+            .filter_map(|a| {
+                a.delivery_id.as_deref().map(|delivery_id| Delivered { delivery_id, by: a.by.as_str(), at: a.at })
+            })
+            .collect();
         // A copy may have moved on from `sent` already (its recipient acted first): not counted.
-        with_rows(tx, head, 3, tail, &copies, |q, a| {
-            q.bind(a.delivery_id.as_deref().unwrap_or("")).bind(a.by.as_str()).bind(a.at)
-        })
-        .await?;
+        deliveries::mark_delivered_many(tx, &copies).await?;
         Ok(())
     }
 }
@@ -197,46 +162,4 @@ pub async fn insert_outbox(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sq
         }
     }
     Ok(())
-}
-
-/// Inserts `rows` with multi-row statements of `columns` columns each, `bind` binding one row.
-async fn insert_many<'r, R>(
-    tx: &mut Tx<'_>,
-    head: &str,
-    columns: usize,
-    rows: &'r [R],
-    bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
-) -> Result<(), sqlx::Error> {
-    with_rows(tx, head, columns, "", rows, bind).await?;
-    Ok(())
-}
-
-/// Runs `head`, then the placeholders of a chunk of `rows` (`columns` each), then `tail`, once per
-/// chunk (see [`chunks`]; PostgreSQL takes the audit log's small chunks, for the reason given there),
-/// `bind` binding one row; returns how many rows the statements changed.
-async fn with_rows<'r, R>(
-    tx: &mut Tx<'_>,
-    head: &str,
-    columns: usize,
-    tail: &str,
-    rows: &'r [R],
-    bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
-) -> Result<u64, sqlx::Error> {
-    let sqlite = is_sqlite(tx);
-    let mut affected = 0;
-    for chunk in chunks(rows, sqlite, PG_INSERT_CHUNK) {
-        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
-        sql.push_str(head);
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { " " } else { ", " });
-            push_row(&mut sql, sqlite, i, columns);
-        }
-        sql.push_str(tail);
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            q = bind(q, row);
-        }
-        affected += q.execute(&mut **tx).await?.rows_affected();
-    }
-    Ok(affected)
 }

@@ -4,8 +4,8 @@
 use haven_trust::receipt::{ConsentReceipt, ConsentState};
 use sqlx::Row;
 
+use super::dialect::{is_sqlite, push_row};
 use super::{StoreError, Tx};
-use crate::audit::{is_sqlite, push_row};
 
 /// A stored consent.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
     if !sqlite {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
-    // Its shape changes with the number of ids, which callers take in `audit::chunks`.
+    // Its shape changes with the number of ids, which callers take in `dialect::chunks`.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);

@@ -15,6 +15,7 @@
 pub mod consents;
 pub mod crl;
 pub mod deliveries;
+pub(crate) mod dialect;
 mod migrate;
 pub mod reported;
 mod wal;
