@@ -6,7 +6,6 @@ use haven_proto::v1 as pb;
 use haven_sharing::delivery::{self, DeliveryStatus, ItemState, Party};
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId, Role};
-use sqlx::Row;
 
 use super::queue::{self, NewItem};
 use super::rows::{Acked, OutboxRow};
@@ -17,6 +16,7 @@ use crate::state::Gateway;
 use crate::store::Tx;
 use crate::store::consents::lock_consent;
 use crate::store::deliveries::{self, Copy, copy_by_id, set_status};
+use crate::store::outbox;
 
 fn base_entry(g: &Gateway, now: i64, action: Action, c: &Copy) -> AuditEntry {
     AuditEntry {
@@ -49,7 +49,7 @@ async fn notify_sender(
     kind: pb::sender_notice::Kind,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    super::rows::insert_outbox(tx, &[sender_notice(now, c, kind, reason)]).await
+    outbox::insert(tx, &[sender_notice(now, c, kind, reason)]).await
 }
 
 /// The item that tells a copy's sender what became of it.
@@ -260,12 +260,7 @@ pub async fn consent_ended(
     for c in &copies {
         let mut cancelled_in_flight = false;
         if c.status == DeliveryStatus::Sent {
-            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
-                .bind(c.delivery_id.as_str())
-                .fetch_all(&mut **tx)
-                .await?;
-            for it in items {
-                let id: String = it.try_get(0)?;
+            for id in outbox::pending_of_delivery(tx, &c.delivery_id).await? {
                 queue::finish(tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
             set_status(tx, &c.delivery_id, DeliveryStatus::Revoked, reason, "", now).await?;
@@ -319,15 +314,9 @@ pub async fn consent_ended(
 /// Expires queued copies past their TTL: payload deleted, the sender told. Returns how many.
 pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
     let now = g.0.clock.now_micros();
-    let due: Vec<(String, String, String)> = sqlx::query("SELECT item_id, delivery_id, consent_id FROM outbox WHERE state = 'pending' AND expires_at_micros <= $1 ORDER BY expires_at_micros LIMIT 1000")
-        .bind(now)
-        .fetch_all(g.0.store.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    let due = outbox::due(g.0.store.pool(), now).await?;
     let mut n = 0;
-    for (item_id, delivery_id, consent_id) in due {
+    for outbox::Due { item_id, delivery_id, consent_id } in due {
         let mut tx = g.0.store.begin().await?;
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
         lock_consent(&mut tx, &consent_id).await?;
@@ -434,12 +423,7 @@ pub async fn update_status(
         final_status = Some(to);
         let withdrawn_unsent = to == DeliveryStatus::Withdrawn && c.status == DeliveryStatus::Sent;
         if withdrawn_unsent {
-            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
-                .bind(c.delivery_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-            for it in items {
-                let id: String = it.try_get(0)?;
+            for id in outbox::pending_of_delivery(&mut tx, &c.delivery_id).await? {
                 queue::finish(&mut tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
         }

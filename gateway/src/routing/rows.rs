@@ -6,16 +6,13 @@
 //! the same batch sees earlier units' messages through [`NewRows::message`], so a repeated message id
 //! is recognised before anything is written.
 
-use std::collections::BTreeSet;
-
 use crate::store::Tx;
 use crate::store::deliveries::{self, Delivered};
-use crate::store::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, with_rows};
-
-/// The channel name for PostgreSQL wake-ups.
-pub const PG_CHANNEL: &str = "haven_queue";
+use crate::store::dialect::insert_many;
+use crate::store::outbox::{self, AckedItem};
 
 pub use crate::store::deliveries::DeliveryRow;
+pub use crate::store::outbox::OutboxRow;
 
 /// A submitted message, with its reply for idempotent resubmission.
 pub struct MessageRow {
@@ -25,19 +22,6 @@ pub struct MessageRow {
     pub content_sha256: String,
     pub response: Vec<u8>,
     pub created_at_micros: i64,
-}
-
-/// A queued item.
-pub struct OutboxRow {
-    pub item_id: String,
-    pub org: String,
-    pub item_kind: &'static str,
-    pub delivery_id: String,
-    pub consent_id: String,
-    pub sender: String,
-    pub payload: Vec<u8>,
-    pub queued_at_micros: i64,
-    pub expires_at_micros: i64,
 }
 
 /// An acknowledged item, and the copy it delivered (if it was a delivery), recorded by the
@@ -103,20 +87,16 @@ impl NewRows {
         )
         .await?;
         deliveries::insert(tx, &self.deliveries).await?;
-        insert_outbox(tx, &self.outbox).await?;
+        outbox::insert(tx, &self.outbox).await?;
         self.record_acks(tx).await
     }
 
     /// Ends the acknowledged items (payload deleted) and moves their copies from `sent` to
     /// `delivered`, a statement per chunk for each.
     async fn record_acks(&self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
-        let empty = if is_sqlite(tx) { "x''" } else { "''::bytea" };
-        let head =
-            format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
-        let tail = ") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'";
-        let ended =
-            with_rows(tx, &head, 2, tail, PG_INSERT_CHUNK, &self.acked, |q, a| q.bind(a.item_id.as_str()).bind(a.at))
-                .await?;
+        let items: Vec<AckedItem<'_>> =
+            self.acked.iter().map(|a| AckedItem { item_id: a.item_id.as_str(), at: a.at }).collect();
+        let ended = outbox::ack_many(tx, &items).await?;
         // Each was read as pending in this transaction, which holds the write lock: if any was not
         // ended here, the counts and audit entries built on that read are wrong, and nothing commits.
         if ended != self.acked.len() as u64 {
@@ -137,29 +117,4 @@ impl NewRows {
         deliveries::mark_delivered_many(tx, &copies).await?;
         Ok(())
     }
-}
-
-/// Inserts queued items and, on PostgreSQL, sends one `pg_notify` per organization (delivered at
-/// commit, so a stream on another replica hears of them).
-pub async fn insert_outbox(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
-    insert_many(tx, "INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES", 10, rows, |q, r| {
-        q.bind(r.item_id.as_str())
-            .bind(r.org.as_str())
-            .bind(r.item_kind)
-            .bind(r.delivery_id.as_str())
-            .bind(r.consent_id.as_str())
-            .bind(r.sender.as_str())
-            .bind(r.payload.as_slice())
-            .bind(r.queued_at_micros)
-            .bind(r.expires_at_micros)
-            .bind("pending")
-    })
-    .await?;
-    if !is_sqlite(tx) {
-        let orgs: BTreeSet<&str> = rows.iter().map(|r| r.org.as_str()).collect();
-        for org in orgs {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(org).execute(&mut **tx).await?;
-        }
-    }
-    Ok(())
 }

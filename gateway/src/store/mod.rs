@@ -17,6 +17,7 @@ pub mod crl;
 pub mod deliveries;
 pub(crate) mod dialect;
 mod migrate;
+pub mod outbox;
 pub mod reported;
 mod wal;
 
