@@ -8,21 +8,12 @@
 
 use crate::store::Tx;
 use crate::store::deliveries::{self, Delivered};
-use crate::store::dialect::insert_many;
+use crate::store::messages;
 use crate::store::outbox::{self, AckedItem};
 
 pub use crate::store::deliveries::DeliveryRow;
+pub use crate::store::messages::MessageRow;
 pub use crate::store::outbox::OutboxRow;
-
-/// A submitted message, with its reply for idempotent resubmission.
-pub struct MessageRow {
-    pub sender: String,
-    pub message_id: String,
-    pub kind: String,
-    pub content_sha256: String,
-    pub response: Vec<u8>,
-    pub created_at_micros: i64,
-}
 
 /// An acknowledged item, and the copy it delivered (if it was a delivery), recorded by the
 /// recipient `by` at `at`.
@@ -71,21 +62,7 @@ impl NewRows {
 
     /// Writes every row, then (on PostgreSQL) notifies each organization something was queued.
     pub async fn write(&self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
-        insert_many(
-            tx,
-            "INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES",
-            6,
-            &self.messages,
-            |q, m| {
-                q.bind(m.sender.as_str())
-                    .bind(m.message_id.as_str())
-                    .bind(m.kind.as_str())
-                    .bind(m.content_sha256.as_str())
-                    .bind(m.response.as_slice())
-                    .bind(m.created_at_micros)
-            },
-        )
-        .await?;
+        messages::insert(tx, &self.messages).await?;
         deliveries::insert(tx, &self.deliveries).await?;
         outbox::insert(tx, &self.outbox).await?;
         self.record_acks(tx).await
