@@ -16,6 +16,7 @@ pub mod consents;
 pub mod crl;
 pub mod deliveries;
 pub(crate) mod dialect;
+pub mod leases;
 pub mod messages;
 mod migrate;
 pub mod outbox;
