@@ -18,6 +18,7 @@ pub mod crl;
 pub mod deliveries;
 pub(crate) mod dialect;
 pub mod leases;
+pub(crate) mod merkle;
 pub mod messages;
 mod migrate;
 pub mod outbox;
