@@ -377,12 +377,7 @@ fn shown(row: &sqlx::any::AnyRow, scope: &Scope) -> Result<Shown, StoreError> {
 /// Whether `org` controls a consent about `subject`: the test for a privacy officer's subject access
 /// report. It reads the consent registry (`consents`, migration 2).
 pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM consents WHERE controller = $1 AND subject = $2 LIMIT 1")
-        .bind(org.as_str())
-        .bind(subject)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.is_some())
+    Ok(crate::store::consents::controls_subject(pool, org.as_str(), subject).await?)
 }
 
 /// Every disclosure `controller` made about its subject `subject`, in seq order, and what became of
@@ -406,16 +401,10 @@ pub async fn disclosures(
     controller: &str,
     subject: &str,
 ) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
-    )))
-    .bind(controller)
-    .bind(subject)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let e = super::entry_from_row(row)?;
+    let entries = crate::store::audit_log::disclosures(pool, controller, subject).await?;
+    entries
+        .into_iter()
+        .map(|e| {
             let delivered = e.action == Action::Delivered.as_str();
             // A withdrawal notice is about the consent (its entry's object), not one message.
             let notice = e.action == Action::WithdrawalNotified.as_str();

@@ -140,3 +140,17 @@ pub async fn size(pool: &sqlx::AnyPool) -> Result<u64, StoreError> {
     let row = sqlx::query("SELECT next_seq FROM audit_head WHERE id = 1").fetch_one(pool).await?;
     Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
 }
+
+/// The entries of a subject access report for `controller`'s subject `subject`, in seq order: the
+/// controller's queued submissions, cancellations, expiries and withdrawal notices about the subject,
+/// and the recipients' deliveries of those submissions' messages (see `audit::query::disclosures`).
+pub async fn disclosures(pool: &sqlx::AnyPool, controller: &str, subject: &str) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
+    )))
+    .bind(controller)
+    .bind(subject)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(entry_from_row).collect()
+}

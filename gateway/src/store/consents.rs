@@ -227,3 +227,17 @@ pub(crate) async fn expire(tx: &mut Tx<'_>, consent_id: &str, now: i64) -> Resul
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Whether `controller` registered a consent about `subject` (in any state).
+pub(crate) async fn controls_subject(
+    pool: &sqlx::AnyPool,
+    controller: &str,
+    subject: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT 1 FROM consents WHERE controller = $1 AND subject = $2 LIMIT 1")
+        .bind(controller)
+        .bind(subject)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
