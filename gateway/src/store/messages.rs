@@ -1,10 +1,10 @@
 //! The messages table: each submitted message with its reply, so that a resubmission of the same
 //! message gets the same reply and a different message under a used id is refused.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Tx;
-use super::dialect::insert_many;
+use super::dialect::{insert_many, is_sqlite, push_pair_terms};
 
 /// A submitted message, with its reply for idempotent resubmission.
 pub struct MessageRow {
@@ -47,4 +47,25 @@ pub(crate) async fn insert(tx: &mut Tx<'_>, rows: &[MessageRow]) -> Result<(), s
         },
     )
     .await
+}
+
+/// The content hash and reply of each of the messages `keys` names (sender, message id) that was
+/// submitted, as `(sender, message_id, content_sha256, response)`; one statement, whose shape changes
+/// with the number of keys (callers take them in `dialect::chunks`).
+pub(crate) async fn by_keys(
+    tx: &mut Tx<'_>,
+    keys: &[(&str, &str)],
+) -> Result<Vec<(String, String, String, Vec<u8>)>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = is_sqlite(tx);
+    let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
+    push_pair_terms(&mut sql, sqlite, "sender", "message_id", keys.len());
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for (s, m) in keys {
+        q = q.bind(*s).bind(*m);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use haven_proto::v1 as pb;
 use haven_sharing::delivery::ItemState;
 use prost::Message;
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
-use super::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, with_rows};
+use super::deliveries::{COPY_COLUMNS, Copy, copy_from};
+use super::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, push_row, with_rows};
 use super::{Backend, Store, StoreError, Tx};
 
 /// The channel name for PostgreSQL wake-ups.
@@ -248,4 +249,74 @@ pub(crate) async fn count_between(tx: &mut Tx<'_>, sender: &str, org: &str) -> R
         .fetch_optional(&mut **tx)
         .await?;
     r.map_or(Ok(0), |r| r.try_get(0))
+}
+
+/// The items `ids` names (those that exist), each with its copy if it is a delivery; one statement,
+/// whose shape changes with the number of ids (callers take them in `dialect::chunks`).
+pub(crate) async fn items_with_copies(
+    tx: &mut Tx<'_>,
+    ids: &[&str],
+) -> Result<Vec<(String, QueuedRow, Option<Copy>)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = is_sqlite(tx);
+    let mut sql = format!(
+        "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY_COLUMNS} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN "
+    );
+    push_row(&mut sql, sqlite, 0, ids.len());
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    let mut out = Vec::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        let row = QueuedRow {
+            org: r.try_get("org")?,
+            state: item_state(&r.try_get::<String, _>("state")?)?,
+            kind: r.try_get("item_kind")?,
+            delivery_id: r.try_get("item_delivery")?,
+            consent_id: r.try_get("item_consent")?,
+            sender: r.try_get("item_sender")?,
+        };
+        let copy = match r.try_get::<Option<String>, _>("delivery_id")? {
+            Some(_) => Some(copy_from(&r)?),
+            None => None,
+        };
+        out.push((r.try_get("item_id")?, row, copy));
+    }
+    Ok(out)
+}
+
+/// The states of the items `ids` names (those that exist); one statement, as [`items_with_copies`].
+pub(crate) async fn states(tx: &mut Tx<'_>, ids: &[String]) -> Result<Vec<(String, ItemState)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = is_sqlite(tx);
+    let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
+    push_row(&mut sql, sqlite, 0, ids.len());
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id.as_str());
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, item_state(&r.try_get::<String, _>(1)?)?))).collect()
+}
+
+/// The counts of deliveries waiting from each of `senders`, as `(sender, org, pending)`; one
+/// statement, as [`items_with_copies`].
+pub(crate) async fn counts_from(tx: &mut Tx<'_>, senders: &[&str]) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    if senders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = is_sqlite(tx);
+    let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
+    push_row(&mut sql, sqlite, 0, senders.len());
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for s in senders {
+        q = q.bind(*s);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
 }
