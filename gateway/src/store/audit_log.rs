@@ -154,3 +154,126 @@ pub async fn disclosures(pool: &sqlx::AnyPool, controller: &str, subject: &str) 
     .await?;
     rows.iter().map(entry_from_row).collect()
 }
+
+/// A column an audit query may match exactly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Column {
+    ActorPerson,
+    Action,
+    Decision,
+    ObjectId,
+    ConsentId,
+}
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::ActorPerson => "actor_person",
+            Column::Action => "action",
+            Column::Decision => "decision",
+            Column::ObjectId => "object_id",
+            Column::ConsentId => "consent_id",
+        }
+    }
+}
+
+/// A value bound to a query.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// A read of audit entries by seq range and conditions, each added with `AND`: a WHERE clause with
+/// `$N` placeholders and the values to bind.
+pub(crate) struct Select {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Select {
+    /// Entries with `from_seq <= seq < to_seq` (no upper bound without `to_seq`).
+    pub(crate) fn new(from_seq: u64, to_seq: Option<u64>) -> Self {
+        let mut s = Select { sql: String::from("WHERE 1 = 1"), binds: Vec::new() };
+        let from = s.bind(Bind::Int(i64::try_from(from_seq).unwrap_or(i64::MAX)));
+        s.and(format!("seq >= {from}"));
+        if let Some(to) = to_seq {
+            let to = s.bind(Bind::Int(i64::try_from(to).unwrap_or(i64::MAX)));
+            s.and(format!("seq < {to}"));
+        }
+        s
+    }
+
+    fn bind(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    fn and(&mut self, clause: String) {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&clause);
+    }
+
+    /// Written at or after `micros`.
+    pub(crate) fn time_from(&mut self, micros: i64) {
+        let t = self.bind(Bind::Int(micros));
+        self.and(format!("time_micros >= {t}"));
+    }
+
+    /// Written before `micros`.
+    pub(crate) fn time_until(&mut self, micros: i64) {
+        let t = self.bind(Bind::Int(micros));
+        self.and(format!("time_micros < {t}"));
+    }
+
+    /// `org` is the actor or the counterparty.
+    pub(crate) fn involving(&mut self, org: &str) {
+        let o = self.bind(Bind::Text(org.to_owned()));
+        self.and(format!("(actor_org = {o} OR counterparty = {o})"));
+    }
+
+    /// `org` is the actor.
+    pub(crate) fn actor(&mut self, org: &str) {
+        let o = self.bind(Bind::Text(org.to_owned()));
+        self.and(format!("actor_org = {o}"));
+    }
+
+    /// `column` holds `value`.
+    pub(crate) fn equals(&mut self, column: Column, value: &str) {
+        let v = self.bind(Bind::Text(value.to_owned()));
+        self.and(format!("{} = {v}", column.name()));
+    }
+
+    /// The subject is `subject` (as its controller knows it).
+    pub(crate) fn subject(&mut self, subject: &str) {
+        let s = self.bind(Bind::Text(subject.to_owned()));
+        self.and(format!("subject = {s}"));
+    }
+
+    /// The subject is `subject` as `org` is shown it: its own pseudonym in its own entries, the one it
+    /// was given (the counterparty subject) in others' entries.
+    pub(crate) fn subject_seen_by(&mut self, org: &str, subject: &str) {
+        let o = self.bind(Bind::Text(org.to_owned()));
+        let s = self.bind(Bind::Text(subject.to_owned()));
+        self.and(format!("((actor_org = {o} AND subject = {s}) OR (actor_org <> {o} AND counterparty_subject = {s}))"));
+    }
+
+    /// At most `limit` entries, in seq order, each with its `counterparty_subject` as stored (which an
+    /// entry of encoding 2 is read without).
+    pub(crate) async fn fetch(
+        mut self,
+        pool: &sqlx::AnyPool,
+        limit: u32,
+    ) -> Result<Vec<(AuditEntry, String)>, StoreError> {
+        let limit_param = self.bind(Bind::Int(i64::from(limit)));
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_log {} ORDER BY seq LIMIT {limit_param}", self.sql);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in self.binds {
+            q = match b {
+                Bind::Int(i) => q.bind(i),
+                Bind::Text(t) => q.bind(t),
+            };
+        }
+        let rows = q.fetch_all(pool).await?;
+        rows.iter().map(|row| Ok((entry_from_row(row)?, row.try_get::<String, _>("counterparty_subject")?))).collect()
+    }
+}
