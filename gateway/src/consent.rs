@@ -12,13 +12,13 @@ use haven_trust::ids::Caller;
 use haven_trust::receipt::{ConsentReceipt, ConsentState, RECEIPT_VERSION};
 use haven_trust::token::{self, TokenError};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::audit;
 use crate::error::Error;
 use crate::policy::Bundle;
 use crate::state::Gateway;
+use crate::store::consents;
 pub use crate::store::consents::{Stored, load, load_locked, load_many, load_read};
 
 /// Why a consent was revoked; the controller gives one of these.
@@ -263,26 +263,20 @@ pub async fn register(g: &Gateway, caller: &Caller, jws: &str, renew: bool) -> R
                 old.state.as_str()
             )));
         }
-        sqlx::query("UPDATE consents SET state = 'superseded', superseded_by = $1, state_changed_at_micros = $2 WHERE consent_id = $3")
-            .bind(receipt.consent_id.as_str())
-            .bind(now)
-            .bind(old_id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        consents::supersede(&mut tx, old_id, &receipt.consent_id, now).await?;
         entries.push((entry(g, caller, Action::ConsentRenewed, &old.receipt, "superseded"), String::new()));
     }
-    sqlx::query("INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'given', $9, $9)")
-        .bind(receipt.consent_id.as_str())
-        .bind(receipt.controller.as_str())
-        .bind(receipt.subject.as_str())
-        .bind(jws)
-        .bind(json.as_str())
-        .bind(hash.as_str())
-        .bind(micros(receipt.valid_from))
-        .bind(micros(receipt.valid_until))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    let new = consents::NewConsent {
+        consent_id: receipt.consent_id.as_str(),
+        controller: receipt.controller.as_str(),
+        subject: receipt.subject.as_str(),
+        receipt_jws: jws,
+        receipt_json: json.as_str(),
+        content_sha256: hash.as_str(),
+        valid_from_micros: micros(receipt.valid_from),
+        valid_until_micros: micros(receipt.valid_until),
+    };
+    consents::insert(&mut tx, &new, now).await?;
     entries.push((entry(g, caller, Action::ConsentRegistered, &receipt, ""), String::new()));
     audit::append(&mut tx, &mut entries).await?;
     tx.commit().await?;
@@ -316,15 +310,7 @@ pub async fn revoke(g: &Gateway, caller: &Caller, consent_id: &str, reason: &str
         return Ok(stored);
     }
     let state = reason.state();
-    sqlx::query(
-        "UPDATE consents SET state = $1, revocation_reason = $2, state_changed_at_micros = $3 WHERE consent_id = $4",
-    )
-    .bind(state.as_str())
-    .bind(reason.as_str())
-    .bind(now)
-    .bind(consent_id)
-    .execute(&mut *tx)
-    .await?;
+    consents::revoke(&mut tx, consent_id, state, reason.as_str(), now).await?;
     let mut entries = vec![(entry(g, caller, Action::ConsentRevoked, &stored.receipt, reason.as_str()), String::new())];
     audit::append(&mut tx, &mut entries).await?;
     let wake =
@@ -375,13 +361,7 @@ pub async fn list(
 /// clock.
 pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
     let now = g.0.clock.now_micros();
-    let ids: Vec<String> = sqlx::query("SELECT consent_id FROM consents WHERE state = 'given' AND valid_until_micros <= $1 ORDER BY valid_until_micros LIMIT 1000")
-        .bind(now)
-        .fetch_all(g.0.store.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
+    let ids = consents::due_to_expire(g.0.store.pool(), now).await?;
     let mut n = 0;
     for id in ids {
         let mut tx = g.0.store.begin().await?;
@@ -389,12 +369,7 @@ pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
         if stored.state != ConsentState::Given {
             continue;
         }
-        let done = sqlx::query("UPDATE consents SET state = 'expired', state_changed_at_micros = $1 WHERE consent_id = $2 AND state = 'given'")
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 1 {
+        if consents::expire(&mut tx, &id, now).await? {
             let system = AuditEntry {
                 time_micros: now,
                 actor_org: stored.receipt.controller.to_string(),

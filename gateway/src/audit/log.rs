@@ -23,12 +23,13 @@ use haven_proto::v1::SignedCheckpoint;
 use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner};
 use haven_trust::clock::SharedClock;
 use haven_trust::merkle::{self, CompactTree, Hash, NodeId, ProofError};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::group;
 use crate::error::Error;
-use crate::store::{Backend, Store, StoreError, Tx};
+use crate::store::merkle::{self as merkle_store, StoredCheckpoint};
+use crate::store::{Store, StoreError, Tx};
 
 /// When checkpoints are signed: after this many new entries, or this long after the previous one if
 /// the log has grown since, whichever comes first (`network.toml`: `checkpoint_every_entries`,
@@ -51,11 +52,6 @@ const POLL: Duration = Duration::from_millis(200);
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// The most entries one integration transaction takes.
 const BATCH: usize = 4096;
-/// Perfect subtrees per INSERT on PostgreSQL: small statements, for the reason given at
-/// `super::PG_INSERT_CHUNK` (on SQLite, see `super::chunks`).
-const PG_NODE_CHUNK: usize = 64;
-/// Subtrees per SELECT by id (two binds each) on PostgreSQL.
-const FETCH_CHUNK: usize = 100;
 
 /// Why a log operation failed. Each maps to a precise gRPC status in [`From<LogError> for Error`].
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +104,6 @@ impl From<LogError> for Error {
 
 fn damaged(e: ProofError) -> LogError {
     LogError::Damaged(e.to_string())
-}
-
-/// A size or index as the database stores it.
-fn db_int(x: u64) -> i64 {
-    i64::try_from(x).unwrap_or(i64::MAX)
-}
-
-fn from_db(x: i64) -> u64 {
-    u64::try_from(x).unwrap_or(0)
 }
 
 struct Inner {
@@ -271,12 +258,7 @@ impl AuditLog {
 
     /// The committed (`audit_head`) and integrated (`merkle_head`) sizes.
     async fn sizes(&self) -> Result<(u64, u64), LogError> {
-        let row = sqlx::query(
-            "SELECT (SELECT next_seq FROM audit_head WHERE id = 1) AS committed, (SELECT size FROM merkle_head WHERE id = 1) AS integrated",
-        )
-        .fetch_one(self.0.store.pool())
-        .await?;
-        Ok((from_db(row.try_get("committed")?), from_db(row.try_get("integrated")?)))
+        Ok(merkle_store::sizes(self.0.store.pool()).await?)
     }
 
     /// Whether the cadence calls for a checkpoint of a log of `size` entries.
@@ -299,11 +281,7 @@ impl AuditLog {
     async fn integrate_batch(&self, cached: &mut CompactTree, cover: bool) -> Result<(u64, bool), LogError> {
         let store = &self.0.store;
         let mut tx = store.begin().await?;
-        let lock = match store.backend() {
-            Backend::Sqlite => "SELECT size FROM merkle_head WHERE id = 1",
-            Backend::Postgres => "SELECT size FROM merkle_head WHERE id = 1 FOR UPDATE",
-        };
-        let size = from_db(sqlx::query(lock).fetch_one(&mut *tx).await?.try_get(0)?);
+        let size = merkle_store::lock_size(&mut tx).await?;
         if cached.size() != size {
             let frontier = fetch_nodes(&mut tx, &CompactTree::frontier_nodes(size)).await?;
             let hashes = CompactTree::frontier_nodes(size)
@@ -315,30 +293,22 @@ impl AuditLog {
                 .map_err(damaged)?;
             *cached = CompactTree::from_frontier(size, hashes).map_err(damaged)?;
         }
-        let rows = sqlx::query("SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
-            .bind(db_int(size))
-            .bind(BATCH as i64)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = merkle_store::entry_leaves(&mut tx, size, BATCH).await?;
         let mut tree = cached.clone();
         let mut nodes: Vec<(NodeId, Hash)> = Vec::with_capacity(rows.len() * 2);
-        for row in &rows {
-            if from_db(row.try_get("seq")?) != tree.size() {
+        for (seq, leaf) in &rows {
+            if *seq != tree.size() {
                 // Cannot happen while seq is assigned under the audit_head lock; integrate up to the gap.
                 break;
             }
-            let leaf: Vec<u8> = row.try_get("leaf_hash")?;
-            let leaf = merkle::hash_from_slice(&leaf).map_err(damaged)?;
+            let leaf = merkle::hash_from_slice(leaf).map_err(damaged)?;
             nodes.extend(tree.push(leaf).map_err(damaged)?);
         }
         let new_size = tree.size();
         let done = rows.len() < BATCH;
         if new_size > size {
-            insert_nodes(&mut tx, &nodes).await?;
-            sqlx::query("UPDATE merkle_head SET size = $1 WHERE id = 1")
-                .bind(db_int(new_size))
-                .execute(&mut *tx)
-                .await?;
+            merkle_store::insert_nodes(&mut tx, &nodes).await?;
+            merkle_store::set_size(&mut tx, new_size).await?;
         }
         let latest = latest_in(&mut tx).await?;
         let sign = if done && cover {
@@ -362,16 +332,14 @@ impl AuditLog {
 
     async fn sign_in(&self, tx: &mut Tx<'_>, size: u64, root: &Hash) -> Result<Checkpoint, LogError> {
         let cp = self.0.signer.sign(size, root, self.0.clock.now_micros());
-        sqlx::query(
-            "INSERT INTO audit_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(db_int(cp.tree_size))
-        .bind(cp.timestamp_micros)
-        .bind(root.to_vec())
-        .bind(hex::decode(&cp.signature).unwrap_or_default())
-        .bind(cp.key_id.as_str())
-        .execute(&mut **tx)
-        .await?;
+        let stored = StoredCheckpoint {
+            tree_size: cp.tree_size,
+            timestamp_micros: cp.timestamp_micros,
+            root_hash: root.to_vec(),
+            signature: hex::decode(&cp.signature).unwrap_or_default(),
+            key_id: cp.key_id.clone(),
+        };
+        merkle_store::insert_checkpoint(tx, &stored).await?;
         Ok(cp)
     }
 
@@ -397,13 +365,7 @@ impl AuditLog {
 
     /// Every stored checkpoint of at most `size` entries, oldest first.
     pub async fn checkpoints_upto(&self, size: u64) -> Result<Vec<Checkpoint>, LogError> {
-        let rows = sqlx::query(
-            "SELECT tree_size, timestamp_micros, root_hash, signature, key_id FROM audit_checkpoint WHERE tree_size <= $1 ORDER BY tree_size, timestamp_micros",
-        )
-        .bind(db_int(size))
-        .fetch_all(self.0.store.pool())
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
+        Ok(merkle_store::checkpoints_upto(self.0.store.pool(), size).await?.into_iter().map(checkpoint).collect())
     }
 
     /// How many entries the tree holds.
@@ -465,80 +427,31 @@ impl AuditLog {
     /// The leaf hashes of entries `[from, to)` as integrated, by seq, in order. Missing ones (a damaged
     /// database) are simply absent: the export shows what is there and the verifier names the gap.
     pub async fn leaves(&self, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, LogError> {
-        let rows =
-            sqlx::query("SELECT idx, hash FROM merkle_node WHERE level = 0 AND idx >= $1 AND idx < $2 ORDER BY idx")
-                .bind(db_int(from))
-                .bind(db_int(to))
-                .fetch_all(self.0.store.pool())
-                .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let hash: Vec<u8> = row.try_get("hash")?;
-            out.push((from_db(row.try_get("idx")?), merkle::hash_from_slice(&hash).map_err(damaged)?));
-        }
-        Ok(out)
+        let rows = merkle_store::tree_leaves(self.0.store.pool(), from, to).await?;
+        rows.iter().map(|(idx, hash)| Ok((*idx, merkle::hash_from_slice(hash).map_err(damaged)?))).collect()
     }
 }
 
 /// The newest stored checkpoint, read on `conn`.
 async fn latest_in(conn: &mut AnyConnection) -> Result<Option<Checkpoint>, LogError> {
-    let row = sqlx::query(
-        "SELECT tree_size, timestamp_micros, root_hash, signature, key_id FROM audit_checkpoint ORDER BY tree_size DESC, timestamp_micros DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(checkpoint_from_row).transpose()
+    Ok(merkle_store::latest_checkpoint(conn).await?.map(checkpoint))
 }
 
-fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<Checkpoint, LogError> {
-    let root: Vec<u8> = row.try_get("root_hash")?;
-    let signature: Vec<u8> = row.try_get("signature")?;
-    Ok(Checkpoint {
-        tree_size: from_db(row.try_get("tree_size")?),
-        root_hash: hex::encode(root),
-        timestamp_micros: row.try_get("timestamp_micros")?,
-        signature: hex::encode(signature),
-        key_id: row.try_get("key_id")?,
-    })
+fn checkpoint(cp: StoredCheckpoint) -> Checkpoint {
+    Checkpoint {
+        tree_size: cp.tree_size,
+        root_hash: hex::encode(cp.root_hash),
+        timestamp_micros: cp.timestamp_micros,
+        signature: hex::encode(cp.signature),
+        key_id: cp.key_id,
+    }
 }
 
 /// Reads the named subtrees, a bounded number per query.
 async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LogError> {
     let mut out = HashMap::with_capacity(ids.len());
-    let sqlite = super::is_sqlite(conn);
-    for chunk in super::chunks(ids, sqlite, FETCH_CHUNK) {
-        let mut sql = String::from("SELECT level, idx, hash FROM merkle_node WHERE ");
-        super::push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(i64::from(id.level)).bind(db_int(id.index));
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let level = u32::try_from(row.try_get::<i64, _>("level")?).unwrap_or(u32::MAX);
-            let index = from_db(row.try_get("idx")?);
-            let hash: Vec<u8> = row.try_get("hash")?;
-            out.insert(NodeId { level, index }, merkle::hash_from_slice(&hash).map_err(damaged)?);
-        }
+    for (id, hash) in merkle_store::nodes(conn, ids).await? {
+        out.insert(id, merkle::hash_from_slice(&hash).map_err(damaged)?);
     }
     Ok(out)
-}
-
-/// Writes newly completed subtrees, many per statement.
-async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> Result<(), LogError> {
-    let sqlite = super::is_sqlite(tx);
-    for chunk in super::chunks(nodes, sqlite, PG_NODE_CHUNK) {
-        let mut sql = String::from("INSERT INTO merkle_node (level, idx, hash) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            super::push_row(&mut sql, sqlite, i, 3);
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, hash) in chunk {
-            q = q.bind(i64::from(id.level)).bind(db_int(id.index)).bind(hash.to_vec());
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
 }

@@ -23,10 +23,10 @@ use haven_proto::v1::AuditFilter;
 use haven_trust::audit::{Action, AuditEntry, counterparty_subject_commitment};
 use haven_trust::ids::{Caller, OrgId, Role};
 use haven_trust::merkle::Hash;
-use sqlx::Row;
 
 use crate::error::Error;
 use crate::store::StoreError;
+use crate::store::audit_log::{Column, Select};
 
 /// The largest page a query returns.
 pub const MAX_PAGE: u32 = 1000;
@@ -251,38 +251,6 @@ impl Shown {
     }
 }
 
-/// A value bound to a query.
-enum Bind {
-    Int(i64),
-    Text(String),
-}
-
-/// A WHERE clause with `$N` placeholders and the values to bind.
-struct Where {
-    sql: String,
-    binds: Vec<Bind>,
-}
-
-impl Where {
-    fn new() -> Self {
-        Where { sql: String::from("WHERE 1 = 1"), binds: Vec::new() }
-    }
-
-    fn bind(&mut self, b: Bind) -> String {
-        self.binds.push(b);
-        format!("${}", self.binds.len())
-    }
-
-    fn and(&mut self, clause: impl FnOnce(&mut Self) -> String) {
-        let c = clause(self);
-        self.sql.push_str(" AND ");
-        self.sql.push_str(&c);
-    }
-}
-
-/// The columns an entry is read from.
-const COLUMNS: &str = super::ENTRY_COLUMNS;
-
 /// Entries with `from_seq <= seq < to_seq` that `scope` may see and `filter` selects, in seq order, at
 /// most `limit` of them, as the reader may see them.
 pub async fn select(
@@ -293,96 +261,67 @@ pub async fn select(
     to_seq: Option<u64>,
     limit: u32,
 ) -> Result<Vec<Shown>, StoreError> {
-    let mut w = Where::new();
-    w.and(|w| format!("seq >= {}", w.bind(Bind::Int(i64::try_from(from_seq).unwrap_or(i64::MAX)))));
-    if let Some(to) = to_seq {
-        w.and(|w| format!("seq < {}", w.bind(Bind::Int(i64::try_from(to).unwrap_or(i64::MAX)))));
-    }
+    let mut w = Select::new(from_seq, to_seq);
     if filter.from_micros != 0 {
-        w.and(|w| format!("time_micros >= {}", w.bind(Bind::Int(filter.from_micros))));
+        w.time_from(filter.from_micros);
     }
     if let Some(u) = filter.until_micros {
-        w.and(|w| format!("time_micros < {}", w.bind(Bind::Int(u))));
+        w.time_until(u);
     }
     if let Scope::Org(org) = scope {
-        w.and(|w| {
-            let o = w.bind(Bind::Text(org.to_string()));
-            format!("(actor_org = {o} OR counterparty = {o})")
-        });
+        w.involving(org.as_str());
     }
     if let Some(org) = &filter.org {
-        w.and(|w| {
-            let o = w.bind(Bind::Text(org.clone()));
-            format!("(actor_org = {o} OR counterparty = {o})")
-        });
+        w.involving(org);
     }
     for (column, value) in [
-        ("actor_person", &filter.person),
-        ("action", &filter.action),
-        ("decision", &filter.decision),
-        ("object_id", &filter.message_id),
-        ("consent_id", &filter.consent_id),
+        (Column::ActorPerson, &filter.person),
+        (Column::Action, &filter.action),
+        (Column::Decision, &filter.decision),
+        (Column::ObjectId, &filter.message_id),
+        (Column::ConsentId, &filter.consent_id),
     ] {
         if let Some(v) = value {
-            w.and(|w| format!("{column} = {}", w.bind(Bind::Text(v.clone()))));
+            w.equals(column, v);
         }
     }
     if let Some(subject) = &filter.subject {
         match scope {
-            Scope::All => w.and(|w| format!("subject = {}", w.bind(Bind::Text(subject.clone())))),
+            Scope::All => w.subject(subject),
             // Match the subject as the officer is shown it, so the filter cannot probe the controller's
             // pseudonyms.
-            Scope::Org(org) => w.and(|w| {
-                let o = w.bind(Bind::Text(org.to_string()));
-                let s = w.bind(Bind::Text(subject.clone()));
-                format!("((actor_org = {o} AND subject = {s}) OR (actor_org <> {o} AND counterparty_subject = {s}))")
-            }),
+            Scope::Org(org) => w.subject_seen_by(org.as_str(), subject),
         }
     }
     if let Some(controller) = &filter.subject_controller {
-        w.and(|w| format!("actor_org = {}", w.bind(Bind::Text(controller.clone()))));
+        w.actor(controller);
     }
-    let limit_param = w.bind(Bind::Int(i64::from(limit)));
-    let sql = format!("SELECT {COLUMNS} FROM audit_log {} ORDER BY seq LIMIT {limit_param}", w.sql);
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in w.binds {
-        q = match b {
-            Bind::Int(i) => q.bind(i),
-            Bind::Text(t) => q.bind(t),
-        };
-    }
-    let rows = q.fetch_all(pool).await?;
-    rows.iter().map(|row| shown(row, scope)).collect()
+    let rows = w.fetch(pool, limit).await?;
+    Ok(rows.into_iter().map(|(entry, stored)| shown(entry, stored, scope)).collect())
 }
 
-/// Decodes a row and applies the scope's redaction.
-fn shown(row: &sqlx::any::AnyRow, scope: &Scope) -> Result<Shown, StoreError> {
-    let mut entry = super::entry_from_row(row)?;
+/// Applies the scope's redaction to an entry read with its counterparty subject as stored.
+fn shown(mut entry: AuditEntry, stored_counterparty_subject: String, scope: &Scope) -> Shown {
     let (mut subject_commitment, mut counterparty_subject_commitment) = (None, None);
     if let Scope::Org(org) = scope {
         if entry.actor_org != org.as_str() {
             subject_commitment = Some(entry.subject_commitment());
             // Read as stored: an entry of version 2 is read without it, but a query (not an export)
             // still shows it, as it did before version 3.
-            entry.subject = row.try_get::<String, _>("counterparty_subject")?;
+            entry.subject = stored_counterparty_subject;
             entry.counterparty_subject.clear();
         } else if !entry.counterparty_subject.is_empty() {
             counterparty_subject_commitment = Some(entry.counterparty_subject_commitment());
             entry.counterparty_subject.clear();
         }
     }
-    Ok(Shown { entry, subject_commitment, counterparty_subject_commitment })
+    Shown { entry, subject_commitment, counterparty_subject_commitment }
 }
 
 /// Whether `org` controls a consent about `subject`: the test for a privacy officer's subject access
 /// report. It reads the consent registry (`consents`, migration 2).
 pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM consents WHERE controller = $1 AND subject = $2 LIMIT 1")
-        .bind(org.as_str())
-        .bind(subject)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.is_some())
+    Ok(crate::store::consents::controls_subject(pool, org.as_str(), subject).await?)
 }
 
 /// Every disclosure `controller` made about its subject `subject`, in seq order, and what became of
@@ -406,16 +345,10 @@ pub async fn disclosures(
     controller: &str,
     subject: &str,
 ) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
-    )))
-    .bind(controller)
-    .bind(subject)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let e = super::entry_from_row(row)?;
+    let entries = crate::store::audit_log::disclosures(pool, controller, subject).await?;
+    entries
+        .into_iter()
+        .map(|e| {
             let delivered = e.action == Action::Delivered.as_str();
             // A withdrawal notice is about the consent (its entry's object), not one message.
             let notice = e.action == Action::WithdrawalNotified.as_str();

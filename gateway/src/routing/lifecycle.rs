@@ -6,7 +6,6 @@ use haven_proto::v1 as pb;
 use haven_sharing::delivery::{self, DeliveryStatus, ItemState, Party};
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId, Role};
-use sqlx::Row;
 
 use super::queue::{self, NewItem};
 use super::rows::{Acked, OutboxRow};
@@ -16,26 +15,8 @@ use crate::error::Error;
 use crate::state::Gateway;
 use crate::store::Tx;
 use crate::store::consents::lock_consent;
-use crate::store::deliveries::{Copy, copy_by_id, copy_from};
-
-async fn set_status(
-    tx: &mut Tx<'_>,
-    delivery_id: &str,
-    status: DeliveryStatus,
-    code: &str,
-    by: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE deliveries SET status = $1, status_code = $2, status_by = $3, updated_at_micros = $4 WHERE delivery_id = $5")
-        .bind(status.as_str())
-        .bind(code)
-        .bind(by)
-        .bind(now)
-        .bind(delivery_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
+use crate::store::deliveries::{self, Copy, copy_by_id, set_status};
+use crate::store::outbox;
 
 fn base_entry(g: &Gateway, now: i64, action: Action, c: &Copy) -> AuditEntry {
     AuditEntry {
@@ -68,7 +49,7 @@ async fn notify_sender(
     kind: pb::sender_notice::Kind,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    super::rows::insert_outbox(tx, &[sender_notice(now, c, kind, reason)]).await
+    outbox::insert(tx, &[sender_notice(now, c, kind, reason)]).await
 }
 
 /// The item that tells a copy's sender what became of it.
@@ -222,12 +203,7 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
     }
     if let Some(c) = copy {
         if !buffered {
-            sqlx::query("UPDATE deliveries SET status = 'delivered', status_code = '', status_by = $1, updated_at_micros = $2 WHERE delivery_id = $3 AND status = 'sent'")
-                .bind(org.as_str())
-                .bind(now)
-                .bind(c.delivery_id.as_str())
-                .execute(&mut **tx)
-                .await?;
+            deliveries::mark_delivered(tx, &c.delivery_id, org.as_str(), now).await?;
         }
         // The recipient acts; the controller's pseudonym is not written where the recipient reads.
         let mut e = base_entry(g, now, Action::Delivered, &c);
@@ -275,12 +251,7 @@ pub async fn consent_ended(
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, Error> {
-    let rows = sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE consent_id = $1 AND sender = $2 ORDER BY delivery_id")
-        .bind(consent_id)
-        .bind(controller)
-        .fetch_all(&mut **tx)
-        .await?;
-    let copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
+    let copies = deliveries::copies_under_consent(tx, consent_id, controller).await?;
     let mut entries = Vec::new();
     let mut counts = Vec::new();
     let mut wake = Vec::new();
@@ -289,12 +260,7 @@ pub async fn consent_ended(
     for c in &copies {
         let mut cancelled_in_flight = false;
         if c.status == DeliveryStatus::Sent {
-            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
-                .bind(c.delivery_id.as_str())
-                .fetch_all(&mut **tx)
-                .await?;
-            for it in items {
-                let id: String = it.try_get(0)?;
+            for id in outbox::pending_of_delivery(tx, &c.delivery_id).await? {
                 queue::finish(tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
             set_status(tx, &c.delivery_id, DeliveryStatus::Revoked, reason, "", now).await?;
@@ -348,15 +314,9 @@ pub async fn consent_ended(
 /// Expires queued copies past their TTL: payload deleted, the sender told. Returns how many.
 pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
     let now = g.0.clock.now_micros();
-    let due: Vec<(String, String, String)> = sqlx::query("SELECT item_id, delivery_id, consent_id FROM outbox WHERE state = 'pending' AND expires_at_micros <= $1 ORDER BY expires_at_micros LIMIT 1000")
-        .bind(now)
-        .fetch_all(g.0.store.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    let due = outbox::due(g.0.store.pool(), now).await?;
     let mut n = 0;
-    for (item_id, delivery_id, consent_id) in due {
+    for outbox::Due { item_id, delivery_id, consent_id } in due {
         let mut tx = g.0.store.begin().await?;
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
         lock_consent(&mut tx, &consent_id).await?;
@@ -412,34 +372,17 @@ pub async fn update_status(
     }
     let now = g.0.clock.now_micros();
     let mut tx = g.0.store.begin().await?;
-    if let Some(r) = sqlx::query("SELECT status FROM status_updates WHERE org = $1 AND update_id = $2")
-        .bind(caller.org.as_str())
-        .bind(req.update_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    {
+    if let Some(s) = deliveries::status_update(&mut tx, caller.org.as_str(), &req.update_id).await? {
         tx.rollback().await?;
-        let s: String = r.try_get(0)?;
         let st = pb::MessageStatus::from_str_name(&s.to_ascii_uppercase()).unwrap_or(status);
         return Ok(pb::UpdateStatusResponse { status: st as i32, replayed: true });
     }
     // Find the copies: the recipient names the sender; the sender names the recipient (or all).
-    let rows = if status == pb::MessageStatus::Withdrawn {
-        sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE sender = $1 AND message_id = $2 AND ($3 = '' OR recipient = $3) ORDER BY delivery_id")
-            .bind(caller.org.as_str())
-            .bind(req.message_id.as_str())
-            .bind(req.recipient.as_str())
-            .fetch_all(&mut *tx)
-            .await?
+    let mut copies = if status == pb::MessageStatus::Withdrawn {
+        deliveries::copies_of_message(&mut tx, caller.org.as_str(), &req.message_id, &req.recipient).await?
     } else {
-        sqlx::query("SELECT delivery_id, sender, message_id, recipient, kind, purpose, consent_id, subject, recipient_subject, status, expires_at_micros FROM deliveries WHERE sender = $1 AND message_id = $2 AND recipient = $3")
-            .bind(req.sender.as_str())
-            .bind(req.message_id.as_str())
-            .bind(caller.org.as_str())
-            .fetch_all(&mut *tx)
-            .await?
+        deliveries::copies_of_message(&mut tx, &req.sender, &req.message_id, caller.org.as_str()).await?
     };
-    let mut copies: Vec<Copy> = rows.iter().map(copy_from).collect::<Result<_, _>>()?;
     let mut consents: Vec<String> = copies.iter().map(|c| c.consent_id.clone()).filter(|c| !c.is_empty()).collect();
     consents.sort();
     consents.dedup();
@@ -480,12 +423,7 @@ pub async fn update_status(
         final_status = Some(to);
         let withdrawn_unsent = to == DeliveryStatus::Withdrawn && c.status == DeliveryStatus::Sent;
         if withdrawn_unsent {
-            let items = sqlx::query("SELECT item_id FROM outbox WHERE delivery_id = $1 AND state = 'pending'")
-                .bind(c.delivery_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-            for it in items {
-                let id: String = it.try_get(0)?;
+            for id in outbox::pending_of_delivery(&mut tx, &c.delivery_id).await? {
                 queue::finish(&mut tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
         }
@@ -534,13 +472,7 @@ pub async fn update_status(
         if let Some(first) = copies.first()
             && first.delivery_id == c.delivery_id
         {
-            sqlx::query("INSERT INTO status_updates (org, update_id, delivery_id, status) VALUES ($1, $2, $3, $4)")
-                .bind(caller.org.as_str())
-                .bind(req.update_id.as_str())
-                .bind(c.delivery_id.as_str())
-                .bind(to.as_str())
-                .execute(&mut *tx)
-                .await?;
+            deliveries::record_status_update(&mut tx, caller.org.as_str(), &req.update_id, &c.delivery_id, to).await?;
         }
     }
     audit::append(&mut tx, &mut entries).await?;

@@ -13,13 +13,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AssertSqlSafe, Row};
-
 use super::queue::QueuedRow;
-use crate::audit::{chunks, is_sqlite, push_pair_terms, push_row};
 use crate::store::Tx;
 use crate::store::consents::{self, Stored};
-use crate::store::deliveries::{Copy, copy_from};
+use crate::store::deliveries::Copy;
+use crate::store::dialect::{chunks, is_sqlite};
+use crate::store::{messages, outbox};
 
 /// What one unit will read, named before it runs.
 #[derive(Default)]
@@ -81,45 +80,21 @@ impl Prefetched {
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
         for chunk in chunks(&messages, sqlite, CHUNK) {
-            let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
-            push_pair_terms(&mut sql, sqlite, "sender", "message_id", chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql));
             for (s, m) in chunk {
                 out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
-                q = q.bind(*s).bind(*m);
             }
-            for row in q.fetch_all(&mut **tx).await? {
-                let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
-                out.messages.insert(key, Some((row.try_get(2)?, row.try_get(3)?)));
+            for (sender, message_id, sha, response) in messages::by_keys(tx, chunk).await? {
+                out.messages.insert((sender, message_id), Some((sha, response)));
             }
         }
 
         let items: Vec<&str> = items.into_iter().collect();
         for chunk in chunks(&items, sqlite, CHUNK) {
-            let mut sql = format!(
-                "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN ",
-                COPY = "d.delivery_id, d.sender, d.message_id, d.recipient, d.kind, d.purpose, d.consent_id, d.subject, d.recipient_subject, d.status, d.expires_at_micros"
-            );
-            push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
                 out.items.insert((*id).to_owned(), None);
-                q = q.bind(*id);
             }
-            for r in q.fetch_all(&mut **tx).await? {
-                let row = QueuedRow {
-                    org: r.try_get("org")?,
-                    state: super::queue::item_state(&r.try_get::<String, _>("state")?)?,
-                    kind: r.try_get("item_kind")?,
-                    delivery_id: r.try_get("item_delivery")?,
-                    consent_id: r.try_get("item_consent")?,
-                    sender: r.try_get("item_sender")?,
-                };
-                let copy = match r.try_get::<Option<String>, _>("delivery_id")? {
-                    Some(_) => Some(copy_from(&r)?),
-                    None => None,
-                };
-                out.items.insert(r.try_get("item_id")?, Some((row, copy)));
+            for (item_id, row, copy) in outbox::items_with_copies(tx, chunk).await? {
+                out.items.insert(item_id, Some((row, copy)));
             }
         }
         // On PostgreSQL the items' consents are locked with the submissions' (as a revocation or an
@@ -148,31 +123,18 @@ impl Prefetched {
             out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
         };
         for chunk in chunks(&found, sqlite, CHUNK) {
-            let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
-            push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            for r in q.fetch_all(&mut **tx).await? {
-                let id: String = r.try_get(0)?;
+            for (id, state) in outbox::states(tx, chunk).await? {
                 if let Some(Some((row, _))) = out.items.get_mut(&id) {
-                    row.state = super::queue::item_state(&r.try_get::<String, _>(1)?)?;
+                    row.state = state;
                 }
             }
         }
 
         let senders: Vec<&str> = senders.into_iter().collect();
         for chunk in chunks(&senders, sqlite, CHUNK) {
-            let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
-            push_row(&mut sql, sqlite, 0, chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for s in chunk {
-                out.senders.insert((*s).to_owned());
-                q = q.bind(*s);
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                out.pending.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            out.senders.extend(chunk.iter().map(|s| (*s).to_owned()));
+            for (sender, org, pending) in outbox::counts_from(tx, chunk).await? {
+                out.pending.insert((sender, org), pending);
             }
         }
         Ok(out)

@@ -7,7 +7,6 @@ use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::Caller;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::queue::{self, NewItem};
@@ -19,6 +18,7 @@ use crate::envelope::{Envelope, Recipients};
 use crate::error::Error;
 use crate::policy::DenyReason;
 use crate::state::Gateway;
+use crate::store::messages;
 
 /// What makes two submissions with one id the same: everything the sender chose.
 fn content_hash(env: &Envelope) -> String {
@@ -71,15 +71,7 @@ async fn submit_in(
     {
         (Some(m), _) => Some((m.content_sha256.clone(), m.response.clone())),
         (None, Some(stored)) => stored.cloned(),
-        (None, None) => {
-            sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
-                .bind(caller.org.as_str())
-                .bind(message_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-                .transpose()?
-        }
+        (None, None) => messages::earlier(tx, caller.org.as_str(), &message_id).await?,
     };
     if let Some((stored, bytes)) = earlier {
         if stored != hash {

@@ -1,11 +1,12 @@
-//! The consents table: reading a consent back, alone or for a shared commit, and locking its row
-//! so that a revocation, a submission and an acknowledgement under it are ordered.
+//! The consents table: registering, superseding, revoking and expiring a consent, reading one back,
+//! alone or for a shared commit, and locking its row so that a revocation, a submission and an
+//! acknowledgement under it are ordered.
 
 use haven_trust::receipt::{ConsentReceipt, ConsentState};
 use sqlx::Row;
 
+use super::dialect::{is_sqlite, push_row};
 use super::{StoreError, Tx};
-use crate::audit::{is_sqlite, push_row};
 
 /// A stored consent.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
     if !sqlite {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
-    // Its shape changes with the number of ids, which callers take in `audit::chunks`.
+    // Its shape changes with the number of ids, which callers take in `dialect::chunks`.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);
@@ -144,4 +145,99 @@ pub(crate) async fn lock_consent(tx: &mut Tx<'_>, consent_id: &str) -> Result<()
             .await?;
     }
     Ok(())
+}
+
+/// A consent as registration writes it (state `given`).
+pub(crate) struct NewConsent<'a> {
+    pub consent_id: &'a str,
+    pub controller: &'a str,
+    pub subject: &'a str,
+    pub receipt_jws: &'a str,
+    pub receipt_json: &'a str,
+    pub content_sha256: &'a str,
+    pub valid_from_micros: i64,
+    pub valid_until_micros: i64,
+}
+
+/// Inserts a newly registered consent, given at `now`.
+pub(crate) async fn insert(tx: &mut Tx<'_>, c: &NewConsent<'_>, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO consents (consent_id, controller, subject, receipt_jws, receipt_json, content_sha256, valid_from_micros, valid_until_micros, state, registered_at_micros, state_changed_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'given', $9, $9)")
+        .bind(c.consent_id)
+        .bind(c.controller)
+        .bind(c.subject)
+        .bind(c.receipt_jws)
+        .bind(c.receipt_json)
+        .bind(c.content_sha256)
+        .bind(c.valid_from_micros)
+        .bind(c.valid_until_micros)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Marks consent `old_id` superseded by `new_id` at `now`.
+pub(crate) async fn supersede(tx: &mut Tx<'_>, old_id: &str, new_id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE consents SET state = 'superseded', superseded_by = $1, state_changed_at_micros = $2 WHERE consent_id = $3")
+        .bind(new_id)
+        .bind(now)
+        .bind(old_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a consent's revocation: its new state and the reason, at `now`.
+pub(crate) async fn revoke(
+    tx: &mut Tx<'_>,
+    consent_id: &str,
+    state: ConsentState,
+    reason: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consents SET state = $1, revocation_reason = $2, state_changed_at_micros = $3 WHERE consent_id = $4",
+    )
+    .bind(state.as_str())
+    .bind(reason)
+    .bind(now)
+    .bind(consent_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The given consents whose window has ended at `now`, soonest ended first, at most 1000.
+pub(crate) async fn due_to_expire(pool: &sqlx::AnyPool, now: i64) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT consent_id FROM consents WHERE state = 'given' AND valid_until_micros <= $1 ORDER BY valid_until_micros LIMIT 1000")
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// Marks a given consent expired at `now`; returns whether it was still given.
+pub(crate) async fn expire(tx: &mut Tx<'_>, consent_id: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE consents SET state = 'expired', state_changed_at_micros = $1 WHERE consent_id = $2 AND state = 'given'",
+    )
+    .bind(now)
+    .bind(consent_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether `controller` registered a consent about `subject` (in any state).
+pub(crate) async fn controls_subject(
+    pool: &sqlx::AnyPool,
+    controller: &str,
+    subject: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT 1 FROM consents WHERE controller = $1 AND subject = $2 LIMIT 1")
+        .bind(controller)
+        .bind(subject)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
 }

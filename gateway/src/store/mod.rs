@@ -12,10 +12,16 @@
 //! log, which keeps the older frames, is truncated whenever the gateway has been idle a moment and
 //! when it shuts down (see `checkpoint_wal` and [`Store::truncate_wal`]).
 
+pub mod audit_log;
 pub mod consents;
 pub mod crl;
 pub mod deliveries;
+pub(crate) mod dialect;
+pub mod leases;
+pub(crate) mod merkle;
+pub mod messages;
 mod migrate;
+pub mod outbox;
 pub mod reported;
 mod wal;
 

@@ -11,22 +11,12 @@
 
 use haven_trust::audit::AuditEntry;
 use haven_trust::ids::OrgId;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::audit;
+use crate::store::leases;
+pub use crate::store::leases::Holder;
 use crate::store::{Store, StoreError};
-
-/// The stream that holds an organization's lease, as a refusal names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    pub stream_id: String,
-    /// Where the holding stream connected from.
-    pub source: String,
-    pub opened_at_micros: i64,
-    /// When the lease lapses unless its replica renews it.
-    pub expires_at_micros: i64,
-}
 
 /// A new stream's claim on its organization's lease.
 #[derive(Debug, Clone, Copy)]
@@ -71,40 +61,19 @@ impl Lease {
         let Claim { org, stream_id, source, now, ttl_micros } = claim;
         let expires = now.saturating_add(ttl_micros);
         let mut tx = store.begin().await?;
-        // One statement decides: a new row, or the lapsed row of another stream taken over. A live
-        // row is left alone (and, on PostgreSQL, locked until this transaction ends).
-        let taken = sqlx::query(
-            "INSERT INTO stream_leases (org, stream_id, source, opened_at_micros, expires_at_micros) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (org) DO UPDATE SET stream_id = excluded.stream_id, source = excluded.source, \
-             opened_at_micros = excluded.opened_at_micros, expires_at_micros = excluded.expires_at_micros \
-             WHERE stream_leases.expires_at_micros <= excluded.opened_at_micros",
-        )
-        .bind(org.as_str())
-        .bind(stream_id.to_string())
-        .bind(source)
-        .bind(now)
-        .bind(expires)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let claimed = Holder {
+            stream_id: stream_id.to_string(),
+            source: source.to_owned(),
+            opened_at_micros: now,
+            expires_at_micros: expires,
+        };
+        let taken = leases::take(&mut tx, org.as_str(), &claimed).await?;
         if taken {
             audit::append_one(&mut tx, opened).await?;
             tx.commit().await?;
             return Ok(Taken::Held(Lease { org: org.clone(), stream_id, ttl_micros, expires_at_micros: expires }));
         }
-        let row = sqlx::query(
-            "SELECT stream_id, source, opened_at_micros, expires_at_micros FROM stream_leases WHERE org = $1",
-        )
-        .bind(org.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let holder = Holder {
-            stream_id: row.try_get("stream_id")?,
-            source: row.try_get("source")?,
-            opened_at_micros: row.try_get("opened_at_micros")?,
-            expires_at_micros: row.try_get("expires_at_micros")?,
-        };
+        let holder = leases::holder(&mut tx, org.as_str()).await?;
         refused.object_id = holder.stream_id.clone();
         audit::append_one(&mut tx, refused).await?;
         tx.commit().await?;
@@ -124,14 +93,7 @@ impl Lease {
     pub async fn renew(&mut self, store: &Store, now: i64) -> Result<bool, StoreError> {
         let expires = now.saturating_add(self.ttl_micros);
         let mut tx = store.begin().await?;
-        let held = sqlx::query("UPDATE stream_leases SET expires_at_micros = $1 WHERE org = $2 AND stream_id = $3")
-            .bind(expires)
-            .bind(self.org.as_str())
-            .bind(self.stream_id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+        let held = leases::renew(&mut tx, self.org.as_str(), &self.stream_id.to_string(), expires).await?;
         tx.commit().await?;
         if held {
             self.expires_at_micros = expires;
@@ -143,11 +105,7 @@ impl Lease {
     /// is not kept waiting, and writes `closed` in the same transaction.
     pub async fn release(self, store: &Store, closed: AuditEntry) -> Result<(), StoreError> {
         let mut tx = store.begin().await?;
-        sqlx::query("DELETE FROM stream_leases WHERE org = $1 AND stream_id = $2")
-            .bind(self.org.as_str())
-            .bind(self.stream_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        leases::release(&mut tx, self.org.as_str(), &self.stream_id.to_string()).await?;
         audit::append_one(&mut tx, closed).await?;
         tx.commit().await?;
         Ok(())
