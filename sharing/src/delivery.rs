@@ -196,14 +196,15 @@ pub fn transition(
     Ok(to)
 }
 
-/// Checks the code a party gives with a change: snake_case, at most 64 characters, never free text; a
-/// decline needs its reason and a close its outcome.
-pub fn check_code(to: DeliveryStatus, code: &str) -> Result<(), StatusError> {
+/// Checks the code a party gives with a change to `to` (the status asked for, when it is one a copy
+/// can have): snake_case, at most 64 characters, never free text; a decline needs its reason and a
+/// close its outcome.
+pub fn check_code(to: Option<DeliveryStatus>, code: &str) -> Result<(), StatusError> {
     let snake = code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !snake {
         return Err(StatusError::BadCode);
     }
-    if matches!(to, DeliveryStatus::Declined | DeliveryStatus::Closed) && code.is_empty() {
+    if matches!(to, Some(DeliveryStatus::Declined | DeliveryStatus::Closed)) && code.is_empty() {
         return Err(StatusError::CodeRequired);
     }
     Ok(())
@@ -329,13 +330,15 @@ mod tests {
 
     #[test]
     fn codes_are_snake_case_and_a_decline_or_close_needs_one() {
-        assert_eq!(check_code(S::Accepted, ""), Ok(()));
-        assert_eq!(check_code(S::Declined, "no_capacity"), Ok(()));
-        assert_eq!(check_code(S::Declined, ""), Err(StatusError::CodeRequired));
-        assert_eq!(check_code(S::Closed, ""), Err(StatusError::CodeRequired));
-        assert_eq!(check_code(S::Closed, "Housed today"), Err(StatusError::BadCode));
-        assert_eq!(check_code(S::Closed, &"a".repeat(65)), Err(StatusError::BadCode));
-        assert_eq!(check_code(S::Closed, &"a".repeat(64)), Ok(()));
+        assert_eq!(check_code(Some(S::Accepted), ""), Ok(()));
+        assert_eq!(check_code(Some(S::Declined), "no_capacity"), Ok(()));
+        assert_eq!(check_code(Some(S::Declined), ""), Err(StatusError::CodeRequired));
+        assert_eq!(check_code(Some(S::Closed), ""), Err(StatusError::CodeRequired));
+        assert_eq!(check_code(Some(S::Closed), "Housed today"), Err(StatusError::BadCode));
+        assert_eq!(check_code(Some(S::Closed), &"a".repeat(65)), Err(StatusError::BadCode));
+        assert_eq!(check_code(Some(S::Closed), &"a".repeat(64)), Ok(()));
+        assert_eq!(check_code(None, ""), Ok(()), "a status no copy can have is refused later, by the transition");
+        assert_eq!(check_code(None, "Free text"), Err(StatusError::BadCode));
     }
 
     #[test]

@@ -258,8 +258,8 @@ pub async fn consent_ended(
     // (recipient, its pseudonym for the subject) → the messages it holds under that pseudonym.
     let mut holders: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
     for c in &copies {
-        let mut cancelled_in_flight = false;
-        if c.status == DeliveryStatus::Sent {
+        let plan = delivery::plan_consent_end(c.status);
+        if plan.revoke {
             for id in outbox::pending_of_delivery(tx, &c.delivery_id).await? {
                 queue::finish(tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
@@ -269,10 +269,8 @@ pub async fn consent_ended(
             entries.push((e, rs));
             notify_sender(tx, now, c, pb::sender_notice::Kind::Cancelled, reason).await?;
             wake.push(c.sender.clone());
-            // It may already be on its way to the node: count it as received.
-            cancelled_in_flight = true;
         }
-        if cancelled_in_flight || c.status.recipient_holds_it() {
+        if plan.notify_recipient {
             holders.entry((c.recipient.clone(), c.recipient_subject.clone())).or_default().push(c.message_id.clone());
         }
     }
@@ -360,16 +358,7 @@ pub async fn update_status(
     if uuid::Uuid::parse_str(&req.update_id).is_err() {
         return Err(Error::InvalidArgument("update_id must be a UUID (the idempotency key of this change)".into()));
     }
-    let code_ok =
-        req.code.len() <= 64 && req.code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !code_ok {
-        return Err(Error::InvalidArgument(
-            "code must be a snake_case code of at most 64 characters, never free text".into(),
-        ));
-    }
-    if matches!(status, pb::MessageStatus::Declined | pb::MessageStatus::Closed) && req.code.is_empty() {
-        return Err(Error::InvalidArgument("a decline needs a reason code and a close needs an outcome code".into()));
-    }
+    delivery::check_code(requested(status), &req.code)?;
     let now = g.0.clock.now_micros();
     let mut tx = g.0.store.begin().await?;
     if let Some(s) = deliveries::status_update(&mut tx, caller.org.as_str(), &req.update_id).await? {
@@ -419,17 +408,17 @@ pub async fn update_status(
             )));
         };
         let by = if c.sender == caller.org.as_str() { Party::Sender } else { Party::Recipient };
-        let to = delivery::transition(&c.kind, c.status, to, by)?;
+        let plan = delivery::plan_status_change(&c.kind, c.status, to, by)?;
+        let to = plan.to;
         final_status = Some(to);
-        let withdrawn_unsent = to == DeliveryStatus::Withdrawn && c.status == DeliveryStatus::Sent;
-        if withdrawn_unsent {
+        if plan.cancel_queued {
             for id in outbox::pending_of_delivery(&mut tx, &c.delivery_id).await? {
                 queue::finish(&mut tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
         }
         set_status(&mut tx, &c.delivery_id, to, &req.code, caller.person.as_str(), now).await?;
         let other = if c.sender == caller.org.as_str() { c.recipient.clone() } else { c.sender.clone() };
-        if !withdrawn_unsent {
+        if plan.notify_other_party {
             let notice = pb::StatusNotice {
                 message_id: c.message_id.clone(),
                 from_org: caller.org.to_string(),
