@@ -351,13 +351,11 @@ impl Gateway {
     /// A system entry (no person acted) under the bundle in force.
     fn system_entry(&self, action: Action, outcome: &str, reason: &str) -> AuditEntry {
         AuditEntry {
-            time_micros: self.0.clock.now_micros(),
             actor_role: "system".into(),
-            action: action.as_str().into(),
             outcome: outcome.into(),
             reason: reason.into(),
             bundle_version: self.bundle().version_id().to_owned(),
-            ..Default::default()
+            ..AuditEntry::new(action, self.0.clock.now_micros())
         }
     }
 

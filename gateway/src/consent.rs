@@ -200,11 +200,9 @@ fn content_hash(json: &str) -> String {
 
 fn entry(g: &Gateway, caller: &Caller, action: Action, receipt: &ConsentReceipt, reason: &str) -> AuditEntry {
     AuditEntry {
-        time_micros: g.0.clock.now_micros(),
         actor_org: caller.org.to_string(),
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
-        action: action.as_str().into(),
         object_id: receipt.consent_id.clone(),
         subject: receipt.subject.clone(),
         purpose: receipt.purposes.join(","),
@@ -213,7 +211,7 @@ fn entry(g: &Gateway, caller: &Caller, action: Action, receipt: &ConsentReceipt,
         reason: reason.into(),
         outcome: "ok".into(),
         source_node: caller.org.to_string(),
-        ..Default::default()
+        ..AuditEntry::new(action, g.0.clock.now_micros())
     }
 }
 
@@ -371,17 +369,15 @@ pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
         }
         if consents::expire(&mut tx, &id, now).await? {
             let system = AuditEntry {
-                time_micros: now,
                 actor_org: stored.receipt.controller.to_string(),
                 actor_role: "system".into(),
-                action: Action::ConsentExpired.as_str().into(),
                 object_id: id.clone(),
                 subject: stored.receipt.subject.clone(),
                 consent_id: id.clone(),
                 bundle_version: g.bundle().version_id().to_owned(),
                 reason: "expired".into(),
                 outcome: "ok".into(),
-                ..Default::default()
+                ..AuditEntry::new(Action::ConsentExpired, now)
             };
             audit::append(&mut tx, &mut [(system, String::new())]).await?;
             let wake = crate::routing::lifecycle::consent_ended(

@@ -183,18 +183,16 @@ impl Filter {
     /// into the fields of the same name, so "who looked up subject X" is itself in the log.
     pub fn audit_entry(&self, caller: &Caller, action: Action, now_micros: i64) -> AuditEntry {
         AuditEntry {
-            time_micros: now_micros,
             actor_org: caller.org.to_string(),
             actor_person: caller.person.to_string(),
             actor_role: caller.role.to_string(),
-            action: action.as_str().into(),
             object_id: self.message_id.clone().unwrap_or_default(),
             counterparty: self.org.clone().unwrap_or_default(),
             subject: self.subject.clone().unwrap_or_default(),
             consent_id: self.consent_id.clone().unwrap_or_default(),
             outcome: "ok".into(),
             source_node: caller.org.to_string(),
-            ..Default::default()
+            ..AuditEntry::new(action, now_micros)
         }
     }
 }

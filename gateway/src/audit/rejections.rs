@@ -55,13 +55,11 @@ impl Rejections {
             .map(|(k, n)| {
                 (
                     AuditEntry {
-                        time_micros: now_micros,
                         actor_org: k.org.clone(),
-                        action: Action::AuthRejected.as_str().into(),
                         reason: k.reason.into(),
                         outcome: format!("refused:{n}"),
                         source_node: k.source.clone(),
-                        ..Default::default()
+                        ..AuditEntry::new(Action::AuthRejected, now_micros)
                     },
                     String::new(),
                 )

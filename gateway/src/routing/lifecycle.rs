@@ -20,14 +20,12 @@ use crate::store::outbox;
 
 fn base_entry(g: &Gateway, now: i64, action: Action, c: &Copy) -> AuditEntry {
     AuditEntry {
-        time_micros: now,
-        action: action.as_str().into(),
         object_id: c.message_id.clone(),
         purpose: c.purpose.clone(),
         consent_id: c.consent_id.clone(),
         bundle_version: g.bundle().version_id().to_owned(),
         outcome: "ok".into(),
-        ..Default::default()
+        ..AuditEntry::new(action, now)
     }
 }
 
@@ -131,11 +129,9 @@ pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), E
             e
         }
         None => AuditEntry {
-            time_micros: now,
-            action: Action::AckFenced.as_str().into(),
             object_id: item_id.to_owned(),
             bundle_version: g.bundle().version_id().to_owned(),
-            ..Default::default()
+            ..AuditEntry::new(Action::AckFenced, now)
         },
     };
     e.actor_org = org.to_string();
@@ -217,16 +213,14 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
         wake = Some(c.sender.clone());
     } else {
         let e = AuditEntry {
-            time_micros: now,
             actor_org: org.to_string(),
             actor_person: "node".into(),
             actor_role: Role::Node.to_string(),
-            action: Action::Delivered.as_str().into(),
             object_id: item_id.to_owned(),
             reason: row.kind.clone(),
             outcome: "ok".into(),
             source_node: org.to_string(),
-            ..Default::default()
+            ..AuditEntry::new(Action::Delivered, now)
         };
         entries.push((e, String::new()));
     }

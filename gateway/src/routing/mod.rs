@@ -122,11 +122,9 @@ pub fn decision_entry(
     outcome: &str,
 ) -> AuditEntry {
     AuditEntry {
-        time_micros: g.0.clock.now_micros(),
         actor_org: caller.org.to_string(),
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
-        action: action.as_str().into(),
         object_id: if env.message_id == MessageId::NONE { String::new() } else { env.message_id.to_string() },
         counterparty: recipient.to_string(),
         subject: env.subject.clone().unwrap_or_default(),
@@ -141,7 +139,7 @@ pub fn decision_entry(
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
-        ..Default::default()
+        ..AuditEntry::new(action, g.0.clock.now_micros())
     }
 }
 

@@ -63,16 +63,14 @@ pub struct Opened {
 /// An entry about the stream `id` of `caller` from `source`.
 fn stream_entry(gateway: &Gateway, caller: &Caller, action: Action, id: &str, source: &str, now: i64) -> AuditEntry {
     AuditEntry {
-        time_micros: now,
         actor_org: caller.org.to_string(),
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
-        action: action.as_str().into(),
         object_id: id.to_owned(),
         bundle_version: gateway.bundle().version_id().to_owned(),
         outcome: "ok".into(),
         source_node: source.to_owned(),
-        ..Default::default()
+        ..AuditEntry::new(action, now)
     }
 }
 
