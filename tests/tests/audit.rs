@@ -824,45 +824,12 @@ async fn the_subject_a_redacted_entry_shows_cannot_be_changed_in_a_filtered_expo
 
 /// Commits an entry as a gateway did before its leaves bound the counterparty's pseudonym (encoding
 /// version 2): the pseudonym is stored beside the entry, not in its leaf.
-async fn append_version_2(net: &TestNet, mut entry: AuditEntry, counterparty_subject: &str) -> u64 {
+async fn append_version_2(net: &TestNet, entry: AuditEntry, counterparty_subject: &str) -> u64 {
     let mut tx = net.gateway.store().begin().await.unwrap();
-    let next: i64 = sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap()
-        .get(0);
-    entry.seq = u64::try_from(next - 1).unwrap();
-    entry.encoding_version = Encoding::V2;
-    entry.counterparty_subject = String::new();
-    let list = |l: &[String]| serde_json::to_string(l).unwrap();
-    sqlx::query("INSERT INTO audit_log (seq, time_micros, actor_org, actor_person, actor_role, action, object_id, counterparty, subject, purpose, consent_id, rule_ids, bundle_version, decision, reason, released_fields, withheld_fields, outcome, correlation_id, source_node, counterparty_subject, encoding_version, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 2, $22)")
-        .bind(next - 1)
-        .bind(entry.time_micros)
-        .bind(entry.actor_org.as_str())
-        .bind(entry.actor_person.as_str())
-        .bind(entry.actor_role.as_str())
-        .bind(entry.action.as_str())
-        .bind(entry.object_id.as_str())
-        .bind(entry.counterparty.as_str())
-        .bind(entry.subject.as_str())
-        .bind(entry.purpose.as_str())
-        .bind(entry.consent_id.as_str())
-        .bind(list(&entry.rule_ids))
-        .bind(entry.bundle_version.as_str())
-        .bind(entry.decision.as_str())
-        .bind(entry.reason.as_str())
-        .bind(list(&entry.released_fields))
-        .bind(list(&entry.withheld_fields))
-        .bind(entry.outcome.as_str())
-        .bind(entry.correlation_id.as_str())
-        .bind(entry.source_node.as_str())
-        .bind(counterparty_subject)
-        .bind(entry.leaf_hash().to_vec())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut entries = [(entry, counterparty_subject.to_owned())];
+    let seq = haven_gateway::store::audit_log::append_encoded(&mut tx, &mut entries, Encoding::V2).await.unwrap();
     tx.commit().await.unwrap();
-    entry.seq
+    seq
 }
 
 /// Entries written before the upgrade keep their leaves and still verify. Their leaves do not bind the

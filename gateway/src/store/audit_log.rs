@@ -17,6 +17,16 @@ use super::{StoreError, Tx};
 /// becomes the entry's `counterparty_subject`, which the leaf binds. Every entry is written with the
 /// newest encoding.
 pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Result<u64, StoreError> {
+    append_encoded(tx, entries, Encoding::default()).await
+}
+
+/// [`append`] with the leaves built in `encoding`. The gateway writes only the newest; an older one
+/// reproduces the entries an earlier gateway wrote, for the tests that check they still verify.
+pub async fn append_encoded(
+    tx: &mut Tx<'_>,
+    entries: &mut [(AuditEntry, String)],
+    encoding: Encoding,
+) -> Result<u64, StoreError> {
     if entries.is_empty() {
         return Ok(0);
     }
@@ -30,7 +40,7 @@ pub async fn append(tx: &mut Tx<'_>, entries: &mut [(AuditEntry, String)]) -> Re
     for (i, (entry, counterparty_subject)) in entries.iter_mut().enumerate() {
         entry.seq = u64::try_from(first + i as i64).unwrap_or(0);
         entry.counterparty_subject.clone_from(counterparty_subject);
-        entry.encoding_version = Encoding::default();
+        entry.encoding_version = encoding;
     }
     // One multi-row INSERT per chunk: the round trips, not the rows, are what an append costs.
     insert_many(tx, INSERT_HEAD, INSERT_COLUMNS, &*entries, |q, (entry, _)| {
