@@ -393,10 +393,10 @@ impl Gateway {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
                 loop {
                     tick.tick().await;
-                    if let Err(e) = crate::routing::lifecycle::expire_due(&g).await {
+                    if let Err(e) = g.expire_deliveries().await {
                         tracing::warn!(error = %e, "delivery expiry sweep failed");
                     }
-                    if let Err(e) = crate::consent::sweep_expired(&g).await {
+                    if let Err(e) = g.expire_consents().await {
                         tracing::warn!(error = %e, "consent expiry sweep failed");
                     }
                 }
@@ -437,6 +437,23 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Expires queued copies past their TTL and wakes their senders (the periodic sweep; tests call
+    /// it with a moved clock). Returns how many expired.
+    pub async fn expire_deliveries(&self) -> Result<usize, crate::error::Error> {
+        let (n, woken) = crate::routing::lifecycle::expire_due(self.store(), &self.stamp()).await?;
+        self.wake(&woken);
+        Ok(n)
+    }
+
+    /// Expires every given consent whose window has ended, cascading to its copies, and wakes whoever
+    /// has something new queued (the periodic sweep; tests call it with a moved clock). Returns how
+    /// many expired.
+    pub async fn expire_consents(&self) -> Result<usize, crate::error::Error> {
+        let (n, woken) = crate::consent::sweep_expired(self.store(), &self.stamp()).await?;
+        self.wake(&woken);
+        Ok(n)
+    }
+
     /// Serves until SIGTERM or Ctrl-C, reloading the CRL and registry on SIGHUP.
     pub async fn serve_until_signal(self, listener: TcpListener) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};

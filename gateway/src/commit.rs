@@ -19,15 +19,13 @@
 //! Under load the batch grows by itself, because units pile up while the previous commit runs; with
 //! one caller it is one transaction per unit, as before.
 //!
-//! Fewer round trips: a unit names what it will read ([`Reads`]), and the batch reads that for every
-//! unit at once, before they run ([`Prefetched`]). A unit whose reads are settled (see
-//! [`Prefetched::settled`]) issues no statement of its own and needs no savepoint. On PostgreSQL,
-//! where any failed statement spoils the transaction, a unit whose reads are not (a consent row the
-//! batch could not lock) takes its locks and writes itself, between `SAVEPOINT` and `RELEASE`, so
-//! that its failure is rolled back alone.
-
-use std::future::Future;
-use std::pin::Pin;
+//! Facts, then a plan, then effects: a unit names what it will read ([`Reads`]), and the batch reads
+//! that for every unit at once, before they run ([`Prefetched`]). A unit issues no statement: it finds
+//! its facts in `Batch::seen`, plans, and writes its effects through the batch's buffers. Where the
+//! batch could not settle a unit's reads (see [`Prefetched::settled`]: on PostgreSQL, a consent row
+//! another transaction held), the committer reads that unit's facts again under locks that wait
+//! ([`Prefetched::read_own`]), between `SAVEPOINT` and `RELEASE` so that a failure (a lock timeout) is
+//! rolled back alone, and the unit runs the same plan on them.
 
 use haven_trust::audit::AuditEntry;
 use sqlx::pool::PoolConnection;
@@ -36,10 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit;
 use crate::error::Error;
-use crate::routing::prefetch::Prefetched;
-pub use crate::routing::prefetch::Reads;
+pub use crate::routing::prefetch::{Prefetched, Reads};
 use crate::routing::queue::{self, CountChanges};
-use crate::routing::rows::NewRows;
+use crate::routing::rows::{Mark, NewRows};
 use crate::store::{Backend, Store, StoreError, Tx};
 
 /// The most units one shared commit takes on SQLite.
@@ -54,29 +51,44 @@ const PG_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 /// Units waiting for the committer.
 const QUEUE: usize = 4096;
 
-/// What a unit of work writes through: the shared transaction; the rows submissions add, written
-/// together once every unit has run; the audit entries to append (with each one's counterparty-scoped
-/// subject) after them; the queue's count changes, applied last; and what the batch read for its
-/// units before they ran.
-pub struct Batch<'c> {
-    pub tx: Tx<'c>,
+/// What a unit of work writes: the rows submissions add, written together once every unit has run;
+/// the audit entries to append (with each one's counterparty-scoped subject) after them; and the
+/// queue's count changes, applied last. A unit gets these and the facts its batch read; it never gets
+/// the transaction, so it cannot issue a statement of its own.
+#[derive(Default)]
+pub struct Effects {
     pub rows: NewRows,
     pub audit: Vec<(AuditEntry, String)>,
     pub counts: CountChanges,
-    pub seen: Prefetched,
 }
 
-/// A unit's future: borrows the batch while it runs.
-pub type UnitFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
+/// How much of each buffer was written, to drop a failed unit's effects.
+struct Marks(usize, usize, Mark);
+
+impl Effects {
+    fn mark(&self) -> Marks {
+        Marks(self.audit.len(), self.counts.len(), self.rows.mark())
+    }
+
+    fn truncate(&mut self, m: Marks) {
+        self.audit.truncate(m.0);
+        self.counts.truncate(m.1);
+        self.rows.truncate(m.2);
+    }
+}
+
+/// The shared transaction and what its units wrote and read.
+struct Batch<'c> {
+    tx: Tx<'c>,
+    effects: Effects,
+    seen: Prefetched,
+}
 
 /// Called once the batch's fate is known: `None` when it committed and is on disk, or why not.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-/// A queued unit with its result type erased: runs in the batch (or, given none, does not run) and
-/// says whether it succeeded.
-type Work = Box<
-    dyn for<'t, 'c> FnOnce(Option<&'t mut Batch<'c>>) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 't>>
-        + Send,
->;
+/// A queued unit with its result type erased: runs on the facts and buffers of a batch (or, given
+/// none, does not run) and says whether it succeeded.
+type Work = Box<dyn FnOnce(Option<(&Prefetched, &mut Effects)>) -> (bool, Finish) + Send>;
 
 /// A queued unit: what it will read, and the work.
 struct Job {
@@ -102,35 +114,30 @@ impl Committer {
         Committer { queue: tx }
     }
 
-    /// Runs `work` in the next shared transaction and returns its result once that transaction has
-    /// committed. If `work` fails, its changes are rolled back (and only its own). What `reads` names
-    /// is read beforehand for the whole batch (in `Batch::seen`). `work` writes through the batch's
-    /// buffers (`rows`, `audit`, `counts`), and through `tx` only where its reads are not settled.
-    pub async fn run<T, F>(&self, reads: Reads, work: F) -> Result<T, Error>
+    /// Runs `unit` in the next shared transaction and returns its result once that transaction has
+    /// committed. If `unit` fails, its effects are dropped (and only its own). What `reads` names is
+    /// read beforehand for the whole batch; `unit` finds it in the facts it is given, and writes its
+    /// effects through the buffers it is given.
+    pub async fn run<T, F>(&self, reads: Reads, unit: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: for<'t, 'c> FnOnce(&'t mut Batch<'c>) -> UnitFuture<'t, T> + Send + 'static,
+        F: FnOnce(&Prefetched, &mut Effects) -> Result<T, Error> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, Error>>();
         let work: Work = Box::new(move |batch| {
-            Box::pin(async move {
-                let result = match batch {
-                    Some(b) => Some(work(b).await),
-                    None => None,
-                };
-                let ok = matches!(result, Some(Ok(_)));
-                let finish: Finish = Box::new(move |failed| {
-                    let _ = reply.send(match (result, failed) {
-                        (Some(Err(e)), _) => Err(e),
-                        (Some(Ok(v)), None) => Ok(v),
-                        (_, Some(why)) => Err(Error::Store(why.shared())),
-                        (None, None) => Err(Error::Store(StoreError::Commit(
-                            "the shared transaction ended before this change ran".to_owned(),
-                        ))),
-                    });
+            let result = batch.map(|(seen, effects)| unit(seen, effects));
+            let ok = matches!(result, Some(Ok(_)));
+            let finish: Finish = Box::new(move |failed| {
+                let _ = reply.send(match (result, failed) {
+                    (Some(Err(e)), _) => Err(e),
+                    (Some(Ok(v)), None) => Ok(v),
+                    (_, Some(why)) => Err(Error::Store(why.shared())),
+                    (None, None) => Err(Error::Store(StoreError::Commit(
+                        "the shared transaction ended before this change ran".to_owned(),
+                    ))),
                 });
-                (ok, finish)
-            })
+            });
+            (ok, finish)
         });
         self.queue.send(Job { reads, work }).await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?;
         answer.await.map_err(|_| Error::Store(StoreError::Commit(STOPPED.into())))?
@@ -181,7 +188,7 @@ async fn commit_batch(
         None => match store.writer().await {
             Ok(conn) => conn,
             Err(e) => {
-                fail_all(jobs, &e).await;
+                fail_all(jobs, &e);
                 return (false, None);
             }
         },
@@ -191,10 +198,10 @@ async fn commit_batch(
 }
 
 /// Answers every job with why its shared commit could not begin.
-async fn fail_all(jobs: Vec<Job>, e: &StoreError) {
+fn fail_all(jobs: Vec<Job>, e: &StoreError) {
     tracing::error!(error = %e, units = jobs.len(), "cannot begin a shared commit");
     for job in jobs {
-        let (_, finish) = (job.work)(None).await;
+        let (_, finish) = (job.work)(None);
         finish(Some(e));
     }
 }
@@ -204,11 +211,9 @@ async fn fail_all(jobs: Vec<Job>, e: &StoreError) {
 async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (bool, bool) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
     let mut batch = match store.begin_on(conn).await {
-        Ok(tx) => {
-            Batch { tx, rows: NewRows::default(), audit: Vec::new(), counts: Vec::new(), seen: Prefetched::default() }
-        }
+        Ok(tx) => Batch { tx, effects: Effects::default(), seen: Prefetched::default() },
         Err(e) => {
-            fail_all(jobs, &e).await;
+            fail_all(jobs, &e);
             return (false, false);
         }
     };
@@ -230,7 +235,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     for (work, reads) in jobs.into_iter().zip(&reads) {
         // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
-            finishes.push(work(None).await.1);
+            finishes.push(work(None).1);
             continue;
         }
         // A unit issues statements of its own only where the batch could not settle its reads.
@@ -240,16 +245,25 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             close = "";
             if let Err(e) = sqlx::raw_sql(AssertSqlSafe(open)).execute(&mut *batch.tx).await {
                 broken = Some(e.into());
-                finishes.push(work(None).await.1);
+                finishes.push(work(None).1);
                 continue;
             }
         }
-        let marks = (batch.audit.len(), batch.counts.len(), batch.rows.mark());
-        let (ok, finish) = work(Some(&mut batch)).await;
+        let marks = batch.effects.mark();
+        // A unit the batch's reads did not settle has its own facts read under locks that wait, and
+        // then runs exactly as a settled unit does, on them.
+        let own = if savepoint { Some(Prefetched::read_own(&mut batch.tx, reads).await) } else { None };
+        let (ok, finish) = match own {
+            None => work(Some((&batch.seen, &mut batch.effects))),
+            Some(Ok(own)) => work(Some((&own, &mut batch.effects))),
+            Some(Err(e)) => {
+                let (_, finish) = work(None);
+                let failed: Finish = Box::new(move |_| finish(Some(&e)));
+                (false, failed)
+            }
+        };
         if !ok {
-            batch.audit.truncate(marks.0);
-            batch.counts.truncate(marks.1);
-            batch.rows.truncate(marks.2);
+            batch.effects.truncate(marks);
         }
         finishes.push(finish);
         if savepoint && ok {
@@ -268,7 +282,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     {
         broken = Some(e.into());
     }
-    let Batch { mut tx, rows, mut audit, counts, .. } = batch;
+    let Batch { mut tx, effects: Effects { rows, mut audit, counts }, .. } = batch;
     let appended = !audit.is_empty();
     let outcome = match broken {
         Some(why) => Err(why.commit_failed()),

@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::audit;
-use crate::error::Error;
+use crate::audit::Stamp;
+use crate::error::{ConsentError, Error};
 use crate::policy::Bundle;
-use crate::state::Gateway;
-use crate::store::consents;
 pub use crate::store::consents::{Stored, load, load_locked, load_many, load_read};
+use crate::store::{Store, consents};
 
 /// Why a consent was revoked; the controller gives one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,7 @@ impl RevocationReason {
             "withdrawn_by_subject" => Ok(Self::WithdrawnBySubject),
             "revoked_by_org" => Ok(Self::RevokedByOrg),
             "recorded_in_error" => Ok(Self::RecordedInError),
-            other => Err(Error::InvalidArgument(format!(
-                "revocation reason `{}` is not one of withdrawn_by_subject, revoked_by_org, recorded_in_error",
-                haven_trust::untrusted::shown(other)
-            ))),
+            other => Err(ConsentError::UnknownReason { given: short(other) }.into()),
         }
     }
 
@@ -87,12 +84,12 @@ fn short(s: &str) -> String {
 
 /// A subject pseudonym of the accepted form ([`haven_sharing::consent::check_pseudonym`]).
 pub fn check_pseudonym(p: &str) -> Result<(), Error> {
-    haven_sharing::consent::check_pseudonym(p).map_err(|e| Error::InvalidArgument(e.to_string()))
+    haven_sharing::consent::check_pseudonym(p).map_err(|e| invalid(e.to_string()))
 }
 
 /// Checks a receipt's content against the bundle in force.
 pub fn validate(receipt: &ConsentReceipt, bundle: &Bundle) -> Result<(), Error> {
-    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let bad = |m: String| Err(invalid(m));
     if receipt.version != RECEIPT_VERSION {
         return bad(format!("receipt version {} is not supported (expected {RECEIPT_VERSION})", receipt.version));
     }
@@ -156,41 +153,39 @@ pub fn validate(receipt: &ConsentReceipt, bundle: &Bundle) -> Result<(), Error> 
     Ok(())
 }
 
+/// A receipt refused for its form or content.
+fn invalid(why: String) -> Error {
+    ConsentError::InvalidReceipt { why }.into()
+}
+
 fn token_error(e: TokenError) -> Error {
-    match e {
-        TokenError::BadSignature => Error::InvalidArgument(
-            "consent receipt signature does not verify: it was forged or changed after signing".into(),
-        ),
-        TokenError::UnknownKey(k) => Error::InvalidArgument(format!(
-            "consent receipt is signed with certificate {} that no organization's signing pin names",
-            short(&k)
-        )),
-        TokenError::BadClaims(m) => Error::InvalidArgument(format!("consent receipt content is invalid: {m}")),
-        other => Error::InvalidArgument(format!("consent receipt: {other}")),
-    }
+    invalid(match e {
+        TokenError::BadSignature => {
+            "consent receipt signature does not verify: it was forged or changed after signing".into()
+        }
+        TokenError::UnknownKey(k) => {
+            format!("consent receipt is signed with certificate {} that no organization's signing pin names", short(&k))
+        }
+        TokenError::BadClaims(m) => format!("consent receipt content is invalid: {m}"),
+        other => format!("consent receipt: {other}"),
+    })
 }
 
 /// Verifies a receipt JWS: signed by the caller's organization, naming it as controller, valid
 /// content.
 pub fn verify(jws: &str, caller: &Caller, bundle: &Bundle) -> Result<(ConsentReceipt, String), Error> {
     if jws.len() > 64 * 1024 {
-        return Err(Error::InvalidArgument("consent receipt is larger than 64 KiB".into()));
+        return Err(invalid("consent receipt is larger than 64 KiB".into()));
     }
     let (receipt, key_org, _) = token::verify_signed::<ConsentReceipt>(jws, bundle.registry()).map_err(token_error)?;
     if key_org != caller.org {
-        return Err(Error::PermissionDenied(format!(
-            "consent receipt is signed with the key of organization `{key_org}`, but you are `{}`",
-            caller.org
-        )));
+        return Err(ConsentError::SignedByAnother { key_org, caller: caller.org.clone() }.into());
     }
     if receipt.controller != caller.org {
-        return Err(Error::PermissionDenied(format!(
-            "consent receipt names controller `{}`; only the controller may register it",
-            receipt.controller
-        )));
+        return Err(ConsentError::ControllerIsAnother { controller: receipt.controller }.into());
     }
     validate(&receipt, bundle)?;
-    let json = serde_json::to_string(&receipt).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let json = serde_json::to_string(&receipt).map_err(|e| invalid(e.to_string()))?;
     Ok((receipt, json))
 }
 
@@ -198,7 +193,7 @@ fn content_hash(json: &str) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
 }
 
-fn entry(g: &Gateway, caller: &Caller, action: Action, receipt: &ConsentReceipt, reason: &str) -> AuditEntry {
+fn entry(stamp: &Stamp, caller: &Caller, action: Action, receipt: &ConsentReceipt, reason: &str) -> AuditEntry {
     AuditEntry {
         actor_org: caller.org.to_string(),
         actor_person: caller.person.to_string(),
@@ -207,62 +202,55 @@ fn entry(g: &Gateway, caller: &Caller, action: Action, receipt: &ConsentReceipt,
         subject: receipt.subject.clone(),
         purpose: receipt.purposes.join(","),
         consent_id: receipt.consent_id.clone(),
-        bundle_version: g.bundle().version_id().to_owned(),
         reason: reason.into(),
         outcome: "ok".into(),
         source_node: caller.org.to_string(),
-        ..AuditEntry::new(action, g.0.clock.now_micros())
+        ..stamp.entry(action)
     }
 }
 
-/// Registers a receipt (`renew = false`) or a renewal that supersedes an earlier consent.
-pub async fn register(g: &Gateway, caller: &Caller, jws: &str, renew: bool) -> Result<Stored, Error> {
-    let bundle = g.bundle();
-    let (receipt, json) = verify(jws, caller, &bundle)?;
+/// Registers a receipt (`renew = false`) or a renewal that supersedes an earlier consent, verified
+/// against `bundle`'s registry and audited with `stamp`.
+pub async fn register(
+    store: &Store,
+    bundle: &Bundle,
+    stamp: &Stamp,
+    caller: &Caller,
+    jws: &str,
+    renew: bool,
+) -> Result<Stored, Error> {
+    let (receipt, json) = verify(jws, caller, bundle)?;
     match (&receipt.supersedes, renew) {
-        (Some(_), false) => {
-            return Err(Error::InvalidArgument(
-                "this receipt supersedes another consent: register it with RenewConsent".into(),
-            ));
-        }
-        (None, true) => {
-            return Err(Error::InvalidArgument("a renewal must name the consent it supersedes (`supersedes`)".into()));
-        }
+        (Some(_), false) => return Err(ConsentError::RenewalRegistered.into()),
+        (None, true) => return Err(ConsentError::RenewalWithoutSupersedes.into()),
         _ => {}
     }
     let hash = content_hash(&json);
-    let now = g.0.clock.now_micros();
-    let mut tx = g.0.store.begin().await?;
+    let now = stamp.now;
+    let mut tx = store.begin().await?;
     if let Some((existing, existing_hash)) = load(&mut tx, &receipt.consent_id).await? {
         tx.rollback().await?;
         return if existing_hash == hash {
             Ok(existing)
         } else {
-            Err(Error::AlreadyExists(format!(
-                "consent `{}` is already registered with different content; a changed consent is a renewal with a new consent_id",
-                receipt.consent_id
-            )))
+            Err(ConsentError::ContentChanged { id: receipt.consent_id.clone() }.into())
         };
     }
     let mut entries = Vec::new();
     if let Some(old_id) = &receipt.supersedes {
-        let (old, _) = load(&mut tx, old_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("consent `{}` to supersede does not exist", short(old_id))))?;
+        let (old, _) =
+            load(&mut tx, old_id).await?.ok_or_else(|| ConsentError::SupersededNotFound { id: short(old_id) })?;
         if old.receipt.controller != caller.org {
-            return Err(Error::PermissionDenied(format!("consent `{old_id}` belongs to another organization")));
+            return Err(ConsentError::NotController { id: short(old_id), revoking: false }.into());
         }
         if old.receipt.subject != receipt.subject {
-            return Err(Error::InvalidArgument(format!("consent `{old_id}` is about another subject")));
+            return Err(ConsentError::OtherSubject { id: short(old_id) }.into());
         }
         if !matches!(old.state, ConsentState::Given | ConsentState::Expired) {
-            return Err(Error::FailedPrecondition(format!(
-                "consent `{old_id}` is {}; only a given or expired consent can be renewed",
-                old.state.as_str()
-            )));
+            return Err(ConsentError::NotRenewable { id: short(old_id), state: old.state }.into());
         }
         consents::supersede(&mut tx, old_id, &receipt.consent_id, now).await?;
-        entries.push((entry(g, caller, Action::ConsentRenewed, &old.receipt, "superseded"), String::new()));
+        entries.push((entry(stamp, caller, Action::ConsentRenewed, &old.receipt, "superseded"), String::new()));
     }
     let new = consents::NewConsent {
         consent_id: receipt.consent_id.as_str(),
@@ -275,7 +263,7 @@ pub async fn register(g: &Gateway, caller: &Caller, jws: &str, renew: bool) -> R
         valid_until_micros: micros(receipt.valid_until),
     };
     consents::insert(&mut tx, &new, now).await?;
-    entries.push((entry(g, caller, Action::ConsentRegistered, &receipt, ""), String::new()));
+    entries.push((entry(stamp, caller, Action::ConsentRegistered, &receipt, ""), String::new()));
     audit::append(&mut tx, &mut entries).await?;
     tx.commit().await?;
     Ok(Stored {
@@ -291,53 +279,54 @@ pub async fn register(g: &Gateway, caller: &Caller, jws: &str, renew: bool) -> R
 }
 
 /// Revokes a consent. From the commit on, no send under it is allowed. Revoking twice is idempotent.
-pub async fn revoke(g: &Gateway, caller: &Caller, consent_id: &str, reason: &str) -> Result<Stored, Error> {
+/// Returns the consent and the organizations that have something new queued (to wake).
+pub async fn revoke(
+    store: &Store,
+    stamp: &Stamp,
+    caller: &Caller,
+    consent_id: &str,
+    reason: &str,
+) -> Result<(Stored, Vec<String>), Error> {
     let reason = RevocationReason::parse(reason)?;
-    let now = g.0.clock.now_micros();
-    let mut tx = g.0.store.begin().await?;
-    let (mut stored, _) = load(&mut tx, consent_id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no consent `{}`", short(consent_id))))?;
+    let now = stamp.now;
+    let mut tx = store.begin().await?;
+    let (mut stored, _) =
+        load(&mut tx, consent_id).await?.ok_or_else(|| ConsentError::NotFound { id: short(consent_id) })?;
     if stored.receipt.controller != caller.org {
-        return Err(Error::PermissionDenied(format!(
-            "consent `{consent_id}` belongs to another organization; only its controller may revoke it"
-        )));
+        return Err(ConsentError::NotController { id: short(consent_id), revoking: true }.into());
     }
     if matches!(stored.state, ConsentState::Withdrawn | ConsentState::Revoked) {
         tx.rollback().await?;
-        return Ok(stored);
+        return Ok((stored, Vec::new()));
     }
     let state = reason.state();
     consents::revoke(&mut tx, consent_id, state, reason.as_str(), now).await?;
-    let mut entries = vec![(entry(g, caller, Action::ConsentRevoked, &stored.receipt, reason.as_str()), String::new())];
+    let mut entries =
+        vec![(entry(stamp, caller, Action::ConsentRevoked, &stored.receipt, reason.as_str()), String::new())];
     audit::append(&mut tx, &mut entries).await?;
     let wake =
-        crate::routing::lifecycle::consent_ended(g, &mut tx, caller.org.as_str(), consent_id, reason.as_str(), now)
+        crate::routing::lifecycle::consent_ended(&mut tx, stamp, caller.org.as_str(), consent_id, reason.as_str())
             .await?;
     tx.commit().await?;
-    for org in wake {
-        g.0.wakeups.wake(&org);
-    }
     stored.state = state;
     stored.revocation_reason = reason.as_str().into();
     stored.state_changed_at_micros = now;
-    Ok(stored)
+    Ok((stored, wake))
 }
 
 /// Shows a consent to its controller.
-pub async fn get(g: &Gateway, caller: &Caller, consent_id: &str) -> Result<Stored, Error> {
-    let stored = load_read(g.0.store.pool(), consent_id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no consent `{}`", short(consent_id))))?;
+pub async fn get(store: &Store, caller: &Caller, consent_id: &str) -> Result<Stored, Error> {
+    let stored =
+        load_read(store.pool(), consent_id).await?.ok_or_else(|| ConsentError::NotFound { id: short(consent_id) })?;
     if stored.receipt.controller != caller.org {
-        return Err(Error::PermissionDenied(format!("consent `{consent_id}` belongs to another organization")));
+        return Err(ConsentError::NotController { id: short(consent_id), revoking: false }.into());
     }
     Ok(stored)
 }
 
 /// Lists the caller's consents, optionally for one subject or state, in registration order.
 pub async fn list(
-    g: &Gateway,
+    store: &Store,
     caller: &Caller,
     subject: &str,
     state: &str,
@@ -345,24 +334,22 @@ pub async fn list(
     after: &str,
 ) -> Result<Vec<Stored>, Error> {
     if !state.is_empty() && ConsentState::parse(state).is_none() {
-        return Err(Error::InvalidArgument(format!(
-            "unknown consent state `{}` (known: given, withdrawn, revoked, expired, superseded)",
-            short(state)
-        )));
+        return Err(ConsentError::UnknownState { given: short(state) }.into());
     }
     let limit = i64::from(limit.clamp(1, 500));
-    Ok(crate::store::consents::list(g.0.store.pool(), caller.org.as_str(), subject, state, after, limit).await?)
+    Ok(crate::store::consents::list(store.pool(), caller.org.as_str(), subject, state, after, limit).await?)
 }
 
-/// Marks every given consent whose window has ended as expired, each with its audit entry, in one
-/// transaction per consent. Returns how many expired. Runs periodically; tests call it with a moved
-/// clock.
-pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
-    let now = g.0.clock.now_micros();
-    let ids = consents::due_to_expire(g.0.store.pool(), now).await?;
+/// Marks every given consent whose window has ended by `stamp` as expired, each with its audit entry,
+/// in one transaction per consent. Returns how many expired, and the organizations that have something
+/// new queued (to wake). Runs periodically; tests call it with a moved clock.
+pub async fn sweep_expired(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<String>), Error> {
+    let now = stamp.now;
+    let ids = consents::due_to_expire(store.pool(), now).await?;
     let mut n = 0;
+    let mut woken = Vec::new();
     for id in ids {
-        let mut tx = g.0.store.begin().await?;
+        let mut tx = store.begin().await?;
         let Some((stored, _)) = load(&mut tx, &id).await? else { continue };
         if stored.state != ConsentState::Given {
             continue;
@@ -374,29 +361,25 @@ pub async fn sweep_expired(g: &Gateway) -> Result<usize, Error> {
                 object_id: id.clone(),
                 subject: stored.receipt.subject.clone(),
                 consent_id: id.clone(),
-                bundle_version: g.bundle().version_id().to_owned(),
                 reason: "expired".into(),
                 outcome: "ok".into(),
-                ..AuditEntry::new(Action::ConsentExpired, now)
+                ..stamp.entry(Action::ConsentExpired)
             };
             audit::append(&mut tx, &mut [(system, String::new())]).await?;
             let wake = crate::routing::lifecycle::consent_ended(
-                g,
                 &mut tx,
+                stamp,
                 stored.receipt.controller.as_str(),
                 &id,
                 "expired",
-                now,
             )
             .await?;
             tx.commit().await?;
-            for org in wake {
-                g.0.wakeups.wake(&org);
-            }
+            woken.extend(wake);
             n += 1;
             continue;
         }
         tx.commit().await?;
     }
-    Ok(n)
+    Ok((n, woken))
 }

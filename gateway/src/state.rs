@@ -8,7 +8,7 @@ use haven_trust::clock::SharedClock;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
-use crate::audit::{self, Rejections};
+use crate::audit::{self, Rejections, Stamp};
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::identity::{Authenticator, Trust};
@@ -92,5 +92,22 @@ impl Gateway {
     /// The policy bundle in force.
     pub fn bundle(&self) -> Arc<Bundle> {
         self.0.auth.trust().bundle.clone()
+    }
+
+    /// What a change made now is audited with: the time, and the bundle in force.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { now: self.0.clock.now_micros(), bundle_version: self.bundle().version_id().to_owned() }
+    }
+
+    /// Wakes the delivery streams of organizations that have something new queued.
+    pub fn wake(&self, orgs: &[String]) {
+        for org in orgs {
+            self.0.wakeups.wake(org);
+        }
+    }
+
+    /// The secret recipient-scoped pseudonyms are derived with.
+    pub(crate) fn pseudonym_key(&self) -> &[u8; 32] {
+        &self.0.pseudonym_key
     }
 }

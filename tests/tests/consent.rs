@@ -174,7 +174,7 @@ async fn each_way_a_consent_can_fail_to_cover_a_send_has_its_own_reason() {
 
     clock.advance_secs(91 * 86_400);
     assert_denied(&decide(&net, "harbor", "maple-house", "housing", &s, &renewed.consent_id).await, "consent_expired");
-    let expired = haven_gateway::consent::sweep_expired(&net.gateway).await.unwrap();
+    let expired = net.gateway.expire_consents().await.unwrap();
     assert!(expired >= 1, "the sweep records expiry");
     let shown = harbor
         .client()

@@ -944,9 +944,9 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
 
 /// Units of shared commits that fail after writing leave nothing behind, while the units that shared
 /// their commits keep everything. Each unit writes a message row, an audit entry and a queue count
-/// change. It writes through the batch's buffers where the batch settled its reads (always on SQLite),
-/// and through the transaction itself where it did not (on PostgreSQL, for an item without a consent,
-/// inside the unit's savepoint). Every third unit then fails.
+/// change through the batch's buffers, on the facts the batch read for it where it settled them
+/// (always on SQLite), or on facts read for the unit alone, under its own locks, in a savepoint where
+/// it did not (on PostgreSQL, for an item without a consent). Every third unit then fails.
 #[tokio::test]
 async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_everything() {
     use haven_gateway::commit::Reads;
@@ -970,40 +970,34 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
         let commits = net.gateway.commits().clone();
         async move {
             let result = commits
-                .run(reads(i), move |batch| {
-                    Box::pin(async move {
-                        let id = format!("unit-m{i}");
-                        if batch.seen.settled(&reads(i)) {
-                            batch.rows.messages.push(MessageRow {
-                                sender: "unit-sender".into(),
-                                message_id: id.clone(),
-                                kind: "referral".into(),
-                                content_sha256: "00".into(),
-                                response: vec![7],
-                                created_at_micros: 1,
-                            });
-                        } else {
-                            sqlx::query("INSERT INTO messages (sender, message_id, kind, content_sha256, response, created_at_micros) VALUES ('unit-sender', $1, 'referral', '00', $2, 1)")
-                                .bind(id.as_str())
-                                .bind(vec![7u8])
-                                .execute(&mut *batch.tx)
-                                .await
-                                .map_err(|e| Error::Internal(e.to_string()))?;
-                        }
-                        let entry = AuditEntry {
-                            action: "submitted".into(),
-                            object_id: id.clone(),
-                            actor_org: "unit-sender".into(),
-                            outcome: "queued".into(),
-                            ..Default::default()
-                        };
-                        batch.audit.push((entry, String::new()));
-                        batch.counts.push(("unit-sender".into(), "unit-org".into(), 1));
-                        if i.is_multiple_of(3) {
-                            return Err(Error::InvalidArgument(format!("unit {i} fails after writing")));
-                        }
-                        Ok(i)
-                    })
+                .run(reads(i), move |seen, fx| {
+                    // Whether settled by the batch or read for the unit alone, the facts it named are there.
+                    if i.is_multiple_of(2) {
+                        assert!(seen.item("unit-notice").is_some_and(|found| found.is_some()), "unit {i}");
+                        assert!(seen.settled(&reads(i)), "unit {i} runs on settled facts");
+                    }
+                    let id = format!("unit-m{i}");
+                    fx.rows.messages.push(MessageRow {
+                        sender: "unit-sender".into(),
+                        message_id: id.clone(),
+                        kind: "referral".into(),
+                        content_sha256: "00".into(),
+                        response: vec![7],
+                        created_at_micros: 1,
+                    });
+                    let entry = AuditEntry {
+                        action: "submitted".into(),
+                        object_id: id.clone(),
+                        actor_org: "unit-sender".into(),
+                        outcome: "queued".into(),
+                        ..Default::default()
+                    };
+                    fx.audit.push((entry, String::new()));
+                    fx.counts.push(("unit-sender".into(), "unit-org".into(), 1));
+                    if i.is_multiple_of(3) {
+                        return Err(Error::InvalidArgument(format!("unit {i} fails after writing")));
+                    }
+                    Ok(i)
                 })
                 .await;
             (i, result)

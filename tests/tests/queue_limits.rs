@@ -64,9 +64,9 @@ async fn an_undelivered_copy_expires_after_the_ttl_and_the_sender_sees_it() {
     let harbor = net.node_with_clock("harbor", &[("casey", Role::Caseworker)], shared.clone()).await;
     let (c, s) = consent(&harbor, &clock).await;
     let sent = send(&harbor, referral(&s, &c)).await;
-    assert_eq!(haven_gateway::routing::lifecycle::expire_due(&net.gateway).await.unwrap(), 0, "not yet");
+    assert_eq!(net.gateway.expire_deliveries().await.unwrap(), 0, "not yet");
     clock.advance_secs(31 * 86_400);
-    assert_eq!(haven_gateway::routing::lifecycle::expire_due(&net.gateway).await.unwrap(), 1);
+    assert_eq!(net.gateway.expire_deliveries().await.unwrap(), 1);
     let payload =
         sqlx::query("SELECT state, length(payload) FROM outbox WHERE org = 'maple-house' AND item_kind = 'delivery'")
             .fetch_one(net.gateway.store().pool())

@@ -16,7 +16,24 @@ pub mod log;
 pub mod query;
 mod rejections;
 
+use haven_trust::audit::{Action, AuditEntry};
+
 pub use log::{AuditLog, Cadence, LogError};
 pub use rejections::Rejections;
 
 pub use crate::store::audit_log::{ENTRY_COLUMNS, append, append_one, entry_from_row, parse_list, read_range, size};
+
+/// What the audit entries of one change are stamped with: the moment it happens, and the version of
+/// the bundle in force.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    pub now: i64,
+    pub bundle_version: String,
+}
+
+impl Stamp {
+    /// An entry of `action`, stamped.
+    pub fn entry(&self, action: Action) -> AuditEntry {
+        AuditEntry { bundle_version: self.bundle_version.clone(), ..AuditEntry::new(action, self.now) }
+    }
+}

@@ -5,33 +5,35 @@
 use haven_proto::v1 as pb;
 use haven_sharing::delivery::{self, DeliveryStatus, ItemState, Party};
 use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::clock::SharedClock;
 use haven_trust::ids::{Caller, OrgId, Role};
 
 use super::queue::{self, NewItem};
 use super::rows::{Acked, OutboxRow};
 use crate::audit;
-use crate::commit::{Batch, Reads};
+use crate::audit::Stamp;
+use crate::commit::Committer;
+use crate::commit::{Effects, Prefetched, Reads};
 use crate::error::Error;
-use crate::state::Gateway;
-use crate::store::Tx;
 use crate::store::consents::lock_consent;
 use crate::store::deliveries::{self, Copy, copy_by_id, set_status};
 use crate::store::outbox;
+use crate::store::{Store, Tx};
 
-fn base_entry(g: &Gateway, now: i64, action: Action, c: &Copy) -> AuditEntry {
+fn base_entry(bundle_version: &str, now: i64, action: Action, c: &Copy) -> AuditEntry {
     AuditEntry {
         object_id: c.message_id.clone(),
         purpose: c.purpose.clone(),
         consent_id: c.consent_id.clone(),
-        bundle_version: g.bundle().version_id().to_owned(),
+        bundle_version: bundle_version.to_owned(),
         outcome: "ok".into(),
         ..AuditEntry::new(action, now)
     }
 }
 
 /// The sender's entry about a copy: the recipient is the counterparty and sees its own pseudonym.
-fn sender_side(g: &Gateway, now: i64, action: Action, c: &Copy) -> (AuditEntry, String) {
-    let mut e = base_entry(g, now, action, c);
+fn sender_side(bundle_version: &str, now: i64, action: Action, c: &Copy) -> (AuditEntry, String) {
+    let mut e = base_entry(bundle_version, now, action, c);
     e.actor_org = c.sender.clone();
     e.actor_role = "system".into();
     e.counterparty = c.recipient.clone();
@@ -76,24 +78,21 @@ fn sender_notice(now: i64, c: &Copy, kind: pb::sender_notice::Kind, reason: &str
 /// delivery becomes `delivered`. A repeated acknowledgement is harmless.
 ///
 /// It runs in the next shared commit, so a stream's many acknowledgements (and every stream's) share
-/// one fsync.
-pub async fn ack(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+/// one fsync. Returns the sender to wake, if any.
+pub async fn ack(
+    commits: &Committer,
+    clock: &SharedClock,
+    bundle_version: String,
+    org: &OrgId,
+    item_id: &str,
+) -> Result<Option<String>, Error> {
     // Item ids are the gateway's own UUIDs. Anything else is refused here, before it can reach the
     // shared commit's one read of every unit's items, where a value the database rejects would fail
     // the other units with it.
     check_item_id(item_id)?;
-    let (gateway, org, item) = (g.clone(), org.clone(), item_id.to_owned());
+    let (clock, org, item) = (clock.clone(), org.clone(), item_id.to_owned());
     let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
-    // An acknowledgement writes only through the batch's buffers when what the batch read of its
-    // item is settled (see `ack_in`).
-    let wake =
-        g.0.commits
-            .run(reads, move |batch| Box::pin(async move { ack_in(batch, &gateway, &org, &item).await }))
-            .await?;
-    if let Some(s) = wake {
-        g.0.wakeups.wake(&s);
-    }
-    Ok(())
+    commits.run(reads, move |seen, fx| ack_in(seen, fx, &org, &item, clock.now_micros(), &bundle_version)).await
 }
 
 /// Refuses an acknowledged `item_id` that is not one of the gateway's item ids (UUIDs).
@@ -112,10 +111,10 @@ fn check_item_id(item_id: &str) -> Result<(), Error> {
 /// queued and goes to the stream that holds the lease, whose acknowledgement is the `delivered` one.
 /// For one of the organization's deliveries the entry names the message as `delivered` would; for
 /// anything else, the item.
-pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), Error> {
+pub async fn ack_fenced(store: &Store, stamp: &Stamp, org: &OrgId, item_id: &str) -> Result<(), Error> {
     check_item_id(item_id)?;
-    let now = g.0.clock.now_micros();
-    let mut tx = g.0.store.begin().await?;
+    let now = stamp.now;
+    let mut tx = store.begin().await?;
     let copy = match queue::get(&mut tx, item_id).await? {
         Some(row) if row.org == org.as_str() && row.kind == queue::ItemKind::Delivery.as_str() => {
             copy_by_id(&mut tx, &row.delivery_id).await?
@@ -124,15 +123,11 @@ pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), E
     };
     let mut e = match &copy {
         Some(c) => {
-            let mut e = base_entry(g, now, Action::AckFenced, c);
+            let mut e = base_entry(&stamp.bundle_version, now, Action::AckFenced, c);
             e.counterparty = c.sender.clone();
             e
         }
-        None => AuditEntry {
-            object_id: item_id.to_owned(),
-            bundle_version: g.bundle().version_id().to_owned(),
-            ..AuditEntry::new(Action::AckFenced, now)
-        },
+        None => AuditEntry { object_id: item_id.to_owned(), ..stamp.entry(Action::AckFenced) },
     };
     e.actor_org = org.to_string();
     e.actor_person = "node".into();
@@ -145,73 +140,34 @@ pub async fn ack_fenced(g: &Gateway, org: &OrgId, item_id: &str) -> Result<(), E
     Ok(())
 }
 
-/// The acknowledgement in the shared transaction; returns the sender to wake, if any.
-async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) -> Result<Option<String>, Error> {
-    let now = g.0.clock.now_micros();
-    let Batch { tx, audit, counts, rows, seen } = batch;
-    // Settled: what the batch read of the item stays true until it commits (on SQLite it holds the
-    // one write lock; on PostgreSQL it locked the item's consent, as a revocation or an expiry does
-    // before it ends an item, and read the item again under that lock). The acknowledgement then
-    // goes in the batch's buffers and is written with every other one; otherwise it takes the
-    // consent lock and writes here, in its savepoint.
-    let buffered = seen.item_settled(item_id);
-    // The item and its copy, as the batch read them (what is read of them here never changes, but a
-    // copy's status, which is why the status changes below only from `sent`).
-    let prefetched = seen.item(item_id);
-    let row = match prefetched {
-        Some(found) => found.map(|(row, _)| row.clone()),
-        None => queue::get(tx, item_id).await?,
-    }
-    .ok_or_else(|| Error::NotFound(format!("no queued item `{}`", haven_trust::untrusted::shown(item_id))))?;
+/// The acknowledgement, planned on what its batch read of the item (`seen`) and written to the
+/// batch's buffers (`fx`); returns the sender to wake, if any. No I/O: the item was read, and stays as
+/// read until the batch commits (see `commit`), so an item still pending ends here.
+fn ack_in(
+    seen: &Prefetched,
+    fx: &mut Effects,
+    org: &OrgId,
+    item_id: &str,
+    now: i64,
+    bundle_version: &str,
+) -> Result<Option<String>, Error> {
+    let not_found = || Error::NotFound(format!("no queued item `{}`", haven_trust::untrusted::shown(item_id)));
+    // Always read: the batch reads every unit's items, or the unit's own read does.
+    let (row, copy) = seen.item(item_id).flatten().ok_or_else(not_found)?;
     if row.org != org.as_str() {
         return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
     }
-    // Lock the consent row first, as a revocation does: an acknowledgement racing the revocation then
-    // waits for it (and finds the item cancelled) or goes first. Taking the item first would deadlock
-    // on PostgreSQL, the revocation holding the audit head while it waits for this item.
-    if !buffered {
-        lock_consent(tx, &row.consent_id).await?;
-    }
-    let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
-    // Settled implies the batch read the item, so `row` is that read.
-    let ended = if buffered {
-        let pending = row.state == ItemState::Pending && !rows.is_acked(item_id);
-        if pending && is_delivery {
-            counts.push((row.sender.clone(), row.org.clone(), -1));
-        }
-        pending
-    } else {
-        queue::finish(tx, item_id, ItemState::Acked, now, counts).await?
-    };
-    if !ended {
+    if row.state != ItemState::Pending || fx.rows.is_acked(item_id) {
         return Ok(None);
     }
-    let mut entries = Vec::new();
-    let mut wake = None;
-    let copy = match prefetched {
-        _ if !is_delivery => None,
-        Some(Some((_, copy))) => copy.clone(),
-        _ => copy_by_id(tx, &row.delivery_id).await?,
-    };
-    if buffered {
-        let delivery_id = copy.as_ref().map(|c| c.delivery_id.clone());
-        rows.acked.push(Acked { item_id: item_id.to_owned(), delivery_id, by: org.to_string(), at: now });
+    let is_delivery = row.kind == queue::ItemKind::Delivery.as_str();
+    let copy = copy.as_ref().filter(|_| is_delivery);
+    if is_delivery {
+        fx.counts.push((row.sender.clone(), row.org.clone(), -1));
     }
-    if let Some(c) = copy {
-        if !buffered {
-            deliveries::mark_delivered(tx, &c.delivery_id, org.as_str(), now).await?;
-        }
-        // The recipient acts; the controller's pseudonym is not written where the recipient reads.
-        let mut e = base_entry(g, now, Action::Delivered, &c);
-        e.actor_org = org.to_string();
-        e.actor_person = "node".into();
-        e.actor_role = Role::Node.to_string();
-        e.counterparty = c.sender.clone();
-        e.source_node = org.to_string();
-        entries.push((e, String::new()));
-        rows.outbox.push(sender_notice(now, &c, pb::sender_notice::Kind::Delivered, ""));
-        wake = Some(c.sender.clone());
-    } else {
+    let delivery_id = copy.map(|c| c.delivery_id.clone());
+    fx.rows.acked.push(Acked { item_id: item_id.to_owned(), delivery_id, by: org.to_string(), at: now });
+    let Some(c) = copy else {
         let e = AuditEntry {
             actor_org: org.to_string(),
             actor_person: "node".into(),
@@ -222,10 +178,19 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
             source_node: org.to_string(),
             ..AuditEntry::new(Action::Delivered, now)
         };
-        entries.push((e, String::new()));
-    }
-    audit.extend(entries);
-    Ok(wake)
+        fx.audit.push((e, String::new()));
+        return Ok(None);
+    };
+    // The recipient acts; the controller's pseudonym is not written where the recipient reads.
+    let mut e = base_entry(bundle_version, now, Action::Delivered, c);
+    e.actor_org = org.to_string();
+    e.actor_person = "node".into();
+    e.actor_role = Role::Node.to_string();
+    e.counterparty = c.sender.clone();
+    e.source_node = org.to_string();
+    fx.audit.push((e, String::new()));
+    fx.rows.outbox.push(sender_notice(now, c, pb::sender_notice::Kind::Delivered, ""));
+    Ok(Some(c.sender.clone()))
 }
 
 /// The consent ended (withdrawn, revoked or expired): in the caller's transaction, cancel every queued
@@ -238,13 +203,13 @@ async fn ack_in(batch: &mut Batch<'_>, g: &Gateway, org: &OrgId, item_id: &str) 
 /// consent's id on a send whose rule needs no consent (nothing then checks it), and the controller's
 /// revocation must reach neither that organization's copies nor its recipients.
 pub async fn consent_ended(
-    g: &Gateway,
     tx: &mut Tx<'_>,
+    stamp: &Stamp,
     controller: &str,
     consent_id: &str,
     reason: &str,
-    now: i64,
 ) -> Result<Vec<String>, Error> {
+    let now = stamp.now;
     let copies = deliveries::copies_under_consent(tx, consent_id, controller).await?;
     let mut entries = Vec::new();
     let mut counts = Vec::new();
@@ -258,7 +223,7 @@ pub async fn consent_ended(
                 queue::finish(tx, &id, ItemState::Cancelled, now, &mut counts).await?;
             }
             set_status(tx, &c.delivery_id, DeliveryStatus::Revoked, reason, "", now).await?;
-            let (mut e, rs) = sender_side(g, now, Action::Cancelled, c);
+            let (mut e, rs) = sender_side(&stamp.bundle_version, now, Action::Cancelled, c);
             e.reason = reason.into();
             entries.push((e, rs));
             notify_sender(tx, now, c, pb::sender_notice::Kind::Cancelled, reason).await?;
@@ -289,7 +254,7 @@ pub async fn consent_ended(
         )
         .await?;
         if let Some(c) = copies.iter().find(|c| c.recipient == recipient && c.recipient_subject == recipient_subject) {
-            let (mut e, rs) = sender_side(g, now, Action::WithdrawalNotified, c);
+            let (mut e, rs) = sender_side(&stamp.bundle_version, now, Action::WithdrawalNotified, c);
             e.object_id = consent_id.to_owned();
             e.reason = reason.into();
             entries.push((e, rs));
@@ -303,13 +268,15 @@ pub async fn consent_ended(
     Ok(wake)
 }
 
-/// Expires queued copies past their TTL: payload deleted, the sender told. Returns how many.
-pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
-    let now = g.0.clock.now_micros();
-    let due = outbox::due(g.0.store.pool(), now).await?;
+/// Expires queued copies past their TTL at `stamp`: payload deleted, the sender told. Returns how
+/// many, and the senders to wake.
+pub async fn expire_due(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<String>), Error> {
+    let now = stamp.now;
+    let due = outbox::due(store.pool(), now).await?;
     let mut n = 0;
+    let mut woken = Vec::new();
     for outbox::Due { item_id, delivery_id, consent_id } in due {
-        let mut tx = g.0.store.begin().await?;
+        let mut tx = store.begin().await?;
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
         lock_consent(&mut tx, &consent_id).await?;
         let mut counts = Vec::new();
@@ -321,19 +288,17 @@ pub async fn expire_due(g: &Gateway) -> Result<usize, Error> {
         let mut wake = None;
         if let Some(c) = copy_by_id(&mut tx, &delivery_id).await? {
             set_status(&mut tx, &c.delivery_id, DeliveryStatus::Expired, "ttl", "", now).await?;
-            entries.push(sender_side(g, now, Action::Expired, &c));
+            entries.push(sender_side(&stamp.bundle_version, now, Action::Expired, &c));
             notify_sender(&mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
             wake = Some(c.sender.clone());
         }
         audit::append(&mut tx, &mut entries).await?;
         queue::apply_counts(&mut tx, &counts).await?;
         tx.commit().await?;
-        if let Some(s) = wake {
-            g.0.wakeups.wake(&s);
-        }
+        woken.extend(wake);
         n += 1;
     }
-    Ok(n)
+    Ok((n, woken))
 }
 
 /// The status a party asks for, if it is one a copy can have.
@@ -341,24 +306,26 @@ fn requested(status: pb::MessageStatus) -> Option<DeliveryStatus> {
     DeliveryStatus::parse(&status.as_str_name().to_ascii_lowercase())
 }
 
-/// Applies a status update from either party, with its idempotency key.
+/// Applies a status update from either party, with its idempotency key. Returns the reply and the
+/// organizations that have something new queued (to wake).
 pub async fn update_status(
-    g: &Gateway,
+    store: &Store,
+    stamp: &Stamp,
     caller: &Caller,
     req: pb::UpdateStatusRequest,
-) -> Result<pb::UpdateStatusResponse, Error> {
+) -> Result<(pb::UpdateStatusResponse, Vec<String>), Error> {
     let status = pb::MessageStatus::try_from(req.status)
         .map_err(|_| Error::InvalidArgument(format!("unknown status {}", req.status)))?;
     if uuid::Uuid::parse_str(&req.update_id).is_err() {
         return Err(Error::InvalidArgument("update_id must be a UUID (the idempotency key of this change)".into()));
     }
     delivery::check_code(requested(status), &req.code)?;
-    let now = g.0.clock.now_micros();
-    let mut tx = g.0.store.begin().await?;
+    let now = stamp.now;
+    let mut tx = store.begin().await?;
     if let Some(s) = deliveries::status_update(&mut tx, caller.org.as_str(), &req.update_id).await? {
         tx.rollback().await?;
         let st = pb::MessageStatus::from_str_name(&s.to_ascii_uppercase()).unwrap_or(status);
-        return Ok(pb::UpdateStatusResponse { status: st as i32, replayed: true });
+        return Ok((pb::UpdateStatusResponse { status: st as i32, replayed: true }, Vec::new()));
     }
     // Find the copies: the recipient names the sender; the sender names the recipient (or all).
     let mut copies = if status == pb::MessageStatus::Withdrawn {
@@ -436,7 +403,7 @@ pub async fn update_status(
             .await?;
             wake.push(other.clone());
         }
-        let mut e = base_entry(g, now, Action::StatusChanged, c);
+        let mut e = base_entry(&stamp.bundle_version, now, Action::StatusChanged, c);
         e.actor_org = caller.org.to_string();
         e.actor_person = caller.person.to_string();
         e.actor_role = caller.role.to_string();
@@ -461,10 +428,114 @@ pub async fn update_status(
     audit::append(&mut tx, &mut entries).await?;
     queue::apply_counts(&mut tx, &counts).await?;
     tx.commit().await?;
-    for o in wake {
-        g.0.wakeups.wake(&o);
-    }
     let st =
         final_status.and_then(|s| pb::MessageStatus::from_str_name(&s.as_str().to_ascii_uppercase())).unwrap_or(status);
-    Ok(pb::UpdateStatusResponse { status: st as i32, replayed: false })
+    Ok((pb::UpdateStatusResponse { status: st as i32, replayed: false }, wake))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The acknowledgement's plan, on facts written by hand: no database.
+
+    use super::*;
+    use crate::store::outbox::QueuedRow;
+
+    const ITEM: &str = "0190d5a0-0000-7000-8000-000000000001";
+    const NOW: i64 = 1_750_000_000_000_000;
+
+    fn org(s: &str) -> OrgId {
+        OrgId::parse(s).unwrap()
+    }
+
+    fn row(kind: queue::ItemKind, state: ItemState) -> QueuedRow {
+        QueuedRow {
+            org: "maple-house".into(),
+            state,
+            kind: kind.as_str().into(),
+            delivery_id: "d-1".into(),
+            consent_id: "c-1".into(),
+            sender: "harbor".into(),
+        }
+    }
+
+    fn copy() -> Copy {
+        Copy {
+            delivery_id: "d-1".into(),
+            sender: "harbor".into(),
+            message_id: "m-1".into(),
+            recipient: "maple-house".into(),
+            kind: "referral".into(),
+            purpose: "housing".into(),
+            consent_id: "c-1".into(),
+            subject: "s-fictional-1".into(),
+            recipient_subject: "r_0000".into(),
+            status: DeliveryStatus::Sent,
+            expires_at_micros: i64::MAX,
+        }
+    }
+
+    fn pending_delivery() -> Prefetched {
+        Prefetched::held().with_item(ITEM, Some((row(queue::ItemKind::Delivery, ItemState::Pending), Some(copy()))))
+    }
+
+    #[test]
+    fn a_pending_delivery_ends_is_delivered_audited_and_its_sender_told_and_woken() {
+        let mut fx = Effects::default();
+        let wake = ack_in(&pending_delivery(), &mut fx, &org("maple-house"), ITEM, NOW, "sha256:v").unwrap();
+        assert_eq!(wake.as_deref(), Some("harbor"));
+        assert_eq!(fx.counts, vec![("harbor".to_owned(), "maple-house".to_owned(), -1)]);
+        assert_eq!(fx.rows.acked.len(), 1);
+        assert_eq!(fx.rows.acked[0].delivery_id.as_deref(), Some("d-1"), "the copy becomes delivered");
+        assert_eq!((fx.rows.acked[0].by.as_str(), fx.rows.acked[0].at), ("maple-house", NOW));
+        let (e, shown) = &fx.audit[0];
+        assert_eq!(
+            (e.action.as_str(), e.actor_org.as_str(), e.counterparty.as_str()),
+            ("delivered", "maple-house", "harbor")
+        );
+        assert_eq!((e.object_id.as_str(), e.bundle_version.as_str()), ("m-1", "sha256:v"));
+        assert!(e.subject.is_empty() && shown.is_empty(), "the recipient's entry names no pseudonym of the controller");
+        assert_eq!(fx.rows.outbox.len(), 1, "one notice for the sender");
+        assert_eq!(fx.rows.outbox[0].org, "harbor");
+    }
+
+    #[test]
+    fn a_second_acknowledgement_in_the_same_batch_does_nothing() {
+        let seen = pending_delivery();
+        let mut fx = Effects::default();
+        ack_in(&seen, &mut fx, &org("maple-house"), ITEM, NOW, "v").unwrap();
+        let again = ack_in(&seen, &mut fx, &org("maple-house"), ITEM, NOW, "v").unwrap();
+        assert_eq!(again, None);
+        assert_eq!((fx.rows.acked.len(), fx.audit.len(), fx.counts.len()), (1, 1, 1));
+    }
+
+    #[test]
+    fn an_item_that_already_ended_is_acknowledged_without_effect() {
+        for state in [ItemState::Acked, ItemState::Cancelled, ItemState::Expired] {
+            let seen = Prefetched::held().with_item(ITEM, Some((row(queue::ItemKind::Delivery, state), Some(copy()))));
+            let mut fx = Effects::default();
+            assert_eq!(ack_in(&seen, &mut fx, &org("maple-house"), ITEM, NOW, "v").unwrap(), None, "{state:?}");
+            assert!(fx.rows.acked.is_empty() && fx.audit.is_empty() && fx.counts.is_empty(), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_notice_ends_without_a_count_or_a_notice_back() {
+        let seen = Prefetched::held().with_item(ITEM, Some((row(queue::ItemKind::Status, ItemState::Pending), None)));
+        let mut fx = Effects::default();
+        assert_eq!(ack_in(&seen, &mut fx, &org("maple-house"), ITEM, NOW, "v").unwrap(), None);
+        assert!(fx.counts.is_empty() && fx.rows.outbox.is_empty());
+        assert_eq!(fx.rows.acked[0].delivery_id, None);
+        assert_eq!((fx.audit[0].0.object_id.as_str(), fx.audit[0].0.reason.as_str()), (ITEM, "status"));
+    }
+
+    #[test]
+    fn another_organizations_item_is_refused_and_a_missing_one_is_not_found() {
+        let mut fx = Effects::default();
+        let e = ack_in(&pending_delivery(), &mut fx, &org("harbor"), ITEM, NOW, "v").unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+        let e = ack_in(&Prefetched::held().with_item(ITEM, None), &mut fx, &org("maple-house"), ITEM, NOW, "v")
+            .unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        assert!(fx.rows.acked.is_empty() && fx.audit.is_empty() && fx.counts.is_empty());
+    }
 }

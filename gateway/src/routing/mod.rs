@@ -20,7 +20,8 @@ use crate::consent::{self, Stored};
 use crate::envelope::{Envelope, MessageId, Recipients};
 use crate::error::Error;
 use crate::policy::{self, Bundle, Decision, DecisionRequest, DenyReason};
-use crate::state::Gateway;
+use crate::store::Store;
+use time::OffsetDateTime;
 
 /// The decisions for every recipient of one envelope, all from one bundle version.
 pub struct Decided {
@@ -35,14 +36,25 @@ pub fn effective_state(stored: &Stored, now_micros: i64) -> ConsentState {
     haven_sharing::consent::effective_state(stored.state, until, now_micros)
 }
 
-/// Decides every recipient of `env` for `caller`.
-pub async fn decide_all(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<Decided, Error> {
-    let bundle = g.bundle();
+/// Microseconds since the Unix epoch of `t`, as stored.
+pub fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Decides every recipient of `env` for `caller`, at `now`, under `bundle`, with its consent as
+/// committed.
+pub async fn decide_all(
+    store: &Store,
+    now: OffsetDateTime,
+    bundle: Arc<Bundle>,
+    caller: &Caller,
+    env: &Envelope,
+) -> Result<Decided, Error> {
     let consent = match &env.consent_id {
-        Some(id) => consent::load_read(g.0.store.pool(), id.as_str()).await?,
+        Some(id) => consent::load_read(store.pool(), id.as_str()).await?,
         None => None,
     };
-    Ok(decide_with(g, caller, env, bundle, consent))
+    Ok(decide_with(now, caller, env, bundle, consent))
 }
 
 /// Whether the registry pins certificates of `org` with which its node could ever connect; nothing
@@ -68,14 +80,13 @@ fn not_pinned(bundle: &Bundle, recipient: &OrgId, fields: &[&str]) -> Decision {
 /// to every permitted recipient leaves out the organizations whose nodes can never connect; a
 /// recipient named outright is refused `recipient_not_pinned`.
 pub fn decide_with(
-    g: &Gateway,
+    now: OffsetDateTime,
     caller: &Caller,
     env: &Envelope,
     bundle: Arc<Bundle>,
     consent: Option<Stored>,
 ) -> Decided {
-    let now_micros = g.0.clock.now_micros();
-    let now = g.0.clock.now();
+    let now_micros = micros(now);
     let recipients = match &env.recipients {
         Recipients::Named(list) => list.clone(),
         Recipients::AllPermitted => bundle
@@ -113,7 +124,7 @@ pub fn decide_with(
 
 /// The audit entry for one recipient's decision.
 pub fn decision_entry(
-    g: &Gateway,
+    now_micros: i64,
     caller: &Caller,
     env: &Envelope,
     action: Action,
@@ -139,19 +150,25 @@ pub fn decision_entry(
         outcome: outcome.into(),
         correlation_id: env.correlation_id.clone(),
         source_node: caller.org.to_string(),
-        ..AuditEntry::new(action, g.0.clock.now_micros())
+        ..AuditEntry::new(action, now_micros)
     }
 }
 
 /// The dry run: decides every recipient and audits each decision; queues nothing.
-pub async fn dry_run(g: &Gateway, caller: &Caller, env: &Envelope) -> Result<pb::DecideResponse, Error> {
-    let decided = decide_all(g, caller, env).await?;
+pub async fn dry_run(
+    store: &Store,
+    now: OffsetDateTime,
+    bundle: Arc<Bundle>,
+    caller: &Caller,
+    env: &Envelope,
+) -> Result<pb::DecideResponse, Error> {
+    let decided = decide_all(store, now, bundle, caller, env).await?;
     let mut entries: Vec<(AuditEntry, String)> = decided
         .outcomes
         .iter()
-        .map(|(r, d)| (decision_entry(g, caller, env, Action::Decided, r, d, "dry_run"), String::new()))
+        .map(|(r, d)| (decision_entry(micros(now), caller, env, Action::Decided, r, d, "dry_run"), String::new()))
         .collect();
-    let mut tx = g.0.store.begin().await?;
+    let mut tx = store.begin().await?;
     audit::append(&mut tx, &mut entries).await?;
     tx.commit().await?;
     Ok(pb::DecideResponse {

@@ -14,10 +14,10 @@
 use std::collections::{HashMap, HashSet};
 
 use super::queue::QueuedRow;
-use crate::store::Tx;
 use crate::store::consents::{self, Stored};
 use crate::store::deliveries::Copy;
 use crate::store::dialect::{chunks, is_sqlite};
+use crate::store::{StoreError, Tx};
 use crate::store::{messages, outbox};
 
 /// What one unit will read, named before it runs.
@@ -54,8 +54,9 @@ pub struct Prefetched {
     pending: HashMap<(String, String), i64>,
     /// Every item looked up, with its copy for a delivery.
     items: HashMap<String, Option<(QueuedRow, Option<Copy>)>>,
-    /// Read on SQLite, in a transaction that holds the one write lock.
-    sqlite: bool,
+    /// Whether everything here stays true until the batch commits: read on SQLite, in a transaction
+    /// that holds the one write lock, or read by one unit under its own locks ([`Prefetched::read_own`]).
+    held: bool,
 }
 
 /// Keys per statement on PostgreSQL (on SQLite, see [`chunks`]): two binds each for pairs, far below
@@ -76,7 +77,7 @@ impl Prefetched {
             consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
             senders.extend(w.senders.iter().map(String::as_str));
         }
-        let mut out = Prefetched { sqlite, ..Prefetched::default() };
+        let mut out = Prefetched { held: sqlite, ..Prefetched::default() };
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
         for chunk in chunks(&messages, sqlite, CHUNK) {
@@ -123,7 +124,7 @@ impl Prefetched {
             out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
         };
         for chunk in chunks(&found, sqlite, CHUNK) {
-            for (id, state) in outbox::states(tx, chunk).await? {
+            for (id, state) in outbox::states(tx, chunk, false).await? {
                 if let Some(Some((row, _))) = out.items.get_mut(&id) {
                     row.state = state;
                 }
@@ -136,6 +137,51 @@ impl Prefetched {
             for (sender, org, pending) in outbox::counts_from(tx, chunk).await? {
                 out.pending.insert((sender, org), pending);
             }
+        }
+        Ok(out)
+    }
+
+    /// What one unit reads for itself where the batch could not settle its reads (on PostgreSQL, a
+    /// consent row another transaction held when the batch read): the same facts, read under locks
+    /// that wait and then hold until the batch commits, so the unit runs the same plan on them as a
+    /// settled unit does. Consents are locked in id order, then each item's row (`FOR UPDATE`, as a
+    /// revocation or an expiry locks it after its consent) and its state read again under that lock.
+    pub async fn read_own(tx: &mut Tx<'_>, reads: &Reads) -> Result<Prefetched, StoreError> {
+        let mut out = Prefetched { held: true, ..Prefetched::default() };
+        let pairs: Vec<(&str, &str)> = reads.messages.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect();
+        for (s, m) in &pairs {
+            out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
+        }
+        for (sender, message_id, sha, response) in messages::by_keys(tx, &pairs).await? {
+            out.messages.insert((sender, message_id), Some((sha, response)));
+        }
+        let items: Vec<&str> = reads.items.iter().map(String::as_str).collect();
+        for id in &items {
+            out.items.insert((*id).to_owned(), None);
+        }
+        for (item_id, row, copy) in outbox::items_with_copies(tx, &items).await? {
+            out.items.insert(item_id, Some((row, copy)));
+        }
+        let mut consents: Vec<&str> = reads.consents.iter().map(String::as_str).collect();
+        consents.extend(out.items.values().flatten().map(|(row, _)| row.consent_id.as_str()));
+        consents.retain(|c| !c.is_empty());
+        consents.sort_unstable();
+        consents.dedup();
+        let consents: Vec<String> = consents.into_iter().map(str::to_owned).collect();
+        for id in consents {
+            let stored = consents::load_locked(tx, &id).await?;
+            out.consents.insert(id, stored);
+        }
+        let found: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
+        for (id, state) in outbox::states(tx, &found, true).await? {
+            if let Some(Some((row, _))) = out.items.get_mut(&id) {
+                row.state = state;
+            }
+        }
+        let senders: Vec<&str> = reads.senders.iter().map(String::as_str).collect();
+        out.senders.extend(senders.iter().map(|s| (*s).to_owned()));
+        for (sender, org, pending) in outbox::counts_from(tx, &senders).await? {
+            out.pending.insert((sender, org), pending);
         }
         Ok(out)
     }
@@ -163,7 +209,7 @@ impl Prefetched {
     /// expiry can change them meanwhile (an item without a consent is not covered; an item that does
     /// not exist is, since nothing is written for it).
     pub fn settled(&self, reads: &Reads) -> bool {
-        self.sqlite
+        self.held
             || reads.consents.iter().all(|c| self.consents.contains_key(c))
                 && reads.items.iter().all(|i| self.item_settled(i))
     }
@@ -171,7 +217,7 @@ impl Prefetched {
     /// Whether what was read here of one item stays true until the batch commits (see
     /// [`Prefetched::settled`]).
     pub fn item_settled(&self, item_id: &str) -> bool {
-        self.sqlite
+        self.held
             || match self.items.get(item_id) {
                 Some(Some((row, _))) => {
                     !row.consent_id.is_empty() && self.consents.get(&row.consent_id).is_some_and(Option::is_some)
@@ -186,5 +232,37 @@ impl Prefetched {
         self.senders
             .contains(sender)
             .then(|| self.pending.get(&(sender.to_owned(), org.to_owned())).copied().unwrap_or(0))
+    }
+}
+
+/// Facts written by hand, for the plans' unit tests: each as if read under the batch's locks.
+#[cfg(test)]
+impl Prefetched {
+    pub(crate) fn held() -> Prefetched {
+        Prefetched { held: true, ..Prefetched::default() }
+    }
+
+    pub(crate) fn with_item(mut self, item_id: &str, found: Option<(QueuedRow, Option<Copy>)>) -> Prefetched {
+        self.items.insert(item_id.to_owned(), found);
+        self
+    }
+
+    pub(crate) fn with_message(mut self, sender: &str, message_id: &str, found: Option<StoredMessage>) -> Prefetched {
+        self.messages.insert((sender.to_owned(), message_id.to_owned()), found);
+        self
+    }
+
+    pub(crate) fn with_consent(mut self, consent_id: &str, found: Option<Stored>) -> Prefetched {
+        self.consents.insert(consent_id.to_owned(), found);
+        self
+    }
+
+    /// The sender's counts were read: `pending` deliveries queued for each organization named.
+    pub(crate) fn with_counts(mut self, sender: &str, pending: &[(&str, i64)]) -> Prefetched {
+        self.senders.insert(sender.to_owned());
+        for (org, n) in pending {
+            self.pending.insert((sender.to_owned(), (*org).to_owned()), *n);
+        }
+        self
     }
 }

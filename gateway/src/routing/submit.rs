@@ -4,21 +4,23 @@
 
 use haven_proto::v1 as pb;
 use haven_trust::audit::{Action, AuditEntry};
+use haven_trust::clock::SharedClock;
 use haven_trust::ids::Caller;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::queue::{self, NewItem};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::queue::{self, CountChanges, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
-use super::{decide_with, decision_entry, pseudonym};
-use crate::commit::{Batch, Reads};
-use crate::consent;
+use super::{decide_with, decision_entry, micros, pseudonym};
+use crate::commit::{Committer, Effects, Prefetched, Reads};
 use crate::envelope::{Envelope, Recipients};
-use crate::error::Error;
-use crate::policy::DenyReason;
-use crate::state::Gateway;
-use crate::store::messages;
+use crate::error::{Error, SubmitError};
+use crate::policy::{Bundle, DenyReason};
 
 /// What makes two submissions with one id the same: everything the sender chose.
 fn content_hash(env: &Envelope) -> String {
@@ -33,69 +35,89 @@ fn content_hash(env: &Envelope) -> String {
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
-/// Submits an envelope for `caller`, in the next shared commit; returns once it is durable, with the
-/// organizations that have something new queued (already woken).
-pub async fn submit(g: &Gateway, caller: &Caller, env: Envelope) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
-    let reads = Reads {
+/// What a submission is planned with besides its facts: the moment, the bundle in force and the
+/// pseudonym secret.
+pub struct Context<'a> {
+    pub now: OffsetDateTime,
+    pub bundle: Arc<Bundle>,
+    pub pseudonym_key: &'a [u8; 32],
+}
+
+/// What a submission reads: whether its message id was used, its consent, and its sender's counts.
+fn reads(caller: &Caller, env: &Envelope) -> Reads {
+    Reads {
         messages: vec![(caller.org.to_string(), env.message_id.to_string())],
         consents: env.consent_id.iter().map(ToString::to_string).collect(),
         senders: vec![caller.org.to_string()],
         ..Reads::default()
-    };
-    let (gateway, who) = (g.clone(), caller.clone());
-    let (response, woken) =
-        g.0.commits
-            .run(reads, move |batch| Box::pin(async move { submit_in(batch, &gateway, &who, env).await }))
-            .await?;
-    for org in &woken {
-        g.0.wakeups.wake(org);
     }
-    Ok((response, woken))
 }
 
-/// The submission itself, in the shared transaction: its changes and audit entries go in `batch`'s
-/// buffers, and what it reads it finds in `batch.seen` (reading it here only if it is not there).
-async fn submit_in(
-    batch: &mut Batch<'_>,
-    g: &Gateway,
+/// Submits an envelope for `caller` under `bundle`, in the next shared commit; returns once it is
+/// durable, with the organizations that have something new queued (for the caller to wake).
+pub async fn submit(
+    commits: &Committer,
+    clock: &SharedClock,
+    bundle: Arc<Bundle>,
+    pseudonym_key: [u8; 32],
+    caller: &Caller,
+    env: Envelope,
+) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
+    let reads = reads(caller, &env);
+    let (clock, who) = (clock.clone(), caller.clone());
+    commits
+        .run(reads, move |seen, fx| {
+            let cx = Context { now: clock.now(), bundle, pseudonym_key: &pseudonym_key };
+            submit_in(seen, fx, &cx, &who, env)
+        })
+        .await
+}
+
+/// A fact the batch must have read for this unit, since the unit named it; missing, it is a bug.
+fn unread(what: &'static str) -> SubmitError {
+    SubmitError::FactsUnread { what }
+}
+
+/// The submission itself, planned on what its batch read (`seen`) and on what earlier units of the
+/// batch wrote (`fx`), and written to the batch's buffers: each recipient decided, quota checked,
+/// each copy minimized and pseudonymized, every audit entry. No I/O. Returns the reply and the
+/// organizations that have something new queued.
+pub fn submit_in(
+    seen: &Prefetched,
+    fx: &mut Effects,
+    cx: &Context<'_>,
     caller: &Caller,
     env: Envelope,
 ) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
     let hash = content_hash(&env);
-    let now = g.0.clock.now_micros();
+    let now = micros(cx.now);
     let message_id = env.message_id.to_string();
-    let Batch { tx, audit, counts, rows, seen } = batch;
+    let sender = caller.org.as_str();
 
     // The same message id again: from an earlier commit, or from an earlier unit of this one.
-    let earlier = match (rows.message(caller.org.as_str(), &message_id), seen.message(caller.org.as_str(), &message_id))
-    {
-        (Some(m), _) => Some((m.content_sha256.clone(), m.response.clone())),
-        (None, Some(stored)) => stored.cloned(),
-        (None, None) => messages::earlier(tx, caller.org.as_str(), &message_id).await?,
+    let earlier = match fx.rows.message(sender, &message_id) {
+        Some(m) => Some((m.content_sha256.clone(), m.response.clone())),
+        None => seen.message(sender, &message_id).ok_or_else(|| unread("the message id"))?.cloned(),
     };
     if let Some((stored, bytes)) = earlier {
         if stored != hash {
-            return Err(Error::AlreadyExists(format!(
-                "message_id {message_id} was already used for a different message; make a new UUIDv7 for a new message"
-            )));
+            return Err(SubmitError::MessageIdReused { id: message_id }.into());
         }
         let mut resp = pb::SubmitResponse::decode(bytes.as_slice())
-            .map_err(|e| Error::Internal(format!("the stored reply to message {message_id} cannot be decoded: {e}")))?;
+            .map_err(|e| SubmitError::StoredReplyUnreadable { id: message_id.clone(), why: e.to_string() })?;
         resp.replayed = true;
         return Ok((resp, Vec::new()));
     }
 
-    // Lock the consent row, so a revocation racing this submission either commits first (and this
-    // submission sees it) or waits for this commit (and its cascade sees these copies).
+    // The consent row is locked (by the batch or the unit's own read), so a revocation racing this
+    // submission either committed first (and this submission sees it) or waits for this commit (and
+    // its cascade sees these copies).
     let stored_consent = match &env.consent_id {
-        Some(id) => match seen.consent(id.as_str()) {
-            Some(stored) => stored.cloned(),
-            None => consent::load_locked(tx, id.as_str()).await?,
-        },
+        Some(id) => seen.consent(id.as_str()).ok_or_else(|| unread("the consent"))?.cloned(),
         None => None,
     };
-    let bundle = g.bundle();
-    let decided = decide_with(g, caller, &env, bundle.clone(), stored_consent);
+    let bundle = cx.bundle.clone();
+    let decided = decide_with(cx.now, caller, &env, bundle.clone(), stored_consent);
     // At most 3660 days (the bundle's ceiling), so neither this nor `now + ttl` can overflow.
     let ttl = i64::from(bundle.network().delivery_ttl_days) * 86_400_000_000;
     let quota = i64::from(bundle.network().queue_quota);
@@ -107,19 +129,12 @@ async fn submit_in(
             if d.allowed() { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
         // Committed, plus what this shared commit queued before this submission. The batch's changes
         // are summed only when they could reach the quota: they add at most one each.
-        let committed = match seen.pending(caller.org.as_str(), recipient.as_str()) {
-            Some(n) => n,
-            None => queue::queued_between(tx, caller.org.as_str(), recipient.as_str()).await?,
+        let committed = seen.pending(sender, recipient.as_str()).ok_or_else(|| unread("the queue counts"))?;
+        let near = committed + i64::try_from(fx.counts.len()).unwrap_or(i64::MAX) >= quota;
+        let queued = |counts: &CountChanges| {
+            counts.iter().filter(|(s, o, _)| s == sender && o == recipient.as_str()).map(|c| c.2).sum::<i64>()
         };
-        let near = committed + i64::try_from(counts.len()).unwrap_or(i64::MAX) >= quota;
-        let queued = || {
-            counts
-                .iter()
-                .filter(|(s, o, _)| s == caller.org.as_str() && o == recipient.as_str())
-                .map(|c| c.2)
-                .sum::<i64>()
-        };
-        if d.allowed() && near && committed + queued() >= quota {
+        if d.allowed() && near && committed + queued(&fx.counts) >= quota {
             outcome = pb::recipient_outcome::Outcome::QuotaExceeded;
             d = d.refused(DenyReason::QuotaExceeded, Some(recipient.to_string()));
         }
@@ -132,7 +147,7 @@ async fn submit_in(
             recipient_subject = env
                 .subject
                 .as_deref()
-                .map(|s| pseudonym::for_recipient(&g.0.pseudonym_key, recipient.as_str(), caller.org.as_str(), s))
+                .map(|s| pseudonym::for_recipient(cx.pseudonym_key, recipient.as_str(), sender, s))
                 .unwrap_or_default();
             let fields = d
                 .released()
@@ -153,7 +168,7 @@ async fn submit_in(
                 expires_at_micros: now + ttl,
                 correlation_id: env.correlation_id.clone(),
             };
-            rows.deliveries.push(DeliveryRow {
+            fx.rows.deliveries.push(DeliveryRow {
                 delivery_id: delivery_id.clone(),
                 sender: caller.org.to_string(),
                 sender_person: caller.person.to_string(),
@@ -169,18 +184,18 @@ async fn submit_in(
                 updated_at_micros: now,
                 expires_at_micros: now + ttl,
             });
-            rows.outbox.push(queue::outbox_row(
+            fx.rows.outbox.push(queue::outbox_row(
                 now,
                 NewItem {
                     org: recipient.as_str(),
                     body: pb::item::Body::Delivery(delivery),
                     delivery_id: &delivery_id,
                     consent_id: env.consent_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
-                    sender: caller.org.as_str(),
+                    sender,
                     expires_at_micros: now + ttl,
                 },
             ));
-            counts.push((caller.org.to_string(), recipient.to_string(), 1));
+            fx.counts.push((caller.org.to_string(), recipient.to_string(), 1));
             woken.push(recipient.to_string());
         }
         let label = match outcome {
@@ -188,7 +203,7 @@ async fn submit_in(
             pb::recipient_outcome::Outcome::QuotaExceeded => "quota_exceeded",
             _ => "denied",
         };
-        let mut e: AuditEntry = decision_entry(g, caller, &env, Action::Submitted, &recipient, &d, label);
+        let mut e: AuditEntry = decision_entry(now, caller, &env, Action::Submitted, &recipient, &d, label);
         e.object_id = message_id.clone();
         entries.push((e, recipient_subject));
         outcomes.push(pb::RecipientOutcome {
@@ -204,14 +219,194 @@ async fn submit_in(
         bundle_version: bundle.version_id().to_owned(),
         replayed: false,
     };
-    rows.messages.push(MessageRow {
+    fx.rows.messages.push(MessageRow {
         sender: caller.org.to_string(),
-        message_id: message_id.clone(),
+        message_id,
         kind: env.kind.to_string(),
         content_sha256: hash,
         response: response.encode_to_vec(),
         created_at_micros: now,
     });
-    audit.extend(entries);
+    fx.audit.extend(entries);
     Ok((response, woken))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The submission's plan, on facts written by hand: no database. The bundle is the shipped sample,
+    //! with made-up pins so that every organization can connect.
+
+    use std::collections::{BTreeMap, HashMap};
+
+    use haven_proto::v1::{FieldValue, field_value};
+    use haven_trust::ids::{OrgId, OrgType, PersonId, Role};
+    use haven_trust::registry::{Fingerprint, PinSet, PinsFile};
+
+    use super::*;
+
+    const KEY: [u8; 32] = [9; 32];
+    const MESSAGE: &str = "0190d5a0-0000-7000-8000-0000000000aa";
+
+    fn bundle() -> Arc<Bundle> {
+        let dir = tempfile::tempdir().unwrap();
+        let org = ["harbor", "northstar", "maple-house", "metro-police", "county-sheriff"]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let n = u8::try_from(i).unwrap();
+                (
+                    OrgId::parse(o).unwrap(),
+                    PinSet { tls: vec![Fingerprint([n; 32])], signing: vec![Fingerprint([n + 100; 32])] },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let pins = dir.path().join("pins.toml");
+        std::fs::write(&pins, toml::to_string(&PinsFile { gateway: PinSet::default(), org }).unwrap()).unwrap();
+        let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        Arc::new(Bundle::load(&policies, Some(&pins)).unwrap_or_else(|e| panic!("{e:#?}")))
+    }
+
+    fn caseworker() -> Caller {
+        Caller {
+            org: OrgId::parse("harbor").unwrap(),
+            org_type: OrgType::parse("ngo").unwrap(),
+            person: PersonId::parse("casey").unwrap(),
+            role: Role::Caseworker,
+        }
+    }
+
+    fn text(s: &str) -> FieldValue {
+        FieldValue { value: Some(field_value::Value::Text(s.into())) }
+    }
+
+    /// A safety alert to both police organizations, naming a (fictional) victim the rules withhold.
+    fn alert(bundle: &Bundle) -> Envelope {
+        let env = pb::Envelope {
+            message_id: MESSAGE.into(),
+            kind: "alert".into(),
+            recipients: vec!["metro-police".into(), "county-sheriff".into()],
+            purpose: "safety_alert".into(),
+            fields: HashMap::from([
+                ("incident_type".into(), text("suspected_trafficking")),
+                ("location_area".into(), text("Fictional Quay, dock 4")),
+                ("victim_name".into(), text("Nobody Real")),
+            ]),
+            ..Default::default()
+        };
+        crate::envelope::parse(Some(env), bundle, &caseworker().org, true).unwrap()
+    }
+
+    fn context(bundle: Arc<Bundle>) -> Context<'static> {
+        Context { now: time::macros::datetime!(2025-06-01 12:00 UTC), bundle, pseudonym_key: &KEY }
+    }
+
+    /// The facts of a first submission: the id unused, nothing queued.
+    fn fresh() -> Prefetched {
+        Prefetched::held().with_message("harbor", MESSAGE, None).with_counts("harbor", &[])
+    }
+
+    fn outcome(r: &pb::SubmitResponse, org: &str) -> pb::recipient_outcome::Outcome {
+        let o = r.outcomes.iter().find(|o| o.recipient == org).unwrap_or_else(|| panic!("no outcome for {org}"));
+        pb::recipient_outcome::Outcome::try_from(o.outcome).unwrap()
+    }
+
+    #[test]
+    fn a_new_alert_queues_a_minimized_copy_per_recipient_with_its_entries() {
+        let b = bundle();
+        let mut fx = Effects::default();
+        let (resp, woken) = submit_in(&fresh(), &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        assert_eq!(woken, ["metro-police", "county-sheriff"]);
+        assert_eq!(outcome(&resp, "metro-police"), pb::recipient_outcome::Outcome::Queued);
+        assert!(!resp.replayed);
+        assert_eq!((fx.rows.messages.len(), fx.rows.deliveries.len(), fx.rows.outbox.len()), (1, 2, 2));
+        for d in &fx.rows.deliveries {
+            assert_eq!(d.released_fields, r#"["incident_type","location_area"]"#, "the victim's name never goes");
+        }
+        assert_eq!(fx.audit.len(), 2, "one entry per recipient");
+        assert!(
+            fx.audit.iter().all(|(e, _)| e.action == "submitted" && e.outcome == "queued" && e.object_id == MESSAGE)
+        );
+        assert_eq!(fx.counts.len(), 2);
+    }
+
+    #[test]
+    fn the_same_message_again_replays_the_stored_reply_and_queues_nothing() {
+        let b = bundle();
+        let mut first = Effects::default();
+        let (resp, _) = submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let stored = (first.rows.messages[0].content_sha256.clone(), first.rows.messages[0].response.clone());
+        let seen = Prefetched::held().with_message("harbor", MESSAGE, Some(stored)).with_counts("harbor", &[]);
+        let mut fx = Effects::default();
+        let (again, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        assert!(again.replayed && woken.is_empty());
+        assert_eq!(again.outcomes, resp.outcomes);
+        assert!(fx.rows.messages.is_empty() && fx.rows.deliveries.is_empty() && fx.audit.is_empty());
+        // An earlier unit of the same batch counts as well.
+        let (again, _) = submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        assert!(again.replayed);
+        assert_eq!(first.rows.messages.len(), 1);
+    }
+
+    #[test]
+    fn a_different_message_under_a_used_id_is_refused() {
+        let b = bundle();
+        let seen = Prefetched::held().with_message("harbor", MESSAGE, Some(("other".into(), Vec::new())));
+        let mut fx = Effects::default();
+        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap_err();
+        assert!(matches!(&e, Error::Submit(SubmitError::MessageIdReused { id }) if id == MESSAGE), "{e:?}");
+        assert!(fx.rows.messages.is_empty() && fx.audit.is_empty());
+    }
+
+    #[test]
+    fn a_recipient_at_its_quota_is_refused_and_audited_while_the_others_queue() {
+        let b = bundle();
+        let quota = i64::from(b.network().queue_quota);
+        let seen =
+            Prefetched::held().with_message("harbor", MESSAGE, None).with_counts("harbor", &[("metro-police", quota)]);
+        let mut fx = Effects::default();
+        let (resp, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        assert_eq!(outcome(&resp, "metro-police"), pb::recipient_outcome::Outcome::QuotaExceeded);
+        assert_eq!(outcome(&resp, "county-sheriff"), pb::recipient_outcome::Outcome::Queued);
+        assert_eq!(woken, ["county-sheriff"]);
+        let refused = fx.audit.iter().find(|(e, _)| e.counterparty == "metro-police").unwrap();
+        assert_eq!((refused.0.outcome.as_str(), refused.0.reason.as_str()), ("quota_exceeded", "quota_exceeded"));
+        assert_eq!(fx.rows.deliveries.len(), 1);
+    }
+
+    #[test]
+    fn a_referral_under_a_consent_that_does_not_exist_is_denied_and_queues_nothing() {
+        let b = bundle();
+        let consent = "0190d5a0-0000-7000-8000-0000000000cc";
+        let env = pb::Envelope {
+            message_id: MESSAGE.into(),
+            kind: "referral".into(),
+            recipients: vec!["maple-house".into()],
+            purpose: "housing".into(),
+            subject_pseudonym: "s-fictional-subject-000007".into(),
+            consent_id: consent.into(),
+            fields: HashMap::from([
+                ("urgency".into(), text("high")),
+                ("safe_to_contact_by".into(), text("through_caseworker")),
+                ("survivor_first_name".into(), text("Rosa (fictional)")),
+            ]),
+            ..Default::default()
+        };
+        let env = crate::envelope::parse(Some(env), &b, &caseworker().org, true).unwrap();
+        let seen = fresh().with_consent(consent, None);
+        let mut fx = Effects::default();
+        let (resp, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env).unwrap();
+        assert_eq!(outcome(&resp, "maple-house"), pb::recipient_outcome::Outcome::Denied);
+        assert!(woken.is_empty() && fx.rows.deliveries.is_empty() && fx.counts.is_empty());
+        assert_eq!(fx.rows.messages.len(), 1, "the reply is kept, so a retry gets the same answer");
+        assert_eq!((fx.audit[0].0.decision.as_str(), fx.audit[0].0.outcome.as_str()), ("deny", "denied"));
+    }
+
+    #[test]
+    fn facts_the_batch_did_not_read_are_a_bug_not_a_guess() {
+        let b = bundle();
+        let mut fx = Effects::default();
+        let e = submit_in(&Prefetched::held(), &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap_err();
+        assert!(matches!(e, Error::Submit(SubmitError::FactsUnread { .. })), "{e:?}");
+        assert_eq!(crate::error::code(&e), tonic::Code::Internal, "a bug, not a retry");
+    }
 }

@@ -40,13 +40,19 @@ impl GatewayRpc for GatewayService {
     async fn decide(&self, req: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
         let caller = caller(&req)?;
         let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, false)?;
-        Ok(Response::new(routing::dry_run(&self.gateway, &caller, &env).await?))
+        Ok(Response::new(
+            routing::dry_run(self.gateway.store(), self.gateway.clock().now(), self.gateway.bundle(), &caller, &env)
+                .await?,
+        ))
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let caller = caller(&req)?;
         let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, true)?;
-        let (resp, _) = routing::submit::submit(&self.gateway, &caller, env).await?;
+        let g = &self.gateway;
+        let (resp, woken) =
+            routing::submit::submit(g.commits(), g.clock(), g.bundle(), *g.pseudonym_key(), &caller, env).await?;
+        g.wake(&woken);
         Ok(Response::new(resp))
     }
 
@@ -76,31 +82,52 @@ impl GatewayRpc for GatewayService {
 
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(routing::lifecycle::update_status(&self.gateway, &caller, req.into_inner()).await?))
+        let g = &self.gateway;
+        let (resp, woken) = routing::lifecycle::update_status(g.store(), &g.stamp(), &caller, req.into_inner()).await?;
+        g.wake(&woken);
+        Ok(Response::new(resp))
     }
 
     async fn register_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let jws = req.into_inner().receipt_jws;
-        Ok(Response::new(consent::register(&self.gateway, &caller, &jws, false).await?.to_proto()))
+        Ok(Response::new(
+            consent::register(
+                self.gateway.store(),
+                &self.gateway.bundle(),
+                &self.gateway.stamp(),
+                &caller,
+                &jws,
+                false,
+            )
+            .await?
+            .to_proto(),
+        ))
     }
 
     async fn renew_consent(&self, req: Request<RegisterConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let jws = req.into_inner().receipt_jws;
-        Ok(Response::new(consent::register(&self.gateway, &caller, &jws, true).await?.to_proto()))
+        Ok(Response::new(
+            consent::register(self.gateway.store(), &self.gateway.bundle(), &self.gateway.stamp(), &caller, &jws, true)
+                .await?
+                .to_proto(),
+        ))
     }
 
     async fn revoke_consent(&self, req: Request<RevokeConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(consent::revoke(&self.gateway, &caller, &r.consent_id, &r.reason).await?.to_proto()))
+        let g = &self.gateway;
+        let (stored, woken) = consent::revoke(g.store(), &g.stamp(), &caller, &r.consent_id, &r.reason).await?;
+        g.wake(&woken);
+        Ok(Response::new(stored.to_proto()))
     }
 
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let record = consent::get(&self.gateway, &caller, &r.consent_id).await?;
+        let record = consent::get(self.gateway.store(), &caller, &r.consent_id).await?;
         settled(&self.gateway).await?;
         Ok(Response::new(record.to_proto()))
     }
@@ -109,7 +136,8 @@ impl GatewayRpc for GatewayService {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let page = if r.page_size == 0 { 100 } else { r.page_size };
-        let list = consent::list(&self.gateway, &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
+        let list =
+            consent::list(self.gateway.store(), &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
         settled(&self.gateway).await?;
         let next_page_token = if list.len() as u32 >= page.clamp(1, 500) {
             list.last().map(|c| c.receipt.consent_id.clone()).unwrap_or_default()

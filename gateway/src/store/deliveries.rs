@@ -171,19 +171,9 @@ pub(crate) async fn set_status(
     Ok(())
 }
 
-/// Moves a copy from `sent` to `delivered`, acknowledged by the recipient `by` at `now`. A copy that
-/// has moved on from `sent` already (its recipient acted first) is left as it is.
-pub(crate) async fn mark_delivered(tx: &mut Tx<'_>, delivery_id: &str, by: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE deliveries SET status = 'delivered', status_code = '', status_by = $1, updated_at_micros = $2 WHERE delivery_id = $3 AND status = 'sent'")
-        .bind(by)
-        .bind(now)
-        .bind(delivery_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// [`mark_delivered`] for many copies, a statement per chunk; returns how many moved.
+/// Moves copies from `sent` to `delivered`, each acknowledged by its recipient `by` at `at`, a
+/// statement per chunk; returns how many moved. A copy that has moved on from `sent` already (its
+/// recipient acted first) is left as it is.
 pub(crate) async fn mark_delivered_many(tx: &mut Tx<'_>, copies: &[Delivered<'_>]) -> Result<u64, sqlx::Error> {
     let head = "UPDATE deliveries SET status = 'delivered', status_code = '', status_by = v.column2, updated_at_micros = v.column3 FROM (VALUES";
     let tail = ") AS v WHERE deliveries.delivery_id = v.column1 AND deliveries.status = 'sent'";

@@ -16,20 +16,6 @@ pub struct MessageRow {
     pub created_at_micros: i64,
 }
 
-/// The content hash and encoded reply of `sender`'s message `message_id`, if it was submitted.
-pub(crate) async fn earlier(
-    tx: &mut Tx<'_>,
-    sender: &str,
-    message_id: &str,
-) -> Result<Option<(String, Vec<u8>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT content_sha256, response FROM messages WHERE sender = $1 AND message_id = $2")
-        .bind(sender)
-        .bind(message_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
-}
-
 /// Inserts submitted messages.
 pub(crate) async fn insert(tx: &mut Tx<'_>, rows: &[MessageRow]) -> Result<(), sqlx::Error> {
     insert_many(

@@ -289,13 +289,23 @@ pub(crate) async fn items_with_copies(
 }
 
 /// The states of the items `ids` names (those that exist); one statement, as [`items_with_copies`].
-pub(crate) async fn states(tx: &mut Tx<'_>, ids: &[String]) -> Result<Vec<(String, ItemState)>, sqlx::Error> {
+/// With `lock`, each row is locked until the transaction ends (on PostgreSQL; SQLite's writer already
+/// holds the one write lock), so no other writer can end one between this read and the transaction's
+/// own write.
+pub(crate) async fn states(
+    tx: &mut Tx<'_>,
+    ids: &[String],
+    lock: bool,
+) -> Result<Vec<(String, ItemState)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let sqlite = is_sqlite(tx);
     let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
     push_row(&mut sql, sqlite, 0, ids.len());
+    if lock && !sqlite {
+        sql.push_str(" ORDER BY item_id FOR UPDATE");
+    }
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(id.as_str());

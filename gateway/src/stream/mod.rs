@@ -357,7 +357,7 @@ async fn serve(
                         }
                     });
                     if !holds {
-                        if let Err(e) = lifecycle::ack_fenced(gateway, org, &ack.item_id).await {
+                        if let Err(e) = lifecycle::ack_fenced(gateway.store(), &gateway.stamp(), org, &ack.item_id).await {
                             tracing::error!(error = %e, %org, stream = %id, "cannot record an acknowledgement on a fenced stream");
                         }
                         break End::fenced("its acknowledgements are refused");
@@ -365,8 +365,12 @@ async fn serve(
                     // Acknowledgements are committed concurrently (they share commits), and the
                     // stream reads on meanwhile; each frees its window slot once it is durable.
                     acking.push(async move {
-                        let r = lifecycle::ack(gateway, org, &ack.item_id).await;
-                        (ack.item_id, r)
+                        let version = gateway.bundle().version_id().to_owned();
+                        let r = lifecycle::ack(gateway.commits(), gateway.clock(), version, org, &ack.item_id).await;
+                        if let Ok(Some(sender)) = &r {
+                            gateway.wake(std::slice::from_ref(sender));
+                        }
+                        (ack.item_id, r.map(|_| ()))
                     });
                 }
                 Ok(Some(NodeFrame { frame: None })) => {
