@@ -233,7 +233,7 @@ async fn proofs(name: &str, store: Store, n: u64) {
     let integ = Instant::now();
     let size = log.integrate().await.expect("integrate");
     let integrated = integ.elapsed().as_secs_f64();
-    let cp = log.covering_checkpoint().await.expect("checkpoint");
+    let cp = store.settle(log.covering_checkpoint().await.expect("checkpoint")).await.expect("settled");
     let root = cp.root().expect("root");
     let samples = if quick() { 50 } else { 1000 };
     let mut incl = Vec::with_capacity(samples);
@@ -245,12 +245,14 @@ async fn proofs(name: &str, store: Store, n: u64) {
         x ^= x << 17;
         let seq = x % size;
         let t = Instant::now();
-        let (proof, leaf) = log.inclusion_proof(seq, size).await.expect("inclusion");
+        let read = log.inclusion_proof(seq, size).await.expect("inclusion");
+        let (proof, leaf) = store.settle(read).await.expect("settled");
         incl.push(t.elapsed().as_secs_f64() * 1e6);
         merkle::verify_inclusion(&leaf, seq, size, &proof, &root).expect("verifies");
         let first = seq + 1;
         let t = Instant::now();
-        let proof = log.consistency_proof(first, size).await.expect("consistency");
+        let read = log.consistency_proof(first, size).await.expect("consistency");
+        let proof = store.settle(read).await.expect("settled");
         cons.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(proof.len() <= 2 * 64);
     }

@@ -19,7 +19,7 @@ use crate::audit::Stamp;
 use crate::error::{ConsentError, Error};
 use crate::policy::Bundle;
 pub use crate::store::consents::{Stored, load, load_locked, load_many, load_read};
-use crate::store::{Store, consents};
+use crate::store::{Store, Unsettled, consents};
 
 /// Why a consent was revoked; the controller gives one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,13 +315,13 @@ pub async fn revoke(
 }
 
 /// Shows a consent to its controller.
-pub async fn get(store: &Store, caller: &Caller, consent_id: &str) -> Result<Stored, Error> {
+pub async fn get(store: &Store, caller: &Caller, consent_id: &str) -> Result<Unsettled<Stored>, Error> {
     let stored =
         load_read(store.pool(), consent_id).await?.ok_or_else(|| ConsentError::NotFound { id: short(consent_id) })?;
     if stored.receipt.controller != caller.org {
         return Err(ConsentError::NotController { id: short(consent_id), revoking: false }.into());
     }
-    Ok(stored)
+    Ok(Unsettled::read(stored))
 }
 
 /// Lists the caller's consents, optionally for one subject or state, in registration order.
@@ -332,12 +332,14 @@ pub async fn list(
     state: &str,
     limit: u32,
     after: &str,
-) -> Result<Vec<Stored>, Error> {
+) -> Result<Unsettled<Vec<Stored>>, Error> {
     if !state.is_empty() && ConsentState::parse(state).is_none() {
         return Err(ConsentError::UnknownState { given: short(state) }.into());
     }
     let limit = i64::from(limit.clamp(1, 500));
-    Ok(crate::store::consents::list(store.pool(), caller.org.as_str(), subject, state, after, limit).await?)
+    Ok(Unsettled::read(
+        crate::store::consents::list(store.pool(), caller.org.as_str(), subject, state, after, limit).await?,
+    ))
 }
 
 /// Marks every given consent whose window has ended by `stamp` as expired, each with its audit entry,

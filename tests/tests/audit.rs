@@ -433,7 +433,8 @@ async fn privacy_officers_see_their_organizations_entries_with_recipient_scoped_
     let leaf = merkle::leaf_hash(&page.entries[0].canonical);
     // A query shows what is committed; the tree integrates it shortly after. Wait for that here, so the
     // proof is asked of a tree that holds the entry.
-    net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    let covering = net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    net.gateway.store().settle(covering).await.unwrap();
     let proof = maple
         .client()
         .get_inclusion_proof(maple.req(InclusionProofRequest { seq, tree_size: 0 }))
@@ -1062,7 +1063,8 @@ async fn a_witnessing_node_accepts_honest_checkpoints_and_detects_a_fork() {
         CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
             .unwrap();
     some_traffic(&net).await;
-    net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    let covering = net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    net.gateway.store().settle(covering).await.unwrap();
     let size = net.gateway.audit_log().integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
     let r = witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await;
@@ -1239,7 +1241,8 @@ async fn a_fork_stands_until_an_auditor_acknowledges_it() {
         CheckpointSigner::new(&std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap(), &cert_der(&net))
             .unwrap();
     some_traffic(&net).await;
-    net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    let covering = net.gateway.audit_log().covering_checkpoint().await.unwrap();
+    net.gateway.store().settle(covering).await.unwrap();
     let size = net.gateway.audit_log().integrated_size().await.unwrap();
     let forked = signer.sign(size, &[0x66; 32], SystemClock.now_micros());
     assert_eq!(witness.observe(haven_proto::v1::SignedCheckpoint::from(&forked)).await.state, WitnessState::Fork);

@@ -410,8 +410,8 @@ async fn the_stream_read_and_the_consent_rule_agree_on_random_consents() {
     let mut released_somewhere = 0;
     let mut held_somewhere = 0;
     for now in [-1_i64, 0, 1, 5, 10, 19, 20, 21] {
-        let read: Vec<String> =
-            queue::sendable(&store, "org-b", &[], now, 10_000).await.unwrap().into_iter().map(|p| p.item_id).collect();
+        let read = queue::sendable(&store, "org-b", &[], now, 10_000).await.unwrap();
+        let read: Vec<String> = store.settle(read).await.unwrap().into_iter().map(|p| p.item_id).collect();
         let rule: Vec<String> = expected_ids
             .iter()
             .filter(|(_, under)| releases_queued_copy(**under, now))

@@ -241,7 +241,7 @@ async fn a_stream_reads_only_covered_items_through_its_index_whatever_the_statis
         let store = &store;
         async move {
             let items = queue::sendable(store, "org3", &skip, 100, 64).await.unwrap();
-            items.into_iter().map(|p| p.item_id).collect::<Vec<_>>()
+            store.settle(items).await.unwrap().into_iter().map(|p| p.item_id).collect::<Vec<_>>()
         }
     };
     assert_eq!(read(vec![]).await, expected);

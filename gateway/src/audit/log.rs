@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::group;
 use crate::error::Error;
 use crate::store::merkle::{self as merkle_store, StoredCheckpoint};
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Store, StoreError, Tx, Unsettled};
 
 /// When checkpoints are signed: after this many new entries, or this long after the previous one if
 /// the log has grown since, whichever comes first (`network.toml`: `checkpoint_every_entries`,
@@ -216,13 +216,13 @@ impl AuditLog {
                 }
                 // Published once on disk: it may have been signed by a commit whose sync is under way.
                 match log.latest_checkpoint().await {
-                    Ok(Some(cp)) => match log.0.store.settled().await {
-                        Ok(()) => log.publish(&cp),
+                    Ok(read) => match log.0.store.settle(read).await {
+                        Ok(Some(cp)) => log.publish(&cp),
+                        Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "the newest audit checkpoint is not on disk; not published")
                         }
                     },
-                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot read the newest audit checkpoint"),
                 }
                 // Let commits pile up between passes: one integration (and its write lock and fsync)
@@ -242,7 +242,7 @@ impl AuditLog {
         // A cheap read first, so that an idle poll never takes the write lock.
         if !cover {
             let (committed, integrated) = self.sizes().await?;
-            let latest = self.latest_checkpoint().await?;
+            let latest = self.latest().await?;
             if committed == integrated && !self.due(latest.as_ref(), integrated) {
                 return Ok(integrated);
             }
@@ -345,20 +345,25 @@ impl AuditLog {
 
     /// A checkpoint that covers every entry committed before the call: the newest one if it already
     /// does, otherwise a new one, signed after integrating.
-    pub async fn covering_checkpoint(&self) -> Result<Checkpoint, LogError> {
+    pub async fn covering_checkpoint(&self) -> Result<Unsettled<Checkpoint>, LogError> {
         let size = self.integrate_inner(true).await?;
-        match self.latest_checkpoint().await? {
-            Some(cp) if cp.tree_size >= size => Ok(cp),
+        let cp = match self.latest().await? {
+            Some(cp) if cp.tree_size >= size => cp,
             // Another replica integrated further in between; sign over what is integrated now.
             _ => {
                 self.integrate_inner(true).await?;
-                self.latest_checkpoint().await?.ok_or_else(|| LogError::Damaged("no checkpoint after signing".into()))
+                self.latest().await?.ok_or_else(|| LogError::Damaged("no checkpoint after signing".into()))?
             }
-        }
+        };
+        Ok(Unsettled::read(cp))
     }
 
     /// The newest stored checkpoint.
-    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, LogError> {
+    pub async fn latest_checkpoint(&self) -> Result<Unsettled<Option<Checkpoint>>, LogError> {
+        Ok(Unsettled::read(self.latest().await?))
+    }
+
+    async fn latest(&self) -> Result<Option<Checkpoint>, LogError> {
         let mut conn = self.0.store.pool().acquire().await?;
         latest_in(&mut conn).await
     }
@@ -387,7 +392,7 @@ impl AuditLog {
 
     /// The inclusion proof of entry `seq` in the tree of `tree_size` entries, and the entry's leaf hash
     /// as integrated.
-    pub async fn inclusion_proof(&self, seq: u64, tree_size: u64) -> Result<(Vec<Hash>, Hash), LogError> {
+    pub async fn inclusion_proof(&self, seq: u64, tree_size: u64) -> Result<Unsettled<(Vec<Hash>, Hash)>, LogError> {
         let have = self.ensure_integrated(tree_size).await?;
         if seq >= tree_size {
             return Err(if seq >= have {
@@ -401,11 +406,11 @@ impl AuditLog {
         let nodes = self.nodes(&ids).await?;
         let proof = merkle::inclusion_proof(&nodes, seq, tree_size).map_err(damaged)?;
         let leaf = merkle::NodeSource::subtree_hash(&nodes, 0, seq).map_err(damaged)?;
-        Ok((proof, leaf))
+        Ok(Unsettled::read((proof, leaf)))
     }
 
     /// The consistency proof between the trees of `first` and `second` entries.
-    pub async fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, LogError> {
+    pub async fn consistency_proof(&self, first: u64, second: u64) -> Result<Unsettled<Vec<Hash>>, LogError> {
         if first > second {
             return Err(LogError::Inverted { first, second });
         }
@@ -415,7 +420,7 @@ impl AuditLog {
         self.ensure_integrated(second).await?;
         let ids = merkle::consistency_proof_nodes(first, second).map_err(damaged)?;
         let nodes = self.nodes(&ids).await?;
-        merkle::consistency_proof(&nodes, first, second).map_err(damaged)
+        Ok(Unsettled::read(merkle::consistency_proof(&nodes, first, second).map_err(damaged)?))
     }
 
     /// The stored perfect subtrees named by `ids` (those present).

@@ -14,7 +14,7 @@ use haven_trust::ids::OrgId;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::{caller, settled};
+use super::{caller, settle};
 use crate::audit::query::{self, DEFAULT_PAGE, Filter, MAX_PAGE, Scope};
 use crate::audit::{self, AuditLog};
 use crate::error::Error;
@@ -44,11 +44,14 @@ impl AuditService {
         Ok(())
     }
 
-    /// The size a proof is about when the caller gave 0: the newest checkpoint's.
-    async fn newest_size(&self) -> Result<u64, Error> {
-        Ok(match self.log().latest_checkpoint().await? {
+    /// The size a proof is about when the caller gave 0: the newest checkpoint's (signing one if
+    /// there is none yet). It only sizes the proof, whose own read is settled before it is answered.
+    async fn newest_size(&self) -> Result<u64, Status> {
+        let store = self.gateway.store();
+        let newest = settle(store, self.log().latest_checkpoint().await.map_err(Error::from)?).await?;
+        Ok(match newest {
             Some(cp) => cp.tree_size,
-            None => self.log().covering_checkpoint().await?.tree_size,
+            None => settle(store, self.log().covering_checkpoint().await.map_err(Error::from)?).await?.tree_size,
         })
     }
 }
@@ -96,6 +99,9 @@ impl Audit for AuditService {
         let scope = Scope::of(&caller)?;
         let filter = Filter::parse(req.get_ref().filter.as_ref())?;
         let covering = self.log().covering_checkpoint().await.map_err(Error::from)?;
+        // The export streams entries up to this checkpoint: none of them may be a commit a power
+        // failure could still undo.
+        let covering = settle(self.gateway.store(), covering).await?;
         let mut filter_pairs: std::collections::BTreeMap<String, String> =
             filter.pairs().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         if let Scope::Org(org) = &scope {
@@ -120,11 +126,12 @@ impl Audit for AuditService {
 
     async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<SignedCheckpoint>, Status> {
         caller(&req)?;
-        let cp = match (req.get_ref().refresh, self.log().latest_checkpoint().await.map_err(Error::from)?) {
+        let store = self.gateway.store();
+        let latest = settle(store, self.log().latest_checkpoint().await.map_err(Error::from)?).await?;
+        let cp = match (req.get_ref().refresh, latest) {
             (false, Some(cp)) => cp,
-            _ => self.log().covering_checkpoint().await.map_err(Error::from)?,
+            _ => settle(store, self.log().covering_checkpoint().await.map_err(Error::from)?).await?,
         };
-        settled(&self.gateway).await?;
         Ok(Response::new(haven_proto::v1::SignedCheckpoint::from(&cp)))
     }
 
@@ -155,8 +162,8 @@ impl Audit for AuditService {
             }
         }
         let tree_size = if r.tree_size == 0 { self.newest_size().await? } else { r.tree_size };
-        let (proof, leaf) = self.log().inclusion_proof(r.seq, tree_size).await.map_err(Error::from)?;
-        settled(&self.gateway).await?;
+        let read = self.log().inclusion_proof(r.seq, tree_size).await.map_err(Error::from)?;
+        let (proof, leaf) = settle(self.gateway.store(), read).await?;
         Ok(Response::new(InclusionProof {
             seq: r.seq,
             tree_size,
@@ -172,8 +179,8 @@ impl Audit for AuditService {
         caller(&req)?;
         let r = req.into_inner();
         let second = if r.second_size == 0 { self.newest_size().await? } else { r.second_size };
-        let proof = self.log().consistency_proof(r.first_size, second).await.map_err(Error::from)?;
-        settled(&self.gateway).await?;
+        let read = self.log().consistency_proof(r.first_size, second).await.map_err(Error::from)?;
+        let proof = settle(self.gateway.store(), read).await?;
         Ok(Response::new(ConsistencyProof {
             first_size: r.first_size,
             second_size: second,

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{caller, settled};
+use super::{caller, settle};
 use crate::identity::PeerInfo;
 use crate::state::Gateway;
 use crate::{consent, envelope, routing};
@@ -127,8 +127,8 @@ impl GatewayRpc for GatewayService {
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let record = consent::get(self.gateway.store(), &caller, &r.consent_id).await?;
-        settled(&self.gateway).await?;
+        let store = self.gateway.store();
+        let record = settle(store, consent::get(store, &caller, &r.consent_id).await?).await?;
         Ok(Response::new(record.to_proto()))
     }
 
@@ -136,9 +136,9 @@ impl GatewayRpc for GatewayService {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let page = if r.page_size == 0 { 100 } else { r.page_size };
-        let list =
-            consent::list(self.gateway.store(), &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
-        settled(&self.gateway).await?;
+        let store = self.gateway.store();
+        let list = consent::list(store, &caller, &r.subject_pseudonym, &r.state, page, &r.page_token).await?;
+        let list = settle(store, list).await?;
         let next_page_token = if list.len() as u32 >= page.clamp(1, 500) {
             list.last().map(|c| c.receipt.consent_id.clone()).unwrap_or_default()
         } else {

@@ -228,6 +228,26 @@ impl Tx<'_> {
     }
 }
 
+/// What a read found, which may hold a commit that is visible but not yet on disk (on SQLite a commit
+/// is visible to readers a moment before its sync returns; see `wal`). Reads whose answer leaves the
+/// gateway return this, and only [`Store::settle`] opens it: a handler cannot answer before the wait
+/// by forgetting a call.
+#[must_use = "open it with Store::settle before answering with it"]
+#[derive(Debug)]
+pub struct Unsettled<T>(T);
+
+impl<T> Unsettled<T> {
+    /// A value read from the store (or computed from what was read).
+    pub(crate) fn read(value: T) -> Unsettled<T> {
+        Unsettled(value)
+    }
+
+    /// What is computed from the value needs the same wait.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Unsettled<U> {
+        Unsettled(f(self.0))
+    }
+}
+
 /// Waits until every commit begun on the SQLite writer so far is on disk; at once without one.
 async fn settled(wal: Option<&WalSync>) -> Result<(), StoreError> {
     match wal {
@@ -402,11 +422,12 @@ impl Store {
         Ok(Tx { inner, wal: self.wal.clone() })
     }
 
-    /// Waits until every write committed so far is on disk. A read whose answer leaves the gateway
-    /// calls it after reading, so nobody sees a change that a power failure could still undo (on
-    /// SQLite a commit is visible a moment before it is synced; see `wal`).
-    pub async fn settled(&self) -> Result<(), StoreError> {
-        settled(self.wal.as_deref()).await
+    /// Opens what a read found, once every write committed before it is on disk, so nobody is answered
+    /// with a change that a power failure could still undo (on SQLite a commit is visible a moment
+    /// before it is synced; see `wal`). The only way to open an [`Unsettled`].
+    pub async fn settle<T>(&self, read: Unsettled<T>) -> Result<T, StoreError> {
+        settled(self.wal.as_deref()).await?;
+        Ok(read.0)
     }
 
     /// The SQLite writer connection, asking its holder to let it go ([`Store::writer_wanted`]).

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::deliveries::{COPY_COLUMNS, Copy, copy_from};
 use super::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, push_row, with_rows};
-use super::{Backend, Store, StoreError, Tx};
+use super::{Backend, Store, StoreError, Tx, Unsettled};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -110,7 +110,7 @@ pub async fn sendable<'a>(
     skip: impl IntoIterator<Item = &'a String>,
     now: i64,
     limit: i64,
-) -> Result<Vec<Pending>, StoreError> {
+) -> Result<Unsettled<Vec<Pending>>, StoreError> {
     let sql = match store.backend() {
         Backend::Sqlite => SENDABLE_SQLITE,
         Backend::Postgres => SENDABLE_POSTGRES,
@@ -118,10 +118,11 @@ pub async fn sendable<'a>(
     let skip =
         serde_json::to_string(&skip.into_iter().collect::<Vec<_>>()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let rows = sqlx::query(sql).bind(org).bind(skip).bind(now).bind(limit).fetch_all(store.pool()).await?;
-    Ok(rows
+    let pending = rows
         .iter()
         .map(|r| Ok(Pending { item_id: r.try_get(0)?, payload: r.try_get(1)? }))
-        .collect::<Result<_, sqlx::Error>>()?)
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Unsettled::read(pending))
 }
 
 /// A queued row's identity, read under the transaction.

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
+use crate::audit::Stamp;
+use crate::config::Config;
 use crate::error::Error;
 use crate::identity::PeerInfo;
 use crate::routing::{lifecycle, queue};
@@ -36,8 +38,8 @@ pub use registry::Streams;
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// The stream heartbeat in force: the configured one, at least [`MIN_HEARTBEAT`].
-fn heartbeat_of(gateway: &Gateway) -> Duration {
-    gateway.0.config.heartbeat.max(MIN_HEARTBEAT)
+fn heartbeat_of(config: &Config) -> Duration {
+    config.heartbeat.max(MIN_HEARTBEAT)
 }
 
 /// A lease's time to live: two heartbeats, so one renewal that comes late does not lose it.
@@ -61,16 +63,15 @@ pub struct Opened {
 }
 
 /// An entry about the stream `id` of `caller` from `source`.
-fn stream_entry(gateway: &Gateway, caller: &Caller, action: Action, id: &str, source: &str, now: i64) -> AuditEntry {
+fn stream_entry(stamp: &Stamp, caller: &Caller, action: Action, id: &str, source: &str) -> AuditEntry {
     AuditEntry {
         actor_org: caller.org.to_string(),
         actor_person: caller.person.to_string(),
         actor_role: caller.role.to_string(),
         object_id: id.to_owned(),
-        bundle_version: gateway.bundle().version_id().to_owned(),
         outcome: "ok".into(),
         source_node: source.to_owned(),
-        ..AuditEntry::new(action, now)
+        ..stamp.entry(action)
     }
 }
 
@@ -79,10 +80,11 @@ fn stream_entry(gateway: &Gateway, caller: &Caller, action: Action, id: &str, so
 pub async fn open(gateway: &Gateway, caller: &Caller, peer: &PeerInfo) -> Result<Opened, Status> {
     let g = &gateway.0;
     let id = Uuid::now_v7();
-    let now = g.clock.now_micros();
+    let stamp = gateway.stamp();
+    let now = stamp.now;
     let source = peer.remote.to_string();
-    let opened = stream_entry(gateway, caller, Action::StreamOpened, &id.to_string(), &source, now);
-    let mut refused = stream_entry(gateway, caller, Action::StreamRefused, "", &source, now);
+    let opened = stream_entry(&stamp, caller, Action::StreamOpened, &id.to_string(), &source);
+    let mut refused = stream_entry(&stamp, caller, Action::StreamRefused, "", &source);
     refused.outcome = "refused".into();
     refused.reason = "stream_held".into();
     let claim = Claim {
@@ -90,7 +92,7 @@ pub async fn open(gateway: &Gateway, caller: &Caller, peer: &PeerInfo) -> Result
         stream_id: id,
         source: &source,
         now,
-        ttl_micros: micros(lease_ttl(heartbeat_of(gateway))),
+        ttl_micros: micros(lease_ttl(heartbeat_of(gateway.config()))),
     };
     match Lease::take(&g.store, claim, opened, refused).await {
         Ok(Taken::Held(lease)) => Ok(Opened { id, source, lease }),
@@ -172,6 +174,12 @@ async fn fill(
             tracing::error!(error = %e, "cannot read the queue");
             Status::unavailable("the gateway's database is unavailable; reconnect later")
         })?;
+        // Nothing goes out that a power failure could still undo: what this read found may be a
+        // commit whose sync is under way.
+        let items = g.store.settle(items).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot deliver: the database could not be synced");
+            Status::unavailable("the gateway cannot sync its database to disk; reconnect later")
+        })?;
         let (read, held_before) = (items.len(), window.held.len());
         for p in items {
             match p.decode() {
@@ -185,15 +193,6 @@ async fn fill(
             break;
         }
     }
-    if out.is_empty() {
-        return Ok(());
-    }
-    // Nothing goes out that a power failure could still undo: what this pass read may be a commit
-    // whose sync is under way.
-    g.store.settled().await.map_err(|e| {
-        tracing::error!(error = %e, "cannot deliver: the database could not be synced");
-        Status::unavailable("the gateway cannot sync its database to disk; reconnect later")
-    })?;
     for item in out {
         window.inflight.insert(item.item_id.clone());
         if tx.send(frame(gateway_frame::Frame::Item(item))).await.is_err() {
@@ -269,8 +268,7 @@ pub async fn run(
     // lease free.
     let mut inflight: Vec<String> = window.inflight.into_iter().collect();
     inflight.sort();
-    let mut closed =
-        stream_entry(&gateway, &caller, Action::StreamClosed, &id.to_string(), &source, g.clock.now_micros());
+    let mut closed = stream_entry(&gateway.stamp(), &caller, Action::StreamClosed, &id.to_string(), &source);
     closed.reason = end.why.into();
     closed.released_fields = inflight;
     if let Err(e) = lease.release(&g.store, closed).await {
@@ -323,7 +321,7 @@ async fn serve(
     let expires_in = peer.cert.as_ref().map(|c| c.not_after.saturating_sub(g.clock.now_secs()).max(0)).unwrap_or(0);
     let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(expires_in).unwrap_or(0)));
     tokio::pin!(expiry);
-    let every = heartbeat_of(gateway);
+    let every = heartbeat_of(gateway.config());
     // An acknowledgement is applied without asking the database while the lease runs at least half a
     // heartbeat longer; renewals every heartbeat keep it a whole heartbeat ahead or more.
     let margin = micros(every / 2);
