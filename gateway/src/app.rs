@@ -254,39 +254,35 @@ impl Gateway {
     /// Returns the old and new versions.
     pub async fn reload(&self, actor: Option<&haven_trust::ids::Caller>) -> Result<(String, String), StartError> {
         let old = self.bundle();
-        let mut entry = AuditEntry {
-            time_micros: self.0.clock.now_micros(),
+        let now = self.0.clock.now_micros();
+        // The entry of this reload, whatever becomes of it: who asked, and the version it replaces.
+        let entry = |action: Action, outcome: &str, reason: &str, version: &str| AuditEntry {
             actor_org: actor.map(|c| c.org.to_string()).unwrap_or_default(),
             actor_person: actor.map(|c| c.person.to_string()).unwrap_or_default(),
             actor_role: actor.map_or_else(|| "system".to_owned(), |c| c.role.to_string()),
             object_id: old.version_id().to_owned(),
-            bundle_version: old.version_id().to_owned(),
-            ..Default::default()
+            bundle_version: version.to_owned(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+            ..AuditEntry::new(action, now)
         };
+        let refused = |e: &StartError| entry(Action::TrustReloadRejected, "refused", e.code(), old.version_id());
         let tls = match read_tls(&self.0.config) {
             Ok(tls) => match check_crl_order(&self.0.store, &self.0.config, &tls).await {
                 Ok(()) => tls,
-                Err(e) => return Err(self.refuse_trust(entry, e).await),
+                Err(e) => return Err(self.refuse_trust(refused(&e), e).await),
             },
-            Err(e) => return Err(self.refuse_trust(entry, e).await),
+            Err(e) => return Err(self.refuse_trust(refused(&e), e).await),
         };
         let loaded = load_bundle(&self.0.config);
         let bundle = match &loaded {
             Ok(b) => Arc::new(b.clone()),
             Err(_) => old.clone(),
         };
-        entry.bundle_version = bundle.version_id().to_owned();
-        match &loaded {
-            Ok(_) => {
-                entry.action = Action::PolicyReloaded.as_str().into();
-                entry.outcome = "ok".into();
-            }
-            Err(_) => {
-                entry.action = Action::PolicyReloadRejected.as_str().into();
-                entry.outcome = "refused".into();
-                entry.reason = "bundle_invalid".into();
-            }
-        }
+        let entry = match &loaded {
+            Ok(_) => entry(Action::PolicyReloaded, "ok", "", bundle.version_id()),
+            Err(_) => entry(Action::PolicyReloadRejected, "refused", "bundle_invalid", bundle.version_id()),
+        };
         if let Err(e) = self.record(entry, tls.crl.as_ref()).await {
             tracing::error!(
                 error = %e,
@@ -320,17 +316,14 @@ impl Gateway {
         }
     }
 
-    /// Refuses a reload because of its TLS material: logs why, with the file named, and writes a
+    /// Refuses a reload because of its TLS material: logs why, with the file named, and writes its
     /// `trust_reload_rejected` entry if the database allows. Nothing changes.
-    async fn refuse_trust(&self, mut entry: AuditEntry, e: StartError) -> StartError {
+    async fn refuse_trust(&self, entry: AuditEntry, e: StartError) -> StartError {
         tracing::error!(
             error = %e,
             reason = e.code(),
             "reload refused: the TLS material cannot be used; the previous certificates, CRL and bundle stay in force"
         );
-        entry.action = Action::TrustReloadRejected.as_str().into();
-        entry.outcome = "refused".into();
-        entry.reason = e.code().into();
         if let Err(w) = self.record(entry, None).await {
             tracing::error!(error = %w, "could not write the trust_reload_rejected audit entry");
         }
@@ -354,8 +347,7 @@ impl Gateway {
             actor_role: "system".into(),
             outcome: outcome.into(),
             reason: reason.into(),
-            bundle_version: self.bundle().version_id().to_owned(),
-            ..AuditEntry::new(action, self.0.clock.now_micros())
+            ..self.stamp().entry(action)
         }
     }
 
