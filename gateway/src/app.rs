@@ -394,7 +394,7 @@ impl Gateway {
                 }
             })
         };
-        let listener_task = (self.0.store.backend() == crate::store::Backend::Postgres).then(|| {
+        let listener_task = (self.0.store.dialect() == crate::store::Dialect::Postgres).then(|| {
             let g = self.clone();
             tokio::spawn(async move { listen_for_wakeups(g).await })
         });

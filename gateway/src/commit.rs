@@ -37,7 +37,7 @@ use crate::error::Error;
 pub use crate::routing::prefetch::{Prefetched, Reads};
 use crate::routing::queue::{self, CountChanges};
 use crate::routing::rows::{Mark, NewRows};
-use crate::store::{Backend, Store, StoreError, Tx};
+use crate::store::{Dialect, Store, StoreError, Tx};
 
 /// The most units one shared commit takes on SQLite.
 const MAX_UNITS: usize = 512;
@@ -151,7 +151,7 @@ async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Jo
     let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
-        let max = if store.backend() == Backend::Postgres { MAX_UNITS_PG } else { MAX_UNITS };
+        let max = if store.dialect() == Dialect::Postgres { MAX_UNITS_PG } else { MAX_UNITS };
         while jobs.len() < max {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
@@ -217,7 +217,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             return (false, false);
         }
     };
-    let postgres = store.backend() == Backend::Postgres;
+    let postgres = batch.tx.dialect() == Dialect::Postgres;
     let mut broken: Option<StoreError> = None;
     if postgres && let Err(e) = sqlx::raw_sql(PG_LOCK_TIMEOUT).execute(&mut *batch.tx).await {
         broken = Some(e.into());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use haven_gateway::audit;
-use haven_gateway::store::Backend;
+use haven_gateway::store::Dialect;
 use haven_node::link::GatewayLink;
 use haven_node::witness::WitnessState;
 use haven_proto::v1::audit_client::AuditClient;
@@ -316,9 +316,9 @@ async fn a_full_export_verifies_offline_and_catches_every_kind_of_tampering() {
 
 /// Drops an append-only trigger, as an attacker with the database owner's rights would.
 async fn drop_trigger(net: &TestNet, table: &str, trigger: &str) {
-    let sql = match net.gateway.store().backend() {
-        Backend::Sqlite => format!("DROP TRIGGER {trigger}"),
-        Backend::Postgres => format!("DROP TRIGGER {trigger} ON {table}"),
+    let sql = match net.gateway.store().dialect() {
+        Dialect::Sqlite => format!("DROP TRIGGER {trigger}"),
+        Dialect::Postgres => format!("DROP TRIGGER {trigger} ON {table}"),
     };
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(net.gateway.store().pool()).await.unwrap();
 }
@@ -347,9 +347,9 @@ async fn an_entry_deleted_from_the_database_is_named_by_the_verifier() {
     let net = TestNet::start().await;
     some_traffic(&net).await;
     auditor(&net).checkpoint(true).await.unwrap();
-    match net.gateway.store().backend() {
-        Backend::Sqlite => drop_trigger(&net, "audit_log", "audit_log_no_delete").await,
-        Backend::Postgres => drop_trigger(&net, "audit_log", "audit_log_no_update").await,
+    match net.gateway.store().dialect() {
+        Dialect::Sqlite => drop_trigger(&net, "audit_log", "audit_log_no_delete").await,
+        Dialect::Postgres => drop_trigger(&net, "audit_log", "audit_log_no_update").await,
     }
     sqlx::query("DELETE FROM audit_log WHERE seq = 9").execute(net.gateway.store().pool()).await.unwrap();
     let bytes = auditor(&net).export(all()).await.unwrap();
@@ -374,7 +374,7 @@ async fn the_tree_and_checkpoint_tables_are_append_only() {
         let e = sqlx::query(sql).execute(pool).await.expect_err(sql).to_string();
         assert!(e.contains("append-only") || e.contains("only moves forward"), "{sql}: {e}");
     }
-    if net.gateway.store().backend() == Backend::Postgres {
+    if net.gateway.store().dialect() == Dialect::Postgres {
         for table in ["merkle_node", "audit_checkpoint", "merkle_head"] {
             let e = sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}"))).execute(pool).await.unwrap_err();
             assert!(e.to_string().contains("append-only"), "{table}: {e}");

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::group;
 use crate::error::Error;
 use crate::store::merkle::{self as merkle_store, StoredCheckpoint};
-use crate::store::{Store, StoreError, Tx, Unsettled};
+use crate::store::{Dialect, Store, StoreError, Tx, Unsettled};
 
 /// When checkpoints are signed: after this many new entries, or this long after the previous one if
 /// the log has grown since, whichever comes first (`network.toml`: `checkpoint_every_entries`,
@@ -283,7 +283,8 @@ impl AuditLog {
         let mut tx = store.begin().await?;
         let size = merkle_store::lock_size(&mut tx).await?;
         if cached.size() != size {
-            let frontier = fetch_nodes(&mut tx, &CompactTree::frontier_nodes(size)).await?;
+            let dialect = tx.dialect();
+            let frontier = fetch_nodes(&mut tx, dialect, &CompactTree::frontier_nodes(size)).await?;
             let hashes = CompactTree::frontier_nodes(size)
                 .iter()
                 .map(|id| {
@@ -426,7 +427,7 @@ impl AuditLog {
     /// The stored perfect subtrees named by `ids` (those present).
     pub async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LogError> {
         let mut conn = self.0.store.pool().acquire().await?;
-        fetch_nodes(&mut conn, ids).await
+        fetch_nodes(&mut conn, self.0.store.dialect(), ids).await
     }
 
     /// The leaf hashes of entries `[from, to)` as integrated, by seq, in order. Missing ones (a damaged
@@ -452,10 +453,14 @@ fn checkpoint(cp: StoredCheckpoint) -> Checkpoint {
     }
 }
 
-/// Reads the named subtrees, a bounded number per query.
-async fn fetch_nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LogError> {
+/// Reads the named subtrees on `conn`, of a store of `dialect`, a bounded number per query.
+async fn fetch_nodes(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, Hash>, LogError> {
     let mut out = HashMap::with_capacity(ids.len());
-    for (id, hash) in merkle_store::nodes(conn, ids).await? {
+    for (id, hash) in merkle_store::nodes(conn, dialect, ids).await? {
         out.insert(id, merkle::hash_from_slice(&hash).map_err(damaged)?);
     }
     Ok(out)

@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use super::queue::QueuedRow;
 use crate::store::consents::{self, Stored};
 use crate::store::deliveries::Copy;
-use crate::store::dialect::{chunks, is_sqlite};
-use crate::store::{StoreError, Tx};
+use crate::store::dialect::chunks;
+use crate::store::{Dialect, StoreError, Tx};
 use crate::store::{messages, outbox};
 
 /// What one unit will read, named before it runs.
@@ -66,7 +66,7 @@ const CHUNK: usize = 200;
 impl Prefetched {
     /// Reads what `wants` name, in `tx`.
     pub async fn read<'a>(tx: &mut Tx<'_>, wants: impl Iterator<Item = &'a Reads>) -> Result<Prefetched, sqlx::Error> {
-        let sqlite = is_sqlite(tx);
+        let dialect = tx.dialect();
         let mut messages: HashSet<(&str, &str)> = HashSet::new();
         let mut consents: HashSet<&str> = HashSet::new();
         let mut senders: HashSet<&str> = HashSet::new();
@@ -77,10 +77,10 @@ impl Prefetched {
             consents.extend(w.consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
             senders.extend(w.senders.iter().map(String::as_str));
         }
-        let mut out = Prefetched { held: sqlite, ..Prefetched::default() };
+        let mut out = Prefetched { held: dialect == Dialect::Sqlite, ..Prefetched::default() };
 
         let messages: Vec<(&str, &str)> = messages.into_iter().collect();
-        for chunk in chunks(&messages, sqlite, CHUNK) {
+        for chunk in chunks(&messages, dialect, CHUNK) {
             for (s, m) in chunk {
                 out.messages.insert(((*s).to_owned(), (*m).to_owned()), None);
             }
@@ -90,7 +90,7 @@ impl Prefetched {
         }
 
         let items: Vec<&str> = items.into_iter().collect();
-        for chunk in chunks(&items, sqlite, CHUNK) {
+        for chunk in chunks(&items, dialect, CHUNK) {
             for id in chunk {
                 out.items.insert((*id).to_owned(), None);
             }
@@ -103,7 +103,7 @@ impl Prefetched {
         // under those locks: an acknowledgement of an item whose consent the batch holds is settled
         // by these reads and goes in the batch's buffers. An item without a consent, or whose
         // consent another transaction holds, is acknowledged alone, in a savepoint.
-        let item_consents: Vec<String> = if sqlite {
+        let item_consents: Vec<String> = if dialect == Dialect::Sqlite {
             Vec::new()
         } else {
             out.items.values().flatten().map(|(row, _)| row.consent_id.clone()).collect()
@@ -111,19 +111,19 @@ impl Prefetched {
         consents.extend(item_consents.iter().map(String::as_str).filter(|c| !c.is_empty()));
 
         let consents: Vec<&str> = consents.into_iter().collect();
-        for chunk in chunks(&consents, sqlite, CHUNK) {
+        for chunk in chunks(&consents, dialect, CHUNK) {
             for (id, stored) in consents::load_many(tx, chunk).await? {
                 out.consents.insert(id, stored);
             }
         }
         // Every item found is read again, including those whose consent a submission named: any of
         // them may have ended between the first read and the lock.
-        let found: Vec<String> = if sqlite {
+        let found: Vec<String> = if dialect == Dialect::Sqlite {
             Vec::new()
         } else {
             out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
         };
-        for chunk in chunks(&found, sqlite, CHUNK) {
+        for chunk in chunks(&found, dialect, CHUNK) {
             for (id, state) in outbox::states(tx, chunk, false).await? {
                 if let Some(Some((row, _))) = out.items.get_mut(&id) {
                     row.state = state;
@@ -132,7 +132,7 @@ impl Prefetched {
         }
 
         let senders: Vec<&str> = senders.into_iter().collect();
-        for chunk in chunks(&senders, sqlite, CHUNK) {
+        for chunk in chunks(&senders, dialect, CHUNK) {
             out.senders.extend(chunk.iter().map(|s| (*s).to_owned()));
             for (sender, org, pending) in outbox::counts_from(tx, chunk).await? {
                 out.pending.insert((sender, org), pending);

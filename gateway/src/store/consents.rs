@@ -5,7 +5,7 @@
 use haven_trust::receipt::{ConsentReceipt, ConsentState};
 use sqlx::Row;
 
-use super::dialect::{is_sqlite, push_row};
+use super::dialect::{Dialect, push_row};
 use super::{StoreError, Tx};
 
 /// A stored consent.
@@ -67,10 +67,10 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sqlite = is_sqlite(tx);
+    let dialect = tx.dialect();
     let mut sql = String::from(select!("WHERE consent_id IN "));
-    push_row(&mut sql, sqlite, 0, ids.len());
-    if !sqlite {
+    push_row(&mut sql, dialect, 0, ids.len());
+    if dialect == Dialect::Postgres {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     // Its shape changes with the number of ids, which callers take in `dialect::chunks`.
@@ -79,8 +79,10 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
         q = q.bind(*id);
     }
     // Where rows may be skipped, a missing id is not known to be absent.
-    let mut found: std::collections::HashMap<String, Option<Stored>> =
-        if sqlite { ids.iter().map(|id| ((*id).to_owned(), None)).collect() } else { Default::default() };
+    let mut found: std::collections::HashMap<String, Option<Stored>> = match dialect {
+        Dialect::Sqlite => ids.iter().map(|id| ((*id).to_owned(), None)).collect(),
+        Dialect::Postgres => Default::default(),
+    };
     for row in q.fetch_all(&mut **tx).await? {
         let id: String = row.try_get("consent_id")?;
         match row_to_stored(&row) {
@@ -94,10 +96,9 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
 /// Loads a consent in a transaction and, on PostgreSQL, locks its row until the transaction ends, as a
 /// revocation does, so the two are ordered (SQLite's transactions already are).
 pub async fn load_locked(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<Stored>, StoreError> {
-    let sql = if is_sqlite(tx) {
-        select!("WHERE consent_id = $1")
-    } else {
-        select!("WHERE consent_id = $1 FOR NO KEY UPDATE")
+    let sql = match tx.dialect() {
+        Dialect::Sqlite => select!("WHERE consent_id = $1"),
+        Dialect::Postgres => select!("WHERE consent_id = $1 FOR NO KEY UPDATE"),
     };
     let row = sqlx::query(sql).bind(consent_id).fetch_optional(&mut **tx).await?;
     row.as_ref().map(row_to_stored).transpose()
@@ -137,7 +138,7 @@ pub async fn list(
 /// on the consent instead of deadlocking on PostgreSQL. On SQLite a write transaction already holds
 /// the database's one write lock (`BEGIN IMMEDIATE`), so there is nothing more to take.
 pub(crate) async fn lock_consent(tx: &mut Tx<'_>, consent_id: &str) -> Result<(), sqlx::Error> {
-    if !consent_id.is_empty() && !is_sqlite(tx) {
+    if !consent_id.is_empty() && tx.dialect() == Dialect::Postgres {
         // The lock an UPDATE takes, without writing a new row version.
         sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
             .bind(consent_id)

@@ -1,6 +1,7 @@
-//! Where the two dialects differ in the statements the gateway builds: which database a connection is
-//! on, how placeholders are written, how many rows one statement takes, and the one helper that runs a
-//! statement over many rows (multi-row `INSERT`s and `UPDATE ... FROM (VALUES ...)`).
+//! Where the two dialects differ in the statements the gateway builds: which dialect a store speaks
+//! ([`Dialect`], fixed when it opens), how placeholders are written, how many rows one statement
+//! takes, and the one helper that runs a statement over many rows (multi-row `INSERT`s and
+//! `UPDATE ... FROM (VALUES ...)`).
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -8,22 +9,25 @@ use sqlx::{Any, AssertSqlSafe};
 
 use super::Tx;
 
-/// Whether a connection is SQLite's.
-pub(crate) fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
-    conn.backend_name() == "SQLite"
+/// Which database a store runs on, and so which SQL dialect it speaks. Chosen once, from the URL, when
+/// the store opens ([`super::Store::dialect`]); every transaction carries it ([`Tx::dialect`]), so no
+/// statement asks the connection which database it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
 }
 
 /// Writes `n` terms `(first = ? AND second = ?)` joined by `OR` (numbered `$1, $2, ...` on
 /// PostgreSQL): a lookup of `n` keys of two columns, which SQLite plans as one index search per term.
-pub(crate) fn push_pair_terms(sql: &mut String, sqlite: bool, first: &str, second: &str, n: usize) {
+pub(crate) fn push_pair_terms(sql: &mut String, dialect: Dialect, first: &str, second: &str, n: usize) {
     for i in 0..n {
         if i > 0 {
             sql.push_str(" OR ");
         }
-        if sqlite {
-            sql.push_str(&format!("({first} = ? AND {second} = ?)"));
-        } else {
-            sql.push_str(&format!("({first} = ${} AND {second} = ${})", 2 * i + 1, 2 * i + 2));
+        match dialect {
+            Dialect::Sqlite => sql.push_str(&format!("({first} = ? AND {second} = ?)")),
+            Dialect::Postgres => sql.push_str(&format!("({first} = ${} AND {second} = ${})", 2 * i + 1, 2 * i + 2)),
         }
     }
 }
@@ -31,17 +35,18 @@ pub(crate) fn push_pair_terms(sql: &mut String, sqlite: bool, first: &str, secon
 /// Writes the placeholders of row `row` of a multi-row statement of `columns` columns: `($1, $2, ...)`,
 /// or `(?, ?, ...)` on SQLite, which looks each named placeholder up by a linear scan of all of them,
 /// so that a statement of thousands of `$N` binds would cost quadratic time to bind.
-pub(crate) fn push_row(sql: &mut String, sqlite: bool, row: usize, columns: usize) {
+pub(crate) fn push_row(sql: &mut String, dialect: Dialect, row: usize, columns: usize) {
     sql.push('(');
     for c in 0..columns {
         if c > 0 {
             sql.push_str(", ");
         }
-        if sqlite {
-            sql.push('?');
-        } else {
-            sql.push('$');
-            sql.push_str(&(row * columns + c + 1).to_string());
+        match dialect {
+            Dialect::Sqlite => sql.push('?'),
+            Dialect::Postgres => {
+                sql.push('$');
+                sql.push_str(&(row * columns + c + 1).to_string());
+            }
         }
     }
     sql.push(')');
@@ -65,14 +70,14 @@ pub(crate) const PG_INSERT_CHUNK: usize = 8;
 /// connection keeps at most seven shapes of each statement, and every statement is kept prepared.
 /// (sqlx keeps the 100 most recently used statements per connection, so under a load that uses
 /// every shape of every kind the rarest shapes are parsed again now and then.)
-pub(crate) fn chunks<T>(rows: &[T], sqlite: bool, pg: usize) -> Chunks<'_, T> {
-    Chunks { rest: rows, sqlite, pg: pg.max(1) }
+pub(crate) fn chunks<T>(rows: &[T], dialect: Dialect, pg: usize) -> Chunks<'_, T> {
+    Chunks { rest: rows, dialect, pg: pg.max(1) }
 }
 
 /// The iterator of [`chunks`].
 pub(crate) struct Chunks<'r, T> {
     rest: &'r [T],
-    sqlite: bool,
+    dialect: Dialect,
     pg: usize,
 }
 
@@ -83,11 +88,9 @@ impl<'r, T> Iterator for Chunks<'r, T> {
         if self.rest.is_empty() {
             return None;
         }
-        let n = if self.sqlite {
-            let n = self.rest.len().min(SQLITE_MAX_CHUNK);
-            1 << n.ilog2()
-        } else {
-            self.rest.len().min(self.pg)
+        let n = match self.dialect {
+            Dialect::Sqlite => 1 << self.rest.len().min(SQLITE_MAX_CHUNK).ilog2(),
+            Dialect::Postgres => self.rest.len().min(self.pg),
         };
         let (chunk, rest) = self.rest.split_at(n);
         self.rest = rest;
@@ -108,14 +111,14 @@ pub(crate) async fn with_rows<'r, R>(
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<u64, sqlx::Error> {
-    let sqlite = is_sqlite(tx);
+    let dialect = tx.dialect();
     let mut affected = 0;
-    for chunk in chunks(rows, sqlite, pg) {
+    for chunk in chunks(rows, dialect, pg) {
         let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
         sql.push_str(head);
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { " " } else { ", " });
-            push_row(&mut sql, sqlite, i, columns);
+            push_row(&mut sql, dialect, i, columns);
         }
         sql.push_str(tail);
         let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -144,9 +147,9 @@ pub(crate) async fn insert_many<'r, R>(
 mod tests {
     use super::*;
 
-    fn sizes(n: usize, sqlite: bool, pg: usize) -> Vec<usize> {
+    fn sizes(n: usize, dialect: Dialect, pg: usize) -> Vec<usize> {
         let rows: Vec<usize> = (0..n).collect();
-        let got: Vec<&[usize]> = chunks(&rows, sqlite, pg).collect();
+        let got: Vec<&[usize]> = chunks(&rows, dialect, pg).collect();
         assert_eq!(got.concat(), rows, "every row once, in order");
         got.iter().map(|c| c.len()).collect()
     }
@@ -155,15 +158,15 @@ mod tests {
     /// limit), so each is compiled once per connection; on PostgreSQL in chunks of the given size.
     #[test]
     fn sqlite_chunks_are_powers_of_two_largest_first() {
-        assert!(sizes(0, true, 8).is_empty());
-        assert_eq!(sizes(1, true, 8), [1]);
-        assert_eq!(sizes(23, true, 8), [16, 4, 2, 1]);
-        assert_eq!(sizes(64, true, 8), [64]);
-        assert_eq!(sizes(200, true, 8), [64, 64, 64, 8]);
-        assert_eq!(sizes(23, false, 8), [8, 8, 7]);
-        assert_eq!(sizes(3, false, 0), [1, 1, 1], "a chunk size of zero is taken as one");
+        assert!(sizes(0, Dialect::Sqlite, 8).is_empty());
+        assert_eq!(sizes(1, Dialect::Sqlite, 8), [1]);
+        assert_eq!(sizes(23, Dialect::Sqlite, 8), [16, 4, 2, 1]);
+        assert_eq!(sizes(64, Dialect::Sqlite, 8), [64]);
+        assert_eq!(sizes(200, Dialect::Sqlite, 8), [64, 64, 64, 8]);
+        assert_eq!(sizes(23, Dialect::Postgres, 8), [8, 8, 7]);
+        assert_eq!(sizes(3, Dialect::Postgres, 0), [1, 1, 1], "a chunk size of zero is taken as one");
         for n in 0..=300 {
-            let s = sizes(n, true, 8);
+            let s = sizes(n, Dialect::Sqlite, 8);
             assert!(s.iter().all(|c| c.is_power_of_two() && *c <= SQLITE_MAX_CHUNK), "{n}: {s:?}");
             assert!(s.len() <= n / SQLITE_MAX_CHUNK + 6, "{n} rows in {} statements", s.len());
         }

@@ -6,7 +6,7 @@ use haven_trust::merkle::{Hash, NodeId};
 use sqlx::{AnyConnection, Row};
 
 use super::Tx;
-use super::dialect::{chunks, is_sqlite, push_pair_terms, with_rows};
+use super::dialect::{Dialect, chunks, push_pair_terms, with_rows};
 
 /// Perfect subtrees per INSERT on PostgreSQL: small statements, for the reason given at
 /// [`super::dialect::PG_INSERT_CHUNK`] (on SQLite, see [`chunks`]).
@@ -55,10 +55,9 @@ pub(crate) async fn sizes(pool: &sqlx::AnyPool) -> Result<(u64, u64), sqlx::Erro
 /// The integrated size, its row locked until the transaction ends (SQLite's transactions already
 /// hold the one write lock).
 pub(crate) async fn lock_size(tx: &mut Tx<'_>) -> Result<u64, sqlx::Error> {
-    let sql = if is_sqlite(tx) {
-        "SELECT size FROM merkle_head WHERE id = 1"
-    } else {
-        "SELECT size FROM merkle_head WHERE id = 1 FOR UPDATE"
+    let sql = match tx.dialect() {
+        Dialect::Sqlite => "SELECT size FROM merkle_head WHERE id = 1",
+        Dialect::Postgres => "SELECT size FROM merkle_head WHERE id = 1 FOR UPDATE",
     };
     Ok(from_db(sqlx::query(sql).fetch_one(&mut **tx).await?.try_get(0)?))
 }
@@ -89,13 +88,17 @@ pub(crate) async fn tree_leaves(pool: &sqlx::AnyPool, from: u64, to: u64) -> Res
     rows.iter().map(|r| Ok((from_db(r.try_get("idx")?), r.try_get("hash")?))).collect()
 }
 
-/// Reads the named subtrees (those present), a bounded number per query.
-pub(crate) async fn nodes(conn: &mut AnyConnection, ids: &[NodeId]) -> Result<Vec<(NodeId, Vec<u8>)>, sqlx::Error> {
+/// Reads the named subtrees (those present) on `conn`, of a store of `dialect`, a bounded number per
+/// query.
+pub(crate) async fn nodes(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    ids: &[NodeId],
+) -> Result<Vec<(NodeId, Vec<u8>)>, sqlx::Error> {
     let mut out = Vec::with_capacity(ids.len());
-    let sqlite = is_sqlite(conn);
-    for chunk in chunks(ids, sqlite, FETCH_CHUNK) {
+    for chunk in chunks(ids, dialect, FETCH_CHUNK) {
         let mut sql = String::from("SELECT level, idx, hash FROM merkle_node WHERE ");
-        push_pair_terms(&mut sql, sqlite, "level", "idx", chunk.len());
+        push_pair_terms(&mut sql, dialect, "level", "idx", chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(i64::from(id.level)).bind(db_int(id.index));

@@ -4,7 +4,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::Tx;
-use super::dialect::{insert_many, is_sqlite, push_pair_terms};
+use super::dialect::{insert_many, push_pair_terms};
 
 /// A submitted message, with its reply for idempotent resubmission.
 pub struct MessageRow {
@@ -45,9 +45,8 @@ pub(crate) async fn by_keys(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let sqlite = is_sqlite(tx);
     let mut sql = String::from("SELECT sender, message_id, content_sha256, response FROM messages WHERE ");
-    push_pair_terms(&mut sql, sqlite, "sender", "message_id", keys.len());
+    push_pair_terms(&mut sql, tx.dialect(), "sender", "message_id", keys.len());
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for (s, m) in keys {
         q = q.bind(*s).bind(*m);

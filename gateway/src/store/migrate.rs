@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Executor, Row};
 
-use super::{Backend, Store, StoreError};
+use super::{Dialect, Store, StoreError};
 
 struct Migration {
     version: i64,
@@ -49,17 +49,17 @@ const PG_LOCK_KEY: i64 = 0x4841_5645_4e00_0001;
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
     let mut conn = store.pool.acquire().await?;
-    if store.backend == Backend::Postgres {
+    if store.dialect == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_LOCK_KEY).execute(&mut *conn).await?;
     }
-    let result = apply(store.backend, &mut conn).await;
-    if store.backend == Backend::Postgres {
+    let result = apply(store.dialect, &mut conn).await;
+    if store.dialect == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_LOCK_KEY).execute(&mut *conn).await?;
     }
     result
 }
 
-async fn apply(backend: Backend, conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
+async fn apply(dialect: Dialect, conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS haven_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at_micros BIGINT NOT NULL)",
     )
@@ -71,13 +71,13 @@ async fn apply(backend: Backend, conn: &mut sqlx::AnyConnection) -> Result<(), S
         let version: i64 = row.try_get("version")?;
         let checksum: String = row.try_get("checksum")?;
         let m = MIGRATIONS.iter().find(|m| m.version == version).ok_or(StoreError::UnknownMigration(version))?;
-        if checksum != checksum_of(sql_for(backend, m)) {
+        if checksum != checksum_of(sql_for(dialect, m)) {
             return Err(StoreError::ChangedMigration { version, name: m.name });
         }
         done.push(version);
     }
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        let sql = sql_for(backend, m);
+        let sql = sql_for(dialect, m);
         let fail = |source| StoreError::Migration { version: m.version, name: m.name, source };
         let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(fail)?;
         tx.execute(sqlx::AssertSqlSafe(sql)).await.map_err(fail)?;
@@ -97,10 +97,10 @@ async fn apply(backend: Backend, conn: &mut sqlx::AnyConnection) -> Result<(), S
     Ok(())
 }
 
-fn sql_for(backend: Backend, m: &Migration) -> &'static str {
-    match backend {
-        Backend::Sqlite => m.sqlite,
-        Backend::Postgres => m.postgres,
+fn sql_for(dialect: Dialect, m: &Migration) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => m.sqlite,
+        Dialect::Postgres => m.postgres,
     }
 }
 

@@ -1,11 +1,17 @@
 //! Storage: one code path over SQLite (the embedded default) and PostgreSQL (for deployments that
 //! outgrow one machine).
 //!
-//! Queries are written once, with `$N` placeholders that both dialects accept, and run through sqlx's
-//! `Any` driver. Only the migrations differ per dialect; they are embedded in the binary and applied at
-//! start-up. Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is
-//! told of it (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its
-//! default `synchronous_commit=on`. A success reply therefore always means committed with fsync.
+//! The dialect is chosen once, from the URL, when the store opens ([`Dialect`]), and every write
+//! transaction carries it ([`Tx::dialect`]). Most queries are written once, with `$N` placeholders that
+//! both dialects accept, and run through sqlx's `Any` driver. Where the dialects differ: the
+//! migrations (one script of each per version, embedded in the binary and applied at start-up); the
+//! statements built in `dialect` (how placeholders are written, and how many rows one statement
+//! takes); and the few statements that pick their text by the dialect they are given, for what only
+//! one of them has (PostgreSQL's row locks and `pg_notify`, each one's JSON functions).
+//!
+//! Durability: SQLite runs in WAL mode, and every commit's log is synced before anyone is told of it
+//! (the writer's sync runs beside the next write; see `wal`); PostgreSQL commits with its default
+//! `synchronous_commit=on`. A success reply therefore always means committed with fsync.
 //!
 //! What stays on disk: SQLite's files are created (and, found looser, set) readable by their owner
 //! alone; `secure_delete` overwrites what a write deletes in the database file, and the write-ahead
@@ -40,18 +46,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Notify, watch};
 
+pub use dialect::Dialect;
 pub use wal::Durable;
 use wal::WalSync;
 
 /// SQLite: take the write lock at once.
 const BEGIN_SQLITE: &str = "BEGIN IMMEDIATE";
-
-/// Which database a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// Why the store could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +187,8 @@ pub struct Store {
     wal: Option<Arc<WalSync>>,
     /// On SQLite, how long no write may begin before the write-ahead log is truncated.
     wal_idle: Duration,
-    backend: Backend,
+    /// Fixed when the store opens, from its URL.
+    dialect: Dialect,
 }
 
 /// A write transaction. Everything that changes state writes its audit entry through the same one.
@@ -196,9 +197,16 @@ pub struct Tx<'c> {
     inner: Transaction<'c, Any>,
     /// Set on SQLite, whose writer commits without syncing (see `wal`).
     wal: Option<Arc<WalSync>>,
+    /// The store's dialect, for the statements that differ by it.
+    dialect: Dialect,
 }
 
 impl Tx<'_> {
+    /// The dialect of the store the transaction runs on.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     /// Commits, and returns once the commit is on disk.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.commit_visible().await?.wait().await
@@ -208,7 +216,7 @@ impl Tx<'_> {
     /// claim to wait on before anyone is told the changes are committed. On SQLite the disk sync runs
     /// beside whatever the caller writes next; on PostgreSQL the commit is durable when it returns.
     pub async fn commit_visible(self) -> Result<Durable, StoreError> {
-        let Tx { inner, wal } = self;
+        let Tx { inner, wal, .. } = self;
         // Numbered before it is sent: the commit is visible to readers before COMMIT returns.
         let ticket = wal.as_ref().map(WalSync::begin_commit);
         inner.commit().await?;
@@ -222,7 +230,7 @@ impl Tx<'_> {
     /// answers from the state it found (a repeated request, say), which may be a commit that is
     /// visible but not yet synced.
     pub async fn rollback(self) -> Result<(), StoreError> {
-        let Tx { inner, wal } = self;
+        let Tx { inner, wal, .. } = self;
         inner.rollback().await?;
         settled(wal.as_deref()).await
     }
@@ -287,15 +295,15 @@ impl Store {
     /// (see `checkpoint_wal`).
     pub async fn open_with(url: &str, wal_idle: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (backend, conn_url) = classify(url)?;
+        let (dialect, conn_url) = classify(url)?;
         let options = AnyConnectOptions::from_str(&conn_url).map_err(|_| StoreError::BadUrl(redact(url)))?;
         if let Some(file) = sqlite_file(url) {
             owner_only_files(Path::new(file))?;
         }
         let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15)).after_release(reusable);
-        let pool_opts = match backend {
-            Backend::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
-            Backend::Postgres => pool_opts.max_connections(16),
+        let pool_opts = match dialect {
+            Dialect::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
+            Dialect::Postgres => pool_opts.max_connections(16),
         };
         // One direct connection first, so an unreachable or misconfigured server is reported with
         // its real cause rather than as a pool timeout.
@@ -306,7 +314,7 @@ impl Store {
                     // SQLite opens a file lazily: read its header now, so a file that is not a
                     // database is named here instead of failing every pooled connection until the
                     // pool gives up.
-                    if backend == Backend::Sqlite
+                    if dialect == Dialect::Sqlite
                         && let Err(source) = sqlx::query("PRAGMA schema_version").execute(&mut conn).await
                     {
                         let _ = sqlx::Connection::close(conn).await;
@@ -327,8 +335,8 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|source| StoreError::Connect { url: redact(url), source })?;
-        let keeper = match backend {
-            Backend::Sqlite => Some(
+        let keeper = match dialect {
+            Dialect::Sqlite => Some(
                 sqlite_pragmas(
                     AnyPoolOptions::new()
                         .max_connections(1)
@@ -342,15 +350,15 @@ impl Store {
                 .await
                 .map_err(|source| StoreError::Connect { url: redact(url), source })?,
             ),
-            Backend::Postgres => None,
+            Dialect::Postgres => None,
         };
         // SQLite admits one writer at a time, so the writes queue for one connection rather than
         // for the file lock: no busy-wait, and that connection's page cache stays valid from one
         // transaction to the next (a connection that did not make the last write must drop its cache
         // and read the pages again). A local file connection cannot go stale, so it is not pinged.
         // It lives as long as the store, so the write-ahead log is never removed under the syncer.
-        let writer = match backend {
-            Backend::Sqlite => Some(
+        let writer = match dialect {
+            Dialect::Sqlite => Some(
                 sqlite_pragmas(
                     AnyPoolOptions::new()
                         .acquire_timeout(Duration::from_secs(15))
@@ -365,7 +373,7 @@ impl Store {
                 .await
                 .map_err(|source| StoreError::Connect { url: redact(url), source })?,
             ),
-            Backend::Postgres => None,
+            Dialect::Postgres => None,
         };
         let wal = match &writer {
             Some(writer) => {
@@ -390,18 +398,18 @@ impl Store {
             keeper,
             wal,
             wal_idle,
-            backend,
+            dialect,
         };
         migrate::run(&store).await?;
-        if backend == Backend::Sqlite {
+        if dialect == Dialect::Sqlite {
             tokio::spawn(checkpoint_wal(store.clone()));
         }
         Ok(store)
     }
 
-    /// The backend in use.
-    pub fn backend(&self) -> Backend {
-        self.backend
+    /// The dialect the store speaks, fixed when it opened.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The connection pool, for reads.
@@ -412,14 +420,14 @@ impl Store {
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
     /// a transaction that reads before it writes never fails with a busy upgrade.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        let inner = match self.backend {
-            Backend::Sqlite => {
+        let inner = match self.dialect {
+            Dialect::Sqlite => {
                 self.wrote.notify_one();
                 Transaction::begin(self.writer_in_turn().await?, Some(BEGIN_SQLITE.into_sql_str())).await?
             }
-            Backend::Postgres => self.pool.begin().await?,
+            Dialect::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx { inner, wal: self.wal.clone() })
+        Ok(Tx { inner, wal: self.wal.clone(), dialect: self.dialect })
     }
 
     /// Opens what a read found, once every write committed before it is on disk, so nobody is answered
@@ -498,7 +506,7 @@ impl Store {
     /// whenever it has been idle a moment; see `checkpoint_wal`). Returns `true` at once on
     /// PostgreSQL, which has no such file.
     pub async fn truncate_wal(&self) -> Result<bool, StoreError> {
-        Ok(self.backend == Backend::Postgres || self.truncate_wal_within(BUSY_TIMEOUT).await?)
+        Ok(self.dialect == Dialect::Postgres || self.truncate_wal_within(BUSY_TIMEOUT).await?)
     }
 
     /// [`Store::truncate_wal`], waiting at most `busy` for readers.
@@ -534,14 +542,14 @@ impl Store {
 
     /// Begins a write transaction on `conn` (from [`Store::writer`]), as [`Store::begin`] does.
     pub async fn begin_on<'c>(&self, conn: &'c mut AnyConnection) -> Result<Tx<'c>, StoreError> {
-        let inner = match self.backend {
-            Backend::Sqlite => {
+        let inner = match self.dialect {
+            Dialect::Sqlite => {
                 self.wrote.notify_one();
                 conn.begin_with(BEGIN_SQLITE).await?
             }
-            Backend::Postgres => conn.begin().await?,
+            Dialect::Postgres => conn.begin().await?,
         };
-        Ok(Tx { inner, wal: self.wal.clone() })
+        Ok(Tx { inner, wal: self.wal.clone(), dialect: self.dialect })
     }
 
     /// Closes the pools, waiting for connections to be returned.
@@ -744,8 +752,8 @@ fn sqlite_file(url: &str) -> Option<&str> {
     Some(url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url))
 }
 
-/// Works out the backend and the URL to connect with.
-fn classify(url: &str) -> Result<(Backend, String), StoreError> {
+/// Works out the dialect and the URL to connect with.
+fn classify(url: &str) -> Result<(Dialect, String), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let host = url
             .split("://")
@@ -763,13 +771,13 @@ fn classify(url: &str) -> Result<(Backend, String), StoreError> {
         if !loopback && !url.contains("sslmode=verify-full") {
             return Err(StoreError::InsecureRemote { host });
         }
-        return Ok((Backend::Postgres, url.to_owned()));
+        return Ok((Dialect::Postgres, url.to_owned()));
     }
     let path = sqlite_file(url).unwrap_or_default();
     if path.is_empty() || url.contains("://") && !url.starts_with("sqlite:") {
         return Err(StoreError::BadUrl(redact(url)));
     }
-    Ok((Backend::Sqlite, format!("sqlite://{path}?mode=rwc")))
+    Ok((Dialect::Sqlite, format!("sqlite://{path}?mode=rwc")))
 }
 
 #[cfg(test)]
@@ -782,7 +790,7 @@ mod tests {
         assert!(classify("postgres://u:p@db.example.org/haven?sslmode=verify-full").is_ok());
         assert!(classify("postgres://postgres@127.0.0.1:5432/test").is_ok());
         assert!(classify("postgres://postgres@localhost/test").is_ok());
-        assert_eq!(classify("haven.db").unwrap().0, Backend::Sqlite);
+        assert_eq!(classify("haven.db").unwrap().0, Dialect::Sqlite);
         assert!(matches!(classify("mysql://x"), Err(StoreError::BadUrl(_))));
     }
 

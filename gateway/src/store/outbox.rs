@@ -9,8 +9,8 @@ use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::deliveries::{COPY_COLUMNS, Copy, copy_from};
-use super::dialect::{PG_INSERT_CHUNK, insert_many, is_sqlite, push_row, with_rows};
-use super::{Backend, Store, StoreError, Tx, Unsettled};
+use super::dialect::{PG_INSERT_CHUNK, insert_many, push_row, with_rows};
+use super::{Dialect, Store, StoreError, Tx, Unsettled};
 
 /// The channel name for PostgreSQL wake-ups.
 pub const PG_CHANNEL: &str = "haven_queue";
@@ -44,7 +44,7 @@ pub async fn insert(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Err
             .bind(ItemState::Pending.as_str())
     })
     .await?;
-    if !is_sqlite(tx) {
+    if tx.dialect() == Dialect::Postgres {
         let orgs: BTreeSet<&str> = rows.iter().map(|r| r.org.as_str()).collect();
         for org in orgs {
             sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(org).execute(&mut **tx).await?;
@@ -111,9 +111,9 @@ pub async fn sendable<'a>(
     now: i64,
     limit: i64,
 ) -> Result<Unsettled<Vec<Pending>>, StoreError> {
-    let sql = match store.backend() {
-        Backend::Sqlite => SENDABLE_SQLITE,
-        Backend::Postgres => SENDABLE_POSTGRES,
+    let sql = match store.dialect() {
+        Dialect::Sqlite => SENDABLE_SQLITE,
+        Dialect::Postgres => SENDABLE_POSTGRES,
     };
     let skip =
         serde_json::to_string(&skip.into_iter().collect::<Vec<_>>()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -198,7 +198,10 @@ pub(crate) struct AckedItem<'a> {
 
 /// Ends acknowledged items (payload deleted), a statement per chunk; returns how many were pending.
 pub(crate) async fn ack_many(tx: &mut Tx<'_>, items: &[AckedItem<'_>]) -> Result<u64, sqlx::Error> {
-    let empty = if is_sqlite(tx) { "x''" } else { "''::bytea" };
+    let empty = match tx.dialect() {
+        Dialect::Sqlite => "x''",
+        Dialect::Postgres => "''::bytea",
+    };
     let head = format!("UPDATE outbox SET state = 'acked', payload = {empty}, done_at_micros = v.column2 FROM (VALUES");
     let tail = ") AS v WHERE outbox.item_id = v.column1 AND outbox.state = 'pending'";
     with_rows(tx, &head, 2, tail, PG_INSERT_CHUNK, items, |q, a| q.bind(a.item_id).bind(a.at)).await
@@ -261,11 +264,10 @@ pub(crate) async fn items_with_copies(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sqlite = is_sqlite(tx);
     let mut sql = format!(
         "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY_COLUMNS} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN "
     );
-    push_row(&mut sql, sqlite, 0, ids.len());
+    push_row(&mut sql, tx.dialect(), 0, ids.len());
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);
@@ -301,10 +303,9 @@ pub(crate) async fn states(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sqlite = is_sqlite(tx);
     let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
-    push_row(&mut sql, sqlite, 0, ids.len());
-    if lock && !sqlite {
+    push_row(&mut sql, tx.dialect(), 0, ids.len());
+    if lock && tx.dialect() == Dialect::Postgres {
         sql.push_str(" ORDER BY item_id FOR UPDATE");
     }
     let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -321,9 +322,8 @@ pub(crate) async fn counts_from(tx: &mut Tx<'_>, senders: &[&str]) -> Result<Vec
     if senders.is_empty() {
         return Ok(Vec::new());
     }
-    let sqlite = is_sqlite(tx);
     let mut sql = String::from("SELECT sender, org, pending FROM queue_counts WHERE sender IN ");
-    push_row(&mut sql, sqlite, 0, senders.len());
+    push_row(&mut sql, tx.dialect(), 0, senders.len());
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for s in senders {
         q = q.bind(*s);
