@@ -8,7 +8,8 @@
 //!   caller, all answered only after their commit is durable:
 //!   - `plain insert`: the baseline, one ordinary row per transaction into the same database;
 //!   - `append, own tx`: one audit entry per transaction through `audit::append`;
-//!   - `group commit`: `AuditLog::record`, concurrent callers sharing a transaction and its fsync;
+//!   - `group commit`: `AuditLog::record`, concurrent callers sharing a transaction and its fsync
+//!     (units of the gateway's shared committer, `commit::Committer`);
 //!
 //!   with the background integrator running, as in a real gateway;
 //! - the **offline verify rate** of a full export of 1,000,000 entries held in memory;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use haven_gateway::audit::{self, AuditLog, Cadence};
+use haven_gateway::commit::Committer;
 use haven_gateway::store::Store;
 use haven_trust::audit::{AuditEntry, CheckpointSigner};
 use haven_trust::clock::{SharedClock, SystemClock};
@@ -153,7 +155,7 @@ where
 async fn appends(name: &str, store: Store) {
     let (signer, _) = signer();
     let clock: SharedClock = Arc::new(SystemClock);
-    let log = AuditLog::new(store.clone(), signer, clock, Cadence::default());
+    let log = AuditLog::new(store.clone(), Committer::start(store.clone()), signer, clock, Cadence::default());
     let integrator = log.spawn();
     sqlx::query("CREATE TABLE bench_plain (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
         .execute(store.pool())
@@ -217,7 +219,8 @@ async fn appends(name: &str, store: Store) {
 
 async fn proofs(name: &str, store: Store, n: u64) {
     let (signer, _) = signer();
-    let log = AuditLog::new(store.clone(), signer, Arc::new(SystemClock), Cadence::default());
+    let commits = Committer::start(store.clone());
+    let log = AuditLog::new(store.clone(), commits, signer, Arc::new(SystemClock), Cadence::default());
     let have = audit::size(store.pool()).await.expect("size");
     let fill = Instant::now();
     let mut i = have;

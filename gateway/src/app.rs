@@ -211,11 +211,11 @@ impl Gateway {
             every_entries: network.checkpoint_every_entries,
             every: std::time::Duration::from_secs(network.checkpoint_every_secs),
         };
-        let audit_log = audit::AuditLog::new(store.clone(), checkpoints, clock.clone(), cadence);
+        let commits = crate::commit::Committer::start(store.clone());
+        let audit_log = audit::AuditLog::new(store.clone(), commits.clone(), checkpoints, clock.clone(), cadence);
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let rejections = Arc::new(Rejections::default());
         let auth = Authenticator::new(trust.clone(), clock.clone(), rejections.clone());
-        let commits = crate::commit::Committer::start(store.clone(), audit_log.clone());
         let gateway = Gateway(Arc::new(Inner {
             config,
             store,

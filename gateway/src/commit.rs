@@ -1,8 +1,9 @@
-//! Shared commits: concurrent state changes (submissions, acknowledgements) share one transaction
-//! and one fsync.
+//! Shared commits: concurrent state changes (submissions, acknowledgements) and audit entries that
+//! stand alone (an auditor's queries, through [`Committer::record`]) share one transaction and one
+//! fsync. This is the gateway's one group committer.
 //!
 //! One task owns the queue of units of work. It takes the first waiting unit and every other already
-//! queued (up to [`MAX_UNITS`]), begins one transaction, and runs the units one after another. A unit
+//! queued (up to the caps below), begins one transaction, and runs the units one after another. A unit
 //! writes through the batch's buffers, so one that fails has its buffered rows dropped, alone, and its
 //! caller gets its own error. Then the audit entries of every unit that succeeded are appended in one
 //! multi-row write, the transaction commits, and only then is each caller answered. So:
@@ -17,7 +18,11 @@
 //!   counts), so a revocation that holds a consent row never waits on a batch that waits on it.
 //!
 //! Under load the batch grows by itself, because units pile up while the previous commit runs; with
-//! one caller it is one transaction per unit, as before.
+//! one caller it is one transaction per unit, as before. A batch takes at most [`MAX_UNITS`] units
+//! that read ([`MAX_UNITS_PG`] on PostgreSQL, where each may take a savepoint), and units that read
+//! nothing (standalone audit entries, which take no savepoint) fill it up to [`MAX_BATCH`] in all, so
+//! a burst of them shares one commit. After each commit that appended audit entries the audit log's
+//! integrator is told ([`Committer::audit_committed`]), so it picks them up at once.
 //!
 //! Facts, then a plan, then effects: a unit names what it will read ([`Reads`]), and the batch reads
 //! that for every unit at once, before they run ([`Prefetched`]). A unit issues no statement: it finds
@@ -27,23 +32,29 @@
 //! ([`Prefetched::read_own`]), between `SAVEPOINT` and `RELEASE` so that a failure (a lock timeout) is
 //! rolled back alone, and the unit runs the same plan on them.
 
+use std::sync::Arc;
+
 use haven_trust::audit::AuditEntry;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::audit;
 use crate::error::Error;
 pub use crate::routing::prefetch::{Prefetched, Reads};
 use crate::routing::queue::{self, CountChanges};
 use crate::routing::rows::{Mark, NewRows};
+use crate::store::audit_log;
 use crate::store::{Dialect, Store, StoreError, Tx};
 
-/// The most units one shared commit takes on SQLite.
+/// The most units that read ([`Reads`] not empty) one shared commit takes on SQLite.
 const MAX_UNITS: usize = 512;
-/// On PostgreSQL: each unit that writes takes a subtransaction, and a transaction with more than 64
-/// of them overflows PostgreSQL's per-backend cache, which slows every session's snapshots.
+/// The same on PostgreSQL: each unit whose reads the batch cannot settle takes a subtransaction, and
+/// a transaction with more than 64 of them overflows PostgreSQL's per-backend cache, which slows every
+/// session's snapshots. A unit that reads nothing is settled and takes none, so it is not counted.
 const MAX_UNITS_PG: usize = 60;
+/// The most units one shared commit takes in all: units that read nothing (standalone audit entries,
+/// one or a few each) fill a batch past the caps above, so a burst of them shares one commit.
+const MAX_BATCH: usize = 4096;
 /// On PostgreSQL, how long a unit may wait for a row lock (a consent row another replica's batch
 /// holds) before it fails alone and is answered UNAVAILABLE, so one blocked unit cannot hold up every
 /// other change behind it.
@@ -84,8 +95,9 @@ struct Batch<'c> {
     seen: Prefetched,
 }
 
-/// Called once the batch's fate is known: `None` when it committed and is on disk, or why not.
-type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// Called once the batch's fate is known: `Ok` when it committed and is on disk, with the `seq` given
+/// to the first audit entry the unit appended (`None` if it appended none), or why not.
+type Finish = Box<dyn FnOnce(Result<Option<u64>, &StoreError>) + Send>;
 /// A queued unit with its result type erased: runs on the facts and buffers of a batch (or, given
 /// none, does not run) and says whether it succeeded.
 type Work = Box<dyn FnOnce(Option<(&Prefetched, &mut Effects)>) -> (bool, Finish) + Send>;
@@ -100,18 +112,26 @@ struct Job {
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Job>,
+    /// Told after each commit that appended audit entries.
+    audit_committed: Arc<Notify>,
 }
 
 const STOPPED: &str =
     "the shared commit this change was in did not complete (see the gateway's log); nothing was committed, retry";
 
 impl Committer {
-    /// Starts the committer task; it ends when every handle is gone. The log's integrator is nudged
-    /// after each commit that appended audit entries.
-    pub fn start(store: Store, committed: audit::AuditLog) -> Committer {
+    /// Starts the committer task; it ends when every handle is gone.
+    pub fn start(store: Store) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, committed, rx));
-        Committer { queue: tx }
+        let audit_committed = Arc::new(Notify::new());
+        tokio::spawn(run(store, audit_committed.clone(), rx));
+        Committer { queue: tx, audit_committed }
+    }
+
+    /// Told after each commit that appended audit entries (once on disk on PostgreSQL, once visible on
+    /// SQLite), so the audit log's integrator, which waits on it, picks them up at once.
+    pub fn audit_committed(&self) -> Arc<Notify> {
+        self.audit_committed.clone()
     }
 
     /// Runs `unit` in the next shared transaction and returns its result once that transaction has
@@ -123,16 +143,42 @@ impl Committer {
         T: Send + 'static,
         F: FnOnce(&Prefetched, &mut Effects) -> Result<T, Error> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<Result<T, Error>>();
+        Ok(self.queue(reads, unit).await?.0)
+    }
+
+    /// Appends audit entries that stand alone (not part of another state change) in the next shared
+    /// transaction, as a unit that reads nothing, and returns once they are committed and on disk, with
+    /// the `seq` of the first (0 when there are none). Each entry comes with its counterparty-scoped
+    /// subject, as in [`Effects::audit`].
+    pub async fn record(&self, entries: Vec<(AuditEntry, String)>) -> Result<u64, StoreError> {
+        let appended = self.queue(Reads::default(), move |_, effects| {
+            effects.audit.extend(entries);
+            Ok(())
+        });
+        match appended.await {
+            Ok(((), first)) => Ok(first.unwrap_or_default()),
+            Err(Error::Store(e)) => Err(e),
+            // The unit itself cannot fail: the committer answers with store errors alone.
+            Err(e) => Err(StoreError::Commit(e.to_string())),
+        }
+    }
+
+    /// [`Committer::run`], answering also with the `seq` of the first audit entry `unit` appended.
+    async fn queue<T, F>(&self, reads: Reads, unit: F) -> Result<(T, Option<u64>), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Prefetched, &mut Effects) -> Result<T, Error> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<(T, Option<u64>), Error>>();
         let work: Work = Box::new(move |batch| {
             let result = batch.map(|(seen, effects)| unit(seen, effects));
             let ok = matches!(result, Some(Ok(_)));
-            let finish: Finish = Box::new(move |failed| {
-                let _ = reply.send(match (result, failed) {
+            let finish: Finish = Box::new(move |outcome| {
+                let _ = reply.send(match (result, outcome) {
                     (Some(Err(e)), _) => Err(e),
-                    (Some(Ok(v)), None) => Ok(v),
-                    (_, Some(why)) => Err(Error::Store(why.shared())),
-                    (None, None) => Err(Error::Store(StoreError::Commit(
+                    (Some(Ok(v)), Ok(first)) => Ok((v, first)),
+                    (_, Err(why)) => Err(Error::Store(why.shared())),
+                    (None, Ok(_)) => Err(Error::Store(StoreError::Commit(
                         "the shared transaction ended before this change ran".to_owned(),
                     ))),
                 });
@@ -144,35 +190,61 @@ impl Committer {
     }
 }
 
-async fn run(store: Store, committed: audit::AuditLog, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: Store, audit_committed: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
     // The connection the last batch committed on, kept for the next one while units are waiting and
     // no other writer is: it saves the pool's check-in (which pings the connection) and check-out
     // between batches, and on SQLite keeps the page cache the last batch warmed.
     let mut conn: Option<PoolConnection<Any>> = None;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let max = if store.dialect() == Dialect::Postgres { MAX_UNITS_PG } else { MAX_UNITS };
-        while jobs.len() < max {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
+    let max_reading = match store.dialect() {
+        Dialect::Sqlite => MAX_UNITS,
+        Dialect::Postgres => MAX_UNITS_PG,
+    };
+    // A unit taken from the queue that the last batch had no room for: the first of the next.
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let jobs;
+        (jobs, next) = take_batch(first, &mut rx, max_reading);
         // Each batch runs as a task of its own, so a unit that panics fails its batch (its callers
         // see the committer's error) and the committer goes on with the next.
         match tokio::spawn(commit_batch(store.clone(), conn.take(), jobs)).await {
             Ok((appended, kept)) => {
                 if appended {
-                    committed.nudge();
+                    audit_committed.notify_one();
                 }
                 conn = kept;
             }
             Err(e) => tracing::error!(error = %e, "a shared commit panicked; its callers were told nothing committed"),
         }
-        if rx.is_empty() || store.writer_wanted() {
+        if (next.is_none() && rx.is_empty()) || store.writer_wanted() {
             conn = None;
         }
     }
+}
+
+/// A batch: `first`, then the units already queued, in order, up to `max_reading` units that read and
+/// [`MAX_BATCH`] in all. Returns the batch, and the unit that read past the cap if one was taken from
+/// the queue: it begins the next batch.
+fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>, max_reading: usize) -> (Vec<Job>, Option<Job>) {
+    let mut reading = usize::from(!first.reads.is_empty());
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        let Ok(job) = rx.try_recv() else { break };
+        if !job.reads.is_empty() {
+            if reading >= max_reading {
+                return (jobs, Some(job));
+            }
+            reading += 1;
+        }
+        jobs.push(job);
+    }
+    (jobs, None)
 }
 
 /// Runs the jobs in one transaction on `held` (or a connection from the pool) and answers each.
@@ -202,7 +274,7 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
     tracing::error!(error = %e, units = jobs.len(), "cannot begin a shared commit");
     for job in jobs {
         let (_, finish) = (job.work)(None);
-        finish(Some(e));
+        finish(Err(e));
     }
 }
 
@@ -210,6 +282,8 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
 /// whether the transaction committed.
 async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (bool, bool) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+    // Beside each finish: where in the batch's audit entries the unit's begin, if it appended any.
+    let mut starts: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
     let mut batch = match store.begin_on(conn).await {
         Ok(tx) => Batch { tx, effects: Effects::default(), seen: Prefetched::default() },
         Err(e) => {
@@ -236,6 +310,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
             finishes.push(work(None).1);
+            starts.push(None);
             continue;
         }
         // A unit issues statements of its own only where the batch could not settle its reads.
@@ -246,10 +321,12 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             if let Err(e) = sqlx::raw_sql(AssertSqlSafe(open)).execute(&mut *batch.tx).await {
                 broken = Some(e.into());
                 finishes.push(work(None).1);
+                starts.push(None);
                 continue;
             }
         }
         let marks = batch.effects.mark();
+        let audited = marks.0;
         // A unit the batch's reads did not settle has its own facts read under locks that wait, and
         // then runs exactly as a settled unit does, on them.
         let own = if savepoint { Some(Prefetched::read_own(&mut batch.tx, reads).await) } else { None };
@@ -258,7 +335,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             Some(Ok(own)) => work(Some((&own, &mut batch.effects))),
             Some(Err(e)) => {
                 let (_, finish) = work(None);
-                let failed: Finish = Box::new(move |_| finish(Some(&e)));
+                let failed: Finish = Box::new(move |_| finish(Err(&e)));
                 (false, failed)
             }
         };
@@ -266,6 +343,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             batch.effects.truncate(marks);
         }
         finishes.push(finish);
+        starts.push((batch.effects.audit.len() > audited).then_some(audited));
         if savepoint && ok {
             close = "RELEASE SAVEPOINT unit; ";
         } else if savepoint
@@ -289,7 +367,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         None => async {
             rows.write(&mut tx).await?;
             if appended {
-                audit::append(&mut tx, &mut audit).await?;
+                audit_log::append(&mut tx, &mut audit).await?;
             }
             queue::apply_counts(&mut tx, &counts).await?;
             tx.commit_visible().await
@@ -298,11 +376,14 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         .map_err(StoreError::commit_failed),
     };
     let committed = outcome.is_ok();
+    // Each unit's first entry, numbered by the append.
+    let firsts: Vec<Option<u64>> =
+        starts.into_iter().map(|start| start.and_then(|i| audit.get(i)).map(|(entry, _)| entry.seq)).collect();
     match outcome {
         // Already on disk (PostgreSQL): the callers are answered now.
         Ok(durable) if durable.is_ready() => {
-            for finish in finishes {
-                finish(None);
+            for (finish, first) in finishes.into_iter().zip(firsts) {
+                finish(Ok(first));
             }
         }
         // The callers are answered once the commit is on disk; meanwhile the next batch runs.
@@ -312,17 +393,65 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
                 if let Err(e) = &synced {
                     tracing::error!(error = %e, units = finishes.len(), "a shared commit could not be synced");
                 }
-                for finish in finishes {
-                    finish(synced.as_ref().err());
+                for (finish, first) in finishes.into_iter().zip(firsts) {
+                    finish(synced.as_ref().map(|_| first));
                 }
             });
         }
         Err(e) => {
             tracing::error!(error = %e, units = finishes.len(), "shared commit failed; nothing in it was committed");
             for finish in finishes {
-                finish(Some(&e));
+                finish(Err(&e));
             }
         }
     }
     (appended && committed, committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued unit that reads `reads` senders (the work is never run).
+    fn job(reads: usize) -> Job {
+        let work: Work = Box::new(|_| {
+            let finish: Finish = Box::new(|_| {});
+            (true, finish)
+        });
+        Job { reads: Reads { senders: vec!["harbor".to_owned(); reads], ..Reads::default() }, work }
+    }
+
+    /// Units that read count toward PostgreSQL's cap (each may take a savepoint); units that read
+    /// nothing (standalone audit entries) do not, so a burst of them shares one commit with them.
+    #[tokio::test]
+    async fn units_that_read_nothing_fill_a_batch_past_the_savepoint_cap() {
+        let (tx, mut rx) = mpsc::channel(2 * MAX_BATCH);
+        // 70 units that read, each followed by ten that read nothing.
+        for _ in 0..70 {
+            tx.send(job(1)).await.unwrap();
+            for _ in 0..10 {
+                tx.send(job(0)).await.unwrap();
+            }
+        }
+        let first = rx.recv().await.unwrap();
+        let (batch, next) = take_batch(first, &mut rx, MAX_UNITS_PG);
+        let reading = batch.iter().filter(|j| !j.reads.is_empty()).count();
+        assert_eq!(reading, MAX_UNITS_PG, "units that read up to the cap");
+        assert_eq!(batch.len(), MAX_UNITS_PG * 11, "with every unit that reads nothing queued among them");
+        let next = next.expect("the unit past the cap was kept");
+        assert!(!next.reads.is_empty(), "the unit past the cap begins the next batch");
+        let (batch, next) = take_batch(next, &mut rx, MAX_UNITS_PG);
+        assert_eq!(batch.len(), 10 * 11, "the rest, in order");
+        assert!(next.is_none() && rx.is_empty());
+
+        // A burst of standalone entries alone: up to MAX_BATCH in one commit.
+        for _ in 0..MAX_BATCH + 5 {
+            tx.send(job(0)).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        let (batch, next) = take_batch(first, &mut rx, MAX_UNITS_PG);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert!(next.is_none());
+        assert_eq!(rx.len(), 5);
+    }
 }

@@ -12,11 +12,17 @@
 //! within a fraction of a second of a commit; a reader that needs more (a proof, an export) integrates
 //! on demand first.
 //!
+//! Entries that stand alone (an auditor's queries) are appended by [`AuditLog::record`] as units of the
+//! gateway's shared committer ([`crate::commit::Committer`]), beside the state changes, and the
+//! committer tells the integrator after each commit that appended entries. The log holds the committer,
+//! which knows nothing of the log but that notification: the committer is started first, over the
+//! store, and the log is built with it.
+//!
 //! Proofs read only the O(log n) subtrees [`merkle::inclusion_proof_nodes`] and
 //! [`merkle::consistency_proof_nodes`] name, in one query; the log is never rehashed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haven_proto::v1::SignedCheckpoint;
@@ -24,9 +30,9 @@ use haven_trust::audit::{AuditEntry, Checkpoint, CheckpointSigner};
 use haven_trust::clock::SharedClock;
 use haven_trust::merkle::{self, CompactTree, Hash, NodeId, ProofError};
 use sqlx::AnyConnection;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
-use super::group;
+use crate::commit::Committer;
 use crate::error::Error;
 use crate::store::merkle::{self as merkle_store, StoredCheckpoint};
 use crate::store::{Dialect, Store, StoreError, Tx, Unsettled};
@@ -77,9 +83,6 @@ pub enum LogError {
     /// Stored tree data is missing or malformed: the database was damaged or tampered with.
     #[error("the stored Merkle tree is damaged: {0}")]
     Damaged(String),
-    /// A group commit failed; none of its entries were committed.
-    #[error("the audit log could not commit: {0}")]
-    Commit(String),
 }
 
 impl From<sqlx::Error> for LogError {
@@ -97,7 +100,7 @@ impl From<LogError> for Error {
             e @ (LogError::LeafNotInTree { .. } | LogError::Inverted { .. } | LogError::EmptyFirst) => {
                 Error::InvalidArgument(e.to_string())
             }
-            e @ (LogError::Damaged(_) | LogError::Commit(_)) => Error::Internal(e.to_string()),
+            e @ LogError::Damaged(_) => Error::Internal(e.to_string()),
         }
     }
 }
@@ -116,10 +119,11 @@ struct Inner {
     tree: tokio::sync::Mutex<CompactTree>,
     /// The newest signed checkpoint, for the delivery streams.
     latest: watch::Sender<Option<SignedCheckpoint>>,
-    /// Wakes the integrator after a commit.
+    /// Wakes the integrator after a commit: the shared committer's
+    /// [`Committer::audit_committed`].
     nudge: Arc<Notify>,
-    /// The group-commit queue, started on first use.
-    group: OnceLock<mpsc::Sender<group::Request>>,
+    /// The shared committer, which appends the entries that stand alone.
+    commits: Committer,
 }
 
 /// The gateway's audit log handle. Cheap to clone.
@@ -127,8 +131,15 @@ struct Inner {
 pub struct AuditLog(Arc<Inner>);
 
 impl AuditLog {
-    /// A handle over `store`, signing checkpoints with `signer`.
-    pub fn new(store: Store, signer: CheckpointSigner, clock: SharedClock, cadence: Cadence) -> AuditLog {
+    /// A handle over `store`, appending the entries that stand alone through `commits` (the shared
+    /// committer over the same store), signing checkpoints with `signer`.
+    pub fn new(
+        store: Store,
+        commits: Committer,
+        signer: CheckpointSigner,
+        clock: SharedClock,
+        cadence: Cadence,
+    ) -> AuditLog {
         AuditLog(Arc::new(Inner {
             store,
             signer,
@@ -136,8 +147,8 @@ impl AuditLog {
             cadence: Mutex::new(cadence),
             tree: tokio::sync::Mutex::new(CompactTree::new()),
             latest: watch::channel(None).0,
-            nudge: Arc::new(Notify::new()),
-            group: OnceLock::new(),
+            nudge: commits.audit_committed(),
+            commits,
         }))
     }
 
@@ -168,7 +179,7 @@ impl AuditLog {
         self.0.latest.borrow().clone()
     }
 
-    /// Wakes the background integrator (after committing entries outside [`AuditLog::record`]).
+    /// Wakes the background integrator (after committing entries outside the shared committer).
     pub fn nudge(&self) {
         self.0.nudge.notify_one();
     }
@@ -187,20 +198,18 @@ impl AuditLog {
         });
     }
 
-    /// Appends entries that stand alone (not part of another state change) with group commit:
-    /// concurrent callers share one transaction and one fsync, and each returns only once its entries
-    /// are durably committed. Returns the first assigned seq.
+    /// Appends entries that stand alone (not part of another state change) as a unit of the shared
+    /// committer ([`Committer::record`]): concurrent callers, and the state changes queued beside them,
+    /// share one transaction and one fsync, and each returns only once its entries are durably
+    /// committed. Returns the first assigned seq.
     pub async fn record(&self, entries: Vec<(AuditEntry, String)>) -> Result<u64, LogError> {
-        let queue = self.0.group.get_or_init(|| group::start(self.0.store.clone(), self.0.nudge.clone()));
-        group::submit(queue, entries).await.map_err(|e| match e {
-            group::SubmitError::Stopped => LogError::Commit("the audit committer has stopped".into()),
-            group::SubmitError::Store(e) => LogError::Store(e),
-        })
+        Ok(self.0.commits.record(entries).await?)
     }
 
     /// Runs the integrator in the background until the returned task is aborted: it integrates within
-    /// [`POLL`] of any commit (at once after [`AuditLog::record`] or [`AuditLog::nudge`]), signs
-    /// checkpoints on the cadence, and publishes the newest checkpoint, whichever replica signed it.
+    /// [`POLL`] of any commit (at once after a shared commit that appended entries, or
+    /// [`AuditLog::nudge`]), signs checkpoints on the cadence, and publishes the newest checkpoint,
+    /// whichever replica signed it.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {

@@ -3,15 +3,14 @@
 //! without bound.
 //!
 //! - [`log`]: the Merkle tree over the stored entries, its single integrator, signed checkpoints and
-//!   proofs read from stored subtrees; [`AuditLog`] is the handle the gateway keeps;
-//! - [`group`]: group commit for entries that stand alone (audit queries, rejections, system events);
+//!   proofs read from stored subtrees; [`AuditLog`] is the handle the gateway keeps, and appends the
+//!   entries that stand alone (audit queries) as units of the shared committer (`crate::commit`);
 //! - [`query`]: filters, access scopes and redaction for the auditor API;
 //! - [`export`]: the JSON-lines export stream;
 //! - [`cli`]: `haven-gateway audit verify`.
 
 pub mod cli;
 pub mod export;
-mod group;
 pub mod log;
 pub mod query;
 mod rejections;
