@@ -372,7 +372,7 @@ impl Gateway {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
-                    if let Err(e) = g.0.rejections.flush(&g.0.store, g.0.clock.now_micros()).await {
+                    if let Err(e) = g.0.rejections.flush(&g.0.commits, g.0.clock.now_micros()).await {
                         tracing::warn!(error = %e, "could not write aggregated rejections");
                     }
                 }
@@ -412,7 +412,7 @@ impl Gateway {
         }
         flusher.abort();
         integrator.abort();
-        if let Err(e) = self.0.rejections.flush(&self.0.store, self.0.clock.now_micros()).await {
+        if let Err(e) = self.0.rejections.flush(&self.0.commits, self.0.clock.now_micros()).await {
             tracing::warn!(error = %e, "could not write aggregated rejections at shutdown");
         }
         // Last: acknowledged payloads, which `secure_delete` overwrote in the database file, leave

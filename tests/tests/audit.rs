@@ -197,7 +197,7 @@ async fn every_action_built_so_far_writes_its_entry() {
     let mut req = tonic::Request::new(GetCheckpointRequest { refresh: false });
     req.metadata_mut().insert("authorization", "Bearer garbage".parse().unwrap());
     assert_eq!(AuditClient::new(ch).get_checkpoint(req).await.unwrap_err().code(), Code::Unauthenticated);
-    net.gateway.rejections().flush(net.gateway.store(), SystemClock.now_micros()).await.unwrap();
+    net.gateway.rejections().flush(net.gateway.commits(), SystemClock.now_micros()).await.unwrap();
 
     // A policy reload.
     net.gateway.reload(None).await.unwrap();

@@ -421,7 +421,7 @@ async fn rejections_are_aggregated_into_the_audit_log() {
         let _ = whoami_with(&net, Some("Bearer garbage".into())).await;
     }
     let store = &net.gateway.store();
-    let written = net.gateway.rejections().flush(store, SystemClock.now_micros()).await.unwrap();
+    let written = net.gateway.rejections().flush(net.gateway.commits(), SystemClock.now_micros()).await.unwrap();
     assert_eq!(written, 1, "five identical rejections make one entry");
     let size = audit::size(store.pool()).await.unwrap();
     let entries = audit::read_range(store.pool(), 0, size).await.unwrap();

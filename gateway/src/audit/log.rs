@@ -179,11 +179,6 @@ impl AuditLog {
         self.0.latest.borrow().clone()
     }
 
-    /// Wakes the background integrator (after committing entries outside the shared committer).
-    pub fn nudge(&self) {
-        self.0.nudge.notify_one();
-    }
-
     fn publish(&self, cp: &Checkpoint) {
         let newer = |cur: &Option<SignedCheckpoint>| {
             cur.as_ref().is_none_or(|c| (cp.tree_size, cp.timestamp_micros) > (c.tree_size, c.timestamp_micros))
@@ -207,9 +202,8 @@ impl AuditLog {
     }
 
     /// Runs the integrator in the background until the returned task is aborted: it integrates within
-    /// [`POLL`] of any commit (at once after a shared commit that appended entries, or
-    /// [`AuditLog::nudge`]), signs checkpoints on the cadence, and publishes the newest checkpoint,
-    /// whichever replica signed it.
+    /// [`POLL`] of any commit (at once after a shared commit that appended entries), signs checkpoints
+    /// on the cadence, and publishes the newest checkpoint, whichever replica signed it.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use haven_trust::audit::{Action, AuditEntry};
 
-use crate::store::{Store, StoreError};
+use crate::commit::Committer;
+use crate::store::StoreError;
 
 /// At most this many distinct keys are kept between flushes; the rest are counted under one key.
 const MAX_KEYS: usize = 256;
@@ -41,8 +42,8 @@ impl Rejections {
         *counts.entry(key).or_insert(0) += 1;
     }
 
-    /// Writes one audit entry per key, in one transaction, and clears the counters.
-    pub async fn flush(&self, store: &Store, now_micros: i64) -> Result<usize, StoreError> {
+    /// Writes one audit entry per key, through the shared committer, and clears the counters.
+    pub async fn flush(&self, commits: &Committer, now_micros: i64) -> Result<usize, StoreError> {
         let drained: Vec<(Key, u64)> = match self.counts.lock() {
             Ok(mut counts) => counts.drain().collect(),
             Err(_) => return Ok(0),
@@ -50,7 +51,7 @@ impl Rejections {
         if drained.is_empty() {
             return Ok(0);
         }
-        let mut entries: Vec<(AuditEntry, String)> = drained
+        let entries: Vec<(AuditEntry, String)> = drained
             .iter()
             .map(|(k, n)| {
                 (
@@ -65,9 +66,8 @@ impl Rejections {
                 )
             })
             .collect();
-        let mut tx = store.begin().await?;
-        super::append(&mut tx, &mut entries).await?;
-        tx.commit().await?;
-        Ok(entries.len())
+        let n = entries.len();
+        commits.record(entries).await?;
+        Ok(n)
     }
 }

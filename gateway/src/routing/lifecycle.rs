@@ -110,20 +110,28 @@ fn check_item_id(item_id: &str) -> Result<(), Error> {
 /// `ack_fenced` entry, since the node that sent it did store the item, but not applied. The item stays
 /// queued and goes to the stream that holds the lease, whose acknowledgement is the `delivered` one.
 /// For one of the organization's deliveries the entry names the message as `delivered` would; for
-/// anything else, the item.
-pub async fn ack_fenced(store: &Store, stamp: &Stamp, org: &OrgId, item_id: &str) -> Result<(), Error> {
+/// anything else, the item. A unit of the shared commit, like every other acknowledgement.
+pub async fn ack_fenced(commits: &Committer, stamp: Stamp, org: &OrgId, item_id: &str) -> Result<(), Error> {
     check_item_id(item_id)?;
-    let now = stamp.now;
-    let mut tx = store.begin().await?;
-    let copy = match queue::get(&mut tx, item_id).await? {
-        Some(row) if row.org == org.as_str() && row.kind == queue::ItemKind::Delivery.as_str() => {
-            copy_by_id(&mut tx, &row.delivery_id).await?
-        }
+    let (org, item) = (org.clone(), item_id.to_owned());
+    let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
+    commits
+        .run(reads, move |seen, fx| {
+            fx.audit.push((fenced_entry(seen, &stamp, &org, &item), String::new()));
+            Ok(())
+        })
+        .await
+}
+
+/// The `ack_fenced` entry, planned on what the batch read of the item.
+fn fenced_entry(seen: &Prefetched, stamp: &Stamp, org: &OrgId, item_id: &str) -> AuditEntry {
+    let copy = match seen.item(item_id).flatten() {
+        Some((row, copy)) if row.org == org.as_str() => copy.as_ref(),
         _ => None,
     };
-    let mut e = match &copy {
+    let mut e = match copy {
         Some(c) => {
-            let mut e = base_entry(&stamp.bundle_version, now, Action::AckFenced, c);
+            let mut e = base_entry(&stamp.bundle_version, stamp.now, Action::AckFenced, c);
             e.counterparty = c.sender.clone();
             e
         }
@@ -135,9 +143,7 @@ pub async fn ack_fenced(store: &Store, stamp: &Stamp, org: &OrgId, item_id: &str
     e.source_node = org.to_string();
     e.outcome = "refused".into();
     e.reason = "stream_fenced".into();
-    audit::append_one(&mut tx, e).await?;
-    tx.commit().await?;
-    Ok(())
+    e
 }
 
 /// The acknowledgement, planned on what its batch read of the item (`seen`) and written to the
@@ -526,6 +532,19 @@ mod tests {
         assert!(fx.counts.is_empty() && fx.rows.outbox.is_empty());
         assert_eq!(fx.rows.acked[0].delivery_id, None);
         assert_eq!((fx.audit[0].0.object_id.as_str(), fx.audit[0].0.reason.as_str()), (ITEM, "status"));
+    }
+
+    #[test]
+    fn a_fenced_acknowledgement_names_the_message_for_its_own_delivery_and_the_item_otherwise() {
+        let stamp = Stamp { now: NOW, bundle_version: "v".into() };
+        let e = fenced_entry(&pending_delivery(), &stamp, &org("maple-house"), ITEM);
+        assert_eq!((e.action.as_str(), e.object_id.as_str(), e.counterparty.as_str()), ("ack_fenced", "m-1", "harbor"));
+        assert_eq!((e.outcome.as_str(), e.reason.as_str()), ("refused", "stream_fenced"));
+        // Another organization's item, or none: the entry names only the item id it was given.
+        for seen in [pending_delivery(), Prefetched::held().with_item(ITEM, None)] {
+            let e = fenced_entry(&seen, &stamp, &org("harbor"), ITEM);
+            assert_eq!((e.object_id.as_str(), e.counterparty.as_str()), (ITEM, ""));
+        }
     }
 
     #[test]

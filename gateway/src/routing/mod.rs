@@ -15,7 +15,7 @@ use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::ids::{Caller, OrgId};
 use haven_trust::receipt::{ConsentState, ConsentView};
 
-use crate::audit;
+use crate::commit::Committer;
 use crate::consent::{self, Stored};
 use crate::envelope::{Envelope, MessageId, Recipients};
 use crate::error::Error;
@@ -157,20 +157,19 @@ pub fn decision_entry(
 /// The dry run: decides every recipient and audits each decision; queues nothing.
 pub async fn dry_run(
     store: &Store,
+    commits: &Committer,
     now: OffsetDateTime,
     bundle: Arc<Bundle>,
     caller: &Caller,
     env: &Envelope,
 ) -> Result<pb::DecideResponse, Error> {
     let decided = decide_all(store, now, bundle, caller, env).await?;
-    let mut entries: Vec<(AuditEntry, String)> = decided
+    let entries: Vec<(AuditEntry, String)> = decided
         .outcomes
         .iter()
         .map(|(r, d)| (decision_entry(micros(now), caller, env, Action::Decided, r, d, "dry_run"), String::new()))
         .collect();
-    let mut tx = store.begin().await?;
-    audit::append(&mut tx, &mut entries).await?;
-    tx.commit().await?;
+    commits.record(entries).await?;
     Ok(pb::DecideResponse {
         outcomes: decided
             .outcomes

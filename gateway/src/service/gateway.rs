@@ -39,11 +39,9 @@ impl GatewayRpc for GatewayService {
 
     async fn decide(&self, req: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
         let caller = caller(&req)?;
-        let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, false)?;
-        Ok(Response::new(
-            routing::dry_run(self.gateway.store(), self.gateway.clock().now(), self.gateway.bundle(), &caller, &env)
-                .await?,
-        ))
+        let g = &self.gateway;
+        let env = envelope::parse(req.into_inner().envelope, &g.bundle(), &caller.org, false)?;
+        Ok(Response::new(routing::dry_run(g.store(), g.commits(), g.clock().now(), g.bundle(), &caller, &env).await?))
     }
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {

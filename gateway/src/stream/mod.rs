@@ -355,7 +355,7 @@ async fn serve(
                         }
                     });
                     if !holds {
-                        if let Err(e) = lifecycle::ack_fenced(gateway.store(), &gateway.stamp(), org, &ack.item_id).await {
+                        if let Err(e) = lifecycle::ack_fenced(gateway.commits(), gateway.stamp(), org, &ack.item_id).await {
                             tracing::error!(error = %e, %org, stream = %id, "cannot record an acknowledgement on a fenced stream");
                         }
                         break End::fenced("its acknowledgements are refused");
