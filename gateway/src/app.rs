@@ -429,21 +429,17 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Expires queued copies past their TTL and wakes their senders (the periodic sweep; tests call
-    /// it with a moved clock). Returns how many expired.
+    /// Expires queued copies past their TTL and wakes each sender once its expiry is durable (the
+    /// periodic sweep; tests call it with a moved clock). Returns how many expired.
     pub async fn expire_deliveries(&self) -> Result<usize, crate::error::Error> {
-        let (n, woken) = crate::routing::lifecycle::expire_due(self.store(), &self.stamp()).await?;
-        self.wake(&woken);
-        Ok(n)
+        crate::routing::lifecycle::expire_due(self.store(), &self.stamp(), &|orgs| self.wake(orgs)).await
     }
 
     /// Expires every given consent whose window has ended, cascading to its copies, and wakes whoever
     /// has something new queued (the periodic sweep; tests call it with a moved clock). Returns how
     /// many expired.
     pub async fn expire_consents(&self) -> Result<usize, crate::error::Error> {
-        let (n, woken) = crate::consent::sweep_expired(self.store(), &self.stamp()).await?;
-        self.wake(&woken);
-        Ok(n)
+        crate::consent::sweep_expired(self.store(), &self.stamp(), &|orgs| self.wake(orgs)).await
     }
 
     /// Serves until SIGTERM or Ctrl-C, reloading the CRL and registry on SIGHUP.

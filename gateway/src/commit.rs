@@ -13,7 +13,8 @@
 //!   next batch, see `store::wal`, and the callers are answered when that sync returns), and if that
 //!   commit fails every caller in it gets the error and none of the changes exist;
 //! - **the audit rule is kept**: a unit's entries are committed in the same transaction as its change;
-//! - **lock order is kept**: units take their consent rows as they run; the audit head is taken once,
+//! - **lock order is kept**: the batch takes its consent rows before its units run (a unit it could not
+//!   settle takes its own, and then its items' rows, in its savepoint); the audit head is taken once,
 //!   after them, and the queue's counts last, as every other writer does (consent row, audit head,
 //!   counts), so a revocation that holds a consent row never waits on a batch that waits on it.
 //!
@@ -28,16 +29,18 @@
 //! that for every unit at once, before they run ([`Prefetched`]). A unit issues no statement: it finds
 //! its facts in `Batch::seen`, plans, and writes its effects through the batch's buffers. Where the
 //! batch could not settle a unit's reads (see [`Prefetched::settled`]: on PostgreSQL, a consent row
-//! another transaction held), the committer reads that unit's facts again under locks that wait
-//! ([`Prefetched::read_own`]), between `SAVEPOINT` and `RELEASE` so that a failure (a lock timeout) is
-//! rolled back alone, and the unit runs the same plan on them.
+//! another transaction held), the unit is left for a transaction of its own, on a connection of its
+//! own, beside the committer, so that neither its batch nor the batches after it wait for that lock;
+//! there the committer reads that unit's facts again under locks that wait ([`Prefetched::read_own`]), between `SAVEPOINT` and
+//! `RELEASE` so that a failure (a lock timeout) is rolled back alone, and the unit runs the same plan
+//! on them.
 
 use std::sync::Arc;
 
 use haven_trust::audit::AuditEntry;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::error::Error;
 pub use crate::routing::prefetch::{Prefetched, Reads};
@@ -55,9 +58,13 @@ const MAX_UNITS_PG: usize = 60;
 /// The most units one shared commit takes in all: units that read nothing (standalone audit entries,
 /// one or a few each) fill a batch past the caps above, so a burst of them shares one commit.
 const MAX_BATCH: usize = 4096;
+/// How many transactions of units that wait for a lock (see `commit_deferred`) run beside the
+/// committer at once, each on a connection of its own.
+const MAX_DEFERRED: usize = 4;
 /// On PostgreSQL, how long a unit may wait for a row lock (a consent row another replica's batch
-/// holds) before it fails alone and is answered UNAVAILABLE, so one blocked unit cannot hold up every
-/// other change behind it.
+/// holds) before it fails alone and is answered UNAVAILABLE. Such units wait in a transaction of their
+/// own, beside the committer (see `commit_deferred`), so the units that need no wait never wait for
+/// them.
 const PG_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 /// Units waiting for the committer.
 const QUEUE: usize = 4096;
@@ -199,6 +206,7 @@ async fn run(store: Store, audit_committed: Arc<Notify>, mut rx: mpsc::Receiver<
         Dialect::Sqlite => MAX_UNITS,
         Dialect::Postgres => MAX_UNITS_PG,
     };
+    let deferring = Arc::new(Semaphore::new(MAX_DEFERRED));
     // A unit taken from the queue that the last batch had no room for: the first of the next.
     let mut next: Option<Job> = None;
     loop {
@@ -214,11 +222,24 @@ async fn run(store: Store, audit_committed: Arc<Notify>, mut rx: mpsc::Receiver<
         // Each batch runs as a task of its own, so a unit that panics fails its batch (its callers
         // see the committer's error) and the committer goes on with the next.
         match tokio::spawn(commit_batch(store.clone(), conn.take(), jobs)).await {
-            Ok((appended, kept)) => {
+            Ok((appended, kept, deferred)) => {
                 if appended {
                     audit_committed.notify_one();
                 }
                 conn = kept;
+                if !deferred.is_empty() {
+                    // At most [`MAX_DEFERRED`] such transactions at once; past that the committer
+                    // waits for one to end.
+                    if let Ok(permit) = deferring.clone().acquire_owned().await {
+                        let (store, audit_committed) = (store.clone(), audit_committed.clone());
+                        tokio::spawn(async move {
+                            if commit_deferred(store, deferred).await {
+                                audit_committed.notify_one();
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
             }
             Err(e) => tracing::error!(error = %e, "a shared commit panicked; its callers were told nothing committed"),
         }
@@ -254,19 +275,36 @@ async fn commit_batch(
     store: Store,
     held: Option<PoolConnection<Any>>,
     jobs: Vec<Job>,
-) -> (bool, Option<PoolConnection<Any>>) {
+) -> (bool, Option<PoolConnection<Any>>, Vec<Job>) {
     let mut conn = match held {
         Some(conn) => conn,
         None => match store.writer().await {
             Ok(conn) => conn,
             Err(e) => {
                 fail_all(jobs, &e);
-                return (false, None);
+                return (false, None, Vec::new());
             }
         },
     };
-    let (appended, ok) = commit_on(&store, &mut conn, jobs).await;
-    (appended, ok.then_some(conn))
+    let (appended, ok, deferred) = commit_on(&store, &mut conn, jobs, false).await;
+    (appended, ok.then_some(conn), deferred)
+}
+
+/// Runs units whose reads their batch could not settle (on PostgreSQL, a consent row another
+/// transaction held) in a transaction of their own, on a connection of their own, beside the
+/// committer: each reads its facts under locks that wait, so neither the units of its batch nor the
+/// batches after it wait for those locks. Returns whether audit entries were committed. Never on
+/// SQLite: there a batch's reads always settle (it holds the one write lock), and the committer holds
+/// the one writer connection.
+async fn commit_deferred(store: Store, jobs: Vec<Job>) -> bool {
+    let mut conn = match store.writer().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            fail_all(jobs, &e);
+            return false;
+        }
+    };
+    commit_on(&store, &mut conn, jobs, true).await.0
 }
 
 /// Answers every job with why its shared commit could not begin.
@@ -278,9 +316,13 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
     }
 }
 
-/// Runs the jobs in one transaction on `conn`; returns whether audit entries were committed and
-/// whether the transaction committed.
-async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (bool, bool) {
+/// Runs the jobs in one transaction on `conn`; returns whether audit entries were committed, whether
+/// the transaction committed, and the jobs it left for a transaction of their own. With `own_reads`,
+/// nothing is read for the batch: each unit reads its own facts, under locks that wait, in a
+/// savepoint. Without, the batch reads for all of them, runs those its reads settle, and leaves the
+/// others.
+async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>, own_reads: bool) -> (bool, bool, Vec<Job>) {
+    let mut deferred = Vec::new();
     let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
     // Beside each finish: where in the batch's audit entries the unit's begin, if it appended any.
     let mut starts: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
@@ -288,7 +330,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         Ok(tx) => Batch { tx, effects: Effects::default(), seen: Prefetched::default() },
         Err(e) => {
             fail_all(jobs, &e);
-            return (false, false);
+            return (false, false, deferred);
         }
     };
     let postgres = batch.tx.dialect() == Dialect::Postgres;
@@ -297,7 +339,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         broken = Some(e.into());
     }
     let (reads, jobs): (Vec<Reads>, Vec<Work>) = jobs.into_iter().map(|j| (j.reads, j.work)).unzip();
-    if broken.is_none() && reads.iter().any(|r| !r.is_empty()) {
+    if broken.is_none() && !own_reads && reads.iter().any(|r| !r.is_empty()) {
         match Prefetched::read(&mut batch.tx, reads.iter()).await {
             Ok(seen) => batch.seen = seen,
             Err(e) => broken = Some(e.into()),
@@ -306,15 +348,20 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
     // What closes the last unit's savepoint when it succeeded: it goes out with the statement that
     // opens the next one, in one round trip.
     let mut close = "";
-    for (work, reads) in jobs.into_iter().zip(&reads) {
+    for (work, reads) in jobs.into_iter().zip(reads) {
         // Once the transaction is unusable, the remaining units do not run.
         if broken.is_some() {
             finishes.push(work(None).1);
             starts.push(None);
             continue;
         }
-        // A unit issues statements of its own only where the batch could not settle its reads.
-        let savepoint = !batch.seen.settled(reads);
+        // A unit issues statements of its own only where the batch could not settle its reads, and
+        // then in a transaction of its own.
+        let savepoint = own_reads || !batch.seen.settled(&reads);
+        if savepoint && !own_reads {
+            deferred.push(Job { reads, work });
+            continue;
+        }
         if savepoint {
             let open = format!("{close}SAVEPOINT unit");
             close = "";
@@ -329,7 +376,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
         let audited = marks.0;
         // A unit the batch's reads did not settle has its own facts read under locks that wait, and
         // then runs exactly as a settled unit does, on them.
-        let own = if savepoint { Some(Prefetched::read_own(&mut batch.tx, reads).await) } else { None };
+        let own = if savepoint { Some(Prefetched::read_own(&mut batch.tx, &reads).await) } else { None };
         let (ok, finish) = match own {
             None => work(Some((&batch.seen, &mut batch.effects))),
             Some(Ok(own)) => work(Some((&own, &mut batch.effects))),
@@ -405,7 +452,7 @@ async fn commit_on(store: &Store, conn: &mut AnyConnection, jobs: Vec<Job>) -> (
             }
         }
     }
-    (appended && committed, committed)
+    (appended && committed, committed, deferred)
 }
 
 #[cfg(test)]

@@ -343,13 +343,13 @@ pub async fn list(
 }
 
 /// Marks every given consent whose window has ended by `stamp` as expired, each with its audit entry,
-/// in one transaction per consent. Returns how many expired, and the organizations that have something
-/// new queued (to wake). Runs periodically; tests call it with a moved clock.
-pub async fn sweep_expired(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<String>), Error> {
+/// in one transaction per consent, and calls `wake` with the organizations that have something new
+/// queued once that commit is durable. Returns how many expired. Runs periodically; tests call it with
+/// a moved clock.
+pub async fn sweep_expired(store: &Store, stamp: &Stamp, wake: &(dyn Fn(&[String]) + Sync)) -> Result<usize, Error> {
     let now = stamp.now;
     let ids = consents::due_to_expire(store.pool(), now).await?;
     let mut n = 0;
-    let mut woken = Vec::new();
     for id in ids {
         let mut tx = store.begin().await?;
         let Some((stored, _)) = load(&mut tx, &id).await? else { continue };
@@ -368,7 +368,7 @@ pub async fn sweep_expired(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<S
                 ..stamp.entry(Action::ConsentExpired)
             };
             audit::append(&mut tx, &mut [(system, String::new())]).await?;
-            let wake = crate::routing::lifecycle::consent_ended(
+            let woken = crate::routing::lifecycle::consent_ended(
                 &mut tx,
                 stamp,
                 stored.receipt.controller.as_str(),
@@ -377,11 +377,11 @@ pub async fn sweep_expired(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<S
             )
             .await?;
             tx.commit().await?;
-            woken.extend(wake);
+            wake(&woken);
             n += 1;
             continue;
         }
         tx.commit().await?;
     }
-    Ok((n, woken))
+    Ok(n)
 }

@@ -736,6 +736,40 @@ async fn submissions_sharing_a_commit_fail_alone() {
     net.stop().await;
 }
 
+/// A gateway with two of harbor's consents, one of whose rows an open transaction holds, as a stuck
+/// revocation on another replica would; `None` (and a note) on SQLite, where there are no row locks.
+struct HeldConsent {
+    net: TestNet,
+    harbor: Arc<Caller>,
+    held: String,
+    held_subject: String,
+    free: String,
+    free_subject: String,
+    gw: sqlx::AnyPool,
+    holder: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl HeldConsent {
+    async fn start() -> Option<HeldConsent> {
+        if db() != Db::Postgres {
+            println!("SKIPPED: row locks between transactions are PostgreSQL's; run with HAVEN_TEST_DB=postgres");
+            return None;
+        }
+        let net = TestNet::start().await;
+        let harbor = Arc::new(Caller::casey(net.link("harbor")));
+        let (held, held_subject) = harbor.consent().await;
+        let (free, free_subject) = harbor.consent().await;
+        let gw = net.gateway.store().pool().clone();
+        let mut holder = gw.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
+            .bind(held.as_str())
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        Some(HeldConsent { net, harbor, held, held_subject, free, free_subject, gw, holder })
+    }
+}
+
 /// On PostgreSQL a shared commit locks its submissions' consent rows together, skipping any another
 /// transaction holds; a submission whose consent row stays held (here by an open transaction, as a
 /// stuck revocation on another replica would hold it) waits for it alone, in a savepoint, at most the
@@ -743,21 +777,11 @@ async fn submissions_sharing_a_commit_fail_alone() {
 /// shared commit or the next, are queued, and a retry once the row is free is queued too.
 #[tokio::test]
 async fn a_submission_whose_consent_row_is_held_fails_alone() {
-    if db() != Db::Postgres {
-        println!("SKIPPED: row locks between transactions are PostgreSQL's; run with HAVEN_TEST_DB=postgres");
+    let Some(HeldConsent { net, harbor, held, held_subject, free, free_subject, gw, holder }) =
+        HeldConsent::start().await
+    else {
         return;
-    }
-    let net = TestNet::start().await;
-    let harbor = Arc::new(Caller::casey(net.link("harbor")));
-    let (held, held_subject) = harbor.consent().await;
-    let (free, free_subject) = harbor.consent().await;
-    let gw = net.gateway.store().pool().clone();
-    let mut holder = gw.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR NO KEY UPDATE")
-        .bind(held.as_str())
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
+    };
 
     let blocked = referral(&Uuid::now_v7().to_string(), &held_subject, &held);
     let mut envelopes: Vec<Envelope> =
@@ -789,6 +813,56 @@ async fn a_submission_whose_consent_row_is_held_fails_alone() {
         }
     };
     assert_eq!((count(held).await, count(free).await), (1, 10));
+    net.stop().await;
+}
+
+/// A submission that waits for a consent row another transaction holds waits beside the shared
+/// committer, not in it: while it waits, other submissions and the audit entries that stand alone (a
+/// dry run's) are committed and answered, and once the row is free the waiting one is queued.
+#[tokio::test]
+async fn a_submission_waiting_for_a_held_consent_row_holds_up_nobody_else() {
+    let Some(HeldConsent { net, harbor, held, held_subject, free, free_subject, gw, holder }) =
+        HeldConsent::start().await
+    else {
+        return;
+    };
+
+    let blocked = {
+        let harbor = harbor.clone();
+        let env = referral(&Uuid::now_v7().to_string(), &held_subject, &held);
+        tokio::spawn(async move { harbor.submit(env).await })
+    };
+    // The blocked submission is waiting for the row lock in the database.
+    wait_for("the submission to wait for the held consent row", Duration::from_secs(20), || {
+        let gw = gw.clone();
+        async move {
+            let waiting: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&gw)
+            .await
+            .unwrap()
+            .get(0);
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+
+    let others = futures::future::join_all((0..10).map(|_| {
+        let harbor = harbor.clone();
+        let env = referral(&Uuid::now_v7().to_string(), &free_subject, &free);
+        async move { harbor.submit(env).await }
+    }));
+    let others = tokio::time::timeout(Duration::from_secs(30), others).await.expect("the others are answered");
+    assert!(others.iter().all(|r| r.as_ref().is_ok_and(queued)), "{others:?}");
+    let dry_run = harbor.decide(referral("", &free_subject, &free)).await;
+    assert!(dry_run.is_ok(), "a dry run's audit entries are committed meanwhile: {dry_run:?}");
+    assert!(!blocked.is_finished(), "the blocked submission still waits for the row");
+
+    holder.rollback().await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), blocked).await.expect("answered once the row is free");
+    let reply = reply.unwrap().unwrap();
+    assert!(queued(&reply) && !reply.replayed, "{reply:?}");
     net.stop().await;
 }
 

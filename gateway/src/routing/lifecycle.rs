@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::store::consents::lock_consent;
 use crate::store::deliveries::{self, Copy, copy_by_id, set_status};
 use crate::store::outbox;
+use crate::store::outbox::QueuedRow;
 use crate::store::{Store, Tx};
 
 fn base_entry(bundle_version: &str, now: i64, action: Action, c: &Copy) -> AuditEntry {
@@ -111,21 +112,23 @@ fn check_item_id(item_id: &str) -> Result<(), Error> {
 /// queued and goes to the stream that holds the lease, whose acknowledgement is the `delivered` one.
 /// For one of the organization's deliveries the entry names the message as `delivered` would; for
 /// anything else, the item. A unit of the shared commit, like every other acknowledgement.
-pub async fn ack_fenced(commits: &Committer, stamp: Stamp, org: &OrgId, item_id: &str) -> Result<(), Error> {
+pub async fn ack_fenced(
+    store: &Store,
+    commits: &Committer,
+    stamp: &Stamp,
+    org: &OrgId,
+    item_id: &str,
+) -> Result<(), Error> {
     check_item_id(item_id)?;
-    let (org, item) = (org.clone(), item_id.to_owned());
-    let reads = Reads { items: vec![item_id.to_owned()], ..Reads::default() };
-    commits
-        .run(reads, move |seen, fx| {
-            fx.audit.push((fenced_entry(seen, &stamp, &org, &item), String::new()));
-            Ok(())
-        })
-        .await
+    // Read without a lock: the entry names only what never changes once the item exists.
+    let found = outbox::item_with_copy(store, item_id).await?;
+    commits.record(vec![(fenced_entry(found.as_ref(), stamp, org, item_id), String::new())]).await?;
+    Ok(())
 }
 
-/// The `ack_fenced` entry, planned on what the batch read of the item.
-fn fenced_entry(seen: &Prefetched, stamp: &Stamp, org: &OrgId, item_id: &str) -> AuditEntry {
-    let copy = match seen.item(item_id).flatten() {
+/// The `ack_fenced` entry, given what is stored of the item.
+fn fenced_entry(found: Option<&(QueuedRow, Option<Copy>)>, stamp: &Stamp, org: &OrgId, item_id: &str) -> AuditEntry {
+    let copy = match found {
         Some((row, copy)) if row.org == org.as_str() => copy.as_ref(),
         _ => None,
     };
@@ -158,8 +161,11 @@ fn ack_in(
     bundle_version: &str,
 ) -> Result<Option<String>, Error> {
     let not_found = || Error::NotFound(format!("no queued item `{}`", haven_trust::untrusted::shown(item_id)));
-    // Always read: the batch reads every unit's items, or the unit's own read does.
-    let (row, copy) = seen.item(item_id).flatten().ok_or_else(not_found)?;
+    // Always read (the batch reads every unit's items, or the unit's own read does): missing, a bug.
+    let found = seen.item(item_id).ok_or_else(|| {
+        Error::Internal("the shared commit did not read the item for an acknowledgement that named it".into())
+    })?;
+    let (row, copy) = found.ok_or_else(not_found)?;
     if row.org != org.as_str() {
         return Err(Error::PermissionDenied(format!("item `{item_id}` is queued for another organization")));
     }
@@ -274,13 +280,12 @@ pub async fn consent_ended(
     Ok(wake)
 }
 
-/// Expires queued copies past their TTL at `stamp`: payload deleted, the sender told. Returns how
-/// many, and the senders to wake.
-pub async fn expire_due(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<String>), Error> {
+/// Expires queued copies past their TTL at `stamp`, one transaction each: payload deleted, the sender
+/// told, and `wake` called with the sender once that commit is durable. Returns how many.
+pub async fn expire_due(store: &Store, stamp: &Stamp, wake: &(dyn Fn(&[String]) + Sync)) -> Result<usize, Error> {
     let now = stamp.now;
     let due = outbox::due(store.pool(), now).await?;
     let mut n = 0;
-    let mut woken = Vec::new();
     for outbox::Due { item_id, delivery_id, consent_id } in due {
         let mut tx = store.begin().await?;
         // Consent row first, in the same order as revocation and acknowledgement (no deadlock).
@@ -291,20 +296,20 @@ pub async fn expire_due(store: &Store, stamp: &Stamp) -> Result<(usize, Vec<Stri
             continue;
         }
         let mut entries = Vec::new();
-        let mut wake = None;
+        let mut sender = Vec::new();
         if let Some(c) = copy_by_id(&mut tx, &delivery_id).await? {
             set_status(&mut tx, &c.delivery_id, DeliveryStatus::Expired, "ttl", "", now).await?;
             entries.push(sender_side(&stamp.bundle_version, now, Action::Expired, &c));
             notify_sender(&mut tx, now, &c, pb::sender_notice::Kind::Expired, "ttl").await?;
-            wake = Some(c.sender.clone());
+            sender.push(c.sender.clone());
         }
         audit::append(&mut tx, &mut entries).await?;
         queue::apply_counts(&mut tx, &counts).await?;
         tx.commit().await?;
-        woken.extend(wake);
+        wake(&sender);
         n += 1;
     }
-    Ok((n, woken))
+    Ok(n)
 }
 
 /// The status a party asks for, if it is one a copy can have.
@@ -444,7 +449,6 @@ mod tests {
     //! The acknowledgement's plan, on facts written by hand: no database.
 
     use super::*;
-    use crate::store::outbox::QueuedRow;
 
     const ITEM: &str = "0190d5a0-0000-7000-8000-000000000001";
     const NOW: i64 = 1_750_000_000_000_000;
@@ -537,12 +541,13 @@ mod tests {
     #[test]
     fn a_fenced_acknowledgement_names_the_message_for_its_own_delivery_and_the_item_otherwise() {
         let stamp = Stamp { now: NOW, bundle_version: "v".into() };
-        let e = fenced_entry(&pending_delivery(), &stamp, &org("maple-house"), ITEM);
+        let found = (row(queue::ItemKind::Delivery, ItemState::Pending), Some(copy()));
+        let e = fenced_entry(Some(&found), &stamp, &org("maple-house"), ITEM);
         assert_eq!((e.action.as_str(), e.object_id.as_str(), e.counterparty.as_str()), ("ack_fenced", "m-1", "harbor"));
         assert_eq!((e.outcome.as_str(), e.reason.as_str()), ("refused", "stream_fenced"));
         // Another organization's item, or none: the entry names only the item id it was given.
-        for seen in [pending_delivery(), Prefetched::held().with_item(ITEM, None)] {
-            let e = fenced_entry(&seen, &stamp, &org("harbor"), ITEM);
+        for found in [Some(&found), None] {
+            let e = fenced_entry(found, &stamp, &org("harbor"), ITEM);
             assert_eq!((e.object_id.as_str(), e.counterparty.as_str()), (ITEM, ""));
         }
     }

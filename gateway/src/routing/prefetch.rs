@@ -41,14 +41,15 @@ impl Reads {
 /// A stored message's content hash and reply.
 pub type StoredMessage = (String, Vec<u8>);
 
-/// What a batch read for its units. A lookup answers `None` when the key was not read here, and the
-/// unit then reads it itself.
+/// What a batch read for its units (or one unit's own read, [`Prefetched::read_own`]). A lookup
+/// answers `None` when the key was not read here: a unit finds every key it named.
 #[derive(Default)]
 pub struct Prefetched {
     /// Every pair looked up, with the stored content hash and reply where the message exists.
     messages: HashMap<(String, String), Option<StoredMessage>>,
-    /// Every consent looked up that could be read: `None` where there is none with that id.
-    consents: HashMap<String, Option<Stored>>,
+    /// Every consent looked up: `None` where there is none with that id, an error where its row
+    /// cannot be read back (damaged data, reported to the unit that names it).
+    consents: HashMap<String, Result<Option<Stored>, String>>,
     /// Senders whose counts were read, and the counts by (sender, organization).
     senders: HashSet<String>,
     pending: HashMap<(String, String), i64>,
@@ -162,6 +163,8 @@ impl Prefetched {
         for (item_id, row, copy) in outbox::items_with_copies(tx, &items).await? {
             out.items.insert(item_id, Some((row, copy)));
         }
+        // Every lock in id order; the consents the unit names are read, an item's consent only locked
+        // (the acknowledgement needs its lock, not its content).
         let mut consents: Vec<&str> = reads.consents.iter().map(String::as_str).collect();
         consents.extend(out.items.values().flatten().map(|(row, _)| row.consent_id.as_str()));
         consents.retain(|c| !c.is_empty());
@@ -169,7 +172,15 @@ impl Prefetched {
         consents.dedup();
         let consents: Vec<String> = consents.into_iter().map(str::to_owned).collect();
         for id in consents {
-            let stored = consents::load_locked(tx, &id).await?;
+            if !reads.consents.contains(&id) {
+                consents::lock_consent(tx, &id).await?;
+                continue;
+            }
+            let stored = match consents::load_locked(tx, &id).await {
+                Ok(stored) => Ok(stored),
+                Err(StoreError::Unreadable(why)) => Err(why),
+                Err(e) => return Err(e),
+            };
             out.consents.insert(id, stored);
         }
         let found: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
@@ -198,9 +209,13 @@ impl Prefetched {
         self.messages.get(&(sender.to_owned(), message_id.to_owned())).map(Option::as_ref)
     }
 
-    /// A consent, if it was read here: `Some(None)` when there is none with that id.
-    pub fn consent(&self, consent_id: &str) -> Option<Option<&Stored>> {
-        self.consents.get(consent_id).map(Option::as_ref)
+    /// A consent, if it was read here: `Some(Ok(None))` when there is none with that id, an error when
+    /// its row cannot be read back.
+    pub fn consent(&self, consent_id: &str) -> Option<Result<Option<&Stored>, StoreError>> {
+        self.consents.get(consent_id).map(|c| match c {
+            Ok(stored) => Ok(stored.as_ref()),
+            Err(why) => Err(StoreError::Unreadable(why.clone())),
+        })
     }
 
     /// Whether what was read here for `reads` stays true until the batch commits, so a unit that reads
@@ -220,7 +235,9 @@ impl Prefetched {
         self.held
             || match self.items.get(item_id) {
                 Some(Some((row, _))) => {
-                    !row.consent_id.is_empty() && self.consents.get(&row.consent_id).is_some_and(Option::is_some)
+                    // Read, so locked (an unreadable row too); absent, nothing was locked.
+                    !row.consent_id.is_empty()
+                        && self.consents.get(&row.consent_id).is_some_and(|c| !matches!(c, Ok(None)))
                 }
                 Some(None) => true,
                 None => false,
@@ -253,7 +270,13 @@ impl Prefetched {
     }
 
     pub(crate) fn with_consent(mut self, consent_id: &str, found: Option<Stored>) -> Prefetched {
-        self.consents.insert(consent_id.to_owned(), found);
+        self.consents.insert(consent_id.to_owned(), Ok(found));
+        self
+    }
+
+    /// A consent whose row cannot be read back.
+    pub(crate) fn with_damaged_consent(mut self, consent_id: &str, why: &str) -> Prefetched {
+        self.consents.insert(consent_id.to_owned(), Err(why.to_owned()));
         self
     }
 

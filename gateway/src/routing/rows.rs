@@ -2,9 +2,9 @@
 //! while a shared commit's units run, then written with multi-row inserts (one round trip per chunk
 //! instead of three per submission) before the batch's audit entries, in the same transaction.
 //!
-//! A unit that fails has its rows dropped with its savepoint ([`NewRows::truncate`]); a later unit of
-//! the same batch sees earlier units' messages through [`NewRows::message`], so a repeated message id
-//! is recognised before anything is written.
+//! A unit that fails has its rows dropped ([`NewRows::truncate`]); a later unit of the same batch sees
+//! earlier units' messages through [`NewRows::message`], so a repeated message id is recognised before
+//! anything is written.
 
 use crate::store::Tx;
 use crate::store::deliveries::{self, Delivered};
@@ -24,7 +24,7 @@ pub struct Acked {
     pub at: i64,
 }
 
-/// Rows to write at the end of a shared commit, and (on SQLite) acknowledgements to record.
+/// Rows to write at the end of a shared commit, and acknowledgements to record.
 #[derive(Default)]
 pub struct NewRows {
     pub messages: Vec<MessageRow>,
@@ -74,8 +74,10 @@ impl NewRows {
         let items: Vec<AckedItem<'_>> =
             self.acked.iter().map(|a| AckedItem { item_id: a.item_id.as_str(), at: a.at }).collect();
         let ended = outbox::ack_many(tx, &items).await?;
-        // Each was read as pending in this transaction, which holds the write lock: if any was not
-        // ended here, the counts and audit entries built on that read are wrong, and nothing commits.
+        // Each was read as pending in this transaction under a lock no other writer of items gets past
+        // (SQLite's one write lock; on PostgreSQL the item's consent row, or its own row): if any was
+        // not ended here, the counts and audit entries built on that read are wrong, and nothing
+        // commits.
         if ended != self.acked.len() as u64 {
             return Err(sqlx::Error::Protocol(format!(
                 "{} of {} acknowledged items were still pending when written; the shared commit is rolled back",

@@ -113,7 +113,7 @@ pub fn submit_in(
     // submission either committed first (and this submission sees it) or waits for this commit (and
     // its cascade sees these copies).
     let stored_consent = match &env.consent_id {
-        Some(id) => seen.consent(id.as_str()).ok_or_else(|| unread("the consent"))?.cloned(),
+        Some(id) => seen.consent(id.as_str()).ok_or_else(|| unread("the consent"))??.cloned(),
         None => None,
     };
     let bundle = cx.bundle.clone();
@@ -399,6 +399,23 @@ mod tests {
         assert!(woken.is_empty() && fx.rows.deliveries.is_empty() && fx.counts.is_empty());
         assert_eq!(fx.rows.messages.len(), 1, "the reply is kept, so a retry gets the same answer");
         assert_eq!((fx.audit[0].0.decision.as_str(), fx.audit[0].0.outcome.as_str()), ("deny", "denied"));
+    }
+
+    #[test]
+    fn a_consent_whose_row_cannot_be_read_back_is_reported_as_damaged_data() {
+        let b = bundle();
+        let consent = "0190d5a0-0000-7000-8000-0000000000cd";
+        let mut env = alert(&b);
+        env.consent_id = Some(crate::envelope::ConsentId::parse(consent).unwrap());
+        let seen = fresh().with_damaged_consent(consent, "a stored consent receipt cannot be decoded");
+        let mut fx = Effects::default();
+        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env).unwrap_err();
+        assert!(
+            matches!(&e, Error::Store(crate::store::StoreError::Unreadable(why)) if why.contains("decoded")),
+            "{e:?}"
+        );
+        assert_eq!(crate::error::code(&e), tonic::Code::Internal);
+        assert!(fx.rows.messages.is_empty() && fx.audit.is_empty());
     }
 
     #[test]

@@ -58,12 +58,15 @@ pub async fn load(tx: &mut Tx<'_>, consent_id: &str) -> Result<Option<(Stored, S
 }
 
 /// Loads consents by id in a transaction, for a shared commit's submissions: each id maps to its
-/// consent, or to `None` where there is none. A row that cannot be read is left out, so the submission
-/// that names it reads it alone and gets the reason.
+/// consent, to `None` where there is none, or to why its row cannot be read back (damaged data, which
+/// the submission that names it reports).
 ///
 /// On PostgreSQL it also locks the rows (as [`load_locked`] does), skipping any another transaction
-/// holds: those are left out too, and each submission that names one waits for it alone.
-pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Option<Stored>)>, sqlx::Error> {
+/// holds: those are left out, and each submission that names one waits for it alone.
+pub async fn load_many(
+    tx: &mut Tx<'_>,
+    ids: &[&str],
+) -> Result<Vec<(String, Result<Option<Stored>, String>)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -79,16 +82,17 @@ pub async fn load_many(tx: &mut Tx<'_>, ids: &[&str]) -> Result<Vec<(String, Opt
         q = q.bind(*id);
     }
     // Where rows may be skipped, a missing id is not known to be absent.
-    let mut found: std::collections::HashMap<String, Option<Stored>> = match dialect {
-        Dialect::Sqlite => ids.iter().map(|id| ((*id).to_owned(), None)).collect(),
+    let mut found: std::collections::HashMap<String, Result<Option<Stored>, String>> = match dialect {
+        Dialect::Sqlite => ids.iter().map(|id| ((*id).to_owned(), Ok(None))).collect(),
         Dialect::Postgres => Default::default(),
     };
     for row in q.fetch_all(&mut **tx).await? {
         let id: String = row.try_get("consent_id")?;
-        match row_to_stored(&row) {
-            Ok(stored) => found.insert(id, Some(stored)),
-            Err(_) => found.remove(&id),
-        };
+        let stored = row_to_stored(&row).map(Some).map_err(|e| match e {
+            StoreError::Unreadable(why) => why,
+            other => other.to_string(),
+        });
+        found.insert(id, stored);
     }
     Ok(found.into_iter().collect())
 }

@@ -256,6 +256,13 @@ impl<T> Unsettled<T> {
     }
 }
 
+impl<T> Unsettled<Vec<T>> {
+    /// Whether nothing was found: a read that answers with nothing needs no wait.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Waits until every commit begun on the SQLite writer so far is on disk; at once without one.
 async fn settled(wal: Option<&WalSync>) -> Result<(), StoreError> {
     match wal {

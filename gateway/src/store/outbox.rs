@@ -261,19 +261,39 @@ pub(crate) async fn items_with_copies(
     tx: &mut Tx<'_>,
     ids: &[&str],
 ) -> Result<Vec<(String, QueuedRow, Option<Copy>)>, sqlx::Error> {
+    let dialect = tx.dialect();
+    items_with_copies_on(tx, dialect, ids).await
+}
+
+/// An item and, for a delivery, its copy, read outside any transaction (for an entry about it whose
+/// columns never change once the item exists).
+pub(crate) async fn item_with_copy(
+    store: &Store,
+    item_id: &str,
+) -> Result<Option<(QueuedRow, Option<Copy>)>, sqlx::Error> {
+    let mut conn = store.pool().acquire().await?;
+    let found = items_with_copies_on(&mut conn, store.dialect(), &[item_id]).await?;
+    Ok(found.into_iter().next().map(|(_, row, copy)| (row, copy)))
+}
+
+async fn items_with_copies_on(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    ids: &[&str],
+) -> Result<Vec<(String, QueuedRow, Option<Copy>)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let mut sql = format!(
         "SELECT o.item_id, o.org, o.state, o.item_kind, o.delivery_id AS item_delivery, o.consent_id AS item_consent, o.sender AS item_sender, {COPY_COLUMNS} FROM outbox o LEFT JOIN deliveries d ON o.item_kind = 'delivery' AND d.delivery_id = o.delivery_id WHERE o.item_id IN "
     );
-    push_row(&mut sql, tx.dialect(), 0, ids.len());
+    push_row(&mut sql, dialect, 0, ids.len());
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
         q = q.bind(*id);
     }
     let mut out = Vec::new();
-    for r in q.fetch_all(&mut **tx).await? {
+    for r in q.fetch_all(&mut *conn).await? {
         let row = QueuedRow {
             org: r.try_get("org")?,
             state: item_state(&r.try_get::<String, _>("state")?)?,

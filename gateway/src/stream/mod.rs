@@ -174,6 +174,9 @@ async fn fill(
             tracing::error!(error = %e, "cannot read the queue");
             Status::unavailable("the gateway's database is unavailable; reconnect later")
         })?;
+        if items.is_empty() {
+            break;
+        }
         // Nothing goes out that a power failure could still undo: what this read found may be a
         // commit whose sync is under way.
         let items = g.store.settle(items).await.map_err(|e| {
@@ -355,7 +358,7 @@ async fn serve(
                         }
                     });
                     if !holds {
-                        if let Err(e) = lifecycle::ack_fenced(gateway.commits(), gateway.stamp(), org, &ack.item_id).await {
+                        if let Err(e) = lifecycle::ack_fenced(gateway.store(), gateway.commits(), &gateway.stamp(), org, &ack.item_id).await {
                             tracing::error!(error = %e, %org, stream = %id, "cannot record an acknowledgement on a fenced stream");
                         }
                         break End::fenced("its acknowledgements are refused");
