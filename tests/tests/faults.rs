@@ -736,6 +736,24 @@ async fn submissions_sharing_a_commit_fail_alone() {
     net.stop().await;
 }
 
+/// Waits until a session of the test's PostgreSQL database waits for a lock.
+async fn a_lock_is_awaited(pool: &sqlx::AnyPool) {
+    wait_for("a transaction to wait for a held row", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+}
+
 /// A gateway with two of harbor's consents, one of whose rows an open transaction holds, as a stuck
 /// revocation on another replica would; `None` (and a note) on SQLite, where there are no row locks.
 struct HeldConsent {
@@ -833,20 +851,7 @@ async fn a_submission_waiting_for_a_held_consent_row_holds_up_nobody_else() {
         tokio::spawn(async move { harbor.submit(env).await })
     };
     // The blocked submission is waiting for the row lock in the database.
-    wait_for("the submission to wait for the held consent row", Duration::from_secs(20), || {
-        let gw = gw.clone();
-        async move {
-            let waiting: i64 = sqlx::query(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&gw)
-            .await
-            .unwrap()
-            .get(0);
-            (waiting > 0).then_some(())
-        }
-    })
-    .await;
+    a_lock_is_awaited(&gw).await;
 
     let others = futures::future::join_all((0..10).map(|_| {
         let harbor = harbor.clone();
@@ -1019,8 +1024,9 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
 /// Units of shared commits that fail after writing leave nothing behind, while the units that shared
 /// their commits keep everything. Each unit writes a message row, an audit entry and a queue count
 /// change through the batch's buffers, on the facts the batch read for it where it settled them
-/// (always on SQLite), or on facts read for the unit alone, under its own locks, in a savepoint where
-/// it did not (on PostgreSQL, for an item without a consent). Every third unit then fails.
+/// (always on SQLite), or on facts read for the unit alone, under its own locks, in a savepoint of a
+/// transaction of its own where it did not (on PostgreSQL, an item whose row another transaction
+/// held when the batch read it). Every third unit then fails.
 #[tokio::test]
 async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_everything() {
     use haven_gateway::commit::Reads;
@@ -1029,12 +1035,24 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
 
     let net = TestNet::start().await;
     let pool = net.gateway.store().pool().clone();
-    // A queued notice has no consent: on PostgreSQL, a unit that names it is not settled by the batch.
+    // A queued notice (no consent), whose row another transaction holds on PostgreSQL: a unit that
+    // names it is not settled by its batch.
     sqlx::query("INSERT INTO outbox (item_id, org, item_kind, payload, queued_at_micros, expires_at_micros, state) VALUES ('unit-notice', 'harbor', 'sender_notice', $1, 0, 9223372036854775807, 'pending')")
         .bind(vec![1u8, 2, 3])
         .execute(&pool)
         .await
         .unwrap();
+    let holder = match db() {
+        Db::Postgres => {
+            let mut holder = pool.begin().await.unwrap();
+            sqlx::query("SELECT 1 FROM outbox WHERE item_id = 'unit-notice' FOR UPDATE")
+                .fetch_one(&mut *holder)
+                .await
+                .unwrap();
+            Some(holder)
+        }
+        Db::Sqlite => None,
+    };
     let reads = |i: usize| Reads {
         items: if i.is_multiple_of(2) { vec!["unit-notice".to_owned()] } else { Vec::new() },
         ..Default::default()
@@ -1077,7 +1095,15 @@ async fn units_that_fail_after_writing_leave_nothing_and_their_batch_mates_keep_
             (i, result)
         }
     });
-    let results = futures::future::join_all(units).await;
+    let results = tokio::spawn(futures::future::join_all(units));
+    if let Some(holder) = holder {
+        // The units that name the notice wait for its row, in a transaction of their own; the row is
+        // let go once one does.
+        a_lock_is_awaited(&pool).await;
+        holder.rollback().await.unwrap();
+    }
+    let results =
+        tokio::time::timeout(Duration::from_secs(30), results).await.expect("every unit is answered").unwrap();
     let mut kept = HashSet::new();
     for (i, result) in results {
         match result {

@@ -17,6 +17,7 @@ use super::queue::QueuedRow;
 use crate::store::consents::{self, Stored};
 use crate::store::deliveries::Copy;
 use crate::store::dialect::chunks;
+use crate::store::outbox::RowLock;
 use crate::store::{Dialect, StoreError, Tx};
 use crate::store::{messages, outbox};
 
@@ -53,6 +54,8 @@ pub struct Prefetched {
     /// Senders whose counts were read, and the counts by (sender, organization).
     senders: HashSet<String>,
     pending: HashMap<(String, String), i64>,
+    /// Items without a consent whose own rows the batch locked (on PostgreSQL).
+    locked_items: HashSet<String>,
     /// Every item looked up, with its copy for a delivery.
     items: HashMap<String, Option<(QueuedRow, Option<Copy>)>>,
     /// Whether everything here stays true until the batch commits: read on SQLite, in a transaction
@@ -102,8 +105,9 @@ impl Prefetched {
         // On PostgreSQL the items' consents are locked with the submissions' (as a revocation or an
         // expiry locks the consent before it ends an item), and the items' states are read again
         // under those locks: an acknowledgement of an item whose consent the batch holds is settled
-        // by these reads and goes in the batch's buffers. An item without a consent, or whose
-        // consent another transaction holds, is acknowledged alone, in a savepoint.
+        // by these reads. An item without a consent (a notice, or a delivery sent without one) has
+        // its own row locked instead, after the consents, as every writer of items locks them. An
+        // item whose lock another transaction holds is left for a transaction of its own.
         let item_consents: Vec<String> = if dialect == Dialect::Sqlite {
             Vec::new()
         } else {
@@ -124,10 +128,18 @@ impl Prefetched {
         } else {
             out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
         };
-        for chunk in chunks(&found, dialect, CHUNK) {
-            for (id, state) in outbox::states(tx, chunk, false).await? {
-                if let Some(Some((row, _))) = out.items.get_mut(&id) {
-                    row.state = state;
+        let (bare, under_consent): (Vec<String>, Vec<String>) = found.into_iter().partition(|id| {
+            out.items.get(id).is_some_and(|v| v.as_ref().is_some_and(|(row, _)| row.consent_id.is_empty()))
+        });
+        for (ids, lock) in [(under_consent, RowLock::None), (bare, RowLock::Skip)] {
+            for chunk in chunks(&ids, dialect, CHUNK) {
+                for (id, state) in outbox::states(tx, chunk, lock).await? {
+                    if lock == RowLock::Skip {
+                        out.locked_items.insert(id.clone());
+                    }
+                    if let Some(Some((row, _))) = out.items.get_mut(&id) {
+                        row.state = state;
+                    }
                 }
             }
         }
@@ -184,7 +196,7 @@ impl Prefetched {
             out.consents.insert(id, stored);
         }
         let found: Vec<String> = out.items.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
-        for (id, state) in outbox::states(tx, &found, true).await? {
+        for (id, state) in outbox::states(tx, &found, RowLock::Wait).await? {
             if let Some(Some((row, _))) = out.items.get_mut(&id) {
                 row.state = state;
             }
@@ -221,8 +233,8 @@ impl Prefetched {
     /// Whether what was read here for `reads` stays true until the batch commits, so a unit that reads
     /// no more can write through the batch's buffers alone: on SQLite always (the batch holds the one
     /// write lock); on PostgreSQL when the batch locked every consent they touch, so no revocation or
-    /// expiry can change them meanwhile (an item without a consent is not covered; an item that does
-    /// not exist is, since nothing is written for it).
+    /// expiry can change them meanwhile, and the row of every item without a consent (an item that
+    /// does not exist is covered too, since nothing is written for it).
     pub fn settled(&self, reads: &Reads) -> bool {
         self.held
             || reads.consents.iter().all(|c| self.consents.contains_key(c))
@@ -234,10 +246,10 @@ impl Prefetched {
     pub fn item_settled(&self, item_id: &str) -> bool {
         self.held
             || match self.items.get(item_id) {
+                Some(Some((row, _))) if row.consent_id.is_empty() => self.locked_items.contains(item_id),
                 Some(Some((row, _))) => {
                     // Read, so locked (an unreadable row too); absent, nothing was locked.
-                    !row.consent_id.is_empty()
-                        && self.consents.get(&row.consent_id).is_some_and(|c| !matches!(c, Ok(None)))
+                    self.consents.get(&row.consent_id).is_some_and(|c| !matches!(c, Ok(None)))
                 }
                 Some(None) => true,
                 None => false,

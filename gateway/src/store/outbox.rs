@@ -311,22 +311,37 @@ async fn items_with_copies_on(
     Ok(out)
 }
 
-/// The states of the items `ids` names (those that exist); one statement, as [`items_with_copies`].
-/// With `lock`, each row is locked until the transaction ends (on PostgreSQL; SQLite's writer already
-/// holds the one write lock), so no other writer can end one between this read and the transaction's
-/// own write.
+/// How [`states`] locks the rows it reads, on PostgreSQL (SQLite's writer already holds the one write
+/// lock): each row it returns is locked until the transaction ends, so no other writer can end the
+/// item between this read and the transaction's own write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowLock {
+    /// A plain read.
+    None,
+    /// Waits for rows other transactions hold.
+    Wait,
+    /// Leaves out rows other transactions hold.
+    Skip,
+}
+
+/// The states of the items `ids` names (those that exist, less those `lock` skips); one statement,
+/// as [`items_with_copies`].
 pub(crate) async fn states(
     tx: &mut Tx<'_>,
     ids: &[String],
-    lock: bool,
+    lock: RowLock,
 ) -> Result<Vec<(String, ItemState)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let mut sql = String::from("SELECT item_id, state FROM outbox WHERE item_id IN ");
     push_row(&mut sql, tx.dialect(), 0, ids.len());
-    if lock && tx.dialect() == Dialect::Postgres {
-        sql.push_str(" ORDER BY item_id FOR UPDATE");
+    if tx.dialect() == Dialect::Postgres {
+        match lock {
+            RowLock::None => {}
+            RowLock::Wait => sql.push_str(" ORDER BY item_id FOR UPDATE"),
+            RowLock::Skip => sql.push_str(" ORDER BY item_id FOR UPDATE SKIP LOCKED"),
+        }
     }
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for id in ids {
