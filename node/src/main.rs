@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! `haven-node`: run an organization's node, manage its users, and talk to it as a person.
+//! `haven-node`: run an organization's node, manage its people, and talk to it as a person.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,7 +55,8 @@ struct ServeArgs {
     /// The node's SQLite file.
     #[arg(long, env = "HAVEN_NODE_DATABASE", default_value = "haven-node.db")]
     database: String,
-    /// The users file.
+    /// The users file of earlier versions: imported once, on the first start with a database that
+    /// holds nobody, and never read again (people are then managed with `haven-node users`).
     #[arg(long, env = "HAVEN_USERS", default_value = "users.toml")]
     users: PathBuf,
     /// Where people reach this node's API.
@@ -92,7 +93,13 @@ fn main() -> ExitCode {
             runtime.block_on(serve(args))
         }
         Command::People(cmd) => {
-            let code = runtime.block_on(haven_node::cli::execute(&cmd, &mut std::io::stdout(), &mut std::io::stderr()));
+            let mut stdin = std::io::BufReader::new(std::io::stdin());
+            let code = runtime.block_on(haven_node::cli::execute(
+                &cmd,
+                &mut stdin,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
             return ExitCode::from(code);
         }
     };
