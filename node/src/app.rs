@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use crate::api::NodeService;
 use crate::audit_proxy::AuditProxy;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
+use crate::password::Passwords;
+use crate::people::{Import, People};
 use crate::store::{NodeStore, NodeStoreError};
 use crate::stream::StreamState;
 
-use crate::password::Passwords;
-use crate::people::{Import, People};
 pub use crate::state::NodeState;
 
 /// Settings for `haven-node serve`.

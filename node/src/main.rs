@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! `haven-node`: run an organization's node, manage its people, and talk to it as a person.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,15 @@ fn main() -> ExitCode {
             runtime.block_on(serve(args))
         }
         Command::People(cmd) => {
+            if let haven_node::cli::Command::Users(users) = &cmd
+                && users.reads_password()
+                && std::io::stdin().is_terminal()
+            {
+                // Without this a person at a terminal would face a silent wait.
+                eprintln!(
+                    "haven-node: type the password and press Enter; it shows as you type (pipe it in, for example from a password manager, to keep it off the screen)"
+                );
+            }
             let mut stdin = std::io::BufReader::new(std::io::stdin());
             let code = runtime.block_on(haven_node::cli::execute(
                 &cmd,

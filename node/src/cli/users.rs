@@ -77,6 +77,13 @@ pub enum UsersCommand {
     },
 }
 
+impl UsersCommand {
+    /// Whether the command reads a password from standard input.
+    pub fn reads_password(&self) -> bool {
+        matches!(self, UsersCommand::Add { password_stdin: true, .. } | UsersCommand::Passwd { .. })
+    }
+}
+
 /// The node database a command changes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeDatabase {
@@ -101,11 +108,10 @@ pub async fn run(cmd: &UsersCommand, input: In<'_>, out: Out<'_>, err: Out<'_>) 
         | UsersCommand::List { db } => (db, false),
     };
     // Read before the database is touched, so a refused password changes nothing.
-    let password = match cmd {
-        UsersCommand::Add { password_stdin: true, .. } | UsersCommand::Passwd { .. } => {
-            Some(Password::read_line(input).map_err(|e| CliError::Refused(e.to_string()))?)
-        }
-        _ => None,
+    let password = if cmd.reads_password() {
+        Some(Password::read_line(input).map_err(|e| CliError::Refused(e.to_string()))?)
+    } else {
+        None
     };
     let (store, people) = open(db, creates, err).await?;
     let result = change(cmd, &db.database, &people, password, out).await;
