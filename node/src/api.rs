@@ -1,5 +1,6 @@
 //! The `Node` service: what the organization's own people call. Each call is authenticated with the
-//! person's token from the users file; the node then acts on the gateway as that person.
+//! person's node token, against the people in the node's database; the node then acts on the gateway
+//! as that person.
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use tonic::{Request, Response, Status};
 
 use crate::consent;
 use crate::mailbox;
+use crate::people::Person;
 use crate::state::NodeState;
-use crate::users::User;
 
 /// Serves `haven.v1.Node`.
 pub struct NodeService {
@@ -25,8 +26,8 @@ impl NodeService {
     }
 
     /// The signed-in person, from `authorization: Bearer <user token>`.
-    fn user<T>(&self, req: &Request<T>) -> Result<User, Status> {
-        self.state.users.sign_in(req.metadata())
+    async fn user<T>(&self, req: &Request<T>) -> Result<Person, Status> {
+        self.state.people.sign_in(req.metadata()).await
     }
 
     /// A failed gateway call, as the person who asked should see it ([`crate::link::GatewayLink::relay`]).
@@ -40,13 +41,13 @@ type InboxStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<InboxItem
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         let mut gw = GatewayClient::new(self.state.link.channel());
         gw.who_am_i(self.state.link.request(&user.name, user.role, WhoAmIRequest {})?).await.map_err(|s| self.relay(s))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         let mut env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
         if env.message_id.is_empty() {
             env.message_id = uuid::Uuid::now_v7().to_string();
@@ -57,7 +58,7 @@ impl Node for NodeService {
     }
 
     async fn list_sent(&self, req: Request<ListSentRequest>) -> Result<Response<ListSentResponse>, Status> {
-        self.user(&req)?;
+        self.user(&req).await?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 50 } else { r.limit };
         let messages = mailbox::sent_list(&self.state.store, &r.kind, limit).await.map_err(db)?;
@@ -65,7 +66,7 @@ impl Node for NodeService {
     }
 
     async fn inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxResponse>, Status> {
-        self.user(&req)?;
+        self.user(&req).await?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 50 } else { r.limit };
         Ok(Response::new(InboxResponse { items: mailbox::inbox(&self.state.store, &r.kind, limit).await.map_err(db)? }))
@@ -74,20 +75,22 @@ impl Node for NodeService {
     type WatchInboxStream = InboxStream;
 
     async fn watch_inbox(&self, req: Request<InboxRequest>) -> Result<Response<InboxStream>, Status> {
-        self.user(&req)?;
+        // Subscribed before the sign-in, so a change committed after the check is never missed.
+        let mut people = self.state.people.subscribe();
+        self.user(&req).await?;
         let signed_in = req.metadata().clone();
         let kind = req.into_inner().kind;
         let mut arrivals = self.state.arrivals.subscribe();
-        let mut people = self.state.users.subscribe();
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
-                    // A person removed or disabled by a reload loses the watch at once.
+                    // A person removed, disabled or given another role loses the watch as soon as the
+                    // node sees the change.
                     changed = people.changed() => match changed {
-                        Ok(()) => match state.users.sign_in(&signed_in) {
+                        Ok(()) => match state.people.sign_in(&signed_in).await {
                             Ok(_) => continue,
                             Err(refused) => Err(refused),
                         },
@@ -120,7 +123,7 @@ impl Node for NodeService {
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Result<Response<MessageView>, Status> {
-        self.user(&req)?;
+        self.user(&req).await?;
         let id = req.into_inner().message_id;
         if let Some(sent) = mailbox::sent(&self.state.store, &id).await.map_err(db)? {
             return Ok(Response::new(MessageView { direction: "sent".into(), sent: Some(sent), received: None }));
@@ -136,7 +139,7 @@ impl Node for NodeService {
     }
 
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         let mut r = req.into_inner();
         if r.update_id.is_empty() {
             r.update_id = uuid::Uuid::new_v4().to_string();
@@ -166,14 +169,14 @@ impl Node for NodeService {
     }
 
     async fn record_consent(&self, req: Request<RecordConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         consent::may_manage(&user)?;
         let receipt = consent::receipt(&self.state, &user, req.into_inner(), None)?;
         Ok(Response::new(consent::register(&self.state, &user, receipt, false).await?))
     }
 
     async fn renew_consent(&self, req: Request<RenewConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         consent::may_manage(&user)?;
         let r = req.into_inner();
         if r.supersedes.is_empty() {
@@ -199,7 +202,7 @@ impl Node for NodeService {
     }
 
     async fn revoke_consent(&self, req: Request<RevokeConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         consent::may_manage(&user)?;
         let mut gw = GatewayClient::new(self.state.link.channel());
         let record = gw
@@ -214,7 +217,7 @@ impl Node for NodeService {
     }
 
     async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<ConsentRecord>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         let mut gw = GatewayClient::new(self.state.link.channel());
         gw.get_consent(self.state.link.request(&user.name, user.role, req.into_inner())?)
             .await
@@ -222,7 +225,7 @@ impl Node for NodeService {
     }
 
     async fn list_consents(&self, req: Request<ListConsentsRequest>) -> Result<Response<ListConsentsResponse>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         let mut gw = GatewayClient::new(self.state.link.channel());
         gw.list_consents(self.state.link.request(&user.name, user.role, req.into_inner())?)
             .await
@@ -233,7 +236,7 @@ impl Node for NodeService {
         &self,
         req: Request<WitnessStatusRequest>,
     ) -> Result<Response<WitnessStatusResponse>, Status> {
-        self.user(&req)?;
+        self.user(&req).await?;
         Ok(Response::new(witness_status(self.state.witness.report())))
     }
 
@@ -241,7 +244,7 @@ impl Node for NodeService {
         &self,
         req: Request<AcknowledgeWitnessAlarmRequest>,
     ) -> Result<Response<AcknowledgeWitnessAlarmResponse>, Status> {
-        let user = self.user(&req)?;
+        let user = self.user(&req).await?;
         if user.role != Role::Auditor {
             return Err(Status::permission_denied(format!(
                 "acknowledging a witness alarm needs role auditor, not {}",

@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use crate::api::NodeService;
 use crate::audit_proxy::AuditProxy;
 use crate::link::{GatewayLink, LinkConfig, LinkError};
+use crate::password::Passwords;
+use crate::people::{Import, People};
 use crate::store::{NodeStore, NodeStoreError};
 use crate::stream::StreamState;
 
 pub use crate::state::NodeState;
-use crate::users::Directory;
 
 /// Settings for `haven-node serve`.
 #[derive(Debug, Clone)]
@@ -26,7 +27,8 @@ pub struct NodeConfig {
     pub link: LinkConfig,
     /// The node's own SQLite file.
     pub database: String,
-    /// The users file.
+    /// The users file of earlier versions, imported once into a database that holds nobody
+    /// ([`People::import_once`]).
     pub users: PathBuf,
     /// Where people reach the node's API (127.0.0.1 by default).
     pub listen: SocketAddr,
@@ -41,8 +43,8 @@ pub enum NodeError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Store(#[from] NodeStoreError),
-    #[error("users file: {0}")]
-    Users(String),
+    #[error("people: {0}")]
+    People(#[from] crate::people::PeopleError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the node API listens on {0}, which is not loopback: give --api-cert and --api-key to serve it over TLS")]
@@ -61,24 +63,27 @@ pub struct Node {
 }
 
 impl Node {
-    /// Reads the users file, opens the database and prepares the gateway link.
+    /// Opens the database (importing the users file once, see [`People::import_once`]) and prepares
+    /// the gateway link.
     pub async fn open(config: NodeConfig, clock: SharedClock) -> Result<Node, NodeError> {
         if !config.listen.ip().is_loopback() && config.api_tls.is_none() {
             return Err(NodeError::NeedsTls(config.listen));
         }
-        let users = Directory::load(&config.users).map_err(|e| NodeError::Users(e.to_string()))?;
         let mut keys = vec![config.link.tls_key.clone(), config.link.signing_key.clone()];
         keys.extend(config.api_tls.as_ref().map(|(_, key)| key.clone()));
         for key in haven_trust::owner_only::loose(&keys) {
             tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
         }
         let store = NodeStore::open(&config.database).await?;
+        let people = People::new(store.clone(), clock.clone()).await?;
+        log_import(&people.import_once(&config.users).await?, &config.users);
+        let passwords = Passwords::new(people.clone());
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());
         let witness = crate::witness::Witness::new(store.clone(), link.clone(), &config.link, clock.clone()).await?;
         let arrivals = tokio::sync::broadcast::channel(256).0;
         Ok(Node {
-            state: Arc::new(NodeState { link, store, users, clock, stream, witness, arrivals }),
+            state: Arc::new(NodeState { link, store, people, passwords, clock, stream, witness, arrivals }),
             config,
             stream_tx,
         })
@@ -98,7 +103,8 @@ impl Node {
     ) -> Result<(), NodeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stream = tokio::spawn(crate::stream::run(self.state.clone(), self.stream_tx, stop_rx.clone()));
-        let retrier = tokio::spawn(crate::api::retry_pending(self.state.clone(), stop_rx));
+        let retrier = tokio::spawn(crate::api::retry_pending(self.state.clone(), stop_rx.clone()));
+        let people = tokio::spawn(self.state.people.clone().follow(stop_rx));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<NodeServer<NodeService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -149,6 +155,7 @@ impl Node {
         let _ = stop_tx.send(true);
         let _ = stream.await;
         let _ = retrier.await;
+        let _ = people.await;
         // Last: what writes replaced or deleted leaves SQLite's write-ahead log, which
         // `secure_delete` does not reach.
         match self.state.store.truncate_wal().await {
@@ -162,39 +169,45 @@ impl Node {
     }
 }
 
-impl NodeState {
-    /// Re-reads the users file and puts it in force (what SIGHUP does), logging each change. A file
-    /// that cannot be read or parsed is refused and logged, and the people in force stay.
-    pub fn reload_users(&self) -> Result<Vec<String>, NodeError> {
-        let file = self.users.path().display().to_string();
-        match self.users.reload() {
-            Ok(changes) => {
-                for change in &changes {
-                    tracing::info!(%file, "users file: {change}");
-                }
-                tracing::info!(%file, changes = changes.len(), "users file reloaded");
-                Ok(changes)
-            }
-            Err(e) => {
-                tracing::error!(%file, error = %e, "users file refused; the people already in force stay until it is fixed and the node gets SIGHUP again");
-                Err(NodeError::Users(e.to_string()))
-            }
-        }
+/// Says what the start did with the users file: once when it imports it (a warning, because the
+/// operator now manages people with `haven-node users` and SIGHUP no longer reads the file), and
+/// nothing at every later start.
+fn log_import(import: &Import, file: &std::path::Path) {
+    let file = file.display().to_string();
+    match import {
+        Import::Imported { count } => tracing::warn!(
+            %file,
+            people = count,
+            "imported the users file into the node database; the file is no longer read: manage people with `haven-node users` (changes are in force at once), and remove the file once `haven-node users list` shows everyone"
+        ),
+        Import::NotRead { held } => tracing::warn!(
+            %file,
+            people = held,
+            "the users file is not read: the node database already holds people (`haven-node users list`)"
+        ),
+        Import::Nobody => tracing::info!(
+            %file,
+            "nobody can sign in to this node yet: add people with `haven-node users add`"
+        ),
+        Import::Done => {}
     }
 }
 
 impl Node {
-    /// Serves until SIGTERM or Ctrl-C; SIGHUP re-reads the users file ([`NodeState::reload_users`]).
+    /// Serves until SIGTERM or Ctrl-C. SIGHUP is logged and changes nothing: people are in the database
+    /// and their changes are in force at once, and a signal an older setup still sends must not stop
+    /// the node (SIGHUP's default action).
     pub async fn serve_until_signal(self, listener: TcpListener) -> Result<(), NodeError> {
         use tokio::signal::unix::{SignalKind, signal};
         let handler = |kind| signal(kind).map_err(|e| NodeError::Tls(format!("signal handler: {e}")));
         let mut term = handler(SignalKind::terminate())?;
         // Installed before the API serves, so a SIGHUP is never the default action (exit).
         let mut hangup = handler(SignalKind::hangup())?;
-        let state = self.state.clone();
         let reloads = tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                let _ = state.reload_users();
+                tracing::warn!(
+                    "SIGHUP: nothing to re-read; people are in the node database and `haven-node users` changes are in force at once"
+                );
             }
         });
         let shutdown = async move {

@@ -27,8 +27,11 @@ impl AuditProxy {
 
     /// The signed-in person, from `authorization: Bearer <node token>` (as for the `Node` service).
     /// The person's request to the gateway and a client to send it with.
-    fn forward<T>(&self, req: Request<T>) -> Result<(AuditClient<tonic::transport::Channel>, Request<T>), Status> {
-        let user = self.state.users.sign_in(req.metadata())?;
+    async fn forward<T>(
+        &self,
+        req: Request<T>,
+    ) -> Result<(AuditClient<tonic::transport::Channel>, Request<T>), Status> {
+        let user = self.state.people.sign_in(req.metadata()).await?;
         let out = self.state.link.request(&user.name, user.role, req.into_inner())?;
         Ok((AuditClient::new(self.state.link.channel()), out))
     }
@@ -44,21 +47,21 @@ type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportCh
 #[tonic::async_trait]
 impl Audit for AuditProxy {
     async fn query(&self, req: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         gw.query(req).await.map_err(|s| self.relay(s))
     }
 
     type ExportStream = ExportStream;
 
     async fn export(&self, req: Request<AuditExportRequest>) -> Result<Response<ExportStream>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         let stream = gw.export(req).await.map_err(|s| self.relay(s))?.into_inner();
         let link = self.state.link.clone();
         Ok(Response::new(Box::pin(futures::StreamExt::map(stream, move |chunk| chunk.map_err(|s| link.relay(s))))))
     }
 
     async fn get_checkpoint(&self, req: Request<GetCheckpointRequest>) -> Result<Response<SignedCheckpoint>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         gw.get_checkpoint(req).await.map_err(|s| self.relay(s))
     }
 
@@ -66,7 +69,7 @@ impl Audit for AuditProxy {
         &self,
         req: Request<InclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         gw.get_inclusion_proof(req).await.map_err(|s| self.relay(s))
     }
 
@@ -74,7 +77,7 @@ impl Audit for AuditProxy {
         &self,
         req: Request<ConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         gw.get_consistency_proof(req).await.map_err(|s| self.relay(s))
     }
 
@@ -82,7 +85,7 @@ impl Audit for AuditProxy {
         &self,
         req: Request<SubjectAccessRequest>,
     ) -> Result<Response<SubjectAccessResponse>, Status> {
-        let (mut gw, req) = self.forward(req)?;
+        let (mut gw, req) = self.forward(req).await?;
         gw.subject_access_report(req).await.map_err(|s| self.relay(s))
     }
 }

@@ -11,8 +11,8 @@ use rand::RngCore;
 use time::OffsetDateTime;
 use tonic::Status;
 
+use crate::people::Person;
 use crate::state::NodeState;
-use crate::users::User;
 
 /// Mints a subject pseudonym: 128 random bits as 32 hex characters.
 pub fn mint_pseudonym() -> String {
@@ -27,7 +27,7 @@ fn at(micros: i64, what: &str) -> Result<OffsetDateTime, Status> {
 }
 
 /// Only these roles record, renew and revoke consent.
-pub fn may_manage(user: &User) -> Result<(), Status> {
+pub fn may_manage(user: &Person) -> Result<(), Status> {
     if matches!(user.role, Role::Caseworker | Role::PrivacyOfficer) {
         Ok(())
     } else {
@@ -41,7 +41,7 @@ pub fn may_manage(user: &User) -> Result<(), Status> {
 /// Builds the receipt a caseworker asked for.
 pub fn receipt(
     state: &NodeState,
-    user: &User,
+    user: &Person,
     r: RecordConsentRequest,
     supersedes: Option<String>,
 ) -> Result<ConsentReceipt, Status> {
@@ -87,7 +87,7 @@ pub fn receipt(
 /// Signs and registers a receipt (or a renewal), then keeps a copy.
 pub async fn register(
     state: &NodeState,
-    user: &User,
+    user: &Person,
     receipt: ConsentReceipt,
     renew: bool,
 ) -> Result<ConsentRecord, Status> {
@@ -102,7 +102,7 @@ pub async fn register(
 }
 
 /// Keeps the node's copy of a consent in step with the gateway's.
-pub async fn remember(state: &NodeState, record: &ConsentRecord, subject: &str, user: &User) -> Result<(), Status> {
+pub async fn remember(state: &NodeState, record: &ConsentRecord, subject: &str, user: &Person) -> Result<(), Status> {
     sqlx::query("INSERT INTO consents (consent_id, subject, receipt_jws, state, recorded_by, updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consent_id) DO UPDATE SET state = excluded.state, updated_at_micros = excluded.updated_at_micros")
         .bind(&record.consent_id)
         .bind(subject)

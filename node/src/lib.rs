@@ -3,7 +3,9 @@
 //!
 //! - [`link`]: the mTLS channel to the gateway and the person tokens the node mints;
 //! - [`stream`]: the long-lived delivery stream, reopened after any outage;
-//! - [`users`]: the organization's people and their node tokens;
+//! - [`people`]: the organization's people, their roles and node tokens, in the node's database;
+//!   [`password`]: their passwords, and the check that signs them in with one; [`users`]: the users
+//!   file of earlier versions, imported once;
 //! - [`store`]: the node's own SQLite database;
 //! - [`api`]: the `Node` service; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
@@ -20,6 +22,8 @@ pub mod consent;
 pub mod failure;
 pub mod link;
 pub mod mailbox;
+pub mod password;
+pub mod people;
 pub mod state;
 pub mod store;
 pub mod stream;

@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
-//! `haven-node`: run an organization's node, manage its users, and talk to it as a person.
+//! `haven-node`: run an organization's node, manage its people, and talk to it as a person.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,7 +56,8 @@ struct ServeArgs {
     /// The node's SQLite file.
     #[arg(long, env = "HAVEN_NODE_DATABASE", default_value = "haven-node.db")]
     database: String,
-    /// The users file.
+    /// The users file of earlier versions: imported once, on the first start with a database that
+    /// holds nobody, and never read again (people are then managed with `haven-node users`).
     #[arg(long, env = "HAVEN_USERS", default_value = "users.toml")]
     users: PathBuf,
     /// Where people reach this node's API.
@@ -92,7 +94,22 @@ fn main() -> ExitCode {
             runtime.block_on(serve(args))
         }
         Command::People(cmd) => {
-            let code = runtime.block_on(haven_node::cli::execute(&cmd, &mut std::io::stdout(), &mut std::io::stderr()));
+            if let haven_node::cli::Command::Users(users) = &cmd
+                && users.reads_password()
+                && std::io::stdin().is_terminal()
+            {
+                // Without this a person at a terminal would face a silent wait.
+                eprintln!(
+                    "haven-node: type the password and press Enter; it shows as you type (pipe it in, for example from a password manager, to keep it off the screen)"
+                );
+            }
+            let mut stdin = std::io::BufReader::new(std::io::stdin());
+            let code = runtime.block_on(haven_node::cli::execute(
+                &cmd,
+                &mut stdin,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
             return ExitCode::from(code);
         }
     };

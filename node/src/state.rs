@@ -6,16 +6,20 @@ use haven_trust::clock::SharedClock;
 
 use crate::link::GatewayLink;
 use crate::mailbox::Arrivals;
+use crate::password::Passwords;
+use crate::people::People;
 use crate::store::NodeStore;
-use crate::users::Directory;
 use crate::witness::Witness;
 
 /// What the node's services share.
 pub struct NodeState {
     pub link: GatewayLink,
     pub store: NodeStore,
-    /// The people who may sign in, re-read from the users file on SIGHUP.
-    pub users: Directory,
+    /// The people who may sign in, in the node's database: every call is checked against it, so a
+    /// change is in force at once.
+    pub people: People,
+    /// Checks people's passwords, a few at a time.
+    pub passwords: Passwords,
     pub clock: SharedClock,
     pub stream: watch::Receiver<StreamState>,
     /// Checks every audit checkpoint the node sees; the delivery stream feeds it.

@@ -1,6 +1,6 @@
-//! The node's own SQLite database (WAL, `synchronous=FULL`): what it received and what it witnessed.
-//! Migrations are embedded and applied at start-up. Its files are readable by their owner alone: they
-//! hold survivors' data.
+//! The node's own SQLite database (WAL, `synchronous=FULL`): what it received and what it witnessed,
+//! and the organization's people. Migrations are embedded and applied at start-up. Its files are
+//! readable by their owner alone: they hold survivors' data.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_consent.sql")),
     (4, include_str!("migrations/0004_mail.sql")),
     (5, include_str!("migrations/0005_witness_clearing.sql")),
+    (6, include_str!("migrations/0006_people.sql")),
 ];
 
 impl NodeStore {

@@ -311,8 +311,9 @@ impl TestNet {
 
 impl TestNode {
     /// Starts `org`'s node against the gateway at `url` (any gateway, for example a process), with the
-    /// certificates in `certs` and its files in `dir/nodes/<org>`. Starting it again on the same `dir`
-    /// reopens the same database (the people get new tokens).
+    /// certificates in `certs` and its files in `dir/nodes/<org>`; the people are added to its database
+    /// as `haven-node users add` adds them. Starting it again on the same `dir` reopens the same
+    /// database (the people get new tokens, as `users add` of a person already there gives them).
     pub async fn start_at(
         dir: &Path,
         certs: &CertsDir,
@@ -324,13 +325,6 @@ impl TestNode {
         let org_id = OrgId::parse(org).expect("org id");
         let node_dir = dir.join("nodes").join(org);
         std::fs::create_dir_all(&node_dir).expect("node dir");
-        let mut users = haven_node::users::Users::default();
-        let mut tokens = std::collections::HashMap::new();
-        for (name, role) in people {
-            let t = users.add(haven_trust::ids::PersonId::parse(name).expect("person"), *role);
-            tokens.insert((*name).to_owned(), t);
-        }
-        users.save(&node_dir.join("users.toml")).expect("users");
         let config = haven_node::app::NodeConfig {
             link: LinkConfig::from_certs_dir(url, certs, org_id),
             database: node_dir.join("node.db").display().to_string(),
@@ -340,6 +334,12 @@ impl TestNode {
         };
         let node = haven_node::app::Node::open(config, clock).await.expect("node opens");
         let state = node.state.clone();
+        let mut tokens = std::collections::HashMap::new();
+        for (name, role) in people {
+            let name_id = haven_trust::ids::PersonId::parse(name).expect("person");
+            let added = state.people.add(&name_id, *role, None).await.expect("person added");
+            tokens.insert((*name).to_owned(), added.token);
+        }
         let listener = node.bind().await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();

@@ -660,65 +660,187 @@ async fn a_pending_send_says_whether_the_gateway_answered_unavailable_or_could_n
     net.stop().await;
 }
 
-/// `users remove|disable|enable` edit the users file, say what they did and that a running node applies
-/// it on SIGHUP; a person the file does not list exits 3 (not found) and changes nothing. Once the node
-/// re-reads the file (what SIGHUP does), the removed and the disabled person are refused, and enabling
-/// gives the person back their own token.
+/// Runs `haven-node ARGS...` in process with `stdin` as its standard input.
+async fn haven_node_with_input(args: &[&str], stdin: &str) -> Run {
+    let argv = std::iter::once("haven-node").chain(args.iter().copied());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::run_with_input(argv, &mut stdin.as_bytes(), &mut out, &mut err).await;
+    Run { code, out: String::from_utf8_lossy(&out).into_owned(), err: String::from_utf8_lossy(&err).into_owned() }
+}
+
+/// The node database of `org`'s [`TestNode`] under `net`.
+fn node_db(net: &TestNet, org: &str) -> String {
+    net.dir.path().join("nodes").join(org).join("node.db").display().to_string()
+}
+
+/// The token a `users add` printed.
+fn printed_token(r: &Run) -> String {
+    let line = r.out.lines().find_map(|l| l.strip_prefix("token (shown once): ")).unwrap_or_else(|| panic!("{r:?}"));
+    line.to_owned()
+}
+
+/// `users remove|disable|enable|role` change the node's database and say what they did; a person the
+/// database does not hold exits 3 (not found) and changes nothing, and a database that is not there
+/// exits 1. Each change is in force on the running node's very next call, with no reload: the removed
+/// and the disabled person are refused, a change of role revokes the person's token, and enabling gives
+/// no token back (the old one is refused as revoked) until `users add` gives a new one.
 #[tokio::test]
-async fn users_remove_disable_and_enable_edit_the_file_and_a_reload_puts_it_in_force() {
+async fn users_commands_change_the_node_database_and_each_change_is_in_force_at_once() {
     let net = TestNet::start().await;
     let harbor =
         net.node("harbor", &[("casey", Role::Caseworker), ("sam", Role::Caseworker), ("lee", Role::Liaison)]).await;
-    let file = harbor.state.users.path().display().to_string();
+    let db = node_db(&net, "harbor");
     let users = |args: &[&str]| {
-        let all: Vec<String> =
-            std::iter::once("users").chain(args.iter().copied()).chain(["--file", &file]).map(str::to_owned).collect();
+        let all: Vec<String> = std::iter::once("users")
+            .chain(args.iter().copied())
+            .chain(["--database", &db])
+            .map(str::to_owned)
+            .collect();
         async move { haven_node(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
     };
+    let people = harbor.state.people.clone();
     let listed = || {
-        let users = haven_node::users::Users::load(harbor.state.users.path()).unwrap();
-        users.user.iter().map(|u| (u.name.to_string(), u.disabled)).collect::<Vec<_>>()
+        let people = people.clone();
+        async move {
+            let listed = people.list().await.unwrap();
+            listed.iter().map(|p| (p.name.to_string(), p.role, p.disabled)).collect::<Vec<_>>()
+        }
     };
-    let before = std::fs::read(harbor.state.users.path()).unwrap();
+    let before = listed().await;
 
-    // Unknown names: exit 3, the file untouched.
-    for verb in ["remove", "disable", "enable"] {
-        let r = users(&[verb, "nobody"]).await;
-        assert_eq!(r.code, 3, "{verb}: {r:?}");
-        assert!(r.err.contains(&format!("no person `nobody` in {file} (it lists: casey, sam, lee)")), "{r:?}");
+    // Unknown names: exit 3, nothing changed.
+    for args in
+        [&["remove", "nobody"][..], &["disable", "nobody"], &["enable", "nobody"], &["role", "nobody", "auditor"]]
+    {
+        let r = users(args).await;
+        assert_eq!(r.code, 3, "{args:?}: {r:?}");
+        assert!(r.err.contains(&format!("no person `nobody` in {db} (it holds: casey, lee, sam)")), "{r:?}");
     }
-    assert_eq!(std::fs::read(harbor.state.users.path()).unwrap(), before, "a refused command changes nothing");
-    let missing = haven_node(&["users", "remove", "sam", "--file", "/nonexistent/users.toml"]).await;
+    assert_eq!(listed().await, before, "a refused command changes nothing");
+    let missing = haven_node(&["users", "remove", "sam", "--database", "/nonexistent/node.db"]).await;
     assert_eq!(missing.code, 1, "{missing:?}");
-    assert!(missing.err.contains("/nonexistent/users.toml"), "{missing:?}");
+    assert!(missing.err.contains("no node database at /nonexistent/node.db"), "{missing:?}");
 
     let r = users(&["remove", "sam"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.starts_with(&format!("removed sam (caseworker) from {file}; a running node applies")), "{r:?}");
-    assert!(r.out.contains("SIGHUP"), "{r:?}");
+    assert!(r.out.starts_with(&format!("removed sam (caseworker) from {db}; ")), "{r:?}");
     let r = users(&["disable", "casey"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.starts_with(&format!("disabled casey in {file}; ")) && r.out.contains("SIGHUP"), "{r:?}");
+    assert!(r.out.starts_with(&format!("disabled casey in {db}; ")) && r.out.contains("tokens are revoked"), "{r:?}");
     let again = users(&["disable", "casey"]).await;
     assert_eq!(again.code, 0, "{again:?}");
     assert!(again.out.contains("casey is already disabled"), "{again:?}");
-    assert_eq!(listed(), [("casey".to_owned(), true), ("lee".to_owned(), false)]);
+    assert_eq!(
+        listed().await,
+        [("casey".to_owned(), Role::Caseworker, true), ("lee".to_owned(), Role::Liaison, false)]
+    );
 
-    // Not in force until the node re-reads the file.
-    assert_eq!(as_person(&harbor, "sam", &["inbox"]).await.code, 0);
-    harbor.state.reload_users().expect("the edited file is valid");
+    // In force at once: no reload, no signal.
     let sam = as_person(&harbor, "sam", &["inbox"]).await;
     assert_eq!(sam.code, 4, "{sam:?}");
+    assert!(sam.err.contains("unknown node token"), "{sam:?}");
     let casey = as_person(&harbor, "casey", &["inbox"]).await;
     assert_eq!(casey.code, 4, "{casey:?}");
     assert!(casey.err.contains("`casey` is disabled"), "{casey:?}");
     assert_eq!(as_person(&harbor, "lee", &["inbox"]).await.code, 0);
 
+    // A change of role revokes the person's token; the same role changes nothing.
+    let same = users(&["role", "lee", "liaison"]).await;
+    assert!(same.out.contains("lee is already liaison"), "{same:?}");
+    assert_eq!(as_person(&harbor, "lee", &["inbox"]).await.code, 0);
+    let r = users(&["role", "lee", "privacy_officer"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("lee is now privacy_officer (was liaison) in {db}; ")), "{r:?}");
+    let lee = as_person(&harbor, "lee", &["inbox"]).await;
+    assert_eq!(lee.code, 4, "{lee:?}");
+    assert!(lee.err.contains("this node token of `lee` was revoked"), "{lee:?}");
+
+    // Enabled again, casey's old token stays revoked; `users add` gives a new one, shown once.
     let r = users(&["enable", "casey"]).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.out.starts_with(&format!("enabled casey in {file}; ")), "{r:?}");
-    harbor.state.reload_users().expect("the edited file is valid");
-    assert_eq!(as_person(&harbor, "casey", &["inbox"]).await.code, 0, "casey's own token works again");
+    assert!(r.out.starts_with(&format!("enabled casey in {db}; ")), "{r:?}");
+    let casey = as_person(&harbor, "casey", &["inbox"]).await;
+    assert_eq!(casey.code, 4, "{casey:?}");
+    assert!(casey.err.contains("was revoked"), "{casey:?}");
+    let r = users(&["add", "--name", "casey", "--role", "caseworker"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("gave casey (caseworker) a new token in {db}; ")), "{r:?}");
+    let token = printed_token(&r);
+    let node = format!("http://{}", harbor.addr);
+    assert_eq!(haven_node(&["inbox", "--node", &node, "--token", &token]).await.code, 0, "casey's new token works");
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// `users add --password-stdin` and `users passwd` read the password as one line of standard input,
+/// and refuse an empty or short one (exit 3, saying why, nothing changed). The node then signs the
+/// person in with it: the right password passes; a wrong one, and a name the node does not know, get
+/// the same error; a disabled person with the right password is told they are disabled.
+#[tokio::test]
+async fn passwords_are_read_from_standard_input_and_verified_by_the_node() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let db = node_db(&net, "harbor");
+    let passwords = &harbor.state.passwords;
+
+    let empty = haven_node_with_input(&["users", "passwd", "casey", "--database", &db], "\n").await;
+    assert_eq!(empty.code, 3, "{empty:?}");
+    assert!(
+        empty.err.contains("refused: the password is empty: give one of at least 12 characters on standard input"),
+        "{empty:?}"
+    );
+    let short = haven_node_with_input(&["users", "passwd", "casey", "--database", &db], "maple\n").await;
+    assert_eq!(short.code, 3, "{short:?}");
+    assert!(short.err.contains("the password is 5 characters long: give one of at least 12"), "{short:?}");
+    let none = haven_node(&["users", "passwd", "casey", "--database", &db]).await;
+    assert_eq!(none.code, 3, "{none:?}");
+    assert!(none.err.contains("no password on standard input"), "{none:?}");
+    assert!(harbor.state.people.list().await.unwrap().iter().all(|p| !p.has_password), "nothing was set");
+    assert!(matches!(passwords.verify("casey", "maple").await, Err(haven_node::password::SignInError::Refused)));
+
+    let set =
+        haven_node_with_input(&["users", "passwd", "casey", "--database", &db], "blue kettle on the stove\n").await;
+    assert_eq!(set.code, 0, "{set:?}");
+    assert_eq!(set.out, format!("set the password of casey in {db}\n"));
+    let casey = passwords.verify("casey", "blue kettle on the stove").await.expect("the right password");
+    assert_eq!((casey.name.as_str(), casey.role), ("casey", Role::Caseworker));
+    let wrong = passwords.verify("casey", "blue kettle on the stovE").await.unwrap_err();
+    let unknown = passwords.verify("nobody", "blue kettle on the stove").await.unwrap_err();
+    let not_a_name = passwords.verify("", "blue kettle on the stove").await.unwrap_err();
+    for e in [&wrong, &unknown, &not_a_name] {
+        assert!(matches!(e, haven_node::password::SignInError::Refused), "{e:?}");
+        assert_eq!(e.to_string(), "wrong name or password");
+    }
+
+    // A person added with a password; disabled, the right password says so, a wrong one does not.
+    let r = haven_node_with_input(
+        &["users", "add", "--name", "sam", "--role", "liaison", "--password-stdin", "--database", &db],
+        "green door at the end\n",
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.out.starts_with(&format!("added sam (liaison, with the password given) to {db}\n")), "{r:?}");
+    printed_token(&r);
+    assert_eq!(passwords.verify("sam", "green door at the end").await.unwrap().role, Role::Liaison);
+    assert_eq!(haven_node(&["users", "disable", "sam", "--database", &db]).await.code, 0);
+    let disabled = passwords.verify("sam", "green door at the end").await.unwrap_err();
+    assert_eq!(disabled.to_string(), "person `sam` is disabled on this node; ask your administrator");
+    assert_eq!(
+        passwords.verify("sam", "green door at the End").await.unwrap_err().to_string(),
+        "wrong name or password"
+    );
+
+    let listed = haven_node(&["users", "list", "--database", &db]).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let rows: Vec<Vec<&str>> = listed.out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "ROLE", "STATE", "PASSWORD", "TOKENS"],
+            vec!["casey", "caseworker", "enabled", "set", "1"],
+            vec!["sam", "liaison", "disabled", "set", "0"],
+        ]
+    );
     harbor.stop().await;
     net.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The gateway and a node as processes: SIGHUP after `haven-certs revoke` makes the gateway refuse the
-//! revoked certificate and close its open stream; SIGHUP after a person is removed from, or disabled in,
-//! the users file makes a node put it in force (and refuse a broken one); SIGTERM shuts down gracefully.
+//! revoked certificate and close its open stream; a node imports its users file once, on its first
+//! start, and from then on `haven-node users`, run beside it on its database, changes its people at
+//! once, with no signal (SIGHUP reads no file); SIGTERM shuts down gracefully.
 
 use std::future::Future;
 use std::path::Path;
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haven_node::link::{GatewayLink, LinkConfig};
-use haven_node::users::Users;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::node_client::NodeClient;
 use haven_proto::v1::{InboxRequest, NodeFrame};
@@ -78,11 +78,24 @@ async fn haven_node(args: &[&str]) -> (u8, String, String) {
     (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
 }
 
-/// Changes the users file in place, as `haven-node users add` writes it.
-fn change_users(path: &Path, change: impl FnOnce(&mut Users)) {
-    let mut users = Users::load(path).unwrap();
-    change(&mut users);
-    users.save(path).unwrap();
+/// A node's log as text: without the colour codes its logger writes.
+fn read_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    let mut plain = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence ends with its first letter: `ESC [ 2 m`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Polls `check` (every 20 ms) until it yields a value; fails after 20 s, naming `what`.
@@ -101,8 +114,14 @@ where
     }
 }
 
+/// A node process imports its users file on its first start and says so in its log, once: people are
+/// then changed with `haven-node users` on its database, beside it, and each change is in force on the
+/// next call with no signal. A removed person's token is unknown, and the inbox watch they held ends;
+/// a disabled person is refused; enabled again, their old token is refused as revoked until `users
+/// add` gives a new one. SIGHUP re-reads nothing: a broken users file changes nothing, and the node
+/// says so and keeps serving.
 #[tokio::test]
-async fn sighup_puts_the_users_file_in_force_at_once_and_a_broken_file_changes_nothing() {
+async fn people_changed_beside_a_running_node_are_in_force_at_once_and_sighup_reads_no_file() {
     let dir = tempfile::tempdir().unwrap();
     haven_certs::init(&policies_dir().join("orgs.toml"), &dir.path().join("certs"), false).unwrap();
     let database = fresh_database(dir.path()).await;
@@ -112,62 +131,108 @@ async fn sighup_puts_the_users_file_in_force_at_once_and_a_broken_file_changes_n
     let tokens = node_users(dir.path(), "harbor", &people);
     let node = Proc::node(exe, dir.path(), "harbor", &gateway.url());
     let url = format!("http://{}", node.addr);
-    let users_file = dir.path().join("nodes").join("harbor").join("users.toml");
-    let inbox = |person: &str| {
-        let (url, token) = (url.clone(), tokens[person].clone());
+    let node_dir = dir.path().join("nodes").join("harbor");
+    let (users_file, db) = (node_dir.join("users.toml"), node_dir.join("node.db").display().to_string());
+    let log = dir.path().join("node-harbor.log");
+    let logged = read_log(&log);
+    assert!(logged.contains("imported the users file into the node database; the file is no longer read"), "{logged}");
+    assert!(logged.contains("people=3"), "{logged}");
+    let inbox = |token: String| {
+        let url = url.clone();
         async move { haven_node(&["inbox", "--node", &url, "--token", &token]).await }
     };
+    let users = |args: &[&str]| {
+        let all: Vec<String> = std::iter::once("users")
+            .chain(args.iter().copied())
+            .chain(["--database", &db])
+            .map(str::to_owned)
+            .collect();
+        async move { haven_node(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
     for (person, _) in people {
-        assert_eq!(inbox(person).await.0, 0, "{person} signs in");
+        assert_eq!(inbox(tokens[person].clone()).await.0, 0, "{person} signs in");
     }
-    // sam keeps an inbox watch open: a reload that removes sam ends it.
+    // sam keeps an inbox watch open: removing sam ends it.
     let mut watch_req = tonic::Request::new(InboxRequest::default());
     watch_req.metadata_mut().insert("authorization", format!("Bearer {}", tokens["sam"]).parse().unwrap());
     let mut watch = NodeClient::connect(url.clone()).await.unwrap().watch_inbox(watch_req).await.unwrap().into_inner();
 
-    change_users(&users_file, |u| assert!(u.remove(&PersonId::parse("sam").unwrap()).is_some()));
-    change_users(&users_file, |u| assert_eq!(u.set_disabled(&PersonId::parse("casey").unwrap(), true), Some(true)));
-    assert_eq!(inbox("sam").await.0, 0, "the file is in force only once the node reloads it");
-
-    signal(node.pid(), "HUP");
-    let (_, _, err) = within_20s("sam's token refused", || async {
-        let r = inbox("sam").await;
-        (r.0 == 4).then_some(r)
-    })
-    .await;
+    assert_eq!(users(&["remove", "sam"]).await.0, 0);
+    assert_eq!(users(&["disable", "casey"]).await.0, 0);
+    let (code, _, err) = inbox(tokens["sam"].clone()).await;
+    assert_eq!(code, 4, "in force on the next call: {err}");
     assert!(err.contains("unknown node token"), "{err}");
-    let (code, _, err) = inbox("casey").await;
+    let (code, _, err) = inbox(tokens["casey"].clone()).await;
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("`casey` is disabled"), "{err}");
-    assert_eq!(inbox("lee").await.0, 0, "lee was not changed");
+    assert_eq!(inbox(tokens["lee"].clone()).await.0, 0, "lee was not changed");
     let ended = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("the removed person's watch ends within 10 s")
         .expect_err("with a status");
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 
-    // A broken file is refused and logged; the people in force stay as they were.
-    let good = std::fs::read(&users_file).unwrap();
+    // SIGHUP reads no file: a broken one changes nothing, and the node says there is nothing to re-read.
     std::fs::write(&users_file, "[[user]]\nname = 3\n").unwrap();
     signal(node.pid(), "HUP");
-    let log = dir.path().join("node-harbor.log");
-    let logged = within_20s("the refusal in the node's log", || async {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains("users file refused"))
+    let logged = within_20s("the node's answer to SIGHUP in its log", || async {
+        Some(read_log(&log)).filter(|l| l.contains("SIGHUP: nothing to re-read"))
     })
     .await;
-    assert!(logged.contains("users.toml:2"), "the log names the file and the line: {logged}");
-    assert_eq!(inbox("lee").await.0, 0, "the old users stay");
-    assert_eq!(inbox("casey").await.0, 4, "and so do their refusals");
+    assert!(!logged.contains("users file refused"), "{logged}");
+    assert_eq!(inbox(tokens["lee"].clone()).await.0, 0, "the people stay");
+    assert_eq!(inbox(tokens["casey"].clone()).await.0, 4, "and so do their refusals");
 
-    // Fixed, and casey enabled again: in force at the next SIGHUP, with casey's own token.
-    std::fs::write(&users_file, good).unwrap();
-    change_users(&users_file, |u| assert_eq!(u.set_disabled(&PersonId::parse("casey").unwrap(), false), Some(true)));
-    signal(node.pid(), "HUP");
-    within_20s("casey signed in again", || async { (inbox("casey").await.0 == 0).then_some(()) }).await;
-    assert_eq!(inbox("sam").await.0, 4);
+    // casey enabled again: their old token stays revoked, and `users add` gives a new one.
+    assert_eq!(users(&["enable", "casey"]).await.0, 0);
+    let (code, _, err) = inbox(tokens["casey"].clone()).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("this node token of `casey` was revoked"), "{err}");
+    let (code, out, err) = users(&["add", "--name", "casey", "--role", "caseworker"]).await;
+    assert_eq!(code, 0, "{err}");
+    let token = out.lines().find_map(|l| l.strip_prefix("token (shown once): ")).expect("a token").to_owned();
+    assert_eq!(inbox(token).await.0, 0, "casey signs in with the new token");
+    assert_eq!(inbox(tokens["sam"].clone()).await.0, 4);
 
     // Waited for off the runtime, which keeps serving this test's connections as the node closes them.
     let status = tokio::task::spawn_blocking(move || node.terminate()).await.unwrap();
-    assert!(status.success(), "a node reloaded three times still shuts down cleanly: {status:?}");
+    assert!(status.success(), "a node that got SIGHUP still shuts down cleanly: {status:?}");
     drop(gateway);
+}
+
+/// The users file is imported once: the node's second start on the same database reads it no more
+/// (a person removed since stays removed, though the file still lists them) and says nothing about it.
+#[tokio::test]
+async fn a_node_imports_its_users_file_once_and_says_so_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    haven_certs::init(&policies_dir().join("orgs.toml"), &dir.path().join("certs"), false).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_haven-demo"));
+    // No gateway: the node serves its own people without one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("https://localhost:{port}");
+    let tokens = node_users(dir.path(), "harbor", &[("casey", Role::Caseworker), ("sam", Role::Caseworker)]);
+    let db = dir.path().join("nodes").join("harbor").join("node.db").display().to_string();
+    let log = dir.path().join("node-harbor.log");
+    let inbox = |node: &Proc, person: &str| {
+        let (url, token) = (format!("http://{}", node.addr), tokens[person].clone());
+        async move { haven_node(&["inbox", "--node", &url, "--token", &token]).await.0 }
+    };
+
+    let node = Proc::node(exe, dir.path(), "harbor", &nowhere);
+    let first = read_log(&log);
+    assert!(first.contains("imported the users file into the node database; the file is no longer read"), "{first}");
+    assert!(first.contains("people=2"), "{first}");
+    assert_eq!(inbox(&node, "sam").await, 0);
+    assert_eq!(haven_node(&["users", "remove", "sam", "--database", &db]).await.0, 0);
+    let status = tokio::task::spawn_blocking(move || node.terminate()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let node = Proc::node(exe, dir.path(), "harbor", &nowhere);
+    let all = read_log(&log);
+    let second = &all[first.len()..];
+    assert!(!second.contains("users file") && !second.contains("imported"), "the second start says nothing: {second}");
+    assert_eq!(inbox(&node, "casey").await, 0, "the imported people stay");
+    assert_eq!(inbox(&node, "sam").await, 4, "sam is not imported again");
+    let status = tokio::task::spawn_blocking(move || node.terminate()).await.unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -5,7 +5,7 @@
 //! | 0 | success (a send whose recipients were all denied is still a success: the reply says why) |
 //! | 1 | anything else (an export that fails `audit verify`, a file that cannot be read or written) |
 //! | 2 | usage error: the command line is wrong |
-//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), or what the command names does not exist (`users remove` of a person the file does not list) |
+//! | 3 | refused as invalid by the node or the gateway (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`), what the command names does not exist (`users remove` of a person the node does not hold), or a password refused (`users passwd`) |
 //! | 4 | not signed in or not permitted (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
 //! | 5 | unavailable: the node or the gateway behind it cannot be reached, or answers UNAVAILABLE (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
 //! | 6 | the audit witness reports an alarm (`audit witness`, and `audit witness ack` when the problem persists) |
@@ -20,8 +20,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the command line is wrong (clap uses the same code).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the node or the gateway refused the request as invalid, or what the command names does not
-/// exist.
+/// Exit code: the node or the gateway refused the request as invalid, what the command names does not
+/// exist, or a password was refused.
 pub const EXIT_REFUSED: u8 = 3;
 /// Exit code: not signed in, or not permitted.
 pub const EXIT_DENIED: u8 = 4;
@@ -36,7 +36,7 @@ Exit codes:
   0  success (a send whose recipients were denied still succeeds; the output says why)
   2  usage error
   3  refused as invalid by the node or gateway (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND),
-     or not found (a person the users file does not list)
+     not found (a person the node does not hold), or a password refused (users add, users passwd)
   4  not signed in or not permitted (UNAUTHENTICATED, PERMISSION_DENIED)
   5  unavailable: the node or the gateway cannot be reached
   6  the audit witness reports an alarm (audit witness)
@@ -49,10 +49,14 @@ pub enum CliError {
     /// header, an https node without `--ca`.
     #[error("{0}")]
     Usage(String),
-    /// What the command names does not exist (a person the users file does not list).
+    /// What the command names does not exist (a person the node's database does not hold).
     #[error("not found: {0}")]
     NotFound(String),
-    /// A local file could not be read, parsed or written (the users file, an export's output).
+    /// What the command was given is refused (a password that is empty, too short or too long).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A local file could not be read, parsed or written (the node's database, the users file, an
+    /// export's output).
     #[error("{0}")]
     File(String),
     /// An audit export did not verify (`audit verify`), or could not be read to be verified.
@@ -100,7 +104,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::NotFound(_) => EXIT_REFUSED,
+            CliError::NotFound(_) | CliError::Refused(_) => EXIT_REFUSED,
             CliError::Unreachable { .. } | CliError::NodeLost(_) | CliError::WatchEnded => EXIT_UNAVAILABLE,
             CliError::Status(s) => match s.code() {
                 Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound => EXIT_REFUSED,

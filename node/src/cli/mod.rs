@@ -1,7 +1,7 @@
 //! What an organization's people run: `haven-node referral|alert|inbox|consent|whoami|audit`, each a client
 //! of their own running node's API (`--node`, default http://127.0.0.1:7600, or HAVEN_NODE), signed
 //! in with their node token (`--token` or HAVEN_TOKEN); and what its administrator runs beside the
-//! node: `haven-node users` ([`users`]), which edits the users file.
+//! node: `haven-node users` ([`users`]), which changes the people in the node's database.
 //!
 //! - [`referral`], [`alert`]: sending and answering messages, over the shared [`messages`] code;
 //! - [`inbox`]: what arrived, and `--watch`; [`consent`]: recording, renewing and revoking consent;
@@ -10,8 +10,8 @@
 //! - [`fields`], [`dates`]: command-line syntax for field values and dates; [`output`]: tables and
 //!   JSON lines.
 //!
-//! Every command writes to the writers it is given, so tests run it in process with [`run`] exactly as
-//! the binary does.
+//! Every command writes to the writers it is given, and reads a password from the reader it is given,
+//! so tests run it in process with [`run`] or [`run_with_input`] exactly as the binary does.
 
 pub mod alert;
 pub mod audit;
@@ -53,7 +53,7 @@ pub enum Command {
     /// Show who you are signed in as, as the gateway sees it.
     #[command(after_help = EXIT_CODES_HELP)]
     Whoami(client::ClientArgs),
-    /// Manage the people who may use this node (its users file).
+    /// Manage the people who may use this node (in its database).
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Users(users::UsersCommand),
     /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
@@ -70,14 +70,24 @@ struct PeopleCli {
 }
 
 /// Parses `args` (the program name first) and runs the command, writing what it prints to `out` and
-/// errors to `err`. Returns the exit code: a usage error is 2, as in the binary.
+/// errors to `err`, with nothing on standard input. Returns the exit code: a usage error is 2, as in
+/// the binary.
 pub async fn run<I, T>(args: I, out: Out<'_>, err: Out<'_>) -> u8
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    run_with_input(args, &mut std::io::empty(), out, err).await
+}
+
+/// [`run`], with `input` as standard input (where `users passwd` reads a password).
+pub async fn run_with_input<I, T>(args: I, input: users::In<'_>, out: Out<'_>, err: Out<'_>) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     match <PeopleCli as clap::Parser>::try_parse_from(args) {
-        Ok(cli) => execute(&cli.command, out, err).await,
+        Ok(cli) => execute(&cli.command, input, out, err).await,
         Err(e) => {
             // Help and --version are not errors: they go to `out`, like clap's own `parse`.
             let _ = if e.use_stderr() { write!(err, "{}", e.render()) } else { write!(out, "{}", e.render()) };
@@ -86,15 +96,16 @@ where
     }
 }
 
-/// Runs a parsed command. Errors go to `err` as `haven-node: <what failed> (<gRPC code>): <why>`.
-pub async fn execute(cmd: &Command, out: Out<'_>, err: Out<'_>) -> u8 {
+/// Runs a parsed command, reading standard input from `input`. Errors go to `err` as
+/// `haven-node: <what failed> (<gRPC code>): <why>`.
+pub async fn execute(cmd: &Command, input: users::In<'_>, out: Out<'_>, err: Out<'_>) -> u8 {
     let result = match cmd {
         Command::Referral(c) => referral::run(c, out).await,
         Command::Alert(c) => alert::run(c, out).await,
         Command::Inbox(a) => inbox::run(a, out, err).await,
         Command::Consent(c) => consent::run(c, out).await,
         Command::Whoami(a) => whoami::run(a, out).await,
-        Command::Users(c) => users::run(c, out),
+        Command::Users(c) => users::run(c, input, out, err).await,
         Command::Audit(c) => audit::run(c, out, err).await,
     };
     let _ = out.flush();

@@ -1,118 +1,239 @@
-//! `haven-node users add|remove|disable|enable`: the people who may use this node, kept in its users
-//! file. These commands edit the file only; a running node puts it in force when it gets SIGHUP.
+//! `haven-node users add|passwd|role|disable|enable|remove|list`: the people who may use this node,
+//! kept in its database. Run beside the node, on the same database file; every change is in force in
+//! a running node at once, with no restart and no signal. A password is read from standard input,
+//! never from an argument, which other users of the machine can see in the process list.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use haven_trust::clock::SystemClock;
 use haven_trust::ids::{PersonId, Role};
 
 use super::error::CliError;
-use super::output::Out;
-use crate::users::Users;
+use super::output::{Out, Table};
+use crate::password::{Password, Passwords};
+use crate::people::{Import, People, PeopleError};
+use crate::store::NodeStore;
 
-/// What every change ends with: the file is not yet in force on a running node.
-const APPLY: &str = "a running node applies the file when it gets SIGHUP (`kill -HUP <pid of haven-node serve>`)";
+/// Where a command reads a password from: standard input in the binary, bytes in tests.
+pub type In<'a> = &'a mut (dyn std::io::BufRead + Send);
 
 /// The `users` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum UsersCommand {
-    /// Add a person (or give them a new token) and print their token once.
+    /// Add a person and print their token once. For a person already on this node: set their role,
+    /// enable them and print a new token (their earlier tokens are revoked).
     Add {
         #[command(flatten)]
-        file: UsersFile,
+        db: NodeDatabase,
         #[arg(long)]
         name: PersonId,
         #[arg(long)]
         role: Role,
+        /// Also set their password, read as one line from standard input.
+        #[arg(long)]
+        password_stdin: bool,
     },
-    /// Remove a person: their token is refused once the node re-reads the file.
+    /// Set a person's password, read as one line from standard input.
+    Passwd {
+        #[command(flatten)]
+        db: NodeDatabase,
+        #[arg(value_name = "NAME")]
+        name: PersonId,
+    },
+    /// Change a person's role; their tokens are revoked (`users add` gives a new one).
+    Role {
+        #[command(flatten)]
+        db: NodeDatabase,
+        #[arg(value_name = "NAME")]
+        name: PersonId,
+        #[arg(value_name = "ROLE")]
+        role: Role,
+    },
+    /// Remove a person and their tokens.
     Remove {
         #[command(flatten)]
-        file: UsersFile,
-        /// The person, as listed in the file.
+        db: NodeDatabase,
         #[arg(value_name = "NAME")]
         name: PersonId,
     },
-    /// Disable a person, keeping their entry and token: refused until enabled again.
+    /// Disable a person: refused until enabled again; their tokens are revoked.
     Disable {
         #[command(flatten)]
-        file: UsersFile,
-        /// The person, as listed in the file.
+        db: NodeDatabase,
         #[arg(value_name = "NAME")]
         name: PersonId,
     },
-    /// Enable a disabled person again, with the token they had.
+    /// Enable a disabled person again (with a password they had; `users add` gives a new token).
     Enable {
         #[command(flatten)]
-        file: UsersFile,
-        /// The person, as listed in the file.
+        db: NodeDatabase,
         #[arg(value_name = "NAME")]
         name: PersonId,
     },
+    /// List the people on this node: role, state, whether a password is set, tokens in force.
+    List {
+        #[command(flatten)]
+        db: NodeDatabase,
+    },
 }
 
-/// The users file a command edits.
+impl UsersCommand {
+    /// Whether the command reads a password from standard input.
+    pub fn reads_password(&self) -> bool {
+        matches!(self, UsersCommand::Add { password_stdin: true, .. } | UsersCommand::Passwd { .. })
+    }
+}
+
+/// The node database a command changes.
 #[derive(Debug, Clone, clap::Args)]
-pub struct UsersFile {
-    /// The users file (the one `haven-node serve --users` reads).
-    #[arg(long = "file", env = "HAVEN_USERS", default_value = "users.toml")]
-    pub path: PathBuf,
+pub struct NodeDatabase {
+    /// The node's database (the file `haven-node serve --database` opens).
+    #[arg(long, env = "HAVEN_NODE_DATABASE", default_value = "haven-node.db")]
+    pub database: String,
+    /// The users file of earlier versions (`haven-node serve --users`). A database that has never
+    /// imported one, and holds nobody, imports it first, as the node does on its first start.
+    #[arg(long, env = "HAVEN_USERS", default_value = "users.toml")]
+    pub users: PathBuf,
 }
 
-/// Runs a `users` subcommand.
-pub fn run(cmd: &UsersCommand, out: Out<'_>) -> Result<(), CliError> {
+/// Runs a `users` subcommand; a password comes from `input`, notices about the users file go to `err`.
+pub async fn run(cmd: &UsersCommand, input: In<'_>, out: Out<'_>, err: Out<'_>) -> Result<(), CliError> {
+    let (db, creates) = match cmd {
+        UsersCommand::Add { db, .. } => (db, true),
+        UsersCommand::Passwd { db, .. }
+        | UsersCommand::Role { db, .. }
+        | UsersCommand::Remove { db, .. }
+        | UsersCommand::Disable { db, .. }
+        | UsersCommand::Enable { db, .. }
+        | UsersCommand::List { db } => (db, false),
+    };
+    // Read before the database is touched, so a refused password changes nothing.
+    let password = if cmd.reads_password() {
+        Some(Password::read_line(input).map_err(|e| CliError::Refused(e.to_string()))?)
+    } else {
+        None
+    };
+    let (store, people) = open(db, creates, err).await?;
+    let result = change(cmd, &db.database, &people, password, out).await;
+    store.pool().close().await;
+    result
+}
+
+async fn change(
+    cmd: &UsersCommand,
+    database: &str,
+    people: &People,
+    password: Option<Password>,
+    out: Out<'_>,
+) -> Result<(), CliError> {
+    let failed = |e: PeopleError| failure(e, database);
+    let passwords = Passwords::new(people.clone());
     match cmd {
-        UsersCommand::Add { file, name, role } => {
-            let path = &file.path;
-            let mut users = if path.exists() { load(path)? } else { Users::default() };
-            let token = users.add(name.clone(), *role);
-            save(&users, path)?;
-            writeln!(out, "added {name} ({role}) to {}; {APPLY}", path.display())?;
-            writeln!(out, "token (shown once): {token}")?;
+        UsersCommand::Add { name, role, .. } => {
+            let hash = match &password {
+                Some(p) => Some(passwords.hash(p).await.map_err(|e| CliError::File(e.to_string()))?),
+                None => None,
+            };
+            let added = people.add(name, *role, hash.as_deref()).await.map_err(failed)?;
+            let with_password = if hash.is_some() { ", with the password given" } else { "" };
+            if added.replaced {
+                writeln!(
+                    out,
+                    "gave {name} ({role}{with_password}) a new token in {database}; their earlier tokens are revoked"
+                )?;
+            } else {
+                writeln!(out, "added {name} ({role}{with_password}) to {database}")?;
+            }
+            writeln!(out, "token (shown once): {}", added.token)?;
         }
-        UsersCommand::Remove { file, name } => {
-            let path = &file.path;
-            let mut users = load(path)?;
-            let removed = users.remove(name).ok_or_else(|| unknown(&users, name, path))?;
-            save(&users, path)?;
-            writeln!(out, "removed {name} ({}) from {}; {APPLY}", removed.role, path.display())?;
+        UsersCommand::Passwd { name, .. } => {
+            let Some(password) = &password else { return Err(CliError::Refused("no password given".into())) };
+            let hash = passwords.hash(password).await.map_err(|e| CliError::File(e.to_string()))?;
+            people.set_password_hash(name, &hash).await.map_err(failed)?;
+            writeln!(out, "set the password of {name} in {database}")?;
         }
-        UsersCommand::Disable { file, name } => set_disabled(&file.path, name, true, out)?,
-        UsersCommand::Enable { file, name } => set_disabled(&file.path, name, false, out)?,
+        UsersCommand::Role { name, role, .. } => match people.set_role(name, *role).await.map_err(failed)? {
+            Some(was) => writeln!(
+                out,
+                "{name} is now {role} (was {was}) in {database}; their tokens are revoked: `haven-node users add --name {name} --role {role}` gives a new one"
+            )?,
+            None => writeln!(out, "{name} is already {role} in {database}; nothing changed")?,
+        },
+        UsersCommand::Remove { name, .. } => {
+            let role = people.remove(name).await.map_err(failed)?;
+            writeln!(out, "removed {name} ({role}) from {database}; their tokens are refused from now on")?;
+        }
+        UsersCommand::Disable { name, .. } => {
+            if people.set_disabled(name, true).await.map_err(failed)? {
+                writeln!(
+                    out,
+                    "disabled {name} in {database}; they are refused from now on and their tokens are revoked"
+                )?;
+            } else {
+                writeln!(out, "{name} is already disabled in {database}; nothing changed")?;
+            }
+        }
+        UsersCommand::Enable { name, .. } => {
+            if people.set_disabled(name, false).await.map_err(failed)? {
+                writeln!(
+                    out,
+                    "enabled {name} in {database}; their earlier tokens stay revoked: `haven-node users add --name {name} --role ...` gives a new one"
+                )?;
+            } else {
+                writeln!(out, "{name} is already enabled in {database}; nothing changed")?;
+            }
+        }
+        UsersCommand::List { .. } => {
+            let mut table = Table::new(&["NAME", "ROLE", "STATE", "PASSWORD", "TOKENS"]);
+            for p in people.list().await.map_err(failed)? {
+                table.row(vec![
+                    p.name.to_string(),
+                    p.role.to_string(),
+                    (if p.disabled { "disabled" } else { "enabled" }).to_owned(),
+                    (if p.has_password { "set" } else { "none" }).to_owned(),
+                    p.tokens.to_string(),
+                ]);
+            }
+            table
+                .write(out, &format!("nobody on this node yet ({database}): add people with `haven-node users add`"))?;
+        }
     }
     Ok(())
 }
 
-fn set_disabled(path: &Path, name: &PersonId, disabled: bool, out: Out<'_>) -> Result<(), CliError> {
-    let mut users = load(path)?;
-    let changed = users.set_disabled(name, disabled).ok_or_else(|| unknown(&users, name, path))?;
-    let done = if disabled { "disabled" } else { "enabled" };
-    if !changed {
-        writeln!(out, "{name} is already {done} in {}; nothing changed", path.display())?;
-        return Ok(());
+/// Opens the node database, importing the users file first where the node would. Only `add` makes a
+/// database that does not exist yet: for the others a missing file is a wrong `--database`.
+async fn open(db: &NodeDatabase, creates: bool, err: Out<'_>) -> Result<(NodeStore, People), CliError> {
+    let path = &db.database;
+    if !creates && !std::path::Path::new(path).exists() {
+        return Err(CliError::File(format!(
+            "no node database at {path}: give --database (or HAVEN_NODE_DATABASE) the file `haven-node serve --database` uses"
+        )));
     }
-    save(&users, path)?;
-    writeln!(out, "{done} {name} in {}; {APPLY}", path.display())?;
-    Ok(())
-}
-
-fn load(path: &Path) -> Result<Users, CliError> {
-    Users::load(path).map_err(|e| CliError::File(e.to_string()))
-}
-
-fn save(users: &Users, path: &Path) -> Result<(), CliError> {
-    users.save(path).map_err(|e| CliError::File(format!("cannot write {}: {e}", path.display())))
-}
-
-/// How many of the file's names a "no such person" error lists.
-const LISTED_NAMES: usize = 20;
-
-/// A name the file does not list, with (some of) the names it does.
-fn unknown(users: &Users, name: &PersonId, path: &Path) -> CliError {
-    let mut listed = users.user.iter().take(LISTED_NAMES).map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ");
-    if users.user.is_empty() {
-        listed = "nobody".to_owned();
-    } else if users.user.len() > LISTED_NAMES {
-        listed.push_str(&format!(" and {} more", users.user.len() - LISTED_NAMES));
+    let store = NodeStore::open(path).await.map_err(|e| CliError::File(e.to_string()))?;
+    let people = People::new(store.clone(), std::sync::Arc::new(SystemClock)).await.map_err(|e| failure(e, path))?;
+    let file = db.users.display();
+    match people.import_once(&db.users).await.map_err(|e| failure(e, path))? {
+        Import::Imported { count } => writeln!(
+            err,
+            "haven-node: imported {count} people from the users file {file} into {path}; the file is no longer read (remove it once `haven-node users list` shows everyone)"
+        )?,
+        Import::NotRead { held } => writeln!(
+            err,
+            "haven-node: the users file {file} is not read: {path} already holds {held} people (`haven-node users list`)"
+        )?,
+        Import::Done | Import::Nobody => {}
     }
-    CliError::NotFound(format!("no person `{name}` in {} (it lists: {listed})", path.display()))
+    Ok((store, people))
+}
+
+/// A failed change, as the administrator should see it.
+fn failure(e: PeopleError, database: &str) -> CliError {
+    match e {
+        PeopleError::Unknown { name, held } => {
+            CliError::NotFound(format!("no person `{name}` in {database} (it holds: {held})"))
+        }
+        PeopleError::UsersFile(e) => CliError::File(format!("users file: {e}")),
+        e => CliError::File(format!("{database}: {e}")),
+    }
 }

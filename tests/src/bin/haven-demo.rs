@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use haven_node::users::Users;
+use haven_node::people::People;
+use haven_node::store::NodeStore;
 use haven_proto::v1 as pb;
 use haven_proto::v1::WhoAmIRequest;
 use haven_proto::v1::node_client::NodeClient;
@@ -174,16 +175,19 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
     let registry = Registry::load(&policies.join("orgs.toml"), Some(&dir.join("certs/pins.toml")))
         .map_err(|e| anyhow::anyhow!(e.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")))?;
 
+    // Each person is added to their node's database before the node starts, as `haven-node users add`
+    // adds them; a rerun on the same directory gives everyone a new token.
     let mut tokens = Vec::new();
     for org in registry.iter() {
         let node_dir = dir.join("nodes").join(org.id.as_str());
         std::fs::create_dir_all(&node_dir)?;
-        let mut users = Users::default();
+        let store = NodeStore::open(&node_dir.join("node.db").display().to_string()).await?;
+        let node_people = People::new(store.clone(), Arc::new(SystemClock)).await?;
         for (person, role) in people(org.org_type.as_str()) {
-            let token = users.add(PersonId::parse(person)?, role);
-            tokens.push((org.id.clone(), person, role, token));
+            let added = node_people.add(&PersonId::parse(person)?, role, None).await?;
+            tokens.push((org.id.clone(), person, role, added.token));
         }
-        users.save(&node_dir.join("users.toml"))?;
+        store.pool().close().await;
     }
 
     let gateway = spawn("gateway", &["gateway", &dir_s, &pol_s])?;
