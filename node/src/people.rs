@@ -18,9 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::SqliteConnection;
 use tokio::sync::watch;
 use tonic::Status;
@@ -30,6 +27,7 @@ use haven_trust::ids::{PersonId, Role};
 
 use crate::store::NodeStore;
 use crate::users::Users;
+pub use crate::users::{mint_token, token_sha256};
 
 /// How often a running node looks for changes made by another process (`haven-node users`) to end
 /// the inbox watches they concern. Ordinary calls do not wait for it: each is signed in against the
@@ -105,19 +103,6 @@ pub enum PeopleError {
     Damaged(String),
     #[error("node database: {0}")]
     Store(#[from] sqlx::Error),
-}
-
-/// Mints a node token: 256 random bits, URL-safe base64, prefixed `hvn_` so it is recognisable in a
-/// leaked file or log.
-pub fn mint_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("hvn_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// The hex SHA-256 of a token: what the database keeps of it.
-pub fn token_sha256(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn person(name: String, role: String) -> Result<Person, PeopleError> {

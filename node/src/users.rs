@@ -6,12 +6,26 @@
 
 use std::path::Path;
 
+use base64::Engine;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use haven_trust::ids::{PersonId, Role};
 use haven_trust::source::{Located, SourceFile};
 
-use crate::people::{mint_token, token_sha256};
+/// Mints a node token: 256 random bits, URL-safe base64, prefixed `hvn_` so it is recognisable in a
+/// leaked file or log.
+pub fn mint_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("hvn_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The hex SHA-256 of a token: what the node keeps of it, in the users file and in its database.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
 
 /// One person in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
