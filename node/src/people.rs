@@ -270,12 +270,7 @@ impl People {
 
     /// Removes a person: their tokens are deleted with them. Returns the role they had.
     pub async fn remove(&self, name: &PersonId) -> Result<Role, PeopleError> {
-        let mut tx = self.store.pool().begin().await?;
-        let v = bump(&mut tx).await?;
-        let Some(found) = self.find(&mut tx, name).await? else {
-            drop(tx);
-            return Err(self.unknown(name).await);
-        };
+        let (mut tx, v, found) = self.change(name).await?;
         sqlx::query("DELETE FROM person_token WHERE person = $1").bind(name.as_str()).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM person WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -287,12 +282,7 @@ impl People {
     /// back (`add` gives a new one). Returns whether anything changed.
     pub async fn set_disabled(&self, name: &PersonId, disabled: bool) -> Result<bool, PeopleError> {
         let now = self.clock.now_micros();
-        let mut tx = self.store.pool().begin().await?;
-        let v = bump(&mut tx).await?;
-        let Some(found) = self.find(&mut tx, name).await? else {
-            drop(tx);
-            return Err(self.unknown(name).await);
-        };
+        let (mut tx, v, found) = self.change(name).await?;
         if found.disabled == disabled {
             return Ok(false);
         }
@@ -314,12 +304,7 @@ impl People {
     /// when they already had this one (nothing changed, nothing revoked).
     pub async fn set_role(&self, name: &PersonId, role: Role) -> Result<Option<Role>, PeopleError> {
         let now = self.clock.now_micros();
-        let mut tx = self.store.pool().begin().await?;
-        let v = bump(&mut tx).await?;
-        let Some(found) = self.find(&mut tx, name).await? else {
-            drop(tx);
-            return Err(self.unknown(name).await);
-        };
+        let (mut tx, v, found) = self.change(name).await?;
         if found.person.role == role {
             return Ok(None);
         }
@@ -422,6 +407,24 @@ impl People {
             }
             newer
         });
+    }
+
+    /// Begins a change to the person `name`: the transaction, with the people version already moved
+    /// (rolled back with it if the change is not committed), and what is stored of them. A person this
+    /// node does not hold is an error naming who it does hold.
+    async fn change(
+        &self,
+        name: &PersonId,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Sqlite>, i64, Credentials), PeopleError> {
+        let mut tx = self.store.pool().begin().await?;
+        let v = bump(&mut tx).await?;
+        match self.find(&mut tx, name).await? {
+            Some(found) => Ok((tx, v, found)),
+            None => {
+                drop(tx);
+                Err(self.unknown(name).await)
+            }
+        }
     }
 
     async fn find(&self, conn: &mut SqliteConnection, name: &PersonId) -> Result<Option<Credentials>, PeopleError> {

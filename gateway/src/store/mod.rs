@@ -249,11 +249,6 @@ impl<T> Unsettled<T> {
     pub(crate) fn read(value: T) -> Unsettled<T> {
         Unsettled(value)
     }
-
-    /// What is computed from the value needs the same wait.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Unsettled<U> {
-        Unsettled(f(self.0))
-    }
 }
 
 impl<T> Unsettled<Vec<T>> {
