@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::api::NodeService;
 use crate::audit_proxy::AuditProxy;
+use crate::console::session::{PublicOrigin, Sessions};
+use crate::console::{Bound, Console, ConsoleConfig, ConsoleError};
 use crate::link::{GatewayLink, LinkConfig, LinkError};
 use crate::password::Passwords;
 use crate::people::{Import, People};
@@ -34,6 +36,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Certificate and key for serving the API over TLS, required when `listen` is not loopback.
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// Where and how to serve the web console, if at all (`--console`).
+    pub console: Option<ConsoleConfig>,
 }
 
 /// Why the node could not start.
@@ -53,6 +57,8 @@ pub enum NodeError {
     Tls(String),
     #[error("audit witness: {0}")]
     Witness(#[from] crate::witness::WitnessError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
 }
 
 /// A node ready to serve.
@@ -60,6 +66,8 @@ pub struct Node {
     pub state: Arc<NodeState>,
     config: NodeConfig,
     stream_tx: watch::Sender<StreamState>,
+    /// The console's listener, bound at open so a taken port or a bad setting stops the start.
+    console: Option<Bound>,
 }
 
 impl Node {
@@ -74,6 +82,10 @@ impl Node {
         for key in haven_trust::owner_only::loose(&keys) {
             tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
         }
+        let console = match &config.console {
+            Some(c) => Some(c.bind().await?),
+            None => None,
+        };
         let store = NodeStore::open(&config.database).await?;
         let people = People::new(store.clone(), clock.clone()).await?;
         log_import(&people.import_once(&config.users).await?, &config.users);
@@ -86,7 +98,13 @@ impl Node {
             state: Arc::new(NodeState { link, store, people, passwords, clock, stream, witness, arrivals }),
             config,
             stream_tx,
+            console,
         })
+    }
+
+    /// Where the console listens and the origin people use, when it is served.
+    pub fn console(&self) -> Option<(SocketAddr, &PublicOrigin)> {
+        self.console.as_ref().map(|b| (b.addr, &b.origin))
     }
 
     /// Binds the API address, naming it if it is taken.
@@ -103,8 +121,30 @@ impl Node {
     ) -> Result<(), NodeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stream = tokio::spawn(crate::stream::run(self.state.clone(), self.stream_tx, stop_rx.clone()));
-        let retrier = tokio::spawn(crate::api::retry_pending(self.state.clone(), stop_rx.clone()));
-        let people = tokio::spawn(self.state.people.clone().follow(stop_rx));
+        let retrier = tokio::spawn(crate::actions::retry_pending(
+            self.state.store.clone(),
+            self.state.link.clone(),
+            self.state.clock.clone(),
+            stop_rx.clone(),
+        ));
+        let people = tokio::spawn(self.state.people.clone().follow(stop_rx.clone()));
+        let console = self.console.map(|bound| {
+            let s = &self.state;
+            let console = Arc::new(Console {
+                store: s.store.clone(),
+                link: s.link.clone(),
+                clock: s.clock.clone(),
+                people: s.people.clone(),
+                passwords: s.passwords.clone(),
+                arrivals: s.arrivals.clone(),
+                witness: s.witness.clone(),
+                stream: s.stream.clone(),
+                sessions: Sessions::new(s.store.clone(), s.clock.clone()),
+                origin: bound.origin.clone(),
+                stopping: stop_rx.clone(),
+            });
+            tokio::spawn(bound.serve(console, stop_rx))
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<NodeServer<NodeService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -156,6 +196,9 @@ impl Node {
         let _ = stream.await;
         let _ = retrier.await;
         let _ = people.await;
+        if let Some(console) = console {
+            let _ = console.await;
+        }
         // Last: what writes replaced or deleted leaves SQLite's write-ahead log, which
         // `secure_delete` does not reach.
         match self.state.store.truncate_wal().await {

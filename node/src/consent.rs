@@ -11,8 +11,11 @@ use rand::RngCore;
 use time::OffsetDateTime;
 use tonic::Status;
 
+use haven_trust::clock::SharedClock;
+
+use crate::link::GatewayLink;
 use crate::people::Person;
-use crate::state::NodeState;
+use crate::store::NodeStore;
 
 /// Mints a subject pseudonym: 128 random bits as 32 hex characters.
 pub fn mint_pseudonym() -> String {
@@ -40,12 +43,13 @@ pub fn may_manage(user: &Person) -> Result<(), Status> {
 
 /// Builds the receipt a caseworker asked for.
 pub fn receipt(
-    state: &NodeState,
+    link: &GatewayLink,
+    clock: &SharedClock,
     user: &Person,
     r: RecordConsentRequest,
     supersedes: Option<String>,
 ) -> Result<ConsentReceipt, Status> {
-    let now = state.clock.now();
+    let now = clock.now();
     let parse_orgs = r
         .recipient_orgs
         .iter()
@@ -67,7 +71,7 @@ pub fn receipt(
         version: RECEIPT_VERSION,
         consent_id: if r.consent_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { r.consent_id },
         subject: if r.subject_pseudonym.is_empty() { mint_pseudonym() } else { r.subject_pseudonym },
-        controller: state.link.signer().org().clone(),
+        controller: link.signer().org().clone(),
         purposes: r.purposes,
         recipient_orgs: parse_orgs,
         recipient_types: parse_types,
@@ -86,32 +90,46 @@ pub fn receipt(
 
 /// Signs and registers a receipt (or a renewal), then keeps a copy.
 pub async fn register(
-    state: &NodeState,
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
     user: &Person,
     receipt: ConsentReceipt,
     renew: bool,
 ) -> Result<ConsentRecord, Status> {
-    let jws = state.link.signer().sign(&receipt).map_err(|e| Status::internal(e.to_string()))?;
-    let mut gw = GatewayClient::new(state.link.channel());
-    let req = state.link.request(&user.name, user.role, RegisterConsentRequest { receipt_jws: jws })?;
+    let jws = link.signer().sign(&receipt).map_err(|e| Status::internal(e.to_string()))?;
+    let mut gw = GatewayClient::new(link.channel());
+    let req = link.request(&user.name, user.role, RegisterConsentRequest { receipt_jws: jws })?;
     let record = if renew { gw.renew_consent(req).await } else { gw.register_consent(req).await }
-        .map_err(|s| state.link.relay(s))?
+        .map_err(|s| link.relay(s))?
         .into_inner();
-    remember(state, &record, &receipt.subject, user).await?;
+    remember(store, clock, &record, &receipt.subject, user).await?;
     Ok(record)
 }
 
 /// Keeps the node's copy of a consent in step with the gateway's.
-pub async fn remember(state: &NodeState, record: &ConsentRecord, subject: &str, user: &Person) -> Result<(), Status> {
+pub async fn remember(
+    store: &NodeStore,
+    clock: &SharedClock,
+    record: &ConsentRecord,
+    subject: &str,
+    user: &Person,
+) -> Result<(), Status> {
     sqlx::query("INSERT INTO consents (consent_id, subject, receipt_jws, state, recorded_by, updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consent_id) DO UPDATE SET state = excluded.state, updated_at_micros = excluded.updated_at_micros")
         .bind(&record.consent_id)
         .bind(subject)
         .bind(&record.receipt_jws)
         .bind(&record.state)
         .bind(user.name.as_str())
-        .bind(state.clock.now_micros())
-        .execute(state.store.pool())
+        .bind(clock.now_micros())
+        .execute(store.pool())
         .await
         .map_err(crate::store::status)?;
     Ok(())
+}
+
+/// The subject pseudonym a consent record's receipt names ('' if it names none).
+pub fn subject_of(record: &ConsentRecord) -> String {
+    let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
+    v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned()
 }

@@ -7,18 +7,23 @@
 //!   [`password`]: their passwords, and the check that signs them in with one; [`users`]: the users
 //!   file of earlier versions, imported once;
 //! - [`store`]: the node's own SQLite database;
-//! - [`api`]: the `Node` service; [`app`]: the running node;
+//! - [`actions`]: what people do at their node, one function per action, each with its permission
+//!   check; [`access`]: the node's access log (views of survivor data, sign-ins);
+//! - [`api`]: the `Node` service, a thin caller of the actions; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
 //!   forwarded to the gateway;
 //! - [`failure`]: why a call failed, told apart (never reached the other end, or its answer);
 //! - [`cli`]: every `haven-node` command but `serve`: what people run against their node
 //!   (`referral|alert|inbox|consent|whoami|audit`) and `users`.
 
+pub mod access;
+pub mod actions;
 pub mod api;
 pub mod app;
 pub mod audit_proxy;
 pub mod cli;
 pub mod consent;
+pub mod console;
 pub mod failure;
 pub mod link;
 pub mod mailbox;

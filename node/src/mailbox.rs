@@ -336,5 +336,13 @@ pub async fn local_status(store: &NodeStore, change: LocalChange<'_>) -> Result<
     Ok(())
 }
 
+/// The message kind of a received item (a delivery's `referral` or `alert`), else its item kind.
+pub fn kind_of(item: &pb::InboxItem) -> &str {
+    match &item.item {
+        Some(pb::Item { body: Some(pb::item::Body::Delivery(d)), .. }) => &d.kind,
+        _ => &item.item_kind,
+    }
+}
+
 /// New arrivals, for `WatchInbox` and `inbox --watch`.
 pub type Arrivals = broadcast::Sender<pb::InboxItem>;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use haven_node::app::{Node, NodeConfig};
+use haven_node::console::ConsoleConfig;
 use haven_node::link::LinkConfig;
 use haven_trust::clock::SystemClock;
 use haven_trust::ids::OrgId;
@@ -68,6 +69,22 @@ struct ServeArgs {
     api_cert: Option<PathBuf>,
     #[arg(long, requires = "api_cert")]
     api_key: Option<PathBuf>,
+    /// Serve the web console at this address, for example 127.0.0.1:7680.
+    #[arg(long, env = "HAVEN_CONSOLE")]
+    console: Option<SocketAddr>,
+    /// TLS certificate for the console: it then serves HTTPS.
+    #[arg(long, requires_all = ["console_tls_key", "console"])]
+    console_tls_cert: Option<PathBuf>,
+    #[arg(long, requires_all = ["console_tls_cert", "console"])]
+    console_tls_key: Option<PathBuf>,
+    /// Serve the console over plain HTTP on an address that is not loopback, for a reverse proxy that
+    /// terminates TLS in front of it.
+    #[arg(long, requires = "console", conflicts_with = "console_tls_cert")]
+    console_insecure_http: bool,
+    /// The origin people use to reach the console, for example https://haven.example.org: the Origin
+    /// check compares against it, and an https origin makes cookies Secure and __Host- prefixed.
+    #[arg(long, env = "HAVEN_CONSOLE_PUBLIC_ORIGIN", requires = "console")]
+    console_public_origin: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -133,10 +150,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         users: args.users,
         listen: args.listen,
         api_tls: args.api_cert.zip(args.api_key),
+        console: args.console.map(|listen| ConsoleConfig {
+            listen,
+            tls: args.console_tls_cert.zip(args.console_tls_key),
+            insecure_http: args.console_insecure_http,
+            public_origin: args.console_public_origin,
+        }),
     };
     let node = Node::open(config, Arc::new(SystemClock)).await?;
     let listener = node.bind().await?;
     tracing::info!(addr = %listener.local_addr()?, "node API listening");
+    if let Some((addr, origin)) = node.console() {
+        tracing::info!(%addr, origin = %origin.origin, "web console listening");
+    }
     node.serve_until_signal(listener).await?;
     Ok(())
 }

@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_mail.sql")),
     (5, include_str!("migrations/0005_witness_clearing.sql")),
     (6, include_str!("migrations/0006_people.sql")),
+    (7, include_str!("migrations/0007_console.sql")),
 ];
 
 impl NodeStore {

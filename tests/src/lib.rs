@@ -9,3 +9,4 @@
 pub mod fixtures;
 pub mod net;
 pub mod procs;
+pub mod web;

@@ -286,6 +286,8 @@ impl Drop for Replica {
 /// A node running in this process against a [`TestNet`], with people signed up.
 pub struct TestNode {
     pub addr: SocketAddr,
+    /// Where its web console listens (every test node serves one, on port 0).
+    pub console: SocketAddr,
     pub state: Arc<haven_node::app::NodeState>,
     tokens: std::collections::HashMap<String, String>,
     stop: Option<oneshot::Sender<()>>,
@@ -331,8 +333,15 @@ impl TestNode {
             users: node_dir.join("users.toml"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_tls: None,
+            console: Some(haven_node::console::ConsoleConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                tls: None,
+                insecure_http: false,
+                public_origin: None,
+            }),
         };
         let node = haven_node::app::Node::open(config, clock).await.expect("node opens");
+        let console = node.console().expect("the console is served").0;
         let state = node.state.clone();
         let mut tokens = std::collections::HashMap::new();
         for (name, role) in people {
@@ -350,7 +359,7 @@ impl TestNode {
                 })
                 .await;
         });
-        TestNode { addr, state, tokens, stop: Some(stop), server: Some(server) }
+        TestNode { addr, console, state, tokens, stop: Some(stop), server: Some(server) }
     }
 }
 
@@ -358,6 +367,18 @@ impl TestNode {
     /// A client of this node's API.
     pub async fn client(&self) -> haven_proto::v1::node_client::NodeClient<Channel> {
         haven_proto::v1::node_client::NodeClient::connect(format!("http://{}", self.addr)).await.expect("node client")
+    }
+
+    /// The console's URL (`http://127.0.0.1:PORT`), which is also its origin.
+    pub fn console_url(&self) -> String {
+        format!("http://{}", self.console)
+    }
+
+    /// Gives `person` a password, as `haven-node users passwd` does.
+    pub async fn set_password(&self, person: &str, password: &str) {
+        let name = haven_trust::ids::PersonId::parse(person).expect("person");
+        let password = haven_node::password::Password::parse(password).expect("a valid password");
+        self.state.passwords.set(&name, &password).await.expect("password set");
     }
 
     /// `person`'s node token, for clients that sign in themselves (the CLI).

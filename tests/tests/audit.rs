@@ -1346,6 +1346,7 @@ async fn the_node_cli_queries_exports_and_verifies() {
         users: dir.join("users.toml"),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         api_tls: None,
+        console: None,
     };
     let node = haven_node::app::Node::open(config, std::sync::Arc::new(SystemClock)).await.unwrap();
     let listener = node.bind().await.unwrap();

@@ -29,6 +29,7 @@ async fn a_node_user_reaches_the_gateway_as_themselves_and_the_stream_opens() {
         users: users_path,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_tls: None,
+        console: None,
     };
     let node = Node::open(config, Arc::new(SystemClock)).await.unwrap();
     let mut stream_state = node.state.stream.clone();
@@ -72,6 +73,7 @@ async fn a_node_refuses_to_serve_its_api_beyond_loopback_without_tls() {
         users: net.dir.path().join("users.toml"),
         listen: SocketAddr::from(([0, 0, 0, 0], 0)),
         api_tls: None,
+        console: None,
     };
     let err = Node::open(config, Arc::new(SystemClock)).await.err().expect("refused");
     assert!(err.to_string().contains("not loopback"), "{err}");

@@ -384,6 +384,7 @@ impl InProcessNode {
             users: dir.join("users.toml"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_tls: None,
+            console: None,
         };
         let node = Node::open(config, Arc::new(SystemClock)).await?;
         let state = node.state.clone();

@@ -121,6 +121,7 @@ async fn run_node(dir: &Path, org: OrgId, gateway: String) -> anyhow::Result<()>
         users: node_dir.join("users.toml"),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_tls: None,
+        console: None,
     };
     let node = haven_node::app::Node::open(config, Arc::new(SystemClock)).await?;
     let listener = node.bind().await?;

@@ -1,0 +1,389 @@
+//! What the organization's people do at their node: one function per action, each taking only the
+//! handles it needs (the store, the gateway link, the clock) and the signed-in person, and each doing
+//! the action's one permission check. The gRPC `Node` service ([`crate::api`]) and the web console
+//! ([`crate::console`]) are thin callers of these functions, so the two can never disagree about who
+//! may do what.
+//!
+//! Showing survivor data to a person is an access: every action that returns a received message's
+//! field values records a `viewed` row in the node's access log ([`crate::access`]) before it answers.
+
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_proto::v1::*;
+use haven_trust::clock::SharedClock;
+use haven_trust::ids::Role;
+use tonic::Status;
+
+use crate::access::{self, Shown, Source};
+use crate::consent;
+use crate::link::GatewayLink;
+use crate::mailbox;
+use crate::people::Person;
+use crate::store::{NodeStore, status as db};
+use crate::witness::{Witness, WitnessReport};
+
+/// Reading what the organization received (the inbox and its messages) is for the people who act on
+/// it. Auditors and administrators see the trail and the node, never survivor data.
+pub fn may_read_mail(who: &Person) -> Result<(), Status> {
+    if matches!(who.role, Role::Caseworker | Role::PrivacyOfficer | Role::Liaison) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "reading the organization's messages needs role caseworker, privacy_officer or liaison, not {}",
+            who.role
+        )))
+    }
+}
+
+/// How much of each received message a listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Metadata only: no field values, so nothing is shown and nothing is recorded.
+    Metadata,
+    /// Field values too: each delivery that carries any is recorded as viewed.
+    Fields,
+}
+
+/// The inbox, newest first, `kind` (a message kind or an item kind) or everything.
+pub async fn inbox(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    kind: &str,
+    limit: u32,
+    detail: Detail,
+) -> Result<Vec<InboxItem>, Status> {
+    may_read_mail(who)?;
+    let limit = if limit == 0 { 50 } else { limit };
+    let mut items = mailbox::inbox(store, kind, limit).await.map_err(db)?;
+    match detail {
+        Detail::Metadata => {
+            for item in &mut items {
+                if let Some(Item { body: Some(item::Body::Delivery(d)), .. }) = &mut item.item {
+                    d.fields.clear();
+                }
+            }
+        }
+        Detail::Fields => {
+            let shown: Vec<Shown> = items.iter().filter_map(shown).collect();
+            record_views(store, clock, who, source, &shown).await?;
+        }
+    }
+    Ok(items)
+}
+
+/// One message by id: a sent one with each recipient's status, or a received one with its fields
+/// (recorded as viewed; a withdrawn one shows none).
+pub async fn open_message(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    message_id: &str,
+) -> Result<MessageView, Status> {
+    may_read_mail(who)?;
+    if let Some(sent) = mailbox::sent(store, message_id).await.map_err(db)? {
+        return Ok(MessageView { direction: "sent".into(), sent: Some(sent), received: None });
+    }
+    if let Some(received) = mailbox::received(store, message_id).await.map_err(db)? {
+        let shown: Vec<Shown> = shown(&received).into_iter().collect();
+        record_views(store, clock, who, source, &shown).await?;
+        return Ok(MessageView { direction: "received".into(), sent: None, received: Some(received) });
+    }
+    Err(Status::not_found(format!("no message `{}` on this node", haven_trust::untrusted::shown(message_id))))
+}
+
+/// The survivor data a received item shows, if any.
+fn shown(item: &InboxItem) -> Option<Shown> {
+    match &item.item {
+        Some(Item { body: Some(item::Body::Delivery(d)), .. }) if !d.fields.is_empty() => {
+            let mut fields: Vec<String> = d.fields.keys().cloned().collect();
+            fields.sort();
+            Some(Shown { message_id: d.message_id.clone(), subject: d.subject_pseudonym.clone(), fields })
+        }
+        _ => None,
+    }
+}
+
+/// Records the view of one item a watch is about to show (nothing, if it shows no survivor data).
+pub async fn inbox_item_shown(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    item: &InboxItem,
+) -> Result<(), Status> {
+    let shown: Vec<Shown> = shown(item).into_iter().collect();
+    record_views(store, clock, who, source, &shown).await
+}
+
+async fn record_views(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    shown: &[Shown],
+) -> Result<(), Status> {
+    if shown.is_empty() {
+        return Ok(());
+    }
+    let mut conn = store.pool().acquire().await.map_err(db)?;
+    access::viewed(&mut conn, who, shown, source, clock.now_micros()).await.map_err(db)
+}
+
+/// Messages this organization sent, newest first.
+pub async fn list_sent(store: &NodeStore, who: &Person, kind: &str, limit: u32) -> Result<Vec<SentMessage>, Status> {
+    may_read_mail(who)?;
+    let limit = if limit == 0 { 50 } else { limit };
+    mailbox::sent_list(store, kind, limit).await.map_err(db)
+}
+
+/// Sends a referral or an alert: recorded at the node first (so it survives an outage and is retried
+/// with the same id), then submitted. The gateway decides who receives what.
+pub async fn send(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    who: &Person,
+    mut env: Envelope,
+) -> Result<SendResponse, Status> {
+    if !matches!(who.role, Role::Caseworker | Role::PrivacyOfficer | Role::Liaison) {
+        return Err(Status::permission_denied(format!(
+            "sending needs role caseworker, privacy_officer or liaison, not {}",
+            who.role
+        )));
+    }
+    if env.message_id.is_empty() {
+        env.message_id = uuid::Uuid::now_v7().to_string();
+    }
+    mailbox::record_sent(store, &env, who.name.as_str(), who.role.as_str(), clock.now_micros()).await.map_err(db)?;
+    submit(store, link, clock, env, who).await
+}
+
+/// Whether a failed submission should stay pending and be retried (the gateway could not be reached,
+/// did not answer, or its database disk is full), as opposed to a refusal of the message itself.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+    )
+}
+
+/// Submits a recorded send and records the outcome. A gateway that cannot be reached, or answers that
+/// it cannot take the message now (UNAVAILABLE, or RESOURCE_EXHAUSTED when its database disk is full),
+/// leaves it pending, with the reason.
+pub async fn submit(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    env: Envelope,
+    who: &Person,
+) -> Result<SendResponse, Status> {
+    let message_id = env.message_id.clone();
+    let mut gw = GatewayClient::new(link.channel());
+    match gw.submit(link.request(&who.name, who.role, SubmitRequest { envelope: Some(env) })?).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            mailbox::record_outcome(store, &resp, clock.now_micros()).await.map_err(db)?;
+            Ok(SendResponse {
+                message_id,
+                state: "submitted".into(),
+                outcomes: resp.outcomes,
+                bundle_version: resp.bundle_version,
+                pending_reason: String::new(),
+            })
+        }
+        Err(s) if retryable(&s) => {
+            // Whether the gateway was reached decides what the person (and the operator) should look
+            // at: the network and certificates, or the gateway's own trouble.
+            let reason = link.describe(&s);
+            tracing::warn!(%message_id, %reason, "the gateway did not accept the message; it stays pending and will be retried");
+            mailbox::record_pending(store, &message_id, &reason).await.map_err(db)?;
+            Ok(SendResponse {
+                message_id,
+                state: "pending".into(),
+                outcomes: Vec::new(),
+                bundle_version: String::new(),
+                pending_reason: reason,
+            })
+        }
+        Err(s) => {
+            mailbox::record_failure(store, &message_id, s.message()).await.map_err(db)?;
+            Err(link.relay(s))
+        }
+    }
+}
+
+/// Retries pending sends with their original message ids, as the people who sent them, until the
+/// gateway answers.
+pub async fn retry_pending(
+    store: NodeStore,
+    link: GatewayLink,
+    clock: SharedClock,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(pending) = mailbox::pending_sends(&store).await else { continue };
+        for (env, person, role) in pending {
+            let (Ok(name), Ok(role)) = (haven_trust::ids::PersonId::parse(&person), Role::parse(&role)) else {
+                continue;
+            };
+            let who = Person { name, role };
+            if submit(&store, &link, &clock, env, &who).await.map(|r| r.state == "pending").unwrap_or(false) {
+                break;
+            }
+        }
+    }
+}
+
+/// Changes a message's status at the gateway (accept, decline, close as recipient; withdraw as
+/// sender), then mirrors it on the node's copy.
+pub async fn update_status(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    who: &Person,
+    mut r: UpdateStatusRequest,
+) -> Result<UpdateStatusResponse, Status> {
+    may_read_mail(who)?;
+    if r.update_id.is_empty() {
+        r.update_id = uuid::Uuid::new_v4().to_string();
+    }
+    let as_sender = r.status == MessageStatus::Withdrawn as i32;
+    let counterparty = if as_sender { r.recipient.clone() } else { r.sender.clone() };
+    let (message_id, code) = (r.message_id.clone(), r.code.clone());
+    let mut gw = GatewayClient::new(link.channel());
+    let resp = gw.update_status(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner();
+    let status = MessageStatus::try_from(resp.status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default();
+    let change = mailbox::LocalChange {
+        message_id: &message_id,
+        counterparty: &counterparty,
+        status: &status,
+        code: &code,
+        person: who.name.as_str(),
+        now: clock.now_micros(),
+        as_sender,
+    };
+    mailbox::local_status(store, change).await.map_err(db)?;
+    Ok(resp)
+}
+
+/// Records a survivor's consent: builds and signs the receipt, registers it, keeps a copy.
+pub async fn record_consent(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    who: &Person,
+    r: RecordConsentRequest,
+) -> Result<ConsentRecord, Status> {
+    consent::may_manage(who)?;
+    let receipt = consent::receipt(link, clock, who, r, None)?;
+    consent::register(store, link, clock, who, receipt, false).await
+}
+
+/// Renews a consent: a new receipt that supersedes the old one, for the same subject unless another
+/// is named.
+pub async fn renew_consent(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    who: &Person,
+    r: RenewConsentRequest,
+) -> Result<ConsentRecord, Status> {
+    consent::may_manage(who)?;
+    if r.supersedes.is_empty() {
+        return Err(Status::invalid_argument("name the consent this renewal supersedes"));
+    }
+    let mut draft = r.consent.unwrap_or_default();
+    if draft.subject_pseudonym.is_empty() {
+        let mut gw = GatewayClient::new(link.channel());
+        let old = gw
+            .get_consent(link.request(&who.name, who.role, GetConsentRequest { consent_id: r.supersedes.clone() })?)
+            .await
+            .map_err(|s| link.relay(s))?
+            .into_inner();
+        draft.subject_pseudonym = consent::subject_of(&old);
+    }
+    let receipt = consent::receipt(link, clock, who, draft, Some(r.supersedes))?;
+    consent::register(store, link, clock, who, receipt, true).await
+}
+
+/// Revokes a consent at the gateway (which withdraws what it covered) and keeps the node's copy in step.
+pub async fn revoke_consent(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    who: &Person,
+    r: RevokeConsentRequest,
+) -> Result<ConsentRecord, Status> {
+    consent::may_manage(who)?;
+    let mut gw = GatewayClient::new(link.channel());
+    let record =
+        gw.revoke_consent(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner();
+    consent::remember(store, clock, &record, &consent::subject_of(&record), who).await?;
+    Ok(record)
+}
+
+/// One consent, as the gateway holds it.
+pub async fn get_consent(link: &GatewayLink, who: &Person, r: GetConsentRequest) -> Result<ConsentRecord, Status> {
+    let mut gw = GatewayClient::new(link.channel());
+    Ok(gw.get_consent(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner())
+}
+
+/// Consents by subject, as the gateway holds them.
+pub async fn list_consents(
+    link: &GatewayLink,
+    who: &Person,
+    r: ListConsentsRequest,
+) -> Result<ListConsentsResponse, Status> {
+    let mut gw = GatewayClient::new(link.channel());
+    Ok(gw.list_consents(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner())
+}
+
+/// Who the gateway takes this person to be.
+pub async fn who_am_i(link: &GatewayLink, who: &Person) -> Result<WhoAmIResponse, Status> {
+    let mut gw = GatewayClient::new(link.channel());
+    Ok(gw.who_am_i(link.request(&who.name, who.role, WhoAmIRequest {})?).await.map_err(|s| link.relay(s))?.into_inner())
+}
+
+/// What the node's audit witness last found.
+pub fn witness_status(witness: &Witness, _who: &Person) -> WitnessReport {
+    witness.report()
+}
+
+/// An auditor acknowledges the witness's standing alarm, with a note of what they found.
+pub async fn acknowledge_witness_alarm(
+    witness: &Witness,
+    who: &Person,
+    note: &str,
+) -> Result<(u64, WitnessReport), Status> {
+    if who.role != Role::Auditor {
+        return Err(Status::permission_denied(format!(
+            "acknowledging a witness alarm needs role auditor, not {}",
+            who.role
+        )));
+    }
+    if note.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "say what you found in the note (--note): it is kept with the alarm it acknowledges",
+        ));
+    }
+    let (acknowledged, report) = witness.acknowledge(who.name.as_str(), note.trim()).await.map_err(db)?;
+    if acknowledged == 0 {
+        return Err(Status::failed_precondition(format!(
+            "the witness has no standing alarm to acknowledge (it reports `{}`)",
+            report.state.as_str()
+        )));
+    }
+    Ok((acknowledged, report))
+}

@@ -1,0 +1,21 @@
+// Haven console: live updates. Every page works without this file; with it, a region marked
+// `data-live="URL"` is fetched again (through htmx) whenever the node reports that something
+// arrived. The event stream carries metadata only, never field values.
+(function () {
+  "use strict";
+  var regions = document.querySelectorAll("[data-live]");
+  if (!regions.length || !window.EventSource || !window.htmx) {
+    return;
+  }
+  var events = new EventSource(document.body.getAttribute("data-events") || "/events");
+  var refresh = function () {
+    regions.forEach(function (region) {
+      window.htmx.ajax("GET", region.getAttribute("data-live"), { target: region, swap: "innerHTML" });
+    });
+  };
+  events.addEventListener("arrival", refresh);
+  events.addEventListener("ended", function () {
+    events.close();
+    window.location.assign("/sign-in");
+  });
+})();

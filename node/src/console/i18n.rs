@@ -1,0 +1,165 @@
+//! The console's message catalog. Every string a page shows is a [`Msg`], and each `Msg` has its text
+//! in every [`Lang`]: the catalog macro takes both, so a message missing a language does not compile.
+//! A person picks their language (a cookie); until they do, `Accept-Language` decides.
+
+/// A language the console speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Es,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 2] = [Lang::En, Lang::Es];
+
+    /// The BCP 47 tag, for `<html lang>` and the language cookie.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Es => "es",
+        }
+    }
+
+    /// The language's own name, for the language switch.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::En => "English",
+            Lang::Es => "Español",
+        }
+    }
+
+    pub fn parse(tag: &str) -> Option<Lang> {
+        let primary = tag.trim().split(['-', '_']).next().unwrap_or_default().to_ascii_lowercase();
+        match primary.as_str() {
+            "en" => Some(Lang::En),
+            "es" => Some(Lang::Es),
+            _ => None,
+        }
+    }
+
+    /// The first language of an `Accept-Language` header the console speaks (by quality, then order),
+    /// else English.
+    pub fn from_accept_language(header: &str) -> Lang {
+        let mut offered: Vec<(f32, usize, Lang)> = header
+            .split(',')
+            .enumerate()
+            .filter_map(|(i, part)| {
+                let mut pieces = part.split(';');
+                let lang = Lang::parse(pieces.next()?)?;
+                let q = pieces
+                    .find_map(|p| p.trim().strip_prefix("q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (q > 0.0).then_some((q, i, lang))
+            })
+            .collect();
+        offered.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        offered.first().map_or(Lang::En, |o| o.2)
+    }
+}
+
+macro_rules! catalog {
+    ($($key:ident => $en:literal, $es:literal;)*) => {
+        /// A string the console shows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Msg { $($key,)* }
+
+        impl Msg {
+            /// Every message, for the catalog's own checks.
+            pub const ALL: &'static [Msg] = &[$(Msg::$key,)*];
+
+            /// The message in `lang`.
+            pub fn text(self, lang: Lang) -> &'static str {
+                match (self, lang) {
+                    $((Msg::$key, Lang::En) => $en, (Msg::$key, Lang::Es) => $es,)*
+                }
+            }
+        }
+    };
+}
+
+catalog! {
+    Haven => "Haven", "Haven";
+    SkipToContent => "Skip to content", "Saltar al contenido";
+    SignIn => "Sign in", "Iniciar sesión";
+    SignOut => "Sign out", "Cerrar sesión";
+    Name => "Name", "Nombre";
+    Password => "Password", "Contraseña";
+    SignInIntro => "Sign in with the name and password your administrator gave you.", "Inicie sesión con el nombre y la contraseña que le dio su administrador.";
+    WrongNameOrPassword => "Wrong name or password.", "Nombre o contraseña incorrectos.";
+    PersonDisabled => "This person is disabled on this node. Ask your administrator.", "Esta persona está desactivada en este nodo. Pregunte a su administrador.";
+    TooManyForName => "Too many failed sign-ins for this name. Wait until the time below, then try again; your administrator can also reset your password.", "Demasiados intentos fallidos para este nombre. Espere hasta la hora indicada y vuelva a intentarlo; su administrador también puede restablecer su contraseña.";
+    TooManyForAddress => "Too many failed sign-ins from your network address. Wait until the time below, then try again.", "Demasiados intentos fallidos desde su dirección de red. Espere hasta la hora indicada y vuelva a intentarlo.";
+    TryAgainAfter => "Try again after", "Vuelva a intentarlo después de las";
+    SessionEnded => "Your session has ended. Sign in again.", "Su sesión ha terminado. Inicie sesión de nuevo.";
+    Language => "Language", "Idioma";
+    Change => "Change", "Cambiar";
+    Inbox => "Inbox", "Bandeja de entrada";
+    Sent => "Sent", "Enviados";
+    SignedInAs => "Signed in as", "Sesión iniciada como";
+    InboxIntro => "What other organizations sent to yours, newest first. The list shows no survivor data; open an item to see it, which is recorded.", "Lo que otras organizaciones enviaron a la suya, lo más reciente primero. La lista no muestra datos de sobrevivientes; abra un elemento para verlos, lo cual queda registrado.";
+    Kind => "Kind", "Tipo";
+    AllKinds => "All kinds", "Todos los tipos";
+    Referral => "Referral", "Derivación";
+    Alert => "Alert", "Alerta";
+    Filter => "Filter", "Filtrar";
+    Received => "Received", "Recibido";
+    From => "From", "De";
+    Purpose => "Purpose", "Finalidad";
+    State => "State", "Estado";
+    Open => "Open", "Abrir";
+    NothingHere => "Nothing here yet.", "Todavía no hay nada aquí.";
+    LiveUpdates => "This list updates by itself when something arrives.", "Esta lista se actualiza sola cuando llega algo.";
+    DataWithdrawn => "Data withdrawn: the survivor's consent no longer covers it.", "Datos retirados: el consentimiento de la persona sobreviviente ya no los cubre.";
+    ConsentWithdrawnNotice => "Consent withdrawn", "Consentimiento retirado";
+    StatusNotice => "Status change", "Cambio de estado";
+    DeliveryNotice => "Delivery notice", "Aviso de entrega";
+    Message => "Message", "Mensaje";
+    Subject => "Subject (pseudonym)", "Persona (seudónimo)";
+    Fields => "Fields", "Campos";
+    Withheld => "Withheld from your organization", "Retenidos a su organización";
+    ViewRecorded => "Opening this page was recorded in your node's access log.", "La apertura de esta página quedó registrada en el registro de accesos de su nodo.";
+    Accept => "Accept", "Aceptar";
+    Decline => "Decline", "Rechazar";
+    Close => "Close", "Cerrar";
+    ReasonCode => "Reason or outcome code", "Código de motivo o resultado";
+    Withdraw => "Withdraw", "Retirar";
+    Recipients => "Recipients", "Destinatarios";
+    Recipient => "Recipient", "Destinatario";
+    StatusChangedBy => "Changed by", "Cambiado por";
+    When => "When", "Cuándo";
+    PendingAtNode => "Waiting at this node: the gateway has not taken it yet, and the node keeps retrying.", "En espera en este nodo: la pasarela aún no lo ha aceptado y el nodo sigue reintentando.";
+    Forbidden => "Your role may not do this.", "Su rol no puede hacer esto.";
+    NotFound => "Not found.", "No encontrado.";
+    BadRequest => "This request could not be used.", "No se pudo usar esta solicitud.";
+    Unavailable => "The gateway could not be reached. Nothing was lost; try again shortly.", "No se pudo contactar con la pasarela. No se perdió nada; vuelva a intentarlo en breve.";
+    ServerError => "Something went wrong at the node. The error is in the node's log.", "Algo falló en el nodo. El error está en el registro del nodo.";
+    RefusedCrossSite => "This form did not come from this console, so it was refused. Reload the page and try again.", "Este formulario no vino de esta consola, así que fue rechazado. Recargue la página y vuelva a intentarlo.";
+    BackToInbox => "Back to the inbox", "Volver a la bandeja de entrada";
+    NoMessagesSent => "Nothing sent yet.", "Todavía no se ha enviado nada.";
+    Created => "Created", "Creado";
+    Delivery => "Delivery", "Entrega";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_language_picks_the_best_language_the_console_speaks() {
+        assert_eq!(Lang::from_accept_language("es-MX,es;q=0.9,en;q=0.8"), Lang::Es);
+        assert_eq!(Lang::from_accept_language("fr-FR, en;q=0.5, es;q=0.7"), Lang::Es);
+        assert_eq!(Lang::from_accept_language("de, fr"), Lang::En);
+        assert_eq!(Lang::from_accept_language("es;q=0"), Lang::En);
+        assert_eq!(Lang::from_accept_language(""), Lang::En);
+    }
+
+    #[test]
+    fn every_message_has_text_in_every_language() {
+        for m in Msg::ALL {
+            for lang in Lang::ALL {
+                assert!(!m.text(lang).trim().is_empty(), "{m:?} in {lang:?}");
+            }
+        }
+    }
+}

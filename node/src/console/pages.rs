@@ -1,0 +1,431 @@
+//! The console's pages. Templates are `maud` expressions: the compiler checks them, and every value is
+//! escaped unless it is marked otherwise (nothing here is), so a field value holding `<script>` or an
+//! `onerror=` attribute is shown as text. No inline script or style: the CSP forbids both.
+
+use maud::{DOCTYPE, Markup, html};
+
+use haven_proto::v1 as pb;
+
+use super::assets::{ASSETS, Assets};
+use super::i18n::{Lang, Msg};
+use crate::access::Access;
+use crate::people::Person;
+
+/// What the frame of every page needs.
+pub struct Frame<'a> {
+    pub lang: Lang,
+    /// The signed-in person and their CSRF token; `None` on the sign-in page.
+    pub who: Option<(&'a Person, &'a str)>,
+    /// The page's path, for the language switch to return to.
+    pub here: &'a str,
+    /// A standing audit-witness alarm, shown in red at the top of every page.
+    pub alarm: Option<String>,
+}
+
+/// Formats microseconds since the epoch as `2026-12-03 10:32 UTC`.
+pub fn when(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).ok())
+        .unwrap_or_default()
+}
+
+/// A whole page.
+pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    html! {
+        (DOCTYPE)
+        html lang=(frame.lang.tag()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
+                title { (title) " · " (t(Msg::Haven)) }
+                link rel="stylesheet" href=(Assets::path(&ASSETS.css));
+                script src=(Assets::path(&ASSETS.htmx)) defer {}
+                script src=(Assets::path(&ASSETS.script)) defer {}
+            }
+            body data-events="/events" {
+                a.skip href="#main" { (t(Msg::SkipToContent)) }
+                @if let Some(alarm) = &frame.alarm {
+                    div.alarm role="alert" { (alarm) }
+                }
+                header.bar {
+                    p.brand { (t(Msg::Haven)) }
+                    @if let Some((who, csrf)) = frame.who {
+                        nav aria-label=(t(Msg::Haven)) {
+                            ul {
+                                @if crate::actions::may_read_mail(who).is_ok() {
+                                    li { a href="/inbox" { (t(Msg::Inbox)) } }
+                                    li { a href="/sent" { (t(Msg::Sent)) } }
+                                }
+                            }
+                        }
+                        div.who {
+                            span { (t(Msg::SignedInAs)) " " strong { (who.name.as_str()) } " (" (who.role.as_str()) ")" }
+                            form.inline method="post" action="/sign-out" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button.quiet type="submit" { (t(Msg::SignOut)) }
+                            }
+                        }
+                    }
+                    (language_switch(frame))
+                }
+                main #main tabindex="-1" {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+fn language_switch(frame: &Frame) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    html! {
+        form.inline method="get" action="/language" {
+            label for="lang" { (t(Msg::Language)) }
+            select #lang name="lang" {
+                @for lang in Lang::ALL {
+                    option value=(lang.tag()) selected[lang == frame.lang] lang=(lang.tag()) { (lang.name()) }
+                }
+            }
+            input type="hidden" name="back" value=(frame.here);
+            " "
+            button.quiet type="submit" { (t(Msg::Change)) }
+        }
+    }
+}
+
+/// What the sign-in page says above its form.
+pub enum SignInNote {
+    None,
+    Wrong,
+    Disabled,
+    Ended,
+    /// Too many failures for the name, or from the address; wait until the time given.
+    Wait {
+        for_name: bool,
+        until: String,
+    },
+    CrossSite,
+}
+
+/// The sign-in page.
+pub fn sign_in(frame: &Frame, token: &str, name: &str, note: SignInNote) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let error = match &note {
+        SignInNote::None | SignInNote::Ended => None,
+        SignInNote::Wrong => Some(html! { (t(Msg::WrongNameOrPassword)) }),
+        SignInNote::Disabled => Some(html! { (t(Msg::PersonDisabled)) }),
+        SignInNote::CrossSite => Some(html! { (t(Msg::RefusedCrossSite)) }),
+        SignInNote::Wait { for_name, until } => Some(html! {
+            (t(if *for_name { Msg::TooManyForName } else { Msg::TooManyForAddress }))
+            " " (t(Msg::TryAgainAfter)) " " strong { (until) } "."
+        }),
+    };
+    let body = html! {
+        @if matches!(note, SignInNote::Ended) {
+            p.note role="status" { (t(Msg::SessionEnded)) }
+        }
+        p { (t(Msg::SignInIntro)) }
+        @if let Some(error) = &error {
+            p.error #sign-in-error role="alert" { (error) }
+        }
+        form method="post" action="/sign-in" {
+            input type="hidden" name="token" value=(token);
+            div.field {
+                label for="name" { (t(Msg::Name)) }
+                input #name type="text" name="name" value=(name) autocomplete="username" required
+                    autocapitalize="none" spellcheck="false"
+                    aria-describedby=[error.as_ref().map(|_| "sign-in-error")];
+            }
+            div.field {
+                label for="password" { (t(Msg::Password)) }
+                input #password type="password" name="password" autocomplete="current-password" required
+                    aria-describedby=[error.as_ref().map(|_| "sign-in-error")];
+            }
+            button type="submit" { (t(Msg::SignIn)) }
+        }
+    };
+    page(frame, t(Msg::SignIn), body)
+}
+
+/// A refusal or an error, as a page.
+pub fn problem(frame: &Frame, title: Msg, detail: &str) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    page(
+        frame,
+        t(title),
+        html! {
+            @if !detail.is_empty() { p.error role="alert" { (detail) } }
+            p { a href="/" { (t(Msg::BackToInbox)) } }
+        },
+    )
+}
+
+fn kind_label(lang: Lang, kind: &str) -> String {
+    match kind {
+        "referral" => Msg::Referral.text(lang).to_owned(),
+        "alert" => Msg::Alert.text(lang).to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn status_word(status: i32) -> String {
+    pb::MessageStatus::try_from(status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// The inbox page: filters, then the live list.
+pub fn inbox(frame: &Frame, kind: &str, items: &[pb::InboxItem]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let live = format!("/inbox/items?kind={}", urlencode(kind));
+    let body = html! {
+        p { (t(Msg::InboxIntro)) }
+        form.filters method="get" action="/inbox" {
+            div {
+                label for="kind" { (t(Msg::Kind)) }
+                select #kind name="kind" {
+                    option value="" selected[kind.is_empty()] { (t(Msg::AllKinds)) }
+                    option value="referral" selected[kind == "referral"] { (t(Msg::Referral)) }
+                    option value="alert" selected[kind == "alert"] { (t(Msg::Alert)) }
+                }
+            }
+            button type="submit" { (t(Msg::Filter)) }
+        }
+        p.muted { (t(Msg::LiveUpdates)) }
+        div #inbox-items data-live=(live) aria-live="polite" {
+            (inbox_items(frame.lang, items))
+        }
+    };
+    page(frame, t(Msg::Inbox), body)
+}
+
+/// The inbox list alone (the live region's content): metadata, never field values.
+pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        @if items.is_empty() {
+            p { (t(Msg::NothingHere)) }
+        } @else {
+            table.list {
+                thead { tr { th { (t(Msg::Received)) } th { (t(Msg::Kind)) } th { (t(Msg::From)) } th { (t(Msg::Purpose)) } th { (t(Msg::State)) } th { (t(Msg::Message)) } } }
+                tbody {
+                    @for item in items {
+                        tr {
+                            td { (when(item.received_at_micros)) }
+                            @match item.item.as_ref().and_then(|i| i.body.as_ref()) {
+                                Some(pb::item::Body::Delivery(d)) => {
+                                    td { (kind_label(lang, &d.kind)) }
+                                    td { (d.sender) }
+                                    td { (d.purpose) }
+                                    td.state {
+                                        @if item.withdrawn { (t(Msg::ConsentWithdrawnNotice)) } @else { (status_word(item.status)) }
+                                    }
+                                    td { a href=(format!("/messages/{}", urlencode(&d.message_id))) { (t(Msg::Open)) span.skip { " " (d.message_id) } } }
+                                }
+                                Some(pb::item::Body::ConsentWithdrawn(w)) => {
+                                    td { (t(Msg::ConsentWithdrawnNotice)) }
+                                    td {} td {} td {}
+                                    td { (w.message_ids.join(", ")) }
+                                }
+                                Some(pb::item::Body::Status(s)) => {
+                                    td { (t(Msg::StatusNotice)) }
+                                    td { (s.from_org) }
+                                    td {}
+                                    td.state { (status_word(s.status)) }
+                                    td { a href=(format!("/messages/{}", urlencode(&s.message_id))) { (t(Msg::Open)) span.skip { " " (s.message_id) } } }
+                                }
+                                Some(pb::item::Body::SenderNotice(n)) => {
+                                    td { (t(Msg::DeliveryNotice)) }
+                                    td { (n.recipient) }
+                                    td {}
+                                    td.state { (sender_notice_word(n.kind)) @if !n.reason.is_empty() { " (" (n.reason) ")" } }
+                                    td { a href=(format!("/messages/{}", urlencode(&n.message_id))) { (t(Msg::Open)) span.skip { " " (n.message_id) } } }
+                                }
+                                None => { td { (item.item_kind) } td {} td {} td {} td {} }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A received message: its metadata, its fields (or that they were withdrawn), and the actions the
+/// recipient may take.
+pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let Some(pb::Item { body: Some(pb::item::Body::Delivery(d)), .. }) = &item.item else {
+        return problem(frame, Msg::NotFound, "");
+    };
+    let mut fields: Vec<(&String, &pb::FieldValue)> = d.fields.iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let action = format!("/messages/{}/status", urlencode(&d.message_id));
+    let body = html! {
+        dl.fields {
+            dt { (t(Msg::Message)) } dd { (d.message_id) }
+            dt { (t(Msg::Kind)) } dd { (kind_label(frame.lang, &d.kind)) }
+            dt { (t(Msg::From)) } dd { (d.sender) " (" (d.sender_person) ")" }
+            dt { (t(Msg::Purpose)) } dd { (d.purpose) }
+            @if !d.subject_pseudonym.is_empty() { dt { (t(Msg::Subject)) } dd { (d.subject_pseudonym) } }
+            dt { (t(Msg::Received)) } dd { (when(item.received_at_micros)) }
+            dt { (t(Msg::State)) } dd.state #message-state { (status_word(item.status)) }
+        }
+        h2 { (t(Msg::Fields)) }
+        @if item.withdrawn {
+            p.note role="status" { (t(Msg::DataWithdrawn)) }
+        } @else {
+            dl.fields #message-fields {
+                @for (name, value) in &fields {
+                    dt { (name) } dd { (field_text(value)) }
+                }
+            }
+            @if !d.withheld_fields.is_empty() {
+                p.muted { (t(Msg::Withheld)) ": " (d.withheld_fields.join(", ")) }
+            }
+            p.muted { (t(Msg::ViewRecorded)) }
+        }
+        @if !item.withdrawn && d.kind == "referral" {
+            form.actions method="post" action=(action) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="sender" value=(d.sender);
+                div {
+                    label for="code" { (t(Msg::ReasonCode)) }
+                    input #code type="text" name="code";
+                }
+                button type="submit" name="status" value="accepted" { (t(Msg::Accept)) }
+                button.quiet type="submit" name="status" value="declined" { (t(Msg::Decline)) }
+                button.quiet type="submit" name="status" value="closed" { (t(Msg::Close)) }
+            }
+        }
+        @if !views.is_empty() {
+            h2 { "Access log" }
+            table.list {
+                thead { tr { th { (t(Msg::When)) } th { (t(Msg::Name)) } th { (t(Msg::Fields)) } } }
+                tbody {
+                    @for v in views {
+                        tr { td { (when(v.at_micros)) } td { (v.person) " (" (v.role) ")" } td { (v.fields.join(", ")) } }
+                    }
+                }
+            }
+        }
+    };
+    page(frame, &format!("{} {}", kind_label(frame.lang, &d.kind), short(&d.message_id)), body)
+}
+
+/// A sent message: each recipient's status, who changed it and when.
+pub fn sent_message(frame: &Frame, sent: &pb::SentMessage) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let live = format!("/messages/{}/recipients", urlencode(&sent.message_id));
+    let body = html! {
+        dl.fields {
+            dt { (t(Msg::Message)) } dd { (sent.message_id) }
+            dt { (t(Msg::Kind)) } dd { (kind_label(frame.lang, &sent.kind)) }
+            dt { (t(Msg::Purpose)) } dd { (sent.purpose) }
+            dt { (t(Msg::Created)) } dd { (when(sent.created_at_micros)) }
+            dt { (t(Msg::State)) } dd.state { (sent.state) }
+        }
+        @if sent.state == "pending" {
+            p.note role="status" { (t(Msg::PendingAtNode)) @if !sent.error.is_empty() { " (" (sent.error) ")" } }
+        }
+        h2 { (t(Msg::Recipients)) }
+        div #recipients data-live=(live) aria-live="polite" { (recipients(frame.lang, sent)) }
+    };
+    page(frame, &format!("{} {}", kind_label(frame.lang, &sent.kind), short(&sent.message_id)), body)
+}
+
+/// A sent message's recipients (a live region).
+pub fn recipients(lang: Lang, sent: &pb::SentMessage) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        @if sent.recipients.is_empty() {
+            p { (t(Msg::NothingHere)) }
+        } @else {
+            table.list {
+                thead { tr { th { (t(Msg::Recipient)) } th { (t(Msg::State)) } th { (t(Msg::StatusChangedBy)) } th { (t(Msg::When)) } } }
+                tbody {
+                    @for r in &sent.recipients {
+                        tr {
+                            td { (r.recipient) }
+                            td.state data-recipient=(r.recipient) { (status_word(r.status)) @if !r.reason.is_empty() { " (" (r.reason) ")" } }
+                            td { (r.by_person) }
+                            td { (when(r.updated_at_micros)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sent list.
+pub fn sent_list(frame: &Frame, messages: &[pb::SentMessage]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        div #sent-items data-live="/sent/items" aria-live="polite" { (sent_items(frame.lang, messages)) }
+    };
+    page(frame, t(Msg::Sent), body)
+}
+
+/// The sent list alone (a live region).
+pub fn sent_items(lang: Lang, messages: &[pb::SentMessage]) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        @if messages.is_empty() {
+            p { (t(Msg::NoMessagesSent)) }
+        } @else {
+            table.list {
+                thead { tr { th { (t(Msg::Created)) } th { (t(Msg::Kind)) } th { (t(Msg::Purpose)) } th { (t(Msg::Recipients)) } th { (t(Msg::Message)) } } }
+                tbody {
+                    @for m in messages {
+                        tr {
+                            td { (when(m.created_at_micros)) }
+                            td { (kind_label(lang, &m.kind)) }
+                            td { (m.purpose) }
+                            td {
+                                @for r in &m.recipients { span { (r.recipient) ": " (status_word(r.status)) } br; }
+                                @if m.state == "pending" { span { (t(Msg::PendingAtNode)) } }
+                            }
+                            td { a href=(format!("/messages/{}", urlencode(&m.message_id))) { (t(Msg::Open)) span.skip { " " (m.message_id) } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A field value as text.
+fn field_text(value: &pb::FieldValue) -> String {
+    use pb::field_value::Value;
+    match &value.value {
+        Some(Value::Text(s)) => s.clone(),
+        Some(Value::Integer(i)) => i.to_string(),
+        Some(Value::Date(d)) => d.clone(),
+        Some(Value::List(l)) => l.items.join(", "),
+        None => String::new(),
+    }
+}
+
+fn sender_notice_word(kind: i32) -> String {
+    pb::sender_notice::Kind::try_from(kind).map(|k| k.as_str_name().to_ascii_lowercase()).unwrap_or_default()
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// Percent-encodes a path or query component.
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

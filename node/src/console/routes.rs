@@ -1,0 +1,567 @@
+//! The console's routes. Each handler signs the person in from their session, calls one person action
+//! ([`crate::actions`], which checks the role), and renders a page. A state-changing request must
+//! pass the `Origin` check and carry its form's token first.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use futures::Stream;
+use maud::Markup;
+use serde::Deserialize;
+
+use haven_proto::v1 as pb;
+
+use super::i18n::{Lang, Msg};
+use super::pages::{self, Frame, SignInNote};
+use super::session::{self, Session};
+use super::{Console, Peer};
+use crate::access::{self, Counted, SignIn, Source};
+use crate::actions::{self, Detail};
+use crate::password::SignInError;
+
+/// The language cookie.
+const LANG_COOKIE: &str = "haven-lang";
+
+/// The console's routes, with the security headers on every response.
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", post(sign_out))
+        .route("/language", get(language))
+        .route("/inbox", get(inbox))
+        .route("/inbox/items", get(inbox_items))
+        .route("/sent", get(sent))
+        .route("/sent/items", get(sent_items))
+        .route("/messages/{id}", get(message))
+        .route("/messages/{id}/recipients", get(recipients))
+        .route("/messages/{id}/status", post(message_status))
+        .route("/events", get(events))
+        .route("/assets/{name}", get(super::assets::serve))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(super::security_headers))
+        .with_state(console)
+}
+
+/// The person's language: their choice (a cookie), else their browser's.
+fn lang_of(headers: &HeaderMap) -> Lang {
+    session::cookie(headers, LANG_COOKIE).and_then(Lang::parse).unwrap_or_else(|| {
+        Lang::from_accept_language(headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or(""))
+    })
+}
+
+fn client(console: &Console, parts: &Parts) -> IpAddr {
+    let peer = parts.extensions.get::<Peer>().map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+    console.origin.client(peer, &parts.headers)
+}
+
+/// A signed-in request: the session, the person's language, where they are.
+pub struct Signed {
+    pub session: Session,
+    pub lang: Lang,
+    pub client: IpAddr,
+    /// The request's path and query, for the language switch.
+    pub here: String,
+    /// The session id from the cookie (the live-update stream checks the session again with it).
+    session_id: String,
+}
+
+impl Signed {
+    fn source(&self) -> Source {
+        Source::Console(self.client.to_string())
+    }
+
+    fn frame<'a>(&'a self, console: &Console) -> Frame<'a> {
+        Frame {
+            lang: self.lang,
+            who: Some((&self.session.person, &self.session.csrf)),
+            here: &self.here,
+            alarm: alarm(console),
+        }
+    }
+
+    /// The refusal of a state-changing request that is not from the console's own pages, or lacks
+    /// its token; `None` when it may go ahead.
+    fn refuse_form(&self, console: &Console, headers: &HeaderMap, csrf: &str) -> Option<Response> {
+        if console.origin.allows(headers) && session::same_secret(csrf, &self.session.csrf) {
+            None
+        } else {
+            Some(problem(console, self.lang, Some(self), StatusCode::FORBIDDEN, Msg::RefusedCrossSite, ""))
+        }
+    }
+}
+
+/// The witness's standing alarm, if any, for the top of every page.
+fn alarm(console: &Console) -> Option<String> {
+    let report = console.witness.report();
+    report.state.is_alarm().then(|| format!("Audit witness alarm ({}): {}", report.state.as_str(), report.detail))
+}
+
+impl FromRequestParts<Arc<Console>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Signed, Response> {
+        let lang = lang_of(&parts.headers);
+        let here = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        // The live-update stream checks the session without keeping it alive.
+        let touch = parts.uri.path() != "/events";
+        let ended = match session::cookie(&parts.headers, console.origin.session_cookie()) {
+            None => None,
+            Some(id) => match console.sessions.find(id, touch).await {
+                Ok(Ok(session)) => {
+                    let (client, session_id) = (client(console, parts), id.to_owned());
+                    return Ok(Signed { session, lang, client, here, session_id });
+                }
+                Ok(Err(ended)) => Some(ended),
+                Err(e) => return Err(server_error(console, lang, &e.to_string())),
+            },
+        };
+        let to = if ended.is_some() { "/sign-in?ended=1" } else { "/sign-in" };
+        if parts.headers.contains_key("hx-request") {
+            let mut r = StatusCode::UNAUTHORIZED.into_response();
+            r.headers_mut().insert("hx-redirect", HeaderValue::from_static(to));
+            return Err(r);
+        }
+        Err(Redirect::to(to).into_response())
+    }
+}
+
+fn html(markup: Markup) -> Response {
+    Html(markup.into_string()).into_response()
+}
+
+fn problem(
+    console: &Console,
+    lang: Lang,
+    who: Option<&Signed>,
+    code: StatusCode,
+    title: Msg,
+    detail: &str,
+) -> Response {
+    let frame = match who {
+        Some(s) => s.frame(console),
+        None => Frame { lang, who: None, here: "/", alarm: None },
+    };
+    (code, html(pages::problem(&frame, title, detail))).into_response()
+}
+
+fn server_error(console: &Console, lang: Lang, error: &str) -> Response {
+    tracing::error!(%error, "the console could not answer a request");
+    problem(console, lang, None, StatusCode::INTERNAL_SERVER_ERROR, Msg::ServerError, "")
+}
+
+/// An action's refusal as a page with the matching HTTP status and the action's own reason.
+fn refused(console: &Console, signed: &Signed, s: &tonic::Status) -> Response {
+    use tonic::Code;
+    let (code, title) = match s.code() {
+        Code::PermissionDenied | Code::Unauthenticated => (StatusCode::FORBIDDEN, Msg::Forbidden),
+        Code::NotFound => (StatusCode::NOT_FOUND, Msg::NotFound),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
+            (StatusCode::BAD_REQUEST, Msg::BadRequest)
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            (StatusCode::SERVICE_UNAVAILABLE, Msg::Unavailable)
+        }
+        _ => {
+            tracing::error!(error = %s.message(), "a console action failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, Msg::ServerError)
+        }
+    };
+    let detail = if code == StatusCode::INTERNAL_SERVER_ERROR { "" } else { s.message() };
+    problem(console, signed.lang, Some(signed), code, title, detail)
+}
+
+async fn home(signed: Signed) -> Redirect {
+    if actions::may_read_mail(&signed.session.person).is_ok() { Redirect::to("/inbox") } else { Redirect::to("/sent") }
+}
+
+async fn not_found(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    problem(&console, lang_of(&headers), None, StatusCode::NOT_FOUND, Msg::NotFound, "")
+}
+
+#[derive(Deserialize)]
+struct SignInQuery {
+    #[serde(default)]
+    ended: Option<String>,
+}
+
+async fn sign_in_page(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<SignInQuery>,
+) -> Response {
+    let note = if q.ended.is_some() { SignInNote::Ended } else { SignInNote::None };
+    sign_in_form(&console, lang_of(&headers), "", note, StatusCode::OK)
+}
+
+/// The sign-in form with a new token, set in a cookie beside it (checked on post).
+fn sign_in_form(console: &Console, lang: Lang, name: &str, note: SignInNote, code: StatusCode) -> Response {
+    let token = session::random_token();
+    let frame = Frame { lang, who: None, here: "/sign-in", alarm: None };
+    let mut r = (code, html(pages::sign_in(&frame, &token, name, note))).into_response();
+    set_cookie(&mut r, console.origin.cookie(console.origin.sign_in_cookie(), &token, Some(3600)));
+    r
+}
+
+/// Adds a `Set-Cookie` header (cookie values here are tokens and tags, always valid header text).
+fn set_cookie(r: &mut Response, cookie: String) {
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    token: String,
+}
+
+async fn sign_in(
+    State(console): State<Arc<Console>>,
+    PeerOf(peer): PeerOf,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let name = form.name.trim();
+    let token_ok = session::cookie(&headers, console.origin.sign_in_cookie())
+        .is_some_and(|cookie| !form.token.is_empty() && session::same_secret(cookie, &form.token));
+    if !console.origin.allows(&headers) || !token_ok {
+        return sign_in_form(&console, lang, name, SignInNote::CrossSite, StatusCode::FORBIDDEN);
+    }
+    let address = console.origin.client(peer, &headers).to_string();
+    let source = Source::Console(address.clone());
+    let now = console.clock.now_micros();
+    let since = now - session::FAILURE_WINDOW_MICROS;
+    let mut conn = match console.store.pool().acquire().await {
+        Ok(c) => c,
+        Err(e) => return server_error(&console, lang, &e.to_string()),
+    };
+    // The limits are checked before any hash: a name or an address that waits costs nothing.
+    let (by_name, by_address) = match access::failures_since(&mut conn, name, &address, since).await {
+        Ok(n) => n,
+        Err(e) => return server_error(&console, lang, &e.to_string()),
+    };
+    let waiting = if by_name >= session::FAILURES_PER_NAME {
+        Some((Counted::Name, name))
+    } else if by_address >= session::FAILURES_PER_ADDRESS {
+        Some((Counted::Address, address.as_str()))
+    } else {
+        None
+    };
+    if let Some((counted, key)) = waiting {
+        let oldest = access::oldest_failure_since(&mut conn, counted, key, since).await.ok().flatten().unwrap_or(now);
+        let until = pages::when(oldest + session::FAILURE_WINDOW_MICROS + 60_000_000);
+        if let Err(e) = access::sign_in(&mut conn, name, "", SignIn::Waited, &source, now).await {
+            return server_error(&console, lang, &e.to_string());
+        }
+        let note = SignInNote::Wait { for_name: counted == Counted::Name, until };
+        return sign_in_form(&console, lang, name, note, StatusCode::TOO_MANY_REQUESTS);
+    }
+    drop(conn);
+    let verified = console.passwords.verify(name, &form.password).await;
+    let mut conn = match console.store.pool().acquire().await {
+        Ok(c) => c,
+        Err(e) => return server_error(&console, lang, &e.to_string()),
+    };
+    let now = console.clock.now_micros();
+    match verified {
+        Ok(person) => {
+            let started = console.sessions.start(&person).await;
+            let logged =
+                access::sign_in(&mut conn, person.name.as_str(), person.role.as_str(), SignIn::SignedIn, &source, now)
+                    .await;
+            let (id, _) = match (started, logged) {
+                (Ok(s), Ok(())) => s,
+                (Err(e), _) | (_, Err(e)) => return server_error(&console, lang, &e.to_string()),
+            };
+            let mut r = Redirect::to("/").into_response();
+            for cookie in [
+                console.origin.cookie(console.origin.session_cookie(), &id, None),
+                console.origin.cookie(console.origin.sign_in_cookie(), "", Some(0)),
+            ] {
+                set_cookie(&mut r, cookie);
+            }
+            r
+        }
+        Err(SignInError::Refused) | Err(SignInError::Disabled(_)) => {
+            let disabled = matches!(verified, Err(SignInError::Disabled(_)));
+            if let Err(e) = access::sign_in(&mut conn, name, "", SignIn::Failed, &source, now).await {
+                return server_error(&console, lang, &e.to_string());
+            }
+            let note = if disabled { SignInNote::Disabled } else { SignInNote::Wrong };
+            sign_in_form(&console, lang, name, note, StatusCode::UNAUTHORIZED)
+        }
+        Err(e) => server_error(&console, lang, &e.to_string()),
+    }
+}
+
+/// The connection's peer address, as an extractor.
+pub struct PeerOf(pub std::net::SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerOf {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<PeerOf, Infallible> {
+        Ok(PeerOf(parts.extensions.get::<Peer>().map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0)))
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    let person = &signed.session.person;
+    let ended = console.sessions.end(&signed.session).await;
+    let logged = match console.store.pool().acquire().await {
+        Ok(mut conn) => {
+            access::sign_in(
+                &mut conn,
+                person.name.as_str(),
+                person.role.as_str(),
+                SignIn::SignedOut,
+                &signed.source(),
+                console.clock.now_micros(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = ended.and(logged) {
+        return server_error(&console, signed.lang, &e.to_string());
+    }
+    let mut r = Redirect::to("/sign-in").into_response();
+    set_cookie(&mut r, console.origin.cookie(console.origin.session_cookie(), "", Some(0)));
+    r
+}
+
+#[derive(Deserialize)]
+struct LanguageQuery {
+    #[serde(default)]
+    lang: String,
+    #[serde(default)]
+    back: String,
+}
+
+/// Sets the language cookie and goes back to a page of this console (never elsewhere).
+async fn language(State(console): State<Arc<Console>>, Query(q): Query<LanguageQuery>) -> Response {
+    let back = if q.back.starts_with('/') && !q.back.starts_with("//") && !q.back.contains('\\') {
+        q.back.as_str()
+    } else {
+        "/"
+    };
+    let mut r = Redirect::to(back).into_response();
+    if let Some(lang) = Lang::parse(&q.lang) {
+        set_cookie(&mut r, console.origin.cookie(LANG_COOKIE, lang.tag(), Some(365 * 24 * 3600)));
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct KindQuery {
+    #[serde(default)]
+    kind: String,
+}
+
+async fn inbox_list(console: &Console, signed: &Signed, kind: &str) -> Result<Vec<pb::InboxItem>, Response> {
+    let kind = if matches!(kind, "referral" | "alert") { kind } else { "" };
+    actions::inbox(
+        &console.store,
+        &console.clock,
+        &signed.session.person,
+        &signed.source(),
+        kind,
+        100,
+        Detail::Metadata,
+    )
+    .await
+    .map_err(|s| refused(console, signed, &s))
+}
+
+async fn inbox(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
+    match inbox_list(&console, &signed, &q.kind).await {
+        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, &items)),
+        Err(r) => r,
+    }
+}
+
+async fn inbox_items(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
+    match inbox_list(&console, &signed, &q.kind).await {
+        Ok(items) => html(pages::inbox_items(signed.lang, &items)),
+        Err(r) => r,
+    }
+}
+
+async fn sent_list(console: &Console, signed: &Signed) -> Result<Vec<pb::SentMessage>, Response> {
+    actions::list_sent(&console.store, &signed.session.person, "", 100).await.map_err(|s| refused(console, signed, &s))
+}
+
+async fn sent(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match sent_list(&console, &signed).await {
+        Ok(messages) => html(pages::sent_list(&signed.frame(&console), &messages)),
+        Err(r) => r,
+    }
+}
+
+async fn sent_items(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match sent_list(&console, &signed).await {
+        Ok(messages) => html(pages::sent_items(signed.lang, &messages)),
+        Err(r) => r,
+    }
+}
+
+/// A message: a received one's fields (the view is recorded) or a sent one's recipients.
+async fn message(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    let who = &signed.session.person;
+    let view = match actions::open_message(&console.store, &console.clock, who, &signed.source(), &id).await {
+        Ok(v) => v,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let frame = signed.frame(&console);
+    match (view.sent, view.received) {
+        (Some(sent), _) => html(pages::sent_message(&frame, &sent)),
+        (None, Some(received)) => {
+            let views = match console.store.pool().acquire().await {
+                Ok(mut conn) => access::of_message(&mut conn, &id).await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let views: Vec<_> = views.into_iter().filter(|a| a.action == "viewed").collect();
+            html(pages::received(&frame, &signed.session.csrf, &received, &views))
+        }
+        (None, None) => problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, ""),
+    }
+}
+
+/// A sent message's recipients (its live region). Sent messages hold no survivor data.
+async fn recipients(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    let who = &signed.session.person;
+    if let Err(s) = actions::may_read_mail(who) {
+        return refused(&console, &signed, &s);
+    }
+    match crate::mailbox::sent(&console.store, &id).await {
+        Ok(Some(sent)) => html(pages::recipients(signed.lang, &sent)),
+        Ok(None) => problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, ""),
+        Err(e) => server_error(&console, signed.lang, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    sender: String,
+}
+
+/// Accept, decline or close a received referral.
+async fn message_status(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<StatusForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    let status = match form.status.as_str() {
+        "accepted" => pb::MessageStatus::Accepted,
+        "declined" => pb::MessageStatus::Declined,
+        "closed" => pb::MessageStatus::Closed,
+        _ => {
+            let s = tonic::Status::invalid_argument("choose accept, decline or close");
+            return refused(&console, &signed, &s);
+        }
+    };
+    let request = pb::UpdateStatusRequest {
+        message_id: id.clone(),
+        sender: form.sender,
+        status: status as i32,
+        code: form.code.trim().to_owned(),
+        ..Default::default()
+    };
+    let who = &signed.session.person;
+    match actions::update_status(&console.store, &console.link, &console.clock, who, request).await {
+        Ok(_) => Redirect::to(&format!("/messages/{}", pages::urlencode(&id))).into_response(),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+/// The live-update stream: an `arrival` event (no data beyond the item's kind) whenever something
+/// is stored in the inbox. It never extends the session, and it ends (with an `ended` event) as soon
+/// as the session does.
+async fn events(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    if let Err(s) = actions::may_read_mail(&signed.session.person) {
+        return refused(&console, &signed, &s);
+    }
+    let stream = live(console, signed.session_id);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(20))).into_response()
+}
+
+fn live(console: Arc<Console>, session_id: String) -> impl Stream<Item = Result<Event, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(8);
+    let mut arrivals = console.arrivals.subscribe();
+    let mut people = console.people.subscribe();
+    let mut ended = console.sessions.subscribe();
+    let mut stopping = console.stopping.clone();
+    tokio::spawn(async move {
+        let mut recheck = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let event = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stopping.changed() => return,
+                r = arrivals.recv() => match r {
+                    Ok(item) => Some(Event::default().event("arrival").data(item.item_kind)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(Event::default().event("arrival").data("lagged")),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = people.changed() => None,
+                _ = ended.changed() => None,
+                _ = recheck.tick() => None,
+            };
+            match event {
+                Some(e) => {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                None => match console.sessions.find(&session_id, false).await {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        let _ = tx.send(Event::default().event("ended").data("")).await;
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}

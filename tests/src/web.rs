@@ -1,0 +1,130 @@
+//! A small HTTP/1.1 client for the console tests that need to see exactly what goes over the wire:
+//! status codes, headers and cookies, a form posted without its token or from another origin. It
+//! keeps cookies like a browser (by name; `Max-Age=0` removes one) and never follows redirects.
+//! Scenarios that need a real browser drive Chromium instead (`tests/tests/browser.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// A response header as text ('' when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// Where a redirect goes ('' when it is not one).
+    pub fn location(&self) -> &str {
+        self.header("location")
+    }
+
+    /// The value of the first `<input … name="NAME" … value="…">` in the page.
+    pub fn hidden(&self, name: &str) -> Option<String> {
+        let at = self.body.find(&format!("name=\"{name}\""))?;
+        let start = self.body[..at].rfind('<')?;
+        let end = at + self.body[at..].find('>')?;
+        let tag = &self.body[start..end];
+        let v = tag.find("value=\"")? + "value=\"".len();
+        Some(tag[v..v + tag[v..].find('"')?].to_owned())
+    }
+}
+
+/// One browser-like visitor of a console.
+pub struct Web {
+    addr: SocketAddr,
+    /// The `Origin` its posts carry (the console's own, unless a test says otherwise).
+    pub origin: String,
+    pub cookies: BTreeMap<String, String>,
+}
+
+impl Web {
+    /// A visitor of the console at `addr`, posting from its own origin.
+    pub fn new(addr: SocketAddr) -> Web {
+        Web { addr, origin: format!("http://{addr}"), cookies: BTreeMap::new() }
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> Page {
+        self.send(Method::GET, path, None, &[]).await
+    }
+
+    /// `POST path` with a form, from [`Web::origin`].
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let origin = self.origin.clone();
+        self.post_with(path, form, &[("origin", &origin)]).await
+    }
+
+    /// `POST path` with a form and exactly the extra headers given (no `Origin` unless among them).
+    pub async fn post_with(&mut self, path: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> Page {
+        let body = form.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&");
+        self.send(Method::POST, path, Some(body), headers).await
+    }
+
+    /// Signs in through the form, as a person would; returns the answer to the post.
+    pub async fn sign_in(&mut self, name: &str, password: &str) -> Page {
+        let form = self.get("/sign-in").await;
+        assert_eq!(form.status, StatusCode::OK, "the sign-in page: {}", form.body);
+        let token = form.hidden("token").expect("the sign-in form carries a token");
+        self.post("/sign-in", &[("name", name), ("password", password), ("token", &token)]).await
+    }
+
+    async fn send(&mut self, method: Method, path: &str, body: Option<String>, extra: &[(&str, &str)]) -> Page {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("console reachable");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        if !self.cookies.is_empty() {
+            let cookies = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            req = req.header("cookie", cookies);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes(body.unwrap_or_default()))).expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        for c in parts.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()) {
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            if let Some((k, v)) = pair.split_once('=') {
+                if attrs.contains("Max-Age=0") {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        let body = body.collect().await.expect("body").to_bytes();
+        Page { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+    }
+}
+
+fn bytes(s: String) -> hyper::body::Bytes {
+    hyper::body::Bytes::from(s)
+}
+
+/// Form-encodes a value.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

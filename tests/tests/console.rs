@@ -1,0 +1,297 @@
+//! The web console over HTTP, against a real node, gateway and database: what the console sends
+//! (status codes, headers, cookies) and what it refuses (a wrong password too often, an expired
+//! session, a form without its token or from another origin, a page the role may not see, markup in a
+//! field value). The browser scenarios are in `browser.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_proto::v1::*;
+use haven_tests::fixtures::{self, DAY, consent_request, record_consent, send, text};
+use haven_tests::net::{TestNet, TestNode};
+use haven_tests::web::Web;
+use haven_trust::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use haven_trust::ids::{PersonId, Role};
+use http::StatusCode;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Records a consent at harbor and sends maple-house a referral under it with the given first name;
+/// waits until maple-house holds it. Returns the message id.
+async fn referral_to_maple(harbor: &TestNode, maple: &TestNode, first_name: &str) -> String {
+    let labels = ["identifying", "contact", "operational"];
+    let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
+    let (consent, subject) = record_consent(harbor, req).await;
+    let mut env = fixtures::referral("maple-house", "housing", &subject, &consent);
+    env.fields.insert("survivor_first_name".into(), text(first_name));
+    let mut arrivals = maple.state.arrivals.subscribe();
+    let sent = send(harbor, "casey", env).await.expect("sent");
+    let id = sent.message_id.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let item = arrivals.recv().await.expect("arrivals");
+            if let Some(Item { body: Some(item::Body::Delivery(d)), .. }) = &item.item
+                && d.message_id == id
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the referral reaches maple-house within 20 s");
+    sent.message_id
+}
+
+async fn views(node: &TestNode, message_id: &str) -> Vec<haven_node::access::Access> {
+    let mut conn = node.state.store.pool().acquire().await.unwrap();
+    let rows = haven_node::access::of_message(&mut conn, message_id).await.unwrap();
+    rows.into_iter().filter(|a| a.action == "viewed").collect()
+}
+
+#[tokio::test]
+async fn a_caseworker_signs_in_lists_the_inbox_without_values_and_opening_a_referral_records_the_view() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+
+    let mut web = Web::new(maple.console);
+    let signed = web.sign_in("sam", PASSWORD).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+    let cookie =
+        signed.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let session = cookie.iter().find(|c| c.starts_with("haven-session=")).expect("a session cookie");
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+
+    let inbox = web.get("/inbox").await;
+    assert_eq!(inbox.status, StatusCode::OK);
+    assert!(inbox.body.contains(&id), "the inbox lists the referral");
+    assert!(!inbox.body.contains("Rosa"), "a list never shows field values");
+    for (header, want) in
+        [("cache-control", "no-store"), ("x-content-type-options", "nosniff"), ("referrer-policy", "same-origin")]
+    {
+        assert_eq!(inbox.header(header), want, "{header}");
+    }
+    let csp = inbox.header("content-security-policy");
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(views(&maple, &id).await.is_empty(), "listing is not viewing");
+
+    let opened = web.get(&format!("/messages/{id}")).await;
+    assert_eq!(opened.status, StatusCode::OK, "{}", opened.body);
+    assert!(opened.body.contains("Rosa (fictional)"));
+    assert_eq!(opened.header("cache-control"), "no-store");
+    let seen = views(&maple, &id).await;
+    assert_eq!(seen.len(), 1, "one view recorded: {seen:?}");
+    assert_eq!((seen[0].person.as_str(), seen[0].role.as_str()), ("sam", "caseworker"));
+    assert!(seen[0].fields.contains(&"survivor_first_name".to_owned()), "{:?}", seen[0].fields);
+    assert!(seen[0].source.starts_with("console 127.0.0.1"), "{}", seen[0].source);
+    assert!(!seen[0].subject.is_empty(), "the recipient-scoped pseudonym is recorded");
+
+    // Accepting it, from the page's own form, changes its state at the gateway and here.
+    let csrf = opened.hidden("csrf").expect("the page carries its form token");
+    let sender = opened.hidden("sender").expect("the sender");
+    let accepted = web
+        .post(&format!("/messages/{id}/status"), &[("csrf", &csrf), ("sender", &sender), ("status", "accepted")])
+        .await;
+    assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
+    let again = web.get(&format!("/messages/{id}")).await;
+    assert!(again.body.contains("accepted"), "{}", again.body);
+
+    // Signing out ends the session on the server: the old cookie no longer signs in.
+    let kept = web.cookies.clone();
+    let out = web.post("/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    web.cookies = kept;
+    let after = web.get("/inbox").await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert_eq!(after.location(), "/sign-in?ended=1");
+}
+
+#[tokio::test]
+async fn markup_in_a_field_value_renders_as_inert_text() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let hostile = r#"<script>alert(1)</script><img src=x onerror="alert(2)">"#;
+    let id = referral_to_maple(&harbor, &maple, hostile).await;
+
+    let mut web = Web::new(maple.console);
+    web.sign_in("sam", PASSWORD).await;
+    let page = web.get(&format!("/messages/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("<script>alert"), "no live script tag");
+    assert!(!page.body.contains("<img src=x"), "no live img tag");
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;alert(2)&quot;&gt;"));
+}
+
+#[tokio::test]
+async fn wrong_passwords_make_a_name_wait_and_unknown_names_are_refused_alike() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let mut web = Web::new(maple.console);
+
+    let unknown = web.sign_in("nobody-here", "whatever password").await;
+    let wrong = web.sign_in("sam", "not the password").await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let message = |p: &haven_tests::web::Page| {
+        let at = p.body.find("role=\"alert\"").expect("an error is shown");
+        p.body[at..at + p.body[at..].find("</p>").unwrap()].to_owned()
+    };
+    assert_eq!(message(&unknown), message(&wrong), "an unknown name reads like a wrong password");
+
+    for _ in 0..4 {
+        assert_eq!(web.sign_in("sam", "not the password").await.status, StatusCode::UNAUTHORIZED);
+    }
+    // Five failures: now even the right password waits, with a clear message and the time to wait for.
+    let waits = web.sign_in("sam", PASSWORD).await;
+    assert_eq!(waits.status, StatusCode::TOO_MANY_REQUESTS, "{}", waits.body);
+    assert!(waits.body.contains("Too many failed sign-ins for this name"), "{}", waits.body);
+    assert!(waits.body.contains("UTC"), "it says until when");
+    // Another name from the same address is not held up by sam's failures.
+    let other = web.sign_in("someone-else", "not the password").await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED);
+
+    // The failures and the refusal are in the node's access log.
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    let log = haven_node::access::recent(&mut conn, 100).await.unwrap();
+    let count = |action: &str| log.iter().filter(|a| a.action == action && a.person == "sam").count();
+    assert_eq!(count("sign_in_failed"), 5, "{log:?}");
+    // The attempt made to wait is logged, but does not count as a failure (it would extend the wait).
+    assert_eq!(count("sign_in_waited"), 1, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_session_ends_when_idle_too_long_when_too_old_and_when_the_role_changes() {
+    let net = TestNet::start().await;
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let maple = net.node_with_clock("maple-house", &[("sam", Role::Caseworker)], shared).await;
+    maple.set_password("sam", PASSWORD).await;
+
+    let mut web = Web::new(maple.console);
+    web.sign_in("sam", PASSWORD).await;
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK);
+    clock.advance_secs(14 * 60);
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK, "14 minutes idle: still signed in");
+    clock.advance_secs(15 * 60 + 1);
+    let idle = web.get("/inbox").await;
+    assert_eq!((idle.status, idle.location()), (StatusCode::SEE_OTHER, "/sign-in?ended=1"), "idle for 15 minutes");
+    let notice = web.get("/sign-in?ended=1").await;
+    assert!(notice.body.contains("Your session has ended"), "{}", notice.body);
+
+    // Busy all day: the session still ends 8 hours after sign-in.
+    web.sign_in("sam", PASSWORD).await;
+    for _ in 0..(8 * 60 / 10) {
+        clock.advance_secs(10 * 60);
+        assert_eq!(web.get("/inbox").await.status, StatusCode::OK);
+    }
+    clock.advance_secs(60);
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in?ended=1", "8 hours after sign-in");
+
+    // A role change ends the session at once.
+    web.sign_in("sam", PASSWORD).await;
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK);
+    maple.state.people.set_role(&PersonId::parse("sam").unwrap(), Role::Liaison).await.unwrap();
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in?ended=1");
+    // So does disabling the person; and a disabled person cannot sign in again.
+    web.sign_in("sam", PASSWORD).await;
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK);
+    maple.state.people.set_disabled(&PersonId::parse("sam").unwrap(), true).await.unwrap();
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in?ended=1");
+    let refused = web.sign_in("sam", PASSWORD).await;
+    assert!(refused.body.contains("disabled"), "{}", refused.body);
+}
+
+#[tokio::test]
+async fn forms_without_their_token_or_from_another_origin_are_refused_and_change_nothing() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let mut web = Web::new(maple.console);
+
+    // The sign-in form itself: without its token, or posted from elsewhere.
+    web.get("/sign-in").await;
+    let no_token = web.post("/sign-in", &[("name", "sam"), ("password", PASSWORD)]).await;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+    assert!(!web.cookies.contains_key("haven-session"));
+    let form = web.get("/sign-in").await;
+    let token = form.hidden("token").unwrap();
+    web.origin = "http://evil.example.net".into();
+    let cross = web.post("/sign-in", &[("name", "sam"), ("password", PASSWORD), ("token", &token)]).await;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    assert!(!web.cookies.contains_key("haven-session"));
+    // `Origin: null` passes only with Sec-Fetch-Site: same-origin.
+    let form = web.get("/sign-in").await;
+    let token = form.hidden("token").unwrap();
+    let fields = [("name", "sam"), ("password", PASSWORD), ("token", token.as_str())];
+    let null_cross = web.post_with("/sign-in", &fields, &[("origin", "null"), ("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(null_cross.status, StatusCode::FORBIDDEN);
+    assert!(!web.cookies.contains_key("haven-session"));
+    // (Each refusal renders the form again with a new token.)
+    let token = null_cross.hidden("token").unwrap();
+    let fields = [("name", "sam"), ("password", PASSWORD), ("token", token.as_str())];
+    let null_same = web.post_with("/sign-in", &fields, &[("origin", "null"), ("sec-fetch-site", "same-origin")]).await;
+    assert_eq!(null_same.status, StatusCode::SEE_OTHER, "{}", null_same.body);
+
+    // Signed in: signing out without the session's token, or from elsewhere, leaves the session alone.
+    let inbox = web.get("/inbox").await;
+    let csrf = inbox.hidden("csrf").unwrap();
+    web.origin = maple.console_url();
+    assert_eq!(web.post("/sign-out", &[("csrf", "forged")]).await.status, StatusCode::FORBIDDEN);
+    web.origin = "http://evil.example.net".into();
+    assert_eq!(web.post("/sign-out", &[("csrf", &csrf)]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK, "still signed in");
+}
+
+#[tokio::test]
+async fn an_auditor_is_refused_survivor_data_with_a_readable_page() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker), ("ada", Role::Auditor)]).await;
+    maple.set_password("ada", PASSWORD).await;
+    let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+    let mut web = Web::new(maple.console);
+    web.sign_in("ada", PASSWORD).await;
+    for path in ["/inbox".to_owned(), format!("/messages/{id}")] {
+        let page = web.get(&path).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(page.body.contains("Your role may not do this"), "{}", page.body);
+        assert!(page.body.contains("needs role caseworker"), "the reason is given: {}", page.body);
+        assert!(!page.body.contains("Rosa"));
+    }
+    assert!(views(&maple, &id).await.is_empty(), "a refused view is not a view");
+    // The navigation does not offer what the role lacks.
+    let home = web.get("/sent").await;
+    assert!(!home.body.contains("href=\"/inbox\""), "{}", home.body);
+}
+
+#[tokio::test]
+async fn the_console_speaks_spanish_when_asked_and_assets_are_embedded_and_cached_by_hash() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let mut web = Web::new(maple.console);
+    let english = web.get("/sign-in").await;
+    assert!(english.body.contains("<html lang=\"en\""));
+    let chosen = web.get("/language?lang=es&back=/sign-in").await;
+    assert_eq!(chosen.location(), "/sign-in");
+    let spanish = web.get("/sign-in").await;
+    assert!(spanish.body.contains("<html lang=\"es\"") && spanish.body.contains("Iniciar sesión"));
+    // The language switch returns only to this console.
+    assert_eq!(web.get("/language?lang=es&back=//evil.example.net/").await.location(), "/");
+
+    let css = english.body.split("href=\"/assets/").nth(1).and_then(|s| s.split('"').next()).expect("stylesheet");
+    let asset = web.get(&format!("/assets/{css}")).await;
+    assert_eq!(asset.status, StatusCode::OK);
+    assert!(asset.header("cache-control").contains("immutable"));
+    assert!(asset.header("content-type").starts_with("text/css"));
+    assert_eq!(web.get("/assets/console.0000000000000000.css").await.status, StatusCode::NOT_FOUND);
+    for script in english.body.split("<script src=\"").skip(1) {
+        assert!(script.starts_with("/assets/"), "scripts come from this console only: {script}");
+    }
+    assert!(!english.body.contains("style=\""), "no inline styles");
+}
