@@ -139,6 +139,7 @@ catalog! {
     NoMessagesSent => "Nothing sent yet.", "Todavía no se ha enviado nada.";
     Created => "Created", "Creado";
     Delivery => "Delivery", "Entrega";
+    AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
 fn language_switch(frame: &Frame) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     html! {
-        form.inline method="get" action="/language" {
+        form.inline.lang method="get" action="/language" {
             label for="lang" { (t(Msg::Language)) }
             select #lang name="lang" {
                 @for lang in Lang::ALL {
@@ -301,7 +301,7 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
             }
         }
         @if !views.is_empty() {
-            h2 { "Access log" }
+            h2 { (t(Msg::AccessLog)) }
             table.list {
                 thead { tr { th { (t(Msg::When)) } th { (t(Msg::Name)) } th { (t(Msg::Fields)) } } }
                 tbody {

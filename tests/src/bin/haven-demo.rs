@@ -121,9 +121,17 @@ async fn run_node(dir: &Path, org: OrgId, gateway: String) -> anyhow::Result<()>
         users: node_dir.join("users.toml"),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_tls: None,
-        console: None,
+        console: Some(haven_node::console::ConsoleConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            insecure_http: false,
+            public_origin: None,
+        }),
     };
     let node = haven_node::app::Node::open(config, Arc::new(SystemClock)).await?;
+    if let Some((addr, _)) = node.console() {
+        std::fs::write(node_dir.join("console.addr"), addr.to_string())?;
+    }
     let listener = node.bind().await?;
     println!("{READY}{}", listener.local_addr()?);
     node.serve_until_signal(listener).await?;
@@ -156,6 +164,17 @@ fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Proc> {
     Ok(Proc { child, addr })
 }
 
+/// A new demo password: four random words' worth of letters, easy to type from the screen.
+fn demo_password() -> String {
+    use rand::Rng;
+    const WORDS: [&str; 16] = [
+        "maple", "river", "lantern", "harbor", "meadow", "copper", "willow", "pebble", "orchard", "sparrow", "candle",
+        "garden", "ribbon", "thistle", "amber", "cobalt",
+    ];
+    let mut rng = rand::rng();
+    (0..4).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join("-")
+}
+
 /// The people of each demo organization: (person, role).
 fn people(org_type: &str) -> Vec<(&'static str, Role)> {
     match org_type {
@@ -179,14 +198,21 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
     // Each person is added to their node's database before the node starts, as `haven-node users add`
     // adds them; a rerun on the same directory gives everyone a new token.
     let mut tokens = Vec::new();
+    let mut signins = Vec::new();
     for org in registry.iter() {
         let node_dir = dir.join("nodes").join(org.id.as_str());
         std::fs::create_dir_all(&node_dir)?;
         let store = NodeStore::open(&node_dir.join("node.db").display().to_string()).await?;
         let node_people = People::new(store.clone(), Arc::new(SystemClock)).await?;
+        let passwords = haven_node::password::Passwords::new(node_people.clone());
         for (person, role) in people(org.org_type.as_str()) {
-            let added = node_people.add(&PersonId::parse(person)?, role, None).await?;
+            let name = PersonId::parse(person)?;
+            let added = node_people.add(&name, role, None).await?;
+            let password = demo_password();
+            let parsed = haven_node::password::Password::parse(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            passwords.set(&name, &parsed).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             tokens.push((org.id.clone(), person, role, added.token));
+            signins.push((org.id.clone(), person, role, password));
         }
         store.pool().close().await;
     }
@@ -246,7 +272,15 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
         std::fs::write(&tokens_file, text)?;
         let (org, _, _, token) = &tokens[0];
         let node = people.iter().find(|p| p.org == org.as_str()).map(|p| p.node).context("node")?;
-        println!("\nThe network keeps running. People's node tokens are in {}.", tokens_file.display());
+        println!("\nThe network keeps running. Open an organization's web console and sign in as one of its people:\n");
+        println!("   {:<18} {:<28} {:<18} {:<16} password", "organization", "console", "person", "role");
+        for (org, person, role, password) in &signins {
+            let console = std::fs::read_to_string(dir.join("nodes").join(org.as_str()).join("console.addr"))
+                .map(|a| format!("http://{}", a.trim()))
+                .unwrap_or_else(|_| "(no console)".into());
+            println!("   {:<18} {:<28} {:<18} {:<16} {}", org, console, person, role.as_str(), password);
+        }
+        println!("\nPeople's node tokens, for the command line, are in {}.", tokens_file.display());
         println!("Try:\n  cargo run -q --bin haven-node -- whoami --node http://{node} --token {token}");
         println!("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;

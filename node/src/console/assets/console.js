@@ -13,6 +13,9 @@
       window.htmx.ajax("GET", region.getAttribute("data-live"), { target: region, swap: "innerHTML" });
     });
   };
+  events.addEventListener("open", function () {
+    document.body.setAttribute("data-events-open", "");
+  });
   events.addEventListener("arrival", refresh);
   events.addEventListener("ended", function () {
     events.close();

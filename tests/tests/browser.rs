@@ -1,0 +1,300 @@
+//! The console in a real browser: Debian's Chromium, headless, driven through chromedriver (WebDriver),
+//! against real nodes and a real gateway over mTLS. Each scenario saves a PNG of each screen under
+//! `target/tmp/console-screens/`, and runs axe-core (from the npm package in `tests/browser/`, loaded
+//! into the page by the test, never shipped) on every page it visits: no serious or critical violation
+//! may remain.
+//!
+//! The node's database is always SQLite, so these tests do not depend on the gateway's database; they
+//! run in both suites all the same. In CI (`CI` set) a missing browser or a missing axe-core fails the
+//! test; elsewhere the test says what to install and passes without running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use haven_proto::v1::*;
+use haven_tests::fixtures::{self, DAY, consent_request, record_consent, send};
+use haven_tests::net::{TestNet, TestNode};
+use haven_trust::clock::{Clock, SystemClock};
+use haven_trust::ids::Role;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PASSWORD: &str = "correct horse battery";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running chromedriver, stopped when dropped.
+struct Driver {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// What the browser tests need and where it is; `None` (after saying what to install) outside CI
+/// when something is missing. In CI a missing piece fails the test.
+fn prerequisites() -> Option<(PathBuf, PathBuf)> {
+    let chromedriver = PathBuf::from("/usr/bin/chromedriver");
+    let axe = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/node_modules/axe-core/axe.min.js");
+    let mut missing = Vec::new();
+    if !chromedriver.exists() || !Path::new("/usr/bin/chromium").exists() {
+        missing.push("Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)");
+    }
+    if !axe.exists() {
+        missing.push("axe-core (npm ci --prefix tests/browser)");
+    }
+    if missing.is_empty() {
+        return Some((chromedriver, axe));
+    }
+    let message = format!("the browser tests need {}", missing.join(" and "));
+    assert!(!in_ci(), "{message}");
+    eprintln!("skipping: {message}");
+    None
+}
+
+/// Starts chromedriver on a free loopback port and waits until it says it is ready.
+async fn chromedriver(binary: &Path) -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("chromedriver output") {
+            if line.contains("started successfully") {
+                return;
+            }
+        }
+        panic!("chromedriver ended before it was ready");
+    })
+    .await
+    .expect("chromedriver is ready within 20 s");
+    // Drain the rest so chromedriver never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Driver { _child: child, url: format!("http://127.0.0.1:{port}") }
+}
+
+/// A headless Chromium session, `width` pixels wide.
+async fn browser(driver: &Driver, width: u32) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), "chrome".into());
+    // A window is never narrower than about 500 pixels; a phone's width is emulated instead.
+    let mut options = serde_json::json!({
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--lang=en-US", "--window-size=1280,900"],
+    });
+    if width < 1280 {
+        options["mobileEmulation"] =
+            serde_json::json!({ "deviceMetrics": { "width": width, "height": 780, "pixelRatio": 1 } });
+    }
+    caps.insert("goog:chromeOptions".into(), options);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector).capabilities(caps).connect(&driver.url).await.expect("a browser session")
+}
+
+/// One person in one browser, with the page checks every scenario makes.
+struct Person {
+    client: Client,
+    base: String,
+    axe: String,
+    shots: PathBuf,
+}
+
+impl Person {
+    async fn new(driver: &Driver, node: &TestNode, axe: &Path, width: u32) -> Person {
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screens");
+        std::fs::create_dir_all(&shots).unwrap();
+        Person {
+            client: browser(driver, width).await,
+            base: node.console_url(),
+            axe: std::fs::read_to_string(axe).expect("axe-core"),
+            shots,
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.client.goto(&format!("{}{path}", self.base)).await.expect("page loads");
+    }
+
+    async fn sign_in(&self, name: &str) {
+        self.goto("/sign-in").await;
+        self.client.find(Locator::Id("name")).await.unwrap().send_keys(name).await.unwrap();
+        self.client.find(Locator::Id("password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+        self.client.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
+        self.client.wait().at_most(WAIT).for_element(Locator::Css("header .who")).await.expect("signed in");
+    }
+
+    /// Saves a PNG of the screen as `name` and runs axe-core on the page.
+    async fn check(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+        // WebDriver runs the script itself, outside the page's CSP; the page never loads it.
+        let script = format!(
+            "{}\nconst done = arguments[arguments.length - 1];\naxe.run(document, {{ resultTypes: ['violations'] }}).then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical').map(v => v.id + ': ' + v.help + ' ' + v.nodes.map(n => n.target.join(' ')).join(', ')))).catch(e => done(['axe failed: ' + e]));",
+            self.axe
+        );
+        let found = self.client.execute_async(&script, vec![]).await.expect("axe runs");
+        let found: Vec<String> = serde_json::from_value(found).unwrap_or_default();
+        assert!(found.is_empty(), "{name}: serious or critical accessibility violations: {found:#?}");
+    }
+
+    /// Waits until the page's live-update stream is open (the console's script marks the body).
+    async fn live(&self) {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("body[data-events-open]"))
+            .await
+            .expect("the live-update stream opens");
+    }
+
+    async fn text_of(&self, css: &str) -> String {
+        self.client.find(Locator::Css(css)).await.expect(css).text().await.unwrap()
+    }
+
+    /// Waits until the element `css` holds `want`, without navigating.
+    async fn wait_text(&self, css: &str, want: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(e) = self.client.find(Locator::Css(css)).await
+                && e.text().await.is_ok_and(|t| t.contains(want))
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "`{css}` did not show `{want}` within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_referral_appears_live_at_the_shelter_is_opened_and_accepted_and_the_ngo_sees_it_without_a_reload() {
+    let Some((chromedriver_bin, axe)) = prerequisites() else { return };
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    maple.set_password("sam", PASSWORD).await;
+    let driver = chromedriver(&chromedriver_bin).await;
+
+    // The shelter's caseworker signs in and waits on the inbox.
+    let sam = Person::new(&driver, &maple, &axe, 1280).await;
+    sam.goto("/sign-in").await;
+    sam.check("sign-in").await;
+    sam.sign_in("sam").await;
+    sam.goto("/inbox").await;
+    assert!(sam.text_of("#inbox-items").await.contains("Nothing here yet"));
+    sam.live().await;
+
+    // The NGO sends a referral.
+    let labels = ["identifying", "contact", "operational"];
+    let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
+    let (consent_id, subject) = record_consent(&harbor, req).await;
+    let sent =
+        send(&harbor, "casey", fixtures::referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
+    let id = sent.message_id.clone();
+
+    // It appears in the open inbox by itself.
+    let link = format!("a[href='/messages/{id}']");
+    sam.client.wait().at_most(WAIT).for_element(Locator::Css(&link)).await.expect("the referral appears live");
+    assert!(!sam.text_of("#inbox-items").await.contains("Rosa"), "the list shows no field values");
+    sam.check("inbox").await;
+
+    // At the NGO, casey watches the referral's page.
+    let casey = Person::new(&driver, &harbor, &axe, 1280).await;
+    casey.sign_in("casey").await;
+    casey.goto(&format!("/messages/{id}")).await;
+    casey.wait_text("td[data-recipient='maple-house']", "delivered").await;
+    casey.live().await;
+    casey.client.execute("window.havenMarker = 'kept';", vec![]).await.unwrap();
+    casey.check("sent-message").await;
+
+    // Sam opens it (a recorded view) and accepts it.
+    sam.client.find(Locator::Css(&link)).await.unwrap().click().await.unwrap();
+    sam.wait_text("#message-fields", "Rosa (fictional)").await;
+    sam.check("received-referral").await;
+    sam.client.find(Locator::Css("button[value=accepted]")).await.unwrap().click().await.unwrap();
+    sam.wait_text("#message-state", "accepted").await;
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    let views = haven_node::access::of_message(&mut conn, &id).await.unwrap();
+    assert!(views.iter().any(|v| v.action == "viewed" && v.person == "sam"), "{views:?}");
+
+    // Casey's page shows it accepted, and it was not reloaded to get there.
+    casey.wait_text("td[data-recipient='maple-house']", "accepted").await;
+    let marker = casey.client.execute("return window.havenMarker;", vec![]).await.unwrap();
+    assert_eq!(marker, serde_json::json!("kept"), "the page updated in place");
+
+    // The survivor withdraws consent: the shelter's page shows the withdrawal and hides the values.
+    let revoke = RevokeConsentRequest { consent_id: consent_id.clone(), reason: "withdrawn_by_subject".into() };
+    let mut arrivals = maple.state.arrivals.subscribe();
+    harbor.client().await.revoke_consent(harbor.as_person("casey", revoke)).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while arrivals.recv().await.expect("arrivals").item_kind != "consent_withdrawn" {}
+    })
+    .await
+    .expect("the withdrawal reaches the shelter within 20 s");
+    sam.goto(&format!("/messages/{id}")).await;
+    let main = sam.text_of("main").await;
+    assert!(main.contains("Data withdrawn"), "{main}");
+    assert!(!main.contains("Rosa"), "withdrawn values are hidden");
+    sam.check("withdrawn-referral").await;
+
+    sam.client.close().await.unwrap();
+    casey.client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_console_works_at_360_pixels_and_by_keyboard_alone() {
+    let Some((chromedriver_bin, axe)) = prerequisites() else { return };
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let driver = chromedriver(&chromedriver_bin).await;
+    let sam = Person::new(&driver, &maple, &axe, 360).await;
+
+    // Signing in by keyboard alone: Tab to each control, type, Enter.
+    sam.goto("/sign-in").await;
+    let active = || async {
+        sam.client.execute("return document.activeElement.id || document.activeElement.tagName;", vec![]).await.unwrap()
+    };
+    let body = sam.client.find(Locator::Css("body")).await.unwrap();
+    let mut reached = Vec::new();
+    for _ in 0..8 {
+        body.send_keys("\u{E004}").await.unwrap(); // Tab
+        let now = active().await;
+        reached.push(now.clone());
+        if now == serde_json::json!("name") {
+            break;
+        }
+    }
+    assert_eq!(reached.last(), Some(&serde_json::json!("name")), "Tab reaches the name field: {reached:?}");
+    let name = sam.client.find(Locator::Id("name")).await.unwrap();
+    name.send_keys("sam\u{E004}").await.unwrap();
+    assert_eq!(active().await, serde_json::json!("password"));
+    sam.client.find(Locator::Id("password")).await.unwrap().send_keys(&format!("{PASSWORD}\u{E007}")).await.unwrap();
+    sam.client.wait().at_most(WAIT).for_element(Locator::Css("header .who")).await.expect("signed in by keyboard");
+    sam.goto("/inbox").await;
+    let inner = sam.client.execute("return window.innerWidth;", vec![]).await.unwrap();
+    assert_eq!(inner, serde_json::json!(360), "the page is laid out 360 px wide");
+    sam.check("inbox-360px").await;
+    let overflow = sam
+        .client
+        .execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+        .await
+        .unwrap();
+    assert!(overflow.as_i64().unwrap_or(1) <= 0, "no sideways scrolling at 360 px: {overflow}");
+    // Focus is visible: the focused control draws an outline.
+    let body = sam.client.find(Locator::Css("body")).await.unwrap();
+    body.send_keys("\u{E004}").await.unwrap();
+    let outline =
+        sam.client.execute("return getComputedStyle(document.activeElement).outlineStyle;", vec![]).await.unwrap();
+    assert_ne!(outline, serde_json::json!("none"), "the focused control shows it");
+    sam.client.close().await.unwrap();
+}
