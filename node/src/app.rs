@@ -140,6 +140,7 @@ impl Node {
                 witness: s.witness.clone(),
                 stream: s.stream.clone(),
                 sessions: Sessions::new(s.store.clone(), s.clock.clone()),
+                second_factor: crate::totp::SecondFactor::new(s.store.clone(), s.clock.clone()),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });

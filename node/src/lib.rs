@@ -5,7 +5,7 @@
 //! - [`stream`]: the long-lived delivery stream, reopened after any outage;
 //! - [`people`]: the organization's people, their roles and node tokens, in the node's database;
 //!   [`password`]: their passwords, and the check that signs them in with one; [`users`]: the users
-//!   file of earlier versions, imported once;
+//!   file of earlier versions, imported once; [`totp`]: the console's second factor;
 //! - [`store`]: the node's own SQLite database;
 //! - [`actions`]: what people do at their node, one function per action, each with its permission
 //!   check; [`access`]: the node's access log (views of survivor data, sign-ins);
@@ -32,5 +32,6 @@ pub mod people;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod totp;
 pub mod users;
 pub mod witness;

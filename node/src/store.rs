@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_witness_clearing.sql")),
     (6, include_str!("migrations/0006_people.sql")),
     (7, include_str!("migrations/0007_console.sql")),
+    (8, include_str!("migrations/0008_second_factor.sql")),
 ];
 
 impl NodeStore {

@@ -381,6 +381,18 @@ impl TestNode {
         self.state.passwords.set(&name, &password).await.expect("password set");
     }
 
+    /// Enrolls `person` in the console's second factor with a new secret, as the demo does; returns
+    /// the secret (to make codes with [`haven_node::totp::code`]).
+    pub async fn enroll_second_factor(&self, person: &str) -> Vec<u8> {
+        let name = haven_trust::ids::PersonId::parse(person).expect("person");
+        let secret = haven_node::totp::new_secret();
+        haven_node::totp::SecondFactor::new(self.state.store.clone(), self.state.clock.clone())
+            .enroll_directly(&name, &secret)
+            .await
+            .expect("enrolled");
+        secret
+    }
+
     /// `person`'s node token, for clients that sign in themselves (the CLI).
     pub fn token(&self, person: &str) -> &str {
         self.tokens.get(person).unwrap_or_else(|| panic!("no person {person} on this node"))

@@ -79,6 +79,15 @@ impl Web {
         self.post("/sign-in", &[("name", name), ("password", password), ("token", &token)]).await
     }
 
+    /// Signs in with a password and then a second-factor code; returns the answer to the code.
+    pub async fn sign_in_with_code(&mut self, name: &str, password: &str, code: &str) -> Page {
+        let first = self.sign_in(name, password).await;
+        assert_eq!(first.location(), "/sign-in/code", "the password is right: {}", first.body);
+        let form = self.get("/sign-in/code").await;
+        let csrf = form.hidden("csrf").expect("the code form carries its token");
+        self.post("/sign-in/code", &[("csrf", &csrf), ("code", code)]).await
+    }
+
     async fn send(&mut self, method: Method, path: &str, body: Option<String>, extra: &[(&str, &str)]) -> Page {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("console reachable");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");

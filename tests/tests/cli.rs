@@ -709,9 +709,13 @@ async fn users_commands_change_the_node_database_and_each_change_is_in_force_at_
     let before = listed().await;
 
     // Unknown names: exit 3, nothing changed.
-    for args in
-        [&["remove", "nobody"][..], &["disable", "nobody"], &["enable", "nobody"], &["role", "nobody", "auditor"]]
-    {
+    for args in [
+        &["remove", "nobody"][..],
+        &["disable", "nobody"],
+        &["enable", "nobody"],
+        &["role", "nobody", "auditor"],
+        &["reset-second-factor", "nobody"],
+    ] {
         let r = users(args).await;
         assert_eq!(r.code, 3, "{args:?}: {r:?}");
         assert!(r.err.contains(&format!("no person `nobody` in {db} (it holds: casey, lee, sam)")), "{r:?}");

@@ -254,9 +254,11 @@ async fn an_auditor_is_refused_survivor_data_with_a_readable_page() {
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let maple = net.node("maple-house", &[("sam", Role::Caseworker), ("ada", Role::Auditor)]).await;
     maple.set_password("ada", PASSWORD).await;
+    let secret = maple.enroll_second_factor("ada").await;
     let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
     let mut web = Web::new(maple.console);
-    web.sign_in("ada", PASSWORD).await;
+    let code = haven_node::totp::code(&secret, SystemClock.now_secs());
+    assert_eq!(web.sign_in_with_code("ada", PASSWORD, &code).await.location(), "/");
     for path in ["/inbox".to_owned(), format!("/messages/{id}")] {
         let page = web.get(&path).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
@@ -294,4 +296,81 @@ async fn the_console_speaks_spanish_when_asked_and_assets_are_embedded_and_cache
         assert!(script.starts_with("/assets/"), "scripts come from this console only: {script}");
     }
     assert!(!english.body.contains("style=\""), "no inline styles");
+}
+
+#[tokio::test]
+async fn a_privacy_officer_enrolls_a_second_factor_first_then_signs_in_with_a_code_never_the_same_one_twice() {
+    let net = TestNet::start().await;
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let maple = net.node_with_clock("maple-house", &[("pat", Role::PrivacyOfficer)], shared.clone()).await;
+    maple.set_password("pat", PASSWORD).await;
+    let factor = haven_node::totp::SecondFactor::new(maple.state.store.clone(), shared.clone());
+    let pat = PersonId::parse("pat").unwrap();
+    let mut web = Web::new(maple.console);
+
+    // The password alone leads to the enrollment, and nothing else opens.
+    let signed = web.sign_in("pat", PASSWORD).await;
+    assert_eq!(signed.location(), "/account/second-factor");
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in/code");
+    assert_eq!(web.get("/sign-in/code").await.location(), "/account/second-factor");
+    let enroll = web.get("/account/second-factor").await;
+    assert_eq!(enroll.status, StatusCode::OK);
+    assert!(enroll.body.contains("data:image/svg+xml;base64,"), "a QR code");
+    let secret = factor.pending(&pat).await.unwrap().expect("a pending secret");
+    assert!(enroll.body.contains(&haven_node::totp::base32(&secret)), "the key, to type");
+    let csrf = enroll.hidden("csrf").unwrap();
+
+    let wrong = web.post("/account/second-factor", &[("csrf", &csrf), ("code", "000000")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let now = || shared.now_secs();
+    let right = haven_node::totp::code(&secret, now());
+    let enrolled = web.post("/account/second-factor", &[("csrf", &csrf), ("code", &right)]).await;
+    assert_eq!(enrolled.status, StatusCode::OK, "{}", enrolled.body);
+    let recovery: Vec<String> =
+        enrolled.body.split("<li><code>").skip(1).map(|s| s.split('<').next().unwrap().to_owned()).collect();
+    assert_eq!(recovery.len(), 10, "ten recovery codes, shown once");
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK, "enrolled and signed in");
+
+    // Next time: password, then a code. The code just used is refused (no replay).
+    let csrf = web.get("/inbox").await.hidden("csrf").unwrap();
+    web.post("/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(web.sign_in("pat", PASSWORD).await.location(), "/sign-in/code");
+    let form = web.get("/sign-in/code").await;
+    let csrf = form.hidden("csrf").unwrap();
+    let replay = web.post("/sign-in/code", &[("csrf", &csrf), ("code", &right)]).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "a code is never accepted twice");
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in/code");
+    clock.advance_secs(30);
+    let next = haven_node::totp::code(&secret, now());
+    let ok = web.post("/sign-in/code", &[("csrf", &csrf), ("code", &next)]).await;
+    assert_eq!(ok.location(), "/");
+    assert_eq!(web.get("/inbox").await.status, StatusCode::OK);
+
+    // A recovery code works once.
+    for attempt in 0..2 {
+        let csrf = web.get("/inbox").await.hidden("csrf");
+        if let Some(csrf) = csrf {
+            web.post("/sign-out", &[("csrf", &csrf)]).await;
+        }
+        web.sign_in("pat", PASSWORD).await;
+        let csrf = web.get("/sign-in/code").await.hidden("csrf").unwrap();
+        let used = web.post("/sign-in/code", &[("csrf", &csrf), ("code", &recovery[0])]).await;
+        if attempt == 0 {
+            assert_eq!(used.location(), "/", "a recovery code signs in: {}", used.body);
+        } else {
+            assert_eq!(used.status, StatusCode::UNAUTHORIZED, "a recovery code works once");
+        }
+    }
+    // A session that never finishes its second step lapses after 5 minutes.
+    clock.advance_secs(5 * 60 + 1);
+    assert_eq!(web.get("/sign-in/code").await.location(), "/sign-in?ended=1");
+
+    // A lost phone: `users reset-second-factor` ends pat's sessions, and pat enrolls again.
+    clock.advance_secs(30);
+    let code = haven_node::totp::code(&secret, now());
+    assert_eq!(web.sign_in_with_code("pat", PASSWORD, &code).await.location(), "/");
+    assert!(factor.reset(&pat).await.unwrap());
+    assert_eq!(web.get("/inbox").await.location(), "/sign-in?ended=1");
+    assert_eq!(web.sign_in("pat", PASSWORD).await.location(), "/account/second-factor");
 }

@@ -1,4 +1,4 @@
-//! `haven-node users add|passwd|role|disable|enable|remove|list`: the people who may use this node,
+//! `haven-node users add|passwd|role|disable|enable|remove|reset-second-factor|list`: the people who may use this node,
 //! kept in its database. Run beside the node, on the same database file; every change is in force in
 //! a running node at once, with no restart and no signal. A password is read from standard input,
 //! never from an argument, which other users of the machine can see in the process list.
@@ -70,6 +70,14 @@ pub enum UsersCommand {
         #[arg(value_name = "NAME")]
         name: PersonId,
     },
+    /// Remove a person's console second factor (a lost phone) and end their console sessions; they
+    /// enroll again at their next sign-in, and their recovery codes no longer work.
+    ResetSecondFactor {
+        #[command(flatten)]
+        db: NodeDatabase,
+        #[arg(value_name = "NAME")]
+        name: PersonId,
+    },
     /// List the people on this node: role, state, whether a password is set, tokens in force.
     List {
         #[command(flatten)]
@@ -105,6 +113,7 @@ pub async fn run(cmd: &UsersCommand, input: In<'_>, out: Out<'_>, err: Out<'_>) 
         | UsersCommand::Remove { db, .. }
         | UsersCommand::Disable { db, .. }
         | UsersCommand::Enable { db, .. }
+        | UsersCommand::ResetSecondFactor { db, .. }
         | UsersCommand::List { db } => (db, false),
     };
     // Read before the database is touched, so a refused password changes nothing.
@@ -114,7 +123,7 @@ pub async fn run(cmd: &UsersCommand, input: In<'_>, out: Out<'_>, err: Out<'_>) 
         None
     };
     let (store, people) = open(db, creates, err).await?;
-    let result = change(cmd, &db.database, &people, password, out).await;
+    let result = change(cmd, &db.database, &store, &people, password, out).await;
     store.pool().close().await;
     result
 }
@@ -122,6 +131,7 @@ pub async fn run(cmd: &UsersCommand, input: In<'_>, out: Out<'_>, err: Out<'_>) 
 async fn change(
     cmd: &UsersCommand,
     database: &str,
+    store: &NodeStore,
     people: &People,
     password: Option<Password>,
     out: Out<'_>,
@@ -181,6 +191,21 @@ async fn change(
                 )?;
             } else {
                 writeln!(out, "{name} is already enabled in {database}; nothing changed")?;
+            }
+        }
+        UsersCommand::ResetSecondFactor { name, .. } => {
+            if people.credentials(name).await.map_err(failed)?.is_none() {
+                let held = people.list().await.map_err(failed)?.iter().map(|p| p.name.to_string()).collect::<Vec<_>>();
+                return Err(failure(PeopleError::Unknown { name: name.clone(), held: held.join(", ") }, database));
+            }
+            let factor = crate::totp::SecondFactor::new(store.clone(), std::sync::Arc::new(SystemClock));
+            if factor.reset(name).await.map_err(|e| CliError::File(format!("{database}: {e}")))? {
+                writeln!(
+                    out,
+                    "removed the second factor of {name} in {database} and ended their console sessions; they enroll again at their next sign-in"
+                )?;
+            } else {
+                writeln!(out, "{name} has no second factor in {database}; nothing changed")?;
             }
         }
         UsersCommand::List { .. } => {

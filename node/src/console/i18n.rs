@@ -139,6 +139,17 @@ catalog! {
     NoMessagesSent => "Nothing sent yet.", "Todavía no se ha enviado nada.";
     Created => "Created", "Creado";
     Delivery => "Delivery", "Entrega";
+    SecondFactor => "Second step: a code", "Segundo paso: un código";
+    CodeIntro => "Type the 6-digit code your authenticator app shows for Haven, or one of your recovery codes.", "Escriba el código de 6 dígitos que su aplicación de autenticación muestra para Haven, o uno de sus códigos de recuperación.";
+    Code => "Code", "Código";
+    WrongCode => "That code is not right, or was already used. Type the code your app shows now.", "Ese código no es correcto o ya se usó. Escriba el código que su aplicación muestra ahora.";
+    Continue => "Continue", "Continuar";
+    EnrollTitle => "Set up your second step", "Configure su segundo paso";
+    EnrollIntro => "Your role needs a second step at sign-in. Scan this code with an authenticator app (or type the key below into it), then type the 6-digit code it shows.", "Su rol necesita un segundo paso al iniciar sesión. Escanee este código con una aplicación de autenticación (o escriba en ella la clave de abajo) y luego escriba el código de 6 dígitos que muestra.";
+    QrAlt => "QR code holding your second-step key", "Código QR con su clave del segundo paso";
+    Key => "Key", "Clave";
+    RecoveryTitle => "Your recovery codes", "Sus códigos de recuperación";
+    RecoveryIntro => "Each of these codes signs you in once if you lose your phone. Print them or write them down now, and keep them somewhere safe: they are not shown again.", "Cada uno de estos códigos le permite iniciar sesión una vez si pierde su teléfono. Imprímalos o anótelos ahora y guárdelos en un lugar seguro: no se vuelven a mostrar.";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

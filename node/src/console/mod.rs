@@ -80,6 +80,7 @@ pub struct Console {
     pub witness: Witness,
     pub stream: watch::Receiver<StreamState>,
     pub sessions: Sessions,
+    pub second_factor: crate::totp::SecondFactor,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

@@ -151,6 +151,58 @@ pub fn sign_in(frame: &Frame, token: &str, name: &str, note: SignInNote) -> Mark
     page(frame, t(Msg::SignIn), body)
 }
 
+/// The second step of signing in.
+pub fn code(frame: &Frame, csrf: &str, wrong: bool) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        p { (t(Msg::CodeIntro)) }
+        (code_form(frame.lang, "/sign-in/code", csrf, wrong))
+    };
+    page(frame, t(Msg::SecondFactor), body)
+}
+
+/// The form that takes a second-factor code, with its error tied to the field.
+fn code_form(lang: Lang, action: &str, csrf: &str, wrong: bool) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        @if wrong { p.error #code-error role="alert" { (t(Msg::WrongCode)) } }
+        form method="post" action=(action) {
+            input type="hidden" name="csrf" value=(csrf);
+            div.field {
+                label for="code" { (t(Msg::Code)) }
+                input #code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required
+                    autocapitalize="none" spellcheck="false" aria-describedby=[wrong.then_some("code-error")];
+            }
+            button type="submit" { (t(Msg::Continue)) }
+        }
+    }
+}
+
+/// Enrolling a second factor: the QR code, the key as text, and the confirming code.
+pub fn enroll(frame: &Frame, csrf: &str, qr_svg: &str, key: &str, wrong: bool) -> Markup {
+    use base64::Engine;
+    let t = |m: Msg| m.text(frame.lang);
+    let qr = format!("data:image/svg+xml;base64,{}", base64::engine::general_purpose::STANDARD.encode(qr_svg));
+    let body = html! {
+        p { (t(Msg::EnrollIntro)) }
+        img.qr src=(qr) alt=(t(Msg::QrAlt)) width="220" height="220";
+        p { (t(Msg::Key)) ": " code #totp-key { (key) } }
+        (code_form(frame.lang, "/account/second-factor", csrf, wrong))
+    };
+    page(frame, t(Msg::EnrollTitle), body)
+}
+
+/// The recovery codes, shown once.
+pub fn recovery_codes(frame: &Frame, codes: &[String]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        p { (t(Msg::RecoveryIntro)) }
+        ul #recovery-codes { @for c in codes { li { code { (c) } } } }
+        p { a.button href="/" { (t(Msg::Continue)) } }
+    };
+    page(frame, t(Msg::RecoveryTitle), body)
+}
+
 /// A refusal or an error, as a page.
 pub fn problem(frame: &Frame, title: Msg, detail: &str) -> Markup {
     let t = |m: Msg| m.text(frame.lang);

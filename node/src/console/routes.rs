@@ -22,11 +22,12 @@ use haven_proto::v1 as pb;
 
 use super::i18n::{Lang, Msg};
 use super::pages::{self, Frame, SignInNote};
-use super::session::{self, Session};
+use super::session::{self, Session, Stage};
 use super::{Console, Peer};
 use crate::access::{self, Counted, SignIn, Source};
 use crate::actions::{self, Detail};
 use crate::password::SignInError;
+use crate::totp::{self, Checked};
 
 /// The language cookie.
 const LANG_COOKIE: &str = "haven-lang";
@@ -36,6 +37,8 @@ pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-in/code", get(code_page).post(code))
+        .route("/account/second-factor", get(enroll_page).post(enroll))
         .route("/sign-out", post(sign_out))
         .route("/language", get(language))
         .route("/inbox", get(inbox))
@@ -106,33 +109,60 @@ fn alarm(console: &Console) -> Option<String> {
     report.state.is_alarm().then(|| format!("Audit witness alarm ({}): {}", report.state.as_str(), report.detail))
 }
 
+/// Signs a request in from its session cookie. Unless `halfway` is allowed, a session still waiting
+/// for its second factor is sent to finish it.
+async fn signed_in(parts: &Parts, console: &Console, halfway: bool) -> Result<Signed, Response> {
+    let lang = lang_of(&parts.headers);
+    let here = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    // The live-update stream checks the session without keeping it alive.
+    let touch = parts.uri.path() != "/events";
+    let ended = match session::cookie(&parts.headers, console.origin.session_cookie()) {
+        None => None,
+        Some(id) => match console.sessions.find(id, touch).await {
+            Ok(Ok(session)) if halfway || session.stage == Stage::Full => {
+                let (client, session_id) = (client(console, parts), id.to_owned());
+                return Ok(Signed { session, lang, client, here, session_id });
+            }
+            Ok(Ok(_)) => return Err(go(parts, "/sign-in/code")),
+            Ok(Err(ended)) => Some(ended),
+            Err(e) => return Err(server_error(console, lang, &e.to_string())),
+        },
+    };
+    Err(go(parts, if ended.is_some() { "/sign-in?ended=1" } else { "/sign-in" }))
+}
+
+/// A redirect; to an htmx request, the header that makes htmx load the page.
+fn go(parts: &Parts, to: &'static str) -> Response {
+    if parts.headers.contains_key("hx-request") {
+        let mut r = StatusCode::UNAUTHORIZED.into_response();
+        r.headers_mut().insert("hx-redirect", HeaderValue::from_static(to));
+        return r;
+    }
+    Redirect::to(to).into_response()
+}
+
 impl FromRequestParts<Arc<Console>> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Signed, Response> {
-        let lang = lang_of(&parts.headers);
-        let here = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        // The live-update stream checks the session without keeping it alive.
-        let touch = parts.uri.path() != "/events";
-        let ended = match session::cookie(&parts.headers, console.origin.session_cookie()) {
-            None => None,
-            Some(id) => match console.sessions.find(id, touch).await {
-                Ok(Ok(session)) => {
-                    let (client, session_id) = (client(console, parts), id.to_owned());
-                    return Ok(Signed { session, lang, client, here, session_id });
-                }
-                Ok(Err(ended)) => Some(ended),
-                Err(e) => return Err(server_error(console, lang, &e.to_string())),
-            },
-        };
-        let to = if ended.is_some() { "/sign-in?ended=1" } else { "/sign-in" };
-        if parts.headers.contains_key("hx-request") {
-            let mut r = StatusCode::UNAUTHORIZED.into_response();
-            r.headers_mut().insert("hx-redirect", HeaderValue::from_static(to));
-            return Err(r);
-        }
-        Err(Redirect::to(to).into_response())
+        signed_in(parts, console, false).await
     }
+}
+
+/// A session at any stage: for the second factor's own pages.
+pub struct Halfway(pub Signed);
+
+impl FromRequestParts<Arc<Console>> for Halfway {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Halfway, Response> {
+        signed_in(parts, console, true).await.map(Halfway)
+    }
+}
+
+/// A connection to the node's database, or the error page.
+async fn connection(console: &Console, lang: Lang) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, Response> {
+    console.store.pool().acquire().await.map_err(|e| server_error(console, lang, &e.to_string()))
 }
 
 fn html(markup: Markup) -> Response {
@@ -246,9 +276,9 @@ async fn sign_in(
     let source = Source::Console(address.clone());
     let now = console.clock.now_micros();
     let since = now - session::FAILURE_WINDOW_MICROS;
-    let mut conn = match console.store.pool().acquire().await {
+    let mut conn = match connection(&console, lang).await {
         Ok(c) => c,
-        Err(e) => return server_error(&console, lang, &e.to_string()),
+        Err(r) => return r,
     };
     // The limits are checked before any hash: a name or an address that waits costs nothing.
     let (by_name, by_address) = match access::failures_since(&mut conn, name, &address, since).await {
@@ -273,28 +303,45 @@ async fn sign_in(
     }
     drop(conn);
     let verified = console.passwords.verify(name, &form.password).await;
-    let mut conn = match console.store.pool().acquire().await {
+    let mut conn = match connection(&console, lang).await {
         Ok(c) => c,
-        Err(e) => return server_error(&console, lang, &e.to_string()),
+        Err(r) => return r,
     };
     let now = console.clock.now_micros();
     match verified {
         Ok(person) => {
-            let started = console.sessions.start(&person).await;
-            let logged =
-                access::sign_in(&mut conn, person.name.as_str(), person.role.as_str(), SignIn::SignedIn, &source, now)
-                    .await;
-            let (id, _) = match (started, logged) {
-                (Ok(s), Ok(())) => s,
-                (Err(e), _) | (_, Err(e)) => return server_error(&console, lang, &e.to_string()),
+            // The second factor comes next for a person who enrolled one, or whose role requires it.
+            let enrolled = match console.second_factor.enrolled(&person.name).await {
+                Ok(e) => e,
+                Err(e) => return server_error(&console, lang, &e.to_string()),
             };
-            let mut r = Redirect::to("/").into_response();
-            for cookie in [
-                console.origin.cookie(console.origin.session_cookie(), &id, None),
-                console.origin.cookie(console.origin.sign_in_cookie(), "", Some(0)),
-            ] {
-                set_cookie(&mut r, cookie);
+            let (stage, next) = if enrolled {
+                (Stage::Password, "/sign-in/code")
+            } else if totp::required(person.role) {
+                (Stage::Password, "/account/second-factor")
+            } else {
+                (Stage::Full, "/")
+            };
+            let id = match console.sessions.start(&person, stage).await {
+                Ok((id, _)) => id,
+                Err(e) => return server_error(&console, lang, &e.to_string()),
+            };
+            if stage == Stage::Full
+                && let Err(e) = access::sign_in(
+                    &mut conn,
+                    person.name.as_str(),
+                    person.role.as_str(),
+                    SignIn::SignedIn,
+                    &source,
+                    now,
+                )
+                .await
+            {
+                return server_error(&console, lang, &e.to_string());
             }
+            let mut r = Redirect::to(next).into_response();
+            set_cookie(&mut r, console.origin.cookie(console.origin.session_cookie(), &id, None));
+            set_cookie(&mut r, console.origin.cookie(console.origin.sign_in_cookie(), "", Some(0)));
             r
         }
         Err(SignInError::Refused) | Err(SignInError::Disabled(_)) => {
@@ -564,4 +611,152 @@ fn live(console: Arc<Console>, session_id: String) -> impl Stream<Item = Result<
         }
     });
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// The second step of signing in: a code from the person's authenticator app, or a recovery code.
+async fn code_page(State(console): State<Arc<Console>>, Halfway(signed): Halfway) -> Response {
+    if signed.session.stage == Stage::Full {
+        return Redirect::to("/").into_response();
+    }
+    match console.second_factor.enrolled(&signed.session.person.name).await {
+        Ok(true) => html(pages::code(&signed.frame(&console), &signed.session.csrf, false)),
+        Ok(false) => Redirect::to("/account/second-factor").into_response(),
+        Err(e) => server_error(&console, signed.lang, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+}
+
+async fn code(
+    State(console): State<Arc<Console>>,
+    Halfway(signed): Halfway,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    if signed.session.stage == Stage::Full {
+        return Redirect::to("/").into_response();
+    }
+    let person = signed.session.person.clone();
+    let now = console.clock.now_micros();
+    let mut conn = match connection(&console, signed.lang).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Wrong codes count with wrong passwords: five for one name within the window, and it waits.
+    let since = now - session::FAILURE_WINDOW_MICROS;
+    let address = signed.client.to_string();
+    match access::failures_since(&mut conn, person.name.as_str(), &address, since).await {
+        Ok((by_name, _)) if by_name >= session::FAILURES_PER_NAME => {
+            let _ = console.sessions.end(&signed.session).await;
+            return Redirect::to("/sign-in").into_response();
+        }
+        Ok(_) => {}
+        Err(e) => return server_error(&console, signed.lang, &e.to_string()),
+    }
+    match console.second_factor.check(&person.name, &form.code).await {
+        Ok(Checked::Accepted | Checked::Recovered) => finish_sign_in(&console, &signed, &mut conn).await,
+        Ok(Checked::Refused) => {
+            if let Err(e) =
+                access::sign_in(&mut conn, person.name.as_str(), "", SignIn::Failed, &signed.source(), now).await
+            {
+                return server_error(&console, signed.lang, &e.to_string());
+            }
+            (StatusCode::UNAUTHORIZED, html(pages::code(&signed.frame(&console), &signed.session.csrf, true)))
+                .into_response()
+        }
+        Err(e) => server_error(&console, signed.lang, &e.to_string()),
+    }
+}
+
+/// Completes a sign-in after its second factor: a new session id, fully signed in, logged.
+async fn finish_sign_in(console: &Console, signed: &Signed, conn: &mut sqlx::SqliteConnection) -> Response {
+    let person = &signed.session.person;
+    let id = match console.sessions.promote(&signed.session).await {
+        Ok((id, _)) => id,
+        Err(e) => return server_error(console, signed.lang, &e.to_string()),
+    };
+    let now = console.clock.now_micros();
+    let source = signed.source();
+    if let Err(e) =
+        access::sign_in(conn, person.name.as_str(), person.role.as_str(), SignIn::SignedIn, &source, now).await
+    {
+        return server_error(console, signed.lang, &e.to_string());
+    }
+    let mut r = Redirect::to("/").into_response();
+    set_cookie(&mut r, console.origin.cookie(console.origin.session_cookie(), &id, None));
+    r
+}
+
+/// Enrolling a second factor: the QR code and the secret of a new enrollment, and the form that
+/// confirms it with a code.
+async fn enroll_page(State(console): State<Arc<Console>>, Halfway(signed): Halfway) -> Response {
+    let person = &signed.session.person;
+    if signed.session.stage == Stage::Password {
+        match console.second_factor.enrolled(&person.name).await {
+            Ok(true) => return Redirect::to("/sign-in/code").into_response(),
+            Ok(false) => {}
+            Err(e) => return server_error(&console, signed.lang, &e.to_string()),
+        }
+    }
+    enroll_form(&console, &signed, false).await
+}
+
+async fn enroll_form(console: &Console, signed: &Signed, wrong: bool) -> Response {
+    let person = &signed.session.person;
+    let secret = match console.second_factor.pending(&person.name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => console.second_factor.begin(&person.name).await,
+        Err(e) => Err(e),
+    };
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => return server_error(console, signed.lang, &e.to_string()),
+    };
+    let uri = totp::otpauth_uri(console.link.signer().org().as_str(), &person.name, &secret);
+    let qr = totp::qr_svg(&uri).unwrap_or_default();
+    let frame = signed.frame(console);
+    let code = if wrong { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    (code, html(pages::enroll(&frame, &signed.session.csrf, &qr, &totp::base32(&secret), wrong))).into_response()
+}
+
+async fn enroll(
+    State(console): State<Arc<Console>>,
+    Halfway(signed): Halfway,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    let person = signed.session.person.clone();
+    let codes = match console.second_factor.confirm(&person.name, &form.code).await {
+        Ok(Some(codes)) => codes,
+        Ok(None) => return enroll_form(&console, &signed, true).await,
+        Err(e) => return server_error(&console, signed.lang, &e.to_string()),
+    };
+    let mut r = html(pages::recovery_codes(&signed.frame(&console), &codes));
+    if signed.session.stage == Stage::Password {
+        let mut conn = match connection(&console, signed.lang).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let finished = finish_sign_in(&console, &signed, &mut conn).await;
+        if !finished.status().is_redirection() {
+            return finished;
+        }
+        // The recovery codes are shown now, with the new session's cookie.
+        for cookie in finished.headers().get_all(header::SET_COOKIE) {
+            r.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
+    }
+    r
 }

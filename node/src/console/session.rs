@@ -51,11 +51,33 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A live session: who, and the token its forms carry.
+/// How long a session may wait between the password and the second factor.
+pub const SECOND_STEP_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// How far a session has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The password was right; the second factor (its code, or its enrollment) is still to come.
+    Password,
+    /// Signed in.
+    Full,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Password => "password",
+            Stage::Full => "full",
+        }
+    }
+}
+
+/// A live session: who, how far it has got, and the token its forms carry.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub person: Person,
     pub csrf: String,
+    pub stage: Stage,
     id_sha256: String,
 }
 
@@ -85,27 +107,37 @@ impl Sessions {
         Sessions { store, clock, ended: std::sync::Arc::new(watch::channel(0).0) }
     }
 
-    /// Starts a session for `person`; returns the cookie value (the session id) and the session.
-    pub async fn start(&self, person: &Person) -> Result<(String, Session), sqlx::Error> {
+    /// Starts a session for `person` at `stage`; returns the cookie value (the session id) and the
+    /// session.
+    pub async fn start(&self, person: &Person, stage: Stage) -> Result<(String, Session), sqlx::Error> {
         let id = random_token();
-        let session = Session { person: person.clone(), csrf: random_token(), id_sha256: sha256_hex(&id) };
+        let session = Session { person: person.clone(), csrf: random_token(), stage, id_sha256: sha256_hex(&id) };
         let now = self.clock.now_micros();
-        sqlx::query("INSERT INTO console_session (id_sha256, person, role, csrf, created_at_micros, last_seen_micros) VALUES ($1, $2, $3, $4, $5, $5)")
+        sqlx::query("INSERT INTO console_session (id_sha256, person, role, csrf, created_at_micros, last_seen_micros, stage) VALUES ($1, $2, $3, $4, $5, $5, $6)")
             .bind(&session.id_sha256)
             .bind(person.name.as_str())
             .bind(person.role.as_str())
             .bind(&session.csrf)
             .bind(now)
+            .bind(stage.as_str())
             .execute(self.store.pool())
             .await?;
         Ok((id, session))
+    }
+
+    /// Completes a session's sign-in: a new session, fully signed in, with a new id (so an id seen
+    /// before the second factor is worth nothing after it); the old one ends.
+    pub async fn promote(&self, session: &Session) -> Result<(String, Session), sqlx::Error> {
+        let started = self.start(&session.person, Stage::Full).await?;
+        self.end(session).await?;
+        Ok(started)
     }
 
     /// The live session a cookie value names. `touch` counts this request as activity (the idle
     /// timeout starts again); the live-update stream checks without touching.
     pub async fn find(&self, id: &str, touch: bool) -> Result<Result<Session, Ended>, sqlx::Error> {
         let id_sha256 = sha256_hex(id);
-        let row = sqlx::query("SELECT s.person, s.role, s.csrf, s.created_at_micros, s.last_seen_micros, s.ended_at_micros, p.role AS now_role, p.disabled FROM console_session s JOIN person p ON p.name = s.person WHERE s.id_sha256 = $1")
+        let row = sqlx::query("SELECT s.person, s.role, s.csrf, s.created_at_micros, s.last_seen_micros, s.ended_at_micros, s.stage, p.role AS now_role, p.disabled FROM console_session s JOIN person p ON p.name = s.person WHERE s.id_sha256 = $1")
             .bind(&id_sha256)
             .fetch_optional(self.store.pool())
             .await?;
@@ -117,13 +149,16 @@ impl Sessions {
         let ended: Option<i64> = row.try_get("ended_at_micros")?;
         let created: i64 = row.try_get("created_at_micros")?;
         let last_seen: i64 = row.try_get("last_seen_micros")?;
+        let stage = if row.try_get::<String, _>("stage")? == "full" { Stage::Full } else { Stage::Password };
         let verdict = if ended.is_some() {
             Err(Ended::SignedOut)
         } else if role != now_role || disabled != 0 {
             Err(Ended::PersonChanged)
         } else if now.saturating_sub(created) > LIFETIME_MICROS {
             Err(Ended::TooOld)
-        } else if now.saturating_sub(last_seen) > IDLE_MICROS {
+        } else if now.saturating_sub(last_seen) > IDLE_MICROS
+            || (stage == Stage::Password && now.saturating_sub(created) > SECOND_STEP_MICROS)
+        {
             Err(Ended::Idle)
         } else {
             let name: String = row.try_get("person")?;
@@ -131,6 +166,7 @@ impl Sessions {
                 (Ok(name), Ok(role)) => Ok(Session {
                     person: Person { name, role },
                     csrf: row.try_get("csrf")?,
+                    stage,
                     id_sha256: id_sha256.clone(),
                 }),
                 _ => Err(Ended::Unknown),

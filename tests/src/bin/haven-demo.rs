@@ -211,8 +211,14 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
             let password = demo_password();
             let parsed = haven_node::password::Password::parse(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
             passwords.set(&name, &parsed).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Everyone gets a second factor, printed below, so that a person can add it to an
+            // authenticator app (or compute its codes) and sign in as any role.
+            let secret = haven_node::totp::new_secret();
+            haven_node::totp::SecondFactor::new(store.clone(), Arc::new(SystemClock))
+                .enroll_directly(&name, &secret)
+                .await?;
             tokens.push((org.id.clone(), person, role, added.token));
-            signins.push((org.id.clone(), person, role, password));
+            signins.push((org.id.clone(), person, role, password, haven_node::totp::base32(&secret)));
         }
         store.pool().close().await;
     }
@@ -273,14 +279,18 @@ async fn story(dir: &Path, policies: &Path, keep_running: bool) -> anyhow::Resul
         let (org, _, _, token) = &tokens[0];
         let node = people.iter().find(|p| p.org == org.as_str()).map(|p| p.node).context("node")?;
         println!("\nThe network keeps running. Open an organization's web console and sign in as one of its people:\n");
-        println!("   {:<18} {:<28} {:<18} {:<16} password", "organization", "console", "person", "role");
-        for (org, person, role, password) in &signins {
+        println!(
+            "   {:<18} {:<28} {:<18} {:<16} {:<30} second-step key (TOTP, SHA-1, 6 digits, 30 s)",
+            "organization", "console", "person", "role", "password"
+        );
+        for (org, person, role, password, key) in &signins {
             let console = std::fs::read_to_string(dir.join("nodes").join(org.as_str()).join("console.addr"))
                 .map(|a| format!("http://{}", a.trim()))
                 .unwrap_or_else(|_| "(no console)".into());
-            println!("   {:<18} {:<28} {:<18} {:<16} {}", org, console, person, role.as_str(), password);
+            println!("   {:<18} {:<28} {:<18} {:<16} {:<30} {}", org, console, person, role.as_str(), password, key);
         }
-        println!("\nPeople's node tokens, for the command line, are in {}.", tokens_file.display());
+        println!("\nAfter the password, the console asks for the code an authenticator app makes from the key.");
+        println!("People's node tokens, for the command line, are in {}.", tokens_file.display());
         println!("Try:\n  cargo run -q --bin haven-node -- whoami --node http://{node} --token {token}");
         println!("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
