@@ -10,14 +10,16 @@
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::*;
 use haven_trust::clock::SharedClock;
-use haven_trust::ids::Role;
+use haven_trust::ids::{PersonId, Role};
 use tonic::Status;
 
 use crate::access::{self, Shown, Source};
 use crate::consent;
 use crate::link::GatewayLink;
 use crate::mailbox;
-use crate::people::Person;
+use crate::password::{Password, Passwords};
+use crate::people::{Listed, People, PeopleError, Person};
+use crate::state::StreamState;
 use crate::store::{NodeStore, status as db};
 use crate::witness::{Witness, WitnessReport};
 
@@ -386,4 +388,155 @@ pub async fn acknowledge_witness_alarm(
         )));
     }
     Ok((acknowledged, report))
+}
+
+/// Administering the node (its people, its health) is for its administrators.
+pub fn may_administer(who: &Person) -> Result<(), Status> {
+    if who.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!("administering this node needs role admin, not {}", who.role)))
+    }
+}
+
+fn people_error(e: PeopleError) -> Status {
+    match e {
+        PeopleError::Unknown { .. } => Status::not_found(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+/// The node's people, for its administrators.
+pub async fn people(people: &People, who: &Person) -> Result<Vec<Listed>, Status> {
+    may_administer(who)?;
+    people.list().await.map_err(people_error)
+}
+
+/// Adds a person with a password (a new name only: an existing person is changed, not re-added).
+pub async fn add_person(
+    people: &People,
+    passwords: &Passwords,
+    who: &Person,
+    name: &str,
+    role: &str,
+    password: &str,
+) -> Result<PersonId, Status> {
+    may_administer(who)?;
+    let name = PersonId::parse(name.trim()).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+    let role = Role::parse(role).map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
+    if role == Role::Node {
+        return Err(Status::invalid_argument(
+            "role node is the node's own, for its delivery stream; choose a person's role",
+        ));
+    }
+    let password = Password::parse(password).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if people.credentials(&name).await.map_err(people_error)?.is_some() {
+        return Err(Status::already_exists(format!(
+            "`{name}` is already on this node: change their role or password instead"
+        )));
+    }
+    let hash = passwords.hash(&password).await.map_err(|e| Status::internal(e.to_string()))?;
+    people.add(&name, role, Some(&hash)).await.map_err(people_error)?;
+    Ok(name)
+}
+
+/// Refuses an administrator's change to their own account that would lock them out.
+fn not_oneself(who: &Person, name: &PersonId, what: &str) -> Result<(), Status> {
+    if &who.name == name {
+        return Err(Status::failed_precondition(format!(
+            "you cannot {what} yourself here; another administrator can, or `haven-node users` on the node's machine"
+        )));
+    }
+    Ok(())
+}
+
+/// Changes a person's role: their sessions end and their tokens are revoked.
+pub async fn set_role(people: &People, who: &Person, name: &PersonId, role: &str) -> Result<Option<Role>, Status> {
+    may_administer(who)?;
+    not_oneself(who, name, "change the role of")?;
+    let role = Role::parse(role).map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
+    if role == Role::Node {
+        return Err(Status::invalid_argument(
+            "role node is the node's own, for its delivery stream; choose a person's role",
+        ));
+    }
+    people.set_role(name, role).await.map_err(people_error)
+}
+
+/// Disables (or enables again) a person: disabling ends their sessions and revokes their tokens.
+pub async fn set_disabled(people: &People, who: &Person, name: &PersonId, disabled: bool) -> Result<bool, Status> {
+    may_administer(who)?;
+    not_oneself(who, name, "disable")?;
+    people.set_disabled(name, disabled).await.map_err(people_error)
+}
+
+/// Sets a person's password (a reset: the administrator tells them the new one).
+pub async fn reset_password(
+    people: &People,
+    passwords: &Passwords,
+    who: &Person,
+    name: &PersonId,
+    password: &str,
+) -> Result<(), Status> {
+    may_administer(who)?;
+    let password = Password::parse(password).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if people.credentials(name).await.map_err(people_error)?.is_none() {
+        return Err(Status::not_found(format!("no person `{name}` on this node")));
+    }
+    let hash = passwords.hash(&password).await.map_err(|e| Status::internal(e.to_string()))?;
+    people.set_password_hash(name, &hash).await.map_err(people_error)
+}
+
+/// How the node is doing, for its administrators.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub stream: StreamState,
+    /// When the newest item arrived, if any did.
+    pub last_arrival_micros: Option<i64>,
+    /// Sends still waiting at the node for the gateway.
+    pub pending_sends: i64,
+    /// The policy bundle version the gateway named in its newest answer to a send.
+    pub bundle_version: String,
+    pub witness: WitnessReport,
+}
+
+/// The node's health: its stream, its newest arrival, its outbox, what its witness found.
+pub async fn health(
+    store: &NodeStore,
+    stream: &tokio::sync::watch::Receiver<StreamState>,
+    witness: &Witness,
+    who: &Person,
+) -> Result<Health, Status> {
+    may_administer(who)?;
+    let last_arrival_micros: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(received_at_micros) FROM inbox").fetch_one(store.pool()).await.map_err(db)?;
+    let pending_sends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sent WHERE state = 'pending'")
+        .fetch_one(store.pool())
+        .await
+        .map_err(db)?;
+    let bundle_version: Option<String> = sqlx::query_scalar(
+        "SELECT bundle_version FROM sent WHERE bundle_version <> '' ORDER BY created_at_micros DESC LIMIT 1",
+    )
+    .fetch_optional(store.pool())
+    .await
+    .map_err(db)?;
+    Ok(Health {
+        stream: stream.borrow().clone(),
+        last_arrival_micros,
+        pending_sends,
+        bundle_version: bundle_version.unwrap_or_default(),
+        witness: witness.report(),
+    })
+}
+
+/// What the node's audit witness found, for those who answer for the trail.
+pub fn verification(witness: &Witness, who: &Person) -> Result<WitnessReport, Status> {
+    if matches!(who.role, Role::Auditor | Role::Admin | Role::PrivacyOfficer) {
+        Ok(witness.report())
+    } else {
+        Err(Status::permission_denied(format!(
+            "the verification status needs role auditor, privacy_officer or admin, not {}",
+            who.role
+        )))
+    }
 }

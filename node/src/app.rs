@@ -141,6 +141,7 @@ impl Node {
                 stream: s.stream.clone(),
                 sessions: Sessions::new(s.store.clone(), s.clock.clone()),
                 second_factor: crate::totp::SecondFactor::new(s.store.clone(), s.clock.clone()),
+                certificates: certificate_expiries(&self.config.link),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });
@@ -211,6 +212,19 @@ impl Node {
         }
         result.map_err(|e| NodeError::Tls(e.to_string()))
     }
+}
+
+/// The node's certificates and when each expires, for the console's health page; one that cannot be
+/// read is left out (the link would not have started).
+fn certificate_expiries(link: &crate::link::LinkConfig) -> Vec<(String, i64)> {
+    [("TLS", &link.tls_cert), ("signing", &link.signing_cert), ("network CA", &link.ca_cert)]
+        .into_iter()
+        .filter_map(|(label, path)| {
+            let der = haven_trust::pki::load_certs(path).ok()?.into_iter().next()?;
+            let info = haven_trust::pki::CertInfo::parse(&der).ok()?;
+            Some((format!("{label} ({})", path.display()), info.not_after))
+        })
+        .collect()
 }
 
 /// Says what the start did with the users file: once when it imports it (a warning, because the

@@ -124,11 +124,25 @@ impl Person {
     }
 
     async fn sign_in(&self, name: &str) {
+        self.password(name).await;
+        self.client.wait().at_most(WAIT).for_element(Locator::Css("header .who")).await.expect("signed in");
+    }
+
+    async fn password(&self, name: &str) {
         self.goto("/sign-in").await;
         self.client.find(Locator::Id("name")).await.unwrap().send_keys(name).await.unwrap();
         self.client.find(Locator::Id("password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
         self.client.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
-        self.client.wait().at_most(WAIT).for_element(Locator::Css("header .who")).await.expect("signed in");
+    }
+
+    /// Signs in with the password, then the code an authenticator app would show for `secret`.
+    async fn sign_in_with_code(&self, name: &str, secret: &[u8], shot: &str) {
+        self.password(name).await;
+        let field = self.client.wait().at_most(WAIT).for_element(Locator::Id("code")).await.expect("asked for a code");
+        self.check(shot).await;
+        field.send_keys(&haven_node::totp::code(secret, SystemClock.now_secs())).await.unwrap();
+        self.client.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
+        self.client.wait().at_most(WAIT).for_element(Locator::Css("main h1")).await.unwrap();
     }
 
     /// Saves a PNG of the screen as `name` and runs axe-core on the page.
@@ -297,4 +311,53 @@ async fn the_console_works_at_360_pixels_and_by_keyboard_alone() {
         sam.client.execute("return getComputedStyle(document.activeElement).outlineStyle;", vec![]).await.unwrap();
     assert_ne!(outline, serde_json::json!("none"), "the focused control shows it");
     sam.client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_auditor_and_an_administrator_sign_in_with_a_second_factor_and_do_their_work() {
+    let Some((chromedriver_bin, axe)) = prerequisites() else { return };
+    let net = TestNet::start().await;
+    let maple =
+        net.node("maple-house", &[("ada", Role::Auditor), ("omar", Role::Admin), ("pat", Role::PrivacyOfficer)]).await;
+    for p in ["ada", "omar", "pat"] {
+        maple.set_password(p, PASSWORD).await;
+    }
+    let ada_key = maple.enroll_second_factor("ada").await;
+    let omar_key = maple.enroll_second_factor("omar").await;
+    let driver = chromedriver(&chromedriver_bin).await;
+
+    let ada = Person::new(&driver, &maple, &axe, 1280).await;
+    ada.sign_in_with_code("ada", &ada_key, "second-step").await;
+    assert!(ada.client.current_url().await.unwrap().path().ends_with("/verification"));
+    ada.wait_text("#witness-state", "").await;
+    ada.check("verification").await;
+    ada.client.close().await.unwrap();
+
+    let omar = Person::new(&driver, &maple, &axe, 1280).await;
+    omar.sign_in_with_code("omar", &omar_key, "second-step-admin").await;
+    omar.goto("/health").await;
+    omar.check("health").await;
+    omar.goto("/people").await;
+    omar.client.find(Locator::Id("new-name")).await.unwrap().send_keys("rita").await.unwrap();
+    omar.client.find(Locator::Id("new-password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+    omar.client.find(Locator::Css("form[action='/people'] button[type=submit]")).await.unwrap().click().await.unwrap();
+    omar.wait_text("#people", "rita").await;
+    omar.check("people").await;
+    omar.client.close().await.unwrap();
+
+    // A privacy officer with no second factor is sent to enroll, and scans nothing: the key is on the page.
+    let pat = Person::new(&driver, &maple, &axe, 1280).await;
+    pat.password("pat").await;
+    let key = pat.client.wait().at_most(WAIT).for_element(Locator::Id("totp-key")).await.expect("enrollment");
+    pat.check("enroll").await;
+    let key = key.text().await.unwrap();
+    let factor = haven_node::totp::SecondFactor::new(maple.state.store.clone(), maple.state.clock.clone());
+    let pending = factor.pending(&haven_trust::ids::PersonId::parse("pat").unwrap()).await.unwrap().unwrap();
+    assert_eq!(key, haven_node::totp::base32(&pending));
+    let code = haven_node::totp::code(&pending, SystemClock.now_secs());
+    pat.client.find(Locator::Id("code")).await.unwrap().send_keys(&code).await.unwrap();
+    pat.client.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
+    pat.wait_text("main", "recovery codes").await;
+    pat.check("recovery-codes").await;
+    pat.client.close().await.unwrap();
 }

@@ -374,3 +374,75 @@ async fn a_privacy_officer_enrolls_a_second_factor_first_then_signs_in_with_a_co
     assert_eq!(web.get("/inbox").await.location(), "/sign-in?ended=1");
     assert_eq!(web.sign_in("pat", PASSWORD).await.location(), "/account/second-factor");
 }
+
+#[tokio::test]
+async fn an_administrator_manages_people_in_the_console_and_each_change_is_in_force_at_once() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("omar", Role::Admin), ("sam", Role::Caseworker)]).await;
+    maple.set_password("omar", PASSWORD).await;
+    maple.set_password("sam", PASSWORD).await;
+    let secret = maple.enroll_second_factor("omar").await;
+    let mut admin = Web::new(maple.console);
+    let code = haven_node::totp::code(&secret, SystemClock.now_secs());
+    assert_eq!(admin.sign_in_with_code("omar", PASSWORD, &code).await.location(), "/");
+    assert_eq!(admin.get("/").await.location(), "/health", "an administrator starts at the node's health");
+
+    let page = admin.get("/people").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains(">sam<"), "{}", page.body);
+    let csrf = page.hidden("csrf").unwrap();
+
+    // Add a person with a password; they can sign in at once.
+    let short = admin
+        .post("/people", &[("csrf", &csrf), ("name", "rita"), ("role", "caseworker"), ("password", "short")])
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    assert!(short.body.contains("at least 12"), "{}", short.body);
+    let added = admin
+        .post("/people", &[("csrf", &csrf), ("name", "rita"), ("role", "caseworker"), ("password", PASSWORD)])
+        .await;
+    assert_eq!(added.location(), "/people?done=1", "{}", added.body);
+    let again =
+        admin.post("/people", &[("csrf", &csrf), ("name", "rita"), ("role", "auditor"), ("password", PASSWORD)]).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "an existing name is not re-added");
+    let mut rita = Web::new(maple.console);
+    assert_eq!(rita.sign_in("rita", PASSWORD).await.location(), "/");
+    assert_eq!(rita.get("/inbox").await.status, StatusCode::OK);
+
+    // A change of role ends rita's session at once; a caseworker may not administer.
+    let role = admin.post("/people/rita/role", &[("csrf", &csrf), ("role", "liaison")]).await;
+    assert_eq!(role.location(), "/people?done=1");
+    assert_eq!(rita.get("/inbox").await.location(), "/sign-in?ended=1");
+    let mut sam = Web::new(maple.console);
+    sam.sign_in("sam", PASSWORD).await;
+    assert_eq!(sam.get("/people").await.status, StatusCode::FORBIDDEN);
+    let sam_csrf = sam.get("/inbox").await.hidden("csrf").unwrap();
+    let forbidden = sam.post("/people/rita/disabled", &[("csrf", &sam_csrf), ("disabled", "true")]).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+
+    // Disabling, and a new password; an administrator cannot lock themselves out.
+    let disabled = admin.post("/people/rita/disabled", &[("csrf", &csrf), ("disabled", "true")]).await;
+    assert_eq!(disabled.location(), "/people?done=1");
+    assert!(rita.sign_in("rita", PASSWORD).await.body.contains("disabled"));
+    admin.post("/people/rita/disabled", &[("csrf", &csrf), ("disabled", "false")]).await;
+    let reset = admin.post("/people/rita/password", &[("csrf", &csrf), ("password", "a brand new passphrase")]).await;
+    assert_eq!(reset.location(), "/people?done=1");
+    assert_eq!(rita.sign_in("rita", "a brand new passphrase").await.location(), "/");
+    let myself = admin.post("/people/omar/disabled", &[("csrf", &csrf), ("disabled", "true")]).await;
+    assert_eq!(myself.status, StatusCode::BAD_REQUEST);
+    assert!(myself.body.contains("you cannot disable yourself"), "{}", myself.body);
+    let unknown = admin.post("/people/nobody/password", &[("csrf", &csrf), ("password", PASSWORD)]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // The node's health and the witness's verification status.
+    let health = admin.get("/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert!(health.body.contains("id=\"pending-sends\">0<"), "{}", health.body);
+    assert!(
+        health.body.contains("TLS (") && health.body.contains("signing ("),
+        "certificate expiries: {}",
+        health.body
+    );
+    assert_eq!(admin.get("/verification").await.status, StatusCode::OK);
+    assert_eq!(sam.get("/verification").await.status, StatusCode::FORBIDDEN);
+}

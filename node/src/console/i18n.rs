@@ -150,6 +150,37 @@ catalog! {
     Key => "Key", "Clave";
     RecoveryTitle => "Your recovery codes", "Sus códigos de recuperación";
     RecoveryIntro => "Each of these codes signs you in once if you lose your phone. Print them or write them down now, and keep them somewhere safe: they are not shown again.", "Cada uno de estos códigos le permite iniciar sesión una vez si pierde su teléfono. Imprímalos o anótelos ahora y guárdelos en un lugar seguro: no se vuelven a mostrar.";
+    People => "People", "Personas";
+    Role => "Role", "Rol";
+    Disabled => "Disabled", "Desactivada";
+    Enabled => "Enabled", "Activa";
+    Disable => "Disable", "Desactivar";
+    Enable => "Enable", "Activar";
+    ChangeRole => "Change role", "Cambiar rol";
+    NewPassword => "New password", "Nueva contraseña";
+    ResetPassword => "Set password", "Establecer contraseña";
+    AddPerson => "Add a person", "Añadir una persona";
+    Add => "Add", "Añadir";
+    PasswordHint => "At least 12 characters; a few words are easiest to remember.", "Al menos 12 caracteres; unas pocas palabras son lo más fácil de recordar.";
+    Done => "Done.", "Hecho.";
+    Health => "Node health", "Estado del nodo";
+    StreamToGateway => "Delivery stream to the gateway", "Canal de entrega con la pasarela";
+    Connected => "connected", "conectado";
+    NotConnected => "not connected", "no conectado";
+    LastArrival => "Last arrival", "Última llegada";
+    PendingSends => "Sends waiting at this node", "Envíos en espera en este nodo";
+    BundleVersion => "Policy bundle (newest answer)", "Paquete de políticas (respuesta más reciente)";
+    Certificates => "Certificates", "Certificados";
+    Expires => "Expires", "Vence";
+    Never => "never", "nunca";
+    Verification => "Verification", "Verificación";
+    NewestCheckpoint => "Newest signed checkpoint", "Punto de control firmado más reciente";
+    TreeSize => "Entries", "Entradas";
+    RootHash => "Root hash", "Hash raíz";
+    SignedAt => "Signed", "Firmado";
+    WitnessState => "This node's witness", "Testigo de este nodo";
+    LastChecked => "Last checked", "Última comprobación";
+    WitnessOk => "consistent with the last checkpoint it kept", "coherente con el último punto de control que guardó";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

@@ -81,6 +81,8 @@ pub struct Console {
     pub stream: watch::Receiver<StreamState>,
     pub sessions: Sessions,
     pub second_factor: crate::totp::SecondFactor,
+    /// The node's certificates and when each expires (Unix seconds), read at start.
+    pub certificates: Vec<(String, i64)>,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

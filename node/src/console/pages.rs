@@ -9,7 +9,8 @@ use haven_proto::v1 as pb;
 use super::assets::{ASSETS, Assets};
 use super::i18n::{Lang, Msg};
 use crate::access::Access;
-use crate::people::Person;
+use crate::people::{Listed, Person};
+use haven_trust::ids::Role;
 
 /// What the frame of every page needs.
 pub struct Frame<'a> {
@@ -58,6 +59,13 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
                                 @if crate::actions::may_read_mail(who).is_ok() {
                                     li { a href="/inbox" { (t(Msg::Inbox)) } }
                                     li { a href="/sent" { (t(Msg::Sent)) } }
+                                }
+                                @if crate::actions::may_administer(who).is_ok() {
+                                    li { a href="/people" { (t(Msg::People)) } }
+                                    li { a href="/health" { (t(Msg::Health)) } }
+                                }
+                                @if matches!(who.role, Role::Auditor | Role::Admin | Role::PrivacyOfficer) {
+                                    li { a href="/verification" { (t(Msg::Verification)) } }
                                 }
                             }
                         }
@@ -480,4 +488,132 @@ pub fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The node's people, with the changes an administrator may make.
+pub fn people(frame: &Frame, csrf: &str, people: &[Listed], notice: Option<&str>) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let roles = [Role::Caseworker, Role::Liaison, Role::PrivacyOfficer, Role::Auditor, Role::Admin];
+    let body = html! {
+        @if let Some(n) = notice { p.note role="status" { (n) } }
+        table.list #people {
+            thead { tr { th { (t(Msg::Name)) } th { (t(Msg::Role)) } th { (t(Msg::State)) } th { (t(Msg::NewPassword)) } } }
+            tbody {
+                @for p in people {
+                    @let name = p.name.as_str();
+                    @let path = format!("/people/{}", urlencode(name));
+                    tr {
+                        td { (name) }
+                        td {
+                            form.inline method="post" action=(format!("{path}/role")) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                label.skip for=(format!("role-{name}")) { (t(Msg::Role)) " " (name) }
+                                select id=(format!("role-{name}")) name="role" {
+                                    @for r in roles { option value=(r.as_str()) selected[r == p.role] { (r.as_str()) } }
+                                }
+                                " "
+                                button.quiet type="submit" { (t(Msg::ChangeRole)) }
+                            }
+                        }
+                        td {
+                            (if p.disabled { t(Msg::Disabled) } else { t(Msg::Enabled) }) " "
+                            form.inline method="post" action=(format!("{path}/disabled")) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="disabled" value=(if p.disabled { "false" } else { "true" });
+                                button.quiet type="submit" { (if p.disabled { t(Msg::Enable) } else { t(Msg::Disable) }) " " span.skip { (name) } }
+                            }
+                        }
+                        td {
+                            form.inline method="post" action=(format!("{path}/password")) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                label.skip for=(format!("password-{name}")) { (t(Msg::NewPassword)) " " (name) }
+                                input type="password" id=(format!("password-{name}")) name="password" autocomplete="new-password" minlength="12";
+                                " "
+                                button.quiet type="submit" { (t(Msg::ResetPassword)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { (t(Msg::AddPerson)) }
+        form method="post" action="/people" {
+            input type="hidden" name="csrf" value=(csrf);
+            div.field { label for="new-name" { (t(Msg::Name)) } input #new-name type="text" name="name" required autocapitalize="none" spellcheck="false"; }
+            div.field {
+                label for="new-role" { (t(Msg::Role)) }
+                select #new-role name="role" { @for r in roles { option value=(r.as_str()) { (r.as_str()) } } }
+            }
+            div.field {
+                label for="new-password" { (t(Msg::Password)) }
+                input #new-password type="password" name="password" autocomplete="new-password" required minlength="12" aria-describedby="password-hint";
+                p.muted #password-hint { (t(Msg::PasswordHint)) }
+            }
+            button type="submit" { (t(Msg::Add)) }
+        }
+    };
+    page(frame, t(Msg::People), body)
+}
+
+/// The node's health.
+pub fn health(frame: &Frame, h: &crate::actions::Health, certificates: &[(String, i64)]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        dl.fields #health {
+            dt { (t(Msg::StreamToGateway)) }
+            dd #stream-state {
+                @if h.stream.connected { (t(Msg::Connected)) } @else { (t(Msg::NotConnected)) @if !h.stream.last_error.is_empty() { " (" (h.stream.last_error) ")" } }
+            }
+            dt { (t(Msg::LastArrival)) } dd { @match h.last_arrival_micros { Some(m) => (when(m)), None => (t(Msg::Never)) } }
+            dt { (t(Msg::PendingSends)) } dd #pending-sends { (h.pending_sends) }
+            dt { (t(Msg::BundleVersion)) } dd { (h.bundle_version) }
+            dt { (t(Msg::WitnessState)) } dd { (h.witness.state.as_str()) }
+        }
+        h2 { (t(Msg::Certificates)) }
+        table.list {
+            thead { tr { th { (t(Msg::Name)) } th { (t(Msg::Expires)) } } }
+            tbody { @for (name, not_after) in certificates { tr { td { (name) } td { (when(not_after.saturating_mul(1_000_000))) } } } }
+        }
+    };
+    page(frame, t(Msg::Health), body)
+}
+
+/// What the node's audit witness found: the newest checkpoint and whether it was consistent.
+pub fn verification(frame: &Frame, report: &crate::witness::WitnessReport, now_micros: i64) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        h2 { (t(Msg::NewestCheckpoint)) }
+        @match &report.latest {
+            Some(cp) => {
+                dl.fields #checkpoint {
+                    dt { (t(Msg::TreeSize)) } dd { (cp.tree_size) }
+                    dt { (t(Msg::RootHash)) } dd { code { (hex::encode(&cp.root_hash)) } }
+                    dt { (t(Msg::SignedAt)) } dd { (when(cp.timestamp_micros)) " (" (age(now_micros - cp.timestamp_micros)) ")" }
+                }
+            }
+            None => p { (t(Msg::NothingHere)) },
+        }
+        h2 { (t(Msg::WitnessState)) }
+        dl.fields #witness {
+            dt { (t(Msg::State)) }
+            dd.state #witness-state {
+                (report.state.as_str())
+                @if report.state == crate::witness::WitnessState::Ok { " — " (t(Msg::WitnessOk)) }
+                @if !report.detail.is_empty() { br; span.muted { (report.detail) } }
+            }
+            dt { (t(Msg::LastChecked)) } dd { @if report.checked_at_micros > 0 { (when(report.checked_at_micros)) } @else { (t(Msg::Never)) } }
+        }
+    };
+    page(frame, t(Msg::Verification), body)
+}
+
+/// A duration as people read it: seconds, minutes, hours or days.
+fn age(micros: i64) -> String {
+    let s = (micros / 1_000_000).max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
 }

@@ -19,6 +19,7 @@ use maud::Markup;
 use serde::Deserialize;
 
 use haven_proto::v1 as pb;
+use haven_trust::ids::PersonId;
 
 use super::i18n::{Lang, Msg};
 use super::pages::{self, Frame, SignInNote};
@@ -49,6 +50,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/messages/{id}/recipients", get(recipients))
         .route("/messages/{id}/status", post(message_status))
         .route("/events", get(events))
+        .route("/people", get(people).post(add_person))
+        .route("/people/{name}/{change}", post(person_change))
+        .route("/health", get(health))
+        .route("/verification", get(verification))
         .route("/assets/{name}", get(super::assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(super::security_headers))
@@ -210,8 +215,16 @@ fn refused(console: &Console, signed: &Signed, s: &tonic::Status) -> Response {
     problem(console, signed.lang, Some(signed), code, title, detail)
 }
 
+/// Each role's first page.
 async fn home(signed: Signed) -> Redirect {
-    if actions::may_read_mail(&signed.session.person).is_ok() { Redirect::to("/inbox") } else { Redirect::to("/sent") }
+    let who = &signed.session.person;
+    if actions::may_read_mail(who).is_ok() {
+        Redirect::to("/inbox")
+    } else if actions::may_administer(who).is_ok() {
+        Redirect::to("/health")
+    } else {
+        Redirect::to("/verification")
+    }
 }
 
 async fn not_found(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
@@ -759,4 +772,97 @@ async fn enroll(
         }
     }
     r
+}
+
+async fn people(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<NoticeQuery>) -> Response {
+    match actions::people(&console.people, &signed.session.person).await {
+        Ok(list) => {
+            let notice = q.done.is_some().then(|| Msg::Done.text(signed.lang));
+            html(pages::people(&signed.frame(&console), &signed.session.csrf, &list, notice))
+        }
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+#[derive(Deserialize)]
+struct NoticeQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PersonForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    disabled: String,
+}
+
+/// Back to the people page after a change, saying it was done.
+fn people_done<T>(console: &Console, signed: &Signed, result: Result<T, tonic::Status>) -> Response {
+    match result {
+        Ok(_) => Redirect::to("/people?done=1").into_response(),
+        Err(s) => refused(console, signed, &s),
+    }
+}
+
+async fn add_person(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Form(form): Form<PersonForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    let who = &signed.session.person;
+    let added =
+        actions::add_person(&console.people, &console.passwords, who, &form.name, &form.role, &form.password).await;
+    people_done(&console, &signed, added)
+}
+
+/// A change to one person: `/people/{name}/role`, `/people/{name}/disabled` or
+/// `/people/{name}/password`.
+async fn person_change(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path((name, what)): Path<(String, String)>,
+    Form(form): Form<PersonForm>,
+) -> Response {
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
+        return refusal;
+    }
+    let who = &signed.session.person;
+    let name = match PersonId::parse(&name) {
+        Ok(n) => n,
+        Err(e) => return refused(&console, &signed, &tonic::Status::invalid_argument(format!("name: {e}"))),
+    };
+    let changed = match what.as_str() {
+        "role" => actions::set_role(&console.people, who, &name, &form.role).await.map(|_| ()),
+        "disabled" => actions::set_disabled(&console.people, who, &name, form.disabled == "true").await.map(|_| ()),
+        "password" => actions::reset_password(&console.people, &console.passwords, who, &name, &form.password).await,
+        _ => return not_found(State(console), headers).await,
+    };
+    people_done(&console, &signed, changed)
+}
+
+async fn health(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match actions::health(&console.store, &console.stream, &console.witness, &signed.session.person).await {
+        Ok(h) => html(pages::health(&signed.frame(&console), &h, &console.certificates)),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+async fn verification(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match actions::verification(&console.witness, &signed.session.person) {
+        Ok(report) => html(pages::verification(&signed.frame(&console), &report, console.clock.now_micros())),
+        Err(s) => refused(&console, &signed, &s),
+    }
 }
