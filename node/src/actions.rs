@@ -17,6 +17,7 @@ use crate::access::{self, Shown, Source};
 use crate::consent;
 use crate::link::GatewayLink;
 use crate::mailbox;
+use crate::network::Network;
 use crate::password::{Password, Passwords};
 use crate::people::{Listed, People, PeopleError, Person};
 use crate::state::StreamState;
@@ -149,17 +150,24 @@ pub async fn send(
     who: &Person,
     mut env: Envelope,
 ) -> Result<SendResponse, Status> {
-    if !matches!(who.role, Role::Caseworker | Role::PrivacyOfficer | Role::Liaison) {
-        return Err(Status::permission_denied(format!(
-            "sending needs role caseworker, privacy_officer or liaison, not {}",
-            who.role
-        )));
-    }
+    may_send(who)?;
     if env.message_id.is_empty() {
         env.message_id = uuid::Uuid::now_v7().to_string();
     }
     mailbox::record_sent(store, &env, who.name.as_str(), who.role.as_str(), clock.now_micros()).await.map_err(db)?;
     submit(store, link, clock, env, who).await
+}
+
+/// Sending (and previewing a send) is for the people who act on survivors' behalf.
+pub fn may_send(who: &Person) -> Result<(), Status> {
+    if matches!(who.role, Role::Caseworker | Role::PrivacyOfficer | Role::Liaison) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "sending needs role caseworker, privacy_officer or liaison, not {}",
+            who.role
+        )))
+    }
 }
 
 /// Whether a failed submission should stay pending and be retried (the gateway could not be reached,
@@ -352,6 +360,35 @@ pub async fn list_consents(
     Ok(gw.list_consents(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner())
 }
 
+/// The network's purposes, message kinds (with every field) and organizations.
+pub async fn network_info(
+    network: &Network,
+    link: &GatewayLink,
+    who: &Person,
+) -> Result<std::sync::Arc<NetworkInfoResponse>, Status> {
+    network.get(link, who).await
+}
+
+/// What each recipient of `env` would receive, and what not and why, without sending anything: the
+/// gateway's own decision (audited as a dry run). Fields are checked against the schema first, so a
+/// wrong value is named before anything leaves the node.
+pub async fn preview(
+    network: &Network,
+    link: &GatewayLink,
+    who: &Person,
+    env: Envelope,
+) -> Result<DecideResponse, Status> {
+    may_send(who)?;
+    let mut gw = GatewayClient::new(link.channel());
+    let resp = gw
+        .decide(link.request(&who.name, who.role, DecideRequest { envelope: Some(env) })?)
+        .await
+        .map_err(|s| link.relay(s))?
+        .into_inner();
+    network.saw(&resp.bundle_version).await;
+    Ok(resp)
+}
+
 /// Who the gateway takes this person to be.
 pub async fn who_am_i(link: &GatewayLink, who: &Person) -> Result<WhoAmIResponse, Status> {
     let mut gw = GatewayClient::new(link.channel());
@@ -539,4 +576,33 @@ pub fn verification(witness: &Witness, who: &Person) -> Result<WitnessReport, St
             who.role
         )))
     }
+}
+
+/// A consent this organization recorded, as the node keeps it.
+#[derive(Debug, Clone)]
+pub struct HeldConsent {
+    pub consent_id: String,
+    pub subject: String,
+    pub state: String,
+    pub updated_at_micros: i64,
+}
+
+/// The consents this organization recorded, newest first: what a new referral relies on.
+pub async fn consents_held(store: &NodeStore, who: &Person) -> Result<Vec<HeldConsent>, Status> {
+    consent::may_manage(who)?;
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT consent_id, subject, state, updated_at_micros FROM consents ORDER BY updated_at_micros DESC LIMIT 500",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(db)?;
+    Ok(rows
+        .into_iter()
+        .map(|(consent_id, subject, state, updated_at_micros)| HeldConsent {
+            consent_id,
+            subject,
+            state,
+            updated_at_micros,
+        })
+        .collect())
 }

@@ -39,6 +39,19 @@ impl Node for NodeService {
         Ok(Response::new(actions::who_am_i(&self.state.link, &who).await?))
     }
 
+    async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {
+        let who = self.user(&req).await?;
+        let info = actions::network_info(&self.state.network, &self.state.link, &who).await?;
+        Ok(Response::new((*info).clone()))
+    }
+
+    async fn preview(&self, req: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+        let who = self.user(&req).await?;
+        let env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
+        let s = &self.state;
+        Ok(Response::new(actions::preview(&s.network, &s.link, &who, env).await?))
+    }
+
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let who = self.user(&req).await?;
         let env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;

@@ -95,7 +95,17 @@ impl Node {
         let witness = crate::witness::Witness::new(store.clone(), link.clone(), &config.link, clock.clone()).await?;
         let arrivals = tokio::sync::broadcast::channel(256).0;
         Ok(Node {
-            state: Arc::new(NodeState { link, store, people, passwords, clock, stream, witness, arrivals }),
+            state: Arc::new(NodeState {
+                link,
+                store,
+                people,
+                passwords,
+                clock,
+                stream,
+                witness,
+                arrivals,
+                network: Default::default(),
+            }),
             config,
             stream_tx,
             console,
@@ -137,6 +147,7 @@ impl Node {
                 people: s.people.clone(),
                 passwords: s.passwords.clone(),
                 arrivals: s.arrivals.clone(),
+                network: s.network.clone(),
                 witness: s.witness.clone(),
                 stream: s.stream.clone(),
                 sessions: Sessions::new(s.store.clone(), s.clock.clone()),

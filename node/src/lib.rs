@@ -6,7 +6,8 @@
 //! - [`people`]: the organization's people, their roles and node tokens, in the node's database;
 //!   [`password`]: their passwords, and the check that signs them in with one; [`users`]: the users
 //!   file of earlier versions, imported once; [`totp`]: the console's second factor;
-//! - [`store`]: the node's own SQLite database;
+//! - [`store`]: the node's own SQLite database; [`network`]: the network's purposes, kinds and
+//!   organizations, as the node keeps them for the people who build messages;
 //! - [`actions`]: what people do at their node, one function per action, each with its permission
 //!   check; [`access`]: the node's access log (views of survivor data, sign-ins);
 //! - [`api`]: the `Node` service, a thin caller of the actions; [`app`]: the running node;
@@ -27,6 +28,7 @@ pub mod console;
 pub mod failure;
 pub mod link;
 pub mod mailbox;
+pub mod network;
 pub mod password;
 pub mod people;
 pub mod state;

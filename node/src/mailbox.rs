@@ -336,6 +336,16 @@ pub async fn local_status(store: &NodeStore, change: LocalChange<'_>) -> Result<
     Ok(())
 }
 
+/// A sent message's recipient status as people read it: the status, or `denied` for a recipient the
+/// gateway refused (no status, but a reason), or `-`.
+pub fn recipient_status(status: i32, reason: &str) -> String {
+    match pb::MessageStatus::try_from(status) {
+        Ok(pb::MessageStatus::Unspecified) | Err(_) if !reason.is_empty() => "denied".into(),
+        Ok(pb::MessageStatus::Unspecified) | Err(_) => "-".into(),
+        Ok(s) => s.as_str_name().to_ascii_lowercase(),
+    }
+}
+
 /// The message kind of a received item (a delivery's `referral` or `alert`), else its item kind.
 pub fn kind_of(item: &pb::InboxItem) -> &str {
     match &item.item {

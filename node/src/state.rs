@@ -26,6 +26,8 @@ pub struct NodeState {
     pub witness: Witness,
     /// New arrivals, as they are stored.
     pub arrivals: Arrivals,
+    /// The network's purposes, kinds and organizations, as the node keeps them.
+    pub network: crate::network::Network,
 }
 
 /// What the node knows about its stream, for its users and for tests.

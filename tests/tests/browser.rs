@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use haven_proto::v1::*;
-use haven_tests::fixtures::{self, DAY, consent_request, record_consent, send};
+use haven_tests::fixtures::{DAY, consent_request, record_consent};
 use haven_tests::net::{TestNet, TestNode};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
@@ -207,13 +207,40 @@ async fn a_referral_appears_live_at_the_shelter_is_opened_and_accepted_and_the_n
     assert!(sam.text_of("#inbox-items").await.contains("Nothing here yet"));
     sam.live().await;
 
-    // The NGO sends a referral.
+    // At the NGO, casey fills in a referral, previews it (the shelter will receive it, the police are
+    // denied), and sends it.
     let labels = ["identifying", "contact", "operational"];
     let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
-    let (consent_id, subject) = record_consent(&harbor, req).await;
-    let sent =
-        send(&harbor, "casey", fixtures::referral("maple-house", "housing", &subject, &consent_id)).await.unwrap();
-    let id = sent.message_id.clone();
+    let (consent_id, _subject) = record_consent(&harbor, req).await;
+    let casey = Person::new(&driver, &harbor, &axe, 1280).await;
+    casey.sign_in("casey").await;
+    casey.goto("/referrals/new").await;
+    let c = &casey.client;
+    c.find(Locator::Id("consent")).await.unwrap().select_by_value(&consent_id).await.unwrap();
+    c.find(Locator::Id("to-maple-house")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("to-metro-police")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("purpose")).await.unwrap().select_by_value("housing").await.unwrap();
+    c.find(Locator::Id("f-survivor_first_name")).await.unwrap().send_keys("Rosa (fictional)").await.unwrap();
+    c.find(Locator::Id("f-safe_to_contact_by")).await.unwrap().select_by_value("through_caseworker").await.unwrap();
+    c.find(Locator::Id("f-urgency")).await.unwrap().select_by_value("high").await.unwrap();
+    casey.check("new-referral").await;
+    c.find(Locator::Css("button[value=preview]")).await.unwrap().click().await.unwrap();
+    casey.wait_text("#preview tr[data-recipient='maple-house']", "will receive").await;
+    casey.wait_text("#preview tr[data-recipient='metro-police']", "denied").await;
+    casey.check("referral-preview").await;
+    c.find(Locator::Css("button[value=send]")).await.unwrap().click().await.unwrap();
+    let id = casey
+        .client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("td[data-recipient='maple-house']"))
+        .await
+        .expect("the sent referral's page");
+    drop(id);
+    let url = casey.client.current_url().await.unwrap();
+    let id = url.path().trim_start_matches("/messages/").to_owned();
+    casey.live().await;
+    casey.client.execute("window.havenMarker = 'kept';", vec![]).await.unwrap();
 
     // It appears in the open inbox by itself.
     let link = format!("a[href='/messages/{id}']");
@@ -221,13 +248,8 @@ async fn a_referral_appears_live_at_the_shelter_is_opened_and_accepted_and_the_n
     assert!(!sam.text_of("#inbox-items").await.contains("Rosa"), "the list shows no field values");
     sam.check("inbox").await;
 
-    // At the NGO, casey watches the referral's page.
-    let casey = Person::new(&driver, &harbor, &axe, 1280).await;
-    casey.sign_in("casey").await;
-    casey.goto(&format!("/messages/{id}")).await;
+    // Casey's page follows the referral: delivered.
     casey.wait_text("td[data-recipient='maple-house']", "delivered").await;
-    casey.live().await;
-    casey.client.execute("window.havenMarker = 'kept';", vec![]).await.unwrap();
     casey.check("sent-message").await;
 
     // Sam opens it (a recorded view) and accepts it.

@@ -42,6 +42,12 @@ async fn referral_to_maple(harbor: &TestNode, maple: &TestNode, first_name: &str
     sent.message_id
 }
 
+/// Posts the referral form.
+async fn post(web: &mut Web, fields: Vec<(String, String)>) -> haven_tests::web::Page {
+    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    web.post("/referrals/new", &borrowed).await
+}
+
 async fn views(node: &TestNode, message_id: &str) -> Vec<haven_node::access::Access> {
     let mut conn = node.state.store.pool().acquire().await.unwrap();
     let rows = haven_node::access::of_message(&mut conn, message_id).await.unwrap();
@@ -445,4 +451,86 @@ async fn an_administrator_manages_people_in_the_console_and_each_change_is_in_fo
     );
     assert_eq!(admin.get("/verification").await.status, StatusCode::OK);
     assert_eq!(sam.get("/verification").await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_named_beside_it_with_nothing_sent() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    let labels = ["identifying", "contact", "operational"];
+    let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
+    let (consent, _subject) = record_consent(&harbor, req).await;
+
+    let mut web = Web::new(harbor.console);
+    web.sign_in("casey", PASSWORD).await;
+    let form = web.get("/referrals/new").await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert!(form.body.contains(&format!("value=\"{consent}\"")), "the consent is offered");
+    assert!(form.body.contains("name=\"f.household_size\" type=\"number\""), "fields come from the schema");
+    let csrf = form.hidden("csrf").unwrap();
+    let base = |step: &str, size: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf.as_str()),
+            ("step", step),
+            ("consent", consent.as_str()),
+            ("recipient", "maple-house"),
+            ("recipient", "metro-police"),
+            ("purpose", "housing"),
+            ("f.survivor_first_name", "Rosa (fictional)"),
+            ("f.safe_to_contact_by", "through_caseworker"),
+            ("f.urgency", "high"),
+            ("f.household_size", size),
+            ("f.needs", "housing"),
+            ("f.needs", "interpretation"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+
+    // A wrong type, and a value out of range: named beside the field, nothing sent.
+    let wrong = post(&mut web, base("preview", "three")).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(wrong.body.contains("id=\"f-household_size-problem\""), "{}", wrong.body);
+    assert!(wrong.body.contains("must be a whole number"), "{}", wrong.body);
+    let range = post(&mut web, base("send", "99")).await;
+    assert_eq!(range.status, StatusCode::BAD_REQUEST);
+    assert!(range.body.contains("outside its range"), "{}", range.body);
+    let sent = harbor.client().await.list_sent(harbor.as_person("casey", ListSentRequest::default())).await.unwrap();
+    assert!(sent.into_inner().messages.is_empty(), "nothing was stored or sent");
+
+    // The preview: the shelter will receive, the police are denied; nothing is sent yet.
+    let preview = post(&mut web, base("preview", "3")).await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    let row = |who: &str| {
+        let at = preview.body.find(&format!("data-recipient=\"{who}\"")).expect("a row per recipient");
+        preview.body[at..at + preview.body[at..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(row("maple-house").contains("will receive") && row("maple-house").contains("survivor_first_name"));
+    assert!(row("metro-police").contains("denied"), "{}", row("metro-police"));
+    let message_id = preview.hidden("message_id").unwrap();
+    let sent = harbor.client().await.list_sent(harbor.as_person("casey", ListSentRequest::default())).await.unwrap();
+    assert!(sent.into_inner().messages.is_empty(), "a preview sends nothing");
+
+    // Send, with the id the preview made: the page shows it queued for the shelter.
+    let mut send = base("send", "3");
+    send.push(("message_id".into(), message_id.clone()));
+    let mut arrivals = maple.state.arrivals.subscribe();
+    let done = post(&mut web, send).await;
+    assert_eq!(done.location(), format!("/messages/{message_id}"), "{}", done.body);
+    let page = web.get(done.location()).await;
+    assert!(
+        page.body.contains("data-recipient=\"maple-house\">sent<")
+            || page.body.contains("data-recipient=\"maple-house\">delivered<"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("data-recipient=\"metro-police\">denied"), "{}", page.body);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while arrivals.recv().await.unwrap().item_kind != "delivery" {}
+    })
+    .await
+    .expect("the shelter receives it");
 }

@@ -148,6 +148,11 @@ impl GatewayRpc for GatewayService {
         }))
     }
 
+    async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {
+        caller(&req)?;
+        Ok(Response::new(network_info(&self.gateway.bundle())))
+    }
+
     async fn get_pins(&self, req: Request<GetPinsRequest>) -> Result<Response<GetPinsResponse>, Status> {
         caller(&req)?;
         let wanted = req.get_ref().org_id.as_str();
@@ -187,4 +192,42 @@ impl GatewayRpc for GatewayService {
             .map_err(|e| Status::failed_precondition(haven_trust::untrusted::bounded(e.summary())))?;
         Ok(Response::new(ReloadPolicyResponse { old_version, new_version }))
     }
+}
+
+/// What a bundle tells people who build messages: no rules, no pins.
+fn network_info(bundle: &haven_sharing::policy::Bundle) -> NetworkInfoResponse {
+    let purposes = bundle
+        .purpose_defs()
+        .iter()
+        .map(|p| PurposeInfo { id: p.name.clone(), description: p.description.clone() })
+        .collect();
+    let kinds = bundle
+        .schema()
+        .kinds()
+        .map(|k| KindInfo {
+            name: k.name.clone(),
+            description: k.description.clone(),
+            fields: k
+                .fields()
+                .iter()
+                .map(|f| FieldInfo {
+                    name: f.name.clone(),
+                    r#type: f.field_type.as_str().to_owned(),
+                    required: f.required,
+                    values: f.values.clone(),
+                    labels: f.labels.clone(),
+                    description: f.description.clone().unwrap_or_default(),
+                    min: f.min,
+                    max: f.max,
+                    max_len: f.max_len.unwrap_or(0),
+                })
+                .collect(),
+        })
+        .collect();
+    let organizations = bundle
+        .registry()
+        .iter()
+        .map(|o| OrgInfo { id: o.id.to_string(), name: o.name.clone(), r#type: o.org_type.as_str().to_owned() })
+        .collect();
+    NetworkInfoResponse { bundle_version: bundle.version().to_string(), purposes, kinds, organizations }
 }

@@ -1,6 +1,6 @@
 //! What the CLI calls the messages people send, and their statuses.
 
-use haven_proto::v1::{InboxRequest, MessageStatus};
+use haven_proto::v1::InboxRequest;
 
 /// The two kinds of message people send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,11 +22,7 @@ impl Kind {
 /// The lowercase name of a status. The sender's node stores a denied recipient without a lifecycle
 /// status, only with its reason, so that shows as `denied`.
 pub fn status_name(status: i32, reason: &str) -> String {
-    match MessageStatus::try_from(status) {
-        Ok(MessageStatus::Unspecified) | Err(_) if !reason.is_empty() => "denied".into(),
-        Ok(MessageStatus::Unspecified) | Err(_) => "-".into(),
-        Ok(s) => s.as_str_name().to_ascii_lowercase(),
-    }
+    crate::mailbox::recipient_status(status, reason)
 }
 
 /// The inbox request for one kind.

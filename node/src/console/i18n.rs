@@ -181,7 +181,46 @@ catalog! {
     WitnessState => "This node's witness", "Testigo de este nodo";
     LastChecked => "Last checked", "Última comprobación";
     WitnessOk => "consistent with the last checkpoint it kept", "coherente con el último punto de control que guardó";
+    NewReferral => "New referral", "Nueva derivación";
+    NewReferralIntro => "Choose the consent the referral relies on, who receives it and why, and fill in what the recipients need. Preview shows what each recipient will receive before anything is sent.", "Elija el consentimiento en el que se basa la derivación, quién la recibe y para qué, y complete lo que necesitan los destinatarios. La vista previa muestra lo que recibirá cada destinatario antes de enviar nada.";
+    Consent => "Consent", "Consentimiento";
+    NoConsents => "This organization has recorded no consent yet; record one first.", "Esta organización aún no ha registrado ningún consentimiento; registre uno primero.";
+    Choose => "Choose…", "Elija…";
+    Required => "required", "obligatorio";
+    Preview => "Preview", "Vista previa";
+    Send => "Send", "Enviar";
+    PreviewTitle => "What each recipient will see", "Lo que verá cada destinatario";
+    WillReceive => "will receive", "recibirá";
+    WithheldFields => "withheld", "retenidos";
+    Denied => "denied", "denegado";
+    NothingSentYet => "Nothing has been sent. Check the preview, then send.", "No se ha enviado nada. Revise la vista previa y luego envíe.";
+    FixFields => "Some fields need fixing; nothing was sent.", "Algunos campos necesitan corrección; no se envió nada.";
+    DenyNoRule => "No sharing rule lets your organization send this kind of message to them for this purpose.", "Ninguna regla de intercambio permite a su organización enviarles este tipo de mensaje para esta finalidad.";
+    DenyConsentPurpose => "The survivor's consent does not cover this purpose.", "El consentimiento de la persona sobreviviente no cubre esta finalidad.";
+    DenyConsentRecipient => "The survivor's consent does not cover this recipient.", "El consentimiento de la persona sobreviviente no cubre a este destinatario.";
+    DenyConsentEnded => "The survivor's consent is no longer in force (expired, revoked, withdrawn or replaced).", "El consentimiento de la persona sobreviviente ya no está vigente (vencido, revocado, retirado o sustituido).";
+    DenyConsentMissing => "This needs the survivor's consent, and none was given.", "Esto necesita el consentimiento de la persona sobreviviente, y no se indicó ninguno.";
+    DenyRequiredField => "A field this recipient must receive is not covered, so nothing would be sent to them.", "Un campo que este destinatario debe recibir no está cubierto, así que no se le enviaría nada.";
+    DenyQuota => "Too many messages are already waiting for this recipient; try again later.", "Ya hay demasiados mensajes esperando a este destinatario; inténtelo más tarde.";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
+}
+
+/// A gateway refusal code in plain words, where the catalog has them.
+pub fn deny_words(code: &str) -> Option<Msg> {
+    Some(match code {
+        "no_rule_matched" | "denied_by_rule" | "role_not_permitted" => Msg::DenyNoRule,
+        "consent_purpose_not_covered" => Msg::DenyConsentPurpose,
+        "consent_recipient_not_covered" | "consent_label_not_covered" => Msg::DenyConsentRecipient,
+        "consent_expired"
+        | "consent_revoked"
+        | "consent_withdrawn"
+        | "consent_superseded"
+        | "consent_not_yet_valid" => Msg::DenyConsentEnded,
+        "consent_missing" => Msg::DenyConsentMissing,
+        "required_field_not_released" => Msg::DenyRequiredField,
+        "quota_exceeded" => Msg::DenyQuota,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

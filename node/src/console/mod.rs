@@ -77,6 +77,7 @@ pub struct Console {
     pub people: People,
     pub passwords: Passwords,
     pub arrivals: Arrivals,
+    pub network: crate::network::Network,
     pub witness: Witness,
     pub stream: watch::Receiver<StreamState>,
     pub sessions: Sessions,

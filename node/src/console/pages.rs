@@ -60,6 +60,9 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
                                     li { a href="/inbox" { (t(Msg::Inbox)) } }
                                     li { a href="/sent" { (t(Msg::Sent)) } }
                                 }
+                                @if crate::consent::may_manage(who).is_ok() {
+                                    li { a href="/referrals/new" { (t(Msg::NewReferral)) } }
+                                }
                                 @if crate::actions::may_administer(who).is_ok() {
                                     li { a href="/people" { (t(Msg::People)) } }
                                     li { a href="/health" { (t(Msg::Health)) } }
@@ -409,7 +412,7 @@ pub fn recipients(lang: Lang, sent: &pb::SentMessage) -> Markup {
                     @for r in &sent.recipients {
                         tr {
                             td { (r.recipient) }
-                            td.state data-recipient=(r.recipient) { (status_word(r.status)) @if !r.reason.is_empty() { " (" (r.reason) ")" } }
+                            td.state data-recipient=(r.recipient) { (crate::mailbox::recipient_status(r.status, &r.reason)) @if !r.reason.is_empty() { " (" (r.reason) ")" } }
                             td { (r.by_person) }
                             td { (when(r.updated_at_micros)) }
                         }
@@ -445,7 +448,7 @@ pub fn sent_items(lang: Lang, messages: &[pb::SentMessage]) -> Markup {
                             td { (kind_label(lang, &m.kind)) }
                             td { (m.purpose) }
                             td {
-                                @for r in &m.recipients { span { (r.recipient) ": " (status_word(r.status)) } br; }
+                                @for r in &m.recipients { span { (r.recipient) ": " (crate::mailbox::recipient_status(r.status, &r.reason)) } br; }
                                 @if m.state == "pending" { span { (t(Msg::PendingAtNode)) } }
                             }
                             td { a href=(format!("/messages/{}", urlencode(&m.message_id))) { (t(Msg::Open)) span.skip { " " (m.message_id) } } }
@@ -615,5 +618,197 @@ fn age(micros: i64) -> String {
         60..3600 => format!("{} min", s / 60),
         3600..86_400 => format!("{} h", s / 3600),
         _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// What the referral form holds: the choices made so far, kept across preview and errors.
+#[derive(Debug, Default, Clone)]
+pub struct Draft {
+    pub message_id: String,
+    pub consent: String,
+    pub purpose: String,
+    pub recipients: Vec<String>,
+    /// Field name to the values typed or chosen (several for a list).
+    pub fields: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Draft {
+    fn value(&self, field: &str) -> &str {
+        self.fields.get(field).and_then(|v| v.first()).map_or("", String::as_str)
+    }
+
+    fn has(&self, field: &str, value: &str) -> bool {
+        self.fields.get(field).is_some_and(|v| v.iter().any(|x| x == value))
+    }
+}
+
+/// What the referral form is built from.
+#[derive(Clone, Copy)]
+pub struct ReferralForm<'a> {
+    pub info: &'a pb::NetworkInfoResponse,
+    pub own_org: &'a str,
+    pub consents: &'a [crate::actions::HeldConsent],
+    pub draft: &'a Draft,
+}
+
+/// The new-referral form, with problems beside their fields and, once asked for, the preview.
+pub fn new_referral(
+    frame: &Frame,
+    csrf: &str,
+    form: &ReferralForm,
+    problems: &[(String, String)],
+    preview: Option<&pb::DecideResponse>,
+) -> Markup {
+    let ReferralForm { info, own_org, consents, draft } = *form;
+    let t = |m: Msg| m.text(frame.lang);
+    let problem_of = |field: &str| problems.iter().find(|(f, _)| f == field).map(|(_, p)| p.as_str());
+    let general: Vec<&str> = problems.iter().filter(|(f, _)| f.is_empty()).map(|(_, p)| p.as_str()).collect();
+    let kind = info.kinds.iter().find(|k| k.name == "referral");
+    let body = html! {
+        p { (t(Msg::NewReferralIntro)) }
+        @if !problems.is_empty() {
+            div.error role="alert" #form-problems {
+                p { (t(Msg::FixFields)) }
+                @for g in &general { p { (g) } }
+            }
+        }
+        @if let Some(p) = preview {
+            section #preview aria-labelledby="preview-title" {
+                h2 #preview-title { (t(Msg::PreviewTitle)) }
+                p.note role="status" { (t(Msg::NothingSentYet)) }
+                table.list {
+                    thead { tr { th { (t(Msg::Recipient)) } th { (t(Msg::State)) } th { (t(Msg::Fields)) } } }
+                    tbody {
+                        @for o in &p.outcomes {
+                            @let d = o.decision.clone().unwrap_or_default();
+                            tr data-recipient=(o.recipient) {
+                                td { (org_name(info, &o.recipient)) }
+                                @if d.allowed {
+                                    td.state { (t(Msg::WillReceive)) }
+                                    td {
+                                        (d.released_fields.join(", "))
+                                        @if !d.withheld_fields.is_empty() { br; span.muted { (t(Msg::WithheldFields)) ": " (d.withheld_fields.join(", ")) } }
+                                    }
+                                } @else {
+                                    td.state { (t(Msg::Denied)) }
+                                    td {
+                                        @if let Some(words) = super::i18n::deny_words(&d.reason_code) { (words.text(frame.lang)) br; }
+                                        span.muted { (d.reason_code) @if !d.reason_detail.is_empty() { ": " (d.reason_detail) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if consents.is_empty() {
+            p.note { (t(Msg::NoConsents)) }
+        }
+        form method="post" action="/referrals/new" novalidate {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="message_id" value=(draft.message_id);
+            div.field {
+                label for="consent" { (t(Msg::Consent)) }
+                select #consent name="consent" required aria-describedby=[problem_of("consent").map(|_| "consent-problem")] {
+                    option value="" { (t(Msg::Choose)) }
+                    @for c in consents {
+                        option value=(c.consent_id) selected[c.consent_id == draft.consent] {
+                            (c.subject) " · " (c.state) " · " (short(&c.consent_id))
+                        }
+                    }
+                }
+                @if let Some(p) = problem_of("consent") { p.error #consent-problem { (p) } }
+            }
+            fieldset.field {
+                legend { (t(Msg::Recipients)) }
+                @for o in info.organizations.iter().filter(|o| o.id != own_org) {
+                    div {
+                        input type="checkbox" name="recipient" value=(o.id) id=(format!("to-{}", o.id)) checked[draft.recipients.contains(&o.id)];
+                        " "
+                        label.inline for=(format!("to-{}", o.id)) { (o.name) " (" (o.r#type) ")" }
+                    }
+                }
+                @if let Some(p) = problem_of("recipient") { p.error { (p) } }
+            }
+            div.field {
+                label for="purpose" { (t(Msg::Purpose)) }
+                select #purpose name="purpose" required {
+                    option value="" { (t(Msg::Choose)) }
+                    @for p in &info.purposes {
+                        option value=(p.id) selected[p.id == draft.purpose] { (p.id) " — " (p.description) }
+                    }
+                }
+                @if let Some(p) = problem_of("purpose") { p.error { (p) } }
+            }
+            @if let Some(kind) = kind {
+                h2 { (t(Msg::Fields)) }
+                @for f in &kind.fields {
+                    (field_input(frame.lang, f, draft, problem_of(&f.name)))
+                }
+            }
+            div.actions {
+                button.quiet type="submit" name="step" value="preview" { (t(Msg::Preview)) }
+                @if preview.is_some() {
+                    button type="submit" name="step" value="send" { (t(Msg::Send)) }
+                }
+            }
+        }
+    };
+    page(frame, t(Msg::NewReferral), body)
+}
+
+fn org_name<'a>(info: &'a pb::NetworkInfoResponse, id: &'a str) -> &'a str {
+    info.organizations.iter().find(|o| o.id == id).map_or(id, |o| o.name.as_str())
+}
+
+/// One field of the form, by its schema type, with its problem tied to it.
+fn field_input(lang: Lang, f: &pb::FieldInfo, draft: &Draft, problem: Option<&str>) -> Markup {
+    let id = format!("f-{}", f.name);
+    let name = format!("f.{}", f.name);
+    let described = problem.map(|_| format!("{id}-problem"));
+    let hint = (!f.description.is_empty()).then(|| format!("{id}-hint"));
+    let describedby = [described.clone(), hint.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+    let describedby = (!describedby.is_empty()).then_some(describedby);
+    html! {
+        div.field {
+            @if f.r#type == "list" {
+                fieldset {
+                    legend { (f.name) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
+                    @for v in &f.values {
+                        div {
+                            input type="checkbox" name=(name) value=(v) id=(format!("{id}-{v}")) checked[draft.has(&f.name, v)];
+                            " "
+                            label.inline for=(format!("{id}-{v}")) { (v) }
+                        }
+                    }
+                }
+            } @else {
+                label for=(id) { (f.name) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
+                @match f.r#type.as_str() {
+                    "enum" => {
+                        select id=(id) name=(name) required[f.required] aria-describedby=[describedby.clone()] aria-invalid=[problem.map(|_| "true")] {
+                            option value="" { (Msg::Choose.text(lang)) }
+                            @for v in &f.values { option value=(v) selected[draft.value(&f.name) == v] { (v) } }
+                        }
+                    }
+                    "integer" => {
+                        input id=(id) name=(name) type="number" value=(draft.value(&f.name)) min=[f.min] max=[f.max]
+                            required[f.required] aria-describedby=[describedby.clone()] aria-invalid=[problem.map(|_| "true")];
+                    }
+                    "date" => {
+                        input id=(id) name=(name) type="date" value=(draft.value(&f.name))
+                            required[f.required] aria-describedby=[describedby.clone()] aria-invalid=[problem.map(|_| "true")];
+                    }
+                    _ => {
+                        input id=(id) name=(name) type="text" value=(draft.value(&f.name))
+                            maxlength=[(f.max_len > 0).then_some(f.max_len)]
+                            required[f.required] aria-describedby=[describedby.clone()] aria-invalid=[problem.map(|_| "true")];
+                    }
+                }
+            }
+            @if let Some(h) = &hint { p.muted id=(h) { (f.description) } }
+            @if let (Some(p), Some(pid)) = (problem, &described) { p.error id=(pid) { (p) } }
+        }
     }
 }

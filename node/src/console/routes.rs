@@ -52,6 +52,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/events", get(events))
         .route("/people", get(people).post(add_person))
         .route("/people/{name}/{change}", post(person_change))
+        .route("/referrals/new", get(new_referral).post(referral_form))
         .route("/health", get(health))
         .route("/verification", get(verification))
         .route("/assets/{name}", get(super::assets::serve))
@@ -865,4 +866,155 @@ async fn verification(State(console): State<Arc<Console>>, signed: Signed) -> Re
         Ok(report) => html(pages::verification(&signed.frame(&console), &report, console.clock.now_micros())),
         Err(s) => refused(&console, &signed, &s),
     }
+}
+
+/// What the referral form needs from the node: the network's description and the consents held.
+async fn referral_context(
+    console: &Console,
+    signed: &Signed,
+) -> Result<(Arc<pb::NetworkInfoResponse>, Vec<actions::HeldConsent>), Response> {
+    let who = &signed.session.person;
+    let consents = actions::consents_held(&console.store, who).await.map_err(|s| refused(console, signed, &s))?;
+    let info =
+        actions::network_info(&console.network, &console.link, who).await.map_err(|s| refused(console, signed, &s))?;
+    Ok((info, consents))
+}
+
+#[derive(Deserialize)]
+struct NewReferralQuery {
+    #[serde(default)]
+    consent: String,
+}
+
+async fn new_referral(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Query(q): Query<NewReferralQuery>,
+) -> Response {
+    let (info, consents) = match referral_context(&console, &signed).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let draft = pages::Draft { consent: q.consent, ..Default::default() };
+    let own = console.link.signer().org().to_string();
+    let form = pages::ReferralForm { info: &info, own_org: &own, consents: &consents, draft: &draft };
+    html(pages::new_referral(&signed.frame(&console), &signed.session.csrf, &form, &[], None))
+}
+
+/// The referral form posted: checked with the schema, then previewed (the gateway's decision for each
+/// recipient) or, once previewed, sent.
+async fn referral_form(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    if let Some(refusal) = signed.refuse_form(&console, &headers, &value("csrf")) {
+        return refusal;
+    }
+    let (info, consents) = match referral_context(&console, &signed).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut draft = pages::Draft {
+        message_id: value("message_id"),
+        consent: value("consent"),
+        purpose: value("purpose"),
+        recipients: pairs.iter().filter(|(k, _)| k == "recipient").map(|(_, v)| v.clone()).collect(),
+        fields: Default::default(),
+    };
+    for (k, v) in &pairs {
+        if let Some(field) = k.strip_prefix("f.")
+            && !v.trim().is_empty()
+        {
+            draft.fields.entry(field.to_owned()).or_default().push(v.trim().to_owned());
+        }
+    }
+    if uuid::Uuid::parse_str(&draft.message_id).map_or(true, |id| id.get_version_num() != 7) {
+        draft.message_id = uuid::Uuid::now_v7().to_string();
+    }
+    let (env, mut problems) = envelope_of(&info, &consents, &draft);
+    if problems.is_empty() {
+        match crate::network::schema_of(&info) {
+            Ok(schema) => problems.extend(crate::network::check_fields(&schema, "referral", &env.fields)),
+            Err(e) => problems.push((String::new(), format!("the network's schema cannot be read: {e}"))),
+        }
+    }
+    let own = console.link.signer().org().to_string();
+    let frame = signed.frame(&console);
+    let form = pages::ReferralForm { info: &info, own_org: &own, consents: &consents, draft: &draft };
+    let render = |problems: &[(String, String)], preview: Option<&pb::DecideResponse>| {
+        pages::new_referral(&frame, &signed.session.csrf, &form, problems, preview)
+    };
+    if !problems.is_empty() {
+        return (StatusCode::BAD_REQUEST, html(render(&problems, None))).into_response();
+    }
+    let who = &signed.session.person;
+    if value("step") == "send" {
+        return match actions::send(&console.store, &console.link, &console.clock, who, env).await {
+            Ok(sent) => Redirect::to(&format!("/messages/{}", pages::urlencode(&sent.message_id))).into_response(),
+            Err(s) => {
+                let problems = [(String::new(), s.message().to_owned())];
+                (StatusCode::BAD_REQUEST, html(render(&problems, None))).into_response()
+            }
+        };
+    }
+    match actions::preview(&console.network, &console.link, who, env).await {
+        Ok(decided) => html(render(&[], Some(&decided))),
+        Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::FailedPrecondition => {
+            let problems = [(String::new(), s.message().to_owned())];
+            (StatusCode::BAD_REQUEST, html(render(&problems, None))).into_response()
+        }
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+/// The envelope a referral form describes, and what is missing or malformed before the schema is asked.
+fn envelope_of(
+    info: &pb::NetworkInfoResponse,
+    consents: &[actions::HeldConsent],
+    draft: &pages::Draft,
+) -> (pb::Envelope, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let consent = consents.iter().find(|c| c.consent_id == draft.consent);
+    if consent.is_none() {
+        problems.push(("consent".to_owned(), "choose the consent this referral relies on".to_owned()));
+    }
+    if draft.recipients.is_empty() {
+        problems.push(("recipient".to_owned(), "choose at least one recipient".to_owned()));
+    }
+    if !info.purposes.iter().any(|p| p.id == draft.purpose) {
+        problems.push(("purpose".to_owned(), "choose the purpose of the referral".to_owned()));
+    }
+    let mut fields = std::collections::HashMap::new();
+    let kind = info.kinds.iter().find(|k| k.name == "referral");
+    for f in kind.map(|k| k.fields.as_slice()).unwrap_or_default() {
+        let Some(values) = draft.fields.get(&f.name) else { continue };
+        use pb::field_value::Value;
+        let value = match f.r#type.as_str() {
+            "integer" => match values[0].parse::<i64>() {
+                Ok(i) => Value::Integer(i),
+                Err(_) => {
+                    problems.push((f.name.clone(), format!("field `{}` must be a whole number", f.name)));
+                    continue;
+                }
+            },
+            "date" => Value::Date(values[0].clone()),
+            "list" => Value::List(pb::StringList { items: values.clone() }),
+            _ => Value::Text(values[0].clone()),
+        };
+        fields.insert(f.name.clone(), pb::FieldValue { value: Some(value) });
+    }
+    let env = pb::Envelope {
+        message_id: draft.message_id.clone(),
+        kind: "referral".into(),
+        recipients: draft.recipients.clone(),
+        purpose: draft.purpose.clone(),
+        subject_pseudonym: consent.map(|c| c.subject.clone()).unwrap_or_default(),
+        consent_id: draft.consent.clone(),
+        fields,
+        ..Default::default()
+    };
+    (env, problems)
 }

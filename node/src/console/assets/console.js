@@ -13,7 +13,10 @@
       window.htmx.ajax("GET", region.getAttribute("data-live"), { target: region, swap: "innerHTML" });
     });
   };
+  // Whatever arrived between the page being rendered and the stream opening (or while a dropped
+  // stream reconnected) is fetched once the stream is open.
   events.addEventListener("open", function () {
+    refresh();
     document.body.setAttribute("data-events-open", "");
   });
   events.addEventListener("arrival", refresh);
