@@ -97,16 +97,6 @@ impl Signed {
             alarm: alarm(console),
         }
     }
-
-    /// The refusal of a state-changing request that is not from the console's own pages, or lacks
-    /// its token; `None` when it may go ahead.
-    fn refuse_form(&self, console: &Console, headers: &HeaderMap, csrf: &str) -> Option<Response> {
-        if console.origin.allows(headers) && session::same_secret(csrf, &self.session.csrf) {
-            None
-        } else {
-            Some(problem(console, self.lang, Some(self), StatusCode::FORBIDDEN, Msg::RefusedCrossSite, ""))
-        }
-    }
 }
 
 /// The witness's standing alarm, if any, for the top of every page.
@@ -163,6 +153,39 @@ impl FromRequestParts<Arc<Console>> for Halfway {
 
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Halfway, Response> {
         signed_in(parts, console, true).await.map(Halfway)
+    }
+}
+
+/// A form that carries its CSRF token.
+pub trait Tokened {
+    fn csrf(&self) -> &str;
+}
+
+/// A state-changing request: signed in (at any stage when `HALFWAY`), from the console's own origin,
+/// carrying its session's token, and its form. Every post handler takes one, so none can skip the
+/// checks.
+pub struct Posted<T, const HALFWAY: bool = false> {
+    pub signed: Signed,
+    pub form: T,
+}
+
+impl<T, const HALFWAY: bool> axum::extract::FromRequest<Arc<Console>> for Posted<T, HALFWAY>
+where
+    T: serde::de::DeserializeOwned + Tokened + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, console: &Arc<Console>) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let signed = signed_in(&parts, console, HALFWAY).await?;
+        let headers = parts.headers.clone();
+        let Form(form) = Form::<T>::from_request(axum::extract::Request::from_parts(parts, body), &())
+            .await
+            .map_err(|e| refused(console, &signed, &tonic::Status::invalid_argument(e.body_text())))?;
+        if !console.origin.allows(&headers) || !session::same_secret(form.csrf(), &signed.session.csrf) {
+            return Err(problem(console, signed.lang, Some(&signed), StatusCode::FORBIDDEN, Msg::RefusedCrossSite, ""));
+        }
+        Ok(Posted { signed, form })
     }
 }
 
@@ -387,15 +410,30 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn sign_out(
-    State(console): State<Arc<Console>>,
-    signed: Signed,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
+/// A form with repeated names (checkboxes), as posted.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Pairs(Vec<(String, String)>);
+
+impl Tokened for Pairs {
+    fn csrf(&self) -> &str {
+        self.0.iter().find(|(k, _)| k == "csrf").map_or("", |(_, v)| v.as_str())
     }
+}
+
+macro_rules! tokened {
+    ($($form:ty),*) => {$(
+        impl Tokened for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+tokened!(CsrfForm, StatusForm, CodeForm, PersonForm);
+
+async fn sign_out(State(console): State<Arc<Console>>, posted: Posted<CsrfForm>) -> Response {
+    let signed = posted.signed;
     let person = &signed.session.person;
     let ended = console.sessions.end(&signed.session).await;
     let logged = match console.store.pool().acquire().await {
@@ -545,14 +583,9 @@ struct StatusForm {
 /// Accept, decline or close a received referral.
 async fn message_status(
     State(console): State<Arc<Console>>,
-    signed: Signed,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<StatusForm>,
+    Posted { signed, form }: Posted<StatusForm>,
 ) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
-    }
     let status = match form.status.as_str() {
         "accepted" => pb::MessageStatus::Accepted,
         "declined" => pb::MessageStatus::Declined,
@@ -647,15 +680,7 @@ struct CodeForm {
     code: String,
 }
 
-async fn code(
-    State(console): State<Arc<Console>>,
-    Halfway(signed): Halfway,
-    headers: HeaderMap,
-    Form(form): Form<CodeForm>,
-) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
-    }
+async fn code(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<CodeForm, true>) -> Response {
     if signed.session.stage == Stage::Full {
         return Redirect::to("/").into_response();
     }
@@ -742,15 +767,7 @@ async fn enroll_form(console: &Console, signed: &Signed, wrong: bool) -> Respons
     (code, html(pages::enroll(&frame, &signed.session.csrf, &qr, &totp::base32(&secret), wrong))).into_response()
 }
 
-async fn enroll(
-    State(console): State<Arc<Console>>,
-    Halfway(signed): Halfway,
-    headers: HeaderMap,
-    Form(form): Form<CodeForm>,
-) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
-    }
+async fn enroll(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<CodeForm, true>) -> Response {
     let person = signed.session.person.clone();
     let codes = match console.second_factor.confirm(&person.name, &form.code).await {
         Ok(Some(codes)) => codes,
@@ -813,15 +830,7 @@ fn people_done<T>(console: &Console, signed: &Signed, result: Result<T, tonic::S
     }
 }
 
-async fn add_person(
-    State(console): State<Arc<Console>>,
-    signed: Signed,
-    headers: HeaderMap,
-    Form(form): Form<PersonForm>,
-) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
-    }
+async fn add_person(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<PersonForm>) -> Response {
     let who = &signed.session.person;
     let added =
         actions::add_person(&console.people, &console.passwords, who, &form.name, &form.role, &form.password).await;
@@ -832,14 +841,10 @@ async fn add_person(
 /// `/people/{name}/password`.
 async fn person_change(
     State(console): State<Arc<Console>>,
-    signed: Signed,
     headers: HeaderMap,
     Path((name, what)): Path<(String, String)>,
-    Form(form): Form<PersonForm>,
+    Posted { signed, form }: Posted<PersonForm>,
 ) -> Response {
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &form.csrf) {
-        return refusal;
-    }
     let who = &signed.session.person;
     let name = match PersonId::parse(&name) {
         Ok(n) => n,
@@ -903,16 +908,9 @@ async fn new_referral(
 
 /// The referral form posted: checked with the schema, then previewed (the gateway's decision for each
 /// recipient) or, once previewed, sent.
-async fn referral_form(
-    State(console): State<Arc<Console>>,
-    signed: Signed,
-    headers: HeaderMap,
-    Form(pairs): Form<Vec<(String, String)>>,
-) -> Response {
+async fn referral_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>) -> Response {
+    let (signed, Pairs(pairs)) = (posted.signed, posted.form);
     let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
-    if let Some(refusal) = signed.refuse_form(&console, &headers, &value("csrf")) {
-        return refusal;
-    }
     let (info, consents) = match referral_context(&console, &signed).await {
         Ok(c) => c,
         Err(r) => return r,
