@@ -383,3 +383,55 @@ async fn an_auditor_and_an_administrator_sign_in_with_a_second_factor_and_do_the
     pat.check("recovery-codes").await;
     pat.client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_liaison_acknowledges_an_alert_and_the_sender_sees_who_did() {
+    let Some((chromedriver_bin, axe)) = prerequisites() else { return };
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let police = net.node("metro-police", &[("lee", Role::Liaison)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    police.set_password("lee", PASSWORD).await;
+    let driver = chromedriver(&chromedriver_bin).await;
+
+    // Casey sends a de-identified alert to every organization a rule permits, after a preview.
+    let casey = Person::new(&driver, &harbor, &axe, 1280).await;
+    casey.sign_in("casey").await;
+    casey.goto("/alerts/new").await;
+    let c = &casey.client;
+    c.find(Locator::Id("f-incident_type")).await.unwrap().select_by_value("immediate_danger").await.unwrap();
+    c.find(Locator::Id("f-location_area")).await.unwrap().send_keys("Dock 4, Eastport (fictional)").await.unwrap();
+    c.find(Locator::Id("f-reporter_contact")).await.unwrap().send_keys("via harbor desk").await.unwrap();
+    casey.check("new-alert").await;
+    c.find(Locator::Css("button[value=preview]")).await.unwrap().click().await.unwrap();
+    casey.wait_text("#preview tr[data-recipient='metro-police']", "will receive").await;
+    let row = casey.text_of("#preview tr[data-recipient='metro-police']").await;
+    assert!(row.contains("reporter_contact"), "the contact is shown as withheld: {row}");
+    casey.check("alert-preview").await;
+    let mut arrivals = police.state.arrivals.subscribe();
+    c.find(Locator::Css("button[value=send]")).await.unwrap().click().await.unwrap();
+    casey.client.wait().at_most(WAIT).for_element(Locator::Css("td[data-recipient='metro-police']")).await.unwrap();
+    let id = casey.client.current_url().await.unwrap().path().trim_start_matches("/messages/").to_owned();
+    casey.live().await;
+    tokio::time::timeout(WAIT, async { while arrivals.recv().await.unwrap().item_kind != "delivery" {} })
+        .await
+        .expect("the alert reaches the police");
+
+    // Lee opens it and acknowledges it with one action.
+    let lee = Person::new(&driver, &police, &axe, 1280).await;
+    lee.sign_in("lee").await;
+    lee.goto(&format!("/messages/{id}")).await;
+    let fields = lee.text_of("#message-fields").await;
+    assert!(fields.contains("Dock 4") && !fields.contains("harbor desk"), "{fields}");
+    lee.check("received-alert").await;
+    lee.client.find(Locator::Css("button[value=acknowledged]")).await.unwrap().click().await.unwrap();
+    lee.wait_text("#message-state", "acknowledged").await;
+
+    // Casey's page shows who acknowledged, without a reload.
+    casey.wait_text("td[data-recipient='metro-police']", "acknowledged").await;
+    let row = casey.text_of("#recipients").await;
+    assert!(row.contains("lee"), "the sender sees who acknowledged: {row}");
+    casey.check("alert-acknowledged").await;
+    casey.client.close().await.unwrap();
+    lee.client.close().await.unwrap();
+}

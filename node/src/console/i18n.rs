@@ -202,6 +202,10 @@ catalog! {
     DenyConsentMissing => "This needs the survivor's consent, and none was given.", "Esto necesita el consentimiento de la persona sobreviviente, y no se indicó ninguno.";
     DenyRequiredField => "A field this recipient must receive is not covered, so nothing would be sent to them.", "Un campo que este destinatario debe recibir no está cubierto, así que no se le enviaría nada.";
     DenyQuota => "Too many messages are already waiting for this recipient; try again later.", "Ya hay demasiados mensajes esperando a este destinatario; inténtelo más tarde.";
+    NewAlert => "New alert", "Nueva alerta";
+    NewAlertIntro => "A safety alert is de-identified: it names no survivor and needs no consent. Preview shows who will receive which fields before anything is sent.", "Una alerta de seguridad no identifica a nadie: no nombra a ninguna persona sobreviviente y no necesita consentimiento. La vista previa muestra quién recibirá qué campos antes de enviar nada.";
+    AllPermitted => "Every organization a sharing rule permits (for example every law-enforcement liaison)", "Todas las organizaciones que permite una regla (por ejemplo, todos los enlaces policiales)";
+    Acknowledge => "Acknowledge", "Acusar recibo";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

@@ -63,6 +63,9 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
                                 @if crate::consent::may_manage(who).is_ok() {
                                     li { a href="/referrals/new" { (t(Msg::NewReferral)) } }
                                 }
+                                @if crate::actions::may_send(who).is_ok() {
+                                    li { a href="/alerts/new" { (t(Msg::NewAlert)) } }
+                                }
                                 @if crate::actions::may_administer(who).is_ok() {
                                     li { a href="/people" { (t(Msg::People)) } }
                                     li { a href="/health" { (t(Msg::Health)) } }
@@ -350,6 +353,13 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
             }
             p.muted { (t(Msg::ViewRecorded)) }
         }
+        @if d.kind == "alert" && item.status != pb::MessageStatus::Acknowledged as i32 {
+            form.actions method="post" action=(action) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="sender" value=(d.sender);
+                button type="submit" name="status" value="acknowledged" { (t(Msg::Acknowledge)) }
+            }
+        }
         @if !item.withdrawn && d.kind == "referral" {
             form.actions method="post" action=(action) {
                 input type="hidden" name="csrf" value=(csrf);
@@ -624,6 +634,10 @@ fn age(micros: i64) -> String {
 /// What the referral form holds: the choices made so far, kept across preview and errors.
 #[derive(Debug, Default, Clone)]
 pub struct Draft {
+    /// `referral` or `alert`.
+    pub kind: String,
+    /// An alert to every organization a rule permits.
+    pub all_permitted: bool,
     pub message_id: String,
     pub consent: String,
     pub purpose: String,
@@ -663,9 +677,11 @@ pub fn new_referral(
     let t = |m: Msg| m.text(frame.lang);
     let problem_of = |field: &str| problems.iter().find(|(f, _)| f == field).map(|(_, p)| p.as_str());
     let general: Vec<&str> = problems.iter().filter(|(f, _)| f.is_empty()).map(|(_, p)| p.as_str()).collect();
-    let kind = info.kinds.iter().find(|k| k.name == "referral");
+    let alert = draft.kind == "alert";
+    let kind = info.kinds.iter().find(|k| k.name == draft.kind);
+    let action = if alert { "/alerts/new" } else { "/referrals/new" };
     let body = html! {
-        p { (t(Msg::NewReferralIntro)) }
+        p { (t(if alert { Msg::NewAlertIntro } else { Msg::NewReferralIntro })) }
         @if !problems.is_empty() {
             div.error role="alert" #form-problems {
                 p { (t(Msg::FixFields)) }
@@ -702,13 +718,13 @@ pub fn new_referral(
                 }
             }
         }
-        @if consents.is_empty() {
+        @if consents.is_empty() && !alert {
             p.note { (t(Msg::NoConsents)) }
         }
-        form method="post" action="/referrals/new" novalidate {
+        form method="post" action=(action) novalidate {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="message_id" value=(draft.message_id);
-            div.field {
+            @if !alert { div.field {
                 label for="consent" { (t(Msg::Consent)) }
                 select #consent name="consent" required aria-describedby=[problem_of("consent").map(|_| "consent-problem")] {
                     option value="" { (t(Msg::Choose)) }
@@ -719,9 +735,16 @@ pub fn new_referral(
                     }
                 }
                 @if let Some(p) = problem_of("consent") { p.error #consent-problem { (p) } }
-            }
+            } }
             fieldset.field {
                 legend { (t(Msg::Recipients)) }
+                @if alert {
+                    div {
+                        input type="checkbox" name="all_permitted" value="true" id="to-all" checked[draft.all_permitted];
+                        " "
+                        label.inline for="to-all" { (t(Msg::AllPermitted)) }
+                    }
+                }
                 @for o in info.organizations.iter().filter(|o| o.id != own_org) {
                     div {
                         input type="checkbox" name="recipient" value=(o.id) id=(format!("to-{}", o.id)) checked[draft.recipients.contains(&o.id)];
@@ -755,7 +778,7 @@ pub fn new_referral(
             }
         }
     };
-    page(frame, t(Msg::NewReferral), body)
+    page(frame, t(if alert { Msg::NewAlert } else { Msg::NewReferral }), body)
 }
 
 fn org_name<'a>(info: &'a pb::NetworkInfoResponse, id: &'a str) -> &'a str {

@@ -53,6 +53,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/people", get(people).post(add_person))
         .route("/people/{name}/{change}", post(person_change))
         .route("/referrals/new", get(new_referral).post(referral_form))
+        .route("/alerts/new", get(new_alert).post(alert_form))
         .route("/health", get(health))
         .route("/verification", get(verification))
         .route("/assets/{name}", get(super::assets::serve))
@@ -590,6 +591,7 @@ async fn message_status(
         "accepted" => pb::MessageStatus::Accepted,
         "declined" => pb::MessageStatus::Declined,
         "closed" => pb::MessageStatus::Closed,
+        "acknowledged" => pb::MessageStatus::Acknowledged,
         _ => {
             let s = tonic::Status::invalid_argument("choose accept, decline or close");
             return refused(&console, &signed, &s);
@@ -900,22 +902,64 @@ async fn new_referral(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let draft = pages::Draft { consent: q.consent, ..Default::default() };
+    let draft = pages::Draft { kind: "referral".into(), consent: q.consent, ..Default::default() };
     let own = console.link.signer().org().to_string();
     let form = pages::ReferralForm { info: &info, own_org: &own, consents: &consents, draft: &draft };
     html(pages::new_referral(&signed.frame(&console), &signed.session.csrf, &form, &[], None))
 }
 
-/// The referral form posted: checked with the schema, then previewed (the gateway's decision for each
-/// recipient) or, once previewed, sent.
+/// The alert form: every field of the alert kind, sent by default to every organization a rule permits.
+async fn new_alert(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    let who = &signed.session.person;
+    if let Err(s) = actions::may_send(who) {
+        return refused(&console, &signed, &s);
+    }
+    let info = match actions::network_info(&console.network, &console.link, who).await {
+        Ok(i) => i,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let draft = pages::Draft {
+        kind: "alert".into(),
+        all_permitted: true,
+        purpose: "safety_alert".into(),
+        ..Default::default()
+    };
+    let own = console.link.signer().org().to_string();
+    let form = pages::ReferralForm { info: &info, own_org: &own, consents: &[], draft: &draft };
+    html(pages::new_referral(&signed.frame(&console), &signed.session.csrf, &form, &[], None))
+}
+
+async fn alert_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>) -> Response {
+    message_form(&console, posted, "alert").await
+}
+
 async fn referral_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>) -> Response {
+    message_form(&console, posted, "referral").await
+}
+
+/// A message form posted (a referral or an alert): checked with the schema, then previewed (the
+/// gateway's decision for each recipient) or, once previewed, sent.
+async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> Response {
     let (signed, Pairs(pairs)) = (posted.signed, posted.form);
     let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
-    let (info, consents) = match referral_context(&console, &signed).await {
+    let context = if kind == "alert" {
+        match actions::may_send(&signed.session.person) {
+            Ok(()) => actions::network_info(&console.network, &console.link, &signed.session.person)
+                .await
+                .map(|info| (info, Vec::new()))
+                .map_err(|s| refused(console, &signed, &s)),
+            Err(s) => Err(refused(console, &signed, &s)),
+        }
+    } else {
+        referral_context(console, &signed).await
+    };
+    let (info, consents) = match context {
         Ok(c) => c,
         Err(r) => return r,
     };
     let mut draft = pages::Draft {
+        kind: kind.to_owned(),
+        all_permitted: kind == "alert" && value("all_permitted") == "true",
         message_id: value("message_id"),
         consent: value("consent"),
         purpose: value("purpose"),
@@ -935,7 +979,7 @@ async fn referral_form(State(console): State<Arc<Console>>, posted: Posted<Pairs
     let (env, mut problems) = envelope_of(&info, &consents, &draft);
     if problems.is_empty() {
         match crate::network::schema_of(&info) {
-            Ok(schema) => problems.extend(crate::network::check_fields(&schema, "referral", &env.fields)),
+            Ok(schema) => problems.extend(crate::network::check_fields(&schema, kind, &env.fields)),
             Err(e) => problems.push((String::new(), format!("the network's schema cannot be read: {e}"))),
         }
     }
@@ -975,18 +1019,19 @@ fn envelope_of(
     draft: &pages::Draft,
 ) -> (pb::Envelope, Vec<(String, String)>) {
     let mut problems = Vec::new();
+    let alert = draft.kind == "alert";
     let consent = consents.iter().find(|c| c.consent_id == draft.consent);
-    if consent.is_none() {
+    if consent.is_none() && !alert {
         problems.push(("consent".to_owned(), "choose the consent this referral relies on".to_owned()));
     }
-    if draft.recipients.is_empty() {
+    if draft.recipients.is_empty() && !draft.all_permitted {
         problems.push(("recipient".to_owned(), "choose at least one recipient".to_owned()));
     }
     if !info.purposes.iter().any(|p| p.id == draft.purpose) {
-        problems.push(("purpose".to_owned(), "choose the purpose of the referral".to_owned()));
+        problems.push(("purpose".to_owned(), format!("choose the purpose of the {}", draft.kind)));
     }
     let mut fields = std::collections::HashMap::new();
-    let kind = info.kinds.iter().find(|k| k.name == "referral");
+    let kind = info.kinds.iter().find(|k| k.name == draft.kind);
     for f in kind.map(|k| k.fields.as_slice()).unwrap_or_default() {
         let Some(values) = draft.fields.get(&f.name) else { continue };
         use pb::field_value::Value;
@@ -1006,8 +1051,9 @@ fn envelope_of(
     }
     let env = pb::Envelope {
         message_id: draft.message_id.clone(),
-        kind: "referral".into(),
-        recipients: draft.recipients.clone(),
+        kind: draft.kind.clone(),
+        recipients: if draft.all_permitted { Vec::new() } else { draft.recipients.clone() },
+        all_permitted_recipients: draft.all_permitted,
         purpose: draft.purpose.clone(),
         subject_pseudonym: consent.map(|c| c.subject.clone()).unwrap_or_default(),
         consent_id: draft.consent.clone(),
