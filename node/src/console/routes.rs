@@ -984,7 +984,7 @@ async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> R
         }
     }
     let own = console.link.signer().org().to_string();
-    let frame = signed.frame(&console);
+    let frame = signed.frame(console);
     let form = pages::ReferralForm { info: &info, own_org: &own, consents: &consents, draft: &draft };
     let render = |problems: &[(String, String)], preview: Option<&pb::DecideResponse>| {
         pages::new_referral(&frame, &signed.session.csrf, &form, problems, preview)
@@ -1008,7 +1008,7 @@ async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> R
             let problems = [(String::new(), s.message().to_owned())];
             (StatusCode::BAD_REQUEST, html(render(&problems, None))).into_response()
         }
-        Err(s) => refused(&console, &signed, &s),
+        Err(s) => refused(console, &signed, &s),
     }
 }
 
