@@ -153,6 +153,7 @@ impl Node {
                 sessions: Sessions::new(s.store.clone(), s.clock.clone()),
                 second_factor: crate::totp::SecondFactor::new(s.store.clone(), s.clock.clone()),
                 certificates: certificate_expiries(&self.config.link),
+                help_phone: self.config.console.as_ref().and_then(|c| c.help_phone.clone()),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });

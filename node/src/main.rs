@@ -85,6 +85,10 @@ struct ServeArgs {
     /// check compares against it, and an https origin makes cookies Secure and __Host- prefixed.
     #[arg(long, env = "HAVEN_CONSOLE_PUBLIC_ORIGIN", requires = "console")]
     console_public_origin: Option<String>,
+    /// The phone number a survivor's copy of a consent gives, to ask questions or withdraw (the
+    /// discreet copy gives nothing else).
+    #[arg(long, env = "HAVEN_CONSOLE_HELP_PHONE", requires = "console")]
+    console_help_phone: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -155,6 +159,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls: args.console_tls_cert.zip(args.console_tls_key),
             insecure_http: args.console_insecure_http,
             public_origin: args.console_public_origin,
+            help_phone: args.console_help_phone,
         }),
     };
     let node = Node::open(config, Arc::new(SystemClock)).await?;

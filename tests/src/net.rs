@@ -338,6 +338,7 @@ impl TestNode {
                 tls: None,
                 insecure_http: false,
                 public_origin: None,
+                help_phone: Some("+1 555 0100 (fictional)".into()),
             }),
         };
         let node = haven_node::app::Node::open(config, clock).await.expect("node opens");

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use haven_proto::v1::*;
-use haven_tests::fixtures::{DAY, consent_request, record_consent};
 use haven_tests::net::{TestNet, TestNode};
 use haven_trust::clock::{Clock, SystemClock};
 use haven_trust::ids::Role;
@@ -209,11 +208,30 @@ async fn a_referral_appears_live_at_the_shelter_is_opened_and_accepted_and_the_n
 
     // At the NGO, casey fills in a referral, previews it (the shelter will receive it, the police are
     // denied), and sends it.
-    let labels = ["identifying", "contact", "operational"];
-    let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
-    let (consent_id, _subject) = record_consent(&harbor, req).await;
+    // First the survivor's consent: the form printed in her language, signed, its scan's hash typed,
+    // recorded, and her copy printed.
     let casey = Person::new(&driver, &harbor, &axe, 1280).await;
     casey.sign_in("casey").await;
+    casey.goto("/consents/new").await;
+    let c = &casey.client;
+    for id in ["purpose-housing", "type-shelter", "label-identifying", "label-contact", "label-operational"] {
+        c.find(Locator::Id(id)).await.unwrap().click().await.unwrap();
+    }
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::days(90)).date().to_string();
+    c.execute("document.getElementById('valid_until').value = arguments[0];", vec![serde_json::json!(until)])
+        .await
+        .unwrap();
+    casey.check("new-consent").await;
+    c.find(Locator::Css("main form button[type=submit]")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(WAIT).for_element(Locator::Id("evidence")).await.expect("the form to print");
+    casey.check("consent-form").await;
+    c.find(Locator::Id("evidence")).await.unwrap().send_keys(&"ef".repeat(32)).await.unwrap();
+    c.find(Locator::Css("main form button[type=submit]")).await.unwrap().click().await.unwrap();
+    casey.wait_text("#copy", "Your consent to share information").await;
+    casey.check("consent-copy").await;
+    let consent_id =
+        c.current_url().await.unwrap().path().trim_start_matches("/consents/").trim_end_matches("/copy").to_owned();
+
     casey.goto("/referrals/new").await;
     let c = &casey.client;
     c.find(Locator::Id("consent")).await.unwrap().select_by_value(&consent_id).await.unwrap();

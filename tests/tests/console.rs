@@ -44,8 +44,7 @@ async fn referral_to_maple(harbor: &TestNode, maple: &TestNode, first_name: &str
 
 /// Posts the referral form.
 async fn post(web: &mut Web, fields: Vec<(String, String)>) -> haven_tests::web::Page {
-    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    web.post("/referrals/new", &borrowed).await
+    post_form(web, "/referrals/new", fields).await
 }
 
 async fn views(node: &TestNode, message_id: &str) -> Vec<haven_node::access::Access> {
@@ -533,4 +532,84 @@ async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_nam
     })
     .await
     .expect("the shelter receives it");
+}
+
+#[tokio::test]
+async fn a_consent_is_printed_signed_recorded_and_copied_for_the_survivor_in_her_language_then_revoked() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    let mut web = Web::new(harbor.console);
+    web.sign_in("casey", PASSWORD).await;
+    let form = web.get("/consents/new").await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let csrf = form.hidden("csrf").unwrap();
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::days(90)).date().to_string();
+    let details = |step: &str, evidence: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf.as_str()),
+            ("step", step),
+            ("purpose", "housing"),
+            ("type", "shelter"),
+            ("label", "identifying"),
+            ("label", "contact"),
+            ("valid_until", until.as_str()),
+            ("method", "written"),
+            ("language", "es"),
+            ("evidence", evidence),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    // Nothing chosen: each problem beside its field, nothing recorded.
+    let empty = web.post("/consents/new", &[("csrf", &csrf), ("step", "print")]).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert!(
+        empty.body.contains("choose at least one purpose") && empty.body.contains("consent is always time-limited")
+    );
+
+    // The form to print, in Spanish.
+    let printed = post_form(&mut web, "/consents/new", details("print", "")).await;
+    assert_eq!(printed.status, StatusCode::OK, "{}", printed.body);
+    assert!(printed.body.contains("<section class=\"printable\" lang=\"es\""), "{}", printed.body);
+    assert!(printed.body.contains("Su consentimiento para compartir información"));
+    assert!(printed.body.contains("su nombre y fecha de nacimiento"));
+
+    // A hash that is not one: named, nothing recorded.
+    let bad = post_form(&mut web, "/consents/new", details("record", "not-a-hash")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("64 hexadecimal characters"), "{}", bad.body);
+    assert!(web.get("/consents").await.body.contains("Nothing here yet"));
+
+    let hash = "ab".repeat(32);
+    let recorded = post_form(&mut web, "/consents/new", details("record", &hash)).await;
+    assert_eq!(recorded.status, StatusCode::SEE_OTHER, "{}", recorded.body);
+    let copy_path = recorded.location().to_owned();
+    let id = copy_path.trim_start_matches("/consents/").trim_end_matches("/copy").to_owned();
+    let copy = web.get(&copy_path).await;
+    assert!(copy.body.contains(&id), "the copy carries the consent id");
+    assert!(copy.body.contains("Huella del recibo"), "in the consent's language: {}", copy.body);
+    assert!(copy.body.contains("shelter") && copy.body.contains("+1 555 0100"));
+    let discreet = web.get(&format!("{copy_path}?discreet=1")).await;
+    assert!(discreet.body.contains(&id) && discreet.body.contains("+1 555 0100"));
+    let section = &discreet.body[discreet.body.find("id=\"copy\"").unwrap()..];
+    for named in ["shelter", "housing", "harbor", "Harbor", "vivienda"] {
+        assert!(!section.contains(named), "the discreet copy names no organization or purpose: {named}");
+    }
+
+    // Revoked from its page.
+    let shown = web.get(&format!("/consents/{id}")).await;
+    assert!(shown.body.contains("id=\"consent-state\">given"), "{}", shown.body);
+    let revoked =
+        web.post(&format!("/consents/{id}/revoke"), &[("csrf", &csrf), ("reason", "withdrawn_by_subject")]).await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.body);
+    let after = web.get(&format!("/consents/{id}")).await;
+    assert!(after.body.contains("id=\"consent-state\">withdrawn"), "{}", after.body);
+}
+
+/// Posts a form given as owned pairs.
+async fn post_form(web: &mut Web, path: &str, fields: Vec<(String, String)>) -> haven_tests::web::Page {
+    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    web.post(path, &borrowed).await
 }

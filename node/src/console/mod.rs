@@ -52,6 +52,8 @@ pub struct ConsoleConfig {
     pub insecure_http: bool,
     /// The origin people use (`--console-public-origin`); by default the listener's own.
     pub public_origin: Option<String>,
+    /// The phone number the survivor's copies of a consent give (`--console-help-phone`).
+    pub help_phone: Option<String>,
 }
 
 /// Why the console could not start.
@@ -84,6 +86,8 @@ pub struct Console {
     pub second_factor: crate::totp::SecondFactor,
     /// The node's certificates and when each expires (Unix seconds), read at start.
     pub certificates: Vec<(String, i64)>,
+    /// The phone number the survivor's copies of a consent give.
+    pub help_phone: Option<String>,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

@@ -61,6 +61,7 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
                                     li { a href="/sent" { (t(Msg::Sent)) } }
                                 }
                                 @if crate::consent::may_manage(who).is_ok() {
+                                    li { a href="/consents" { (t(Msg::Consents)) } }
                                     li { a href="/referrals/new" { (t(Msg::NewReferral)) } }
                                 }
                                 @if crate::actions::may_send(who).is_ok() {
@@ -833,5 +834,279 @@ fn field_input(lang: Lang, f: &pb::FieldInfo, draft: &Draft, problem: Option<&st
             @if let Some(h) = &hint { p.muted id=(h) { (f.description) } }
             @if let (Some(p), Some(pid)) = (problem, &described) { p.error id=(pid) { (p) } }
         }
+    }
+}
+
+/// The labels a consent can grant, with what each means to a survivor.
+pub const LABELS: [(&str, Msg); 5] = [
+    ("identifying", Msg::LabelIdentifying),
+    ("contact", Msg::LabelContact),
+    ("sensitive", Msg::LabelSensitive),
+    ("operational", Msg::LabelOperational),
+    ("location", Msg::LabelLocation),
+];
+
+/// A consent's details as typed, kept across the steps of recording it.
+#[derive(Debug, Default, Clone)]
+pub struct ConsentDraft {
+    pub subject: String,
+    pub purposes: Vec<String>,
+    pub types: Vec<String>,
+    pub labels: Vec<String>,
+    /// `YYYY-MM-DD`.
+    pub valid_until: String,
+    pub method: String,
+    pub language: String,
+    pub evidence: String,
+}
+
+fn consent_hidden(d: &ConsentDraft) -> Markup {
+    html! {
+        input type="hidden" name="subject" value=(d.subject);
+        @for p in &d.purposes { input type="hidden" name="purpose" value=(p); }
+        @for t in &d.types { input type="hidden" name="type" value=(t); }
+        @for l in &d.labels { input type="hidden" name="label" value=(l); }
+        input type="hidden" name="valid_until" value=(d.valid_until);
+        input type="hidden" name="method" value=(d.method);
+        input type="hidden" name="language" value=(d.language);
+    }
+}
+
+/// The consents this organization recorded.
+pub fn consents(frame: &Frame, held: &[crate::actions::HeldConsent]) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        p { a.button href="/consents/new" { (t(Msg::RecordConsent)) } }
+        @if held.is_empty() { p { (t(Msg::NothingHere)) } } @else {
+            table.list {
+                thead { tr { th { (t(Msg::Subject)) } th { (t(Msg::State)) } th { (t(Msg::When)) } th { (t(Msg::Consent)) } } }
+                tbody {
+                    @for c in held {
+                        tr {
+                            td { (c.subject) }
+                            td.state { (c.state) }
+                            td { (when(c.updated_at_micros)) }
+                            td { a href=(format!("/consents/{}", urlencode(&c.consent_id))) { (t(Msg::Open)) span.skip { " " (c.consent_id) } } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(frame, t(Msg::Consents), body)
+}
+
+/// Step one: the consent's details.
+pub fn consent_new(
+    frame: &Frame,
+    csrf: &str,
+    info: &pb::NetworkInfoResponse,
+    d: &ConsentDraft,
+    problems: &[(String, String)],
+) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let problem_of = |field: &str| problems.iter().find(|(f, _)| f == field).map(|(_, p)| p.as_str());
+    let mut types: Vec<&str> = info
+        .organizations
+        .iter()
+        .map(|o| o.r#type.as_str())
+        .filter(|t| !matches!(*t, "auditor" | "operator"))
+        .collect();
+    types.sort();
+    types.dedup();
+    let body = html! {
+        p { (t(Msg::ConsentIntro)) }
+        @if !problems.is_empty() { p.error role="alert" { (t(Msg::FixFields)) } }
+        form method="post" action="/consents/new" novalidate {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="step" value="print";
+            div.field {
+                label for="subject" { (t(Msg::SubjectOptional)) }
+                input #subject type="text" name="subject" value=(d.subject) autocapitalize="none" spellcheck="false";
+            }
+            fieldset.field {
+                legend { (t(Msg::Purposes)) }
+                @for p in &info.purposes {
+                    div { input type="checkbox" name="purpose" value=(p.id) id=(format!("purpose-{}", p.id)) checked[d.purposes.contains(&p.id)]; " " label.inline for=(format!("purpose-{}", p.id)) { (p.id) " — " (p.description) } }
+                }
+                @if let Some(p) = problem_of("purpose") { p.error { (p) } }
+            }
+            fieldset.field {
+                legend { (t(Msg::RecipientTypes)) }
+                @for ty in &types {
+                    div { input type="checkbox" name="type" value=(ty) id=(format!("type-{ty}")) checked[d.types.iter().any(|x| x == ty)]; " " label.inline for=(format!("type-{ty}")) { (ty) } }
+                }
+                @if let Some(p) = problem_of("type") { p.error { (p) } }
+            }
+            fieldset.field {
+                legend { (t(Msg::Labels)) }
+                @for (label, words) in LABELS {
+                    div { input type="checkbox" name="label" value=(label) id=(format!("label-{label}")) checked[d.labels.iter().any(|x| x == label)]; " " label.inline for=(format!("label-{label}")) { (label) " — " (words.text(frame.lang)) } }
+                }
+                @if let Some(p) = problem_of("label") { p.error { (p) } }
+            }
+            div.field {
+                label for="valid_until" { (t(Msg::ValidUntil)) }
+                input #valid_until type="date" name="valid_until" value=(d.valid_until) required aria-describedby=[problem_of("valid_until").map(|_| "valid-until-problem")];
+                @if let Some(p) = problem_of("valid_until") { p.error #valid-until-problem { (p) } }
+            }
+            div.field {
+                label for="method" { (t(Msg::Method)) }
+                select #method name="method" {
+                    @for m in ["written", "verbal_witnessed", "electronic"] { option value=(m) selected[d.method == m] { (m) } }
+                }
+            }
+            div.field {
+                label for="language" { (t(Msg::SurvivorLanguage)) }
+                select #language name="language" {
+                    @for l in Lang::ALL { option value=(l.tag()) selected[d.language == l.tag()] lang=(l.tag()) { (l.name()) } }
+                }
+            }
+            button type="submit" { (t(Msg::PrintForm)) }
+        }
+    };
+    page(frame, t(Msg::RecordConsent), body)
+}
+
+/// What a consent says, in the survivor's language: the body of the form to sign and of the copy.
+fn consent_terms(lang: Lang, info: &pb::NetworkInfoResponse, d: &ConsentDraft) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        dl.fields {
+            dt { (t(Msg::CopyWhat)) }
+            dd { ul { @for (label, words) in LABELS { @if d.labels.iter().any(|l| l == label) { li { (words.text(lang)) } } } } }
+            dt { (t(Msg::CopyWith)) }
+            dd { ul { @for ty in &d.types { li { (ty) } } } }
+            dt { (t(Msg::CopyWhy)) }
+            dd { ul { @for p in &d.purposes { li { (info.purposes.iter().find(|x| &x.id == p).map_or(p.as_str(), |x| x.description.as_str())) } } } }
+            dt { (t(Msg::CopyUntil)) } dd { (d.valid_until) }
+        }
+        p { (t(Msg::CopyWithdraw)) }
+    }
+}
+
+/// Step two: the form to print and sign, then the scan's hash and the recording.
+pub fn consent_print(
+    frame: &Frame,
+    csrf: &str,
+    info: &pb::NetworkInfoResponse,
+    d: &ConsentDraft,
+    problem: Option<&str>,
+) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let lang = Lang::parse(&d.language).unwrap_or(frame.lang);
+    let body = html! {
+        section.printable lang=(lang.tag()) {
+            h2 { (Msg::CopyTitle.text(lang)) }
+            (consent_terms(lang, info, d))
+            p { "____________________________" br; (Msg::Name.text(lang)) " · " (Msg::When.text(lang)) }
+        }
+        form.actions method="post" action="/consents/new" novalidate {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="step" value="record";
+            (consent_hidden(d))
+            div.field {
+                label for="evidence" { (t(Msg::EvidenceHash)) }
+                input #evidence type="text" name="evidence" value=(d.evidence) required pattern="[0-9a-fA-F]{64}" autocomplete="off" spellcheck="false"
+                    aria-describedby=[problem.map(|_| "evidence-problem")] aria-invalid=[problem.map(|_| "true")];
+                @if let Some(p) = problem { p.error #evidence-problem { (p) } }
+            }
+            button type="submit" { (t(Msg::Record)) }
+        }
+    };
+    page(frame, t(Msg::PrintForm), body)
+}
+
+/// A recorded consent: what it says, its state, and what may be done with it.
+pub fn consent_show(frame: &Frame, csrf: &str, record: &pb::ConsentRecord) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let id = urlencode(&record.consent_id);
+    let body = html! {
+        dl.fields {
+            dt { (t(Msg::Consent)) } dd { (record.consent_id) }
+            dt { (t(Msg::State)) } dd.state #consent-state { (record.state) @if !record.revocation_reason.is_empty() { " (" (record.revocation_reason) ")" } }
+        }
+        p {
+            a.button href=(format!("/consents/{id}/copy")) { (t(Msg::SurvivorCopy)) } " "
+            a.button href=(format!("/consents/{id}/copy?discreet=1")) { (t(Msg::DiscreetCopy)) } " "
+            a.button href=(format!("/referrals/new?consent={id}")) { (t(Msg::NewReferral)) }
+        }
+        pre.receipt { (record.receipt_json) }
+        @if !matches!(record.state.as_str(), "revoked" | "withdrawn" | "expired" | "superseded") {
+            form.actions method="post" action=(format!("/consents/{id}/revoke")) {
+                input type="hidden" name="csrf" value=(csrf);
+                div {
+                    label for="reason" { (t(Msg::RevokeReason)) }
+                    select #reason name="reason" { @for r in ["withdrawn_by_subject", "revoked_by_org", "recorded_in_error"] { option value=(r) { (r) } } }
+                }
+                button type="submit" { (t(Msg::Revoke)) }
+            }
+        }
+    };
+    page(frame, t(Msg::Consent), body)
+}
+
+/// The survivor's copy, in the consent's language; the discreet one names no organization and no
+/// purpose: only the reference, the dates and the organization's phone number.
+pub fn consent_copy(
+    frame: &Frame,
+    info: &pb::NetworkInfoResponse,
+    record: &pb::ConsentRecord,
+    d: &ConsentDraft,
+    discreet: bool,
+    phone: Option<&str>,
+) -> Markup {
+    let lang = Lang::parse(&d.language).unwrap_or(frame.lang);
+    let t = |m: Msg| m.text(lang);
+    let fingerprint = hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        record.receipt_jws.as_bytes(),
+    )));
+    let body = html! {
+        section.printable lang=(lang.tag()) #copy {
+            @if discreet {
+                p { (t(Msg::CopyDiscreetIntro)) }
+                dl.fields {
+                    dt { (t(Msg::Reference)) } dd { (record.consent_id) }
+                    dt { (t(Msg::From2)) } dd { (when(record.registered_at_micros).get(..10).unwrap_or_default()) }
+                    dt { (t(Msg::CopyUntil)) } dd { (d.valid_until) }
+                }
+                @if let Some(phone) = phone { p { (t(Msg::CopyCall)) " " strong { (phone) } "." } }
+            } @else {
+                h2 { (t(Msg::CopyTitle)) }
+                (consent_terms(lang, info, d))
+                dl.fields {
+                    dt { (t(Msg::Reference)) } dd { (record.consent_id) }
+                    dt { (t(Msg::CopyReceipt)) } dd { code.wrap { (fingerprint) } }
+                }
+                @if let Some(phone) = phone { p { (t(Msg::CopyCall)) " " strong { (phone) } "." } }
+            }
+        }
+    };
+    let title = if discreet { Msg::DiscreetCopy } else { Msg::SurvivorCopy };
+    page(frame, title.text(frame.lang), body)
+}
+
+/// A consent's details, from its receipt as the gateway returns it.
+pub fn draft_of(record: &pb::ConsentRecord) -> ConsentDraft {
+    let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
+    let list = |k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
+    let mut types = list("recipient_types");
+    types.extend(list("recipient_orgs"));
+    ConsentDraft {
+        subject: text("subject"),
+        purposes: list("purposes"),
+        types,
+        labels: list("labels"),
+        valid_until: text("valid_until").get(..10).unwrap_or_default().to_owned(),
+        method: text("method"),
+        language: text("language"),
+        evidence: text("evidence_sha256"),
     }
 }

@@ -52,6 +52,11 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/events", get(events))
         .route("/people", get(people).post(add_person))
         .route("/people/{name}/{change}", post(person_change))
+        .route("/consents", get(consents))
+        .route("/consents/new", get(consent_new).post(consent_form))
+        .route("/consents/{id}", get(consent_show))
+        .route("/consents/{id}/copy", get(consent_copy))
+        .route("/consents/{id}/revoke", post(consent_revoke))
         .route("/referrals/new", get(new_referral).post(referral_form))
         .route("/alerts/new", get(new_alert).post(alert_form))
         .route("/health", get(health))
@@ -1061,4 +1066,172 @@ fn envelope_of(
         ..Default::default()
     };
     (env, problems)
+}
+
+async fn consents(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match actions::consents_held(&console.store, &signed.session.person).await {
+        Ok(held) => html(pages::consents(&signed.frame(&console), &held)),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+async fn consent_new(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    let who = &signed.session.person;
+    if let Err(s) = crate::consent::may_manage(who) {
+        return refused(&console, &signed, &s);
+    }
+    let info = match actions::network_info(&console.network, &console.link, who).await {
+        Ok(i) => i,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let draft = pages::ConsentDraft { language: signed.lang.tag().to_owned(), ..Default::default() };
+    html(pages::consent_new(&signed.frame(&console), &signed.session.csrf, &info, &draft, &[]))
+}
+
+/// The consent form posted: step `print` checks the details and shows the form to print and sign;
+/// step `record` takes the signed scan's hash and records the consent.
+async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>) -> Response {
+    let (signed, Pairs(pairs)) = (posted.signed, posted.form);
+    let who = &signed.session.person;
+    if let Err(s) = crate::consent::may_manage(who) {
+        return refused(&console, &signed, &s);
+    }
+    let info = match actions::network_info(&console.network, &console.link, who).await {
+        Ok(i) => i,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let all = |k: &str| pairs.iter().filter(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).collect::<Vec<_>>();
+    let draft = pages::ConsentDraft {
+        subject: value("subject"),
+        purposes: all("purpose"),
+        types: all("type"),
+        labels: all("label"),
+        valid_until: value("valid_until"),
+        method: value("method"),
+        language: value("language"),
+        evidence: value("evidence").to_ascii_lowercase(),
+    };
+    let mut problems = Vec::new();
+    if draft.purposes.is_empty() {
+        problems.push(("purpose".to_owned(), "choose at least one purpose".to_owned()));
+    }
+    if draft.types.is_empty() {
+        problems.push(("type".to_owned(), "choose at least one kind of organization".to_owned()));
+    }
+    if draft.labels.is_empty() {
+        problems.push(("label".to_owned(), "choose what may be shared".to_owned()));
+    }
+    let until = time::Date::parse(&draft.valid_until, time::macros::format_description!("[year]-[month]-[day]"))
+        .ok()
+        .map(|d| d.with_hms(23, 59, 59).map(|t| t.assume_utc().unix_timestamp()).unwrap_or(0) * 1_000_000);
+    match until {
+        Some(u) if u > console.clock.now_micros() => {}
+        Some(_) => problems.push(("valid_until".to_owned(), "the end date must be in the future".to_owned())),
+        None => problems.push((
+            "valid_until".to_owned(),
+            "give the date the consent ends (consent is always time-limited)".to_owned(),
+        )),
+    }
+    let frame = signed.frame(&console);
+    if !problems.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            html(pages::consent_new(&frame, &signed.session.csrf, &info, &draft, &problems)),
+        )
+            .into_response();
+    }
+    if value("step") != "record" {
+        return html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, None));
+    }
+    if draft.evidence.len() != 64 || !draft.evidence.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let problem =
+            "type the 64 hexadecimal characters of the scan's SHA-256 (for example from `sha256sum scan.pdf`)";
+        return (
+            StatusCode::BAD_REQUEST,
+            html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, Some(problem))),
+        )
+            .into_response();
+    }
+    let request = pb::RecordConsentRequest {
+        subject_pseudonym: draft.subject.clone(),
+        purposes: draft.purposes.clone(),
+        recipient_types: draft.types.clone(),
+        labels: draft.labels.clone(),
+        valid_until_micros: until.unwrap_or_default(),
+        method: draft.method.clone(),
+        evidence_sha256: draft.evidence.clone(),
+        language: draft.language.clone(),
+        ..Default::default()
+    };
+    match actions::record_consent(&console.store, &console.link, &console.clock, who, request).await {
+        Ok(record) => Redirect::to(&format!("/consents/{}/copy", pages::urlencode(&record.consent_id))).into_response(),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => (
+            StatusCode::BAD_REQUEST,
+            html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, Some(s.message()))),
+        )
+            .into_response(),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+async fn consent_record(console: &Console, signed: &Signed, id: &str) -> Result<pb::ConsentRecord, Response> {
+    let who = &signed.session.person;
+    crate::consent::may_manage(who).map_err(|s| refused(console, signed, &s))?;
+    let request = pb::GetConsentRequest { consent_id: id.to_owned() };
+    actions::get_consent(&console.link, who, request).await.map_err(|s| refused(console, signed, &s))
+}
+
+async fn consent_show(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    match consent_record(&console, &signed, &id).await {
+        Ok(record) => html(pages::consent_show(&signed.frame(&console), &signed.session.csrf, &record)),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct CopyQuery {
+    #[serde(default)]
+    discreet: Option<String>,
+}
+
+async fn consent_copy(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<CopyQuery>,
+) -> Response {
+    let record = match consent_record(&console, &signed, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let info = match actions::network_info(&console.network, &console.link, &signed.session.person).await {
+        Ok(i) => i,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let draft = pages::draft_of(&record);
+    let frame = signed.frame(&console);
+    html(pages::consent_copy(&frame, &info, &record, &draft, q.discreet.is_some(), console.help_phone.as_deref()))
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+tokened!(RevokeForm);
+
+async fn consent_revoke(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    Posted { signed, form }: Posted<RevokeForm>,
+) -> Response {
+    let request = pb::RevokeConsentRequest { consent_id: id.clone(), reason: form.reason };
+    let who = &signed.session.person;
+    match actions::revoke_consent(&console.store, &console.link, &console.clock, who, request).await {
+        Ok(_) => Redirect::to(&format!("/consents/{}", pages::urlencode(&id))).into_response(),
+        Err(s) => refused(&console, &signed, &s),
+    }
 }

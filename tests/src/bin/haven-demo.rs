@@ -126,6 +126,7 @@ async fn run_node(dir: &Path, org: OrgId, gateway: String) -> anyhow::Result<()>
             tls: None,
             insecure_http: false,
             public_origin: None,
+            help_phone: Some("+1 555 0100 (fictional)".into()),
         }),
     };
     let node = haven_node::app::Node::open(config, Arc::new(SystemClock)).await?;
