@@ -606,3 +606,110 @@ pub async fn consents_held(store: &NodeStore, who: &Person) -> Result<Vec<HeldCo
         })
         .collect())
 }
+
+/// A page of the audit trail, as the gateway lets this person see it (an auditor: all of it; anyone
+/// else: their organization's own entries). The gateway decides, and records the query.
+pub async fn audit_query(
+    link: &GatewayLink,
+    who: &Person,
+    filter: AuditFilter,
+    cursor: u64,
+) -> Result<AuditQueryResponse, Status> {
+    if filter.from_micros == 0 || filter.until_micros == 0 {
+        return Err(Status::invalid_argument("give a date range: a search of the audit trail always has one"));
+    }
+    let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
+    let request = AuditQueryRequest { filter: Some(filter), page_size: 50, cursor };
+    Ok(audit.query(link.request(&who.name, who.role, request)?).await.map_err(|s| link.relay(s))?.into_inner())
+}
+
+/// Whether an entry is in the log the node's witness verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inclusion {
+    /// Its inclusion proof verifies against the newest checkpoint the witness verified (of this size).
+    Verified { tree_size: u64 },
+    /// The proof does not verify: the entry is not what the log holds.
+    Failed(String),
+    /// The witness has verified no checkpoint that covers the entry yet.
+    NotYet,
+}
+
+/// Checks an entry's inclusion proof, with `haven-trust`'s Merkle code, against the newest checkpoint
+/// the node's own witness verified.
+pub async fn inclusion(
+    link: &GatewayLink,
+    witness: &Witness,
+    who: &Person,
+    entry: &AuditEntry,
+) -> Result<Inclusion, Status> {
+    let Some(checkpoint) = witness.report().latest else { return Ok(Inclusion::NotYet) };
+    if entry.seq >= checkpoint.tree_size {
+        return Ok(Inclusion::NotYet);
+    }
+    let Ok(root) = <[u8; 32]>::try_from(checkpoint.root_hash.as_slice()) else {
+        return Ok(Inclusion::Failed("the checkpoint's root is not 32 bytes".into()));
+    };
+    let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
+    let request = InclusionProofRequest { seq: entry.seq, tree_size: checkpoint.tree_size };
+    let proof = audit
+        .get_inclusion_proof(link.request(&who.name, who.role, request)?)
+        .await
+        .map_err(|s| link.relay(s))?
+        .into_inner();
+    let mut hashes = Vec::with_capacity(proof.hashes.len());
+    for h in &proof.hashes {
+        match <[u8; 32]>::try_from(h.as_slice()) {
+            Ok(h) => hashes.push(h),
+            Err(_) => return Ok(Inclusion::Failed("a proof hash is not 32 bytes".into())),
+        }
+    }
+    let leaf = haven_trust::merkle::leaf_hash(&entry.canonical);
+    Ok(match haven_trust::merkle::verify_inclusion(&leaf, entry.seq, checkpoint.tree_size, &hashes, &root) {
+        Ok(()) => Inclusion::Verified { tree_size: checkpoint.tree_size },
+        Err(e) => Inclusion::Failed(e.to_string()),
+    })
+}
+
+/// The subject access report is for those who answer for the organization's data, and auditors.
+pub fn may_report(who: &Person) -> Result<(), Status> {
+    if matches!(who.role, Role::PrivacyOfficer | Role::Auditor) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "the subject access report needs role privacy_officer or auditor, not {}",
+            who.role
+        )))
+    }
+}
+
+/// "Who has seen this survivor's data?": what this organization disclosed about a subject, and what
+/// became of it (the gateway's subject access report).
+pub async fn subject_access_report(
+    link: &GatewayLink,
+    who: &Person,
+    subject: &str,
+) -> Result<SubjectAccessResponse, Status> {
+    may_report(who)?;
+    let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
+    let request = SubjectAccessRequest { subject_pseudonym: subject.trim().to_owned(), controller: String::new() };
+    Ok(audit
+        .subject_access_report(link.request(&who.name, who.role, request)?)
+        .await
+        .map_err(|s| link.relay(s))?
+        .into_inner())
+}
+
+/// An export of the entries `filter` selects, as the gateway streams it (JSON lines), for offline
+/// verification with `haven-gateway audit verify`.
+pub async fn audit_export(
+    link: &GatewayLink,
+    who: &Person,
+    filter: AuditFilter,
+) -> Result<tonic::Streaming<ExportChunk>, Status> {
+    if filter.from_micros == 0 || filter.until_micros == 0 {
+        return Err(Status::invalid_argument("give a date range: an export always has one"));
+    }
+    let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
+    let request = AuditExportRequest { filter: Some(filter) };
+    Ok(audit.export(link.request(&who.name, who.role, request)?).await.map_err(|s| link.relay(s))?.into_inner())
+}

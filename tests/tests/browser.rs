@@ -371,6 +371,14 @@ async fn an_auditor_and_an_administrator_sign_in_with_a_second_factor_and_do_the
     assert!(ada.client.current_url().await.unwrap().path().ends_with("/verification"));
     ada.wait_text("#witness-state", "").await;
     ada.check("verification").await;
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    ada.goto(&format!("/audit?from={today}&until={today}")).await;
+    ada.check("audit-search").await;
+    if let Ok(first) = ada.client.find(Locator::Css("#audit-entries a")).await {
+        first.click().await.unwrap();
+        ada.client.wait().at_most(WAIT).for_element(Locator::Id("proof-state")).await.unwrap();
+        ada.check("audit-entry").await;
+    }
     ada.client.close().await.unwrap();
 
     let omar = Person::new(&driver, &maple, &axe, 1280).await;

@@ -613,3 +613,70 @@ async fn post_form(web: &mut Web, path: &str, fields: Vec<(String, String)>) -> 
     let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     web.post(path, &borrowed).await
 }
+
+#[tokio::test]
+async fn an_auditor_searches_the_trail_checks_an_entrys_inclusion_proof_and_downloads_an_export_that_verifies() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker), ("pat", Role::PrivacyOfficer)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let office = net.node("audit-office", &[("ada", Role::Auditor)]).await;
+    office.set_password("ada", PASSWORD).await;
+    let secret = office.enroll_second_factor("ada").await;
+    let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+
+    // A checkpoint that covers the referral's entries, seen by the auditor's own witness.
+    let mut audit =
+        haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", office.addr)).await.unwrap();
+    audit.get_checkpoint(office.as_person("ada", GetCheckpointRequest { refresh: true })).await.unwrap();
+    office.state.witness.check_now().await;
+
+    let mut web = Web::new(office.console);
+    let code = haven_node::totp::code(&secret, SystemClock.now_secs());
+    assert_eq!(web.sign_in_with_code("ada", PASSWORD, &code).await.location(), "/");
+    let no_dates = web.get("/audit?from=&until=2026-01-01").await;
+    assert_eq!(no_dates.status, StatusCode::BAD_REQUEST);
+    assert!(no_dates.body.contains("a search always has one"), "{}", no_dates.body);
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let found = web.get(&format!("/audit?from={today}&until={today}&message_id={id}")).await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    let link =
+        found.body.split("<a href=\"/audit/entries/").nth(1).expect("an entry").split('"').next().unwrap().to_owned();
+    let entry = web.get(&format!("/audit/entries/{}", link.replace("&amp;", "&"))).await;
+    assert_eq!(entry.status, StatusCode::OK, "{}", entry.body);
+    assert!(entry.body.contains("id=\"proof-state\">verified against the checkpoint of"), "{}", entry.body);
+
+    // The export downloads, and verifies offline.
+    let export = web.get(&format!("/audit/export?from={today}&until={today}")).await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert!(export.header("content-disposition").contains("attachment"));
+    let path = net.dir.path().join("console-export.jsonl");
+    std::fs::write(&path, export.body.as_bytes()).unwrap();
+    let summary = haven_trust::export::verify_files(&path, &net.certs.gateway_signing_cert(), &[]);
+    assert!(summary.is_ok(), "the export verifies offline: {summary:?}");
+
+    // A caseworker may not search the trail, nor read the report.
+    maple.set_password("sam", PASSWORD).await;
+    let mut sam = Web::new(maple.console);
+    sam.sign_in("sam", PASSWORD).await;
+    assert_eq!(sam.get(&format!("/audit?from={today}&until={today}")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(sam.get("/report").await.status, StatusCode::FORBIDDEN);
+
+    // The privacy officer's report lists the disclosure.
+    harbor.set_password("pat", PASSWORD).await;
+    let pat_secret = harbor.enroll_second_factor("pat").await;
+    let mut pat = Web::new(harbor.console);
+    let code = haven_node::totp::code(&pat_secret, SystemClock.now_secs());
+    pat.sign_in_with_code("pat", PASSWORD, &code).await;
+    let sent = harbor
+        .client()
+        .await
+        .get_message(harbor.as_person("casey", GetMessageRequest { message_id: id.clone() }))
+        .await;
+    assert!(sent.is_ok());
+    let mut conn = harbor.state.store.pool().acquire().await.unwrap();
+    let subject: String =
+        sqlx::query_scalar("SELECT subject FROM consents LIMIT 1").fetch_one(&mut *conn).await.unwrap();
+    let report = pat.get(&format!("/report?subject={subject}")).await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    assert!(report.body.contains("maple-house") && report.body.contains("survivor_first_name"), "{}", report.body);
+}

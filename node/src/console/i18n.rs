@@ -240,6 +240,23 @@ catalog! {
     LabelSensitive => "health and personal history", "salud e historia personal";
     LabelOperational => "what you need from the service", "lo que necesita del servicio";
     LabelLocation => "where you are", "dónde se encuentra";
+    Audit => "Audit trail", "Registro de auditoría";
+    AuditIntro => "Search the audit trail: a date range is required. Open an entry to check its inclusion proof against the newest checkpoint this node's witness verified.", "Busque en el registro de auditoría: el rango de fechas es obligatorio. Abra una entrada para comprobar su prueba de inclusión frente al punto de control más reciente que verificó el testigo de este nodo.";
+    FromDate => "From (date)", "Desde (fecha)";
+    UntilDate => "Until (date, included)", "Hasta (fecha, incluida)";
+    Organization => "Organization", "Organización";
+    Action => "Action", "Acción";
+    Search => "Search", "Buscar";
+    NextPage => "Next page", "Página siguiente";
+    Entry => "Entry", "Entrada";
+    Proof => "Inclusion proof", "Prueba de inclusión";
+    ProofVerified => "verified against the checkpoint of", "verificada frente al punto de control de";
+    ProofFailed => "FAILED", "FALLIDA";
+    ProofNotYet => "not yet covered by a checkpoint this node verified", "aún no cubierta por un punto de control que este nodo haya verificado";
+    Export => "Download an export", "Descargar una exportación";
+    ExportHow => "Check it offline, on any machine, with the gateway's signing certificate:", "Compruébela sin conexión, en cualquier máquina, con el certificado de firma de la pasarela:";
+    Report => "Who has seen this survivor's data?", "¿Quién ha visto los datos de esta persona?";
+    ReportIntro => "What your organization disclosed about a subject (by your pseudonym for them), to whom, when, which fields, and what became of each copy.", "Lo que su organización divulgó sobre una persona (por su seudónimo), a quién, cuándo, qué campos y qué pasó con cada copia.";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

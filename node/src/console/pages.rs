@@ -74,6 +74,10 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Markup {
                                 @if matches!(who.role, Role::Auditor | Role::Admin | Role::PrivacyOfficer) {
                                     li { a href="/verification" { (t(Msg::Verification)) } }
                                 }
+                                @if matches!(who.role, Role::Auditor | Role::PrivacyOfficer) {
+                                    li { a href="/audit" { (t(Msg::Audit)) } }
+                                    li { a href="/report" { (t(Msg::Report)) } }
+                                }
                             }
                         }
                         div.who {
@@ -1109,4 +1113,170 @@ pub fn draft_of(record: &pb::ConsentRecord) -> ConsentDraft {
         language: text("language"),
         evidence: text("evidence_sha256"),
     }
+}
+
+/// What an audit search asked for, kept in the form and in the links.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct AuditSearch {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub until: String,
+    #[serde(default)]
+    pub org: String,
+    #[serde(default)]
+    pub person: String,
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub message_id: String,
+    #[serde(default)]
+    pub cursor: u64,
+}
+
+impl AuditSearch {
+    /// The query string of this search (without the cursor).
+    pub fn query(&self) -> String {
+        [
+            ("from", &self.from),
+            ("until", &self.until),
+            ("org", &self.org),
+            ("person", &self.person),
+            ("action", &self.action),
+            ("subject", &self.subject),
+            ("message_id", &self.message_id),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+/// The audit search, its results and the export.
+pub fn audit(frame: &Frame, q: &AuditSearch, found: Option<&pb::AuditQueryResponse>, problem: Option<&str>) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let text_field = |id: &str, label: Msg, value: &str| {
+        html! {
+            div { label for=(id) { (t(label)) } input id=(id) type="text" name=(id) value=(value) autocapitalize="none" spellcheck="false"; }
+        }
+    };
+    let body = html! {
+        p { (t(Msg::AuditIntro)) }
+        @if let Some(p) = problem { p.error role="alert" #audit-problem { (p) } }
+        form.filters method="get" action="/audit" {
+            div { label for="from" { (t(Msg::FromDate)) } input #from type="date" name="from" value=(q.from) required aria-describedby=[problem.map(|_| "audit-problem")]; }
+            div { label for="until" { (t(Msg::UntilDate)) } input #until type="date" name="until" value=(q.until) required; }
+            (text_field("org", Msg::Organization, &q.org))
+            (text_field("person", Msg::Name, &q.person))
+            (text_field("action", Msg::Action, &q.action))
+            (text_field("subject", Msg::Subject, &q.subject))
+            (text_field("message_id", Msg::Message, &q.message_id))
+            button type="submit" { (t(Msg::Search)) }
+        }
+        @if let Some(found) = found {
+            @if found.entries.is_empty() { p { (t(Msg::NothingHere)) } } @else {
+                table.list #audit-entries {
+                    thead { tr { th { "#" } th { (t(Msg::When)) } th { (t(Msg::Organization)) } th { (t(Msg::Name)) } th { (t(Msg::Action)) } th { (t(Msg::Message)) } th { (t(Msg::State)) } } }
+                    tbody {
+                        @for e in &found.entries {
+                            tr {
+                                td { a href=(format!("/audit/entries/{}?at={}", e.seq, e.time_micros)) { (e.seq) } }
+                                td { (when(e.time_micros)) }
+                                td { (e.actor_org) }
+                                td { (e.actor_person) " (" (e.actor_role) ")" }
+                                td { (e.action) }
+                                td { (e.object_id) }
+                                td { (e.decision) }
+                            }
+                        }
+                    }
+                }
+                @if found.next_cursor > 0 {
+                    p { a href=(format!("/audit?{}&cursor={}", q.query(), found.next_cursor)) { (t(Msg::NextPage)) } }
+                }
+            }
+            h2 { (t(Msg::Export)) }
+            p { a.button href=(format!("/audit/export?{}", q.query())) download="haven-audit-export.jsonl" { (t(Msg::Export)) } }
+            p { (t(Msg::ExportHow)) }
+            pre.receipt { "haven-gateway audit verify haven-audit-export.jsonl --key CERTS_DIR/gateway/signing.crt" }
+        }
+    };
+    page(frame, t(Msg::Audit), body)
+}
+
+/// One audit entry, every field, and whether its inclusion proof verifies.
+pub fn audit_entry(frame: &Frame, e: &pb::AuditEntry, proof: &crate::actions::Inclusion) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let rows: [(&str, String); 16] = [
+        ("seq", e.seq.to_string()),
+        ("time", when(e.time_micros)),
+        ("actor_org", e.actor_org.clone()),
+        ("actor_person", e.actor_person.clone()),
+        ("actor_role", e.actor_role.clone()),
+        ("action", e.action.clone()),
+        ("object_id", e.object_id.clone()),
+        ("counterparty", e.counterparty.clone()),
+        ("subject", e.subject.clone()),
+        ("purpose", e.purpose.clone()),
+        ("consent_id", e.consent_id.clone()),
+        ("decision", e.decision.clone()),
+        ("reason", e.reason.clone()),
+        ("released_fields", e.released_fields.join(", ")),
+        ("withheld_fields", e.withheld_fields.join(", ")),
+        ("bundle_version", e.bundle_version.clone()),
+    ];
+    let body = html! {
+        p #proof .state {
+            (t(Msg::Proof)) ": "
+            @match proof {
+                crate::actions::Inclusion::Verified { tree_size } => span #proof-state { (t(Msg::ProofVerified)) " " (tree_size) },
+                crate::actions::Inclusion::Failed(why) => span.error #proof-state { (t(Msg::ProofFailed)) ": " (why) },
+                crate::actions::Inclusion::NotYet => span #proof-state { (t(Msg::ProofNotYet)) },
+            }
+        }
+        dl.fields { @for (k, v) in &rows { @if !v.is_empty() { dt { (k) } dd { (v) } } } }
+    };
+    page(frame, &format!("{} {}", t(Msg::Entry), e.seq), body)
+}
+
+/// The subject access report: disclosures of one subject, on screen and printable.
+pub fn report(
+    frame: &Frame,
+    subject: &str,
+    found: Option<&pb::SubjectAccessResponse>,
+    problem: Option<&str>,
+) -> Markup {
+    let t = |m: Msg| m.text(frame.lang);
+    let body = html! {
+        p { (t(Msg::ReportIntro)) }
+        @if let Some(p) = problem { p.error role="alert" { (p) } }
+        form.filters method="get" action="/report" {
+            div { label for="subject" { (t(Msg::Subject)) } input #subject type="text" name="subject" value=(subject) required autocapitalize="none" spellcheck="false"; }
+            button type="submit" { (t(Msg::Search)) }
+        }
+        @if let Some(r) = found {
+            section.printable #report {
+                @if r.disclosures.is_empty() { p { (t(Msg::NothingHere)) } } @else {
+                    table.list {
+                        thead { tr { th { (t(Msg::When)) } th { (t(Msg::Recipient)) } th { (t(Msg::Purpose)) } th { (t(Msg::Fields)) } th { (t(Msg::State)) } } }
+                        tbody {
+                            @for d in &r.disclosures {
+                                tr {
+                                    td { (when(d.time_micros)) }
+                                    td { (d.recipient) }
+                                    td { (d.purpose) }
+                                    td { (d.released_fields.join(", ")) }
+                                    td { (d.action) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(frame, t(Msg::Report), body)
 }

@@ -59,6 +59,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/consents/{id}/revoke", post(consent_revoke))
         .route("/referrals/new", get(new_referral).post(referral_form))
         .route("/alerts/new", get(new_alert).post(alert_form))
+        .route("/audit", get(audit))
+        .route("/audit/entries/{seq}", get(audit_entry))
+        .route("/audit/export", get(audit_export))
+        .route("/report", get(report))
         .route("/health", get(health))
         .route("/verification", get(verification))
         .route("/assets/{name}", get(super::assets::serve))
@@ -1232,6 +1236,134 @@ async fn consent_revoke(
     let who = &signed.session.person;
     match actions::revoke_consent(&console.store, &console.link, &console.clock, who, request).await {
         Ok(_) => Redirect::to(&format!("/consents/{}", pages::urlencode(&id))).into_response(),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+/// Microseconds at the start of a `YYYY-MM-DD` day (UTC), plus `days`.
+fn day_micros(date: &str, days: i64) -> Option<i64> {
+    let d = time::Date::parse(date.trim(), time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+    let start = d.midnight().assume_utc().unix_timestamp() + days * 86_400;
+    Some(start * 1_000_000)
+}
+
+/// The filter an audit search describes; a missing or unreadable date is refused with its reason.
+fn audit_filter(q: &pages::AuditSearch) -> Result<pb::AuditFilter, tonic::Status> {
+    let (Some(from), Some(until)) = (day_micros(&q.from, 0), day_micros(&q.until, 1)) else {
+        return Err(tonic::Status::invalid_argument(
+            "give both dates of the range, as YYYY-MM-DD: a search always has one",
+        ));
+    };
+    if until <= from {
+        return Err(tonic::Status::invalid_argument("the range ends before it starts"));
+    }
+    Ok(pb::AuditFilter {
+        from_micros: from,
+        until_micros: until,
+        org: q.org.trim().to_owned(),
+        person: q.person.trim().to_owned(),
+        action: q.action.trim().to_owned(),
+        subject: q.subject.trim().to_owned(),
+        message_id: q.message_id.trim().to_owned(),
+        ..Default::default()
+    })
+}
+
+async fn audit(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<pages::AuditSearch>) -> Response {
+    let frame = signed.frame(&console);
+    if q.from.is_empty() && q.until.is_empty() {
+        return html(pages::audit(&frame, &q, None, None));
+    }
+    let filter = match audit_filter(&q) {
+        Ok(f) => f,
+        Err(s) => {
+            return (StatusCode::BAD_REQUEST, html(pages::audit(&frame, &q, None, Some(s.message())))).into_response();
+        }
+    };
+    match actions::audit_query(&console.link, &signed.session.person, filter, q.cursor).await {
+        Ok(found) => html(pages::audit(&frame, &q, Some(&found), None)),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+#[derive(Deserialize)]
+struct EntryQuery {
+    #[serde(default)]
+    at: i64,
+}
+
+/// One entry, found by its sequence number and time, with its inclusion proof checked.
+async fn audit_entry(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Path(seq): Path<u64>,
+    Query(q): Query<EntryQuery>,
+) -> Response {
+    let who = &signed.session.person;
+    let filter =
+        pb::AuditFilter { from_micros: q.at.max(1), until_micros: q.at.saturating_add(1).max(2), ..Default::default() };
+    let found = match actions::audit_query(&console.link, who, filter, 0).await {
+        Ok(f) => f,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let Some(entry) = found.entries.into_iter().find(|e| e.seq == seq) else {
+        return problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, "");
+    };
+    match actions::inclusion(&console.link, &console.witness, who, &entry).await {
+        Ok(proof) => html(pages::audit_entry(&signed.frame(&console), &entry, &proof)),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+/// The export of a search, streamed to the browser as a download.
+async fn audit_export(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Query(q): Query<pages::AuditSearch>,
+) -> Response {
+    let filter = match audit_filter(&q) {
+        Ok(f) => f,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let chunks = match actions::audit_export(&console.link, &signed.session.person, filter).await {
+        Ok(c) => c,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let body = futures::StreamExt::map(chunks, |chunk| {
+        chunk.map(|c| axum::body::Bytes::from(c.data)).map_err(|s| std::io::Error::other(s.message().to_owned()))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl")),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"haven-audit-export.jsonl\""),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    #[serde(default)]
+    subject: String,
+}
+
+async fn report(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<ReportQuery>) -> Response {
+    let frame = signed.frame(&console);
+    if q.subject.trim().is_empty() {
+        if let Err(s) = actions::may_report(&signed.session.person) {
+            return refused(&console, &signed, &s);
+        }
+        return html(pages::report(&frame, "", None, None));
+    }
+    match actions::subject_access_report(&console.link, &signed.session.person, &q.subject).await {
+        Ok(found) => html(pages::report(&frame, &q.subject, Some(&found), None)),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            (StatusCode::BAD_REQUEST, html(pages::report(&frame, &q.subject, None, Some(s.message())))).into_response()
+        }
         Err(s) => refused(&console, &signed, &s),
     }
 }
