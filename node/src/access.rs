@@ -1,7 +1,7 @@
 //! The node's access log: what the organization's own people did at their node. Every time survivor
 //! data is shown to a person (a received message's fields, in the console or by `referral show`), a
 //! `viewed` row names the person, their role, the message, the recipient-scoped pseudonym and the
-//! field names shown, never the values. Sign-ins, failed sign-ins, sign-ins made to wait and sign-outs
+//! field names shown, never the values. Assignments of received referrals, sign-ins, failed sign-ins, sign-ins made to wait and sign-outs
 //! are kept here too,
 //! and the console's sign-in limits count the failures.
 
@@ -85,6 +85,28 @@ pub async fn viewed(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+/// Records that `who` assigned a received message to `to` ('' for nobody), in the caller's transaction.
+pub async fn assigned(
+    conn: &mut SqliteConnection,
+    who: &Person,
+    message_id: &str,
+    to: &str,
+    source: &Source,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO access_log (at_micros, person, role, action, message_id, source, address, detail) VALUES ($1, $2, $3, 'assigned', $4, $5, $6, $7)")
+        .bind(now)
+        .bind(who.name.as_str())
+        .bind(who.role.as_str())
+        .bind(message_id)
+        .bind(source.label())
+        .bind(source.address())
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

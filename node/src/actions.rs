@@ -46,19 +46,32 @@ pub enum Detail {
     Fields,
 }
 
-/// The inbox, newest first, `kind` (a message kind or an item kind) or everything.
+/// Which part of the inbox a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing<'a> {
+    /// `kind` (a message kind or an item kind), or everything when empty.
+    Kind(&'a str),
+    /// Items of `kind` assigned to the person listing ("mine").
+    Mine(&'a str),
+}
+
+/// The inbox, newest first.
 pub async fn inbox(
     store: &NodeStore,
     clock: &SharedClock,
     who: &Person,
     source: &Source,
-    kind: &str,
+    listing: Listing<'_>,
     limit: u32,
     detail: Detail,
 ) -> Result<Vec<InboxItem>, Status> {
     may_read_mail(who)?;
     let limit = if limit == 0 { 50 } else { limit };
-    let mut items = mailbox::inbox(store, kind, limit).await.map_err(db)?;
+    let (kind, person) = match listing {
+        Listing::Kind(kind) => (kind, ""),
+        Listing::Mine(kind) => (kind, who.name.as_str()),
+    };
+    let mut items = mailbox::inbox_of(store, kind, person, limit).await.map_err(db)?;
     match detail {
         Detail::Metadata => {
             for item in &mut items {
@@ -712,4 +725,47 @@ pub async fn audit_export(
     let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
     let request = AuditExportRequest { filter: Some(filter) };
     Ok(audit.export(link.request(&who.name, who.role, request)?).await.map_err(|s| link.relay(s))?.into_inner())
+}
+
+/// Assigns a received referral to a person of the organization (or to nobody, with an empty name),
+/// recorded in the node's access log.
+pub async fn assign(
+    store: &NodeStore,
+    people: &People,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    message_id: &str,
+    to: &str,
+) -> Result<(), Status> {
+    may_read_mail(who)?;
+    let to = to.trim();
+    if !to.is_empty() {
+        let name = PersonId::parse(to).map_err(|e| Status::invalid_argument(format!("assign to: {e}")))?;
+        let target = people.credentials(&name).await.map_err(people_error)?;
+        match target {
+            Some(c) if !c.disabled && may_read_mail(&c.person).is_ok() => {}
+            Some(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "`{name}` cannot take a referral: they are disabled or their role does not read the organization's messages"
+                )));
+            }
+            None => return Err(Status::not_found(format!("no person `{name}` on this node"))),
+        }
+    }
+    let mut tx = store.pool().begin().await.map_err(db)?;
+    let changed = sqlx::query("UPDATE inbox SET assigned_to = $1 WHERE message_id = $2 AND item_kind = 'delivery'")
+        .bind(to)
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    if changed.rows_affected() == 0 {
+        return Err(Status::not_found(format!(
+            "no received message `{}` on this node",
+            haven_trust::untrusted::shown(message_id)
+        )));
+    }
+    access::assigned(&mut tx, who, message_id, to, source, clock.now_micros()).await.map_err(db)?;
+    tx.commit().await.map_err(db)
 }

@@ -9,7 +9,7 @@ use haven_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::access::Source;
-use crate::actions::{self, Detail};
+use crate::actions::{self, Detail, Listing};
 use crate::mailbox;
 use crate::people::Person;
 use crate::state::NodeState;
@@ -71,7 +71,9 @@ impl Node for NodeService {
         let who = self.user(&req).await?;
         let r = req.into_inner();
         let s = &self.state;
-        let items = actions::inbox(&s.store, &s.clock, &who, &Source::Api, &r.kind, r.limit, Detail::Fields).await?;
+        let items =
+            actions::inbox(&s.store, &s.clock, &who, &Source::Api, Listing::Kind(&r.kind), r.limit, Detail::Fields)
+                .await?;
         Ok(Response::new(InboxResponse { items }))
     }
 

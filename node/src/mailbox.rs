@@ -133,14 +133,26 @@ pub fn view(row: &sqlx::sqlite::SqliteRow) -> Result<pb::InboxItem, sqlx::Error>
         item: Some(item),
         status: pb::MessageStatus::from_str_name(&status.to_ascii_uppercase()).map_or(0, |s| s as i32),
         withdrawn: withdrawn != 0,
+        assigned_to: row.try_get("assigned_to")?,
     })
 }
 
 /// Received items, newest first.
 pub async fn inbox(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
+    inbox_of(store, kind, "", limit).await
+}
+
+/// Received items assigned to `person` ('' for every item), newest first.
+pub async fn inbox_of(
+    store: &NodeStore,
+    kind: &str,
+    person: &str,
+    limit: u32,
+) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
+    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
         .bind(kind)
         .bind(i64::from(limit.clamp(1, 1000)))
+        .bind(person)
         .fetch_all(store.pool())
         .await?;
     rows.iter().map(view).collect()
@@ -148,7 +160,7 @@ pub async fn inbox(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::
 
 /// One received delivery by message id.
 pub async fn received(store: &NodeStore, message_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
-    let row = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1")
+    let row = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1")
         .bind(message_id)
         .fetch_optional(store.pool())
         .await?;

@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_people.sql")),
     (7, include_str!("migrations/0007_console.sql")),
     (8, include_str!("migrations/0008_second_factor.sql")),
+    (9, include_str!("migrations/0009_assignment.sql")),
 ];
 
 impl NodeStore {

@@ -217,7 +217,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
 
 async fn view_of(node: &NodeState, item_id: &str) -> Result<Option<haven_proto::v1::InboxItem>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT item_id, received_at_micros, item_kind, body, status, withdrawn FROM inbox WHERE item_id = $1",
+        "SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE item_id = $1",
     )
     .bind(item_id)
     .fetch_optional(node.store.pool())

@@ -680,3 +680,66 @@ async fn an_auditor_searches_the_trail_checks_an_entrys_inclusion_proof_and_down
     assert_eq!(report.status, StatusCode::OK, "{}", report.body);
     assert!(report.body.contains("maple-house") && report.body.contains("survivor_first_name"), "{}", report.body);
 }
+
+/// Slow links: no page, with every asset it loads, transfers more than 100 KB, even uncompressed,
+/// and nothing is loaded from elsewhere (no web fonts, no CDN).
+#[tokio::test]
+async fn no_page_with_its_assets_weighs_more_than_100_kb_and_nothing_comes_from_elsewhere() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    let mut web = Web::new(harbor.console);
+    web.sign_in("casey", PASSWORD).await;
+    for path in ["/sign-in", "/inbox", "/sent", "/consents/new", "/referrals/new", "/alerts/new"] {
+        let page = web.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        let mut total = page.body.len();
+        for attr in ["src=\"", "href=\""] {
+            for link in page.body.split(attr).skip(1).filter_map(|s| s.split('"').next()) {
+                assert!(!link.starts_with("http") && !link.starts_with("//"), "{path} loads {link} from elsewhere");
+                if link.starts_with("/assets/") {
+                    total += web.get(link).await.body.len();
+                }
+            }
+        }
+        assert!(total < 100 * 1024, "{path} and its assets weigh {total} bytes");
+    }
+}
+
+#[tokio::test]
+async fn a_received_referral_is_assigned_to_a_colleague_who_finds_it_under_mine_and_the_assignment_is_logged() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let people = [("sam", Role::Caseworker), ("rita", Role::Caseworker), ("ada", Role::Auditor)];
+    let maple = net.node("maple-house", &people).await;
+    maple.set_password("sam", PASSWORD).await;
+    maple.set_password("rita", PASSWORD).await;
+    let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+
+    let mut sam = Web::new(maple.console);
+    sam.sign_in("sam", PASSWORD).await;
+    let page = sam.get(&format!("/messages/{id}")).await;
+    assert!(page.body.contains("<option value=\"rita\">rita</option>"), "colleagues who read mail are offered");
+    assert!(!page.body.contains("<option value=\"ada\">"), "an auditor is not");
+    let csrf = page.hidden("csrf").unwrap();
+    let path = format!("/messages/{id}/assign");
+    assert_eq!(sam.post(&path, &[("csrf", &csrf), ("to", "ada")]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(sam.post(&path, &[("csrf", &csrf), ("to", "nobody-here")]).await.status, StatusCode::NOT_FOUND);
+    let other =
+        sam.post("/messages/01a24690-0000-7000-8000-000000000000/assign", &[("csrf", &csrf), ("to", "rita")]).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "a message this node never received");
+    assert_eq!(sam.post(&path, &[("csrf", &csrf), ("to", "rita")]).await.status, StatusCode::SEE_OTHER);
+
+    let mut rita = Web::new(maple.console);
+    rita.sign_in("rita", PASSWORD).await;
+    assert!(rita.get("/inbox?mine=1").await.body.contains(&id), "rita finds it under mine");
+    assert!(!sam.get("/inbox?mine=1").await.body.contains(&id), "sam does not");
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    let logged: (String, String) =
+        sqlx::query_as("SELECT person, detail FROM access_log WHERE action = 'assigned' AND message_id = $1")
+            .bind(&id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(logged, ("sam".to_owned(), "rita".to_owned()));
+}

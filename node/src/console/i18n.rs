@@ -257,6 +257,10 @@ catalog! {
     ExportHow => "Check it offline, on any machine, with the gateway's signing certificate:", "Compruébela sin conexión, en cualquier máquina, con el certificado de firma de la pasarela:";
     Report => "Who has seen this survivor's data?", "¿Quién ha visto los datos de esta persona?";
     ReportIntro => "What your organization disclosed about a subject (by your pseudonym for them), to whom, when, which fields, and what became of each copy.", "Lo que su organización divulgó sobre una persona (por su seudónimo), a quién, cuándo, qué campos y qué pasó con cada copia.";
+    Mine => "Only what is assigned to me", "Solo lo que tengo asignado";
+    AssignedTo => "Assigned to", "Asignado a";
+    Assign => "Assign", "Asignar";
+    Nobody => "nobody", "nadie";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

@@ -248,9 +248,9 @@ fn status_word(status: i32) -> String {
 }
 
 /// The inbox page: filters, then the live list.
-pub fn inbox(frame: &Frame, kind: &str, items: &[pb::InboxItem]) -> Markup {
+pub fn inbox(frame: &Frame, kind: &str, mine: bool, items: &[pb::InboxItem]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
-    let live = format!("/inbox/items?kind={}", urlencode(kind));
+    let live = format!("/inbox/items?kind={}{}", urlencode(kind), if mine { "&mine=1" } else { "" });
     let body = html! {
         p { (t(Msg::InboxIntro)) }
         form.filters method="get" action="/inbox" {
@@ -261,6 +261,11 @@ pub fn inbox(frame: &Frame, kind: &str, items: &[pb::InboxItem]) -> Markup {
                     option value="referral" selected[kind == "referral"] { (t(Msg::Referral)) }
                     option value="alert" selected[kind == "alert"] { (t(Msg::Alert)) }
                 }
+            }
+            div {
+                input #mine type="checkbox" name="mine" value="1" checked[mine];
+                " "
+                label.inline for="mine" { (t(Msg::Mine)) }
             }
             button type="submit" { (t(Msg::Filter)) }
         }
@@ -280,7 +285,7 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
             p { (t(Msg::NothingHere)) }
         } @else {
             table.list {
-                thead { tr { th { (t(Msg::Received)) } th { (t(Msg::Kind)) } th { (t(Msg::From)) } th { (t(Msg::Purpose)) } th { (t(Msg::State)) } th { (t(Msg::Message)) } } }
+                thead { tr { th { (t(Msg::Received)) } th { (t(Msg::Kind)) } th { (t(Msg::From)) } th { (t(Msg::Purpose)) } th { (t(Msg::State)) } th { (t(Msg::Message)) } th { (t(Msg::AssignedTo)) } } }
                 tbody {
                     @for item in items {
                         tr {
@@ -316,6 +321,7 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
                                 }
                                 None => { td { (item.item_kind) } td {} td {} td {} td {} }
                             }
+                            td { (item.assigned_to) }
                         }
                     }
                 }
@@ -326,7 +332,7 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
 
 /// A received message: its metadata, its fields (or that they were withdrawn), and the actions the
 /// recipient may take.
-pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access]) -> Markup {
+pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access], staff: &[String]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let Some(pb::Item { body: Some(pb::item::Body::Delivery(d)), .. }) = &item.item else {
         return problem(frame, Msg::NotFound, "");
@@ -363,6 +369,19 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="sender" value=(d.sender);
                 button type="submit" name="status" value="acknowledged" { (t(Msg::Acknowledge)) }
+            }
+        }
+        @if d.kind == "referral" {
+            form.actions method="post" action=(format!("/messages/{}/assign", urlencode(&d.message_id))) {
+                input type="hidden" name="csrf" value=(csrf);
+                div {
+                    label for="assign-to" { (t(Msg::AssignedTo)) }
+                    select #assign-to name="to" {
+                        option value="" { (t(Msg::Nobody)) }
+                        @for p in staff { option value=(p) selected[*p == item.assigned_to] { (p) } }
+                    }
+                }
+                button.quiet type="submit" { (t(Msg::Assign)) }
             }
         }
         @if !item.withdrawn && d.kind == "referral" {

@@ -26,8 +26,9 @@ use super::pages::{self, Frame, SignInNote};
 use super::session::{self, Session, Stage};
 use super::{Console, Peer};
 use crate::access::{self, Counted, SignIn, Source};
-use crate::actions::{self, Detail};
+use crate::actions::{self, Detail, Listing};
 use crate::password::SignInError;
+use crate::people::Person;
 use crate::totp::{self, Checked};
 
 /// The language cookie.
@@ -49,6 +50,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/messages/{id}", get(message))
         .route("/messages/{id}/recipients", get(recipients))
         .route("/messages/{id}/status", post(message_status))
+        .route("/messages/{id}/assign", post(message_assign))
         .route("/events", get(events))
         .route("/people", get(people).post(add_person))
         .route("/people/{name}/{change}", post(person_change))
@@ -494,16 +496,20 @@ async fn language(State(console): State<Arc<Console>>, Query(q): Query<LanguageQ
 struct KindQuery {
     #[serde(default)]
     kind: String,
+    /// Only what is assigned to the person ("mine").
+    #[serde(default)]
+    mine: Option<String>,
 }
 
-async fn inbox_list(console: &Console, signed: &Signed, kind: &str) -> Result<Vec<pb::InboxItem>, Response> {
-    let kind = if matches!(kind, "referral" | "alert") { kind } else { "" };
+async fn inbox_list(console: &Console, signed: &Signed, q: &KindQuery) -> Result<Vec<pb::InboxItem>, Response> {
+    let kind = if matches!(q.kind.as_str(), "referral" | "alert") { q.kind.as_str() } else { "" };
+    let listing = if q.mine.is_some() { Listing::Mine(kind) } else { Listing::Kind(kind) };
     actions::inbox(
         &console.store,
         &console.clock,
         &signed.session.person,
         &signed.source(),
-        kind,
+        listing,
         100,
         Detail::Metadata,
     )
@@ -512,14 +518,14 @@ async fn inbox_list(console: &Console, signed: &Signed, kind: &str) -> Result<Ve
 }
 
 async fn inbox(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
-    match inbox_list(&console, &signed, &q.kind).await {
-        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, &items)),
+    match inbox_list(&console, &signed, &q).await {
+        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, q.mine.is_some(), &items)),
         Err(r) => r,
     }
 }
 
 async fn inbox_items(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
-    match inbox_list(&console, &signed, &q.kind).await {
+    match inbox_list(&console, &signed, &q).await {
         Ok(items) => html(pages::inbox_items(signed.lang, &items)),
         Err(r) => r,
     }
@@ -559,7 +565,17 @@ async fn message(State(console): State<Arc<Console>>, signed: Signed, Path(id): 
                 Err(_) => Vec::new(),
             };
             let views: Vec<_> = views.into_iter().filter(|a| a.action == "viewed").collect();
-            html(pages::received(&frame, &signed.session.csrf, &received, &views))
+            let staff: Vec<String> = match console.people.list().await {
+                Ok(list) => list
+                    .into_iter()
+                    .filter(|p| {
+                        !p.disabled && actions::may_read_mail(&Person { name: p.name.clone(), role: p.role }).is_ok()
+                    })
+                    .map(|p| p.name.to_string())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            html(pages::received(&frame, &signed.session.csrf, &received, &views, &staff))
         }
         (None, None) => problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, ""),
     }
@@ -1364,6 +1380,28 @@ async fn report(State(console): State<Arc<Console>>, signed: Signed, Query(q): Q
         Err(s) if s.code() == tonic::Code::InvalidArgument => {
             (StatusCode::BAD_REQUEST, html(pages::report(&frame, &q.subject, None, Some(s.message())))).into_response()
         }
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+#[derive(Deserialize)]
+struct AssignForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    to: String,
+}
+tokened!(AssignForm);
+
+/// Assigns a received referral to a person of the organization.
+async fn message_assign(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    Posted { signed, form }: Posted<AssignForm>,
+) -> Response {
+    let who = &signed.session.person;
+    match actions::assign(&console.store, &console.people, &console.clock, who, &signed.source(), &id, &form.to).await {
+        Ok(()) => Redirect::to(&format!("/messages/{}", pages::urlencode(&id))).into_response(),
         Err(s) => refused(&console, &signed, &s),
     }
 }

@@ -6,7 +6,7 @@ CREATE TABLE access_log (
     -- The person, or for a failed sign-in the name given (at most 64 characters of it).
     person TEXT NOT NULL,
     role TEXT NOT NULL DEFAULT '',
-    -- viewed, signed_in, sign_in_failed, sign_in_waited, signed_out
+    -- viewed, assigned, signed_in, sign_in_failed, sign_in_waited, signed_out
     action TEXT NOT NULL,
     message_id TEXT NOT NULL DEFAULT '',
     -- The recipient-scoped pseudonym of the subject whose data was shown.
