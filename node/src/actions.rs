@@ -701,10 +701,12 @@ pub async fn subject_access_report(
     link: &GatewayLink,
     who: &Person,
     subject: &str,
+    controller: &str,
 ) -> Result<SubjectAccessResponse, Status> {
     may_report(who)?;
     let mut audit = haven_proto::v1::audit_client::AuditClient::new(link.channel());
-    let request = SubjectAccessRequest { subject_pseudonym: subject.trim().to_owned(), controller: String::new() };
+    let request =
+        SubjectAccessRequest { subject_pseudonym: subject.trim().to_owned(), controller: controller.trim().to_owned() };
     Ok(audit
         .subject_access_report(link.request(&who.name, who.role, request)?)
         .await

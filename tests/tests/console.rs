@@ -679,6 +679,12 @@ async fn an_auditor_searches_the_trail_checks_an_entrys_inclusion_proof_and_down
     let report = pat.get(&format!("/report?subject={subject}")).await;
     assert_eq!(report.status, StatusCode::OK, "{}", report.body);
     assert!(report.body.contains("maple-house") && report.body.contains("survivor_first_name"), "{}", report.body);
+    // An auditor names the controller; without it the gateway says why it needs one.
+    let unnamed = web.get(&format!("/report?subject={subject}")).await;
+    assert_eq!(unnamed.status, StatusCode::BAD_REQUEST);
+    assert!(unnamed.body.contains("controller is required"), "{}", unnamed.body);
+    let audited = web.get(&format!("/report?subject={subject}&controller=harbor")).await;
+    assert!(audited.body.contains("survivor_first_name"), "{}", audited.body);
 }
 
 /// Slow links: no page, with every asset it loads, transfers more than 100 KB, even uncompressed,

@@ -261,6 +261,7 @@ catalog! {
     AssignedTo => "Assigned to", "Asignado a";
     Assign => "Assign", "Asignar";
     Nobody => "nobody", "nadie";
+    Controller => "Organization that recorded the consent", "Organización que registró el consentimiento";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

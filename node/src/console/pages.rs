@@ -1265,6 +1265,7 @@ pub fn audit_entry(frame: &Frame, e: &pb::AuditEntry, proof: &crate::actions::In
 pub fn report(
     frame: &Frame,
     subject: &str,
+    controller: &str,
     found: Option<&pb::SubjectAccessResponse>,
     problem: Option<&str>,
 ) -> Markup {
@@ -1274,6 +1275,9 @@ pub fn report(
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form.filters method="get" action="/report" {
             div { label for="subject" { (t(Msg::Subject)) } input #subject type="text" name="subject" value=(subject) required autocapitalize="none" spellcheck="false"; }
+            @if frame.who.is_some_and(|(who, _)| who.role == Role::Auditor) {
+                div { label for="controller" { (t(Msg::Controller)) } input #controller type="text" name="controller" value=(controller) autocapitalize="none" spellcheck="false"; }
+            }
             button type="submit" { (t(Msg::Search)) }
         }
         @if let Some(r) = found {

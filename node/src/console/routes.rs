@@ -1365,6 +1365,9 @@ async fn audit_export(
 struct ReportQuery {
     #[serde(default)]
     subject: String,
+    /// The organization whose pseudonym it is (an auditor names it; a privacy officer's is their own).
+    #[serde(default)]
+    controller: String,
 }
 
 async fn report(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<ReportQuery>) -> Response {
@@ -1373,12 +1376,13 @@ async fn report(State(console): State<Arc<Console>>, signed: Signed, Query(q): Q
         if let Err(s) = actions::may_report(&signed.session.person) {
             return refused(&console, &signed, &s);
         }
-        return html(pages::report(&frame, "", None, None));
+        return html(pages::report(&frame, "", &q.controller, None, None));
     }
-    match actions::subject_access_report(&console.link, &signed.session.person, &q.subject).await {
-        Ok(found) => html(pages::report(&frame, &q.subject, Some(&found), None)),
+    match actions::subject_access_report(&console.link, &signed.session.person, &q.subject, &q.controller).await {
+        Ok(found) => html(pages::report(&frame, &q.subject, &q.controller, Some(&found), None)),
         Err(s) if s.code() == tonic::Code::InvalidArgument => {
-            (StatusCode::BAD_REQUEST, html(pages::report(&frame, &q.subject, None, Some(s.message())))).into_response()
+            let page = pages::report(&frame, &q.subject, &q.controller, None, Some(s.message()));
+            (StatusCode::BAD_REQUEST, html(page)).into_response()
         }
         Err(s) => refused(&console, &signed, &s),
     }
