@@ -25,3 +25,4 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod views;

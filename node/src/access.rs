@@ -73,7 +73,7 @@ pub async fn viewed(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     for s in shown {
-        sqlx::query("INSERT INTO access_log (at_micros, person, role, action, message_id, subject, fields, source, address) VALUES ($1, $2, $3, 'viewed', $4, $5, $6, $7, $8)")
+        sqlx::query("INSERT INTO access_log (at_micros, person, role, action, message_id, subject, fields, source, address, view_id) VALUES ($1, $2, $3, 'viewed', $4, $5, $6, $7, $8, $9)")
             .bind(now)
             .bind(who.name.as_str())
             .bind(who.role.as_str())
@@ -82,6 +82,7 @@ pub async fn viewed(
             .bind(s.fields.join(","))
             .bind(source.label())
             .bind(source.address())
+            .bind(uuid::Uuid::new_v4().to_string())
             .execute(&mut *conn)
             .await?;
     }

@@ -242,6 +242,17 @@ pub async fn submit(
     }
 }
 
+/// Waits for the next tick of a background round; false once the node is stopping.
+pub(crate) async fn next_round(
+    tick: &mut tokio::time::Interval,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tick.tick() => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
 /// Retries pending sends with their original message ids, as the people who sent them, until the
 /// gateway answers.
 pub async fn retry_pending(
@@ -251,11 +262,7 @@ pub async fn retry_pending(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    while next_round(&mut tick, &mut shutdown).await {
         let Ok(pending) = mailbox::pending_sends(&store).await else { continue };
         for (env, person, role) in pending {
             let (Ok(name), Ok(role)) = (haven_trust::ids::PersonId::parse(&person), Role::parse(&role)) else {

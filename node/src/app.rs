@@ -138,6 +138,12 @@ impl Node {
             stop_rx.clone(),
         ));
         let people = tokio::spawn(self.state.people.clone().follow(stop_rx.clone()));
+        let views = tokio::spawn(crate::views::run(
+            self.state.store.clone(),
+            self.state.link.clone(),
+            self.state.clock.clone(),
+            stop_rx.clone(),
+        ));
         let console = self.console.map(|bound| {
             let s = &self.state;
             let console = Arc::new(Console {
@@ -210,6 +216,7 @@ impl Node {
         let _ = stream.await;
         let _ = retrier.await;
         let _ = people.await;
+        let _ = views.await;
         if let Some(console) = console {
             let _ = console.await;
         }

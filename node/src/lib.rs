@@ -9,7 +9,8 @@
 //! - [`store`]: the node's own SQLite database; [`network`]: the network's purposes, kinds and
 //!   organizations, as the node keeps them for the people who build messages;
 //! - [`actions`]: what people do at their node, one function per action, each with its permission
-//!   check; [`access`]: the node's access log (views of survivor data, sign-ins);
+//!   check; [`access`]: the node's access log (views of survivor data, sign-ins); [`views`]: views
+//!   reported to the gateway, signed;
 //! - [`api`]: the `Node` service, a thin caller of the actions; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
 //!   forwarded to the gateway;
@@ -36,4 +37,5 @@ pub mod store;
 pub mod stream;
 pub mod totp;
 pub mod users;
+pub mod views;
 pub mod witness;

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_console.sql")),
     (8, include_str!("migrations/0008_second_factor.sql")),
     (9, include_str!("migrations/0009_assignment.sql")),
+    (10, include_str!("migrations/0010_view_reports.sql")),
 ];
 
 impl NodeStore {

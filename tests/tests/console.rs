@@ -749,3 +749,88 @@ async fn a_received_referral_is_assigned_to_a_colleague_who_finds_it_under_mine_
             .unwrap();
     assert_eq!(logged, ("sam".to_owned(), "rita".to_owned()));
 }
+
+#[tokio::test]
+async fn views_reach_the_audit_trail_signed_by_the_recipient_and_the_report_lists_them_beside_the_disclosure() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker), ("pat", Role::PrivacyOfficer)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    let office = net.node("audit-office", &[("ada", Role::Auditor)]).await;
+    let id = referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+
+    // Sam opens it at the shelter; the node reports the view, signed.
+    maple.set_password("sam", PASSWORD).await;
+    let mut sam = Web::new(maple.console);
+    sam.sign_in("sam", PASSWORD).await;
+    assert_eq!(sam.get(&format!("/messages/{id}")).await.status, StatusCode::OK);
+    let s = &maple.state;
+    let reported = haven_node::views::report_pending(&s.store, &s.link, &s.clock).await.unwrap();
+    assert_eq!(reported, haven_node::views::Reported { stored: 1, refused: 0 });
+    let again = haven_node::views::report_pending(&s.store, &s.link, &s.clock).await.unwrap();
+    assert_eq!(again, haven_node::views::Reported::default(), "each view is reported once");
+
+    // The privacy officer at the NGO sees the view beside the disclosure, without the staff name.
+    harbor.set_password("pat", PASSWORD).await;
+    let secret = harbor.enroll_second_factor("pat").await;
+    let mut pat = Web::new(harbor.console);
+    pat.sign_in_with_code("pat", PASSWORD, &haven_node::totp::code(&secret, SystemClock.now_secs())).await;
+    let mut conn = harbor.state.store.pool().acquire().await.unwrap();
+    let subject: String =
+        sqlx::query_scalar("SELECT subject FROM consents LIMIT 1").fetch_one(&mut *conn).await.unwrap();
+    let report = pat.get(&format!("/report?subject={subject}")).await;
+    assert!(report.body.contains("viewed by caseworker"), "{}", report.body);
+    assert!(!report.body.contains(">sam<") && !report.body.contains("sam ("), "staff names stay at their organization");
+    // An auditor sees who.
+    let mut audit =
+        haven_proto::v1::audit_client::AuditClient::connect(format!("http://{}", office.addr)).await.unwrap();
+    let r =
+        audit
+            .subject_access_report(office.as_person(
+                "ada",
+                SubjectAccessRequest { subject_pseudonym: subject.clone(), controller: "harbor".into() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    let view = r.disclosures.iter().find(|d| d.action == "viewed").expect("the view is in the report");
+    assert_eq!(
+        (view.viewer.as_str(), view.viewer_role.as_str(), view.recipient.as_str()),
+        ("sam", "caseworker", "maple-house")
+    );
+    assert!(view.released_fields.contains(&"survivor_first_name".to_owned()));
+
+    // A view of a message the shelter never received is refused, and the refusal is audited.
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    sqlx::query("INSERT INTO access_log (at_micros, person, role, action, message_id, subject, fields, view_id) VALUES (1, 'sam', 'caseworker', 'viewed', $1, 'r_x', 'survivor_first_name', $2)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(uuid::Uuid::new_v4().to_string())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let refused = haven_node::views::report_pending(&s.store, &s.link, &s.clock).await.unwrap();
+    assert_eq!(refused, haven_node::views::Reported { stored: 0, refused: 1 });
+    let filter = AuditFilter { action: "viewed".into(), ..Default::default() };
+    let entries = audit
+        .query(office.as_person("ada", AuditQueryRequest { filter: Some(filter), page_size: 10, cursor: 0 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(entries.iter().any(|e| e.outcome == "refused" && e.reason == "not_received"), "{entries:?}");
+
+    // Another organization's signature, or a batch for another organization, is refused outright.
+    let forged = haven_trust::views::ViewBatch { org: maple.state.link.signer().org().clone(), views: Vec::new() };
+    let jws = harbor.state.link.signer().sign(&forged).unwrap();
+    let mut gw = haven_proto::v1::gateway_client::GatewayClient::new(maple.state.link.channel());
+    let request =
+        maple.state.link.request(&PersonId::node(), Role::Node, ReportViewsRequest { batch_jws: jws }).unwrap();
+    let err = gw.report_views(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("signed by `harbor`"), "{}", err.message());
+    let request = maple
+        .state
+        .link
+        .request(&PersonId::node(), Role::Node, ReportViewsRequest { batch_jws: "garbage".into() })
+        .unwrap();
+    assert_eq!(gw.report_views(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+}

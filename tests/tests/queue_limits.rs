@@ -75,7 +75,14 @@ async fn an_undelivered_copy_expires_after_the_ttl_and_the_sender_sees_it() {
     assert_eq!(payload.get::<String, _>(0), "expired");
     assert_eq!(payload.get::<i64, _>(1), 0, "the payload is gone with the expiry");
     // The subject access report says the copy was queued, then expired: it never reached its recipient.
-    let report = haven_gateway::audit::query::disclosures(net.gateway.store().pool(), "harbor", &s).await.unwrap();
+    let report = haven_gateway::audit::query::disclosures(
+        net.gateway.store().pool(),
+        "harbor",
+        &s,
+        haven_gateway::audit::query::NamesShown::All,
+    )
+    .await
+    .unwrap();
     let fate: Vec<(&str, &str, &str)> =
         report.iter().map(|d| (d.action.as_str(), d.recipient.as_str(), d.message_id.as_str())).collect();
     assert_eq!(

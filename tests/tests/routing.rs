@@ -344,8 +344,14 @@ async fn revoking_consent_cancels_queued_copies_and_notifies_holders() {
     assert_eq!(left, 0);
     // The subject access report says the legal-aid copy was queued, then cancelled: it never reached
     // its recipient.
-    let report =
-        haven_gateway::audit::query::disclosures(net.gateway.store().pool(), "harbor", &subject).await.unwrap();
+    let report = haven_gateway::audit::query::disclosures(
+        net.gateway.store().pool(),
+        "harbor",
+        &subject,
+        haven_gateway::audit::query::NamesShown::All,
+    )
+    .await
+    .unwrap();
     let to_legal_fate: Vec<(&str, &str)> = report
         .iter()
         .filter(|d| d.message_id == to_legal.message_id)

@@ -215,6 +215,9 @@ pub enum Action {
     SubjectReport,
     /// The gateway started (bundle version recorded).
     GatewayStarted,
+    /// A person at a recipient organization was shown a received message's fields, as that
+    /// organization asserts in a signed batch of view records (names, never values).
+    Viewed,
 }
 
 impl Action {
@@ -244,11 +247,12 @@ impl Action {
             Action::AuditExported => "audit_exported",
             Action::SubjectReport => "subject_report",
             Action::GatewayStarted => "gateway_started",
+            Action::Viewed => "viewed",
         }
     }
 
     /// Every action, for validating query filters.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::AuthRejected,
         Action::Decided,
         Action::Submitted,
@@ -272,6 +276,7 @@ impl Action {
         Action::AuditExported,
         Action::SubjectReport,
         Action::GatewayStarted,
+        Action::Viewed,
     ];
 
     /// Parses a code.

@@ -24,3 +24,4 @@ pub mod registry;
 pub mod source;
 pub mod token;
 pub mod untrusted;
+pub mod views;

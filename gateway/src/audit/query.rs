@@ -338,29 +338,50 @@ pub async fn controls_subject(pool: &sqlx::AnyPool, org: &OrgId, subject: &str) 
 /// The entries of the last two kinds are the controller's, with the subject and the recipient as
 /// counterparty, as routing writes them. Everything is keyed by the controller: another organization's
 /// entries about a subject of the same pseudonym, or about a message of the same id, are never read.
+/// Whose staff names a report shows on its `viewed` lines.
+#[derive(Debug, Clone, Copy)]
+pub enum NamesShown<'a> {
+    /// Everyone's (an auditor).
+    All,
+    /// Only this organization's own people (a privacy officer).
+    Org(&'a str),
+}
+
+/// The disclosures of a subject, as the report lists them.
 pub async fn disclosures(
     pool: &sqlx::AnyPool,
     controller: &str,
     subject: &str,
+    names_of: NamesShown<'_>,
 ) -> Result<Vec<haven_proto::v1::Disclosure>, StoreError> {
     let entries = crate::store::audit_log::disclosures(pool, controller, subject).await?;
     entries
         .into_iter()
         .map(|e| {
-            let delivered = e.action == Action::Delivered.as_str();
+            // A delivery is acknowledged, and a view asserted, by the recipient: its actor.
+            let by_recipient = e.action == Action::Delivered.as_str() || e.action == Action::Viewed.as_str();
+            let viewed = e.action == Action::Viewed.as_str();
+            let viewer = match names_of {
+                _ if !viewed => String::new(),
+                NamesShown::All => e.actor_person.clone(),
+                NamesShown::Org(org) if org == e.actor_org => e.actor_person.clone(),
+                NamesShown::Org(_) => String::new(),
+            };
+            let viewer_role = if viewed { e.actor_role.clone() } else { String::new() };
             // A withdrawal notice is about the consent (its entry's object), not one message.
             let notice = e.action == Action::WithdrawalNotified.as_str();
             let action = if e.action == Action::Submitted.as_str() { "queued".to_owned() } else { e.action };
             Ok(haven_proto::v1::Disclosure {
                 time_micros: e.time_micros,
-                // A delivery is acknowledged by the recipient's node: the recipient is its actor.
-                recipient: if delivered { e.actor_org } else { e.counterparty },
+                recipient: if by_recipient { e.actor_org } else { e.counterparty },
                 purpose: e.purpose,
                 released_fields: e.released_fields,
                 consent_id: e.consent_id,
                 message_id: if notice { String::new() } else { e.object_id },
                 seq: e.seq,
                 action,
+                viewer_role,
+                viewer,
             })
         })
         .collect()

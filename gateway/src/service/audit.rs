@@ -233,7 +233,11 @@ impl Audit for AuditService {
             ))
             .into());
         }
-        let disclosures = query::disclosures(pool, controller.as_str(), &subject).await.map_err(Error::from)?;
+        let names = match &scope {
+            Scope::All => query::NamesShown::All,
+            Scope::Org(org) => query::NamesShown::Org(org.as_str()),
+        };
+        let disclosures = query::disclosures(pool, controller.as_str(), &subject, names).await.map_err(Error::from)?;
         // The controller is the counterparty of the report, and knows the subject by this pseudonym: its
         // privacy officer sees who reported on its subject.
         let mut entry = filter.audit_entry(&caller, Action::SubjectReport, self.now());

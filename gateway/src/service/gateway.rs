@@ -148,6 +148,13 @@ impl GatewayRpc for GatewayService {
         }))
     }
 
+    async fn report_views(&self, req: Request<ReportViewsRequest>) -> Result<Response<ReportViewsResponse>, Status> {
+        let caller = caller(&req)?;
+        let g = &self.gateway;
+        let jws = req.into_inner().batch_jws;
+        Ok(Response::new(crate::views::report(g.store(), g.commits(), &g.bundle(), &g.stamp(), &caller, &jws).await?))
+    }
+
     async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {
         caller(&req)?;
         Ok(Response::new(network_info(&self.gateway.bundle())))

@@ -156,7 +156,7 @@ pub async fn size(pool: &sqlx::AnyPool) -> Result<u64, StoreError> {
 /// and the recipients' deliveries of those submissions' messages (see `audit::query::disclosures`).
 pub async fn disclosures(pool: &sqlx::AnyPool, controller: &str, subject: &str) -> Result<Vec<AuditEntry>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action = 'delivered' AND counterparty = $1 AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE (actor_org = $1 AND subject = $2 AND ((action = 'submitted' AND outcome = 'queued') OR action IN ('cancelled', 'expired', 'withdrawal_notified'))) OR (action IN ('delivered', 'viewed') AND counterparty = $1 AND outcome <> 'refused' AND object_id IN (SELECT object_id FROM audit_log WHERE actor_org = $1 AND subject = $2 AND action = 'submitted' AND outcome = 'queued' AND object_id <> '')) ORDER BY seq"
     )))
     .bind(controller)
     .bind(subject)
@@ -286,4 +286,16 @@ impl Select {
         let rows = q.fetch_all(pool).await?;
         rows.iter().map(|row| Ok((entry_from_row(row)?, row.try_get::<String, _>("counterparty_subject")?))).collect()
     }
+}
+
+/// Whether a `viewed` record with this id from `org` is already in the log.
+pub async fn view_recorded(pool: &sqlx::AnyPool, org: &str, view_id: &str) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'viewed' AND actor_org = $1 AND correlation_id = $2",
+    )
+    .bind(org)
+    .bind(view_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
 }

@@ -207,3 +207,23 @@ pub(crate) async fn record_status_update(
         .await?;
     Ok(())
 }
+
+/// The copy of `message_id` that `recipient` received, if it received one: (sender, the subject as the
+/// sender knows it, the subject as the recipient knows it).
+pub async fn received_by(
+    pool: &sqlx::AnyPool,
+    message_id: &str,
+    recipient: &str,
+) -> Result<Option<(String, String, String)>, super::StoreError> {
+    let row = sqlx::query(
+        "SELECT sender, subject, recipient_subject FROM deliveries WHERE message_id = $1 AND recipient = $2 LIMIT 1",
+    )
+    .bind(message_id)
+    .bind(recipient)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+        None => None,
+    })
+}

@@ -262,6 +262,7 @@ catalog! {
     Assign => "Assign", "Asignar";
     Nobody => "nobody", "nadie";
     Controller => "Organization that recorded the consent", "Organización que registró el consentimiento";
+    ViewedBy => "viewed by", "visto por";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

@@ -1292,7 +1292,12 @@ pub fn report(
                                     td { (d.recipient) }
                                     td { (d.purpose) }
                                     td { (d.released_fields.join(", ")) }
-                                    td { (d.action) }
+                                    td {
+                                        @if d.action == "viewed" {
+                                            (t(Msg::ViewedBy)) " "
+                                            @if d.viewer.is_empty() { (d.viewer_role) } @else { (d.viewer) " (" (d.viewer_role) ")" }
+                                        } @else { (d.action) }
+                                    }
                                 }
                             }
                         }
