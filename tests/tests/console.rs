@@ -834,3 +834,44 @@ async fn views_reach_the_audit_trail_signed_by_the_recipient_and_the_report_list
         .unwrap();
     assert_eq!(gw.report_views(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
+
+/// The gateway goes down between the preview and the send: the referral stays pending in the node's
+/// outbox, and the page says so.
+#[tokio::test]
+async fn a_send_while_the_gateway_is_down_stays_pending_and_the_page_says_so() {
+    let mut net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    harbor.set_password("casey", PASSWORD).await;
+    let labels = ["identifying", "contact", "operational"];
+    let req = consent_request(&["housing"], &["shelter"], &labels, SystemClock.now_micros() + 30 * DAY);
+    let (consent, _) = record_consent(&harbor, req).await;
+    let mut web = Web::new(harbor.console);
+    web.sign_in("casey", PASSWORD).await;
+    let csrf = web.get("/referrals/new").await.hidden("csrf").unwrap();
+    let fields = |step: &str, id: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf.as_str()),
+            ("step", step),
+            ("message_id", id),
+            ("consent", consent.as_str()),
+            ("recipient", "maple-house"),
+            ("purpose", "housing"),
+            ("f.safe_to_contact_by", "through_caseworker"),
+            ("f.urgency", "high"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let preview = post(&mut web, fields("preview", "")).await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    let id = preview.hidden("message_id").unwrap();
+
+    net.stop_keeping_files().await;
+    let sent = post(&mut web, fields("send", &id)).await;
+    assert_eq!(sent.location(), format!("/messages/{id}"), "{}", sent.body);
+    let page = web.get(sent.location()).await;
+    assert!(page.body.contains("Waiting at this node"), "{}", page.body);
+    let listed = harbor.client().await.list_sent(harbor.as_person("casey", ListSentRequest::default())).await.unwrap();
+    assert_eq!(listed.into_inner().messages[0].state, "pending");
+}
