@@ -875,3 +875,38 @@ async fn a_send_while_the_gateway_is_down_stays_pending_and_the_page_says_so() {
     let listed = harbor.client().await.list_sent(harbor.as_person("casey", ListSentRequest::default())).await.unwrap();
     assert_eq!(listed.into_inner().messages[0].state, "pending");
 }
+
+/// The live-update stream tells of arrivals with metadata only, and ends as soon as its session does.
+#[tokio::test]
+async fn the_event_stream_carries_no_field_values_and_ends_with_its_session() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let mut web = Web::new(maple.console);
+    web.sign_in("sam", PASSWORD).await;
+    let csrf = web.get("/inbox").await.hidden("csrf").unwrap();
+
+    let mut listener = Web::new(maple.console);
+    listener.cookies = web.cookies.clone();
+    let before = maple.state.arrivals.receiver_count();
+    let events = tokio::spawn(async move { listener.get("/events").await });
+    // The stream subscribes to arrivals before it answers: once it has, an arrival is on it.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while maple.state.arrivals.receiver_count() <= before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stream opens");
+    referral_to_maple(&harbor, &maple, "Rosa (fictional)").await;
+    web.post("/sign-out", &[("csrf", &csrf)]).await;
+    let page = tokio::time::timeout(Duration::from_secs(20), events)
+        .await
+        .expect("the stream ends once its session has")
+        .unwrap();
+    assert_eq!(page.header("content-type"), "text/event-stream");
+    assert!(page.body.contains("event: arrival\ndata: delivery"), "{}", page.body);
+    assert!(page.body.contains("event: ended"), "{}", page.body);
+    assert!(!page.body.contains("Rosa"), "metadata only: {}", page.body);
+}
