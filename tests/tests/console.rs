@@ -532,6 +532,23 @@ async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_nam
     })
     .await
     .expect("the shelter receives it");
+
+    // The sender withdraws it from the shelter, from its page.
+    let page = web.get(&format!("/messages/{message_id}")).await;
+    assert!(
+        page.body.contains("<option value=\"maple-house\">"),
+        "the withdraw form offers the shelter: {}",
+        page.body
+    );
+    let withdrawn = web
+        .post(
+            &format!("/messages/{message_id}/status"),
+            &[("csrf", &csrf), ("status", "withdrawn"), ("recipient", "maple-house")],
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::SEE_OTHER, "{}", withdrawn.body);
+    let page = web.get(&format!("/messages/{message_id}")).await;
+    assert!(page.body.contains("data-recipient=\"maple-house\">withdrawn"), "{}", page.body);
 }
 
 #[tokio::test]
@@ -909,4 +926,28 @@ async fn the_event_stream_carries_no_field_values_and_ends_with_its_session() {
     assert!(page.body.contains("event: arrival\ndata: delivery"), "{}", page.body);
     assert!(page.body.contains("event: ended"), "{}", page.body);
     assert!(!page.body.contains("Rosa"), "metadata only: {}", page.body);
+}
+
+/// Beside the limit per name, one per address: thirty failures from one address, under any names,
+/// make that address wait too.
+#[tokio::test]
+async fn many_failures_from_one_address_make_the_address_wait_whatever_the_names() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    // Thirty failures from this address already in the log, each under another name (as a spray of
+    // guesses leaves them); inserting them saves thirty password hashes.
+    let now = SystemClock.now_micros();
+    for i in 0..30 {
+        let source = haven_node::access::Source::Console("127.0.0.1".into());
+        let name = format!("guess-{i}");
+        haven_node::access::sign_in(&mut conn, &name, "", haven_node::access::SignIn::Failed, &source, now)
+            .await
+            .unwrap();
+    }
+    let mut web = Web::new(maple.console);
+    let waits = web.sign_in("sam", PASSWORD).await;
+    assert_eq!(waits.status, StatusCode::TOO_MANY_REQUESTS, "{}", waits.body);
+    assert!(waits.body.contains("from your network address"), "{}", waits.body);
 }

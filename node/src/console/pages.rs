@@ -413,7 +413,7 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
 }
 
 /// A sent message: each recipient's status, who changed it and when.
-pub fn sent_message(frame: &Frame, sent: &pb::SentMessage) -> Markup {
+pub fn sent_message(frame: &Frame, csrf: &str, sent: &pb::SentMessage) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let live = format!("/messages/{}/recipients", urlencode(&sent.message_id));
     let body = html! {
@@ -429,6 +429,20 @@ pub fn sent_message(frame: &Frame, sent: &pb::SentMessage) -> Markup {
         }
         h2 { (t(Msg::Recipients)) }
         div #recipients data-live=(live) aria-live="polite" { (recipients(frame.lang, sent)) }
+        @let open: Vec<&pb::RecipientStatus> = sent.recipients.iter().filter(|r| {
+            matches!(pb::MessageStatus::try_from(r.status), Ok(pb::MessageStatus::Sent | pb::MessageStatus::Delivered | pb::MessageStatus::Accepted))
+        }).collect();
+        @if sent.kind == "referral" && !open.is_empty() {
+            form.actions method="post" action=(format!("/messages/{}/status", urlencode(&sent.message_id))) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="status" value="withdrawn";
+                div {
+                    label for="withdraw-from" { (t(Msg::Recipient)) }
+                    select #withdraw-from name="recipient" { @for r in &open { option value=(r.recipient) { (r.recipient) } } }
+                }
+                button.quiet type="submit" { (t(Msg::Withdraw)) }
+            }
+        }
     };
     page(frame, &format!("{} {}", kind_label(frame.lang, &sent.kind), short(&sent.message_id)), body)
 }

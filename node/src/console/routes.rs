@@ -558,7 +558,7 @@ async fn message(State(console): State<Arc<Console>>, signed: Signed, Path(id): 
     };
     let frame = signed.frame(&console);
     match (view.sent, view.received) {
-        (Some(sent), _) => html(pages::sent_message(&frame, &sent)),
+        (Some(sent), _) => html(pages::sent_message(&frame, &signed.session.csrf, &sent)),
         (None, Some(received)) => {
             let views = match console.store.pool().acquire().await {
                 Ok(mut conn) => access::of_message(&mut conn, &id).await.unwrap_or_default(),
@@ -604,9 +604,13 @@ struct StatusForm {
     code: String,
     #[serde(default)]
     sender: String,
+    /// For a withdrawal: the recipient whose copy the sender withdraws.
+    #[serde(default)]
+    recipient: String,
 }
 
-/// Accept, decline or close a received referral.
+/// Accept, decline or close a received referral, acknowledge a received alert, or withdraw a sent
+/// referral from one recipient.
 async fn message_status(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
@@ -617,14 +621,16 @@ async fn message_status(
         "declined" => pb::MessageStatus::Declined,
         "closed" => pb::MessageStatus::Closed,
         "acknowledged" => pb::MessageStatus::Acknowledged,
+        "withdrawn" => pb::MessageStatus::Withdrawn,
         _ => {
-            let s = tonic::Status::invalid_argument("choose accept, decline or close");
+            let s = tonic::Status::invalid_argument("choose accept, decline, close, acknowledge or withdraw");
             return refused(&console, &signed, &s);
         }
     };
     let request = pb::UpdateStatusRequest {
         message_id: id.clone(),
         sender: form.sender,
+        recipient: form.recipient,
         status: status as i32,
         code: form.code.trim().to_owned(),
         ..Default::default()
