@@ -47,12 +47,15 @@ pub enum Detail {
 }
 
 /// Which part of the inbox a listing shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing<'a> {
-    /// `kind` (a message kind or an item kind), or everything when empty.
-    Kind(&'a str),
-    /// Items of `kind` assigned to the person listing ("mine").
-    Mine(&'a str),
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listing<'a> {
+    /// A message kind or an item kind; everything when empty.
+    pub kind: &'a str,
+    /// Only the items assigned to the person listing ("mine").
+    pub mine: bool,
+    /// Only deliveries in this local state (`delivered`, `accepted`, ..., or `withdrawn` for a
+    /// withdrawn consent); everything when empty.
+    pub state: &'a str,
 }
 
 /// The inbox, newest first.
@@ -67,11 +70,8 @@ pub async fn inbox(
 ) -> Result<Vec<InboxItem>, Status> {
     may_read_mail(who)?;
     let limit = if limit == 0 { 50 } else { limit };
-    let (kind, person) = match listing {
-        Listing::Kind(kind) => (kind, ""),
-        Listing::Mine(kind) => (kind, who.name.as_str()),
-    };
-    let mut items = mailbox::inbox_of(store, kind, person, limit).await.map_err(db)?;
+    let person = if listing.mine { who.name.as_str() } else { "" };
+    let mut items = mailbox::inbox_of(store, listing.kind, person, listing.state, limit).await.map_err(db)?;
     match detail {
         Detail::Metadata => {
             for item in &mut items {

@@ -71,9 +71,16 @@ impl Node for NodeService {
         let who = self.user(&req).await?;
         let r = req.into_inner();
         let s = &self.state;
-        let items =
-            actions::inbox(&s.store, &s.clock, &who, &Source::Api, Listing::Kind(&r.kind), r.limit, Detail::Fields)
-                .await?;
+        let items = actions::inbox(
+            &s.store,
+            &s.clock,
+            &who,
+            &Source::Api,
+            Listing { kind: &r.kind, ..Default::default() },
+            r.limit,
+            Detail::Fields,
+        )
+        .await?;
         Ok(Response::new(InboxResponse { items }))
     }
 

@@ -139,20 +139,23 @@ pub fn view(row: &sqlx::sqlite::SqliteRow) -> Result<pb::InboxItem, sqlx::Error>
 
 /// Received items, newest first.
 pub async fn inbox(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    inbox_of(store, kind, "", limit).await
+    inbox_of(store, kind, "", "", limit).await
 }
 
-/// Received items assigned to `person` ('' for every item), newest first.
+/// Received items of `kind`, assigned to `person`, deliveries in `state` (each '' for any), newest
+/// first.
 pub async fn inbox_of(
     store: &NodeStore,
     kind: &str,
     person: &str,
+    state: &str,
     limit: u32,
 ) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
+    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) AND ($4 = '' OR (item_kind = 'delivery' AND (status = $4 OR ($4 = 'withdrawn' AND withdrawn = 1)))) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
         .bind(kind)
         .bind(i64::from(limit.clamp(1, 1000)))
         .bind(person)
+        .bind(state)
         .fetch_all(store.pool())
         .await?;
     rows.iter().map(view).collect()

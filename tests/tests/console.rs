@@ -103,6 +103,8 @@ async fn a_caseworker_signs_in_lists_the_inbox_without_values_and_opening_a_refe
     assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
     let again = web.get(&format!("/messages/{id}")).await;
     assert!(again.body.contains("accepted"), "{}", again.body);
+    assert!(web.get("/inbox?state=accepted").await.body.contains(&id), "the state filter finds it");
+    assert!(!web.get("/inbox?state=declined").await.body.contains(&id), "and only in its state");
 
     // Signing out ends the session on the server: the old cookie no longer signs in.
     let kept = web.cookies.clone();

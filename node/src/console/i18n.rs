@@ -263,6 +263,7 @@ catalog! {
     Nobody => "nobody", "nadie";
     Controller => "Organization that recorded the consent", "Organización que registró el consentimiento";
     ViewedBy => "viewed by", "visto por";
+    AllStates => "All states", "Todos los estados";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

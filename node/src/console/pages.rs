@@ -248,9 +248,17 @@ fn status_word(status: i32) -> String {
 }
 
 /// The inbox page: filters, then the live list.
-pub fn inbox(frame: &Frame, kind: &str, mine: bool, items: &[pb::InboxItem]) -> Markup {
+/// The local states an inbox listing can be filtered by.
+pub const STATES: [&str; 6] = ["delivered", "accepted", "declined", "closed", "acknowledged", "withdrawn"];
+
+pub fn inbox(frame: &Frame, kind: &str, mine: bool, state: &str, items: &[pb::InboxItem]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
-    let live = format!("/inbox/items?kind={}{}", urlencode(kind), if mine { "&mine=1" } else { "" });
+    let live = format!(
+        "/inbox/items?kind={}&state={}{}",
+        urlencode(kind),
+        urlencode(state),
+        if mine { "&mine=1" } else { "" }
+    );
     let body = html! {
         p { (t(Msg::InboxIntro)) }
         form.filters method="get" action="/inbox" {
@@ -260,6 +268,13 @@ pub fn inbox(frame: &Frame, kind: &str, mine: bool, items: &[pb::InboxItem]) -> 
                     option value="" selected[kind.is_empty()] { (t(Msg::AllKinds)) }
                     option value="referral" selected[kind == "referral"] { (t(Msg::Referral)) }
                     option value="alert" selected[kind == "alert"] { (t(Msg::Alert)) }
+                }
+            }
+            div {
+                label for="state" { (t(Msg::State)) }
+                select #state name="state" {
+                    option value="" selected[state.is_empty()] { (t(Msg::AllStates)) }
+                    @for st in STATES { option value=(st) selected[state == st] { (st) } }
                 }
             }
             div {

@@ -499,11 +499,14 @@ struct KindQuery {
     /// Only what is assigned to the person ("mine").
     #[serde(default)]
     mine: Option<String>,
+    #[serde(default)]
+    state: String,
 }
 
 async fn inbox_list(console: &Console, signed: &Signed, q: &KindQuery) -> Result<Vec<pb::InboxItem>, Response> {
     let kind = if matches!(q.kind.as_str(), "referral" | "alert") { q.kind.as_str() } else { "" };
-    let listing = if q.mine.is_some() { Listing::Mine(kind) } else { Listing::Kind(kind) };
+    let state = if pages::STATES.contains(&q.state.as_str()) { q.state.as_str() } else { "" };
+    let listing = Listing { kind, mine: q.mine.is_some(), state };
     actions::inbox(
         &console.store,
         &console.clock,
@@ -519,7 +522,7 @@ async fn inbox_list(console: &Console, signed: &Signed, q: &KindQuery) -> Result
 
 async fn inbox(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
     match inbox_list(&console, &signed, &q).await {
-        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, q.mine.is_some(), &items)),
+        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, q.mine.is_some(), &q.state, &items)),
         Err(r) => r,
     }
 }
