@@ -544,6 +544,22 @@ pub async fn reset_password(
     people.set_password_hash(name, &hash).await.map_err(people_error)
 }
 
+/// Removes a person's second factor (a lost phone) and ends their console sessions; they enroll again
+/// at their next sign-in.
+pub async fn reset_second_factor(
+    people: &People,
+    factor: &crate::totp::SecondFactor,
+    who: &Person,
+    name: &PersonId,
+) -> Result<(), Status> {
+    may_administer(who)?;
+    if people.credentials(name).await.map_err(people_error)?.is_none() {
+        return Err(Status::not_found(format!("no person `{name}` on this node")));
+    }
+    factor.reset(name).await.map_err(db)?;
+    Ok(())
+}
+
 /// How the node is doing, for its administrators.
 #[derive(Debug, Clone)]
 pub struct Health {

@@ -28,19 +28,10 @@ const WAIT: Duration = Duration::from_secs(45);
 /// the nodes they drive.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A running chromedriver and every browser it started, stopped when dropped (even when a scenario
-/// fails before closing its sessions): they share a process group of their own.
+/// A running chromedriver, stopped when dropped.
 struct Driver {
-    child: tokio::process::Child,
+    _child: tokio::process::Child,
     url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
-        }
-    }
 }
 
 fn in_ci() -> bool {
@@ -76,7 +67,6 @@ async fn chromedriver(binary: &Path) -> Driver {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
-        .process_group(0)
         .spawn()
         .expect("chromedriver starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -92,7 +82,7 @@ async fn chromedriver(binary: &Path) -> Driver {
     .expect("chromedriver is ready in time");
     // Drain the rest so chromedriver never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Driver { child, url: format!("http://127.0.0.1:{port}") }
+    Driver { _child: child, url: format!("http://127.0.0.1:{port}") }
 }
 
 /// A headless Chromium session, `width` pixels wide.

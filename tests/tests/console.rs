@@ -441,6 +441,16 @@ async fn an_administrator_manages_people_in_the_console_and_each_change_is_in_fo
     let unknown = admin.post("/people/nobody/password", &[("csrf", &csrf), ("password", PASSWORD)]).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
+    // A lost phone: the administrator resets rita's second factor, which ends her session.
+    let key = maple.enroll_second_factor("rita").await;
+    let mut rita = Web::new(maple.console);
+    let code = haven_node::totp::code(&key, SystemClock.now_secs());
+    assert_eq!(rita.sign_in_with_code("rita", "a brand new passphrase", &code).await.location(), "/");
+    let reset = admin.post("/people/rita/second-factor", &[("csrf", &csrf)]).await;
+    assert_eq!(reset.location(), "/people?done=1", "{}", reset.body);
+    assert_eq!(rita.get("/inbox").await.location(), "/sign-in?ended=1");
+    assert_eq!(rita.sign_in("rita", "a brand new passphrase").await.location(), "/", "a caseworker needs none");
+
     // The node's health and the witness's verification status.
     let health = admin.get("/health").await;
     assert_eq!(health.status, StatusCode::OK);

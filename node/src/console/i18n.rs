@@ -264,6 +264,7 @@ catalog! {
     Controller => "Organization that recorded the consent", "Organización que registró el consentimiento";
     ViewedBy => "viewed by", "visto por";
     AllStates => "All states", "Todos los estados";
+    ResetSecondFactor => "Reset (lost phone)", "Restablecer (teléfono perdido)";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
 }
 

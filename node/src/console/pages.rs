@@ -563,7 +563,7 @@ pub fn people(frame: &Frame, csrf: &str, people: &[Listed], notice: Option<&str>
     let body = html! {
         @if let Some(n) = notice { p.note role="status" { (n) } }
         table.list #people {
-            thead { tr { th { (t(Msg::Name)) } th { (t(Msg::Role)) } th { (t(Msg::State)) } th { (t(Msg::NewPassword)) } } }
+            thead { tr { th { (t(Msg::Name)) } th { (t(Msg::Role)) } th { (t(Msg::State)) } th { (t(Msg::NewPassword)) } th { (t(Msg::SecondFactor)) } } }
             tbody {
                 @for p in people {
                     @let name = p.name.as_str();
@@ -596,6 +596,12 @@ pub fn people(frame: &Frame, csrf: &str, people: &[Listed], notice: Option<&str>
                                 input type="password" id=(format!("password-{name}")) name="password" autocomplete="new-password" minlength="12";
                                 " "
                                 button.quiet type="submit" { (t(Msg::ResetPassword)) }
+                            }
+                        }
+                        td {
+                            form.inline method="post" action=(format!("{path}/second-factor")) {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button.quiet type="submit" { (t(Msg::ResetSecondFactor)) " " span.skip { (name) } }
                             }
                         }
                     }

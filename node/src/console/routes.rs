@@ -890,6 +890,7 @@ async fn person_change(
         "role" => actions::set_role(&console.people, who, &name, &form.role).await.map(|_| ()),
         "disabled" => actions::set_disabled(&console.people, who, &name, form.disabled == "true").await.map(|_| ()),
         "password" => actions::reset_password(&console.people, &console.passwords, who, &name, &form.password).await,
+        "second-factor" => actions::reset_second_factor(&console.people, &console.second_factor, who, &name).await,
         _ => return not_found(State(console), headers).await,
     };
     people_done(&console, &signed, changed)
