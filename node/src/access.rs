@@ -157,51 +157,25 @@ pub async fn sign_in(
     Ok(())
 }
 
-/// Failed sign-ins since `since`: (for this name, from this address).
-pub async fn failures_since(
+/// Failed sign-ins counted by one name or one address since `since`: how many, and when the oldest
+/// was (a wait ends when it leaves the window).
+pub async fn failures(
     conn: &mut SqliteConnection,
-    name: &str,
-    address: &str,
-    since: i64,
-) -> Result<(i64, i64), sqlx::Error> {
-    let name = given(name);
-    let by_name: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM access_log WHERE person = $1 AND action = 'sign_in_failed' AND at_micros >= $2",
-    )
-    .bind(&name)
-    .bind(since)
-    .fetch_one(&mut *conn)
-    .await?;
-    let by_address: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM access_log WHERE address = $1 AND action = 'sign_in_failed' AND at_micros >= $2",
-    )
-    .bind(address)
-    .bind(since)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok((by_name, by_address))
-}
-
-/// The oldest failed sign-in for `name` since `since` (when the wait it caused ends).
-pub async fn oldest_failure_since(
-    conn: &mut SqliteConnection,
-    column: Counted,
+    counted: Counted,
     key: &str,
     since: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    let sql = match column {
-        Counted::Name => {
-            "SELECT MIN(at_micros) FROM access_log WHERE person = $1 AND action = 'sign_in_failed' AND at_micros >= $2"
-        }
-        Counted::Address => {
-            "SELECT MIN(at_micros) FROM access_log WHERE address = $1 AND action = 'sign_in_failed' AND at_micros >= $2"
-        }
+) -> Result<(i64, Option<i64>), sqlx::Error> {
+    let (sql, key) = match counted {
+        Counted::Name => (
+            "SELECT COUNT(*), MIN(at_micros) FROM access_log WHERE person = $1 AND action = 'sign_in_failed' AND at_micros >= $2",
+            given(key),
+        ),
+        Counted::Address => (
+            "SELECT COUNT(*), MIN(at_micros) FROM access_log WHERE address = $1 AND action = 'sign_in_failed' AND at_micros >= $2",
+            key.to_owned(),
+        ),
     };
-    let key = match column {
-        Counted::Name => given(key),
-        Counted::Address => key.to_owned(),
-    };
-    sqlx::query_scalar(sql).bind(key).bind(since).fetch_one(&mut *conn).await
+    sqlx::query_as(sql).bind(key).bind(since).fetch_one(&mut *conn).await
 }
 
 /// What failed sign-ins are counted by.

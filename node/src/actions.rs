@@ -71,7 +71,7 @@ pub async fn inbox(
     may_read_mail(who)?;
     let limit = if limit == 0 { 50 } else { limit };
     let person = if listing.mine { who.name.as_str() } else { "" };
-    let mut items = mailbox::inbox_of(store, listing.kind, person, listing.state, limit).await.map_err(db)?;
+    let mut items = mailbox::inbox(store, listing.kind, person, listing.state, limit).await.map_err(db)?;
     match detail {
         Detail::Metadata => {
             for item in &mut items {

@@ -130,6 +130,5 @@ pub async fn remember(
 
 /// The subject pseudonym a consent record's receipt names ('' if it names none).
 pub fn subject_of(record: &ConsentRecord) -> String {
-    let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
-    v.get("subject").and_then(|s| s.as_str()).unwrap_or_default().to_owned()
+    serde_json::from_str::<ConsentReceipt>(&record.receipt_json).map(|r| r.subject).unwrap_or_default()
 }

@@ -137,21 +137,19 @@ pub fn view(row: &sqlx::sqlite::SqliteRow) -> Result<pb::InboxItem, sqlx::Error>
     })
 }
 
-/// Received items, newest first.
-pub async fn inbox(store: &NodeStore, kind: &str, limit: u32) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    inbox_of(store, kind, "", "", limit).await
-}
+/// The columns [`view`] reads.
+const VIEW_COLUMNS: &str = "item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to";
 
 /// Received items of `kind`, assigned to `person`, deliveries in `state` (each '' for any), newest
 /// first.
-pub async fn inbox_of(
+pub async fn inbox(
     store: &NodeStore,
     kind: &str,
     person: &str,
     state: &str,
     limit: u32,
 ) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    let rows = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) AND ($4 = '' OR (item_kind = 'delivery' AND (status = $4 OR ($4 = 'withdrawn' AND withdrawn = 1)))) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) AND ($4 = '' OR (item_kind = 'delivery' AND (status = $4 OR ($4 = 'withdrawn' AND withdrawn = 1)))) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")))
         .bind(kind)
         .bind(i64::from(limit.clamp(1, 1000)))
         .bind(person)
@@ -163,8 +161,19 @@ pub async fn inbox_of(
 
 /// One received delivery by message id.
 pub async fn received(store: &NodeStore, message_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
-    let row = sqlx::query("SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1")
-        .bind(message_id)
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {VIEW_COLUMNS} FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1"
+    )))
+    .bind(message_id)
+    .fetch_optional(store.pool())
+    .await?;
+    row.as_ref().map(view).transpose()
+}
+
+/// One received item by its item id.
+pub async fn item(store: &NodeStore, item_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM inbox WHERE item_id = $1")))
+        .bind(item_id)
         .fetch_optional(store.pool())
         .await?;
     row.as_ref().map(view).transpose()

@@ -192,7 +192,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
                 }
                 if node.arrivals.receiver_count() > 0 {
                     for item_id in fresh {
-                        if let Ok(Some(v)) = view_of(node, &item_id).await {
+                        if let Ok(Some(v)) = mailbox::item(&node.store, &item_id).await {
                             let _ = node.arrivals.send(v);
                         }
                     }
@@ -213,16 +213,6 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
             Err(e) => return Ended::Lost(link.describe(&e)),
         }
     }
-}
-
-async fn view_of(node: &NodeState, item_id: &str) -> Result<Option<haven_proto::v1::InboxItem>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT item_id, received_at_micros, item_kind, body, status, withdrawn, assigned_to FROM inbox WHERE item_id = $1",
-    )
-    .bind(item_id)
-    .fetch_optional(node.store.pool())
-    .await?;
-    row.as_ref().map(mailbox::view).transpose()
 }
 
 #[cfg(test)]

@@ -283,6 +283,18 @@ impl Drop for Replica {
     }
 }
 
+/// A web console on a free loopback port, plain HTTP, with a fictional help line: how test nodes and
+/// the demo's nodes serve theirs.
+pub fn loopback_console() -> haven_node::console::ConsoleConfig {
+    haven_node::console::ConsoleConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: None,
+        insecure_http: false,
+        public_origin: None,
+        help_phone: Some("+1 555 0100 (fictional)".into()),
+    }
+}
+
 /// A node running in this process against a [`TestNet`], with people signed up.
 pub struct TestNode {
     pub addr: SocketAddr,
@@ -333,13 +345,7 @@ impl TestNode {
             users: node_dir.join("users.toml"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_tls: None,
-            console: Some(haven_node::console::ConsoleConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                tls: None,
-                insecure_http: false,
-                public_origin: None,
-                help_phone: Some("+1 555 0100 (fictional)".into()),
-            }),
+            console: Some(loopback_console()),
         };
         let node = haven_node::app::Node::open(config, clock).await.expect("node opens");
         let console = node.console().expect("the console is served").0;

@@ -1145,27 +1145,21 @@ pub fn consent_copy(
     page(frame, title.text(frame.lang), body)
 }
 
-/// A consent's details, from its receipt as the gateway returns it.
+/// A consent's details, from its receipt as the gateway returns it (empty when it cannot be read).
 pub fn draft_of(record: &pb::ConsentRecord) -> ConsentDraft {
-    let v: serde_json::Value = serde_json::from_str(&record.receipt_json).unwrap_or_default();
-    let list = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
+    let Ok(r) = serde_json::from_str::<haven_trust::receipt::ConsentReceipt>(&record.receipt_json) else {
+        return ConsentDraft::default();
     };
-    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
-    let mut types = list("recipient_types");
-    types.extend(list("recipient_orgs"));
+    let types = r.recipient_types.iter().map(|t| t.as_str().to_owned());
     ConsentDraft {
-        subject: text("subject"),
-        purposes: list("purposes"),
-        types,
-        labels: list("labels"),
-        valid_until: text("valid_until").get(..10).unwrap_or_default().to_owned(),
-        method: text("method"),
-        language: text("language"),
-        evidence: text("evidence_sha256"),
+        subject: r.subject,
+        purposes: r.purposes,
+        types: types.chain(r.recipient_orgs.iter().map(ToString::to_string)).collect(),
+        labels: r.labels,
+        valid_until: r.valid_until.date().to_string(),
+        method: r.method.as_str().to_owned(),
+        language: r.language,
+        evidence: r.evidence_sha256,
     }
 }
 

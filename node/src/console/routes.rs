@@ -330,19 +330,21 @@ async fn sign_in(
         Err(r) => return r,
     };
     // The limits are checked before any hash: a name or an address that waits costs nothing.
-    let (by_name, by_address) = match access::failures_since(&mut conn, name, &address, since).await {
-        Ok(n) => n,
-        Err(e) => return server_error(&console, lang, &e.to_string()),
-    };
-    let waiting = if by_name >= session::FAILURES_PER_NAME {
-        Some((Counted::Name, name))
-    } else if by_address >= session::FAILURES_PER_ADDRESS {
-        Some((Counted::Address, address.as_str()))
-    } else {
-        None
-    };
-    if let Some((counted, key)) = waiting {
-        let oldest = access::oldest_failure_since(&mut conn, counted, key, since).await.ok().flatten().unwrap_or(now);
+    let mut waiting = None;
+    for (counted, key, limit) in [
+        (Counted::Name, name, session::FAILURES_PER_NAME),
+        (Counted::Address, address.as_str(), session::FAILURES_PER_ADDRESS),
+    ] {
+        match access::failures(&mut conn, counted, key, since).await {
+            Ok((count, oldest)) if count >= limit => {
+                waiting = Some((counted, oldest.unwrap_or(now)));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => return server_error(&console, lang, &e.to_string()),
+        }
+    }
+    if let Some((counted, oldest)) = waiting {
         let until = pages::when(oldest + session::FAILURE_WINDOW_MICROS + 60_000_000);
         if let Err(e) = access::sign_in(&mut conn, name, "", SignIn::Waited, &source, now).await {
             return server_error(&console, lang, &e.to_string());
@@ -728,8 +730,7 @@ async fn code(State(console): State<Arc<Console>>, Posted { signed, form }: Post
     };
     // Wrong codes count with wrong passwords: five for one name within the window, and it waits.
     let since = now - session::FAILURE_WINDOW_MICROS;
-    let address = signed.client.to_string();
-    match access::failures_since(&mut conn, person.name.as_str(), &address, since).await {
+    match access::failures(&mut conn, Counted::Name, person.name.as_str(), since).await {
         Ok((by_name, _)) if by_name >= session::FAILURES_PER_NAME => {
             let _ = console.sessions.end(&signed.session).await;
             return Redirect::to("/sign-in").into_response();
@@ -910,15 +911,23 @@ async fn verification(State(console): State<Arc<Console>>, signed: Signed) -> Re
     }
 }
 
-/// What the referral form needs from the node: the network's description and the consents held.
-async fn referral_context(
+/// What a message form needs from the node: the network's description and, for a referral, the
+/// consents held.
+async fn message_context(
     console: &Console,
     signed: &Signed,
+    kind: &str,
 ) -> Result<(Arc<pb::NetworkInfoResponse>, Vec<actions::HeldConsent>), Response> {
     let who = &signed.session.person;
-    let consents = actions::consents_held(&console.store, who).await.map_err(|s| refused(console, signed, &s))?;
-    let info =
-        actions::network_info(&console.network, &console.link, who).await.map_err(|s| refused(console, signed, &s))?;
+    let refuse = |s: tonic::Status| refused(console, signed, &s);
+    // An alert needs no consent; a referral relies on one the organization recorded.
+    let consents = if kind == "alert" {
+        actions::may_send(who).map_err(refuse)?;
+        Vec::new()
+    } else {
+        actions::consents_held(&console.store, who).await.map_err(refuse)?
+    };
+    let info = actions::network_info(&console.network, &console.link, who).await.map_err(refuse)?;
     Ok((info, consents))
 }
 
@@ -933,7 +942,7 @@ async fn new_referral(
     signed: Signed,
     Query(q): Query<NewReferralQuery>,
 ) -> Response {
-    let (info, consents) = match referral_context(&console, &signed).await {
+    let (info, consents) = match message_context(&console, &signed, "referral").await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -945,13 +954,9 @@ async fn new_referral(
 
 /// The alert form: every field of the alert kind, sent by default to every organization a rule permits.
 async fn new_alert(State(console): State<Arc<Console>>, signed: Signed) -> Response {
-    let who = &signed.session.person;
-    if let Err(s) = actions::may_send(who) {
-        return refused(&console, &signed, &s);
-    }
-    let info = match actions::network_info(&console.network, &console.link, who).await {
-        Ok(i) => i,
-        Err(s) => return refused(&console, &signed, &s),
+    let (info, _) = match message_context(&console, &signed, "alert").await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let draft = pages::Draft {
         kind: "alert".into(),
@@ -977,18 +982,7 @@ async fn referral_form(State(console): State<Arc<Console>>, posted: Posted<Pairs
 async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> Response {
     let (signed, Pairs(pairs)) = (posted.signed, posted.form);
     let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
-    let context = if kind == "alert" {
-        match actions::may_send(&signed.session.person) {
-            Ok(()) => actions::network_info(&console.network, &console.link, &signed.session.person)
-                .await
-                .map(|info| (info, Vec::new()))
-                .map_err(|s| refused(console, &signed, &s)),
-            Err(s) => Err(refused(console, &signed, &s)),
-        }
-    } else {
-        referral_context(console, &signed).await
-    };
-    let (info, consents) = match context {
+    let (info, consents) = match message_context(console, &signed, kind).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -121,13 +121,7 @@ async fn run_node(dir: &Path, org: OrgId, gateway: String) -> anyhow::Result<()>
         users: node_dir.join("users.toml"),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_tls: None,
-        console: Some(haven_node::console::ConsoleConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: None,
-            insecure_http: false,
-            public_origin: None,
-            help_phone: Some("+1 555 0100 (fictional)".into()),
-        }),
+        console: Some(haven_tests::net::loopback_console()),
     };
     let node = haven_node::app::Node::open(config, Arc::new(SystemClock)).await?;
     if let Some((addr, _)) = node.console() {
