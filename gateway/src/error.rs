@@ -141,9 +141,10 @@ pub fn code(e: &Error) -> Code {
             ConsentError::NotRenewable { .. } => Code::FailedPrecondition,
         },
         Error::Status(e) => match e {
-            StatusError::NotApplicable { .. } | StatusError::BadCode | StatusError::CodeRequired => {
-                Code::InvalidArgument
-            }
+            StatusError::NotApplicable { .. }
+            | StatusError::BadCode
+            | StatusError::CodeRequired
+            | StatusError::UnknownCode { .. } => Code::InvalidArgument,
             StatusError::WrongParty { .. } => Code::PermissionDenied,
             StatusError::IllegalTransition { .. } => Code::FailedPrecondition,
         },

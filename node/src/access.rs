@@ -1,9 +1,9 @@
 //! The node's access log: what the organization's own people did at their node. Every time survivor
 //! data is shown to a person (a received message's fields, in the console or by `referral show`), a
 //! `viewed` row names the person, their role, the message, the recipient-scoped pseudonym and the
-//! field names shown, never the values. Assignments of received referrals, sign-ins, failed sign-ins, sign-ins made to wait and sign-outs
-//! are kept here too,
-//! and the console's sign-in limits count the failures.
+//! field names shown, never the values. Assignments of received referrals, each keeping and opening
+//! of a signed consent form's scan, sign-ins, failed sign-ins, sign-ins made to wait and sign-outs are
+//! kept here too, and the console's sign-in limits count the failures.
 
 use sqlx::{Row, SqliteConnection};
 
@@ -106,6 +106,29 @@ pub async fn assigned(
         .bind(source.label())
         .bind(source.address())
         .bind(to)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records that `who` kept (`scan_kept`) or opened (`scan_opened`) the scan of consent `consent_id`'s
+/// signed form, in the caller's transaction.
+pub async fn consent_scan(
+    conn: &mut SqliteConnection,
+    who: &Person,
+    action: &'static str,
+    consent_id: &str,
+    source: &Source,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO access_log (at_micros, person, role, action, source, address, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(now)
+        .bind(who.name.as_str())
+        .bind(who.role.as_str())
+        .bind(action)
+        .bind(source.label())
+        .bind(source.address())
+        .bind(consent_id)
         .execute(&mut *conn)
         .await?;
     Ok(())

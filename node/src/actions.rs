@@ -99,12 +99,14 @@ pub async fn open_message(
 ) -> Result<MessageView, Status> {
     may_read_mail(who)?;
     if let Some(sent) = mailbox::sent(store, message_id).await.map_err(db)? {
-        return Ok(MessageView { direction: "sent".into(), sent: Some(sent), received: None });
+        let timeline = mailbox::timeline(store, message_id).await.map_err(db)?;
+        return Ok(MessageView { direction: "sent".into(), sent: Some(sent), received: None, timeline });
     }
     if let Some(received) = mailbox::received(store, message_id).await.map_err(db)? {
         let shown: Vec<Shown> = shown(&received).into_iter().collect();
         record_views(store, clock, who, source, &shown).await?;
-        return Ok(MessageView { direction: "received".into(), sent: None, received: Some(received) });
+        let timeline = mailbox::timeline(store, message_id).await.map_err(db)?;
+        return Ok(MessageView { direction: "received".into(), sent: None, received: Some(received), timeline });
     }
     Err(Status::not_found(format!("no message `{}` on this node", haven_trust::untrusted::shown(message_id))))
 }
@@ -362,6 +364,33 @@ pub async fn revoke_consent(
         gw.revoke_consent(link.request(&who.name, who.role, r)?).await.map_err(|s| link.relay(s))?.into_inner();
     consent::remember(store, clock, &record, &consent::subject_of(&record), who).await?;
     Ok(record)
+}
+
+/// Keeps the scan of a recorded consent's signed form, where the organization opted in.
+pub async fn keep_consent_scan(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    consent_id: &str,
+    scan: &consent::Scan,
+) -> Result<(), Status> {
+    consent::may_manage(who)?;
+    consent::keep_scan(store, clock, who, source, consent_id, scan).await.map_err(db)
+}
+
+/// The kept scan of a consent's signed form (survivor data: the opening is in the access log).
+pub async fn open_consent_scan(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &Source,
+    consent_id: &str,
+) -> Result<consent::Scan, Status> {
+    consent::may_manage(who)?;
+    consent::open_scan(store, clock, who, source, consent_id).await.map_err(db)?.ok_or_else(|| {
+        Status::not_found("this node keeps no scan of that consent's form (the organization may not keep scans)")
+    })
 }
 
 /// One consent, as the gateway holds it.

@@ -160,6 +160,7 @@ impl Node {
                 second_factor: crate::totp::SecondFactor::new(s.store.clone(), s.clock.clone()),
                 certificates: certificate_expiries(&self.config.link),
                 help_phone: self.config.console.as_ref().and_then(|c| c.help_phone.clone()),
+                keep_scans: self.config.console.as_ref().is_some_and(|c| c.keep_scans),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });

@@ -132,3 +132,69 @@ pub async fn remember(
 pub fn subject_of(record: &ConsentRecord) -> String {
     serde_json::from_str::<ConsentReceipt>(&record.receipt_json).map(|r| r.subject).unwrap_or_default()
 }
+
+/// The scan of a consent's signed form, as kept.
+pub struct Scan {
+    pub sha256: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Keeps the scan of consent `consent_id`'s signed form, recording who kept it, in one transaction.
+/// A second keep of the same consent changes nothing.
+pub async fn keep_scan(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &crate::access::Source,
+    consent_id: &str,
+    scan: &Scan,
+) -> Result<(), sqlx::Error> {
+    let now = clock.now_micros();
+    let mut tx = store.pool().begin().await?;
+    let new = sqlx::query("INSERT INTO consent_scan (consent_id, sha256, content_type, bytes, stored_by, stored_at_micros) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consent_id) DO NOTHING")
+        .bind(consent_id)
+        .bind(&scan.sha256)
+        .bind(&scan.content_type)
+        .bind(&scan.bytes)
+        .bind(who.name.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if new {
+        crate::access::consent_scan(&mut tx, who, "scan_kept", consent_id, source, now).await?;
+    }
+    tx.commit().await
+}
+
+/// Whether the node keeps a scan for this consent (without reading it).
+pub async fn has_scan(store: &NodeStore, consent_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM consent_scan WHERE consent_id = $1")
+        .bind(consent_id)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(found.is_some())
+}
+
+/// The kept scan of a consent's signed form, its opening recorded in the access log in the same
+/// transaction.
+pub async fn open_scan(
+    store: &NodeStore,
+    clock: &SharedClock,
+    who: &Person,
+    source: &crate::access::Source,
+    consent_id: &str,
+) -> Result<Option<Scan>, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    let row: Option<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT sha256, content_type, bytes FROM consent_scan WHERE consent_id = $1")
+            .bind(consent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((sha256, content_type, bytes)) = row else { return Ok(None) };
+    crate::access::consent_scan(&mut tx, who, "scan_opened", consent_id, source, clock.now_micros()).await?;
+    tx.commit().await?;
+    Ok(Some(Scan { sha256, content_type, bytes }))
+}

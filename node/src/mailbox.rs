@@ -63,6 +63,16 @@ async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) ->
         == 1;
     if inserted {
         match &item.body {
+            Some(pb::item::Body::Delivery(d)) => {
+                let step = Step {
+                    message_id: &d.message_id,
+                    counterparty: &d.sender,
+                    step: "received",
+                    at: now,
+                    ..Step::default()
+                };
+                step.record(&mut *tx).await?;
+            }
             Some(pb::item::Body::ConsentWithdrawn(w)) => {
                 for m in &w.message_ids {
                     sqlx::query("UPDATE inbox SET withdrawn = 1 WHERE message_id = $1 AND item_kind = 'delivery'")
@@ -73,6 +83,17 @@ async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) ->
             }
             Some(pb::item::Body::Status(s)) => {
                 let status = status_name(s.status);
+                Step {
+                    message_id: &s.message_id,
+                    counterparty: &s.from_org,
+                    step: &status,
+                    code: &s.code,
+                    by_org: &s.from_org,
+                    by_person: &s.from_person,
+                    at: if s.at_micros > 0 { s.at_micros } else { now },
+                }
+                .record(&mut *tx)
+                .await?;
                 // As sender: the recipient changed its copy. As recipient: the sender withdrew.
                 sqlx::query("UPDATE sent_recipients SET status = $1, code = $2, by_person = $3, updated_at_micros = $4 WHERE message_id = $5 AND recipient = $6")
                     .bind(&status)
@@ -99,6 +120,17 @@ async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) ->
                     Ok(pb::sender_notice::Kind::Expired) => "expired",
                     _ => "unknown",
                 };
+                let step = if status == "revoked" { "cancelled" } else { status };
+                Step {
+                    message_id: &n.message_id,
+                    counterparty: &n.recipient,
+                    step,
+                    code: &n.reason,
+                    at: if n.at_micros > 0 { n.at_micros } else { now },
+                    ..Step::default()
+                }
+                .record(&mut *tx)
+                .await?;
                 // A delivery notice never overrides a later status such as accepted.
                 sqlx::query("UPDATE sent_recipients SET status = $1, reason = $2, updated_at_micros = $3 WHERE message_id = $4 AND recipient = $5 AND (status = 'sent' OR $1 <> 'delivered')")
                     .bind(status)
@@ -187,7 +219,8 @@ pub async fn record_sent(
     role: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sent (message_id, kind, purpose, envelope, person, role, state, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (message_id) DO NOTHING")
+    let mut tx = store.pool().begin().await?;
+    let new = sqlx::query("INSERT INTO sent (message_id, kind, purpose, envelope, person, role, state, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (message_id) DO NOTHING")
         .bind(&env.message_id)
         .bind(&env.kind)
         .bind(&env.purpose)
@@ -195,9 +228,16 @@ pub async fn record_sent(
         .bind(person)
         .bind(role)
         .bind(now)
-        .execute(store.pool())
-        .await?;
-    Ok(())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if new {
+        Step { message_id: &env.message_id, step: "sent", by_person: person, at: now, ..Step::default() }
+            .record(&mut tx)
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// Records the gateway's answer to a send.
@@ -214,14 +254,29 @@ pub async fn record_outcome(store: &NodeStore, resp: &pb::SubmitResponse, now: i
             Ok(pb::recipient_outcome::Outcome::QuotaExceeded) => ("denied", "quota_exceeded".to_owned()),
             _ => ("denied", o.decision.as_ref().map(|d| d.reason_code.clone()).unwrap_or_default()),
         };
-        sqlx::query("INSERT INTO sent_recipients (message_id, recipient, status, reason, updated_at_micros) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id, recipient) DO NOTHING")
+        let new = sqlx::query("INSERT INTO sent_recipients (message_id, recipient, status, reason, updated_at_micros) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id, recipient) DO NOTHING")
             .bind(&resp.message_id)
             .bind(&o.recipient)
             .bind(status)
             .bind(&reason)
             .bind(now)
             .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if new {
+            let step = if status == "sent" { "queued" } else { "denied" };
+            Step {
+                message_id: &resp.message_id,
+                counterparty: &o.recipient,
+                step,
+                code: &reason,
+                at: now,
+                ..Step::default()
+            }
+            .record(&mut tx)
             .await?;
+        }
     }
     tx.commit().await
 }
@@ -339,6 +394,10 @@ pub struct LocalChange<'a> {
 /// Updates a local copy's status after a status change this node made.
 pub async fn local_status(store: &NodeStore, change: LocalChange<'_>) -> Result<(), sqlx::Error> {
     let LocalChange { message_id, counterparty, status, code, person, now, as_sender } = change;
+    let mut tx = store.pool().begin().await?;
+    Step { message_id, counterparty, step: status, code, by_person: person, at: now, ..Step::default() }
+        .record(&mut tx)
+        .await?;
     if as_sender {
         sqlx::query("UPDATE sent_recipients SET status = $1, code = $2, by_person = $3, updated_at_micros = $4 WHERE message_id = $5 AND ($6 = '' OR recipient = $6)")
             .bind(status)
@@ -347,17 +406,65 @@ pub async fn local_status(store: &NodeStore, change: LocalChange<'_>) -> Result<
             .bind(now)
             .bind(message_id)
             .bind(counterparty)
-            .execute(store.pool())
+            .execute(&mut *tx)
             .await?;
     } else {
         sqlx::query("UPDATE inbox SET status = $1 WHERE message_id = $2 AND item_kind = 'delivery' AND sender = $3")
             .bind(status)
             .bind(message_id)
             .bind(counterparty)
-            .execute(store.pool())
+            .execute(&mut *tx)
             .await?;
     }
-    Ok(())
+    tx.commit().await
+}
+
+/// One step of a message's life, as this node learned it (see `TimelineStep`).
+#[derive(Default)]
+struct Step<'a> {
+    message_id: &'a str,
+    counterparty: &'a str,
+    step: &'a str,
+    code: &'a str,
+    by_org: &'a str,
+    by_person: &'a str,
+    at: i64,
+}
+
+impl Step<'_> {
+    async fn record(&self, conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO message_step (message_id, counterparty, step, code, by_org, by_person, at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(self.message_id)
+            .bind(self.counterparty)
+            .bind(self.step)
+            .bind(self.code)
+            .bind(self.by_org)
+            .bind(self.by_person)
+            .bind(self.at)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A message's timeline, oldest first (by time, then by the order the node learned the steps).
+pub async fn timeline(store: &NodeStore, message_id: &str) -> Result<Vec<pb::TimelineStep>, sqlx::Error> {
+    sqlx::query("SELECT step, counterparty, code, by_org, by_person, at_micros FROM message_step WHERE message_id = $1 ORDER BY at_micros, step_id LIMIT 1000")
+        .bind(message_id)
+        .fetch_all(store.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(pb::TimelineStep {
+                step: r.try_get(0)?,
+                counterparty: r.try_get(1)?,
+                code: r.try_get(2)?,
+                by_org: r.try_get(3)?,
+                by_person: r.try_get(4)?,
+                at_micros: r.try_get(5)?,
+            })
+        })
+        .collect()
 }
 
 /// A sent message's recipient status as people read it: the status, or `denied` for a recipient the

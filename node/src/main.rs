@@ -89,6 +89,11 @@ struct ServeArgs {
     /// discreet copy gives nothing else).
     #[arg(long, env = "HAVEN_CONSOLE_HELP_PHONE", requires = "console")]
     console_help_phone: Option<String>,
+    /// Keep the scan of each signed consent form uploaded in the console, in the node's database (an
+    /// organization's choice). Without it the node hashes the scan, keeps only the hash (in the
+    /// receipt) and discards the scan.
+    #[arg(long, requires = "console")]
+    console_keep_consent_scans: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -160,6 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             insecure_http: args.console_insecure_http,
             public_origin: args.console_public_origin,
             help_phone: args.console_help_phone,
+            keep_scans: args.console_keep_consent_scans,
         }),
     };
     let node = Node::open(config, Arc::new(SystemClock)).await?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use haven_proto::v1::gateway_client::GatewayClient;
 use std::collections::BTreeMap;
 
-use haven_proto::v1::{FieldValue, NetworkInfoRequest, NetworkInfoResponse};
+use haven_proto::v1::{FieldInfo, FieldValue, KindInfo, NetworkInfoRequest, NetworkInfoResponse, Words};
 use haven_sharing::policy::schema::{FieldProblem, Schema};
 use haven_trust::source::SourceFile;
 use tokio::sync::Mutex;
@@ -56,6 +56,105 @@ impl Network {
     }
 }
 
+/// The words of the network's description in one language: labels and descriptions of purposes,
+/// kinds, fields, values and status codes. A text missing in that language (or its primary language)
+/// falls back to the network's main language, then to the identifier.
+#[derive(Clone, Copy)]
+pub struct Wording<'a> {
+    /// None when the node could not fetch the description: every text is its identifier.
+    info: Option<&'a NetworkInfoResponse>,
+    language: &'a str,
+}
+
+impl<'a> Wording<'a> {
+    pub fn new(info: &'a NetworkInfoResponse, language: &'a str) -> Self {
+        Wording { info: Some(info), language }
+    }
+
+    /// The words of `info` when the node has it, else the identifiers themselves.
+    pub fn of(info: Option<&'a NetworkInfoResponse>, language: &'a str) -> Self {
+        Wording { info, language }
+    }
+
+    /// `words` in this language, else the main language, else `fallback`.
+    pub fn say(&self, words: Option<&'a Words>, fallback: &'a str) -> &'a str {
+        let Some(w) = words else { return fallback };
+        let primary = self.language.split('-').next().unwrap_or(self.language);
+        let main = self.info.and_then(|i| i.languages.first()).map_or("en", String::as_str);
+        [self.language, primary, main]
+            .iter()
+            .find_map(|l| w.by_language.get(*l))
+            .or_else(|| w.by_language.values().next())
+            .map_or(fallback, String::as_str)
+    }
+
+    /// A purpose's short name.
+    pub fn purpose(&self, id: &'a str) -> &'a str {
+        self.purposes().find(|p| p.id == id).map_or(id, |p| self.say(p.label.as_ref(), &p.id))
+    }
+
+    fn purposes(&self) -> impl Iterator<Item = &'a haven_proto::v1::PurposeInfo> {
+        self.info.into_iter().flat_map(|i| i.purposes.iter())
+    }
+
+    /// What a purpose means, as the survivor is told.
+    pub fn purpose_description(&self, id: &'a str) -> &'a str {
+        self.purposes().find(|p| p.id == id).map_or(id, |p| self.say(p.description.as_ref(), &p.id))
+    }
+
+    /// A field's short name.
+    pub fn field(&self, f: &'a FieldInfo) -> &'a str {
+        self.say(f.label.as_ref(), &f.name)
+    }
+
+    /// What a field means ('' when the schema says nothing).
+    pub fn field_description(&self, f: &'a FieldInfo) -> &'a str {
+        self.say(f.description.as_ref(), "")
+    }
+
+    /// A field's name, looked up by kind.
+    pub fn field_named(&self, kind: &str, name: &'a str) -> &'a str {
+        self.kind_info(kind).and_then(|k| k.fields.iter().find(|f| f.name == name)).map_or(name, |f| self.field(f))
+    }
+
+    /// One of the values of field `field` of `kind`.
+    pub fn value_named(&self, kind: &str, field: &str, value: &'a str) -> &'a str {
+        self.kind_info(kind)
+            .and_then(|k| k.fields.iter().find(|f| f.name == field))
+            .map_or(value, |f| self.value(f, value))
+    }
+
+    /// One of a field's values.
+    pub fn value(&self, f: &'a FieldInfo, value: &'a str) -> &'a str {
+        self.say(f.value_labels.get(value), value)
+    }
+
+    /// A kind's short name.
+    pub fn kind(&self, kind: &'a str) -> &'a str {
+        self.kind_info(kind).map_or(kind, |k| self.say(k.label.as_ref(), &k.name))
+    }
+
+    /// The codes a kind lists for a status, with their words (empty: any code).
+    pub fn codes(&self, kind: &str, status: &str) -> Vec<(&'a str, &'a str)> {
+        self.kind_info(kind).map_or_else(Vec::new, |k| {
+            k.codes
+                .iter()
+                .filter(|c| c.status == status)
+                .map(|c| (c.code.as_str(), self.say(c.label.as_ref(), &c.code)))
+                .collect()
+        })
+    }
+
+    /// A status code as words, where the kind lists it; else the code itself.
+    pub fn code(&self, kind: &str, status: &str, code: &'a str) -> &'a str {
+        self.codes(kind, status).into_iter().find(|(c, _)| *c == code).map_or(code, |(_, w)| w)
+    }
+
+    fn kind_info(&self, kind: &str) -> Option<&'a KindInfo> {
+        self.info?.kinds.iter().find(|k| k.name == kind)
+    }
+}
+
 /// The schema the description carries, parsed by the core crate as the gateway parses `schema.toml`.
 pub fn schema_of(info: &NetworkInfoResponse) -> Result<Schema, String> {
     let mut kinds = toml::Table::new();
@@ -80,13 +179,10 @@ pub fn schema_of(info: &NetworkInfoResponse) -> Result<Schema, String> {
             if let Some(max) = f.max {
                 t.insert("max".into(), max.into());
             }
-            if !f.description.is_empty() {
-                t.insert("description".into(), f.description.clone().into());
-            }
             fields.insert(f.name.clone(), t.into());
         }
         let mut kind = toml::Table::new();
-        kind.insert("description".into(), k.description.clone().into());
+        kind.insert("description".into(), Wording::new(info, "").say(k.description.as_ref(), &k.name).into());
         kind.insert("fields".into(), fields.into());
         kinds.insert(k.name.clone(), kind.into());
     }

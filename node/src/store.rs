@@ -51,6 +51,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_second_factor.sql")),
     (9, include_str!("migrations/0009_assignment.sql")),
     (10, include_str!("migrations/0010_view_reports.sql")),
+    (11, include_str!("migrations/0011_timeline.sql")),
+    (12, include_str!("migrations/0012_consent_scans.sql")),
 ];
 
 impl NodeStore {

@@ -161,6 +161,9 @@ pub enum StatusError {
     /// A decline says why, and a close says how it ended.
     #[error("a decline needs a reason code and a close needs an outcome code")]
     CodeRequired,
+    /// The kind lists the codes for this status, and the code is not one of them.
+    #[error("the network's schema lists the codes for {status}; use one of: {}", .allowed.join(", "))]
+    UnknownCode { status: &'static str, allowed: Vec<String> },
 }
 
 fn list(statuses: &[DeliveryStatus]) -> String {

@@ -292,6 +292,7 @@ pub fn loopback_console() -> haven_node::console::ConsoleConfig {
         insecure_http: false,
         public_origin: None,
         help_phone: Some("+1 555 0100 (fictional)".into()),
+        keep_scans: false,
     }
 }
 
@@ -310,6 +311,17 @@ impl TestNet {
     /// Starts `org`'s node with the given people, on its own SQLite file.
     pub async fn node(&self, org: &str, people: &[(&str, haven_trust::ids::Role)]) -> TestNode {
         self.node_with_clock(org, people, Arc::new(SystemClock)).await
+    }
+
+    /// The same, with its console served as `console` says (for example keeping consent scans).
+    pub async fn node_with_console(
+        &self,
+        org: &str,
+        people: &[(&str, haven_trust::ids::Role)],
+        console: haven_node::console::ConsoleConfig,
+    ) -> TestNode {
+        TestNode::start_with(self.dir.path(), &self.certs, self.url(), org, people, Arc::new(SystemClock), console)
+            .await
     }
 
     /// The same, with a given clock.
@@ -336,6 +348,19 @@ impl TestNode {
         people: &[(&str, haven_trust::ids::Role)],
         clock: SharedClock,
     ) -> TestNode {
+        TestNode::start_with(dir, certs, url, org, people, clock, loopback_console()).await
+    }
+
+    /// [`TestNode::start_at`], with its console served as `console` says.
+    pub async fn start_with(
+        dir: &Path,
+        certs: &CertsDir,
+        url: String,
+        org: &str,
+        people: &[(&str, haven_trust::ids::Role)],
+        clock: SharedClock,
+        console: haven_node::console::ConsoleConfig,
+    ) -> TestNode {
         let org_id = OrgId::parse(org).expect("org id");
         let node_dir = dir.join("nodes").join(org);
         std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -345,7 +370,7 @@ impl TestNode {
             users: node_dir.join("users.toml"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_tls: None,
-            console: Some(loopback_console()),
+            console: Some(console),
         };
         let node = haven_node::app::Node::open(config, clock).await.expect("node opens");
         let console = node.console().expect("the console is served").0;

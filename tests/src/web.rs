@@ -68,7 +68,29 @@ impl Web {
     /// `POST path` with a form and exactly the extra headers given (no `Origin` unless among them).
     pub async fn post_with(&mut self, path: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> Page {
         let body = form.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&");
+        let body = ("application/x-www-form-urlencoded".to_owned(), body.into_bytes());
         self.send(Method::POST, path, Some(body), headers).await
+    }
+
+    /// `POST path` as `multipart/form-data`, as a browser posts a form with a file: the text fields,
+    /// then `file` (field name, file name, content type, bytes), from the console's own origin.
+    pub async fn post_multipart(&mut self, path: &str, form: &[(&str, &str)], file: (&str, &str, &str, &[u8])) -> Page {
+        let boundary = "haven-test-boundary-7f3a";
+        let mut body = Vec::new();
+        for (k, v) in form {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
+            );
+        }
+        let (name, file_name, content_type, bytes) = file;
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let origin = self.origin.clone();
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.send(Method::POST, path, Some((content_type, body)), &[("origin", &origin)]).await
     }
 
     /// Signs in through the form, as a person would; returns the answer to the post.
@@ -88,7 +110,13 @@ impl Web {
         self.post("/sign-in/code", &[("csrf", &csrf), ("code", code)]).await
     }
 
-    async fn send(&mut self, method: Method, path: &str, body: Option<String>, extra: &[(&str, &str)]) -> Page {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(String, Vec<u8>)>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("console reachable");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
         tokio::spawn(conn);
@@ -97,13 +125,14 @@ impl Web {
             let cookies = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
             req = req.header("cookie", cookies);
         }
-        if body.is_some() {
-            req = req.header("content-type", "application/x-www-form-urlencoded");
+        if let Some((content_type, _)) = &body {
+            req = req.header("content-type", content_type.as_str());
         }
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(bytes(body.unwrap_or_default()))).expect("request");
+        let req =
+            req.body(Full::new(hyper::body::Bytes::from(body.map(|b| b.1).unwrap_or_default()))).expect("request");
         let resp = sender.send_request(req).await.expect("response");
         let (parts, body) = resp.into_parts();
         for c in parts.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()) {
@@ -119,10 +148,6 @@ impl Web {
         let body = body.collect().await.expect("body").to_bytes();
         Page { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
     }
-}
-
-fn bytes(s: String) -> hyper::body::Bytes {
-    hyper::body::Bytes::from(s)
 }
 
 /// Form-encodes a value.

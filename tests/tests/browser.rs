@@ -449,7 +449,7 @@ async fn a_liaison_acknowledges_an_alert_and_the_sender_sees_who_did() {
     c.find(Locator::Css("button[value=preview]")).await.unwrap().click().await.unwrap();
     casey.wait_text("#preview tr[data-recipient='metro-police']", "will receive").await;
     let row = casey.text_of("#preview tr[data-recipient='metro-police']").await;
-    assert!(row.contains("reporter_contact"), "the contact is shown as withheld: {row}");
+    assert!(row.contains("Reporter's contact"), "the contact is shown as withheld: {row}");
     casey.check("alert-preview").await;
     let mut arrivals = police.state.arrivals.subscribe();
     c.find(Locator::Css("button[value=send]")).await.unwrap().click().await.unwrap();

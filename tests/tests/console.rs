@@ -13,6 +13,7 @@ use haven_tests::web::Web;
 use haven_trust::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use haven_trust::ids::{PersonId, Role};
 use http::StatusCode;
+use sha2::Digest;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -94,6 +95,10 @@ async fn a_caseworker_signs_in_lists_the_inbox_without_values_and_opening_a_refe
     assert!(seen[0].source.starts_with("console 127.0.0.1"), "{}", seen[0].source);
     assert!(!seen[0].subject.is_empty(), "the recipient-scoped pseudonym is recorded");
 
+    // A decline chooses its reason from the schema's codes, shown as words; no close before accepting.
+    assert!(opened.body.contains("<option value=\"no_capacity\">No space or capacity now</option>"), "{}", opened.body);
+    assert!(!opened.body.contains("value=\"closed\""), "a referral not accepted cannot be closed");
+
     // Accepting it, from the page's own form, changes its state at the gateway and here.
     let csrf = opened.hidden("csrf").expect("the page carries its form token");
     let sender = opened.hidden("sender").expect("the sender");
@@ -103,6 +108,8 @@ async fn a_caseworker_signs_in_lists_the_inbox_without_values_and_opening_a_refe
     assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
     let again = web.get(&format!("/messages/{id}")).await;
     assert!(again.body.contains("accepted"), "{}", again.body);
+    assert!(again.body.contains("<option value=\"housed\">Survivor housed</option>"), "now it may be closed");
+    assert!(again.body.contains("<tr data-step=\"accepted\">"), "the timeline shows the acceptance");
     assert!(web.get("/inbox?state=accepted").await.body.contains(&id), "the state filter finds it");
     assert!(!web.get("/inbox?state=declined").await.body.contains(&id), "and only in its state");
 
@@ -519,7 +526,8 @@ async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_nam
         let at = preview.body.find(&format!("data-recipient=\"{who}\"")).expect("a row per recipient");
         preview.body[at..at + preview.body[at..].find("</tr>").unwrap()].to_owned()
     };
-    assert!(row("maple-house").contains("will receive") && row("maple-house").contains("survivor_first_name"));
+    // Fields are named by the schema's labels, in the person's language.
+    assert!(row("maple-house").contains("will receive") && row("maple-house").contains("First name"));
     assert!(row("metro-police").contains("denied"), "{}", row("metro-police"));
     let message_id = preview.hidden("message_id").unwrap();
     let sent = harbor.client().await.list_sent(harbor.as_person("casey", ListSentRequest::default())).await.unwrap();
@@ -533,12 +541,12 @@ async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_nam
     assert_eq!(done.location(), format!("/messages/{message_id}"), "{}", done.body);
     let page = web.get(done.location()).await;
     assert!(
-        page.body.contains("data-recipient=\"maple-house\">sent<")
-            || page.body.contains("data-recipient=\"maple-house\">delivered<"),
+        page.body.contains("data-recipient=\"maple-house\" data-status=\"sent\">")
+            || page.body.contains("data-recipient=\"maple-house\" data-status=\"delivered\">"),
         "{}",
         page.body
     );
-    assert!(page.body.contains("data-recipient=\"metro-police\">denied"), "{}", page.body);
+    assert!(page.body.contains("data-recipient=\"metro-police\" data-status=\"denied\">"), "{}", page.body);
     tokio::time::timeout(Duration::from_secs(20), async {
         while arrivals.recv().await.unwrap().item_kind != "delivery" {}
     })
@@ -560,7 +568,13 @@ async fn a_caseworker_previews_a_referral_then_sends_it_and_a_wrong_field_is_nam
         .await;
     assert_eq!(withdrawn.status, StatusCode::SEE_OTHER, "{}", withdrawn.body);
     let page = web.get(&format!("/messages/{message_id}")).await;
-    assert!(page.body.contains("data-recipient=\"maple-house\">withdrawn"), "{}", page.body);
+    assert!(page.body.contains("data-recipient=\"maple-house\" data-status=\"withdrawn\">"), "{}", page.body);
+    // The timeline: each step with who and when, the denial's reason in plain words.
+    let timeline = &page.body[page.body.find("id=\"timeline\"").expect("a timeline")..];
+    for step in ["sent", "queued", "denied", "withdrawn"] {
+        assert!(timeline.contains(&format!("<tr data-step=\"{step}\">")), "{step}: {timeline}");
+    }
+    assert!(timeline.contains("No sharing rule lets your organization"), "{timeline}");
 }
 
 #[tokio::test]
@@ -604,6 +618,13 @@ async fn a_consent_is_printed_signed_recorded_and_copied_for_the_survivor_in_her
     assert!(printed.body.contains("<section class=\"printable\" lang=\"es\""), "{}", printed.body);
     assert!(printed.body.contains("Su consentimiento para compartir información"));
     assert!(printed.body.contains("su nombre y fecha de nacimiento"));
+    // The purpose in the survivor's language, from the bundle's words.
+    assert!(
+        printed.body.contains("Vivienda") && printed.body.contains("Encontrar para la persona superviviente"),
+        "{}",
+        printed.body
+    );
+    assert!(!printed.body.contains("Finding the survivor"), "no English left on a Spanish form");
 
     // A hash that is not one: named, nothing recorded.
     let bad = post_form(&mut web, "/consents/new", details("record", "not-a-hash")).await;
@@ -635,6 +656,118 @@ async fn a_consent_is_printed_signed_recorded_and_copied_for_the_survivor_in_her
     assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.body);
     let after = web.get(&format!("/consents/{id}")).await;
     assert!(after.body.contains("id=\"consent-state\">withdrawn"), "{}", after.body);
+}
+
+/// The consent form's details, owned, for a step of recording it.
+fn consent_details(csrf: &str, step: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::days(90)).date().to_string();
+    let mut pairs: Vec<(String, String)> = [
+        ("csrf", csrf),
+        ("step", step),
+        ("purpose", "housing"),
+        ("type", "shelter"),
+        ("label", "identifying"),
+        ("valid_until", until.as_str()),
+        ("method", "written"),
+        ("language", "en"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    pairs
+}
+
+/// Records a consent through the console with an uploaded scan; returns the consent id.
+async fn record_with_scan(web: &mut Web, csrf: &str, extra: &[(&str, &str)], scan: &[u8]) -> String {
+    let printed = post_form(web, "/consents/new", consent_details(csrf, "print", extra)).await;
+    assert_eq!(printed.status, StatusCode::OK, "{}", printed.body);
+    assert!(printed.body.contains("enctype=\"multipart/form-data\"") && printed.body.contains("type=\"file\""));
+    let pairs = consent_details(csrf, "record", extra);
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let recorded =
+        web.post_multipart("/consents/new", &borrowed, ("scan", "signed-form.pdf", "application/pdf", scan)).await;
+    assert_eq!(recorded.status, StatusCode::SEE_OTHER, "{}", recorded.body);
+    recorded.location().trim_start_matches("/consents/").trim_end_matches("/copy").to_owned()
+}
+
+#[tokio::test]
+async fn a_scan_is_hashed_by_the_node_and_kept_only_where_the_organization_opts_in_then_the_consent_is_renewed_and_listed_by_subject()
+ {
+    let net = TestNet::start().await;
+    let keeping = haven_node::console::ConsoleConfig { keep_scans: true, ..haven_tests::net::loopback_console() };
+    let harbor = net.node_with_console("harbor", &[("casey", Role::Caseworker)], keeping).await;
+    harbor.set_password("casey", PASSWORD).await;
+    let mut web = Web::new(harbor.console);
+    web.sign_in("casey", PASSWORD).await;
+    let csrf = web.get("/consents/new").await.hidden("csrf").unwrap();
+    let scan = b"%PDF-1.4 fictional signed consent form of Ana Example (not a real person)";
+    let digest = hex::encode(sha2::Sha256::digest(scan));
+
+    // A typed hash that is not the scan's: refused beside the field, nothing recorded.
+    let pairs = consent_details(&csrf, "record", &[("evidence", &"ab".repeat(32))]);
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mismatch = web.post_multipart("/consents/new", &borrowed, ("scan", "s.pdf", "application/pdf", scan)).await;
+    assert_eq!(mismatch.status, StatusCode::BAD_REQUEST, "{}", mismatch.body);
+    assert!(mismatch.body.contains("is not the uploaded scan"), "{}", mismatch.body);
+    assert!(web.get("/consents").await.body.contains("Nothing here yet"));
+
+    // The node hashes the scan: the receipt holds its SHA-256, and this organization keeps the scan.
+    let id = record_with_scan(&mut web, &csrf, &[], scan).await;
+    let record = harbor
+        .client()
+        .await
+        .get_consent(harbor.as_person("casey", GetConsentRequest { consent_id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(record.receipt_json.contains(&digest), "{}", record.receipt_json);
+    let shown = web.get(&format!("/consents/{id}")).await;
+    assert!(shown.body.contains(&format!("/consents/{id}/scan")), "{}", shown.body);
+    let download = web.get(&format!("/consents/{id}/scan")).await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert!(download.header("content-disposition").starts_with("attachment"), "never rendered in the console");
+    assert_eq!(download.header("content-type"), "application/octet-stream");
+    assert_eq!(download.body.as_bytes(), scan);
+    let mut conn = harbor.state.store.pool().acquire().await.unwrap();
+    let log: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, detail FROM access_log WHERE action LIKE 'scan_%' ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(log, [("scan_kept".to_owned(), id.clone()), ("scan_opened".to_owned(), id.clone())]);
+
+    // Renewed from its page: the new consent supersedes it, for the same subject.
+    let renew = web.get(&format!("/consents/{id}/renew")).await;
+    assert_eq!(renew.status, StatusCode::OK, "{}", renew.body);
+    assert_eq!(renew.hidden("supersedes").as_deref(), Some(id.as_str()));
+    let subject = renew.hidden("subject").unwrap();
+    let renewed =
+        record_with_scan(&mut web, &csrf, &[("supersedes", &id), ("subject", &subject)], b"second scan").await;
+    assert_ne!(renewed, id);
+    let old = web.get(&format!("/consents/{id}")).await;
+    assert!(old.body.contains("id=\"consent-state\">superseded"), "{}", old.body);
+
+    // Listed by subject: both, as the gateway holds them.
+    let listed = web.get(&format!("/consents?subject={subject}")).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert!(listed.body.contains(&id) && listed.body.contains(&renewed), "{}", listed.body);
+    let other = web.get("/consents?subject=s_nobody").await;
+    assert!(!other.body.contains(&id), "another subject lists neither");
+
+    // An organization that did not opt in keeps only the hash.
+    let maple = net.node("maple-house", &[("sam", Role::Caseworker)]).await;
+    maple.set_password("sam", PASSWORD).await;
+    let mut web = Web::new(maple.console);
+    web.sign_in("sam", PASSWORD).await;
+    let csrf = web.get("/consents/new").await.hidden("csrf").unwrap();
+    let id = record_with_scan(&mut web, &csrf, &[], scan).await;
+    let shown = web.get(&format!("/consents/{id}")).await;
+    assert!(!shown.body.contains("/scan\""), "no scan to download: {}", shown.body);
+    assert_eq!(web.get(&format!("/consents/{id}/scan")).await.status, StatusCode::NOT_FOUND);
+    let mut conn = maple.state.store.pool().acquire().await.unwrap();
+    let kept: (i64,) = sqlx::query_as("SELECT count(*) FROM consent_scan").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(kept.0, 0, "the scan was hashed and discarded");
 }
 
 /// Posts a form given as owned pairs.

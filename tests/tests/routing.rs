@@ -141,10 +141,50 @@ async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
     };
     let err = harbor.client().await.update_status(harbor.as_person("casey", close_by_sender)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "the sender is not a recipient of its own message: {err:?}");
+    // The schema lists the outcomes a close chooses from: another code is refused, naming them, and
+    // changes nothing.
+    let unlisted =
+        UpdateStatusRequest { status: MessageStatus::Closed as i32, code: "moved_away".into(), ..accept.clone() };
+    let err = maple.client().await.update_status(maple.as_person("sam", unlisted)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with(
+            "the network's schema lists the codes for closed; use one of: housed, lost_contact, referred_on"
+        ),
+        "{}",
+        err.message()
+    );
+    sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Accepted).await;
     let close = UpdateStatusRequest { status: MessageStatus::Closed as i32, code: "housed".into(), ..accept };
     maple.client().await.update_status(maple.as_person("sam", close)).await.unwrap();
     let r = sent_status(&harbor, &sent.message_id, "maple-house", MessageStatus::Closed).await;
     assert_eq!(r.code, "housed");
+
+    // The sender's timeline: each step, who took it and with which code.
+    let view = harbor
+        .client()
+        .await
+        .get_message(harbor.as_person("casey", GetMessageRequest { message_id: sent.message_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let steps: Vec<(&str, &str, &str, &str)> = view
+        .timeline
+        .iter()
+        .map(|s| (s.step.as_str(), s.by_org.as_str(), s.by_person.as_str(), s.code.as_str()))
+        .collect();
+    assert_eq!(steps.first(), Some(&("sent", "", "casey", "")), "{steps:?}");
+    for want in [
+        ("queued", "", "", ""),
+        ("delivered", "", "", ""),
+        ("accepted", "maple-house", "sam", ""),
+        ("closed", "maple-house", "sam", "housed"),
+    ] {
+        assert!(steps.contains(&want), "{want:?} in {steps:?}");
+    }
+    let at = |step: &str| steps.iter().position(|s| s.0 == step);
+    assert!(at("accepted") < at("closed"), "{steps:?}");
+    assert_eq!(steps.len(), 5, "each step once: {steps:?}");
 
     // A stored status the gateway never writes is a broken invariant: INTERNAL, not "retry later".
     sqlx::query("UPDATE deliveries SET status = 'misfiled' WHERE message_id = $1")

@@ -4,6 +4,7 @@
 
 use haven_proto::v1 as pb;
 use haven_sharing::delivery::{self, DeliveryStatus, ItemState, Party};
+use haven_sharing::policy::Schema;
 use haven_trust::audit::{Action, AuditEntry};
 use haven_trust::clock::SharedClock;
 use haven_trust::ids::{Caller, OrgId, Role};
@@ -317,10 +318,12 @@ fn requested(status: pb::MessageStatus) -> Option<DeliveryStatus> {
     DeliveryStatus::parse(&status.as_str_name().to_ascii_lowercase())
 }
 
-/// Applies a status update from either party, with its idempotency key. Returns the reply and the
+/// Applies a status update from either party, with its idempotency key; a decline's or a close's code
+/// must be one the kind lists in `schema`, where it lists them. Returns the reply and the
 /// organizations that have something new queued (to wake).
 pub async fn update_status(
     store: &Store,
+    schema: &Schema,
     stamp: &Stamp,
     caller: &Caller,
     req: pb::UpdateStatusRequest,
@@ -381,6 +384,7 @@ pub async fn update_status(
         };
         let by = if c.sender == caller.org.as_str() { Party::Sender } else { Party::Recipient };
         let plan = delivery::plan_status_change(&c.kind, c.status, to, by)?;
+        schema.check_status_code(&c.kind, Some(plan.to), &req.code)?;
         let to = plan.to;
         final_status = Some(to);
         if plan.cancel_queued {

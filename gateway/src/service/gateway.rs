@@ -81,7 +81,10 @@ impl GatewayRpc for GatewayService {
     async fn update_status(&self, req: Request<UpdateStatusRequest>) -> Result<Response<UpdateStatusResponse>, Status> {
         let caller = caller(&req)?;
         let g = &self.gateway;
-        let (resp, woken) = routing::lifecycle::update_status(g.store(), &g.stamp(), &caller, req.into_inner()).await?;
+        let bundle = g.bundle();
+        let (resp, woken) =
+            routing::lifecycle::update_status(g.store(), bundle.schema(), &g.stamp(), &caller, req.into_inner())
+                .await?;
         g.wake(&woken);
         Ok(Response::new(resp))
     }
@@ -206,14 +209,30 @@ fn network_info(bundle: &haven_sharing::policy::Bundle) -> NetworkInfoResponse {
     let purposes = bundle
         .purpose_defs()
         .iter()
-        .map(|p| PurposeInfo { id: p.name.clone(), description: p.description.clone() })
+        .map(|p| PurposeInfo {
+            id: p.name.clone(),
+            description: words(Some(&p.description)),
+            label: words(p.label.as_ref()),
+        })
         .collect();
     let kinds = bundle
         .schema()
         .kinds()
         .map(|k| KindInfo {
             name: k.name.clone(),
-            description: k.description.clone(),
+            description: words(Some(&k.description)),
+            label: words(k.label.as_ref()),
+            codes: k
+                .codes
+                .iter()
+                .flat_map(|(status, codes)| {
+                    codes.iter().map(|(code, w)| CodeInfo {
+                        status: status.as_str().to_owned(),
+                        code: code.clone(),
+                        label: words(Some(w)),
+                    })
+                })
+                .collect(),
             fields: k
                 .fields()
                 .iter()
@@ -223,7 +242,13 @@ fn network_info(bundle: &haven_sharing::policy::Bundle) -> NetworkInfoResponse {
                     required: f.required,
                     values: f.values.clone(),
                     labels: f.labels.clone(),
-                    description: f.description.clone().unwrap_or_default(),
+                    label: words(f.label.as_ref()),
+                    description: words(f.description.as_ref()),
+                    value_labels: f
+                        .value_labels
+                        .iter()
+                        .filter_map(|(v, w)| Some((v.clone(), words(Some(w))?)))
+                        .collect(),
                     min: f.min,
                     max: f.max,
                     max_len: f.max_len.unwrap_or(0),
@@ -236,5 +261,16 @@ fn network_info(bundle: &haven_sharing::policy::Bundle) -> NetworkInfoResponse {
         .iter()
         .map(|o| OrgInfo { id: o.id.to_string(), name: o.name.clone(), r#type: o.org_type.as_str().to_owned() })
         .collect();
-    NetworkInfoResponse { bundle_version: bundle.version().to_string(), purposes, kinds, organizations }
+    NetworkInfoResponse {
+        bundle_version: bundle.version().to_string(),
+        purposes,
+        kinds,
+        organizations,
+        languages: bundle.network().languages.clone(),
+    }
+}
+
+/// A text in each of its languages, for the wire.
+fn words(w: Option<&haven_sharing::policy::Words>) -> Option<Words> {
+    w.map(|w| Words { by_language: w.iter().map(|(l, t)| (l.to_owned(), t.to_owned())).collect() })
 }

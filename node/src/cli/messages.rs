@@ -144,6 +144,27 @@ pub enum MessageRow {
     Received(InboxRow),
 }
 
+/// One step of a message's life (see `TimelineStep` in the wire protocol).
+#[derive(Debug, Serialize)]
+pub struct StepRow {
+    pub at: String,
+    pub step: String,
+    /// The recipient of a sent message, or the sender of a received one.
+    pub counterparty: String,
+    pub code: String,
+    /// The organization that took the step; empty when it was this one.
+    pub by_org: String,
+    pub by_person: String,
+}
+
+/// One message and its timeline.
+#[derive(Debug, Serialize)]
+pub struct ShownMessage {
+    #[serde(flatten)]
+    pub message: MessageRow,
+    pub timeline: Vec<StepRow>,
+}
+
 /// A status change this person made.
 #[derive(Debug, Serialize)]
 pub struct StatusRow {
@@ -317,8 +338,20 @@ pub async fn show(args: &ShowArgs, out: Out<'_>) -> Result<(), CliError> {
         (None, Some(received)) => MessageRow::Received(inbox::row(&received)),
         (None, None) => return Err(CliError::Answer(format!("message {} came back empty", args.id))),
     };
+    let timeline: Vec<StepRow> = view
+        .timeline
+        .iter()
+        .map(|t| StepRow {
+            at: output::rfc3339(t.at_micros),
+            step: t.step.clone(),
+            counterparty: t.counterparty.clone(),
+            code: t.code.clone(),
+            by_org: t.by_org.clone(),
+            by_person: t.by_person.clone(),
+        })
+        .collect();
     if args.client.json {
-        return Ok(output::json_line(out, &row)?);
+        return Ok(output::json_line(out, &ShownMessage { message: row, timeline })?);
     }
     match &row {
         MessageRow::Sent(m) => {
@@ -353,6 +386,23 @@ pub async fn show(args: &ShowArgs, out: Out<'_>) -> Result<(), CliError> {
         }
         MessageRow::Received(r) => inbox::write_detail(out, r)?,
     }
+    let mut table = Table::new(&["WHEN", "STEP", "WITH", "BY", "CODE"]);
+    for t in &timeline {
+        let by = match (t.by_org.as_str(), t.by_person.as_str()) {
+            ("", p) => p.to_owned(),
+            (o, "") => o.to_owned(),
+            (o, p) => format!("{p} ({o})"),
+        };
+        table.row(vec![
+            t.at.clone(),
+            t.step.clone(),
+            output::or_dash(&t.counterparty),
+            output::or_dash(&by),
+            output::or_dash(&t.code),
+        ]);
+    }
+    writeln!(out)?;
+    table.write(out, "no timeline steps recorded")?;
     Ok(())
 }
 

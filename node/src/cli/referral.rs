@@ -25,7 +25,7 @@ pub enum ReferralCommand {
     Decline {
         #[command(flatten)]
         answer: AnswerArgs,
-        /// A snake_case reason code, for example no_capacity or not_eligible (never free text).
+        /// A reason code the network's schema lists, for example no_capacity or not_eligible.
         #[arg(long, value_name = "CODE")]
         reason: String,
     },
@@ -33,7 +33,7 @@ pub enum ReferralCommand {
     Close {
         #[command(flatten)]
         answer: AnswerArgs,
-        /// A snake_case outcome code, for example housed or service_completed (never free text).
+        /// An outcome code the network's schema lists, for example housed or service_provided.
         #[arg(long, value_name = "CODE")]
         outcome: String,
     },

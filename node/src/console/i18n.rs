@@ -266,6 +266,56 @@ catalog! {
     AllStates => "All states", "Todos los estados";
     ResetSecondFactor => "Reset (lost phone)", "Restablecer (teléfono perdido)";
     AccessLog => "Who at your organization opened it", "Quién de su organización lo abrió";
+    StSent => "sent", "enviado";
+    StQueued => "queued at the gateway", "en cola en la pasarela";
+    StReceived => "received", "recibido";
+    StDelivered => "delivered", "entregado";
+    StAccepted => "accepted", "aceptado";
+    StDeclined => "declined", "rechazado";
+    StClosed => "closed", "cerrado";
+    StAcknowledged => "acknowledged", "recibo confirmado";
+    StWithdrawn => "withdrawn", "retirado";
+    StCancelled => "cancelled (consent ended)", "cancelado (terminó el consentimiento)";
+    StExpired => "expired", "caducado";
+    StDenied => "denied", "denegado";
+    StPending => "waiting at this node", "en espera en este nodo";
+    StSubmitted => "taken by the gateway", "aceptado por la pasarela";
+    StFailed => "refused by the gateway", "rechazado por la pasarela";
+    Timeline => "History", "Historial";
+    Step => "Step", "Paso";
+    With => "With", "Con";
+    By => "By", "Por";
+    Reason => "Reason", "Motivo";
+    Outcome => "Outcome", "Resultado";
+    DeclineWith => "Decline, with a reason", "Rechazar, indicando el motivo";
+    CloseWith => "Close, with the outcome", "Cerrar, indicando el resultado";
+    RenewConsent => "Renew", "Renovar";
+    RenewIntro => "A renewal is a new consent that replaces this one once recorded: print it, have the survivor sign it, and record it.", "Una renovación es un consentimiento nuevo que sustituye a este una vez registrado: imprímalo, pida a la persona que lo firme y regístrelo.";
+    ScanUpload => "The signed form's scan (the node hashes it)", "El escaneo del formulario firmado (el nodo calcula su hash)";
+    ScanNotKept => "The consent is recorded with the scan's hash, but the node could not keep the scan itself. The error is in the node's log.", "El consentimiento está registrado con el hash del escaneo, pero el nodo no pudo guardar el escaneo. El error está en el registro del nodo.";
+    ScanDownload => "Download the signed form's scan", "Descargar el escaneo del formulario firmado";
+}
+
+/// A status or timeline step (`accepted`, `queued`, ...) in words, where the catalog has it.
+pub fn status_words(status: &str) -> Option<Msg> {
+    Some(match status {
+        "sent" => Msg::StSent,
+        "queued" => Msg::StQueued,
+        "received" => Msg::StReceived,
+        "delivered" => Msg::StDelivered,
+        "accepted" => Msg::StAccepted,
+        "declined" => Msg::StDeclined,
+        "closed" => Msg::StClosed,
+        "acknowledged" => Msg::StAcknowledged,
+        "withdrawn" => Msg::StWithdrawn,
+        "revoked" | "cancelled" => Msg::StCancelled,
+        "expired" => Msg::StExpired,
+        "denied" => Msg::StDenied,
+        "pending" => Msg::StPending,
+        "submitted" => Msg::StSubmitted,
+        "failed" => Msg::StFailed,
+        _ => return None,
+    })
 }
 
 /// A gateway refusal code in plain words, where the catalog has them.

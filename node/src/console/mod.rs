@@ -54,6 +54,9 @@ pub struct ConsoleConfig {
     pub public_origin: Option<String>,
     /// The phone number the survivor's copies of a consent give (`--console-help-phone`).
     pub help_phone: Option<String>,
+    /// Keep the scans of signed consent forms uploaded in the console
+    /// (`--console-keep-consent-scans`); without it only their SHA-256 is kept, in the receipt.
+    pub keep_scans: bool,
 }
 
 /// Why the console could not start.
@@ -88,6 +91,8 @@ pub struct Console {
     pub certificates: Vec<(String, i64)>,
     /// The phone number the survivor's copies of a consent give.
     pub help_phone: Option<String>,
+    /// Whether the organization opted in to keeping consent scans.
+    pub keep_scans: bool,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

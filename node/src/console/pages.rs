@@ -9,6 +9,7 @@ use haven_proto::v1 as pb;
 use super::assets::{ASSETS, Assets};
 use super::i18n::{Lang, Msg};
 use crate::access::Access;
+use crate::network::Wording;
 use crate::people::{Listed, Person};
 use haven_trust::ids::Role;
 
@@ -243,15 +244,23 @@ fn kind_label(lang: Lang, kind: &str) -> String {
     }
 }
 
-fn status_word(status: i32) -> String {
-    pb::MessageStatus::try_from(status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default()
+fn status_word(lang: Lang, status: i32) -> String {
+    words_of(
+        lang,
+        &pb::MessageStatus::try_from(status).map(|s| s.as_str_name().to_ascii_lowercase()).unwrap_or_default(),
+    )
+}
+
+/// A status or step name in the person's language (the name itself where the catalog has none).
+fn words_of(lang: Lang, name: &str) -> String {
+    super::i18n::status_words(name).map_or_else(|| name.to_owned(), |m| m.text(lang).to_owned())
 }
 
 /// The inbox page: filters, then the live list.
 /// The local states an inbox listing can be filtered by.
 pub const STATES: [&str; 6] = ["delivered", "accepted", "declined", "closed", "acknowledged", "withdrawn"];
 
-pub fn inbox(frame: &Frame, kind: &str, mine: bool, state: &str, items: &[pb::InboxItem]) -> Markup {
+pub fn inbox(frame: &Frame, w: Wording, kind: &str, mine: bool, state: &str, items: &[pb::InboxItem]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let live = format!(
         "/inbox/items?kind={}&state={}{}",
@@ -274,7 +283,7 @@ pub fn inbox(frame: &Frame, kind: &str, mine: bool, state: &str, items: &[pb::In
                 label for="state" { (t(Msg::State)) }
                 select #state name="state" {
                     option value="" selected[state.is_empty()] { (t(Msg::AllStates)) }
-                    @for st in STATES { option value=(st) selected[state == st] { (st) } }
+                    @for st in STATES { option value=(st) selected[state == st] { (words_of(frame.lang, st)) } }
                 }
             }
             div {
@@ -286,14 +295,14 @@ pub fn inbox(frame: &Frame, kind: &str, mine: bool, state: &str, items: &[pb::In
         }
         p.muted { (t(Msg::LiveUpdates)) }
         div #inbox-items data-live=(live) aria-live="polite" {
-            (inbox_items(frame.lang, items))
+            (inbox_items(frame.lang, w, items))
         }
     };
     page(frame, t(Msg::Inbox), body)
 }
 
 /// The inbox list alone (the live region's content): metadata, never field values.
-pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
+pub fn inbox_items(lang: Lang, w: Wording, items: &[pb::InboxItem]) -> Markup {
     let t = |m: Msg| m.text(lang);
     html! {
         @if items.is_empty() {
@@ -309,9 +318,9 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
                                 Some(pb::item::Body::Delivery(d)) => {
                                     td { (kind_label(lang, &d.kind)) }
                                     td { (d.sender) }
-                                    td { (d.purpose) }
+                                    td { (w.purpose(&d.purpose)) }
                                     td.state {
-                                        @if item.withdrawn { (t(Msg::ConsentWithdrawnNotice)) } @else { (status_word(item.status)) }
+                                        @if item.withdrawn { (t(Msg::ConsentWithdrawnNotice)) } @else { (status_word(lang, item.status)) }
                                     }
                                     td { a href=(format!("/messages/{}", urlencode(&d.message_id))) { (t(Msg::Open)) span.skip { " " (d.message_id) } } }
                                 }
@@ -324,14 +333,14 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
                                     td { (t(Msg::StatusNotice)) }
                                     td { (s.from_org) }
                                     td {}
-                                    td.state { (status_word(s.status)) }
+                                    td.state { (status_word(lang, s.status)) }
                                     td { a href=(format!("/messages/{}", urlencode(&s.message_id))) { (t(Msg::Open)) span.skip { " " (s.message_id) } } }
                                 }
                                 Some(pb::item::Body::SenderNotice(n)) => {
                                     td { (t(Msg::DeliveryNotice)) }
                                     td { (n.recipient) }
                                     td {}
-                                    td.state { (sender_notice_word(n.kind)) @if !n.reason.is_empty() { " (" (n.reason) ")" } }
+                                    td.state { (words_of(lang, &sender_notice_word(n.kind))) @if !n.reason.is_empty() { " (" (n.reason) ")" } }
                                     td { a href=(format!("/messages/{}", urlencode(&n.message_id))) { (t(Msg::Open)) span.skip { " " (n.message_id) } } }
                                 }
                                 None => { td { (item.item_kind) } td {} td {} td {} td {} }
@@ -347,7 +356,8 @@ pub fn inbox_items(lang: Lang, items: &[pb::InboxItem]) -> Markup {
 
 /// A received message: its metadata, its fields (or that they were withdrawn), and the actions the
 /// recipient may take.
-pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access], staff: &[String]) -> Markup {
+pub fn received(frame: &Frame, csrf: &str, message: &ReceivedMessage) -> Markup {
+    let ReceivedMessage { item, views, staff, timeline: steps, wording: w } = *message;
     let t = |m: Msg| m.text(frame.lang);
     let Some(pb::Item { body: Some(pb::item::Body::Delivery(d)), .. }) = &item.item else {
         return problem(frame, Msg::NotFound, "");
@@ -360,10 +370,10 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
             dt { (t(Msg::Message)) } dd { (d.message_id) }
             dt { (t(Msg::Kind)) } dd { (kind_label(frame.lang, &d.kind)) }
             dt { (t(Msg::From)) } dd { (d.sender) " (" (d.sender_person) ")" }
-            dt { (t(Msg::Purpose)) } dd { (d.purpose) }
+            dt { (t(Msg::Purpose)) } dd { (w.purpose(&d.purpose)) }
             @if !d.subject_pseudonym.is_empty() { dt { (t(Msg::Subject)) } dd { (d.subject_pseudonym) } }
             dt { (t(Msg::Received)) } dd { (when(item.received_at_micros)) }
-            dt { (t(Msg::State)) } dd.state #message-state { (status_word(item.status)) }
+            dt { (t(Msg::State)) } dd.state #message-state { (status_word(frame.lang, item.status)) }
         }
         h2 { (t(Msg::Fields)) }
         @if item.withdrawn {
@@ -371,11 +381,11 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
         } @else {
             dl.fields #message-fields {
                 @for (name, value) in &fields {
-                    dt { (name) } dd { (field_text(value)) }
+                    dt { (w.field_named(&d.kind, name)) } dd { (field_text(w, &d.kind, name, value)) }
                 }
             }
             @if !d.withheld_fields.is_empty() {
-                p.muted { (t(Msg::Withheld)) ": " (d.withheld_fields.join(", ")) }
+                p.muted { (t(Msg::Withheld)) ": " (d.withheld_fields.iter().map(|f| w.field_named(&d.kind, f)).collect::<Vec<_>>().join(", ")) }
             }
             p.muted { (t(Msg::ViewRecorded)) }
         }
@@ -399,19 +409,19 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
                 button.quiet type="submit" { (t(Msg::Assign)) }
             }
         }
-        @if !item.withdrawn && d.kind == "referral" {
+        @let status = pb::MessageStatus::try_from(item.status).unwrap_or(pb::MessageStatus::Unspecified);
+        @if !item.withdrawn && d.kind == "referral" && matches!(status, pb::MessageStatus::Delivered | pb::MessageStatus::Sent | pb::MessageStatus::Unspecified) {
             form.actions method="post" action=(action) {
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="sender" value=(d.sender);
-                div {
-                    label for="code" { (t(Msg::ReasonCode)) }
-                    input #code type="text" name="code";
-                }
                 button type="submit" name="status" value="accepted" { (t(Msg::Accept)) }
-                button.quiet type="submit" name="status" value="declined" { (t(Msg::Decline)) }
-                button.quiet type="submit" name="status" value="closed" { (t(Msg::Close)) }
             }
+            (status_code_form(frame.lang, csrf, &action, CodeForm { sender: &d.sender, choices: &w.codes(&d.kind, "declined"), status: "declined", id: "decline-code" }))
         }
+        @if !item.withdrawn && d.kind == "referral" && status == pb::MessageStatus::Accepted {
+            (status_code_form(frame.lang, csrf, &action, CodeForm { sender: &d.sender, choices: &w.codes(&d.kind, "closed"), status: "closed", id: "close-code" }))
+        }
+        (timeline(frame.lang, w, &d.kind, steps))
         @if !views.is_empty() {
             h2 { (t(Msg::AccessLog)) }
             table.list {
@@ -427,23 +437,111 @@ pub fn received(frame: &Frame, csrf: &str, item: &pb::InboxItem, views: &[Access
     page(frame, &format!("{} {}", kind_label(frame.lang, &d.kind), short(&d.message_id)), body)
 }
 
+/// A decline or a close: the status, and the code the kind lists for it.
+struct CodeForm<'a> {
+    sender: &'a str,
+    /// The codes to choose from, with their words; empty: a code is typed.
+    choices: &'a [(&'a str, &'a str)],
+    status: &'a str,
+    id: &'a str,
+}
+
+/// The form that declines or closes a referral, with its reason or outcome as words.
+fn status_code_form(lang: Lang, csrf: &str, action: &str, f: CodeForm) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    let (legend, label, button) = if f.status == "closed" {
+        (Msg::CloseWith, Msg::Outcome, Msg::Close)
+    } else {
+        (Msg::DeclineWith, Msg::Reason, Msg::Decline)
+    };
+    html! {
+        form.actions method="post" action=(action) {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="sender" value=(f.sender);
+            input type="hidden" name="status" value=(f.status);
+            div {
+                label for=(f.id) { (t(label)) }
+                @if f.choices.is_empty() {
+                    input id=(f.id) type="text" name="code" required;
+                } @else {
+                    select id=(f.id) name="code" required {
+                        option value="" { (t(Msg::Choose)) }
+                        @for (code, words) in f.choices { option value=(code) { (words) } }
+                    }
+                }
+            }
+            button.quiet type="submit" aria-label=(t(legend)) { (t(button)) }
+        }
+    }
+}
+
+/// A message's timeline: each step, who took it and when.
+fn timeline(lang: Lang, w: Wording, kind: &str, steps: &[pb::TimelineStep]) -> Markup {
+    let t = |m: Msg| m.text(lang);
+    html! {
+        @if !steps.is_empty() {
+            h2 #timeline-title { (t(Msg::Timeline)) }
+            table.list #timeline aria-labelledby="timeline-title" {
+                thead { tr { th { (t(Msg::When)) } th { (t(Msg::Step)) } th { (t(Msg::With)) } th { (t(Msg::By)) } th { (t(Msg::Reason)) } } }
+                tbody {
+                    @for s in steps {
+                        tr data-step=(s.step) {
+                            td { (when(s.at_micros)) }
+                            td.state { (words_of(lang, &s.step)) }
+                            td { (s.counterparty) }
+                            td { (s.by_person) @if !s.by_org.is_empty() { " (" (s.by_org) ")" } }
+                            td { (step_code(lang, w, kind, s)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A step's code as words: a decline's reason or a close's outcome from the schema, a denial's reason
+/// from the catalog, else the code.
+fn step_code(lang: Lang, w: Wording, kind: &str, s: &pb::TimelineStep) -> String {
+    match s.step.as_str() {
+        "declined" | "closed" => w.code(kind, &s.step, &s.code).to_owned(),
+        "denied" => super::i18n::deny_words(&s.code).map_or_else(|| s.code.clone(), |m| m.text(lang).to_owned()),
+        _ => s.code.clone(),
+    }
+}
+
+/// A received message and what its page shows beside it.
+#[derive(Clone, Copy)]
+pub struct ReceivedMessage<'a> {
+    pub item: &'a pb::InboxItem,
+    pub views: &'a [Access],
+    pub staff: &'a [String],
+    pub timeline: &'a [pb::TimelineStep],
+    pub wording: Wording<'a>,
+}
+
 /// A sent message: each recipient's status, who changed it and when.
-pub fn sent_message(frame: &Frame, csrf: &str, sent: &pb::SentMessage) -> Markup {
+pub fn sent_message(
+    frame: &Frame,
+    csrf: &str,
+    w: Wording,
+    sent: &pb::SentMessage,
+    steps: &[pb::TimelineStep],
+) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let live = format!("/messages/{}/recipients", urlencode(&sent.message_id));
     let body = html! {
         dl.fields {
             dt { (t(Msg::Message)) } dd { (sent.message_id) }
             dt { (t(Msg::Kind)) } dd { (kind_label(frame.lang, &sent.kind)) }
-            dt { (t(Msg::Purpose)) } dd { (sent.purpose) }
+            dt { (t(Msg::Purpose)) } dd { (w.purpose(&sent.purpose)) }
             dt { (t(Msg::Created)) } dd { (when(sent.created_at_micros)) }
-            dt { (t(Msg::State)) } dd.state { (sent.state) }
+            dt { (t(Msg::State)) } dd.state { (words_of(frame.lang, &sent.state)) }
         }
         @if sent.state == "pending" {
             p.note role="status" { (t(Msg::PendingAtNode)) @if !sent.error.is_empty() { " (" (sent.error) ")" } }
         }
         h2 { (t(Msg::Recipients)) }
-        div #recipients data-live=(live) aria-live="polite" { (recipients(frame.lang, sent)) }
+        div #recipients data-live=(live) aria-live="polite" { (recipients(frame.lang, w, sent)) }
         @let open: Vec<&pb::RecipientStatus> = sent.recipients.iter().filter(|r| {
             matches!(pb::MessageStatus::try_from(r.status), Ok(pb::MessageStatus::Sent | pb::MessageStatus::Delivered | pb::MessageStatus::Accepted))
         }).collect();
@@ -458,12 +556,13 @@ pub fn sent_message(frame: &Frame, csrf: &str, sent: &pb::SentMessage) -> Markup
                 button.quiet type="submit" { (t(Msg::Withdraw)) }
             }
         }
+        (timeline(frame.lang, w, &sent.kind, steps))
     };
     page(frame, &format!("{} {}", kind_label(frame.lang, &sent.kind), short(&sent.message_id)), body)
 }
 
 /// A sent message's recipients (a live region).
-pub fn recipients(lang: Lang, sent: &pb::SentMessage) -> Markup {
+pub fn recipients(lang: Lang, w: Wording, sent: &pb::SentMessage) -> Markup {
     let t = |m: Msg| m.text(lang);
     html! {
         @if sent.recipients.is_empty() {
@@ -475,7 +574,14 @@ pub fn recipients(lang: Lang, sent: &pb::SentMessage) -> Markup {
                     @for r in &sent.recipients {
                         tr {
                             td { (r.recipient) }
-                            td.state data-recipient=(r.recipient) { (crate::mailbox::recipient_status(r.status, &r.reason)) @if !r.reason.is_empty() { " (" (r.reason) ")" } }
+                            @let status = crate::mailbox::recipient_status(r.status, &r.reason);
+                            td.state data-recipient=(r.recipient) data-status=(status) {
+                                (words_of(lang, &status))
+                                @if !r.code.is_empty() { " · " (w.code(&sent.kind, &status, &r.code)) }
+                                @if !r.reason.is_empty() {
+                                    " · " (super::i18n::deny_words(&r.reason).map_or_else(|| r.reason.clone(), |m| m.text(lang).to_owned()))
+                                }
+                            }
                             td { (r.by_person) }
                             td { (when(r.updated_at_micros)) }
                         }
@@ -487,16 +593,16 @@ pub fn recipients(lang: Lang, sent: &pb::SentMessage) -> Markup {
 }
 
 /// The sent list.
-pub fn sent_list(frame: &Frame, messages: &[pb::SentMessage]) -> Markup {
+pub fn sent_list(frame: &Frame, w: Wording, messages: &[pb::SentMessage]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let body = html! {
-        div #sent-items data-live="/sent/items" aria-live="polite" { (sent_items(frame.lang, messages)) }
+        div #sent-items data-live="/sent/items" aria-live="polite" { (sent_items(frame.lang, w, messages)) }
     };
     page(frame, t(Msg::Sent), body)
 }
 
 /// The sent list alone (a live region).
-pub fn sent_items(lang: Lang, messages: &[pb::SentMessage]) -> Markup {
+pub fn sent_items(lang: Lang, w: Wording, messages: &[pb::SentMessage]) -> Markup {
     let t = |m: Msg| m.text(lang);
     html! {
         @if messages.is_empty() {
@@ -509,9 +615,9 @@ pub fn sent_items(lang: Lang, messages: &[pb::SentMessage]) -> Markup {
                         tr {
                             td { (when(m.created_at_micros)) }
                             td { (kind_label(lang, &m.kind)) }
-                            td { (m.purpose) }
+                            td { (w.purpose(&m.purpose)) }
                             td {
-                                @for r in &m.recipients { span { (r.recipient) ": " (crate::mailbox::recipient_status(r.status, &r.reason)) } br; }
+                                @for r in &m.recipients { span { (r.recipient) ": " (words_of(lang, &crate::mailbox::recipient_status(r.status, &r.reason))) } br; }
                                 @if m.state == "pending" { span { (t(Msg::PendingAtNode)) } }
                             }
                             td { a href=(format!("/messages/{}", urlencode(&m.message_id))) { (t(Msg::Open)) span.skip { " " (m.message_id) } } }
@@ -523,14 +629,14 @@ pub fn sent_items(lang: Lang, messages: &[pb::SentMessage]) -> Markup {
     }
 }
 
-/// A field value as text.
-fn field_text(value: &pb::FieldValue) -> String {
+/// A field value as text, with an enum's or a list's values as the schema's words.
+fn field_text(w: Wording, kind: &str, field: &str, value: &pb::FieldValue) -> String {
     use pb::field_value::Value;
     match &value.value {
-        Some(Value::Text(s)) => s.clone(),
+        Some(Value::Text(s)) => w.value_named(kind, field, s).to_owned(),
         Some(Value::Integer(i)) => i.to_string(),
         Some(Value::Date(d)) => d.clone(),
-        Some(Value::List(l)) => l.items.join(", "),
+        Some(Value::List(l)) => l.items.iter().map(|v| w.value_named(kind, field, v)).collect::<Vec<_>>().join(", "),
         None => String::new(),
     }
 }
@@ -734,6 +840,9 @@ pub fn new_referral(
 ) -> Markup {
     let ReferralForm { info, own_org, consents, draft } = *form;
     let t = |m: Msg| m.text(frame.lang);
+    let w = Wording::new(info, frame.lang.tag());
+    let fields_of =
+        |names: &[String]| names.iter().map(|f| w.field_named(&draft.kind, f)).collect::<Vec<_>>().join(", ");
     let problem_of = |field: &str| problems.iter().find(|(f, _)| f == field).map(|(_, p)| p.as_str());
     let general: Vec<&str> = problems.iter().filter(|(f, _)| f.is_empty()).map(|(_, p)| p.as_str()).collect();
     let alert = draft.kind == "alert";
@@ -761,8 +870,8 @@ pub fn new_referral(
                                 @if d.allowed {
                                     td.state { (t(Msg::WillReceive)) }
                                     td {
-                                        (d.released_fields.join(", "))
-                                        @if !d.withheld_fields.is_empty() { br; span.muted { (t(Msg::WithheldFields)) ": " (d.withheld_fields.join(", ")) } }
+                                        (fields_of(&d.released_fields))
+                                        @if !d.withheld_fields.is_empty() { br; span.muted { (t(Msg::WithheldFields)) ": " (fields_of(&d.withheld_fields)) } }
                                     }
                                 } @else {
                                     td.state { (t(Msg::Denied)) }
@@ -818,7 +927,7 @@ pub fn new_referral(
                 select #purpose name="purpose" required {
                     option value="" { (t(Msg::Choose)) }
                     @for p in &info.purposes {
-                        option value=(p.id) selected[p.id == draft.purpose] { (p.id) " — " (p.description) }
+                        option value=(p.id) selected[p.id == draft.purpose] { (w.purpose(&p.id)) " — " (w.purpose_description(&p.id)) }
                     }
                 }
                 @if let Some(p) = problem_of("purpose") { p.error { (p) } }
@@ -826,7 +935,7 @@ pub fn new_referral(
             @if let Some(kind) = kind {
                 h2 { (t(Msg::Fields)) }
                 @for f in &kind.fields {
-                    (field_input(frame.lang, f, draft, problem_of(&f.name)))
+                    (field_input(frame.lang, w, f, draft, problem_of(&f.name)))
                 }
             }
             div.actions {
@@ -845,33 +954,34 @@ fn org_name<'a>(info: &'a pb::NetworkInfoResponse, id: &'a str) -> &'a str {
 }
 
 /// One field of the form, by its schema type, with its problem tied to it.
-fn field_input(lang: Lang, f: &pb::FieldInfo, draft: &Draft, problem: Option<&str>) -> Markup {
+fn field_input(lang: Lang, w: Wording, f: &pb::FieldInfo, draft: &Draft, problem: Option<&str>) -> Markup {
     let id = format!("f-{}", f.name);
     let name = format!("f.{}", f.name);
     let described = problem.map(|_| format!("{id}-problem"));
-    let hint = (!f.description.is_empty()).then(|| format!("{id}-hint"));
+    let description = w.field_description(f);
+    let hint = (!description.is_empty()).then(|| format!("{id}-hint"));
     let describedby = [described.clone(), hint.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
     let describedby = (!describedby.is_empty()).then_some(describedby);
     html! {
         div.field {
             @if f.r#type == "list" {
                 fieldset {
-                    legend { (f.name) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
+                    legend { (w.field(f)) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
                     @for v in &f.values {
                         div {
                             input type="checkbox" name=(name) value=(v) id=(format!("{id}-{v}")) checked[draft.has(&f.name, v)];
                             " "
-                            label.inline for=(format!("{id}-{v}")) { (v) }
+                            label.inline for=(format!("{id}-{v}")) { (w.value(f, v)) }
                         }
                     }
                 }
             } @else {
-                label for=(id) { (f.name) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
+                label for=(id) { (w.field(f)) @if f.required { " (" (Msg::Required.text(lang)) ")" } }
                 @match f.r#type.as_str() {
                     "enum" => {
                         select id=(id) name=(name) required[f.required] aria-describedby=[describedby.clone()] aria-invalid=[problem.map(|_| "true")] {
                             option value="" { (Msg::Choose.text(lang)) }
-                            @for v in &f.values { option value=(v) selected[draft.value(&f.name) == v] { (v) } }
+                            @for v in &f.values { option value=(v) selected[draft.value(&f.name) == v] { (w.value(f, v)) } }
                         }
                     }
                     "integer" => {
@@ -889,7 +999,7 @@ fn field_input(lang: Lang, f: &pb::FieldInfo, draft: &Draft, problem: Option<&st
                     }
                 }
             }
-            @if let Some(h) = &hint { p.muted id=(h) { (f.description) } }
+            @if let Some(h) = &hint { p.muted id=(h) { (description) } }
             @if let (Some(p), Some(pid)) = (problem, &described) { p.error id=(pid) { (p) } }
         }
     }
@@ -916,6 +1026,8 @@ pub struct ConsentDraft {
     pub method: String,
     pub language: String,
     pub evidence: String,
+    /// For a renewal: the consent this one supersedes.
+    pub supersedes: String,
 }
 
 fn consent_hidden(d: &ConsentDraft) -> Markup {
@@ -927,14 +1039,22 @@ fn consent_hidden(d: &ConsentDraft) -> Markup {
         input type="hidden" name="valid_until" value=(d.valid_until);
         input type="hidden" name="method" value=(d.method);
         input type="hidden" name="language" value=(d.language);
+        @if !d.supersedes.is_empty() { input type="hidden" name="supersedes" value=(d.supersedes); }
     }
 }
 
 /// The consents this organization recorded.
-pub fn consents(frame: &Frame, held: &[crate::actions::HeldConsent]) -> Markup {
+pub fn consents(frame: &Frame, subject: &str, held: &[crate::actions::HeldConsent]) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let body = html! {
         p { a.button href="/consents/new" { (t(Msg::RecordConsent)) } }
+        form.filters method="get" action="/consents" {
+            div {
+                label for="subject" { (t(Msg::Subject)) }
+                input #subject type="text" name="subject" value=(subject) autocapitalize="none" spellcheck="false";
+            }
+            button type="submit" { (t(Msg::Search)) }
+        }
         @if held.is_empty() { p { (t(Msg::NothingHere)) } } @else {
             table.list {
                 thead { tr { th { (t(Msg::Subject)) } th { (t(Msg::State)) } th { (t(Msg::When)) } th { (t(Msg::Consent)) } } }
@@ -964,6 +1084,7 @@ pub fn consent_new(
 ) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let problem_of = |field: &str| problems.iter().find(|(f, _)| f == field).map(|(_, p)| p.as_str());
+    let w = Wording::new(info, frame.lang.tag());
     let mut types: Vec<&str> = info
         .organizations
         .iter()
@@ -972,20 +1093,32 @@ pub fn consent_new(
         .collect();
     types.sort();
     types.dedup();
+    // The survivor's language: one the console prints in and the network has words in.
+    let languages: Vec<Lang> = Lang::ALL
+        .into_iter()
+        .filter(|l| info.languages.is_empty() || info.languages.iter().any(|n| Lang::parse(n) == Some(*l)))
+        .collect();
+    let renewal = !d.supersedes.is_empty();
     let body = html! {
+        @if renewal { p.note { (t(Msg::RenewIntro)) " " code { (d.supersedes) } } }
         p { (t(Msg::ConsentIntro)) }
         @if !problems.is_empty() { p.error role="alert" { (t(Msg::FixFields)) } }
         form method="post" action="/consents/new" novalidate {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="step" value="print";
-            div.field {
-                label for="subject" { (t(Msg::SubjectOptional)) }
-                input #subject type="text" name="subject" value=(d.subject) autocapitalize="none" spellcheck="false";
+            @if renewal {
+                input type="hidden" name="supersedes" value=(d.supersedes);
+                input type="hidden" name="subject" value=(d.subject);
+            } @else {
+                div.field {
+                    label for="subject" { (t(Msg::SubjectOptional)) }
+                    input #subject type="text" name="subject" value=(d.subject) autocapitalize="none" spellcheck="false";
+                }
             }
             fieldset.field {
                 legend { (t(Msg::Purposes)) }
                 @for p in &info.purposes {
-                    div { input type="checkbox" name="purpose" value=(p.id) id=(format!("purpose-{}", p.id)) checked[d.purposes.contains(&p.id)]; " " label.inline for=(format!("purpose-{}", p.id)) { (p.id) " — " (p.description) } }
+                    div { input type="checkbox" name="purpose" value=(p.id) id=(format!("purpose-{}", p.id)) checked[d.purposes.contains(&p.id)]; " " label.inline for=(format!("purpose-{}", p.id)) { (w.purpose(&p.id)) " — " (w.purpose_description(&p.id)) } }
                 }
                 @if let Some(p) = problem_of("purpose") { p.error { (p) } }
             }
@@ -1017,18 +1150,19 @@ pub fn consent_new(
             div.field {
                 label for="language" { (t(Msg::SurvivorLanguage)) }
                 select #language name="language" {
-                    @for l in Lang::ALL { option value=(l.tag()) selected[d.language == l.tag()] lang=(l.tag()) { (l.name()) } }
+                    @for l in &languages { option value=(l.tag()) selected[d.language == l.tag()] lang=(l.tag()) { (l.name()) } }
                 }
             }
             button type="submit" { (t(Msg::PrintForm)) }
         }
     };
-    page(frame, t(Msg::RecordConsent), body)
+    page(frame, t(if renewal { Msg::RenewConsent } else { Msg::RecordConsent }), body)
 }
 
 /// What a consent says, in the survivor's language: the body of the form to sign and of the copy.
 fn consent_terms(lang: Lang, info: &pb::NetworkInfoResponse, d: &ConsentDraft) -> Markup {
     let t = |m: Msg| m.text(lang);
+    let w = Wording::new(info, lang.tag());
     html! {
         dl.fields {
             dt { (t(Msg::CopyWhat)) }
@@ -1036,7 +1170,7 @@ fn consent_terms(lang: Lang, info: &pb::NetworkInfoResponse, d: &ConsentDraft) -
             dt { (t(Msg::CopyWith)) }
             dd { ul { @for ty in &d.types { li { (ty) } } } }
             dt { (t(Msg::CopyWhy)) }
-            dd { ul { @for p in &d.purposes { li { (info.purposes.iter().find(|x| &x.id == p).map_or(p.as_str(), |x| x.description.as_str())) } } } }
+            dd { ul { @for p in &d.purposes { li { strong { (w.purpose(p)) } ": " (w.purpose_description(p)) } } } }
             dt { (t(Msg::CopyUntil)) } dd { (d.valid_until) }
         }
         p { (t(Msg::CopyWithdraw)) }
@@ -1059,13 +1193,18 @@ pub fn consent_print(
             (consent_terms(lang, info, d))
             p { "____________________________" br; (Msg::Name.text(lang)) " · " (Msg::When.text(lang)) }
         }
-        form.actions method="post" action="/consents/new" novalidate {
+        form.actions method="post" action="/consents/new" enctype="multipart/form-data" novalidate {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="step" value="record";
             (consent_hidden(d))
             div.field {
+                label for="scan" { (t(Msg::ScanUpload)) }
+                input #scan type="file" name="scan" accept="application/pdf,image/*"
+                    aria-describedby=[problem.map(|_| "evidence-problem")] aria-invalid=[problem.map(|_| "true")];
+            }
+            div.field {
                 label for="evidence" { (t(Msg::EvidenceHash)) }
-                input #evidence type="text" name="evidence" value=(d.evidence) required pattern="[0-9a-fA-F]{64}" autocomplete="off" spellcheck="false"
+                input #evidence type="text" name="evidence" value=(d.evidence) pattern="[0-9a-fA-F]{64}" autocomplete="off" spellcheck="false"
                     aria-describedby=[problem.map(|_| "evidence-problem")] aria-invalid=[problem.map(|_| "true")];
                 @if let Some(p) = problem { p.error #evidence-problem { (p) } }
             }
@@ -1076,10 +1215,20 @@ pub fn consent_print(
 }
 
 /// A recorded consent: what it says, its state, and what may be done with it.
-pub fn consent_show(frame: &Frame, csrf: &str, record: &pb::ConsentRecord) -> Markup {
+/// Whether the node keeps the scan of a consent's signed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanState {
+    Kept,
+    /// It was uploaded but could not be kept (the consent is recorded with its hash).
+    NotKept,
+    None,
+}
+
+pub fn consent_show(frame: &Frame, csrf: &str, record: &pb::ConsentRecord, scan: ScanState) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let id = urlencode(&record.consent_id);
     let body = html! {
+        @if scan == ScanState::NotKept { p.error role="alert" { (t(Msg::ScanNotKept)) } }
         dl.fields {
             dt { (t(Msg::Consent)) } dd { (record.consent_id) }
             dt { (t(Msg::State)) } dd.state #consent-state { (record.state) @if !record.revocation_reason.is_empty() { " (" (record.revocation_reason) ")" } }
@@ -1088,6 +1237,8 @@ pub fn consent_show(frame: &Frame, csrf: &str, record: &pb::ConsentRecord) -> Ma
             a.button href=(format!("/consents/{id}/copy")) { (t(Msg::SurvivorCopy)) } " "
             a.button href=(format!("/consents/{id}/copy?discreet=1")) { (t(Msg::DiscreetCopy)) } " "
             a.button href=(format!("/referrals/new?consent={id}")) { (t(Msg::NewReferral)) }
+            @if record.state == "given" { " " a.button href=(format!("/consents/{id}/renew")) { (t(Msg::RenewConsent)) } }
+            @if scan == ScanState::Kept { " " a.button href=(format!("/consents/{id}/scan")) { (t(Msg::ScanDownload)) } }
         }
         pre.receipt { (record.receipt_json) }
         @if !matches!(record.state.as_str(), "revoked" | "withdrawn" | "expired" | "superseded") {
@@ -1160,6 +1311,7 @@ pub fn draft_of(record: &pb::ConsentRecord) -> ConsentDraft {
         method: r.method.as_str().to_owned(),
         language: r.language,
         evidence: r.evidence_sha256,
+        supersedes: String::new(),
     }
 }
 

@@ -27,9 +27,11 @@ use super::session::{self, Session, Stage};
 use super::{Console, Peer};
 use crate::access::{self, Counted, SignIn, Source};
 use crate::actions::{self, Detail, Listing};
+use crate::network::Wording;
 use crate::password::SignInError;
 use crate::people::Person;
 use crate::totp::{self, Checked};
+use sha2::Digest;
 
 /// The language cookie.
 const LANG_COOKIE: &str = "haven-lang";
@@ -55,8 +57,15 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/people", get(people).post(add_person))
         .route("/people/{name}/{change}", post(person_change))
         .route("/consents", get(consents))
-        .route("/consents/new", get(consent_new).post(consent_form))
+        .route(
+            "/consents/new",
+            get(consent_new)
+                .post(consent_form)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES + 64 * 1024)),
+        )
         .route("/consents/{id}", get(consent_show))
+        .route("/consents/{id}/renew", get(consent_renew))
+        .route("/consents/{id}/scan", get(consent_scan))
         .route("/consents/{id}/copy", get(consent_copy))
         .route("/consents/{id}/revoke", post(consent_revoke))
         .route("/referrals/new", get(new_referral).post(referral_form))
@@ -179,7 +188,19 @@ pub trait Tokened {
 pub struct Posted<T, const HALFWAY: bool = false> {
     pub signed: Signed,
     pub form: T,
+    /// The files of a `multipart/form-data` post (a consent form's scan), by field name.
+    pub files: Vec<Upload>,
 }
+
+/// A file posted with a form.
+pub struct Upload {
+    pub field: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The largest file a form may carry: a scanned consent form (a few pages, or a phone photo).
+pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 
 impl<T, const HALFWAY: bool> axum::extract::FromRequest<Arc<Console>> for Posted<T, HALFWAY>
 where
@@ -191,14 +212,51 @@ where
         let (parts, body) = req.into_parts();
         let signed = signed_in(&parts, console, HALFWAY).await?;
         let headers = parts.headers.clone();
-        let Form(form) = Form::<T>::from_request(axum::extract::Request::from_parts(parts, body), &())
-            .await
-            .map_err(|e| refused(console, &signed, &tonic::Status::invalid_argument(e.body_text())))?;
-        if !console.origin.allows(&headers) || !session::same_secret(form.csrf(), &signed.session.csrf) {
+        // The origin first: a cross-site post is refused before its body is read.
+        if !console.origin.allows(&headers) {
             return Err(problem(console, signed.lang, Some(&signed), StatusCode::FORBIDDEN, Msg::RefusedCrossSite, ""));
         }
-        Ok(Posted { signed, form })
+        let bad = |e: String| refused(console, &signed, &tonic::Status::invalid_argument(e));
+        let request = axum::extract::Request::from_parts(parts, body);
+        let multipart = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+        let (form, files) = if multipart {
+            let (pairs, files) = read_multipart(request).await.map_err(bad)?;
+            let encoded = serde_urlencoded::to_string(&pairs).map_err(|e| bad(e.to_string()))?;
+            (serde_urlencoded::from_str::<T>(&encoded).map_err(|e| bad(e.to_string()))?, files)
+        } else {
+            let Form(form) = Form::<T>::from_request(request, &()).await.map_err(|e| bad(e.body_text()))?;
+            (form, Vec::new())
+        };
+        if !session::same_secret(form.csrf(), &signed.session.csrf) {
+            return Err(problem(console, signed.lang, Some(&signed), StatusCode::FORBIDDEN, Msg::RefusedCrossSite, ""));
+        }
+        Ok(Posted { signed, form, files })
     }
+}
+
+/// Reads a `multipart/form-data` body: its text fields as pairs, its non-empty files apart. A file
+/// over [`MAX_UPLOAD_BYTES`] (the route's body limit) or a malformed body is refused with its reason.
+async fn read_multipart(request: axum::extract::Request) -> Result<(Vec<(String, String)>, Vec<Upload>), String> {
+    use axum::extract::Multipart;
+    let mut multipart =
+        <Multipart as axum::extract::FromRequest<()>>::from_request(request, &()).await.map_err(|e| e.body_text())?;
+    let (mut pairs, mut files) = (Vec::new(), Vec::new());
+    while let Some(field) = multipart.next_field().await.map_err(|e| e.body_text())? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if field.file_name().is_some() {
+            let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
+            let bytes = field.bytes().await.map_err(|e| e.body_text())?;
+            if !bytes.is_empty() {
+                files.push(Upload { field: name, content_type, bytes: bytes.to_vec() });
+            }
+        } else {
+            pairs.push((name, field.text().await.map_err(|e| e.body_text())?));
+        }
+    }
+    Ok((pairs, files))
 }
 
 /// A connection to the node's database, or the error page.
@@ -522,16 +580,28 @@ async fn inbox_list(console: &Console, signed: &Signed, q: &KindQuery) -> Result
     .map_err(|s| refused(console, signed, &s))
 }
 
+/// The network's description for the words of purposes, fields and codes: the node's copy, or a
+/// fetch bounded so that a gateway that is down costs a page at most two seconds. Without it, pages
+/// show identifiers.
+async fn network_words(console: &Console, who: &Person) -> Option<Arc<pb::NetworkInfoResponse>> {
+    let fetch = actions::network_info(&console.network, &console.link, who);
+    tokio::time::timeout(std::time::Duration::from_secs(2), fetch).await.ok()?.ok()
+}
+
 async fn inbox(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
+    let info = network_words(&console, &signed.session.person).await;
+    let w = Wording::of(info.as_deref(), signed.lang.tag());
     match inbox_list(&console, &signed, &q).await {
-        Ok(items) => html(pages::inbox(&signed.frame(&console), &q.kind, q.mine.is_some(), &q.state, &items)),
+        Ok(items) => html(pages::inbox(&signed.frame(&console), w, &q.kind, q.mine.is_some(), &q.state, &items)),
         Err(r) => r,
     }
 }
 
 async fn inbox_items(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<KindQuery>) -> Response {
+    let info = network_words(&console, &signed.session.person).await;
+    let w = Wording::of(info.as_deref(), signed.lang.tag());
     match inbox_list(&console, &signed, &q).await {
-        Ok(items) => html(pages::inbox_items(signed.lang, &items)),
+        Ok(items) => html(pages::inbox_items(signed.lang, w, &items)),
         Err(r) => r,
     }
 }
@@ -541,15 +611,19 @@ async fn sent_list(console: &Console, signed: &Signed) -> Result<Vec<pb::SentMes
 }
 
 async fn sent(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    let info = network_words(&console, &signed.session.person).await;
+    let w = Wording::of(info.as_deref(), signed.lang.tag());
     match sent_list(&console, &signed).await {
-        Ok(messages) => html(pages::sent_list(&signed.frame(&console), &messages)),
+        Ok(messages) => html(pages::sent_list(&signed.frame(&console), w, &messages)),
         Err(r) => r,
     }
 }
 
 async fn sent_items(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    let info = network_words(&console, &signed.session.person).await;
+    let w = Wording::of(info.as_deref(), signed.lang.tag());
     match sent_list(&console, &signed).await {
-        Ok(messages) => html(pages::sent_items(signed.lang, &messages)),
+        Ok(messages) => html(pages::sent_items(signed.lang, w, &messages)),
         Err(r) => r,
     }
 }
@@ -562,8 +636,10 @@ async fn message(State(console): State<Arc<Console>>, signed: Signed, Path(id): 
         Err(s) => return refused(&console, &signed, &s),
     };
     let frame = signed.frame(&console);
+    let info = network_words(&console, who).await;
+    let w = Wording::of(info.as_deref(), signed.lang.tag());
     match (view.sent, view.received) {
-        (Some(sent), _) => html(pages::sent_message(&frame, &signed.session.csrf, &sent)),
+        (Some(sent), _) => html(pages::sent_message(&frame, &signed.session.csrf, w, &sent, &view.timeline)),
         (None, Some(received)) => {
             let views = match console.store.pool().acquire().await {
                 Ok(mut conn) => access::of_message(&mut conn, &id).await.unwrap_or_default(),
@@ -580,7 +656,14 @@ async fn message(State(console): State<Arc<Console>>, signed: Signed, Path(id): 
                     .collect(),
                 Err(_) => Vec::new(),
             };
-            html(pages::received(&frame, &signed.session.csrf, &received, &views, &staff))
+            let page = pages::ReceivedMessage {
+                item: &received,
+                views: &views,
+                staff: &staff,
+                timeline: &view.timeline,
+                wording: w,
+            };
+            html(pages::received(&frame, &signed.session.csrf, &page))
         }
         (None, None) => problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, ""),
     }
@@ -593,7 +676,10 @@ async fn recipients(State(console): State<Arc<Console>>, signed: Signed, Path(id
         return refused(&console, &signed, &s);
     }
     match crate::mailbox::sent(&console.store, &id).await {
-        Ok(Some(sent)) => html(pages::recipients(signed.lang, &sent)),
+        Ok(Some(sent)) => {
+            let info = network_words(&console, who).await;
+            html(pages::recipients(signed.lang, Wording::of(info.as_deref(), signed.lang.tag()), &sent))
+        }
         Ok(None) => problem(&console, signed.lang, Some(&signed), StatusCode::NOT_FOUND, Msg::NotFound, ""),
         Err(e) => server_error(&console, signed.lang, &e.to_string()),
     }
@@ -619,7 +705,7 @@ struct StatusForm {
 async fn message_status(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
-    Posted { signed, form }: Posted<StatusForm>,
+    Posted { signed, form, .. }: Posted<StatusForm>,
 ) -> Response {
     let status = match form.status.as_str() {
         "accepted" => pb::MessageStatus::Accepted,
@@ -718,7 +804,7 @@ struct CodeForm {
     code: String,
 }
 
-async fn code(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<CodeForm, true>) -> Response {
+async fn code(State(console): State<Arc<Console>>, Posted { signed, form, .. }: Posted<CodeForm, true>) -> Response {
     if signed.session.stage == Stage::Full {
         return Redirect::to("/").into_response();
     }
@@ -804,7 +890,7 @@ async fn enroll_form(console: &Console, signed: &Signed, wrong: bool) -> Respons
     (code, html(pages::enroll(&frame, &signed.session.csrf, &qr, &totp::base32(&secret), wrong))).into_response()
 }
 
-async fn enroll(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<CodeForm, true>) -> Response {
+async fn enroll(State(console): State<Arc<Console>>, Posted { signed, form, .. }: Posted<CodeForm, true>) -> Response {
     let person = signed.session.person.clone();
     let codes = match console.second_factor.confirm(&person.name, &form.code).await {
         Ok(Some(codes)) => codes,
@@ -867,7 +953,7 @@ fn people_done<T>(console: &Console, signed: &Signed, result: Result<T, tonic::S
     }
 }
 
-async fn add_person(State(console): State<Arc<Console>>, Posted { signed, form }: Posted<PersonForm>) -> Response {
+async fn add_person(State(console): State<Arc<Console>>, Posted { signed, form, .. }: Posted<PersonForm>) -> Response {
     let who = &signed.session.person;
     let added =
         actions::add_person(&console.people, &console.passwords, who, &form.name, &form.role, &form.password).await;
@@ -880,7 +966,7 @@ async fn person_change(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path((name, what)): Path<(String, String)>,
-    Posted { signed, form }: Posted<PersonForm>,
+    Posted { signed, form, .. }: Posted<PersonForm>,
 ) -> Response {
     let who = &signed.session.person;
     let name = match PersonId::parse(&name) {
@@ -1092,9 +1178,39 @@ fn envelope_of(
     (env, problems)
 }
 
-async fn consents(State(console): State<Arc<Console>>, signed: Signed) -> Response {
-    match actions::consents_held(&console.store, &signed.session.person).await {
-        Ok(held) => html(pages::consents(&signed.frame(&console), &held)),
+#[derive(Deserialize)]
+struct ConsentsQuery {
+    #[serde(default)]
+    subject: String,
+}
+
+/// The consents this organization recorded; with a subject, that subject's consents as the gateway
+/// holds them (`haven-node consent list --subject`).
+async fn consents(State(console): State<Arc<Console>>, signed: Signed, Query(q): Query<ConsentsQuery>) -> Response {
+    let who = &signed.session.person;
+    let subject = q.subject.trim();
+    let held = if subject.is_empty() {
+        actions::consents_held(&console.store, who).await
+    } else {
+        let request =
+            pb::ListConsentsRequest { subject_pseudonym: subject.to_owned(), page_size: 500, ..Default::default() };
+        match crate::consent::may_manage(who) {
+            Ok(()) => actions::list_consents(&console.link, who, request).await.map(|list| {
+                list.consents
+                    .iter()
+                    .map(|c| actions::HeldConsent {
+                        consent_id: c.consent_id.clone(),
+                        subject: crate::consent::subject_of(c),
+                        state: c.state.clone(),
+                        updated_at_micros: c.state_changed_at_micros.max(c.registered_at_micros),
+                    })
+                    .collect()
+            }),
+            Err(s) => Err(s),
+        }
+    };
+    match held {
+        Ok(held) => html(pages::consents(&signed.frame(&console), subject, &held)),
         Err(s) => refused(&console, &signed, &s),
     }
 }
@@ -1112,10 +1228,55 @@ async fn consent_new(State(console): State<Arc<Console>>, signed: Signed) -> Res
     html(pages::consent_new(&signed.frame(&console), &signed.session.csrf, &info, &draft, &[]))
 }
 
+/// A renewal: the consent form filled in from the consent it supersedes, to print, sign and record
+/// again (`haven-node consent renew`).
+async fn consent_renew(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    let record = match consent_record(&console, &signed, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let info = match actions::network_info(&console.network, &console.link, &signed.session.person).await {
+        Ok(i) => i,
+        Err(s) => return refused(&console, &signed, &s),
+    };
+    let draft = pages::ConsentDraft {
+        supersedes: record.consent_id.clone(),
+        valid_until: String::new(),
+        evidence: String::new(),
+        ..pages::draft_of(&record)
+    };
+    html(pages::consent_new(&signed.frame(&console), &signed.session.csrf, &info, &draft, &[]))
+}
+
+/// The kept scan of a consent's signed form, as a download (its opening is recorded).
+async fn consent_scan(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    let who = &signed.session.person;
+    match actions::open_consent_scan(&console.store, &console.clock, who, &signed.source(), &id).await {
+        Ok(scan) => {
+            // Served as a download of an opaque type: a scan is never rendered in the console's origin.
+            let name =
+                format!("consent-{}-scan", id.chars().filter(char::is_ascii_alphanumeric).take(36).collect::<String>());
+            (
+                [
+                    (http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+                    (
+                        http::header::HeaderName::from_static("x-scan-content-type"),
+                        scan.content_type.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect(),
+                    ),
+                ],
+                scan.bytes,
+            )
+                .into_response()
+        }
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
 /// The consent form posted: step `print` checks the details and shows the form to print and sign;
 /// step `record` takes the signed scan's hash and records the consent.
 async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>) -> Response {
-    let (signed, Pairs(pairs)) = (posted.signed, posted.form);
+    let (signed, Pairs(pairs), files) = (posted.signed, posted.form, posted.files);
     let who = &signed.session.person;
     if let Err(s) = crate::consent::may_manage(who) {
         return refused(&console, &signed, &s);
@@ -1135,6 +1296,7 @@ async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>
         method: value("method"),
         language: value("language"),
         evidence: value("evidence").to_ascii_lowercase(),
+        supersedes: value("supersedes"),
     };
     let mut problems = Vec::new();
     if draft.purposes.is_empty() {
@@ -1168,9 +1330,26 @@ async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>
     if value("step") != "record" {
         return html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, None));
     }
-    if draft.evidence.len() != 64 || !draft.evidence.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let problem =
-            "type the 64 hexadecimal characters of the scan's SHA-256 (for example from `sha256sum scan.pdf`)";
+    let mut draft = draft;
+    let scan = files.into_iter().find(|f| f.field == "scan").map(|f| crate::consent::Scan {
+        sha256: hex::encode(sha2::Sha256::digest(&f.bytes)),
+        content_type: f.content_type,
+        bytes: f.bytes,
+    });
+    let problem = match &scan {
+        Some(s) if !draft.evidence.is_empty() && draft.evidence != s.sha256 => Some(
+            "the SHA-256 typed is not the uploaded scan's; upload the scan alone, or type the hash of the scan you keep",
+        ),
+        Some(s) => {
+            draft.evidence = s.sha256.clone();
+            None
+        }
+        None if draft.evidence.len() != 64 || !draft.evidence.bytes().all(|b| b.is_ascii_hexdigit()) => Some(
+            "upload the signed form's scan, or type the 64 hexadecimal characters of its SHA-256 (for example from `sha256sum scan.pdf`)",
+        ),
+        None => None,
+    };
+    if let Some(problem) = problem {
         return (
             StatusCode::BAD_REQUEST,
             html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, Some(problem))),
@@ -1188,8 +1367,33 @@ async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>
         language: draft.language.clone(),
         ..Default::default()
     };
-    match actions::record_consent(&console.store, &console.link, &console.clock, who, request).await {
-        Ok(record) => Redirect::to(&format!("/consents/{}/copy", pages::urlencode(&record.consent_id))).into_response(),
+    let recorded = if draft.supersedes.is_empty() {
+        actions::record_consent(&console.store, &console.link, &console.clock, who, request).await
+    } else {
+        let renewal = pb::RenewConsentRequest { supersedes: draft.supersedes.clone(), consent: Some(request) };
+        actions::renew_consent(&console.store, &console.link, &console.clock, who, renewal).await
+    };
+    match recorded {
+        Ok(record) => {
+            let id = pages::urlencode(&record.consent_id);
+            if let (Some(scan), true) = (&scan, console.keep_scans) {
+                let kept = actions::keep_consent_scan(
+                    &console.store,
+                    &console.clock,
+                    who,
+                    &signed.source(),
+                    &record.consent_id,
+                    scan,
+                )
+                .await;
+                if let Err(e) = kept {
+                    // The consent is recorded (with the scan's hash) whatever happens to the scan.
+                    tracing::error!(error = %e.message(), consent = %record.consent_id, "a consent scan could not be kept");
+                    return Redirect::to(&format!("/consents/{id}?scan=not_kept")).into_response();
+                }
+            }
+            Redirect::to(&format!("/consents/{id}/copy")).into_response()
+        }
         Err(s) if s.code() == tonic::Code::InvalidArgument => (
             StatusCode::BAD_REQUEST,
             html(pages::consent_print(&frame, &signed.session.csrf, &info, &draft, Some(s.message()))),
@@ -1206,11 +1410,29 @@ async fn consent_record(console: &Console, signed: &Signed, id: &str) -> Result<
     actions::get_consent(&console.link, who, request).await.map_err(|s| refused(console, signed, &s))
 }
 
-async fn consent_show(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
-    match consent_record(&console, &signed, &id).await {
-        Ok(record) => html(pages::consent_show(&signed.frame(&console), &signed.session.csrf, &record)),
-        Err(r) => r,
-    }
+#[derive(Deserialize)]
+struct ShowQuery {
+    #[serde(default)]
+    scan: String,
+}
+
+async fn consent_show(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
+    let record = match consent_record(&console, &signed, &id).await {
+        Ok(record) => record,
+        Err(r) => return r,
+    };
+    let scan = match crate::consent::has_scan(&console.store, &record.consent_id).await {
+        Ok(true) => pages::ScanState::Kept,
+        Ok(false) if q.scan == "not_kept" => pages::ScanState::NotKept,
+        Ok(false) => pages::ScanState::None,
+        Err(e) => return server_error(&console, signed.lang, &e.to_string()),
+    };
+    html(pages::consent_show(&signed.frame(&console), &signed.session.csrf, &record, scan))
 }
 
 #[derive(Deserialize)]
@@ -1250,7 +1472,7 @@ tokened!(RevokeForm);
 async fn consent_revoke(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
-    Posted { signed, form }: Posted<RevokeForm>,
+    Posted { signed, form, .. }: Posted<RevokeForm>,
 ) -> Response {
     let request = pb::RevokeConsentRequest { consent_id: id.clone(), reason: form.reason };
     let who = &signed.session.person;
@@ -1405,7 +1627,7 @@ tokened!(AssignForm);
 async fn message_assign(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
-    Posted { signed, form }: Posted<AssignForm>,
+    Posted { signed, form, .. }: Posted<AssignForm>,
 ) -> Response {
     let who = &signed.session.person;
     match actions::assign(&console.store, &console.people, &console.clock, who, &signed.source(), &id, &form.to).await {

@@ -19,6 +19,7 @@ use super::index::RuleIndex;
 use super::network::{NetworkParams, Purposes};
 use super::rules::{self, Compiled, Context, Part, Rule, RuleSpans, role_bit};
 use super::schema::{LABELS, Schema, label_bit};
+use super::words;
 
 /// Which bundle decided: the SHA-256 of its canonical content, plus the human label from
 /// `network.toml`. Displays as `sha256:<hex>` followed by ` (label)` when there is one.
@@ -126,9 +127,17 @@ impl Bundle {
                 spans.push(Some((n, rule_spans)));
             }
         }
-        let (Some(registry), Some(purposes), Some(schema)) = (registry, purposes, schema) else {
+        let (Some(registry), Some(mut purposes), Some(mut schema)) = (registry, purposes, schema) else {
             return Err(files::in_order(problems));
         };
+        let languages = network.as_ref().map_or_else(|| NetworkParams::default().languages, |n| n.languages.clone());
+        problems.extend(words::settle(
+            &languages,
+            &mut purposes,
+            &mut schema,
+            &dir.join("purposes.toml"),
+            &dir.join("schema.toml"),
+        ));
         if let Some(src) = &orgs_src {
             warnings.extend(unpinned(&registry).map(|message| src.whole(message)));
         }
@@ -160,7 +169,12 @@ impl Bundle {
     /// Builds a bundle from parts made in memory. The rules are checked exactly as loaded rules are;
     /// problems are reported against `<in-memory bundle>`. The version hashes a rendering of the parts,
     /// so it identifies the bundle within a process but is not comparable with a loaded bundle's.
-    pub fn from_parts(parts: BundleParts) -> Result<Bundle, Vec<Located>> {
+    pub fn from_parts(mut parts: BundleParts) -> Result<Bundle, Vec<Located>> {
+        let memory = Path::new("<in-memory bundle>");
+        let gaps = words::settle(&parts.network.languages, &mut parts.purposes, &mut parts.schema, memory, memory);
+        if !gaps.is_empty() {
+            return Err(gaps);
+        }
         let mut hasher = Sha256::new();
         hasher.update(b"haven in-memory bundle\0");
         hasher.update(format!("{parts:?}").as_bytes());

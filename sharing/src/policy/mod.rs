@@ -27,6 +27,7 @@ pub mod rules;
 pub mod schema;
 pub mod synthetic;
 pub mod testcases;
+pub mod words;
 
 pub use bundle::{Bundle, BundleParts, BundleVersion};
 pub use engine::{Decision, DecisionRequest, DenyReason, decide, decide_linear};
@@ -34,3 +35,4 @@ pub use explain::{Explanation, explain};
 pub use network::{NetworkParams, PurposeDef, Purposes};
 pub use rules::{ConsentRequirement, Effect, FieldGrant, Origin, Parties, Rule};
 pub use schema::{FieldDef, FieldProblem, FieldType, FieldValue, KindDef, LABELS, Schema};
+pub use words::Words;

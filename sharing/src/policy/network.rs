@@ -5,6 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::files;
+use super::words::{Label, RawWords, Words, is_language_tag};
 
 /// Network-wide limits, agreed by the members like the rest of the policy bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub struct NetworkParams {
     pub max_unacked_per_stream: u32,
     /// A human label shown beside the bundle version, e.g. "2025-06 sample network".
     pub label: Option<String>,
+    /// The languages every label and description is written in, the first being the language of a
+    /// plain string (see [`super::words`]).
+    pub languages: Vec<String>,
 }
 
 impl Default for NetworkParams {
@@ -43,6 +47,7 @@ impl Default for NetworkParams {
             max_recipients: 50,
             max_unacked_per_stream: 64,
             label: None,
+            languages: vec!["en".to_owned()],
         }
     }
 }
@@ -61,6 +66,7 @@ struct RawNetwork {
     max_recipients: Option<Spanned<u32>>,
     max_unacked_per_stream: Option<Spanned<u32>>,
     label: Option<Spanned<String>>,
+    languages: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl NetworkParams {
@@ -120,6 +126,7 @@ impl NetworkParams {
                 10_000,
             )),
             label: raw.label.as_ref().map(|l| l.get_ref().clone()),
+            languages: languages(src, raw.languages, &mut problems),
         };
         if let Some(label) = &raw.label {
             let l = label.get_ref();
@@ -132,12 +139,44 @@ impl NetworkParams {
     }
 }
 
+/// Reads `languages`: at least one, each a language tag, none twice.
+fn languages(src: &SourceFile, raw: Option<Spanned<Vec<Spanned<String>>>>, problems: &mut Vec<Located>) -> Vec<String> {
+    let Some(raw) = raw else { return NetworkParams::default().languages };
+    if raw.get_ref().is_empty() {
+        problems.push(src.at(raw.span().start, "`languages` is empty; list at least one, e.g. [\"en\"]"));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for tag in raw.into_inner() {
+        let t = tag.get_ref();
+        if !is_language_tag(t) {
+            problems.push(src.at(
+                tag.span().start,
+                format!("`{t}` is not a language tag (a BCP 47 tag such as `en`, `es` or `es-MX`)"),
+            ));
+        } else if list.contains(t) {
+            problems.push(src.at(tag.span().start, format!("language `{t}` is listed twice")));
+        } else {
+            list.push(tag.into_inner());
+        }
+    }
+    list
+}
+
 /// A purpose the network recognizes. Consents and rules name purposes; an unknown one is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurposeDef {
     pub name: String,
+    /// A short name for the purpose ("Housing"), when the bundle gives one.
+    pub label: Option<Words>,
     /// What sharing for this purpose means, as the survivor is told when consenting.
-    pub description: String,
+    pub description: Words,
+}
+
+impl PurposeDef {
+    /// The purpose's short name in `language`: its label, else its identifier.
+    pub fn label_in(&self, language: &str) -> &str {
+        self.label.as_ref().map_or(self.name.as_str(), |l| l.text(language))
+    }
 }
 
 /// Every purpose of the network, sorted by name.
@@ -149,7 +188,8 @@ pub struct Purposes {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPurpose {
-    description: Spanned<String>,
+    description: Spanned<RawWords>,
+    label: Option<Spanned<RawWords>>,
 }
 
 impl Purposes {
@@ -171,12 +211,19 @@ impl Purposes {
                         continue;
                     }
                     match files::deserialize::<RawPurpose>(src, node) {
-                        Ok(raw) if raw.description.get_ref().trim().is_empty() => problems.push(src.at(
-                            raw.description.span().start,
-                            format!("purpose `{n}` needs a description the survivor can be told"),
-                        )),
                         Ok(raw) => {
-                            list.push(PurposeDef { name: n.to_owned(), description: raw.description.into_inner() })
+                            let what = format!("purpose `{n}`'s description");
+                            let description = Words::read(
+                                src,
+                                raw.description,
+                                Label { what: &what, one_line: false },
+                                &mut problems,
+                            );
+                            let what = format!("purpose `{n}`'s label");
+                            let label = raw
+                                .label
+                                .map(|l| Words::read(src, l, Label { what: &what, one_line: true }, &mut problems));
+                            list.push(PurposeDef { name: n.to_owned(), label, description })
                         }
                         Err(e) => problems.push(e),
                     }
@@ -201,6 +248,16 @@ impl Purposes {
     /// Every purpose, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &PurposeDef> {
         self.list.iter()
+    }
+
+    /// Visits every text of every purpose, with what it names.
+    pub(crate) fn each_words(&mut self, visit: &mut dyn FnMut(&str, &mut Words)) {
+        for p in &mut self.list {
+            visit(&format!("purpose `{}`'s description", p.name), &mut p.description);
+            if let Some(l) = &mut p.label {
+                visit(&format!("purpose `{}`'s label", p.name), l);
+            }
+        }
     }
 
     /// Every purpose name, sorted.
@@ -281,7 +338,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(
-            errs[0].to_string().starts_with("purposes.toml:2:15: purpose `housing` needs a description"),
+            errs[0].to_string().starts_with("purposes.toml:2:15: purpose `housing`'s description must be 1 to 2000"),
             "{}",
             errs[0]
         );

@@ -15,6 +15,8 @@ use toml::Spanned;
 
 use super::directory::FxMap;
 use super::files::{self, Node};
+use super::words::{Label, RawWords, Words};
+use crate::delivery::DeliveryStatus;
 
 /// The sensitivity labels, fixed by the network (FHIR security labels in spirit).
 pub const LABELS: [&str; 5] = ["identifying", "contact", "sensitive", "operational", "location"];
@@ -76,8 +78,12 @@ impl FieldType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDef {
     pub name: String,
+    /// A short name for the field ("First name"), when the bundle gives one.
+    pub label: Option<Words>,
     /// What the field means, for reviewers and for the caseworker filling it in.
-    pub description: Option<String>,
+    pub description: Option<Words>,
+    /// The words for each of `values`, when the bundle gives them (every value, in every language).
+    pub value_labels: BTreeMap<String, Words>,
     pub field_type: FieldType,
     /// For a string the most characters, for a list the most items; `None` for other types.
     pub max_len: Option<u32>,
@@ -99,8 +105,13 @@ pub struct FieldDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindDef {
     pub name: String,
+    /// A short name for the kind ("Referral"), when the bundle gives one.
+    pub label: Option<Words>,
     /// What the kind is for.
-    pub description: String,
+    pub description: Words,
+    /// The codes a party must choose from when it moves a copy to a status (a decline's reasons, a
+    /// close's outcomes), with their words; a status not listed takes any snake_case code.
+    pub codes: BTreeMap<DeliveryStatus, Vec<(String, Words)>>,
     /// Sorted by name; a field's position is its bit in a field mask.
     fields: Vec<FieldDef>,
     /// Field positions by name: the lookup every decision makes for every field it carries.
@@ -113,7 +124,8 @@ pub struct KindDef {
 }
 
 impl KindDef {
-    fn new(name: String, description: String, mut fields: Vec<FieldDef>) -> Self {
+    fn new(head: KindHead, mut fields: Vec<FieldDef>) -> Self {
+        let KindHead { name, label, description, codes } = head;
         fields.sort_by(|a, b| a.name.cmp(&b.name));
         let mut required = 0;
         let mut within_labels = [0u128; 32];
@@ -135,7 +147,38 @@ impl KindDef {
             }
         }
         let positions = fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
-        KindDef { name, description, fields, positions, required, within_labels, with_label }
+        KindDef { name, label, description, codes, fields, positions, required, within_labels, with_label }
+    }
+
+    /// The codes allowed with a change to `status`, if the kind lists them.
+    pub fn codes_for(&self, status: DeliveryStatus) -> Option<&[(String, Words)]> {
+        self.codes.get(&status).map(Vec::as_slice)
+    }
+
+    /// Visits every text of the kind and its fields, with what it names.
+    pub(crate) fn each_words(&mut self, visit: &mut dyn FnMut(&str, &mut Words)) {
+        let k = &self.name;
+        visit(&format!("kind `{k}`'s description"), &mut self.description);
+        if let Some(l) = &mut self.label {
+            visit(&format!("kind `{k}`'s label"), l);
+        }
+        for (status, codes) in &mut self.codes {
+            for (code, words) in codes {
+                visit(&format!("kind `{k}`'s {status} code `{code}`"), words);
+            }
+        }
+        for f in &mut self.fields {
+            let n = &f.name;
+            if let Some(d) = &mut f.description {
+                visit(&format!("field `{k}.{n}`'s description"), d);
+            }
+            if let Some(l) = &mut f.label {
+                visit(&format!("field `{k}.{n}`'s label"), l);
+            }
+            for (value, words) in &mut f.value_labels {
+                visit(&format!("field `{k}.{n}`'s value `{value}`"), words);
+            }
+        }
     }
 
     /// The fields, sorted by name.
@@ -252,6 +295,34 @@ impl Schema {
     /// Every kind, sorted by name.
     pub fn kinds(&self) -> impl Iterator<Item = &KindDef> {
         self.kinds.iter()
+    }
+
+    /// Visits every text of every kind, with what it names.
+    pub(crate) fn each_words(&mut self, visit: &mut dyn FnMut(&str, &mut Words)) {
+        for k in &mut self.kinds {
+            k.each_words(visit);
+        }
+    }
+
+    /// Checks the code a party gives with a change of a `kind` copy to `to`: the transition rules of
+    /// [`crate::delivery::check_code`], and then, where the kind lists codes for `to`, one of them.
+    pub fn check_status_code(
+        &self,
+        kind: &str,
+        to: Option<DeliveryStatus>,
+        code: &str,
+    ) -> Result<(), crate::delivery::StatusError> {
+        crate::delivery::check_code(to, code)?;
+        let listed = to.and_then(|to| self.kind(kind)?.codes_for(to));
+        match listed {
+            Some(codes) if !code.is_empty() && !codes.iter().any(|(c, _)| c == code) => {
+                Err(crate::delivery::StatusError::UnknownCode {
+                    status: to.map(DeliveryStatus::as_str).unwrap_or_default(),
+                    allowed: codes.iter().map(|(c, _)| c.clone()).collect(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The kind with this name.
@@ -384,13 +455,26 @@ fn check_value(f: &FieldDef, value: &FieldValue, problems: &mut Vec<FieldProblem
     }
 }
 
+/// What a kind is, before its fields: its name and its words.
+struct KindHead {
+    name: String,
+    label: Option<Words>,
+    description: Words,
+    codes: BTreeMap<DeliveryStatus, Vec<(String, Words)>>,
+}
+
+/// The statuses whose change carries a code, which a kind may list codes for.
+const CODED: [DeliveryStatus; 2] = [DeliveryStatus::Declined, DeliveryStatus::Closed];
+
 /// A field as written in `schema.toml`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawField {
     #[serde(rename = "type")]
     field_type: Spanned<FieldType>,
-    description: Option<String>,
+    description: Option<Spanned<RawWords>>,
+    label: Option<Spanned<RawWords>>,
+    value_labels: Option<Spanned<BTreeMap<String, Spanned<RawWords>>>>,
     max_len: Option<Spanned<u32>>,
     #[serde(default)]
     required: bool,
@@ -425,19 +509,36 @@ fn parse_kind(
         problems.push(src.at(node.span().start, format!("`kind.{kind_name}` must be a table")));
         return None;
     };
-    files::check_keys(src, table, &["description", "fields"], &format!("kind `{kind_name}`"), problems);
-    let description = match files::get(table, "description") {
-        Some(d) => match d.get_ref().as_str() {
-            Some(s) if !s.trim().is_empty() => s.to_owned(),
-            _ => {
-                problems.push(src.at(d.span().start, "`description` must be a non-empty string"));
-                String::new()
+    files::check_keys(
+        src,
+        table,
+        &["label", "description", "codes", "fields"],
+        &format!("kind `{kind_name}`"),
+        problems,
+    );
+    let words = |key: &str, one_line: bool, problems: &mut Vec<Located>| {
+        let node = files::get(table, key)?;
+        let what = format!("kind `{kind_name}`'s {key}");
+        match files::deserialize::<Spanned<RawWords>>(src, node) {
+            Ok(raw) => Some(Words::read(src, raw, Label { what: &what, one_line }, problems)),
+            Err(_) => {
+                problems.push(
+                    src.at(node.span().start, format!("{what} must be a string or a table of texts by language")),
+                );
+                None
             }
-        },
-        None => {
-            problems.push(src.at(node.span().start, format!("kind `{kind_name}` needs a `description`")));
-            String::new()
         }
+    };
+    let label = words("label", true, problems);
+    let description = words("description", false, problems).unwrap_or_else(|| {
+        if files::get(table, "description").is_none() {
+            problems.push(src.at(node.span().start, format!("kind `{kind_name}` needs a `description`")));
+        }
+        Words::default()
+    });
+    let codes = match files::get(table, "codes") {
+        Some(codes) => parse_codes(src, kind_name, codes, problems),
+        None => BTreeMap::new(),
     };
     let mut fields = Vec::new();
     match files::get(table, "fields") {
@@ -459,7 +560,59 @@ fn parse_kind(
             format!("kind `{kind_name}` has {} fields; at most {MAX_FIELDS_PER_KIND} are allowed", fields.len()),
         ));
     }
-    (problems.len() == before).then(|| KindDef::new(kind_name.to_owned(), description, fields))
+    let head = KindHead { name: kind_name.to_owned(), label, description, codes };
+    (problems.len() == before).then(|| KindDef::new(head, fields))
+}
+
+/// Reads `[kind.<k>.codes.<status>]`: for a status whose change carries a code, the codes a party
+/// chooses from, each with its words.
+fn parse_codes(
+    src: &SourceFile,
+    kind: &str,
+    node: &Node<'_>,
+    problems: &mut Vec<Located>,
+) -> BTreeMap<DeliveryStatus, Vec<(String, Words)>> {
+    let mut out = BTreeMap::new();
+    for (status, list) in files::entries(src, "codes", node, problems) {
+        let name: &str = status.get_ref();
+        let Some(st) = CODED.into_iter().find(|s| s.as_str() == name) else {
+            let known: Vec<&str> = CODED.iter().map(|s| s.as_str()).collect();
+            problems.push(src.at(
+                status.span().start,
+                format!(
+                    "`codes.{name}`: only a change to {} carries a code{}",
+                    known.join(" or "),
+                    files::did_you_mean(name, known.iter().copied())
+                ),
+            ));
+            continue;
+        };
+        let mut codes = Vec::new();
+        for (code, words) in files::entries(src, name, list, problems) {
+            let c: &str = code.get_ref();
+            if crate::delivery::check_code(None, c).is_err() || c.is_empty() {
+                problems
+                    .push(src.at(code.span().start, format!("code `{c}` must be snake_case, at most 64 characters")));
+                continue;
+            }
+            let what = format!("kind `{kind}`'s {name} code `{c}`");
+            match files::deserialize::<Spanned<RawWords>>(src, words) {
+                Ok(raw) => {
+                    codes.push((c.to_owned(), Words::read(src, raw, Label { what: &what, one_line: true }, problems)))
+                }
+                Err(_) => problems.push(
+                    src.at(words.span().start, format!("{what} must be a string or a table of texts by language")),
+                ),
+            }
+        }
+        if codes.is_empty() {
+            problems.push(
+                src.at(list.span().start, format!("`codes.{name}` lists no codes, so no {name} change could be made")),
+            );
+        }
+        out.insert(st, codes);
+    }
+    out
 }
 
 fn parse_field(
@@ -555,9 +708,45 @@ fn parse_field(
     {
         problems.push(at(max.span(), format!("`max` ({}) is below `min` ({})", max.get_ref(), min.get_ref())));
     }
+    let what = format!("field `{kind}.{field_name}`");
+    let description = raw
+        .description
+        .map(|d| Words::read(src, d, Label { what: &format!("{what}'s description"), one_line: false }, problems));
+    let label =
+        raw.label.map(|l| Words::read(src, l, Label { what: &format!("{what}'s label"), one_line: true }, problems));
+    let mut value_labels = BTreeMap::new();
+    if let Some(vl) = raw.value_labels {
+        let span = vl.span();
+        if values.is_empty() {
+            problems.push(at(
+                span.clone(),
+                format!("`value_labels` applies only to a field with `values`, not {}", ty.as_str()),
+            ));
+        }
+        for (value, words) in vl.into_inner() {
+            if !values.contains(&value) {
+                problems.push(at(
+                    words.span(),
+                    format!("`value_labels` names `{value}`, which is not one of the field's values"),
+                ));
+                continue;
+            }
+            let label = Label { what: &format!("{what}'s value `{value}`"), one_line: true };
+            value_labels.insert(value, Words::read(src, words, label, problems));
+        }
+        let missing: Vec<&str> = values.iter().filter(|v| !value_labels.contains_key(*v)).map(String::as_str).collect();
+        if !values.is_empty() && !missing.is_empty() {
+            problems.push(at(
+                span,
+                format!("`value_labels` must give words for every value; missing: {}", missing.join(", ")),
+            ));
+        }
+    }
     (problems.len() == before).then(|| FieldDef {
         name: field_name.to_owned(),
-        description: raw.description,
+        label,
+        description,
+        value_labels,
         field_type: ty,
         max_len: raw.max_len.map(|m| m.into_inner()),
         required: raw.required,

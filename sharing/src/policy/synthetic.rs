@@ -13,6 +13,7 @@ use super::engine::DecisionRequest;
 use super::network::{NetworkParams, PurposeDef, Purposes};
 use super::rules::{ConsentRequirement, Effect, FieldGrant, Parties, Rule};
 use super::schema::{LABELS, Schema};
+use super::words::Words;
 
 const TYPES: [(&str, u64); 8] = [
     ("ngo", 40),
@@ -232,7 +233,14 @@ pub fn network(orgs: usize, rules: usize, requests: usize, seed: u64) -> Result<
     let registry = Registry::from_entries(entries);
     let schema = Schema::parse(&SourceFile { path: "<synthetic>/schema.toml".into(), text: SCHEMA.to_owned() })?;
     let purposes = Purposes::from_list(
-        PURPOSES.iter().map(|p| PurposeDef { name: (*p).to_owned(), description: format!("synthetic {p}") }).collect(),
+        PURPOSES
+            .iter()
+            .map(|p| PurposeDef {
+                name: (*p).to_owned(),
+                label: None,
+                description: Words::plain(format!("synthetic {p}")),
+            })
+            .collect(),
     );
 
     let senders = [0usize, 1, 2]; // ngo, shelter, clinic send most

@@ -152,21 +152,21 @@ fn each_kind_of_mistake_is_refused_with_a_precise_located_message() {
         ),
         (
             "schema.toml",
-            "labels = [\"sensitive\"]\ndescription = \"What a clinician",
-            "labels = [\"sensitve\"]\ndescription = \"What a clinician",
-            "schema.toml:85:11: unknown label `sensitve` (did you mean `sensitive`?) (known: identifying, contact, sensitive, operational, location)",
+            "labels = [\"sensitive\"]\nlabel = { en = \"Medical notes\"",
+            "labels = [\"sensitve\"]\nlabel = { en = \"Medical notes\"",
+            "schema.toml:157:11: unknown label `sensitve` (did you mean `sensitive`?) (known: identifying, contact, sensitive, operational, location)",
         ),
         (
             "purposes.toml",
             "[purpose.housing]",
             "[purposes.housing]",
-            "purposes.toml:4:2: unknown key `purposes` in purposes.toml (did you mean `purpose`?); known keys: purpose",
+            "purposes.toml:6:2: unknown key `purposes` in purposes.toml (did you mean `purpose`?); known keys: purpose",
         ),
         (
             "network.toml",
             "queue_quota = 10000",
             "queue_quota = -1",
-            "network.toml:14:15: invalid value: integer `-1`, expected u32",
+            "network.toml:18:15: invalid value: integer `-1`, expected u32",
         ),
         (
             "rules/referrals.toml",
@@ -299,7 +299,7 @@ fn every_problem_in_every_file_is_listed_not_just_the_first() {
     });
     assert_eq!(problems.len(), 5, "{problems:#?}");
     let expect = [
-        ("network.toml:14:15:", "`queue_quota` must be between 1 and 1000000"),
+        ("network.toml:18:15:", "`queue_quota` must be between 1 and 1000000"),
         ("rules/law-enforcement.toml:52:7:", "did you mean `county-sheriff`?"),
         ("rules/referrals.toml:15:8:", "did you mean `referral`?"),
         ("rules/referrals.toml:30:13:", "unknown purpose `medicine`"),
@@ -417,4 +417,54 @@ fn every_organization_without_pins_is_named_in_a_warning() {
         warned.iter().any(|w| w.starts_with("organization `harbor` has no TLS pin (`tls_pins`) and no signing pin"))
     );
     assert!(b.warnings().iter().all(|w| w.file.ends_with("orgs.toml")));
+}
+
+#[test]
+fn every_label_and_description_has_each_language_the_network_lists() {
+    let b = shipped();
+    assert_eq!(b.network().languages, ["en", "es"]);
+    let housing = b.purpose_defs().iter().find(|p| p.name == "housing").unwrap();
+    assert_eq!(housing.label_in("es"), "Vivienda");
+    assert_eq!(housing.label_in("es-MX"), "Vivienda", "a region falls back to its language");
+    assert!(housing.description.text("es").starts_with("Encontrar"));
+    let urgency = b.schema().field("referral", "urgency").unwrap();
+    assert_eq!(urgency.value_labels["immediate"].text("es"), "Inmediata");
+    let closed = b.schema().kind("referral").unwrap().codes_for(crate::delivery::DeliveryStatus::Closed).unwrap();
+    assert!(closed.iter().any(|(c, w)| c == "housed" && w.text("es") == "Persona alojada"), "{closed:?}");
+
+    // A missing translation is named at its place, with the language it lacks.
+    let problems =
+        broken("purposes.toml", "label = { en = \"Housing\", es = \"Vivienda\" }", "label = { en = \"Housing\" }");
+    assert_eq!(
+        problems,
+        [
+            "purposes.toml:7:9: purpose `housing`'s label has no `es` text (network.toml lists the languages en, es; every label and description needs each)"
+        ]
+    );
+    // A plain string is the first language's text.
+    let problems = broken("schema.toml", "label = { en = \"Urgency\", es = \"Urgencia\" }", "label = \"Urgency\"");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("field `referral.urgency`'s label has no `es` text"), "{problems:?}");
+    // A network that adds a language must translate everything.
+    let problems = broken("network.toml", "languages = [\"en\", \"es\"]", "languages = [\"en\", \"es\", \"fr\"]");
+    assert!(problems.len() > 50, "every text lacks `fr`: {}", problems.len());
+    assert!(problems.iter().all(|p| p.contains("has no `fr` text")), "{problems:?}");
+    // Bad tags, a value without words, codes for a status that carries none.
+    let problems = broken("network.toml", "languages = [\"en\", \"es\"]", "languages = [\"en\", \"Spanish\", \"en\"]");
+    assert_eq!(
+        problems,
+        [
+            "network.toml:9:20: `Spanish` is not a language tag (a BCP 47 tag such as `en`, `es` or `es-MX`)",
+            "network.toml:9:31: language `en` is listed twice"
+        ]
+    );
+    let problems = broken("schema.toml", "low = { en = \"Low\", es = \"Baja\" }\n", "");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("`value_labels` must give words for every value; missing: low"), "{problems:?}");
+    let problems = broken("schema.toml", "[kind.referral.codes.closed]", "[kind.referral.codes.accepted]");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("`codes.accepted`: only a change to declined or closed carries a code"),
+        "{problems:?}"
+    );
 }
