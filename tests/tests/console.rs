@@ -710,6 +710,13 @@ async fn a_scan_is_hashed_by_the_node_and_kept_only_where_the_organization_opts_
     let mismatch = web.post_multipart("/consents/new", &borrowed, ("scan", "s.pdf", "application/pdf", scan)).await;
     assert_eq!(mismatch.status, StatusCode::BAD_REQUEST, "{}", mismatch.body);
     assert!(mismatch.body.contains("is not the uploaded scan"), "{}", mismatch.body);
+    // A scan over the 10 MiB limit is refused, with nothing recorded.
+    let huge = vec![b'x'; 11 * 1024 * 1024];
+    let pairs = consent_details(&csrf, "record", &[]);
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let over = web.post_multipart("/consents/new", &borrowed, ("scan", "huge.pdf", "application/pdf", &huge)).await;
+    assert!(over.status.is_client_error(), "{} {}", over.status, over.body);
+    assert!(over.body.contains("over the 10 MiB limit"), "the page says why: {}", over.body);
     assert!(web.get("/consents").await.body.contains("Nothing here yet"));
 
     // The node hashes the scan: the receipt holds its SHA-256, and this organization keeps the scan.

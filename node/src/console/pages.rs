@@ -1093,11 +1093,11 @@ pub fn consent_new(
         .collect();
     types.sort();
     types.dedup();
-    // The survivor's language: one the console prints in and the network has words in.
-    let languages: Vec<Lang> = Lang::ALL
-        .into_iter()
-        .filter(|l| info.languages.is_empty() || info.languages.iter().any(|n| Lang::parse(n) == Some(*l)))
-        .collect();
+    // The survivor's language: one the console prints in and the network has words in (every language
+    // the console prints in when the two share none: the bundle's words then fall back to its first).
+    let shared: Vec<Lang> =
+        Lang::ALL.into_iter().filter(|l| info.languages.iter().any(|n| Lang::parse(n) == Some(*l))).collect();
+    let languages = if shared.is_empty() { Lang::ALL.to_vec() } else { shared };
     let renewal = !d.supersedes.is_empty();
     let body = html! {
         @if renewal { p.note { (t(Msg::RenewIntro)) " " code { (d.supersedes) } } }

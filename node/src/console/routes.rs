@@ -243,17 +243,27 @@ async fn read_multipart(request: axum::extract::Request) -> Result<(Vec<(String,
     use axum::extract::Multipart;
     let mut multipart =
         <Multipart as axum::extract::FromRequest<()>>::from_request(request, &()).await.map_err(|e| e.body_text())?;
+    let why = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the file is over the {} MiB limit; scan the form at a lower resolution, or as a PDF",
+                MAX_UPLOAD_BYTES / (1024 * 1024)
+            )
+        } else {
+            e.body_text()
+        }
+    };
     let (mut pairs, mut files) = (Vec::new(), Vec::new());
-    while let Some(field) = multipart.next_field().await.map_err(|e| e.body_text())? {
+    while let Some(field) = multipart.next_field().await.map_err(why)? {
         let name = field.name().unwrap_or_default().to_owned();
         if field.file_name().is_some() {
             let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
-            let bytes = field.bytes().await.map_err(|e| e.body_text())?;
+            let bytes = field.bytes().await.map_err(why)?;
             if !bytes.is_empty() {
                 files.push(Upload { field: name, content_type, bytes: bytes.to_vec() });
             }
         } else {
-            pairs.push((name, field.text().await.map_err(|e| e.body_text())?));
+            pairs.push((name, field.text().await.map_err(why)?));
         }
     }
     Ok((pairs, files))
