@@ -212,6 +212,7 @@ impl Gateway {
             every: std::time::Duration::from_secs(network.checkpoint_every_secs),
         };
         let commits = crate::commit::Committer::start(store.clone());
+        let key_log_signer = checkpoints.clone();
         let audit_log = audit::AuditLog::new(store.clone(), commits.clone(), checkpoints, clock.clone(), cadence);
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let rejections = Arc::new(Rejections::default());
@@ -225,6 +226,7 @@ impl Gateway {
             tls: Arc::new(RwLock::new(tls_config)),
             rejections,
             commits,
+            key_log_signer,
             audit_log,
             pseudonym_key,
             reloads: watch::channel(0).0,

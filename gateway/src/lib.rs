@@ -18,6 +18,7 @@ pub mod consent;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+pub mod keys;
 pub mod policy;
 pub mod routing;
 pub mod server;

@@ -31,6 +31,8 @@ pub struct Inner {
     pub(crate) audit_log: audit::AuditLog,
     /// Shared commits for submissions and acknowledgements.
     pub(crate) commits: Committer,
+    /// Signs the key log's checkpoints (the gateway's signing key, as for the audit trail's).
+    pub(crate) key_log_signer: haven_trust::audit::CheckpointSigner,
     /// The secret for recipient-scoped pseudonyms; shared by replicas.
     pub(crate) pseudonym_key: [u8; 32],
     /// Bumped on every reload, so open streams re-check their peer.
@@ -77,6 +79,11 @@ impl Gateway {
     /// The shared committer of submissions and acknowledgements.
     pub fn commits(&self) -> &Committer {
         &self.0.commits
+    }
+
+    /// The signer of the key log's checkpoints.
+    pub fn key_log_signer(&self) -> &haven_trust::audit::CheckpointSigner {
+        &self.0.key_log_signer
     }
 
     /// The trust material in force: registry pins, CRL, bundle.

@@ -487,7 +487,13 @@ impl Checkpoint {
     /// The exact bytes signed: four lines, `haven.audit.checkpoint/v1`, the tree size, the root hash in
     /// hex and the timestamp in microseconds, each ending with `\n`.
     pub fn body(tree_size: u64, root: &[u8; 32], timestamp_micros: i64) -> Vec<u8> {
-        format!("{CHECKPOINT_ORIGIN}\n{tree_size}\n{}\n{timestamp_micros}\n", hex::encode(root)).into_bytes()
+        Checkpoint::body_of(CHECKPOINT_ORIGIN, tree_size, root, timestamp_micros)
+    }
+
+    /// The same body for the log named by `origin` (the audit trail's, or the key log's,
+    /// [`crate::keylog::KEY_LOG_ORIGIN`]).
+    pub fn body_of(origin: &str, tree_size: u64, root: &[u8; 32], timestamp_micros: i64) -> Vec<u8> {
+        format!("{origin}\n{tree_size}\n{}\n{timestamp_micros}\n", hex::encode(root)).into_bytes()
     }
 
     /// The root hash as bytes.
@@ -519,6 +525,11 @@ impl CheckpointKey {
 
     /// Verifies a checkpoint's key id and signature.
     pub fn verify(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        self.verify_of(CHECKPOINT_ORIGIN, cp)
+    }
+
+    /// Verifies a checkpoint of the log named by `origin`.
+    pub fn verify_of(&self, origin: &str, cp: &Checkpoint) -> Result<(), CheckpointError> {
         if cp.key_id != self.key_id {
             return Err(CheckpointError::WrongKey {
                 got: crate::untrusted::shown(&cp.key_id),
@@ -527,7 +538,7 @@ impl CheckpointKey {
         }
         let sig_bytes = hex::decode(&cp.signature).map_err(|_| CheckpointError::Malformed)?;
         let sig = Signature::from_der(&sig_bytes).map_err(|_| CheckpointError::BadSignature(cp.tree_size))?;
-        let body = Checkpoint::body(cp.tree_size, &cp.root()?, cp.timestamp_micros);
+        let body = Checkpoint::body_of(origin, cp.tree_size, &cp.root()?, cp.timestamp_micros);
         self.key.verify(&body, &sig).map_err(|_| CheckpointError::BadSignature(cp.tree_size))
     }
 }
@@ -549,7 +560,12 @@ impl CheckpointSigner {
 
     /// Signs a checkpoint.
     pub fn sign(&self, tree_size: u64, root: &[u8; 32], timestamp_micros: i64) -> Checkpoint {
-        let sig: Signature = self.key.sign(&Checkpoint::body(tree_size, root, timestamp_micros));
+        self.sign_of(CHECKPOINT_ORIGIN, tree_size, root, timestamp_micros)
+    }
+
+    /// Signs a checkpoint of the log named by `origin`.
+    pub fn sign_of(&self, origin: &str, tree_size: u64, root: &[u8; 32], timestamp_micros: i64) -> Checkpoint {
+        let sig: Signature = self.key.sign(&Checkpoint::body_of(origin, tree_size, root, timestamp_micros));
         Checkpoint {
             tree_size,
             root_hash: hex::encode(root),

@@ -116,6 +116,14 @@ impl OrgSigner {
     pub fn sign<T: Serialize>(&self, payload: &T) -> Result<String, SignerError> {
         jsonwebtoken::encode(&self.header(), payload, &self.key).map_err(|e| SignerError::Sign(e.to_string()))
     }
+
+    /// The same, with the header's `typ` set to `typ` (a statement of a kind of its own, such as
+    /// [`crate::sealing::STATEMENT_TYP`]).
+    pub fn sign_typed<T: Serialize>(&self, typ: &str, payload: &T) -> Result<String, SignerError> {
+        let mut header = self.header();
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, payload, &self.key).map_err(|e| SignerError::Sign(e.to_string()))
+    }
 }
 
 /// Why a token was refused. Each message tells the operator of the calling node what to fix.

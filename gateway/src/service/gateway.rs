@@ -158,6 +158,25 @@ impl GatewayRpc for GatewayService {
         Ok(Response::new(crate::views::report(g.store(), g.commits(), &g.bundle(), &g.stamp(), &caller, &jws).await?))
     }
 
+    async fn register_sealing_key(
+        &self,
+        req: Request<RegisterSealingKeyRequest>,
+    ) -> Result<Response<RegisterSealingKeyResponse>, Status> {
+        let caller = caller(&req)?;
+        let g = &self.gateway;
+        let statement = req.into_inner().statement;
+        let now = g.clock().now_micros();
+        Ok(Response::new(
+            crate::keys::register(g.store(), g.key_log_signer(), &g.bundle(), &caller, &statement, now).await?,
+        ))
+    }
+
+    async fn key_log(&self, req: Request<KeyLogRequest>) -> Result<Response<KeyLogResponse>, Status> {
+        caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(crate::keys::read(self.gateway.store(), r.from_seq, r.limit).await?))
+    }
+
     async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {
         caller(&req)?;
         Ok(Response::new(network_info(&self.gateway.bundle())))

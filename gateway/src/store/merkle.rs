@@ -14,12 +14,13 @@ const PG_NODE_CHUNK: usize = 64;
 /// Subtrees per SELECT by id (two binds each) on PostgreSQL.
 const FETCH_CHUNK: usize = 100;
 
-/// A size or index as the database stores it.
-fn db_int(x: u64) -> i64 {
+/// A size or index as the database stores it (BIGINT).
+pub(crate) fn db_int(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)
 }
 
-fn from_db(x: i64) -> u64 {
+/// A size or index as the database gave it back.
+pub(crate) fn from_db(x: i64) -> u64 {
     u64::try_from(x).unwrap_or(0)
 }
 

@@ -42,6 +42,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008", "controller_scoped_subjects"),
     migration!(9, "0009", "stream_leases"),
     migration!(10, "0010", "accepted_crl"),
+    migration!(11, "0011", "key_log"),
 ];
 
 /// An arbitrary constant naming Haven's migration lock.

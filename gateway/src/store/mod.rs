@@ -23,6 +23,7 @@ pub mod consents;
 pub mod crl;
 pub mod deliveries;
 pub(crate) mod dialect;
+pub mod key_log;
 pub mod leases;
 pub(crate) mod merkle;
 pub mod messages;

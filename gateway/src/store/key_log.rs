@@ -1,0 +1,139 @@
+//! The key log's tables: `key_log` (each accepted sealing-key statement, in order) and
+//! `key_log_checkpoint` (signed heads of its Merkle tree). `keys` decides what goes in.
+
+use sqlx::Row;
+
+use super::Tx;
+use super::dialect::Dialect;
+use super::merkle::{db_int, from_db};
+
+/// One entry, as stored.
+#[derive(Debug, Clone)]
+pub struct KeyLogRow {
+    pub seq: u64,
+    pub registered_at_micros: i64,
+    pub org: String,
+    pub key_id: String,
+    pub action: String,
+    pub statement: String,
+}
+
+/// An entry to append.
+pub(crate) struct NewEntry<'a> {
+    pub registered_at_micros: i64,
+    pub org: &'a str,
+    pub key_id: &'a str,
+    pub action: &'a str,
+    pub statement: &'a str,
+    pub statement_sha256: &'a [u8; 32],
+}
+
+/// A signed key-log checkpoint, as stored.
+pub struct StoredKeyCheckpoint {
+    pub tree_size: u64,
+    pub timestamp_micros: i64,
+    pub root_hash: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub key_id: String,
+}
+
+/// Takes the log's append lock until the transaction ends (SQLite's transactions already hold the one
+/// write lock), so positions are gap-free across gateway replicas.
+pub(crate) async fn lock(tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+    if tx.dialect() == Dialect::Postgres {
+        sqlx::query("LOCK TABLE key_log IN EXCLUSIVE MODE").execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The entry that stored this statement, if one did.
+pub(crate) async fn by_statement(tx: &mut Tx<'_>, sha256: &[u8; 32]) -> Result<Option<u64>, sqlx::Error> {
+    let row = sqlx::query("SELECT seq FROM key_log WHERE statement_sha256 = $1")
+        .bind(sha256.as_slice())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|r| Ok(from_db(r.try_get("seq")?))).transpose()
+}
+
+/// The actions stored for one key of one organization, in log order.
+pub(crate) async fn actions_of(tx: &mut Tx<'_>, org: &str, key_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT action FROM key_log WHERE org = $1 AND key_id = $2 ORDER BY seq")
+        .bind(org)
+        .bind(key_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter().map(|r| r.try_get("action")).collect()
+}
+
+/// Every leaf hash, in order (the key log is small: public keys only).
+pub(crate) async fn leaves(tx: &mut Tx<'_>) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    let rows = sqlx::query("SELECT leaf_hash FROM key_log ORDER BY seq").fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| r.try_get("leaf_hash")).collect()
+}
+
+/// Appends an entry at `seq` with its leaf hash.
+pub(crate) async fn append(tx: &mut Tx<'_>, seq: u64, e: &NewEntry<'_>, leaf: &[u8; 32]) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO key_log (seq, registered_at_micros, org, key_id, action, statement, statement_sha256, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(db_int(seq))
+        .bind(e.registered_at_micros)
+        .bind(e.org)
+        .bind(e.key_id)
+        .bind(e.action)
+        .bind(e.statement)
+        .bind(e.statement_sha256.as_slice())
+        .bind(leaf.as_slice())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Stores a signed checkpoint.
+pub(crate) async fn insert_checkpoint(tx: &mut Tx<'_>, cp: &StoredKeyCheckpoint) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(db_int(cp.tree_size))
+        .bind(cp.timestamp_micros)
+        .bind(cp.root_hash.as_slice())
+        .bind(cp.signature.as_slice())
+        .bind(cp.key_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The newest checkpoint.
+pub async fn newest_checkpoint(pool: &sqlx::AnyPool) -> Result<Option<StoredKeyCheckpoint>, sqlx::Error> {
+    let row = sqlx::query("SELECT tree_size, timestamp_micros, root_hash, signature, key_id FROM key_log_checkpoint ORDER BY tree_size DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| {
+        Ok(StoredKeyCheckpoint {
+            tree_size: from_db(r.try_get("tree_size")?),
+            timestamp_micros: r.try_get("timestamp_micros")?,
+            root_hash: r.try_get("root_hash")?,
+            signature: r.try_get("signature")?,
+            key_id: r.try_get("key_id")?,
+        })
+    })
+    .transpose()
+}
+
+/// Entries from `from`, at most `limit`, in order.
+pub async fn entries(pool: &sqlx::AnyPool, from: u64, limit: u32) -> Result<Vec<KeyLogRow>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, registered_at_micros, org, key_id, action, statement FROM key_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
+        .bind(db_int(from))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KeyLogRow {
+                seq: from_db(r.try_get("seq")?),
+                registered_at_micros: r.try_get("registered_at_micros")?,
+                org: r.try_get("org")?,
+                key_id: r.try_get("key_id")?,
+                action: r.try_get("action")?,
+                statement: r.try_get("statement")?,
+            })
+        })
+        .collect()
+}
