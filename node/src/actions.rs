@@ -393,6 +393,42 @@ pub async fn open_consent_scan(
     })
 }
 
+/// The organization's sealing keys.
+pub async fn sealing_keys(store: &NodeStore, who: &Person) -> Result<Vec<crate::sealing::SealingKey>, Status> {
+    may_administer(who)?;
+    crate::sealing::list(store).await.map_err(db)
+}
+
+/// Makes a sealing key (`keys init` with `only_if_none`, `keys rotate` without). Returns the key and,
+/// when the gateway could not take its statement yet, why.
+pub async fn make_sealing_key(
+    keys: SealingHandles<'_>,
+    who: &Person,
+    only_if_none: bool,
+) -> Result<(crate::sealing::SealingKey, Option<Status>), Status> {
+    may_administer(who)?;
+    crate::sealing::make(keys.store, keys.link, keys.clock, keys.folder, who.name.as_str(), only_if_none).await
+}
+
+/// Withdraws a sealing key.
+pub async fn withdraw_sealing_key(
+    keys: SealingHandles<'_>,
+    who: &Person,
+    kid: &str,
+) -> Result<(crate::sealing::SealingKey, Option<Status>), Status> {
+    may_administer(who)?;
+    crate::sealing::withdraw(keys.store, keys.link, keys.clock, kid).await
+}
+
+/// What the sealing-key actions take.
+#[derive(Clone, Copy)]
+pub struct SealingHandles<'a> {
+    pub store: &'a NodeStore,
+    pub link: &'a GatewayLink,
+    pub clock: &'a SharedClock,
+    pub folder: &'a crate::sealing::KeyFolder,
+}
+
 /// One consent, as the gateway holds it.
 pub async fn get_consent(link: &GatewayLink, who: &Person, r: GetConsentRequest) -> Result<ConsentRecord, Status> {
     let mut gw = GatewayClient::new(link.channel());

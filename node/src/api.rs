@@ -28,6 +28,31 @@ impl NodeService {
     async fn user<T>(&self, req: &Request<T>) -> Result<Person, Status> {
         self.state.people.sign_in(req.metadata()).await
     }
+
+    fn sealing(&self) -> actions::SealingHandles<'_> {
+        let s = &self.state;
+        actions::SealingHandles { store: &s.store, link: &s.link, clock: &s.clock, folder: &s.sealing_keys }
+    }
+}
+
+fn key_info(k: &crate::sealing::SealingKey) -> SealingKeyInfo {
+    SealingKeyInfo {
+        kid: k.kid.clone(),
+        state: k.state().to_owned(),
+        not_before: k.not_before,
+        not_after: k.not_after,
+        created_at_micros: k.created_at_micros,
+        created_by: k.created_by.clone(),
+        published_seq: k.published_seq.unwrap_or(-1),
+        withdrawn_seq: k.withdrawn_seq.unwrap_or(-1),
+    }
+}
+
+fn key_response(k: &crate::sealing::SealingKey, pending: Option<Status>) -> SealingKeyResponse {
+    SealingKeyResponse {
+        key: Some(key_info(k)),
+        pending_reason: pending.map(|s| s.message().to_owned()).unwrap_or_default(),
+    }
 }
 
 type InboxStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<InboxItem, Status>> + Send>>;
@@ -183,6 +208,32 @@ impl Node for NodeService {
     ) -> Result<Response<WitnessStatusResponse>, Status> {
         let who = self.user(&req).await?;
         Ok(Response::new(witness_status(actions::witness_status(&self.state.witness, &who))))
+    }
+
+    async fn sealing_keys(&self, req: Request<SealingKeysRequest>) -> Result<Response<SealingKeysResponse>, Status> {
+        let who = self.user(&req).await?;
+        let keys = actions::sealing_keys(&self.state.store, &who).await?;
+        Ok(Response::new(SealingKeysResponse { keys: keys.iter().map(key_info).collect() }))
+    }
+
+    async fn make_sealing_key(
+        &self,
+        req: Request<MakeSealingKeyRequest>,
+    ) -> Result<Response<SealingKeyResponse>, Status> {
+        let who = self.user(&req).await?;
+        let only_if_none = req.into_inner().only_if_none;
+        let (key, pending) = actions::make_sealing_key(self.sealing(), &who, only_if_none).await?;
+        Ok(Response::new(key_response(&key, pending)))
+    }
+
+    async fn withdraw_sealing_key(
+        &self,
+        req: Request<WithdrawSealingKeyRequest>,
+    ) -> Result<Response<SealingKeyResponse>, Status> {
+        let who = self.user(&req).await?;
+        let kid = req.into_inner().kid;
+        let (key, pending) = actions::withdraw_sealing_key(self.sealing(), &who, &kid).await?;
+        Ok(Response::new(key_response(&key, pending)))
     }
 
     async fn acknowledge_witness_alarm(

@@ -93,6 +93,22 @@ impl Node {
         let link = GatewayLink::new(&config.link, clock.clone())?;
         let (stream_tx, stream) = watch::channel(StreamState::default());
         let witness = crate::witness::Witness::new(store.clone(), link.clone(), &config.link, clock.clone()).await?;
+        let ca = haven_trust::pki::load_certs(&config.link.ca_cert)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| {
+                crate::link::LinkError::Tls(format!("{}: no CA certificate", config.link.ca_cert.display()))
+            })?;
+        let key_log = crate::keylog::KeyLogWitness::new(
+            store.clone(),
+            link.clone(),
+            clock.clone(),
+            witness.clone(),
+            config.link.org.clone(),
+            ca,
+        );
+        let sealing_keys = crate::sealing::KeyFolder::beside(&config.link.signing_key);
         let arrivals = tokio::sync::broadcast::channel(256).0;
         Ok(Node {
             state: Arc::new(NodeState {
@@ -103,6 +119,8 @@ impl Node {
                 clock,
                 stream,
                 witness,
+                key_log,
+                sealing_keys,
                 arrivals,
                 network: Default::default(),
             }),
@@ -144,6 +162,7 @@ impl Node {
             self.state.clock.clone(),
             stop_rx.clone(),
         ));
+        let key_log = tokio::spawn(self.state.key_log.clone().run(stop_rx.clone()));
         let console = self.console.map(|bound| {
             let s = &self.state;
             let console = Arc::new(Console {
@@ -218,6 +237,7 @@ impl Node {
         let _ = retrier.await;
         let _ = people.await;
         let _ = views.await;
+        let _ = key_log.await;
         if let Some(console) = console {
             let _ = console.await;
         }

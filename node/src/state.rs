@@ -24,6 +24,10 @@ pub struct NodeState {
     pub stream: watch::Receiver<StreamState>,
     /// Checks every audit checkpoint the node sees; the delivery stream feeds it.
     pub witness: Witness,
+    /// Reads and checks the gateway's key log, and registers this organization's statements.
+    pub key_log: crate::keylog::KeyLogWitness,
+    /// Where this organization's sealing keys' private halves are kept.
+    pub sealing_keys: crate::sealing::KeyFolder,
     /// New arrivals, as they are stored.
     pub arrivals: Arrivals,
     /// The network's purposes, kinds and organizations, as the node keeps them.

@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/0010_view_reports.sql")),
     (11, include_str!("migrations/0011_timeline.sql")),
     (12, include_str!("migrations/0012_consent_scans.sql")),
+    (13, include_str!("migrations/0013_sealing_keys.sql")),
 ];
 
 impl NodeStore {

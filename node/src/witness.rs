@@ -50,6 +50,9 @@ pub enum WitnessState {
     Unpinned,
     /// The gateway could not be asked for a proof or the pins; nothing was concluded.
     Unreachable,
+    /// The key log holds a sealing-key statement in this organization's name that its node did not
+    /// make: a key registered behind its back.
+    ForeignKey,
 }
 
 impl WitnessState {
@@ -62,13 +65,17 @@ impl WitnessState {
             WitnessState::BadSignature => "bad_signature",
             WitnessState::Unpinned => "unpinned",
             WitnessState::Unreachable => "unreachable",
+            WitnessState::ForeignKey => "foreign_sealing_key",
         }
     }
 
     /// Whether this is an alarm (kept until an auditor acknowledges it or, for `unpinned`, the pins
     /// say so again).
     pub fn is_alarm(self) -> bool {
-        matches!(self, WitnessState::Fork | WitnessState::BadSignature | WitnessState::Unpinned)
+        matches!(
+            self,
+            WitnessState::Fork | WitnessState::BadSignature | WitnessState::Unpinned | WitnessState::ForeignKey
+        )
     }
 }
 
@@ -202,6 +209,18 @@ impl Witness {
             Ok(resp) => self.observe(resp.into_inner()).await,
             Err(e) => self.record(self.refused("cannot get a checkpoint", &e)).await,
         }
+    }
+
+    /// Raises an alarm another check found (the key-log witness): kept, reported and acknowledged like
+    /// the audit witness's own.
+    pub async fn raise(&self, state: WitnessState, detail: String) -> WitnessReport {
+        let _one_at_a_time = self.0.busy.lock().await;
+        self.record(Finding::alarm(state, detail)).await
+    }
+
+    /// The gateway's signing certificate (DER), which signs the key log's checkpoints too.
+    pub fn gateway_cert(&self) -> &[u8] {
+        &self.0.gateway_cert
     }
 
     /// Checks a checkpoint the gateway sent (the delivery stream calls this for every `checkpoint`
@@ -457,6 +476,7 @@ impl Witness {
             let state = match r.try_get::<String, _>("state").unwrap_or_default().as_str() {
                 "fork" => WitnessState::Fork,
                 "bad_signature" => WitnessState::BadSignature,
+                "foreign_sealing_key" => WitnessState::ForeignKey,
                 _ => WitnessState::Unpinned,
             };
             (state, r.try_get("detail").unwrap_or_default(), r.try_get("at_micros").unwrap_or_default())

@@ -915,3 +915,32 @@ async fn every_command_family_exits_as_the_readme_promises_when_the_node_or_the_
     harbor.stop().await;
     net.stop().await;
 }
+
+#[tokio::test]
+async fn keys_init_rotate_withdraw_and_list_at_the_command_line() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
+    let init = as_person(&harbor, "ada", &["keys", "init"]).await;
+    assert_eq!(init.code, 0, "{init:?}");
+    assert!(init.out.starts_with("made sealing key x25519:") && init.out.contains("(published)"), "{init:?}");
+    let again = as_person(&harbor, "ada", &["keys", "init"]).await;
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(again.err.contains("already has a sealing key; `haven-node keys rotate` makes a new one"), "{again:?}");
+    let denied = as_person(&harbor, "casey", &["keys", "rotate"]).await;
+    assert_eq!(denied.code, 4, "a caseworker does not make keys: {denied:?}");
+
+    let rotated = as_person(&harbor, "ada", &["keys", "rotate", "--json"]).await;
+    let new_kid = rotated.json()[0]["kid"].as_str().unwrap().to_owned();
+    let listed = as_person(&harbor, "ada", &["keys", "list", "--json"]).await;
+    let rows = listed.json();
+    assert_eq!(rows.len(), 2, "{listed:?}");
+    let old_kid = rows.iter().map(|r| r["kid"].as_str().unwrap()).find(|k| *k != new_kid).unwrap().to_owned();
+    let withdrawn = as_person(&harbor, "ada", &["keys", "withdraw", &old_kid]).await;
+    assert_eq!(withdrawn.code, 0, "{withdrawn:?}");
+    assert!(withdrawn.out.contains("(withdrawn)"), "{withdrawn:?}");
+    let table = as_person(&harbor, "ada", &["keys", "list"]).await;
+    assert!(table.out.starts_with("KEY"), "{table:?}");
+    assert!(table.out.contains("withdrawn at 2") && table.out.contains("published at 1"), "{table:?}");
+    let unknown = as_person(&harbor, "ada", &["keys", "withdraw", "x25519:0"]).await;
+    assert_eq!(unknown.code, 3, "{unknown:?}");
+}

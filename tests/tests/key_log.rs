@@ -178,3 +178,206 @@ async fn bad_statements_are_refused_with_their_reason_and_nothing_is_stored() {
     let log = read_log(&harbor).await;
     assert!(log.entries.is_empty() && log.checkpoint.is_none(), "nothing was stored: {log:?}");
 }
+
+/// Makes a key at `node` as its admin `ada`.
+async fn make_key(node: &TestNode, only_if_none: bool) -> Result<SealingKeyResponse, tonic::Status> {
+    node.client()
+        .await
+        .make_sealing_key(node.as_person("ada", MakeSealingKeyRequest { only_if_none }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn verified(round: haven_node::keylog::Round) -> (u64, u64) {
+    match round {
+        haven_node::keylog::Round::Verified { size, new } => (size, new),
+        other => panic!("the key log should verify: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn keys_made_at_the_node_are_published_rotated_and_withdrawn_and_every_node_witnesses_them() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
+    let maple = net.node("maple-house", &[("ada", Role::Admin)]).await;
+    let harbor_org = OrgId::parse("harbor").unwrap();
+
+    // `keys init`: the private half in a 0600 file beside the signing key, the statement in the log.
+    let first = make_key(&harbor, true).await.unwrap();
+    assert_eq!(first.pending_reason, "", "the gateway took it at once");
+    let first = first.key.unwrap();
+    assert_eq!((first.state.as_str(), first.published_seq), ("published", 0));
+    let file = net.certs.org_dir(&harbor_org).join("sealing").join(format!("{}.key", first.kid.replace(':', "-")));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    let err = make_key(&harbor, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "init twice: {err:?}");
+    let err = harbor
+        .client()
+        .await
+        .make_sealing_key(harbor.as_person("casey", MakeSealingKeyRequest { only_if_none: false }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "keys are an admin's: {err:?}");
+
+    // Another node reads the log, verifies it by the CA, and may seal to harbor's key.
+    assert_eq!(verified(maple.state.key_log.check_now().await), (1, 1));
+    let key = haven_node::keylog::recipient_key(&maple.state.store, &harbor_org, now_secs(&net)).await.unwrap();
+    assert_eq!(key.map(|k| k.kid), Some(first.kid.clone()));
+
+    // Rotation, then the old key withdrawn: within one round every node seals to the new one.
+    let second = make_key(&harbor, false).await.unwrap().key.unwrap();
+    let withdrawn = harbor
+        .client()
+        .await
+        .withdraw_sealing_key(harbor.as_person("ada", WithdrawSealingKeyRequest { kid: first.kid.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!((withdrawn.state.as_str(), withdrawn.withdrawn_seq), ("withdrawn", 2));
+    assert_eq!(verified(maple.state.key_log.check_now().await), (3, 2));
+    let key = haven_node::keylog::recipient_key(&maple.state.store, &harbor_org, now_secs(&net)).await.unwrap();
+    assert_eq!(key.map(|k| k.kid), Some(second.kid.clone()), "the withdrawn key is never sealed to");
+    let listed = harbor.client().await.sealing_keys(harbor.as_person("ada", SealingKeysRequest {})).await.unwrap();
+    let states: Vec<String> = listed.into_inner().keys.iter().map(|k| k.state.clone()).collect();
+    assert_eq!(states, ["published", "withdrawn"]);
+
+    // Harbor's own node recognizes every statement as its own: no alarm.
+    assert_eq!(verified(harbor.state.key_log.check_now().await), (3, 3));
+    assert!(!harbor.state.witness.report().state.is_alarm(), "{:?}", harbor.state.witness.report());
+    let err = harbor
+        .client()
+        .await
+        .withdraw_sealing_key(harbor.as_person("ada", WithdrawSealingKeyRequest { kid: "x25519:nope".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // A log that is not the one this node holds (here the node's copy of entry 0 differs, as it would
+    // if the gateway had rewritten it, or showed this node another log) is a fork, and nothing more
+    // of that round is kept.
+    sqlx::query("UPDATE key_log_entry SET registered_at_micros = registered_at_micros + 1 WHERE seq = 0")
+        .execute(maple.state.store.pool())
+        .await
+        .unwrap();
+    make_key(&harbor, false).await.unwrap();
+    let round = maple.state.key_log.check_now().await;
+    assert!(
+        matches!(&round, haven_node::keylog::Round::Alarm(haven_node::witness::WitnessState::Fork, d) if d.contains("is not the log this node holds")),
+        "{round:?}"
+    );
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM key_log_entry").fetch_one(maple.state.store.pool()).await.unwrap();
+    assert_eq!(held, 3);
+    assert_eq!(maple.state.witness.report().state, haven_node::witness::WitnessState::Fork);
+}
+
+/// Writes a statement into the gateway's key log directly, with a checkpoint signed by the gateway's
+/// key, as an operator who holds the gateway's database and keys could: what a node must catch.
+async fn append_behind_the_gateways_checks(net: &TestNet, jws: &str) {
+    let pool = net.gateway.store().pool();
+    let leaves: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT leaf_hash FROM key_log ORDER BY seq").fetch_all(pool).await.unwrap();
+    let mut tree = MemoryTree::new();
+    for l in &leaves {
+        tree.push(l.as_slice().try_into().unwrap()).unwrap();
+    }
+    let seq = tree.size();
+    let at = net.clock.now_micros();
+    let sha = sealing::statement_sha256(jws);
+    let leaf = keylog::leaf_hash(seq, at, &sha);
+    tree.push(leaf).unwrap();
+    sqlx::query("INSERT INTO key_log (seq, registered_at_micros, org, key_id, action, statement, statement_sha256, leaf_hash) VALUES ($1, $2, 'harbor', 'x', 'publish', $3, $4, $5)")
+        .bind(i64::try_from(seq).unwrap())
+        .bind(at)
+        .bind(jws)
+        .bind(sha.to_vec())
+        .bind(leaf.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    let key_pem = std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap();
+    let cert = haven_trust::pki::load_certs(&net.certs.gateway_signing_cert()).unwrap()[0].to_vec();
+    let signer = haven_trust::audit::CheckpointSigner::new(&key_pem, &cert).unwrap();
+    let cp = signer.sign_of(KEY_LOG_ORIGIN, tree.size(), &tree.root(), at);
+    sqlx::query("INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(i64::try_from(cp.tree_size).unwrap())
+        .bind(at)
+        .bind(tree.root().to_vec())
+        .bind(hex::decode(&cp.signature).unwrap())
+        .bind(cp.key_id.clone())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certificate_raises_its_alarm() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("ada", Role::Admin)]).await;
+    let maple = net.node("maple-house", &[]).await;
+    make_key(&harbor, true).await.unwrap();
+    assert_eq!(verified(harbor.state.key_log.check_now().await), (1, 1));
+
+    // The CA's key issues the attacker a signing certificate in harbor's name.
+    let harbor_org = OrgId::parse("harbor").unwrap();
+    let attacker = tempfile::tempdir().unwrap();
+    let (key, csr, cert) =
+        (attacker.path().join("k.pem"), attacker.path().join("r.csr"), attacker.path().join("c.pem"));
+    haven_certs::make_csr(&harbor_org, haven_certs::CertKind::Signing, &key, &csr).unwrap();
+    haven_certs::sign_csr(&net.certs.0, &harbor_org, &csr, haven_certs::CertKind::Signing, &cert).unwrap();
+    let signing_der = haven_trust::pki::load_certs(&cert).unwrap()[0].to_vec();
+    let tls_der = haven_trust::pki::load_certs(&net.certs.org_tls_cert(&harbor_org)).unwrap()[0].to_vec();
+    let forger =
+        haven_trust::token::OrgSigner::new(harbor_org.clone(), &std::fs::read(&key).unwrap(), &signing_der, &tls_der)
+            .unwrap();
+    let jws = forger.sign_typed(STATEMENT_TYP, &publish(&net, "harbor", [6; 32])).unwrap();
+    append_behind_the_gateways_checks(&net, &jws).await;
+
+    // The statement verifies by the CA, so another node takes it...
+    assert_eq!(verified(maple.state.key_log.check_now().await), (2, 2));
+    // ...but harbor's own node sees a key in its name that it did not make, and says so until an
+    // auditor has looked into it.
+    let round = harbor.state.key_log.check_now().await;
+    match &round {
+        haven_node::keylog::Round::Alarm(state, detail) => {
+            assert_eq!(*state, haven_node::witness::WitnessState::ForeignKey, "{detail}");
+            assert!(detail.contains("which this node did not make"), "{detail}");
+            assert!(detail.contains(&haven_trust::registry::Fingerprint::of_der(&signing_der).to_hex()), "{detail}");
+        }
+        other => panic!("harbor's node must raise its alarm: {other:?}"),
+    }
+    let report = harbor.state.witness.report();
+    assert_eq!(report.state, haven_node::witness::WitnessState::ForeignKey, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_nothing_is_kept() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("ada", Role::Admin)]).await;
+    let maple = net.node("maple-house", &[]).await;
+    make_key(&harbor, true).await.unwrap();
+    assert_eq!(verified(maple.state.key_log.check_now().await), (1, 1));
+
+    // A statement whose signature does not verify (its payload changed after signing).
+    let good = signed(&harbor, &publish(&net, "harbor", [7; 32]));
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let other = signed(&harbor, &publish(&net, "harbor", [8; 32]));
+    parts[1] = other.split('.').nth(1).unwrap().to_owned();
+    append_behind_the_gateways_checks(&net, &parts.join(".")).await;
+    let round = maple.state.key_log.check_now().await;
+    assert!(
+        matches!(&round, haven_node::keylog::Round::Alarm(haven_node::witness::WitnessState::BadSignature, d) if d.contains("does not verify by the network CA")),
+        "{round:?}"
+    );
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM key_log_entry").fetch_one(maple.state.store.pool()).await.unwrap();
+    assert_eq!(held, 1, "nothing of a refused round is kept");
+    let key = haven_node::keylog::recipient_key(&maple.state.store, &OrgId::parse("harbor").unwrap(), now_secs(&net))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(key.public_key, publish(&net, "harbor", [8; 32]).public_key, "the forged key is never sealed to");
+}

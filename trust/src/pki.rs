@@ -155,6 +155,22 @@ pub fn read_revocations(path: &Path, ca: &[CertificateDer<'static>]) -> Result<O
     Ok(Some(out))
 }
 
+/// Checks that the network CA (`ca`, DER) issued the certificate `cert` (DER): its issuer is the CA's
+/// subject and the CA's key signed it. Whether it is revoked or still valid in time, the caller decides.
+pub fn issued_by(cert: &[u8], ca: &[u8]) -> Result<(), String> {
+    let (_, cert) = X509Certificate::from_der(cert).map_err(|e| format!("the certificate: {e}"))?;
+    let (_, ca) = X509Certificate::from_der(ca).map_err(|e| format!("the CA certificate: {e}"))?;
+    if cert.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(format!(
+            "the certificate is issued by `{}`, not by the network CA `{}`",
+            cert.issuer(),
+            ca.subject()
+        ));
+    }
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|e| format!("the network CA's key did not sign the certificate ({e})"))
+}
+
 /// Whether a CRL numbered `new` (hex, as [`Revocations::number`]) comes before one numbered `old`.
 /// Unnumbered CRLs are ordered by `thisUpdate` alone.
 pub fn crl_number_before(new: &str, old: &str) -> bool {

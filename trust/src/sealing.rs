@@ -169,6 +169,19 @@ impl SealingKeyStatement {
     /// The checks that need no database, at `now` (Unix seconds): a known suite, a real key named by
     /// its id, a window of at most [`MAX_WINDOW_SECS`] that has not ended, and an `issued_at` near now.
     pub fn check(&self, now: i64) -> Result<(), StatementError> {
+        self.check_shape()?;
+        if self.action == StatementAction::Publish && self.not_after <= now {
+            return Err(StatementError::Expired { not_after: self.not_after, now });
+        }
+        if (self.issued_at - now).abs() > ISSUED_AT_SKEW_SECS {
+            return Err(StatementError::IssuedAt { issued_at: self.issued_at, now });
+        }
+        Ok(())
+    }
+
+    /// The checks that hold whenever the statement is read: a known suite, a real key named by its id
+    /// and a well-formed window (a reader of the log checks statements registered long ago).
+    pub fn check_shape(&self) -> Result<(), StatementError> {
         if !SUITES.contains(&self.suite.as_str()) {
             return Err(StatementError::UnknownSuite(crate::untrusted::shown(&self.suite)));
         }
@@ -187,12 +200,6 @@ impl SealingKeyStatement {
                 MAX_WINDOW_SECS / 86_400
             )));
         }
-        if self.action == StatementAction::Publish && self.not_after <= now {
-            return Err(StatementError::Expired { not_after: self.not_after, now });
-        }
-        if (self.issued_at - now).abs() > ISSUED_AT_SKEW_SECS {
-            return Err(StatementError::IssuedAt { issued_at: self.issued_at, now });
-        }
         Ok(())
     }
 
@@ -210,6 +217,42 @@ fn typ_of(jws: &str) -> Option<String> {
     v.get("typ")?.as_str().map(|s| s.chars().take(64).collect())
 }
 
+/// Verifies a statement as a node reads it from the key log, trusting the network CA (`ca`, DER) and
+/// not the gateway's registry: its `typ`, its signature with the certificate in its `x5c`, that the CA
+/// issued that certificate, that the certificate's URI SAN names the statement's organization, and
+/// [`SealingKeyStatement::check_shape`]. Returns the statement, the SHA-256 of the JWS and the signing
+/// certificate's fingerprint.
+pub fn verify_statement_by_ca(
+    jws: &str,
+    ca: &[u8],
+) -> Result<(SealingKeyStatement, [u8; 32], crate::registry::Fingerprint), StatementError> {
+    if jws.len() > MAX_STATEMENT_BYTES {
+        return Err(StatementError::TooLarge(jws.len()));
+    }
+    check_typ(jws)?;
+    let garbled = |e: String| StatementError::Signature(TokenError::Garbled(e));
+    let (statement, der) = token::verify_with_x5c::<SealingKeyStatement>(jws).map_err(StatementError::Signature)?;
+    crate::pki::issued_by(&der, ca).map_err(garbled)?;
+    let info = crate::pki::CertInfo::parse(&der).map_err(|e| garbled(e.to_string()))?;
+    let cert_org = info.org().map_err(garbled)?;
+    if cert_org != statement.org {
+        return Err(StatementError::OtherOrganization {
+            statement_org: statement.org.to_string(),
+            key_org: cert_org.to_string(),
+        });
+    }
+    statement.check_shape()?;
+    Ok((statement, statement_sha256(jws), info.fingerprint))
+}
+
+fn check_typ(jws: &str) -> Result<(), StatementError> {
+    match typ_of(jws) {
+        Some(t) if t == STATEMENT_TYP => Ok(()),
+        Some(t) => Err(StatementError::WrongType(crate::untrusted::shown(&t))),
+        None => Err(StatementError::Signature(TokenError::Garbled("not a compact JWS with a `typ` header".into()))),
+    }
+}
+
 /// Verifies a statement against the registry's signing pins at `now`: its size, its `typ`, its
 /// signature, that it speaks for the organization that signed it, and [`SealingKeyStatement::check`].
 /// Returns the statement and the SHA-256 of the whole JWS.
@@ -221,13 +264,7 @@ pub fn verify_statement(
     if jws.len() > MAX_STATEMENT_BYTES {
         return Err(StatementError::TooLarge(jws.len()));
     }
-    match typ_of(jws) {
-        Some(t) if t == STATEMENT_TYP => {}
-        Some(t) => return Err(StatementError::WrongType(crate::untrusted::shown(&t))),
-        None => {
-            return Err(StatementError::Signature(TokenError::Garbled("not a compact JWS with a `typ` header".into())));
-        }
-    }
+    check_typ(jws)?;
     let (statement, key_org, _) =
         token::verify_signed::<SealingKeyStatement>(jws, registry).map_err(StatementError::Signature)?;
     if statement.org != key_org {

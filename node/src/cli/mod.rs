@@ -21,6 +21,7 @@ pub mod dates;
 pub mod error;
 pub mod fields;
 pub mod inbox;
+pub mod keys;
 pub mod kind;
 pub mod messages;
 pub mod output;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Query, export and verify the audit log; subject access reports; checkpoints and the witness.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Audit(audit::AuditCommand),
+    /// The organization's sealing keys: make, rotate, withdraw and list them.
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
+    Keys(keys::KeysCommand),
 }
 
 /// The same commands as a parser of their own, for [`run`].
@@ -107,6 +111,7 @@ pub async fn execute(cmd: &Command, input: users::In<'_>, out: Out<'_>, err: Out
         Command::Whoami(a) => whoami::run(a, out).await,
         Command::Users(c) => users::run(c, input, out, err).await,
         Command::Audit(c) => audit::run(c, out, err).await,
+        Command::Keys(c) => keys::run(c, out).await,
     };
     let _ = out.flush();
     match result {

@@ -1,0 +1,331 @@
+//! The node as a witness of the gateway's public key log.
+//!
+//! Each round ([`KeyLogWitness::check_now`], every [`ROUND`] and whenever asked):
+//!
+//! 1. the node registers its own statements the gateway has not taken yet;
+//! 2. it reads the log past what it holds (the log holds public keys only, so a node holds all of it),
+//!    with the gateway's newest signed key-log checkpoint;
+//! 3. the checkpoint's signature must verify with the gateway's signing certificate, under the key
+//!    log's own origin;
+//! 4. the entries the node holds, followed by the new ones, must hash to the checkpoint's root at its
+//!    size: the log only ever grew, and it is the log the gateway signed (a checkpoint smaller than
+//!    what the node holds is a rollback);
+//! 5. every new statement must verify by the network CA the node trusts, not by the gateway's
+//!    registry: signed with a certificate the CA issued, whose URI SAN names the statement's
+//!    organization;
+//! 6. a statement in this organization's name that this node did not make is a key registered behind
+//!    its back, for example with a signing certificate the CA's key issued to someone else.
+//!
+//! A failure at 3, 4 or 5 stores nothing of the round and raises an alarm; 6 stores the entry (it is in
+//! the log, signed) and raises an alarm. Alarms go through the audit witness ([`Witness::raise`]), so
+//! they stand, show at the top of every console page and are acknowledged the same way.
+//!
+//! A sender seals only to a key it finds here ([`recipient_key`]): one whose publication is in the log
+//! this node verified, within its window, and not withdrawn.
+
+use std::time::Duration;
+
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_proto::v1::{KeyLogRequest, KeyLogResponse, SignedCheckpoint};
+use haven_trust::audit::{Checkpoint, CheckpointKey};
+use haven_trust::clock::SharedClock;
+use haven_trust::ids::{OrgId, PersonId, Role};
+use haven_trust::keylog::{self, KEY_LOG_ORIGIN};
+use haven_trust::merkle::{self, MemoryTree};
+use haven_trust::sealing::{self, SealingKeyStatement, StatementAction};
+use sqlx::Row;
+
+use crate::link::GatewayLink;
+use crate::store::NodeStore;
+use crate::witness::{Witness, WitnessState};
+
+/// How often the node reads the key log: a rotation or a withdrawal reaches every node within this.
+pub const ROUND: Duration = Duration::from_secs(60);
+
+/// What a round found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Round {
+    /// The log verified; the node now holds `size` entries (`new` of them this round).
+    Verified { size: u64, new: u64 },
+    /// The log failed a check; the alarm says what.
+    Alarm(WitnessState, String),
+    /// The gateway could not be asked; nothing was concluded.
+    Unreachable(String),
+}
+
+/// The key-log witness. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyLogWitness {
+    store: NodeStore,
+    link: GatewayLink,
+    clock: SharedClock,
+    witness: Witness,
+    org: OrgId,
+    /// DER of the network CA certificate the node trusts.
+    ca: Vec<u8>,
+}
+
+/// One entry as the node holds it.
+struct Held {
+    seq: u64,
+    registered_at_micros: i64,
+    sha256: [u8; 32],
+}
+
+impl KeyLogWitness {
+    pub fn new(
+        store: NodeStore,
+        link: GatewayLink,
+        clock: SharedClock,
+        witness: Witness,
+        org: OrgId,
+        ca: Vec<u8>,
+    ) -> Self {
+        KeyLogWitness { store, link, clock, witness, org, ca }
+    }
+
+    /// Runs a round: registers pending statements, reads and verifies the log, raises any alarm.
+    pub async fn check_now(&self) -> Round {
+        if let Err(e) = crate::sealing::register_pending(&self.store, &self.link).await {
+            tracing::warn!(error = %e.message(), "a sealing-key statement is still waiting for the gateway");
+        }
+        let round = match self.round().await {
+            Ok(r) => r,
+            Err(e) => Round::Unreachable(format!("node database: {e}")),
+        };
+        match &round {
+            Round::Alarm(state, detail) => {
+                self.witness.raise(*state, detail.clone()).await;
+            }
+            Round::Unreachable(why) => tracing::warn!(%why, "the key log could not be checked"),
+            Round::Verified { new, .. } if *new > 0 => tracing::info!(new, "key log verified"),
+            Round::Verified { .. } => {}
+        }
+        round
+    }
+
+    async fn round(&self) -> Result<Round, sqlx::Error> {
+        let held = self.held().await?;
+        let from = held.len() as u64;
+        let (entries, checkpoint) = match self.read(from).await {
+            Ok(r) => r,
+            Err(why) => return Ok(Round::Unreachable(why)),
+        };
+        let Some(wire) = checkpoint else {
+            if from > 0 {
+                return Ok(alarm(
+                    WitnessState::Fork,
+                    format!("key log: the gateway serves an empty log, but this node holds {from} entries of it"),
+                ));
+            }
+            return Ok(Round::Verified { size: 0, new: 0 });
+        };
+        let cp = Checkpoint::from(&wire);
+        let key = match CheckpointKey::new(self.witness.gateway_cert()) {
+            Ok(k) => k,
+            Err(e) => {
+                return Ok(alarm(WitnessState::BadSignature, format!("key log: the gateway signing certificate: {e}")));
+            }
+        };
+        if let Err(e) = key.verify_of(KEY_LOG_ORIGIN, &cp) {
+            return Ok(alarm(WitnessState::BadSignature, format!("key-log checkpoint of size {}: {e}", cp.tree_size)));
+        }
+        if cp.tree_size < from {
+            return Ok(alarm(
+                WitnessState::Fork,
+                format!(
+                    "key log rolled back: the gateway signed size {}, but this node holds {from} entries",
+                    cp.tree_size
+                ),
+            ));
+        }
+        // The node's entries, then the new ones up to the checkpoint, must give the signed root.
+        let mut tree = MemoryTree::new();
+        for h in &held {
+            push(&mut tree, keylog::leaf_hash(h.seq, h.registered_at_micros, &h.sha256));
+        }
+        let mut verified = Vec::new();
+        for e in entries.iter().take_while(|e| e.seq < cp.tree_size) {
+            if e.seq != tree.size() {
+                return Ok(alarm(
+                    WitnessState::Fork,
+                    format!("key log: entry {} where {} was due", e.seq, tree.size()),
+                ));
+            }
+            let (statement, sha, signer) = match sealing::verify_statement_by_ca(&e.statement, &self.ca) {
+                Ok(v) => v,
+                Err(why) => {
+                    return Ok(alarm(
+                        WitnessState::BadSignature,
+                        format!("key log entry {}: the statement does not verify by the network CA: {why}", e.seq),
+                    ));
+                }
+            };
+            push(&mut tree, keylog::leaf_hash(e.seq, e.registered_at_micros, &sha));
+            verified.push((e.clone(), statement, sha, signer));
+        }
+        let root = cp.root().unwrap_or_default();
+        if tree.size() != cp.tree_size || tree.root() != root {
+            return Ok(alarm(
+                WitnessState::Fork,
+                format!(
+                    "key log: the checkpoint of size {} (root {}) is not the log this node holds and was served (size {}, root {}): the log was rewritten, or this node is shown another log than other nodes",
+                    cp.tree_size,
+                    hex::encode(root),
+                    tree.size(),
+                    hex::encode(tree.root())
+                ),
+            ));
+        }
+        let own = crate::sealing::own_statements(&self.store).await?;
+        let mut tx = self.store.pool().begin().await?;
+        for (e, s, sha, _) in &verified {
+            sqlx::query("INSERT INTO key_log_entry (seq, registered_at_micros, statement, statement_sha256, org, kid, action, not_before, not_after, public_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .bind(db_int(e.seq))
+                .bind(e.registered_at_micros)
+                .bind(&e.statement)
+                .bind(hex::encode(sha))
+                .bind(s.org.as_str())
+                .bind(&s.kid)
+                .bind(s.action.as_str())
+                .bind(s.not_before)
+                .bind(s.not_after)
+                .bind(&s.public_key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO key_log_checkpoint (tree_size, checkpoint, checked_at_micros) VALUES ($1, $2, $3) ON CONFLICT (tree_size) DO NOTHING")
+            .bind(db_int(cp.tree_size))
+            .bind(serde_json::to_string(&cp).unwrap_or_default())
+            .bind(self.clock.now_micros())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        for (e, s, sha, signer) in &verified {
+            if s.org == self.org && !own.contains(&hex::encode(sha)) {
+                return Ok(alarm(
+                    WitnessState::ForeignKey,
+                    format!(
+                        "key log entry {}: a statement to {} sealing key {} in this organization's name, which this node did not make (signed with certificate {}): someone registered a key behind its back",
+                        e.seq,
+                        s.action.as_str(),
+                        s.kid,
+                        signer.to_hex()
+                    ),
+                ));
+            }
+        }
+        Ok(Round::Verified { size: tree.size(), new: verified.len() as u64 })
+    }
+
+    /// The entries the node holds, in order.
+    async fn held(&self) -> Result<Vec<Held>, sqlx::Error> {
+        let rows = sqlx::query("SELECT seq, registered_at_micros, statement_sha256 FROM key_log_entry ORDER BY seq")
+            .fetch_all(self.store.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let sha: String = r.try_get(2)?;
+                Ok(Held {
+                    seq: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+                    registered_at_micros: r.try_get(1)?,
+                    sha256: hex::decode(&sha).ok().and_then(|b| b.try_into().ok()).unwrap_or([0; 32]),
+                })
+            })
+            .collect()
+    }
+
+    /// The log past `from`, every page of it, and the checkpoint of the first answer (the entries
+    /// read after it cover it).
+    async fn read(&self, from: u64) -> Result<(Vec<haven_proto::v1::KeyLogEntry>, Option<SignedCheckpoint>), String> {
+        let mut entries = Vec::new();
+        let mut checkpoint = None;
+        let mut next = from;
+        loop {
+            let request = self
+                .link
+                .request(&PersonId::node(), Role::Node, KeyLogRequest { from_seq: next, limit: 0 })
+                .map_err(|e| e.message().to_owned())?;
+            let KeyLogResponse { entries: page, checkpoint: cp } = GatewayClient::new(self.link.channel())
+                .key_log(request)
+                .await
+                .map_err(|s| self.link.relay(s).message().to_owned())?
+                .into_inner();
+            if checkpoint.is_none() {
+                checkpoint = cp;
+            }
+            let covered = checkpoint.as_ref().map_or(0, |c| c.tree_size);
+            let last = page.last().map(|e| e.seq + 1);
+            entries.extend(page);
+            match last {
+                Some(end) if end < covered => next = end,
+                _ => return Ok((entries, checkpoint)),
+            }
+        }
+    }
+
+    /// Runs rounds every [`ROUND`] until `stop` turns true.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            self.check_now().await;
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+fn push(tree: &mut MemoryTree, leaf: merkle::Hash) {
+    // A tree of fewer than 2^63 leaves never refuses a push.
+    let _ = tree.push(leaf);
+}
+
+fn alarm(state: WitnessState, detail: String) -> Round {
+    Round::Alarm(state, detail)
+}
+
+fn db_int(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}
+
+/// The key a sender may seal to for `org` at `now` (Unix seconds): the newest publication in the key
+/// log this node verified that is within its window and has no withdrawal after it. `None` when the
+/// organization has no such key.
+pub async fn recipient_key(
+    store: &NodeStore,
+    org: &OrgId,
+    now: i64,
+) -> Result<Option<SealingKeyStatement>, sqlx::Error> {
+    let rows = sqlx::query("SELECT kid, action, statement FROM key_log_entry WHERE org = $1 ORDER BY seq")
+        .bind(org.as_str())
+        .fetch_all(store.pool())
+        .await?;
+    let mut withdrawn = std::collections::HashSet::new();
+    let mut published = Vec::new();
+    for r in &rows {
+        let (kid, action, statement): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        if action == StatementAction::Withdraw.as_str() {
+            withdrawn.insert(kid);
+        } else {
+            published.push((kid, statement));
+        }
+    }
+    for (kid, jws) in published.into_iter().rev() {
+        if withdrawn.contains(&kid) {
+            continue;
+        }
+        let Some(statement) = payload(&jws) else { continue };
+        if statement.usable_at(now) {
+            return Ok(Some(statement));
+        }
+    }
+    Ok(None)
+}
+
+/// The payload of a statement the witness verified when it stored it.
+fn payload(jws: &str) -> Option<SealingKeyStatement> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jws.split('.').nth(1)?).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

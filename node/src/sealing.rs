@@ -1,0 +1,262 @@
+//! The organization's sealing keys, made and kept at its node (`haven-node keys`).
+//!
+//! A key pair is X25519. The private half is written to its own file, mode 0600, in the folder beside
+//! the organization's signing key (`<certs>/<org>/sealing/`), and never leaves the node. The public half
+//! is published in a sealing-key statement signed with the organization's signing key
+//! (`haven_trust::sealing`), kept in the node's database (table `sealing_key`) and registered with the
+//! gateway's key log. A statement the gateway could not take yet stays pending, and the node registers
+//! it on its next key-log round; the statement's bytes never change, so a retry is the same statement.
+
+use std::path::{Path, PathBuf};
+
+use haven_proto::v1::RegisterSealingKeyRequest;
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_trust::clock::SharedClock;
+use haven_trust::ids::{PersonId, Role};
+use haven_trust::sealing::{self, STATEMENT_TYP, SealingKeyStatement};
+use rand::RngCore;
+use sqlx::Row;
+use tonic::Status;
+
+use crate::link::GatewayLink;
+use crate::store::NodeStore;
+
+/// How long a new key may be sealed to: a year.
+pub const KEY_LIFETIME_SECS: i64 = 365 * 86_400;
+
+/// Where the node keeps its sealing keys' private halves.
+#[derive(Debug, Clone)]
+pub struct KeyFolder(pub PathBuf);
+
+impl KeyFolder {
+    /// The folder beside the organization's signing key.
+    pub fn beside(signing_key: &Path) -> KeyFolder {
+        KeyFolder(signing_key.parent().unwrap_or(Path::new(".")).join("sealing"))
+    }
+
+    fn file_of(&self, kid: &str) -> PathBuf {
+        self.0.join(format!("{}.key", kid.replace(':', "-")))
+    }
+
+    /// Writes a private key to its own file, mode 0600 (refusing to overwrite one).
+    fn write(&self, kid: &str, secret: &[u8; 32]) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.0)?;
+        let path = self.file_of(kid);
+        if !haven_trust::owner_only::create(&path)? {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+        }
+        std::fs::write(&path, format!("{}\n", hex::encode(secret)))?;
+        Ok(path)
+    }
+
+    /// Reads a private key back (for unsealing).
+    pub fn read(&self, kid: &str) -> Result<[u8; 32], String> {
+        let path = self.file_of(kid);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = hex::decode(text.trim()).map_err(|e| format!("{}: not hex: {e}", path.display()))?;
+        bytes.try_into().map_err(|_| format!("{}: not a 32-byte key", path.display()))
+    }
+}
+
+/// One of the organization's keys, as the node keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealingKey {
+    pub kid: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub created_at_micros: i64,
+    pub created_by: String,
+    /// The key-log position of its publication, once the gateway took it.
+    pub published_seq: Option<i64>,
+    /// When it was withdrawn, and the key-log position of the withdrawal once the gateway took it.
+    pub withdrawn_at_micros: Option<i64>,
+    pub withdrawn_seq: Option<i64>,
+}
+
+impl SealingKey {
+    /// `pending`, `published`, `withdrawing` (withdrawn here, not yet in the log) or `withdrawn`.
+    pub fn state(&self) -> &'static str {
+        match (self.published_seq, self.withdrawn_at_micros, self.withdrawn_seq) {
+            (_, Some(_), Some(_)) => "withdrawn",
+            (_, Some(_), None) => "withdrawing",
+            (Some(_), None, _) => "published",
+            (None, None, _) => "pending",
+        }
+    }
+}
+
+fn db(e: sqlx::Error) -> Status {
+    Status::unavailable(format!("node database: {e}"))
+}
+
+/// Every key, newest first.
+pub async fn list(store: &NodeStore) -> Result<Vec<SealingKey>, sqlx::Error> {
+    let rows = sqlx::query("SELECT kid, not_before, not_after, created_at_micros, created_by, published_seq, withdrawn_at_micros, withdrawn_seq FROM sealing_key ORDER BY created_at_micros DESC, kid")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SealingKey {
+                kid: r.try_get(0)?,
+                not_before: r.try_get(1)?,
+                not_after: r.try_get(2)?,
+                created_at_micros: r.try_get(3)?,
+                created_by: r.try_get(4)?,
+                published_seq: r.try_get(5)?,
+                withdrawn_at_micros: r.try_get(6)?,
+                withdrawn_seq: r.try_get(7)?,
+            })
+        })
+        .collect()
+}
+
+/// The SHA-256 (hex) of every statement this node made: what its key-log witness recognizes as its
+/// own.
+pub async fn own_statements(store: &NodeStore) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT statement_sha256 FROM sealing_key UNION SELECT withdrawal_sha256 FROM sealing_key WHERE withdrawal_sha256 IS NOT NULL")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// Makes a new key pair for `who`'s organization: the private half to its 0600 file, the statement
+/// publishing the public half signed and kept, then registered with the gateway (or left pending if
+/// the gateway cannot take it now). `only_if_none` refuses when the organization already has a key
+/// that is not withdrawn (`keys init`).
+pub async fn make(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    folder: &KeyFolder,
+    created_by: &str,
+    only_if_none: bool,
+) -> Result<(SealingKey, Option<Status>), Status> {
+    if only_if_none && list(store).await.map_err(db)?.iter().any(|k| k.withdrawn_at_micros.is_none()) {
+        return Err(Status::already_exists(
+            "this organization already has a sealing key; `haven-node keys rotate` makes a new one",
+        ));
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes();
+    let now_micros = clock.now_micros();
+    let now = now_micros.div_euclid(1_000_000);
+    let statement =
+        SealingKeyStatement::publish(link.signer().org().clone(), &public, now, now + KEY_LIFETIME_SECS, now);
+    let jws = link
+        .signer()
+        .sign_typed(STATEMENT_TYP, &statement)
+        .map_err(|e| Status::internal(format!("cannot sign the statement: {e}")))?;
+    let path = folder.write(&statement.kid, &secret).map_err(|e| {
+        Status::failed_precondition(format!("cannot write the private key in {}: {e}", folder.0.display()))
+    })?;
+    sqlx::query("INSERT INTO sealing_key (kid, public_key, not_before, not_after, created_at_micros, created_by, statement, statement_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(&statement.kid)
+        .bind(&statement.public_key)
+        .bind(statement.not_before)
+        .bind(statement.not_after)
+        .bind(now_micros)
+        .bind(created_by)
+        .bind(&jws)
+        .bind(hex::encode(sealing::statement_sha256(&jws)))
+        .execute(store.pool())
+        .await
+        .map_err(|e| {
+            // Nothing refers to the file yet: take it back, so no key exists that no row names.
+            let _ = std::fs::remove_file(&path);
+            db(e)
+        })?;
+    tracing::info!(key = %statement.kid, "sealing key made");
+    let not_registered = register_pending(store, link).await.err();
+    let key = list(store).await.map_err(db)?.into_iter().find(|k| k.kid == statement.kid);
+    let key = key.ok_or_else(|| Status::internal("the new key was not stored"))?;
+    Ok((key, not_registered))
+}
+
+/// Withdraws a key: the withdrawal statement is signed and kept, then registered with the gateway (or
+/// left pending). The private half stays, so what was sealed to the key can still be opened.
+pub async fn withdraw(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    kid: &str,
+) -> Result<(SealingKey, Option<Status>), Status> {
+    let row = sqlx::query("SELECT statement, withdrawn_at_micros FROM sealing_key WHERE kid = $1")
+        .bind(kid)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        return Err(Status::not_found(format!(
+            "this node has no sealing key `{}` (`haven-node keys list` shows its keys)",
+            haven_trust::untrusted::shown(kid)
+        )));
+    };
+    if row.try_get::<Option<i64>, _>(1).map_err(db)?.is_some() {
+        return Err(Status::failed_precondition(format!("key {kid} is already withdrawn")));
+    }
+    let published: String = row.try_get(0).map_err(db)?;
+    let statement = decode(&published)?;
+    let now_micros = clock.now_micros();
+    let withdrawal = SealingKeyStatement::withdrawal(&statement, now_micros.div_euclid(1_000_000));
+    let jws = link
+        .signer()
+        .sign_typed(STATEMENT_TYP, &withdrawal)
+        .map_err(|e| Status::internal(format!("cannot sign the withdrawal: {e}")))?;
+    sqlx::query("UPDATE sealing_key SET withdrawal = $1, withdrawal_sha256 = $2, withdrawn_at_micros = $3 WHERE kid = $4 AND withdrawn_at_micros IS NULL")
+        .bind(&jws)
+        .bind(hex::encode(sealing::statement_sha256(&jws)))
+        .bind(now_micros)
+        .bind(kid)
+        .execute(store.pool())
+        .await
+        .map_err(db)?;
+    tracing::info!(key = %kid, "sealing key withdrawn");
+    let not_registered = register_pending(store, link).await.err();
+    let key = list(store).await.map_err(db)?.into_iter().find(|k| k.kid == kid);
+    Ok((key.ok_or_else(|| Status::internal("the withdrawn key is gone"))?, not_registered))
+}
+
+/// The payload of a statement this node signed (trusted: it came from the node's own database).
+fn decode(jws: &str) -> Result<SealingKeyStatement, Status> {
+    use base64::Engine;
+    let payload = jws.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|e| Status::internal(format!("a stored statement is not a JWS: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("a stored statement: {e}")))
+}
+
+/// Registers every statement the gateway has not taken yet, publications before withdrawals. Returns
+/// the first refusal (the rest wait for the next round).
+pub async fn register_pending(store: &NodeStore, link: &GatewayLink) -> Result<usize, Status> {
+    let rows = sqlx::query("SELECT kid, statement, 'publish' FROM sealing_key WHERE published_seq IS NULL UNION ALL SELECT kid, withdrawal, 'withdraw' FROM sealing_key WHERE withdrawal IS NOT NULL AND withdrawn_seq IS NULL")
+        .fetch_all(store.pool())
+        .await
+        .map_err(db)?;
+    let mut done = 0;
+    for r in rows {
+        let (kid, jws, action): (String, String, String) =
+            (r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, r.try_get(2).map_err(db)?);
+        let request = link.request(&PersonId::node(), Role::Node, RegisterSealingKeyRequest { statement: jws })?;
+        let seq = GatewayClient::new(link.channel())
+            .register_sealing_key(request)
+            .await
+            .map_err(|s| link.relay(s))?
+            .into_inner()
+            .seq;
+        let sql = if action == "publish" {
+            "UPDATE sealing_key SET published_seq = $1 WHERE kid = $2"
+        } else {
+            "UPDATE sealing_key SET withdrawn_seq = $1 WHERE kid = $2"
+        };
+        sqlx::query(sql)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(&kid)
+            .execute(store.pool())
+            .await
+            .map_err(db)?;
+        done += 1;
+    }
+    Ok(done)
+}
