@@ -132,15 +132,13 @@ fn stored(cp: &Checkpoint) -> Result<StoredKeyCheckpoint, Error> {
 }
 
 fn wire(cp: &StoredKeyCheckpoint) -> SignedCheckpoint {
-    let root: [u8; 32] = cp.root_hash.as_slice().try_into().unwrap_or([0; 32]);
-    SignedCheckpoint {
+    SignedCheckpoint::of_key_log(&Checkpoint {
         tree_size: cp.tree_size,
-        root_hash: cp.root_hash.clone(),
+        root_hash: hex::encode(&cp.root_hash),
         timestamp_micros: cp.timestamp_micros,
-        signed_body: Checkpoint::body_of(KEY_LOG_ORIGIN, cp.tree_size, &root, cp.timestamp_micros),
-        signature: cp.signature.clone(),
+        signature: hex::encode(&cp.signature),
         key_id: cp.key_id.clone(),
-    }
+    })
 }
 
 /// A statement's refusal as the matching status: another organization's key is PERMISSION_DENIED,

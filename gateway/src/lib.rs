@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod keys_cli;
 pub mod policy;
 pub mod routing;
 pub mod server;

@@ -40,6 +40,9 @@ enum Command {
     /// Verify an audit export offline.
     #[command(subcommand)]
     Audit(haven_gateway::audit::cli::AuditCommand),
+    /// Verify the public key log of sealing keys offline.
+    #[command(subcommand)]
+    Keylog(haven_gateway::keys_cli::KeyLogCommand),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Policy(cmd) => haven_gateway::policy::cli::run(cmd),
         Command::Audit(cmd) => haven_gateway::audit::cli::run(cmd),
+        Command::Keylog(cmd) => haven_gateway::keys_cli::run(cmd),
         Command::Serve(args) => {
             init_logging(cli.log_format);
             let runtime = match tokio::runtime::Runtime::new() {

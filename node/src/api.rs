@@ -236,6 +236,15 @@ impl Node for NodeService {
         Ok(Response::new(key_response(&key, pending)))
     }
 
+    async fn key_log(&self, req: Request<KeyLogRequest>) -> Result<Response<KeyLogResponse>, Status> {
+        self.user(&req).await?;
+        let r = req.into_inner();
+        let log = crate::keylog::held_log(&self.state.store, r.from_seq, r.limit)
+            .await
+            .map_err(|e| Status::unavailable(format!("node database: {e}")))?;
+        Ok(Response::new(log))
+    }
+
     async fn acknowledge_witness_alarm(
         &self,
         req: Request<AcknowledgeWitnessAlarmRequest>,

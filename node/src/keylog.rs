@@ -289,6 +289,36 @@ fn db_int(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)
 }
 
+/// The key log as this node verified it, from `from_seq`, at most `limit` entries (0: 1000), with the
+/// newest checkpoint it found consistent.
+pub async fn held_log(store: &NodeStore, from_seq: u64, limit: u32) -> Result<KeyLogResponse, sqlx::Error> {
+    let limit = if limit == 0 { 1000 } else { limit.min(1000) };
+    let cp = sqlx::query("SELECT checkpoint FROM key_log_checkpoint ORDER BY tree_size DESC LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .and_then(|json| serde_json::from_str::<Checkpoint>(&json).ok());
+    let rows = sqlx::query(
+        "SELECT seq, registered_at_micros, statement FROM key_log_entry WHERE seq >= $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(db_int(from_seq))
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|r| {
+            Ok(haven_proto::v1::KeyLogEntry {
+                seq: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+                registered_at_micros: r.try_get(1)?,
+                statement: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(KeyLogResponse { entries, checkpoint: cp.as_ref().map(SignedCheckpoint::of_key_log) })
+}
+
 /// The key a sender may seal to for `org` at `now` (Unix seconds): the newest publication in the key
 /// log this node verified that is within its window and has no withdrawal after it. `None` when the
 /// organization has no such key.

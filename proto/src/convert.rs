@@ -24,6 +24,22 @@ impl From<&Checkpoint> for pb::SignedCheckpoint {
     }
 }
 
+impl pb::SignedCheckpoint {
+    /// A key-log checkpoint on the wire: the same shape, its body under the key log's own origin.
+    pub fn of_key_log(cp: &Checkpoint) -> Self {
+        let root = cp.root().unwrap_or_default();
+        pb::SignedCheckpoint {
+            signed_body: Checkpoint::body_of(
+                haven_trust::keylog::KEY_LOG_ORIGIN,
+                cp.tree_size,
+                &root,
+                cp.timestamp_micros,
+            ),
+            ..pb::SignedCheckpoint::from(cp)
+        }
+    }
+}
+
 impl From<&pb::SignedCheckpoint> for Checkpoint {
     /// The checkpoint as `haven-trust` checks it (hex root and signature); nothing is verified here.
     fn from(cp: &pb::SignedCheckpoint) -> Self {

@@ -943,4 +943,32 @@ async fn keys_init_rotate_withdraw_and_list_at_the_command_line() {
     assert!(table.out.contains("withdrawn at 2") && table.out.contains("published at 1"), "{table:?}");
     let unknown = as_person(&harbor, "ada", &["keys", "withdraw", "x25519:0"]).await;
     assert_eq!(unknown.code, 3, "{unknown:?}");
+
+    // The key log as the node verified it, exported and checked offline with the gateway's signing
+    // certificate and the CA's; an export changed after the fact fails, naming the line.
+    harbor.state.key_log.check_now().await;
+    let log = as_person(&harbor, "casey", &["keys", "log"]).await;
+    assert_eq!(log.code, 0, "any person may read the public key log: {log:?}");
+    assert_eq!(log.out.lines().count(), 4, "three entries and their checkpoint: {log:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("keylog.jsonl");
+    std::fs::write(&export, &log.out).unwrap();
+    let (key, ca) = (net.certs.gateway_signing_cert(), net.certs.ca_cert());
+    let summary = haven_trust::keylog::verify_files(&export, &key, &ca).unwrap();
+    assert_eq!((summary.entries, summary.checkpoints), (3, 1));
+    let described = summary.describe();
+    assert!(
+        described.starts_with("OK: key log of 3 entries") && described.contains(&format!("withdrawn {old_kid}")),
+        "{described}"
+    );
+    let first = log.out.lines().next().unwrap();
+    let mut entry: Value = serde_json::from_str(first).unwrap();
+    let at = entry["entry"]["registered_at_micros"].as_i64().unwrap();
+    entry["entry"]["registered_at_micros"] = Value::from(at + 1);
+    std::fs::write(&export, log.out.replacen(first, &entry.to_string(), 1)).unwrap();
+    let err = haven_trust::keylog::verify_files(&export, &key, &ca).unwrap_err();
+    assert!(
+        err.contains("line 4: the checkpoint of size 3 signs root") && err.contains("the log was rewritten"),
+        "{err}"
+    );
 }

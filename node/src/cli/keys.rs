@@ -4,8 +4,11 @@
 //! publishing its public half goes to the gateway's key log (see `docs/key-log.md`).
 
 use haven_proto::v1::{
-    MakeSealingKeyRequest, SealingKeyInfo, SealingKeyResponse, SealingKeysRequest, WithdrawSealingKeyRequest,
+    KeyLogRequest, MakeSealingKeyRequest, SealingKeyInfo, SealingKeyResponse, SealingKeysRequest,
+    WithdrawSealingKeyRequest,
 };
+use haven_trust::audit::Checkpoint;
+use haven_trust::keylog::{ExportEntry, ExportLine};
 use serde::Serialize;
 
 use super::client::{ClientArgs, Session};
@@ -29,6 +32,9 @@ pub enum KeysCommand {
     },
     /// The organization's sealing keys, newest first.
     List(ClientArgs),
+    /// The whole key log as this node verified it, as JSON lines (`{"entry": ...}`, then the
+    /// `{"checkpoint": ...}` that covers them): what `haven-gateway keylog verify` checks offline.
+    Log(ClientArgs),
 }
 
 /// One key, as printed.
@@ -76,6 +82,29 @@ pub async fn run(cmd: &KeysCommand, out: Out<'_>) -> Result<(), CliError> {
                 .await?
                 .into_inner();
             print_one(client, resp, "withdrew", out)
+        }
+        KeysCommand::Log(client) => {
+            let s = Session::open(client).await?;
+            let mut from = 0;
+            let mut checkpoint = None;
+            loop {
+                let page = s.client().key_log(s.signed(KeyLogRequest { from_seq: from, limit: 0 })).await?.into_inner();
+                checkpoint = checkpoint.or(page.checkpoint);
+                let Some(last) = page.entries.last().map(|e| e.seq) else { break };
+                for e in page.entries {
+                    let line = ExportLine::Entry(ExportEntry {
+                        seq: e.seq,
+                        registered_at_micros: e.registered_at_micros,
+                        statement: e.statement,
+                    });
+                    output::json_line(out, &line)?;
+                }
+                from = last + 1;
+            }
+            if let Some(cp) = checkpoint {
+                output::json_line(out, &ExportLine::Checkpoint(Checkpoint::from(&cp)))?;
+            }
+            Ok(())
         }
         KeysCommand::List(client) => {
             let s = Session::open(client).await?;
