@@ -180,6 +180,7 @@ impl Node {
                 certificates: certificate_expiries(&self.config.link),
                 help_phone: self.config.console.as_ref().and_then(|c| c.help_phone.clone()),
                 keep_scans: self.config.console.as_ref().is_some_and(|c| c.keep_scans),
+                sealing_keys: s.sealing_keys.clone(),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });

@@ -319,6 +319,30 @@ pub async fn held_log(store: &NodeStore, from_seq: u64, limit: u32) -> Result<Ke
     Ok(KeyLogResponse { entries, checkpoint: cp.as_ref().map(SignedCheckpoint::of_key_log) })
 }
 
+/// The whole key log as this node verified it, as export lines (see `haven_trust::keylog::ExportLine`).
+pub async fn export_lines(store: &NodeStore) -> Result<String, sqlx::Error> {
+    let mut entries = Vec::new();
+    let mut checkpoint = None;
+    loop {
+        let page = held_log(store, entries.len() as u64, 0).await?;
+        checkpoint = checkpoint.or(page.checkpoint);
+        if page.entries.is_empty() {
+            break;
+        }
+        entries.extend(page.entries.into_iter().map(export_entry));
+    }
+    Ok(haven_trust::keylog::export_text(entries, checkpoint.as_ref().map(Checkpoint::from)))
+}
+
+/// An entry of the wire as an export line's entry.
+pub fn export_entry(e: haven_proto::v1::KeyLogEntry) -> haven_trust::keylog::ExportEntry {
+    haven_trust::keylog::ExportEntry {
+        seq: e.seq,
+        registered_at_micros: e.registered_at_micros,
+        statement: e.statement,
+    }
+}
+
 /// The key a sender may seal to for `org` at `now` (Unix seconds): the newest publication in the key
 /// log this node verified that is within its window and has no withdrawal after it. `None` when the
 /// organization has no such key.

@@ -1103,3 +1103,44 @@ async fn many_failures_from_one_address_make_the_address_wait_whatever_the_names
     assert_eq!(waits.status, StatusCode::TOO_MANY_REQUESTS, "{}", waits.body);
     assert!(waits.body.contains("from your network address"), "{}", waits.body);
 }
+
+#[tokio::test]
+async fn an_administrator_makes_rotates_and_withdraws_sealing_keys_from_node_health() {
+    let net = TestNet::start().await;
+    let maple = net.node("maple-house", &[("omar", Role::Admin), ("sam", Role::Caseworker)]).await;
+    maple.set_password("omar", PASSWORD).await;
+    maple.set_password("sam", PASSWORD).await;
+    let secret = maple.enroll_second_factor("omar").await;
+    let mut admin = Web::new(maple.console);
+    let code = haven_node::totp::code(&secret, SystemClock.now_secs());
+    admin.sign_in_with_code("omar", PASSWORD, &code).await;
+
+    let page = admin.get("/health").await;
+    assert!(page.body.contains("This organization has no sealing key yet"), "{}", page.body);
+    let csrf = page.hidden("csrf").unwrap();
+    assert_eq!(admin.post("/keys", &[("csrf", &csrf)]).await.location(), "/health#keys");
+    assert_eq!(admin.post("/keys", &[("csrf", &csrf)]).await.location(), "/health#keys", "a rotation");
+    let keys = maple.client().await.sealing_keys(maple.as_person("omar", SealingKeysRequest {})).await.unwrap();
+    let keys = keys.into_inner().keys;
+    assert_eq!(keys.iter().map(|k| k.state.as_str()).collect::<Vec<_>>(), ["published", "published"]);
+    let old = &keys[1].kid;
+    let withdrawn =
+        admin.post(&format!("/keys/{}/withdraw", haven_node::console::pages::urlencode(old)), &[("csrf", &csrf)]).await;
+    assert_eq!(withdrawn.location(), "/health#keys", "{}", withdrawn.body);
+    let page = admin.get("/health").await;
+    let row = &page.body[page.body.find(&format!("data-kid=\"{old}\"")).unwrap()..];
+    assert!(row.contains("withdrawn"), "{row}");
+    assert!(admin.post("/keys", &[]).await.status == StatusCode::FORBIDDEN, "a post without its token is refused");
+
+    // The key log, as the node verified it, downloads for the offline verifier.
+    maple.state.key_log.check_now().await;
+    let log = admin.get("/keys/log").await;
+    assert!(log.header("content-disposition").starts_with("attachment"));
+    assert_eq!(log.body.lines().count(), 4, "{}", log.body);
+
+    // A caseworker may not make keys.
+    let mut sam = Web::new(maple.console);
+    sam.sign_in("sam", PASSWORD).await;
+    let csrf = sam.get("/inbox").await.hidden("csrf").unwrap();
+    assert_eq!(sam.post("/keys", &[("csrf", &csrf)]).await.status, StatusCode::FORBIDDEN);
+}

@@ -56,6 +56,12 @@ pub struct ExportEntry {
     pub statement: String,
 }
 
+/// Writes an export: each entry, in order, then the checkpoint that covers them, one JSON line each.
+pub fn export_text(entries: impl IntoIterator<Item = ExportEntry>, checkpoint: Option<Checkpoint>) -> String {
+    let lines = entries.into_iter().map(ExportLine::Entry).chain(checkpoint.map(ExportLine::Checkpoint));
+    lines.map(|l| serde_json::to_string(&l).unwrap_or_default() + "\n").collect()
+}
+
 /// What a verified export holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {

@@ -8,7 +8,6 @@ use haven_proto::v1::{
     WithdrawSealingKeyRequest,
 };
 use haven_trust::audit::Checkpoint;
-use haven_trust::keylog::{ExportEntry, ExportLine};
 use serde::Serialize;
 
 use super::client::{ClientArgs, Session};
@@ -85,25 +84,18 @@ pub async fn run(cmd: &KeysCommand, out: Out<'_>) -> Result<(), CliError> {
         }
         KeysCommand::Log(client) => {
             let s = Session::open(client).await?;
-            let mut from = 0;
+            let mut entries = Vec::new();
             let mut checkpoint = None;
             loop {
-                let page = s.client().key_log(s.signed(KeyLogRequest { from_seq: from, limit: 0 })).await?.into_inner();
+                let request = s.signed(KeyLogRequest { from_seq: entries.len() as u64, limit: 0 });
+                let page = s.client().key_log(request).await?.into_inner();
                 checkpoint = checkpoint.or(page.checkpoint);
-                let Some(last) = page.entries.last().map(|e| e.seq) else { break };
-                for e in page.entries {
-                    let line = ExportLine::Entry(ExportEntry {
-                        seq: e.seq,
-                        registered_at_micros: e.registered_at_micros,
-                        statement: e.statement,
-                    });
-                    output::json_line(out, &line)?;
+                if page.entries.is_empty() {
+                    break;
                 }
-                from = last + 1;
+                entries.extend(page.entries.into_iter().map(crate::keylog::export_entry));
             }
-            if let Some(cp) = checkpoint {
-                output::json_line(out, &ExportLine::Checkpoint(Checkpoint::from(&cp)))?;
-            }
+            write!(out, "{}", haven_trust::keylog::export_text(entries, checkpoint.as_ref().map(Checkpoint::from)))?;
             Ok(())
         }
         KeysCommand::List(client) => {

@@ -290,6 +290,12 @@ catalog! {
     DeclineWith => "Decline, with a reason", "Rechazar, indicando el motivo";
     CloseWith => "Close, with the outcome", "Cerrar, indicando el resultado";
     RenewConsent => "Renew", "Renovar";
+    SealingKeys => "Sealing keys", "Claves de sellado";
+    SealingKeysIntro => "Senders seal data to this organization's published key. The private half never leaves this node; every node checks the public key log.", "Los remitentes sellan los datos con la clave publicada de esta organización. La mitad privada nunca sale de este nodo; cada nodo comprueba el registro público de claves.";
+    KeyLogDownload => "Download the key log", "Descargar el registro de claves";
+    NoSealingKey => "This organization has no sealing key yet.", "Esta organización aún no tiene clave de sellado.";
+    MakeFirstKey => "Make the first sealing key", "Crear la primera clave de sellado";
+    RotateKey => "Make a new sealing key (rotate)", "Crear una nueva clave de sellado (rotar)";
     RenewIntro => "A renewal is a new consent that replaces this one once recorded: print it, have the survivor sign it, and record it.", "Una renovación es un consentimiento nuevo que sustituye a este una vez registrado: imprímalo, pida a la persona que lo firme y regístrelo.";
     ScanUpload => "The signed form's scan (the node hashes it)", "El escaneo del formulario firmado (el nodo calcula su hash)";
     ScanNotKept => "The consent is recorded with the scan's hash, but the node could not keep the scan itself. The error is in the node's log.", "El consentimiento está registrado con el hash del escaneo, pero el nodo no pudo guardar el escaneo. El error está en el registro del nodo.";

@@ -93,6 +93,8 @@ pub struct Console {
     pub help_phone: Option<String>,
     /// Whether the organization opted in to keeping consent scans.
     pub keep_scans: bool,
+    /// Where the organization's sealing keys' private halves are kept.
+    pub sealing_keys: crate::sealing::KeyFolder,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

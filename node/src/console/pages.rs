@@ -734,7 +734,13 @@ pub fn people(frame: &Frame, csrf: &str, people: &[Listed], notice: Option<&str>
 }
 
 /// The node's health.
-pub fn health(frame: &Frame, h: &crate::actions::Health, certificates: &[(String, i64)]) -> Markup {
+pub fn health(
+    frame: &Frame,
+    csrf: &str,
+    h: &crate::actions::Health,
+    certificates: &[(String, i64)],
+    keys: &[crate::sealing::SealingKey],
+) -> Markup {
     let t = |m: Msg| m.text(frame.lang);
     let body = html! {
         dl.fields #health {
@@ -751,6 +757,34 @@ pub fn health(frame: &Frame, h: &crate::actions::Health, certificates: &[(String
         table.list {
             thead { tr { th { (t(Msg::Name)) } th { (t(Msg::Expires)) } } }
             tbody { @for (name, not_after) in certificates { tr { td { (name) } td { (when(not_after.saturating_mul(1_000_000))) } } } }
+        }
+        h2 #keys { (t(Msg::SealingKeys)) }
+        p { (t(Msg::SealingKeysIntro)) " " a href="/keys/log" { (t(Msg::KeyLogDownload)) } }
+        @if keys.is_empty() { p.note { (t(Msg::NoSealingKey)) } } @else {
+            table.list #sealing-keys {
+                thead { tr { th { (t(Msg::Key)) } th { (t(Msg::State)) } th { (t(Msg::Expires)) } th { (t(Msg::Action)) } } }
+                tbody {
+                    @for k in keys {
+                        tr data-kid=(k.kid) {
+                            td { code { (k.kid) } }
+                            td.state { (k.state()) }
+                            td { (when(k.not_after.saturating_mul(1_000_000))) }
+                            td {
+                                @if k.withdrawn_at_micros.is_none() {
+                                    form.inline method="post" action=(format!("/keys/{}/withdraw", urlencode(&k.kid))) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button.quiet type="submit" aria-label=(format!("{} {}", t(Msg::Withdraw), k.kid)) { (t(Msg::Withdraw)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        form.actions method="post" action="/keys" {
+            input type="hidden" name="csrf" value=(csrf);
+            button type="submit" { (t(if keys.is_empty() { Msg::MakeFirstKey } else { Msg::RotateKey })) }
         }
     };
     page(frame, t(Msg::Health), body)

@@ -76,6 +76,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/report", get(report))
         .route("/health", get(health))
         .route("/verification", get(verification))
+        .route("/keys", post(make_key))
+        .route("/keys/{kid}/withdraw", post(withdraw_key))
+        .route("/keys/log", get(key_log_download))
         .route("/assets/{name}", get(super::assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(super::security_headers))
@@ -994,9 +997,60 @@ async fn person_change(
 }
 
 async fn health(State(console): State<Arc<Console>>, signed: Signed) -> Response {
-    match actions::health(&console.store, &console.stream, &console.witness, &signed.session.person).await {
-        Ok(h) => html(pages::health(&signed.frame(&console), &h, &console.certificates)),
+    let who = &signed.session.person;
+    let health = actions::health(&console.store, &console.stream, &console.witness, who).await;
+    let keys = actions::sealing_keys(&console.store, who).await;
+    match (health, keys) {
+        (Ok(h), Ok(keys)) => {
+            html(pages::health(&signed.frame(&console), &signed.session.csrf, &h, &console.certificates, &keys))
+        }
+        (Err(s), _) | (_, Err(s)) => refused(&console, &signed, &s),
+    }
+}
+
+fn sealing(console: &Console) -> actions::SealingHandles<'_> {
+    actions::SealingHandles {
+        store: &console.store,
+        link: &console.link,
+        clock: &console.clock,
+        folder: &console.sealing_keys,
+    }
+}
+
+/// Makes a sealing key: the organization's first, or a new one beside the others.
+async fn make_key(State(console): State<Arc<Console>>, posted: Posted<CsrfForm>) -> Response {
+    let signed = posted.signed;
+    match actions::make_sealing_key(sealing(&console), &signed.session.person, false).await {
+        Ok(_) => Redirect::to("/health#keys").into_response(),
         Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+async fn withdraw_key(
+    State(console): State<Arc<Console>>,
+    Path(kid): Path<String>,
+    posted: Posted<CsrfForm>,
+) -> Response {
+    let signed = posted.signed;
+    match actions::withdraw_sealing_key(sealing(&console), &signed.session.person, &kid).await {
+        Ok(_) => Redirect::to("/health#keys").into_response(),
+        Err(s) => refused(&console, &signed, &s),
+    }
+}
+
+/// The key log as this node verified it, as the JSON lines `haven-gateway keylog verify` checks
+/// (public keys only).
+async fn key_log_download(State(console): State<Arc<Console>>, signed: Signed) -> Response {
+    match crate::keylog::export_lines(&console.store).await {
+        Ok(text) => (
+            [
+                (http::header::CONTENT_TYPE, "application/jsonl; charset=utf-8"),
+                (http::header::CONTENT_DISPOSITION, "attachment; filename=\"haven-keylog.jsonl\""),
+            ],
+            text,
+        )
+            .into_response(),
+        Err(e) => server_error(&console, signed.lang, &e.to_string()),
     }
 }
 
