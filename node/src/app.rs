@@ -79,6 +79,7 @@ impl Node {
         }
         let mut keys = vec![config.link.tls_key.clone(), config.link.signing_key.clone()];
         keys.extend(config.api_tls.as_ref().map(|(_, key)| key.clone()));
+        keys.extend(crate::sealing::KeyFolder::beside(&config.link.signing_key).files());
         for key in haven_trust::owner_only::loose(&keys) {
             tracing::warn!(file = %key.path.display(), "a private key file is open to other users: {key}");
         }

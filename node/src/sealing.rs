@@ -34,6 +34,12 @@ impl KeyFolder {
         KeyFolder(signing_key.parent().unwrap_or(Path::new(".")).join("sealing"))
     }
 
+    /// The private key files in the folder (none when it does not exist yet).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let Ok(dir) = std::fs::read_dir(&self.0) else { return Vec::new() };
+        dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "key")).collect()
+    }
+
     fn file_of(&self, kid: &str) -> PathBuf {
         self.0.join(format!("{}.key", kid.replace(':', "-")))
     }
