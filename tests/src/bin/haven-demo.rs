@@ -526,7 +526,7 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
         .wait_for("the clinic referral", |i| delivery(i).is_some_and(|d| d.message_id == to_clinic.message_id))
         .await?;
     set_status(clinic, &to_clinic.message_id, "harbor", pb::MessageStatus::Accepted, "").await?;
-    set_status(clinic, &to_clinic.message_id, "harbor", pb::MessageStatus::Closed, "treatment_completed").await?;
+    set_status(clinic, &to_clinic.message_id, "harbor", pb::MessageStatus::Closed, "service_provided").await?;
     let closed = casey.wait_status(&to_clinic.message_id, "riverside-clinic", pb::MessageStatus::Closed).await?;
     println!(" 3. A referral to Riverside Clinic is accepted, then closed with outcome `{}`.", closed.code);
 
