@@ -39,7 +39,17 @@ pub async fn register(
             caller.role
         )));
     }
-    let (statement, sha) =
+    if jws.len() > sealing::MAX_STATEMENT_BYTES {
+        return Err(refusal(StatementError::TooLarge(jws.len())));
+    }
+    // A statement stored before is answered with its entry, however old it is now: a node whose
+    // reply was lost sends the same bytes again.
+    let sha = sealing::statement_sha256(jws);
+    if let Some(seq) = key_log::stored_seq(store.pool(), &sha).await? {
+        let checkpoint = newest(store).await?;
+        return Ok(RegisterSealingKeyResponse { seq, statement_sha256: hex::encode(sha), replayed: true, checkpoint });
+    }
+    let (statement, _) =
         sealing::verify_statement(jws, bundle.registry(), now_micros.div_euclid(1_000_000)).map_err(refusal)?;
     if statement.org != caller.org {
         return Err(Error::PermissionDenied(format!(
@@ -103,8 +113,9 @@ pub async fn register(
     })
 }
 
-/// The log from `from_seq`, at most `limit` entries (0: the most), with the newest checkpoint.
-pub async fn read(store: &Store, from_seq: u64, limit: u32) -> Result<KeyLogResponse, Error> {
+/// The log from `from_seq`, at most `limit` entries (0: the most), with the newest checkpoint; to be
+/// answered once what it read is on disk (`Store::settle`).
+pub async fn read(store: &Store, from_seq: u64, limit: u32) -> Result<crate::store::Unsettled<KeyLogResponse>, Error> {
     let limit = if limit == 0 { MAX_ENTRIES_PER_ANSWER } else { limit.min(MAX_ENTRIES_PER_ANSWER) };
     // The checkpoint first: the entries read after it cover at least what it signs.
     let checkpoint = newest(store).await?;
@@ -113,7 +124,7 @@ pub async fn read(store: &Store, from_seq: u64, limit: u32) -> Result<KeyLogResp
         .into_iter()
         .map(|e| KeyLogEntry { seq: e.seq, registered_at_micros: e.registered_at_micros, statement: e.statement })
         .collect();
-    Ok(KeyLogResponse { entries, checkpoint })
+    Ok(crate::store::Unsettled::read(KeyLogResponse { entries, checkpoint }))
 }
 
 async fn newest(store: &Store) -> Result<Option<SignedCheckpoint>, Error> {

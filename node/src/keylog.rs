@@ -84,16 +84,26 @@ impl KeyLogWitness {
         KeyLogWitness { store, link, clock, witness, org, ca }
     }
 
-    /// Runs a round: registers pending statements, reads and verifies the log, raises any alarm.
+    /// Runs a round: reads and verifies the log, checks this organization's own statements in it and
+    /// raises any alarm, then registers the statements the gateway has not taken yet.
     pub async fn check_now(&self) -> Round {
-        if let Err(e) = crate::sealing::register_pending(&self.store, &self.link).await {
-            tracing::warn!(error = %e.message(), "a sealing-key statement is still waiting for the gateway");
-        }
-        let round = match self.round().await {
+        let mut round = match self.round().await {
             Ok(r) => r,
             Err(e) => Round::Unreachable(format!("node database: {e}")),
         };
+        if matches!(round, Round::Verified { .. }) {
+            match self.own_statements_in_log().await {
+                Ok(Some(alarm)) => round = alarm,
+                Ok(None) => {}
+                Err(e) => round = Round::Unreachable(format!("node database: {e}")),
+            }
+        }
+        if let Err(e) = crate::sealing::register_pending(&self.store, &self.link, &self.clock).await {
+            tracing::warn!(error = %e.message(), "a sealing-key statement is still waiting for the gateway");
+        }
         match &round {
+            // A foreign statement's alarm is raised where it is found, so that it is raised once.
+            Round::Alarm(WitnessState::ForeignKey, _) => {}
             Round::Alarm(state, detail) => {
                 self.witness.raise(*state, detail.clone()).await;
             }
@@ -180,7 +190,8 @@ impl KeyLogWitness {
         let own = crate::sealing::own_statements(&self.store).await?;
         let mut tx = self.store.pool().begin().await?;
         for (e, s, sha, _) in &verified {
-            sqlx::query("INSERT INTO key_log_entry (seq, registered_at_micros, statement, statement_sha256, org, kid, action, not_before, not_after, public_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            let foreign = s.org == self.org && !own.contains(&hex::encode(sha));
+            sqlx::query("INSERT INTO key_log_entry (seq, registered_at_micros, statement, statement_sha256, org, kid, action, not_before, not_after, public_key, foreign_statement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
                 .bind(db_int(e.seq))
                 .bind(e.registered_at_micros)
                 .bind(&e.statement)
@@ -191,6 +202,7 @@ impl KeyLogWitness {
                 .bind(s.not_before)
                 .bind(s.not_after)
                 .bind(&s.public_key)
+                .bind(i64::from(foreign))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -201,21 +213,48 @@ impl KeyLogWitness {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        for (e, s, sha, signer) in &verified {
-            if s.org == self.org && !own.contains(&hex::encode(sha)) {
-                return Ok(alarm(
-                    WitnessState::ForeignKey,
+        Ok(Round::Verified { size: tree.size(), new: verified.len() as u64 })
+    }
+
+    /// This organization's statements in the log it holds: each the gateway said it took must be at
+    /// the position it named, and each entry in the organization's name that its node did not make
+    /// raises `foreign_sealing_key` once (again after a crash, never after an auditor's
+    /// acknowledgement). Statements registered while their reply was lost are marked registered.
+    async fn own_statements_in_log(&self) -> Result<Option<Round>, sqlx::Error> {
+        crate::sealing::reconcile(&self.store).await?;
+        for (sha, seq) in crate::sealing::acknowledged(&self.store).await? {
+            let held: Option<String> = sqlx::query_scalar("SELECT statement_sha256 FROM key_log_entry WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(self.store.pool())
+                .await?;
+            if let Some(held) = held
+                && held != sha
+            {
+                return Ok(Some(alarm(
+                    WitnessState::Fork,
                     format!(
-                        "key log entry {}: a statement to {} sealing key {} in this organization's name, which this node did not make (signed with certificate {}): someone registered a key behind its back",
-                        e.seq,
-                        s.action.as_str(),
-                        s.kid,
-                        signer.to_hex()
+                        "key log: the gateway took this node's statement {sha} at position {seq}, but the log it signs holds another statement there"
                     ),
-                ));
+                )));
             }
         }
-        Ok(Round::Verified { size: tree.size(), new: verified.len() as u64 })
+        let foreign = sqlx::query("SELECT seq, kid, action, statement FROM key_log_entry WHERE foreign_statement = 1 AND alarmed_at_micros IS NULL ORDER BY seq LIMIT 1")
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some(row) = foreign else { return Ok(None) };
+        let (seq, kid, action, jws): (i64, String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let signer = sealing::verify_statement_by_ca(&jws, &self.ca).map(|(_, _, f)| f.to_hex()).unwrap_or_default();
+        let detail = format!(
+            "key log entry {seq}: a statement to {action} sealing key {kid} in this organization's name, which this node did not make (signed with certificate {signer}): someone registered a key behind its back"
+        );
+        self.witness.raise(WitnessState::ForeignKey, detail.clone()).await;
+        sqlx::query("UPDATE key_log_entry SET alarmed_at_micros = $1 WHERE seq = $2")
+            .bind(self.clock.now_micros())
+            .bind(seq)
+            .execute(self.store.pool())
+            .await?;
+        Ok(Some(Round::Alarm(WitnessState::ForeignKey, detail)))
     }
 
     /// The entries the node holds, in order.
@@ -255,10 +294,12 @@ impl KeyLogWitness {
                 checkpoint = cp;
             }
             let covered = checkpoint.as_ref().map_or(0, |c| c.tree_size);
+            // Only what the checkpoint covers, and only forward: a gateway cannot keep a round going.
+            let page: Vec<_> = page.into_iter().filter(|e| e.seq >= next && e.seq < covered).collect();
             let last = page.last().map(|e| e.seq + 1);
             entries.extend(page);
             match last {
-                Some(end) if end < covered => next = end,
+                Some(end) if end > next && end < covered => next = end,
                 _ => return Ok((entries, checkpoint)),
             }
         }

@@ -1,7 +1,7 @@
 //! The organization's sealing keys, made and kept at its node (`haven-node keys`).
 //!
 //! A key pair is X25519. The private half is written to its own file, mode 0600, in the folder beside
-//! the organization's signing key (`<certs>/<org>/sealing/`), and never leaves the node. The public half
+//! the organization's signing key (`<certs>/orgs/<org>/sealing/`), and never leaves the node. The public half
 //! is published in a sealing-key statement signed with the organization's signing key
 //! (`haven_trust::sealing`), kept in the node's database (table `sealing_key`) and registered with the
 //! gateway's key log. A statement the gateway could not take yet stays pending, and the node registers
@@ -173,7 +173,7 @@ pub async fn make(
             db(e)
         })?;
     tracing::info!(key = %statement.kid, "sealing key made");
-    let not_registered = register_pending(store, link).await.err();
+    let not_registered = register_pending(store, link, clock).await.err();
     let key = list(store).await.map_err(db)?.into_iter().find(|k| k.kid == statement.kid);
     let key = key.ok_or_else(|| Status::internal("the new key was not stored"))?;
     Ok((key, not_registered))
@@ -218,7 +218,7 @@ pub async fn withdraw(
         .await
         .map_err(db)?;
     tracing::info!(key = %kid, "sealing key withdrawn");
-    let not_registered = register_pending(store, link).await.err();
+    let not_registered = register_pending(store, link, clock).await.err();
     let key = list(store).await.map_err(db)?.into_iter().find(|k| k.kid == kid);
     Ok((key.ok_or_else(|| Status::internal("the withdrawn key is gone"))?, not_registered))
 }
@@ -233,36 +233,92 @@ fn decode(jws: &str) -> Result<SealingKeyStatement, Status> {
     serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("a stored statement: {e}")))
 }
 
-/// Registers every statement the gateway has not taken yet, publications before withdrawals. Returns
-/// the first refusal (the rest wait for the next round).
-pub async fn register_pending(store: &NodeStore, link: &GatewayLink) -> Result<usize, Status> {
-    let rows = sqlx::query("SELECT kid, statement, 'publish' FROM sealing_key WHERE published_seq IS NULL UNION ALL SELECT kid, withdrawal, 'withdraw' FROM sealing_key WHERE withdrawal IS NOT NULL AND withdrawn_seq IS NULL")
+/// Marks as registered each statement of this node's that the log it verified holds (a registration
+/// whose reply was lost).
+pub async fn reconcile(store: &NodeStore) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sealing_key SET published_seq = (SELECT seq FROM key_log_entry WHERE statement_sha256 = sealing_key.statement_sha256) WHERE published_seq IS NULL")
+        .execute(store.pool())
+        .await?;
+    sqlx::query("UPDATE sealing_key SET withdrawn_seq = (SELECT seq FROM key_log_entry WHERE statement_sha256 = sealing_key.withdrawal_sha256) WHERE withdrawn_seq IS NULL AND withdrawal_sha256 IS NOT NULL")
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Each statement the gateway said it took, with the position it named: (SHA-256 hex, seq).
+pub async fn acknowledged(store: &NodeStore) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT statement_sha256, published_seq FROM sealing_key WHERE published_seq IS NOT NULL UNION ALL SELECT withdrawal_sha256, withdrawn_seq FROM sealing_key WHERE withdrawn_seq IS NOT NULL")
+        .fetch_all(store.pool())
+        .await
+}
+
+/// How old a pending statement may be before it is signed again: the gateway refuses an `issued_at`
+/// more than [`sealing::ISSUED_AT_SKEW_SECS`] from its clock.
+const RESIGN_AFTER_SECS: i64 = sealing::ISSUED_AT_SKEW_SECS / 2;
+
+/// Registers every statement the gateway has not taken yet, publications before withdrawals, each on
+/// its own (one refused does not hold up the rest). A statement that waited too long is signed again
+/// with a fresh `issued_at` first (never one the log may hold: [`reconcile`] runs before, on every
+/// round). Returns the first refusal.
+pub async fn register_pending(store: &NodeStore, link: &GatewayLink, clock: &SharedClock) -> Result<usize, Status> {
+    let rows = sqlx::query("SELECT kid, statement, 'publish', 0 FROM sealing_key WHERE published_seq IS NULL UNION ALL SELECT kid, withdrawal, 'withdraw', 1 FROM sealing_key WHERE withdrawal IS NOT NULL AND withdrawn_seq IS NULL ORDER BY 4, 1")
         .fetch_all(store.pool())
         .await
         .map_err(db)?;
-    let mut done = 0;
+    let (mut done, mut first_refusal) = (0, None);
     for r in rows {
         let (kid, jws, action): (String, String, String) =
             (r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?, r.try_get(2).map_err(db)?);
-        let request = link.request(&PersonId::node(), Role::Node, RegisterSealingKeyRequest { statement: jws })?;
-        let seq = GatewayClient::new(link.channel())
-            .register_sealing_key(request)
-            .await
-            .map_err(|s| link.relay(s))?
-            .into_inner()
-            .seq;
-        let sql = if action == "publish" {
-            "UPDATE sealing_key SET published_seq = $1 WHERE kid = $2"
-        } else {
-            "UPDATE sealing_key SET withdrawn_seq = $1 WHERE kid = $2"
-        };
-        sqlx::query(sql)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .bind(&kid)
-            .execute(store.pool())
-            .await
-            .map_err(db)?;
-        done += 1;
+        match register_one(store, link, clock, &kid, jws, &action).await {
+            Ok(()) => done += 1,
+            Err(s) => {
+                first_refusal.get_or_insert(s);
+            }
+        }
     }
-    Ok(done)
+    match first_refusal {
+        Some(s) => Err(s),
+        None => Ok(done),
+    }
+}
+
+async fn register_one(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    kid: &str,
+    jws: String,
+    action: &str,
+) -> Result<(), Status> {
+    let now = clock.now_micros().div_euclid(1_000_000);
+    let mut jws = jws;
+    let statement = decode(&jws)?;
+    if now.saturating_sub(statement.issued_at) > RESIGN_AFTER_SECS {
+        let fresh = SealingKeyStatement { issued_at: now, ..statement };
+        jws = link
+            .signer()
+            .sign_typed(STATEMENT_TYP, &fresh)
+            .map_err(|e| Status::internal(format!("cannot sign the statement again: {e}")))?;
+        let sha = hex::encode(sealing::statement_sha256(&jws));
+        let sql = if action == "publish" {
+            "UPDATE sealing_key SET statement = $1, statement_sha256 = $2 WHERE kid = $3 AND published_seq IS NULL"
+        } else {
+            "UPDATE sealing_key SET withdrawal = $1, withdrawal_sha256 = $2 WHERE kid = $3 AND withdrawn_seq IS NULL"
+        };
+        sqlx::query(sql).bind(&jws).bind(&sha).bind(kid).execute(store.pool()).await.map_err(db)?;
+    }
+    let request = link.request(&PersonId::node(), Role::Node, RegisterSealingKeyRequest { statement: jws })?;
+    let seq = GatewayClient::new(link.channel())
+        .register_sealing_key(request)
+        .await
+        .map_err(|s| link.relay(s))?
+        .into_inner()
+        .seq;
+    let sql = if action == "publish" {
+        "UPDATE sealing_key SET published_seq = $1 WHERE kid = $2"
+    } else {
+        "UPDATE sealing_key SET withdrawn_seq = $1 WHERE kid = $2"
+    };
+    sqlx::query(sql).bind(i64::try_from(seq).unwrap_or(i64::MAX)).bind(kid).execute(store.pool()).await.map_err(db)?;
+    Ok(())
 }

@@ -215,6 +215,19 @@ impl Witness {
     /// the audit witness's own.
     pub async fn raise(&self, state: WitnessState, detail: String) -> WitnessReport {
         let _one_at_a_time = self.0.busy.lock().await;
+        // The same alarm still standing is not written again (a round finds it every minute).
+        let standing: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM witness_alarm WHERE state = $1 AND detail = $2 AND cleared_at_micros IS NULL LIMIT 1",
+        )
+        .bind(state.as_str())
+        .bind(&detail)
+        .fetch_optional(self.0.store.pool())
+        .await
+        .ok()
+        .flatten();
+        if standing.is_some() {
+            return self.report();
+        }
         self.record(Finding::alarm(state, detail)).await
     }
 

@@ -147,7 +147,22 @@ impl Person {
         self.check(shot).await;
         field.send_keys(&haven_node::totp::code(secret, SystemClock.now_secs())).await.unwrap();
         self.client.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
-        self.client.wait().at_most(WAIT).for_element(Locator::Css("main h1")).await.unwrap();
+        self.left("/sign-in/code").await;
+    }
+
+    /// Waits until the browser has navigated away from `path` (the page it was on still shows its own
+    /// heading until the next one loads, so waiting for an element would not do).
+    async fn left(&self, path: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now_at = self.client.current_url().await.map(|u| u.path().to_owned()).unwrap_or_default();
+            if now_at != path {
+                self.client.wait().at_most(WAIT).for_element(Locator::Css("main h1")).await.unwrap();
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still at {path} after {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Saves a PNG of the screen as `name` and runs axe-core on the page.

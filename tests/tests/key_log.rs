@@ -351,6 +351,22 @@ async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certific
     }
     let report = harbor.state.witness.report();
     assert_eq!(report.state, haven_node::witness::WitnessState::ForeignKey, "{report:?}");
+    // Raised once: the next round finds nothing new to say.
+    assert_eq!(verified(harbor.state.key_log.check_now().await), (2, 0));
+    let alarms: i64 = sqlx::query_scalar("SELECT count(*) FROM witness_alarm WHERE state = 'foreign_sealing_key'")
+        .fetch_one(harbor.state.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(alarms, 1);
+
+    // A gateway that says it took this node's statement at a position where the log it signs holds
+    // another statement is caught on the next round.
+    sqlx::query("UPDATE sealing_key SET published_seq = 1").execute(harbor.state.store.pool()).await.unwrap();
+    let round = harbor.state.key_log.check_now().await;
+    assert!(
+        matches!(&round, haven_node::keylog::Round::Alarm(haven_node::witness::WitnessState::Fork, d) if d.contains("holds another statement there")),
+        "{round:?}"
+    );
 }
 
 #[tokio::test]

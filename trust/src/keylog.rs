@@ -57,8 +57,11 @@ pub struct ExportEntry {
 }
 
 /// Writes an export: each entry, in order, then the checkpoint that covers them, one JSON line each.
+/// Entries past the checkpoint (read after it) are left out: nothing in the export signs them.
 pub fn export_text(entries: impl IntoIterator<Item = ExportEntry>, checkpoint: Option<Checkpoint>) -> String {
-    let lines = entries.into_iter().map(ExportLine::Entry).chain(checkpoint.map(ExportLine::Checkpoint));
+    let covered = checkpoint.as_ref().map_or(0, |c| c.tree_size);
+    let entries = entries.into_iter().filter(|e| e.seq < covered).map(ExportLine::Entry);
+    let lines = entries.chain(checkpoint.map(ExportLine::Checkpoint));
     lines.map(|l| serde_json::to_string(&l).unwrap_or_default() + "\n").collect()
 }
 

@@ -173,7 +173,7 @@ impl SealingKeyStatement {
         if self.action == StatementAction::Publish && self.not_after <= now {
             return Err(StatementError::Expired { not_after: self.not_after, now });
         }
-        if (self.issued_at - now).abs() > ISSUED_AT_SKEW_SECS {
+        if self.issued_at.abs_diff(now) > ISSUED_AT_SKEW_SECS.unsigned_abs() {
             return Err(StatementError::IssuedAt { issued_at: self.issued_at, now });
         }
         Ok(())
@@ -196,7 +196,7 @@ impl SealingKeyStatement {
         if self.not_after.saturating_sub(self.not_before) > MAX_WINDOW_SECS {
             return Err(StatementError::BadWindow(format!(
                 "{} days long; at most {} are allowed",
-                (self.not_after - self.not_before) / 86_400,
+                self.not_after.saturating_sub(self.not_before) / 86_400,
                 MAX_WINDOW_SECS / 86_400
             )));
         }
@@ -235,6 +235,18 @@ pub fn verify_statement_by_ca(
     crate::pki::issued_by(&der, ca).map_err(garbled)?;
     let info = crate::pki::CertInfo::parse(&der).map_err(|e| garbled(e.to_string()))?;
     let cert_org = info.org().map_err(garbled)?;
+    if info.client_auth || info.server_auth {
+        return Err(garbled(
+            "the statement is signed with a TLS certificate; only a signing certificate speaks for an organization"
+                .into(),
+        ));
+    }
+    if info.not_after < statement.issued_at {
+        return Err(garbled(format!(
+            "the signing certificate expired (at {}) before the statement was made",
+            info.not_after
+        )));
+    }
     if cert_org != statement.org {
         return Err(StatementError::OtherOrganization {
             statement_org: statement.org.to_string(),

@@ -174,7 +174,8 @@ impl GatewayRpc for GatewayService {
     async fn key_log(&self, req: Request<KeyLogRequest>) -> Result<Response<KeyLogResponse>, Status> {
         caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(crate::keys::read(self.gateway.store(), r.from_seq, r.limit).await?))
+        let read = crate::keys::read(self.gateway.store(), r.from_seq, r.limit).await?;
+        Ok(Response::new(super::settle(self.gateway.store(), read).await?))
     }
 
     async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {

@@ -55,6 +55,15 @@ pub(crate) async fn by_statement(tx: &mut Tx<'_>, sha256: &[u8; 32]) -> Result<O
     row.map(|r| Ok(from_db(r.try_get("seq")?))).transpose()
 }
 
+/// The position of a stored statement, read outside any transaction.
+pub(crate) async fn stored_seq(pool: &sqlx::AnyPool, sha256: &[u8; 32]) -> Result<Option<u64>, sqlx::Error> {
+    let row = sqlx::query("SELECT seq FROM key_log WHERE statement_sha256 = $1")
+        .bind(sha256.as_slice())
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok(from_db(r.try_get("seq")?))).transpose()
+}
+
 /// The actions stored for one key of one organization, in log order.
 pub(crate) async fn actions_of(tx: &mut Tx<'_>, org: &str, key_id: &str) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query("SELECT action FROM key_log WHERE org = $1 AND key_id = $2 ORDER BY seq")

@@ -30,7 +30,11 @@ CREATE TABLE key_log_entry (
     action TEXT NOT NULL,
     not_before BIGINT NOT NULL,
     not_after BIGINT NOT NULL,
-    public_key TEXT NOT NULL
+    public_key TEXT NOT NULL,
+    -- A statement in this organization's name that this node did not make (set when it is stored), and
+    -- when its alarm was raised: an alarm not raised yet (a crash in between) is raised next round.
+    foreign_statement INTEGER NOT NULL DEFAULT 0,
+    alarmed_at_micros BIGINT
 );
 CREATE INDEX key_log_entry_by_org ON key_log_entry (org, kid);
 
