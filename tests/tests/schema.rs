@@ -245,6 +245,55 @@ const ALLOWED: &[Allowed] = &[
         postgres: "plpgsql",
         why: TRIGGER_FUNCTION,
     },
+    Allowed {
+        table: "key_log",
+        what: "trigger key_log_no_delete",
+        sqlite: "present",
+        postgres: "absent",
+        why: ONE_EVENT_PER_SQLITE_TRIGGER,
+    },
+    Allowed {
+        table: "key_log",
+        what: "trigger key_log_no_truncate",
+        sqlite: "absent",
+        postgres: "present",
+        why: TRUNCATE,
+    },
+    Allowed {
+        table: "key_log",
+        what: "trigger events",
+        sqlite: "BEFORE DELETE, BEFORE UPDATE",
+        postgres: "BEFORE DELETE, BEFORE TRUNCATE, BEFORE UPDATE",
+        why: TRUNCATE,
+    },
+    Allowed {
+        table: "key_log_checkpoint",
+        what: "trigger key_log_checkpoint_no_delete",
+        sqlite: "present",
+        postgres: "absent",
+        why: ONE_EVENT_PER_SQLITE_TRIGGER,
+    },
+    Allowed {
+        table: "key_log_checkpoint",
+        what: "trigger key_log_checkpoint_no_truncate",
+        sqlite: "absent",
+        postgres: "present",
+        why: TRUNCATE,
+    },
+    Allowed {
+        table: "key_log_checkpoint",
+        what: "trigger events",
+        sqlite: "BEFORE DELETE, BEFORE UPDATE",
+        postgres: "BEFORE DELETE, BEFORE TRUNCATE, BEFORE UPDATE",
+        why: TRUNCATE,
+    },
+    Allowed {
+        table: SCHEMA,
+        what: "function key_log_refuse",
+        sqlite: "absent",
+        postgres: "plpgsql",
+        why: TRIGGER_FUNCTION,
+    },
 ];
 
 /// SQLite's declared column types (upper-cased), by the common type they store. INTEGER and BIGINT

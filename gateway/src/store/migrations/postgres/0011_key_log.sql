@@ -30,11 +30,11 @@ BEGIN
     RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
 END;
 $$;
-CREATE TRIGGER key_log_append_only BEFORE UPDATE OR DELETE ON key_log
+CREATE TRIGGER key_log_no_update BEFORE UPDATE OR DELETE ON key_log
     FOR EACH ROW EXECUTE FUNCTION key_log_refuse();
 CREATE TRIGGER key_log_no_truncate BEFORE TRUNCATE ON key_log
     FOR EACH STATEMENT EXECUTE FUNCTION key_log_refuse();
-CREATE TRIGGER key_log_checkpoint_append_only BEFORE UPDATE OR DELETE ON key_log_checkpoint
+CREATE TRIGGER key_log_checkpoint_no_update BEFORE UPDATE OR DELETE ON key_log_checkpoint
     FOR EACH ROW EXECUTE FUNCTION key_log_refuse();
 CREATE TRIGGER key_log_checkpoint_no_truncate BEFORE TRUNCATE ON key_log_checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION key_log_refuse();

@@ -3,7 +3,7 @@
 -- the SHA-256 of the whole JWS). Appends are serialized by SQLite's one writer. Append-only: triggers
 -- refuse UPDATE and DELETE.
 CREATE TABLE key_log (
-    seq BIGINT PRIMARY KEY CHECK (seq >= 0),
+    seq BIGINT NOT NULL PRIMARY KEY CHECK (seq >= 0),
     registered_at_micros BIGINT NOT NULL,
     org TEXT NOT NULL,
     key_id TEXT NOT NULL,
