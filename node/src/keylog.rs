@@ -63,6 +63,8 @@ pub struct KeyLogWitness {
     org: OrgId,
     /// DER of the network CA certificate the node trusts.
     ca: Vec<u8>,
+    /// One round at a time: the background rounds and one asked for must not both append.
+    busy: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One entry as the node holds it.
@@ -81,12 +83,13 @@ impl KeyLogWitness {
         org: OrgId,
         ca: Vec<u8>,
     ) -> Self {
-        KeyLogWitness { store, link, clock, witness, org, ca }
+        KeyLogWitness { store, link, clock, witness, org, ca, busy: Default::default() }
     }
 
     /// Runs a round: reads and verifies the log, checks this organization's own statements in it and
     /// raises any alarm, then registers the statements the gateway has not taken yet.
     pub async fn check_now(&self) -> Round {
+        let _one_at_a_time = self.busy.lock().await;
         let mut round = match self.round().await {
             Ok(r) => r,
             Err(e) => Round::Unreachable(format!("node database: {e}")),
