@@ -11,7 +11,7 @@
 
 use haven_proto::v1::{KeyLogEntry, KeyLogResponse, RegisterSealingKeyResponse, SignedCheckpoint};
 use haven_sharing::policy::Bundle;
-use haven_trust::audit::{Checkpoint, CheckpointSigner};
+use haven_trust::audit::CheckpointSigner;
 use haven_trust::ids::{Caller, Role};
 use haven_trust::keylog::{self, KEY_LOG_ORIGIN};
 use haven_trust::merkle::{self, MemoryTree};
@@ -19,7 +19,8 @@ use haven_trust::sealing::{self, StatementAction, StatementError};
 
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::key_log::{self, NewEntry, StoredKeyCheckpoint};
+use crate::store::key_log::{self, NewEntry};
+use crate::store::merkle::{self as checkpoints, StoredCheckpoint};
 
 /// The most entries one `KeyLog` answer holds.
 pub const MAX_ENTRIES_PER_ANSWER: u32 = 1000;
@@ -101,15 +102,14 @@ pub async fn register(
     key_log::append(&mut tx, seq, &entry, &leaf).await?;
     tree.push(leaf).map_err(|e| Error::Internal(format!("key log tree: {e}")))?;
     let cp = signer.sign_of(KEY_LOG_ORIGIN, tree.size(), &tree.root(), now_micros);
-    let stored = stored(&cp)?;
-    key_log::insert_checkpoint(&mut tx, &stored).await?;
+    checkpoints::insert_checkpoint(&mut tx, checkpoints::Signed::KeyLog, &StoredCheckpoint::of(&cp)).await?;
     tx.commit().await?;
     tracing::info!(org = %statement.org, key = %statement.kid, action = statement.action.as_str(), seq, "sealing-key statement registered");
     Ok(RegisterSealingKeyResponse {
         seq,
         statement_sha256: hex::encode(sha),
         replayed: false,
-        checkpoint: Some(wire(&stored)),
+        checkpoint: Some(SignedCheckpoint::of_key_log(&cp)),
     })
 }
 
@@ -128,28 +128,11 @@ pub async fn read(store: &Store, from_seq: u64, limit: u32) -> Result<crate::sto
 }
 
 async fn newest(store: &Store) -> Result<Option<SignedCheckpoint>, Error> {
-    Ok(key_log::newest_checkpoint(store.pool()).await?.map(|c| wire(&c)))
+    Ok(key_log::newest_checkpoint(store.pool()).await?.map(wire))
 }
 
-fn stored(cp: &Checkpoint) -> Result<StoredKeyCheckpoint, Error> {
-    let bad = |e: &dyn std::fmt::Display| Error::Internal(format!("signed key-log checkpoint: {e}"));
-    Ok(StoredKeyCheckpoint {
-        tree_size: cp.tree_size,
-        timestamp_micros: cp.timestamp_micros,
-        root_hash: cp.root().map_err(|e| bad(&e))?.to_vec(),
-        signature: hex::decode(&cp.signature).map_err(|e| bad(&e))?,
-        key_id: cp.key_id.clone(),
-    })
-}
-
-fn wire(cp: &StoredKeyCheckpoint) -> SignedCheckpoint {
-    SignedCheckpoint::of_key_log(&Checkpoint {
-        tree_size: cp.tree_size,
-        root_hash: hex::encode(&cp.root_hash),
-        timestamp_micros: cp.timestamp_micros,
-        signature: hex::encode(&cp.signature),
-        key_id: cp.key_id.clone(),
-    })
+fn wire(cp: StoredCheckpoint) -> SignedCheckpoint {
+    SignedCheckpoint::of_key_log(&cp.checkpoint())
 }
 
 /// A statement's refusal as the matching status: another organization's key is PERMISSION_DENIED,

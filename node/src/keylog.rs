@@ -413,17 +413,10 @@ pub async fn recipient_key(
         if withdrawn.contains(&kid) {
             continue;
         }
-        let Some(statement) = payload(&jws) else { continue };
+        let Some(statement) = sealing::verified_payload(&jws) else { continue };
         if statement.usable_at(now) {
             return Ok(Some(statement));
         }
     }
     Ok(None)
-}
-
-/// The payload of a statement the witness verified when it stored it.
-fn payload(jws: &str) -> Option<SealingKeyStatement> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jws.split('.').nth(1)?).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }

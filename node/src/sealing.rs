@@ -223,14 +223,9 @@ pub async fn withdraw(
     Ok((key.ok_or_else(|| Status::internal("the withdrawn key is gone"))?, not_registered))
 }
 
-/// The payload of a statement this node signed (trusted: it came from the node's own database).
+/// The payload of a statement this node signed (it came from the node's own database).
 fn decode(jws: &str) -> Result<SealingKeyStatement, Status> {
-    use base64::Engine;
-    let payload = jws.split('.').nth(1).unwrap_or_default();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|e| Status::internal(format!("a stored statement is not a JWS: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("a stored statement: {e}")))
+    sealing::verified_payload(jws).ok_or_else(|| Status::internal("a statement in the node's database is not one"))
 }
 
 /// Marks as registered each statement of this node's that the log it verified holds (a registration

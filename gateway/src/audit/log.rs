@@ -336,14 +336,7 @@ impl AuditLog {
 
     async fn sign_in(&self, tx: &mut Tx<'_>, size: u64, root: &Hash) -> Result<Checkpoint, LogError> {
         let cp = self.0.signer.sign(size, root, self.0.clock.now_micros());
-        let stored = StoredCheckpoint {
-            tree_size: cp.tree_size,
-            timestamp_micros: cp.timestamp_micros,
-            root_hash: root.to_vec(),
-            signature: hex::decode(&cp.signature).unwrap_or_default(),
-            key_id: cp.key_id.clone(),
-        };
-        merkle_store::insert_checkpoint(tx, &stored).await?;
+        merkle_store::insert_checkpoint(tx, merkle_store::Signed::Audit, &StoredCheckpoint::of(&cp)).await?;
         Ok(cp)
     }
 
@@ -374,7 +367,11 @@ impl AuditLog {
 
     /// Every stored checkpoint of at most `size` entries, oldest first.
     pub async fn checkpoints_upto(&self, size: u64) -> Result<Vec<Checkpoint>, LogError> {
-        Ok(merkle_store::checkpoints_upto(self.0.store.pool(), size).await?.into_iter().map(checkpoint).collect())
+        Ok(merkle_store::checkpoints_upto(self.0.store.pool(), size)
+            .await?
+            .into_iter()
+            .map(StoredCheckpoint::checkpoint)
+            .collect())
     }
 
     /// How many entries the tree holds.
@@ -443,17 +440,7 @@ impl AuditLog {
 
 /// The newest stored checkpoint, read on `conn`.
 async fn latest_in(conn: &mut AnyConnection) -> Result<Option<Checkpoint>, LogError> {
-    Ok(merkle_store::latest_checkpoint(conn).await?.map(checkpoint))
-}
-
-fn checkpoint(cp: StoredCheckpoint) -> Checkpoint {
-    Checkpoint {
-        tree_size: cp.tree_size,
-        root_hash: hex::encode(cp.root_hash),
-        timestamp_micros: cp.timestamp_micros,
-        signature: hex::encode(cp.signature),
-        key_id: cp.key_id,
-    }
+    Ok(merkle_store::latest_checkpoint(conn).await?.map(StoredCheckpoint::checkpoint))
 }
 
 /// Reads the named subtrees on `conn`, of a store of `dialect`, a bounded number per query.

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::Tx;
 use super::dialect::Dialect;
-use super::merkle::{db_int, from_db};
+use super::merkle::{StoredCheckpoint, checkpoint_from_row, db_int, from_db};
 
 /// One entry, as stored.
 #[derive(Debug, Clone)]
@@ -26,15 +26,6 @@ pub(crate) struct NewEntry<'a> {
     pub action: &'a str,
     pub statement: &'a str,
     pub statement_sha256: &'a [u8; 32],
-}
-
-/// A signed key-log checkpoint, as stored.
-pub struct StoredKeyCheckpoint {
-    pub tree_size: u64,
-    pub timestamp_micros: i64,
-    pub root_hash: Vec<u8>,
-    pub signature: Vec<u8>,
-    pub key_id: String,
 }
 
 /// Takes the log's append lock until the transaction ends (SQLite's transactions already hold the one
@@ -96,34 +87,12 @@ pub(crate) async fn append(tx: &mut Tx<'_>, seq: u64, e: &NewEntry<'_>, leaf: &[
     Ok(())
 }
 
-/// Stores a signed checkpoint.
-pub(crate) async fn insert_checkpoint(tx: &mut Tx<'_>, cp: &StoredKeyCheckpoint) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
-        .bind(db_int(cp.tree_size))
-        .bind(cp.timestamp_micros)
-        .bind(cp.root_hash.as_slice())
-        .bind(cp.signature.as_slice())
-        .bind(cp.key_id.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// The newest checkpoint.
-pub async fn newest_checkpoint(pool: &sqlx::AnyPool) -> Result<Option<StoredKeyCheckpoint>, sqlx::Error> {
+pub(crate) async fn newest_checkpoint(pool: &sqlx::AnyPool) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
     let row = sqlx::query("SELECT tree_size, timestamp_micros, root_hash, signature, key_id FROM key_log_checkpoint ORDER BY tree_size DESC LIMIT 1")
         .fetch_optional(pool)
         .await?;
-    row.map(|r| {
-        Ok(StoredKeyCheckpoint {
-            tree_size: from_db(r.try_get("tree_size")?),
-            timestamp_micros: r.try_get("timestamp_micros")?,
-            root_hash: r.try_get("root_hash")?,
-            signature: r.try_get("signature")?,
-            key_id: r.try_get("key_id")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(checkpoint_from_row).transpose()
 }
 
 /// Entries from `from`, at most `limit`, in order.

@@ -2,6 +2,7 @@
 //! perfect subtrees, leaves at level 0) and `audit_checkpoint` (signed tree heads). Values come back as
 //! stored; `audit::log` checks the hashes and builds the tree.
 
+use haven_trust::audit::Checkpoint;
 use haven_trust::merkle::{Hash, NodeId};
 use sqlx::{AnyConnection, Row};
 
@@ -24,7 +25,7 @@ pub(crate) fn from_db(x: i64) -> u64 {
     u64::try_from(x).unwrap_or(0)
 }
 
-/// A signed checkpoint as stored.
+/// A signed checkpoint as stored, the audit trail's or the key log's: root and signature as bytes.
 pub(crate) struct StoredCheckpoint {
     pub tree_size: u64,
     pub timestamp_micros: i64,
@@ -33,7 +34,40 @@ pub(crate) struct StoredCheckpoint {
     pub key_id: String,
 }
 
-fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<StoredCheckpoint, sqlx::Error> {
+impl StoredCheckpoint {
+    /// A checkpoint the gateway's signer just made, to store (its hex is the signer's own).
+    pub(crate) fn of(cp: &Checkpoint) -> StoredCheckpoint {
+        StoredCheckpoint {
+            tree_size: cp.tree_size,
+            timestamp_micros: cp.timestamp_micros,
+            root_hash: cp.root().unwrap_or_default().to_vec(),
+            signature: hex::decode(&cp.signature).unwrap_or_default(),
+            key_id: cp.key_id.clone(),
+        }
+    }
+
+    /// The checkpoint as `haven-trust` checks it.
+    pub(crate) fn checkpoint(self) -> Checkpoint {
+        Checkpoint {
+            tree_size: self.tree_size,
+            root_hash: hex::encode(self.root_hash),
+            timestamp_micros: self.timestamp_micros,
+            signature: hex::encode(self.signature),
+            key_id: self.key_id,
+        }
+    }
+}
+
+/// The log a checkpoint table signs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Signed {
+    /// `audit_checkpoint`.
+    Audit,
+    /// `key_log_checkpoint`.
+    KeyLog,
+}
+
+pub(crate) fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<StoredCheckpoint, sqlx::Error> {
     Ok(StoredCheckpoint {
         tree_size: from_db(row.try_get("tree_size")?),
         timestamp_micros: row.try_get("timestamp_micros")?,
@@ -123,11 +157,12 @@ pub(crate) async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[(NodeId, Hash)]) -> R
     Ok(())
 }
 
-/// Stores a signed checkpoint; one of the same size and time already stored is kept.
-pub(crate) async fn insert_checkpoint(tx: &mut Tx<'_>, cp: &StoredCheckpoint) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
+/// Stores a signed checkpoint of `log`; one of the same size (and time) already stored is kept.
+pub(crate) async fn insert_checkpoint(tx: &mut Tx<'_>, log: Signed, cp: &StoredCheckpoint) -> Result<(), sqlx::Error> {
+    sqlx::query(match log {
+        Signed::Audit => "INSERT INTO audit_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        Signed::KeyLog => "INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    })
     .bind(db_int(cp.tree_size))
     .bind(cp.timestamp_micros)
     .bind(cp.root_hash.as_slice())

@@ -504,9 +504,14 @@ fn timeline(lang: Lang, w: Wording, kind: &str, steps: &[pb::TimelineStep]) -> M
 fn step_code(lang: Lang, w: Wording, kind: &str, s: &pb::TimelineStep) -> String {
     match s.step.as_str() {
         "declined" | "closed" => w.code(kind, &s.step, &s.code).to_owned(),
-        "denied" => super::i18n::deny_words(&s.code).map_or_else(|| s.code.clone(), |m| m.text(lang).to_owned()),
+        "denied" => deny_text(lang, &s.code),
         _ => s.code.clone(),
     }
+}
+
+/// A gateway refusal code in plain words where the catalog has them, else the code.
+fn deny_text(lang: Lang, code: &str) -> String {
+    super::i18n::deny_words(code).map_or_else(|| code.to_owned(), |m| m.text(lang).to_owned())
 }
 
 /// A received message and what its page shows beside it.
@@ -579,7 +584,7 @@ pub fn recipients(lang: Lang, w: Wording, sent: &pb::SentMessage) -> Markup {
                                 (words_of(lang, &status))
                                 @if !r.code.is_empty() { " · " (w.code(&sent.kind, &status, &r.code)) }
                                 @if !r.reason.is_empty() {
-                                    " · " (super::i18n::deny_words(&r.reason).map_or_else(|| r.reason.clone(), |m| m.text(lang).to_owned()))
+                                    " · " (deny_text(lang, &r.reason))
                                 }
                             }
                             td { (r.by_person) }

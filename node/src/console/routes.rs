@@ -1077,7 +1077,7 @@ async fn message_context(
     } else {
         actions::consents_held(&console.store, who).await.map_err(refuse)?
     };
-    let info = actions::network_info(&console.network, &console.link, who).await.map_err(refuse)?;
+    let info = network(console, signed).await?;
     Ok((info, consents))
 }
 
@@ -1284,9 +1284,9 @@ async fn consent_new(State(console): State<Arc<Console>>, signed: Signed) -> Res
     if let Err(s) = crate::consent::may_manage(who) {
         return refused(&console, &signed, &s);
     }
-    let info = match actions::network_info(&console.network, &console.link, who).await {
+    let info = match network(&console, &signed).await {
         Ok(i) => i,
-        Err(s) => return refused(&console, &signed, &s),
+        Err(r) => return r,
     };
     let draft = pages::ConsentDraft { language: signed.lang.tag().to_owned(), ..Default::default() };
     html(pages::consent_new(&signed.frame(&console), &signed.session.csrf, &info, &draft, &[]))
@@ -1299,9 +1299,9 @@ async fn consent_renew(State(console): State<Arc<Console>>, signed: Signed, Path
         Ok(r) => r,
         Err(r) => return r,
     };
-    let info = match actions::network_info(&console.network, &console.link, &signed.session.person).await {
+    let info = match network(&console, &signed).await {
         Ok(i) => i,
-        Err(s) => return refused(&console, &signed, &s),
+        Err(r) => return r,
     };
     let draft = pages::ConsentDraft {
         supersedes: record.consent_id.clone(),
@@ -1345,9 +1345,9 @@ async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>
     if let Err(s) = crate::consent::may_manage(who) {
         return refused(&console, &signed, &s);
     }
-    let info = match actions::network_info(&console.network, &console.link, who).await {
+    let info = match network(&console, &signed).await {
         Ok(i) => i,
-        Err(s) => return refused(&console, &signed, &s),
+        Err(r) => return r,
     };
     let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
     let all = |k: &str| pairs.iter().filter(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).collect::<Vec<_>>();
@@ -1467,6 +1467,12 @@ async fn consent_form(State(console): State<Arc<Console>>, posted: Posted<Pairs>
     }
 }
 
+/// The network's description for a page that cannot do without it, or the refusal page.
+async fn network(console: &Console, signed: &Signed) -> Result<Arc<pb::NetworkInfoResponse>, Response> {
+    let who = &signed.session.person;
+    actions::network_info(&console.network, &console.link, who).await.map_err(|s| refused(console, signed, &s))
+}
+
 async fn consent_record(console: &Console, signed: &Signed, id: &str) -> Result<pb::ConsentRecord, Response> {
     let who = &signed.session.person;
     crate::consent::may_manage(who).map_err(|s| refused(console, signed, &s))?;
@@ -1515,9 +1521,9 @@ async fn consent_copy(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let info = match actions::network_info(&console.network, &console.link, &signed.session.person).await {
+    let info = match network(&console, &signed).await {
         Ok(i) => i,
-        Err(s) => return refused(&console, &signed, &s),
+        Err(r) => return r,
     };
     let draft = pages::draft_of(&record);
     let frame = signed.frame(&console);
