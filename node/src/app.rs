@@ -163,7 +163,7 @@ impl Node {
             self.state.clock.clone(),
             stop_rx.clone(),
         ));
-        let key_log = tokio::spawn(self.state.key_log.clone().run(stop_rx.clone()));
+        let key_log = tokio::spawn(self.state.key_log.clone().run(stop_rx.clone(), self.state.stream.clone()));
         let console = self.console.map(|bound| {
             let s = &self.state;
             let console = Arc::new(Console {
