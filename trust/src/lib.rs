@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod clock;
 pub mod export;
+pub mod hpke;
 pub mod ids;
 pub mod keylog;
 pub mod merkle;
@@ -22,6 +23,7 @@ pub mod owner_only;
 pub mod pki;
 pub mod receipt;
 pub mod registry;
+pub mod sealed;
 pub mod sealing;
 pub mod source;
 pub mod token;

@@ -216,14 +216,6 @@ pub fn verified_payload(jws: &str) -> Option<SealingKeyStatement> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The `typ` of a compact JWS's header, if it has one.
-fn typ_of(jws: &str) -> Option<String> {
-    let head = jws.split('.').next()?;
-    let bytes = URL_SAFE_NO_PAD.decode(head).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("typ")?.as_str().map(|s| s.chars().take(64).collect())
-}
-
 /// Verifies a statement as a node reads it from the key log, trusting the network CA (`ca`, DER) and
 /// not the gateway's registry: its `typ`, its signature with the certificate in its `x5c`, that the CA
 /// issued that certificate, that the certificate's URI SAN names the statement's organization, and
@@ -238,16 +230,8 @@ pub fn verify_statement_by_ca(
     }
     check_typ(jws)?;
     let garbled = |e: String| StatementError::Signature(TokenError::Garbled(e));
-    let (statement, der) = token::verify_with_x5c::<SealingKeyStatement>(jws).map_err(StatementError::Signature)?;
-    crate::pki::issued_by(&der, ca).map_err(garbled)?;
-    let info = crate::pki::CertInfo::parse(&der).map_err(|e| garbled(e.to_string()))?;
+    let (statement, info) = token::verify_by_ca::<SealingKeyStatement>(jws, ca).map_err(StatementError::Signature)?;
     let cert_org = info.org().map_err(garbled)?;
-    if info.client_auth || info.server_auth {
-        return Err(garbled(
-            "the statement is signed with a TLS certificate; only a signing certificate speaks for an organization"
-                .into(),
-        ));
-    }
     if info.not_after < statement.issued_at {
         return Err(garbled(format!(
             "the signing certificate expired (at {}) before the statement was made",
@@ -265,7 +249,7 @@ pub fn verify_statement_by_ca(
 }
 
 fn check_typ(jws: &str) -> Result<(), StatementError> {
-    match typ_of(jws) {
+    match token::typ_of(jws) {
         Some(t) if t == STATEMENT_TYP => Ok(()),
         Some(t) => Err(StatementError::WrongType(crate::untrusted::shown(&t))),
         None => Err(StatementError::Signature(TokenError::Garbled("not a compact JWS with a `typ` header".into()))),

@@ -238,6 +238,31 @@ pub fn verify_with_x5c<T: serde::de::DeserializeOwned>(jws: &str) -> Result<(T, 
     Ok((claims, der))
 }
 
+/// An organization's JWS verified against the network CA (`ca`, DER) rather than the registry: its
+/// signature with the certificate its `x5c` carries, that the CA issued that certificate, and that it
+/// is a signing certificate (no TLS usage). Returns the payload and the certificate; that the
+/// certificate's organization is the one the payload speaks for, and that it was valid when the payload
+/// was made, the caller checks.
+pub fn verify_by_ca<T: serde::de::DeserializeOwned>(jws: &str, ca: &[u8]) -> Result<(T, CertInfo), TokenError> {
+    let (payload, der) = verify_with_x5c::<T>(jws)?;
+    crate::pki::issued_by(&der, ca).map_err(TokenError::Garbled)?;
+    let info = CertInfo::parse(&der).map_err(|e| TokenError::Garbled(e.to_string()))?;
+    if info.client_auth || info.server_auth {
+        return Err(TokenError::Garbled(
+            "signed with a TLS certificate; only a signing certificate speaks for an organization".into(),
+        ));
+    }
+    Ok((payload, info))
+}
+
+/// The `typ` of a compact JWS's header, if it has one (at most 64 characters of it).
+pub fn typ_of(jws: &str) -> Option<String> {
+    let head = jws.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(head).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("typ")?.as_str().map(|s| s.chars().take(64).collect())
+}
+
 /// The first certificate of a header's `x5c`, as DER.
 fn x5c_of(x5c: Option<Vec<String>>) -> Result<Vec<u8>, TokenError> {
     let cert_b64 = x5c
