@@ -14,7 +14,13 @@ pub use haven_sharing::envelope::{ConsentId, Envelope, Kind, MessageId, Purpose,
 /// Parses and validates an envelope. `require_id` is false for a dry run, which may omit the id.
 pub fn parse(env: Option<pb::Envelope>, bundle: &Bundle, sender: &OrgId, require_id: bool) -> Result<Envelope, Error> {
     let env = env.ok_or(EnvelopeError::Missing).map_err(refused)?;
-    haven_sharing::envelope::parse(RawEnvelope::from(env), bundle, sender, require_id).map_err(refused)
+    let env = haven_sharing::envelope::parse(RawEnvelope::from(env), bundle, sender, require_id).map_err(refused)?;
+    if env.fields.has_values() {
+        return Err(Error::InvalidArgument(
+            "the gateway takes no field values: name the fields in `field_names` and seal the values to each recipient (SubmitRequest.copies; docs/wire-protocol.md#sealed-copies)".into(),
+        ));
+    }
+    Ok(env)
 }
 
 fn refused(e: EnvelopeError) -> Error {

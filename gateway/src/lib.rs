@@ -18,6 +18,7 @@ pub mod consent;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+pub mod integrity;
 pub mod keys;
 pub mod keys_cli;
 pub mod policy;

@@ -20,6 +20,7 @@ use crate::mailbox;
 use crate::network::Network;
 use crate::password::{Password, Passwords};
 use crate::people::{Listed, People, PeopleError, Person};
+use crate::seal::Sending;
 use crate::state::StreamState;
 use crate::store::{NodeStore, status as db};
 use crate::witness::{Witness, WitnessReport};
@@ -157,20 +158,26 @@ pub async fn list_sent(store: &NodeStore, who: &Person, kind: &str, limit: u32) 
 }
 
 /// Sends a referral or an alert: recorded at the node first (so it survives an outage and is retried
-/// with the same id), then submitted. The gateway decides who receives what.
-pub async fn send(
-    store: &NodeStore,
-    link: &GatewayLink,
-    clock: &SharedClock,
-    who: &Person,
-    mut env: Envelope,
-) -> Result<SendResponse, Status> {
+/// with the same id), then decided here, sealed to each recipient and submitted. The gateway decides
+/// again, on the field names; what goes is what both decisions release.
+pub async fn send(kit: &Sending, who: &Person, mut env: Envelope) -> Result<SendResponse, Status> {
     may_send(who)?;
     if env.message_id.is_empty() {
         env.message_id = uuid::Uuid::now_v7().to_string();
     }
-    mailbox::record_sent(store, &env, who.name.as_str(), who.role.as_str(), clock.now_micros()).await.map_err(db)?;
-    submit(store, link, clock, env, who).await
+    // The values are checked against the schema before anything is kept: a wrong value is named now.
+    let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
+    haven_sharing::envelope::parse(
+        haven_sharing::envelope::RawEnvelope::from(env.clone()),
+        &bundle,
+        kit.link.signer().org(),
+        true,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    mailbox::record_sent(&kit.store, &env, who.name.as_str(), who.role.as_str(), kit.clock.now_micros())
+        .await
+        .map_err(db)?;
+    submit(kit, env, who).await
 }
 
 /// Sending (and previewing a send) is for the people who act on survivors' behalf.
@@ -199,49 +206,83 @@ fn retryable(s: &Status) -> bool {
     )
 }
 
-/// Submits a recorded send and records the outcome. A gateway that cannot be reached, or answers that
-/// it cannot take the message now (UNAVAILABLE, or RESOURCE_EXHAUSTED when its database disk is full),
-/// leaves it pending, with the reason.
-pub async fn submit(
-    store: &NodeStore,
-    link: &GatewayLink,
-    clock: &SharedClock,
-    env: Envelope,
-    who: &Person,
-) -> Result<SendResponse, Status> {
+/// Seals a recorded send (once: the sealed request is kept, and every retry sends the same bytes),
+/// submits it and records the outcome. A gateway that cannot be reached, or answers that it cannot
+/// take the message now (UNAVAILABLE, or RESOURCE_EXHAUSTED when its database disk is full), leaves it
+/// pending, with the reason. A gateway whose bundle changed since the sealing (`bundle_changed`) gets
+/// the message sealed again under the new bundle, with the same id, once.
+pub async fn submit(kit: &Sending, env: Envelope, who: &Person) -> Result<SendResponse, Status> {
     let message_id = env.message_id.clone();
-    let mut gw = GatewayClient::new(link.channel());
-    match gw.submit(link.request(&who.name, who.role, SubmitRequest { envelope: Some(env) })?).await {
-        Ok(resp) => {
-            let resp = resp.into_inner();
-            mailbox::record_outcome(store, &resp, clock.now_micros()).await.map_err(db)?;
-            Ok(SendResponse {
-                message_id,
-                state: "submitted".into(),
-                outcomes: resp.outcomes,
-                bundle_version: resp.bundle_version,
-                pending_reason: String::new(),
-            })
-        }
-        Err(s) if retryable(&s) => {
-            // Whether the gateway was reached decides what the person (and the operator) should look
-            // at: the network and certificates, or the gateway's own trouble.
-            let reason = link.describe(&s);
-            tracing::warn!(%message_id, %reason, "the gateway did not accept the message; it stays pending and will be retried");
-            mailbox::record_pending(store, &message_id, &reason).await.map_err(db)?;
-            Ok(SendResponse {
-                message_id,
-                state: "pending".into(),
-                outcomes: Vec::new(),
-                bundle_version: String::new(),
-                pending_reason: reason,
-            })
-        }
-        Err(s) => {
-            mailbox::record_failure(store, &message_id, s.message()).await.map_err(db)?;
-            Err(link.relay(s))
+    let mut resealed = false;
+    loop {
+        let request = match mailbox::sealed_submit(&kit.store, &message_id).await.map_err(db)? {
+            Some(r) => r,
+            None => match seal_and_keep(kit, &env, who).await {
+                Ok(r) => r,
+                Err(s) if retryable(&s) => return pending(kit, &message_id, &s).await,
+                Err(s) => {
+                    mailbox::record_failure(&kit.store, &message_id, s.message()).await.map_err(db)?;
+                    return Err(s);
+                }
+            },
+        };
+        let mut gw = GatewayClient::new(kit.link.channel());
+        match gw.submit(kit.link.request(&who.name, who.role, request)?).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                mailbox::record_outcome(&kit.store, &resp, kit.clock.now_micros()).await.map_err(db)?;
+                return Ok(SendResponse {
+                    message_id,
+                    state: "submitted".into(),
+                    outcomes: resp.outcomes,
+                    bundle_version: resp.bundle_version,
+                    pending_reason: String::new(),
+                });
+            }
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    && s.message().starts_with("bundle_changed")
+                    && !resealed =>
+            {
+                tracing::info!(%message_id, "the network's policy changed since this message was sealed; sealing it again under the new one");
+                kit.bundles.refresh(&kit.store, &kit.link).await?;
+                mailbox::forget_sealed(&kit.store, &message_id).await.map_err(db)?;
+                resealed = true;
+            }
+            Err(s) if retryable(&s) => return pending(kit, &message_id, &s).await,
+            Err(s) => {
+                mailbox::record_failure(&kit.store, &message_id, s.message()).await.map_err(db)?;
+                return Err(kit.link.relay(s));
+            }
         }
     }
+}
+
+/// Seals `env` under the bundle this node knows is in force, and keeps the sealed request.
+async fn seal_and_keep(kit: &Sending, env: &Envelope, who: &Person) -> Result<SubmitRequest, Status> {
+    let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
+    let (request, unsealed) = kit.sealer().seal(env, who.role, bundle).await?;
+    for u in &unsealed {
+        tracing::info!(message_id = %env.message_id, recipient = %u.recipient, why = %u.why, "no copy sealed for a recipient");
+    }
+    mailbox::keep_sealed(&kit.store, &env.message_id, &request).await.map_err(db)?;
+    Ok(request)
+}
+
+/// Leaves a send pending, with why, for [`retry_pending`].
+async fn pending(kit: &Sending, message_id: &str, s: &Status) -> Result<SendResponse, Status> {
+    // Whether the gateway was reached decides what the person (and the operator) should look at: the
+    // network and certificates, or the gateway's own trouble.
+    let reason = kit.link.describe(s);
+    tracing::warn!(%message_id, %reason, "the gateway did not accept the message; it stays pending and will be retried");
+    mailbox::record_pending(&kit.store, message_id, &reason).await.map_err(db)?;
+    Ok(SendResponse {
+        message_id: message_id.to_owned(),
+        state: "pending".into(),
+        outcomes: Vec::new(),
+        bundle_version: String::new(),
+        pending_reason: reason,
+    })
 }
 
 /// Waits for the next tick of a background round; false once the node is stopping.
@@ -257,21 +298,16 @@ pub(crate) async fn next_round(
 
 /// Retries pending sends with their original message ids, as the people who sent them, until the
 /// gateway answers.
-pub async fn retry_pending(
-    store: NodeStore,
-    link: GatewayLink,
-    clock: SharedClock,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn retry_pending(kit: Sending, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     while next_round(&mut tick, &mut shutdown).await {
-        let Ok(pending) = mailbox::pending_sends(&store).await else { continue };
+        let Ok(pending) = mailbox::pending_sends(&kit.store).await else { continue };
         for (env, person, role) in pending {
             let (Ok(name), Ok(role)) = (haven_trust::ids::PersonId::parse(&person), Role::parse(&role)) else {
                 continue;
             };
             let who = Person { name, role };
-            if submit(&store, &link, &clock, env, &who).await.map(|r| r.state == "pending").unwrap_or(false) {
+            if submit(&kit, env, &who).await.map(|r| r.state == "pending").unwrap_or(false) {
                 break;
             }
         }
@@ -457,13 +493,21 @@ pub async fn network_info(
 /// What each recipient of `env` would receive, and what not and why, without sending anything: the
 /// gateway's own decision (audited as a dry run). Fields are checked against the schema first, so a
 /// wrong value is named before anything leaves the node.
-pub async fn preview(
-    network: &Network,
-    link: &GatewayLink,
-    who: &Person,
-    env: Envelope,
-) -> Result<DecideResponse, Status> {
+pub async fn preview(kit: &Sending, network: &Network, who: &Person, env: Envelope) -> Result<DecideResponse, Status> {
     may_send(who)?;
+    let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
+    let mut env = env;
+    haven_sharing::envelope::parse(
+        haven_sharing::envelope::RawEnvelope::from(env.clone()),
+        &bundle,
+        kit.link.signer().org(),
+        false,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // The gateway decides on the names; the values never leave the node unsealed.
+    env.field_names = env.fields.drain().map(|(name, _)| name).collect();
+    env.field_names.sort();
+    let link = &kit.link;
     let mut gw = GatewayClient::new(link.channel());
     let resp = gw
         .decide(link.request(&who.name, who.role, DecideRequest { envelope: Some(env) })?)

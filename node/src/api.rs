@@ -74,14 +74,14 @@ impl Node for NodeService {
         let who = self.user(&req).await?;
         let env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
         let s = &self.state;
-        Ok(Response::new(actions::preview(&s.network, &s.link, &who, env).await?))
+        Ok(Response::new(actions::preview(&s.sending(), &s.network, &who, env).await?))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let who = self.user(&req).await?;
         let env = req.into_inner().envelope.ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
         let s = &self.state;
-        Ok(Response::new(actions::send(&s.store, &s.link, &s.clock, &who, env).await?))
+        Ok(Response::new(actions::send(&s.sending(), &who, env).await?))
     }
 
     async fn list_sent(&self, req: Request<ListSentRequest>) -> Result<Response<ListSentResponse>, Status> {

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// Where and how to serve the web console, if at all (`--console`).
     pub console: Option<ConsoleConfig>,
+    /// Make the organization's first sealing key at start when it has none (`--no-first-sealing-key`
+    /// turns this off).
+    pub first_sealing_key: bool,
 }
 
 /// Why the node could not start.
@@ -47,6 +50,8 @@ pub enum NodeError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Store(#[from] NodeStoreError),
+    #[error("the first sealing key: {0}")]
+    SealingKey(String),
     #[error("people: {0}")]
     People(#[from] crate::people::PeopleError),
     #[error("cannot listen on {addr}: {source}")]
@@ -107,9 +112,21 @@ impl Node {
             clock.clone(),
             witness.clone(),
             config.link.org.clone(),
-            ca,
+            ca.clone(),
         );
         let sealing_keys = crate::sealing::KeyFolder::beside(&config.link.signing_key);
+        if config.first_sealing_key {
+            match crate::sealing::make(&store, &link, &clock, &sealing_keys, "node", true).await {
+                Ok((key, None)) => {
+                    tracing::info!(key = %key.kid, "the organization's first sealing key is made and published")
+                }
+                Ok((key, Some(pending))) => {
+                    tracing::warn!(key = %key.kid, why = %pending.message(), "the organization's first sealing key is made; the gateway has not taken it yet, and it is registered again at every key-log round")
+                }
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => return Err(NodeError::SealingKey(s.message().to_owned())),
+            }
+        }
         let arrivals = tokio::sync::broadcast::channel(256).0;
         Ok(Node {
             state: Arc::new(NodeState {
@@ -124,6 +141,8 @@ impl Node {
                 sealing_keys,
                 arrivals,
                 network: Default::default(),
+                bundles: Default::default(),
+                ca_cert: ca,
             }),
             config,
             stream_tx,
@@ -150,12 +169,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stream = tokio::spawn(crate::stream::run(self.state.clone(), self.stream_tx, stop_rx.clone()));
-        let retrier = tokio::spawn(crate::actions::retry_pending(
-            self.state.store.clone(),
-            self.state.link.clone(),
-            self.state.clock.clone(),
-            stop_rx.clone(),
-        ));
+        let retrier = tokio::spawn(crate::actions::retry_pending(self.state.sending(), stop_rx.clone()));
         let people = tokio::spawn(self.state.people.clone().follow(stop_rx.clone()));
         let views = tokio::spawn(crate::views::run(
             self.state.store.clone(),
@@ -182,6 +196,7 @@ impl Node {
                 help_phone: self.config.console.as_ref().and_then(|c| c.help_phone.clone()),
                 keep_scans: self.config.console.as_ref().is_some_and(|c| c.keep_scans),
                 sealing_keys: s.sealing_keys.clone(),
+                sending: s.sending(),
                 origin: bound.origin.clone(),
                 stopping: stop_rx.clone(),
             });

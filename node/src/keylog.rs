@@ -53,6 +53,29 @@ pub enum Round {
     Unreachable(String),
 }
 
+/// What a key-log checkpoint from another node says against this node's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerView {
+    /// The same log, at the checkpoint's size.
+    Consistent,
+    /// The checkpoint is past what this node could read; nothing can be concluded yet.
+    Ahead { held: u64, peer: u64 },
+    /// The checkpoint is not signed by the gateway.
+    Unsigned(String),
+    /// Another log: the gateway shows different logs to different nodes.
+    Split(String),
+}
+
+/// The newest key-log checkpoint this node verified.
+pub async fn newest_checkpoint(store: &NodeStore) -> Result<Option<Checkpoint>, sqlx::Error> {
+    Ok(sqlx::query("SELECT checkpoint FROM key_log_checkpoint ORDER BY tree_size DESC LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .and_then(|json| serde_json::from_str::<Checkpoint>(&json).ok()))
+}
+
 /// The key-log witness. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyLogWitness {
@@ -261,6 +284,44 @@ impl KeyLogWitness {
     }
 
     /// The entries the node holds, in order.
+    /// Checks a key-log checkpoint another node verified (carried in a sealed copy's manifest) against
+    /// the log this node verified: signed by the gateway, and, at its size, the same tree. A checkpoint
+    /// past this node's log is checked after one more round; still past it, it cannot be judged yet.
+    /// A checkpoint of another tree is a split view: the alarm is raised here.
+    pub async fn check_peer(&self, cp: &Checkpoint) -> Result<PeerView, sqlx::Error> {
+        let key = match CheckpointKey::new(self.witness.gateway_cert()) {
+            Ok(k) => k,
+            Err(e) => return Ok(PeerView::Unsigned(format!("the gateway signing certificate: {e}"))),
+        };
+        if let Err(e) = key.verify_of(KEY_LOG_ORIGIN, cp) {
+            return Ok(PeerView::Unsigned(format!("the sender's key-log checkpoint of size {}: {e}", cp.tree_size)));
+        }
+        let mut held = self.held().await?;
+        if (held.len() as u64) < cp.tree_size {
+            self.check_now().await;
+            held = self.held().await?;
+        }
+        if (held.len() as u64) < cp.tree_size {
+            return Ok(PeerView::Ahead { held: held.len() as u64, peer: cp.tree_size });
+        }
+        let mut tree = MemoryTree::new();
+        for h in held.iter().take_while(|h| h.seq < cp.tree_size) {
+            push(&mut tree, keylog::leaf_hash(h.seq, h.registered_at_micros, &h.sha256));
+        }
+        let root = cp.root().unwrap_or_default();
+        if tree.size() != cp.tree_size || tree.root() != root {
+            let detail = format!(
+                "key log split view: a sealed copy carried the gateway's checkpoint of size {} (root {}), but the log this node verified has root {} at that size: the gateway shows different logs to different nodes",
+                cp.tree_size,
+                hex::encode(root),
+                hex::encode(tree.root())
+            );
+            self.witness.raise(WitnessState::Fork, detail.clone()).await;
+            return Ok(PeerView::Split(detail));
+        }
+        Ok(PeerView::Consistent)
+    }
+
     async fn held(&self) -> Result<Vec<Held>, sqlx::Error> {
         let rows = sqlx::query("SELECT seq, registered_at_micros, statement_sha256 FROM key_log_entry ORDER BY seq")
             .fetch_all(self.store.pool())
@@ -346,12 +407,7 @@ fn db_int(x: u64) -> i64 {
 /// newest checkpoint it found consistent.
 pub async fn held_log(store: &NodeStore, from_seq: u64, limit: u32) -> Result<KeyLogResponse, sqlx::Error> {
     let limit = if limit == 0 { 1000 } else { limit.min(1000) };
-    let cp = sqlx::query("SELECT checkpoint FROM key_log_checkpoint ORDER BY tree_size DESC LIMIT 1")
-        .fetch_optional(store.pool())
-        .await?
-        .map(|r| r.try_get::<String, _>(0))
-        .transpose()?
-        .and_then(|json| serde_json::from_str::<Checkpoint>(&json).ok());
+    let cp = newest_checkpoint(store).await?;
     let rows = sqlx::query(
         "SELECT seq, registered_at_micros, statement FROM key_log_entry WHERE seq >= $1 ORDER BY seq LIMIT $2",
     )

@@ -14,6 +14,9 @@
 //! - [`api`]: the `Node` service, a thin caller of the actions; [`app`]: the running node;
 //! - [`witness`]: checks every audit checkpoint the node sees; [`audit_proxy`]: the `Audit` service,
 //!   forwarded to the gateway;
+//! - [`sealing`]: the organization's sealing keys; [`keylog`]: the key-log witness; [`seal`]: a send
+//!   decided here and sealed to each recipient; [`unseal`]: a received copy verified and opened, or
+//!   rejected and reported; [`bundles`]: the policy bundles this node decides and checks under;
 //! - [`failure`]: why a call failed, told apart (never reached the other end, or its answer);
 //! - [`cli`]: every `haven-node` command but `serve`: what people run against their node
 //!   (`referral|alert|inbox|consent|whoami|audit`) and `users`.
@@ -23,6 +26,7 @@ pub mod actions;
 pub mod api;
 pub mod app;
 pub mod audit_proxy;
+pub mod bundles;
 pub mod cli;
 pub mod consent;
 pub mod console;
@@ -33,11 +37,13 @@ pub mod mailbox;
 pub mod network;
 pub mod password;
 pub mod people;
+pub mod seal;
 pub mod sealing;
 pub mod state;
 pub mod store;
 pub mod stream;
 pub mod totp;
+pub mod unseal;
 pub mod users;
 pub mod views;
 pub mod witness;

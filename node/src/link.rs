@@ -233,7 +233,12 @@ impl GatewayLink {
         }
     }
 
-    /// The channel to the gateway.
+    /// The clock tokens are minted by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// A channel to the gateway.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }

@@ -27,22 +27,61 @@ fn status_name(s: i32) -> String {
 /// Stores an item and applies what it says, in one transaction. Returns true when the item is new
 /// (false for a repeat delivery, which is simply acknowledged again).
 pub async fn store_item(store: &NodeStore, item: &pb::Item, now: i64) -> Result<bool, sqlx::Error> {
-    Ok(store_items(store, std::slice::from_ref(item), now).await?.first().copied().unwrap_or(false))
+    Ok(store_items(store, std::slice::from_ref(item), &[None], now).await?.first().copied().unwrap_or(false))
 }
 
 /// Stores items that arrived together, in order, in one transaction (one fsync): each is stored and
-/// applied as [`store_item`] does. Returns, for each, whether it was new.
-pub async fn store_items(store: &NodeStore, items: &[pb::Item], now: i64) -> Result<Vec<bool>, sqlx::Error> {
+/// applied as [`store_item`] does, a delivery whose sealed copy failed its checks (`rejected`, beside
+/// it) stored as rejected and queued to be reported. Returns, for each, whether it was new and may be
+/// shown.
+pub async fn store_items(
+    store: &NodeStore,
+    items: &[pb::Item],
+    rejected: &[Option<crate::unseal::Rejection>],
+    now: i64,
+) -> Result<Vec<bool>, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
     let mut new = Vec::with_capacity(items.len());
-    for item in items {
-        new.push(store_in(&mut tx, item, now).await?);
+    for (i, item) in items.iter().enumerate() {
+        new.push(store_in(&mut tx, item, rejected.get(i).and_then(Option::as_ref), now).await?);
     }
     tx.commit().await?;
     Ok(new)
 }
 
-async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) -> Result<bool, sqlx::Error> {
+/// Keeps a rejected copy out of sight and queues its report; returns false.
+async fn reject_in(
+    tx: &mut sqlx::SqliteConnection,
+    item: &pb::Item,
+    d: &pb::Delivery,
+    why: &crate::unseal::Rejection,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("UPDATE inbox SET rejected = $1 WHERE item_id = $2")
+        .bind(why.reason)
+        .bind(&item.item_id)
+        .execute(&mut *tx)
+        .await?;
+    if why.reason != crate::unseal::DUPLICATE {
+        sqlx::query("INSERT INTO integrity_report (item_id, message_id, sender, reason, detail, found_at_micros) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (item_id) DO NOTHING")
+            .bind(&item.item_id)
+            .bind(&d.message_id)
+            .bind(&d.sender)
+            .bind(why.reason)
+            .bind(&why.detail)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(false)
+}
+
+async fn store_in(
+    tx: &mut sqlx::SqliteConnection,
+    item: &pb::Item,
+    rejected: Option<&crate::unseal::Rejection>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
     let (message_id, sender, kind) = match &item.body {
         Some(pb::item::Body::Delivery(d)) => (d.message_id.clone(), d.sender.clone(), d.kind.clone()),
         Some(pb::item::Body::Status(s)) => (s.message_id.clone(), s.from_org.clone(), String::new()),
@@ -64,6 +103,22 @@ async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) ->
     if inserted {
         match &item.body {
             Some(pb::item::Body::Delivery(d)) => {
+                if let Some(why) = rejected {
+                    return reject_in(tx, item, d, why, now).await;
+                }
+                // One message is shown once, by the sender and id its verified manifest names.
+                let first = sqlx::query("INSERT INTO received_message (sender, message_id, item_id) VALUES ($1, $2, $3) ON CONFLICT (sender, message_id) DO NOTHING")
+                    .bind(&d.sender)
+                    .bind(&d.message_id)
+                    .bind(&item.item_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !first {
+                    let why = crate::unseal::Rejection::duplicate();
+                    return reject_in(tx, item, d, &why, now).await;
+                }
                 let step = Step {
                     message_id: &d.message_id,
                     counterparty: &d.sender,
@@ -118,6 +173,7 @@ async fn store_in(tx: &mut sqlx::SqliteConnection, item: &pb::Item, now: i64) ->
                     Ok(pb::sender_notice::Kind::Delivered) => "delivered",
                     Ok(pb::sender_notice::Kind::Cancelled) => "revoked",
                     Ok(pb::sender_notice::Kind::Expired) => "expired",
+                    Ok(pb::sender_notice::Kind::Rejected) => "rejected",
                     _ => "unknown",
                 };
                 let step = if status == "revoked" { "cancelled" } else { status };
@@ -181,7 +237,7 @@ pub async fn inbox(
     state: &str,
     limit: u32,
 ) -> Result<Vec<pb::InboxItem>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM inbox WHERE ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) AND ($4 = '' OR (item_kind = 'delivery' AND (status = $4 OR ($4 = 'withdrawn' AND withdrawn = 1)))) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM inbox WHERE rejected = '' AND ($1 = '' OR kind = $1 OR item_kind = $1) AND ($3 = '' OR assigned_to = $3) AND ($4 = '' OR (item_kind = 'delivery' AND (status = $4 OR ($4 = 'withdrawn' AND withdrawn = 1)))) ORDER BY received_at_micros DESC, item_id DESC LIMIT $2")))
         .bind(kind)
         .bind(i64::from(limit.clamp(1, 1000)))
         .bind(person)
@@ -194,7 +250,7 @@ pub async fn inbox(
 /// One received delivery by message id.
 pub async fn received(store: &NodeStore, message_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {VIEW_COLUMNS} FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' LIMIT 1"
+        "SELECT {VIEW_COLUMNS} FROM inbox WHERE message_id = $1 AND item_kind = 'delivery' AND rejected = '' LIMIT 1"
     )))
     .bind(message_id)
     .fetch_optional(store.pool())
@@ -204,10 +260,12 @@ pub async fn received(store: &NodeStore, message_id: &str) -> Result<Option<pb::
 
 /// One received item by its item id.
 pub async fn item(store: &NodeStore, item_id: &str) -> Result<Option<pb::InboxItem>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS} FROM inbox WHERE item_id = $1")))
-        .bind(item_id)
-        .fetch_optional(store.pool())
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {VIEW_COLUMNS} FROM inbox WHERE item_id = $1 AND rejected = ''"
+    )))
+    .bind(item_id)
+    .fetch_optional(store.pool())
+    .await?;
     row.as_ref().map(view).transpose()
 }
 
@@ -295,6 +353,34 @@ pub async fn record_failure(store: &NodeStore, message_id: &str, error: &str) ->
 pub async fn record_pending(store: &NodeStore, message_id: &str, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE sent SET error = $1 WHERE message_id = $2 AND state = 'pending'")
         .bind(reason)
+        .bind(message_id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// The sealed request kept for a send, if it was sealed.
+pub async fn sealed_submit(store: &NodeStore, message_id: &str) -> Result<Option<pb::SubmitRequest>, sqlx::Error> {
+    let bytes: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT sealed_submit FROM sent WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(bytes.flatten().and_then(|b| pb::SubmitRequest::decode(b.as_slice()).ok()))
+}
+
+/// Keeps the sealed request of a send, so every retry sends the same bytes.
+pub async fn keep_sealed(store: &NodeStore, message_id: &str, request: &pb::SubmitRequest) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sent SET sealed_submit = $1 WHERE message_id = $2")
+        .bind(request.encode_to_vec())
+        .bind(message_id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Drops the sealed request of a send, to seal it again (the network's policy changed).
+pub async fn forget_sealed(store: &NodeStore, message_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sent SET sealed_submit = NULL WHERE message_id = $1")
         .bind(message_id)
         .execute(store.pool())
         .await?;

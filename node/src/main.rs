@@ -94,6 +94,12 @@ struct ServeArgs {
     /// receipt) and discards the scan.
     #[arg(long, requires = "console")]
     console_keep_consent_scans: bool,
+    /// Make no sealing key at the first start. By default a node whose organization has no sealing key
+    /// makes one and publishes it in the key log, so that senders can seal to it at once; with this, an
+    /// admin makes it later with `haven-node keys init`, and nothing can be sent to the organization
+    /// until then.
+    #[arg(long)]
+    no_first_sealing_key: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -159,6 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         users: args.users,
         listen: args.listen,
         api_tls: args.api_cert.zip(args.api_key),
+        first_sealing_key: !args.no_first_sealing_key,
         console: args.console.map(|listen| ConsoleConfig {
             listen,
             tls: args.console_tls_cert.zip(args.console_tls_key),

@@ -32,6 +32,10 @@ pub struct NodeState {
     pub arrivals: Arrivals,
     /// The network's purposes, kinds and organizations, as the node keeps them.
     pub network: crate::network::Network,
+    /// The policy bundles this node decides and checks under.
+    pub bundles: crate::bundles::Bundles,
+    /// DER of the network CA certificate: what a sealed copy's signer must chain to.
+    pub ca_cert: Vec<u8>,
 }
 
 /// What the node knows about its stream, for its users and for tests.
@@ -47,4 +51,17 @@ pub struct StreamState {
     pub held_elsewhere: bool,
     /// How many attempts the gateway refused for that reason.
     pub refusals: u64,
+}
+
+impl NodeState {
+    /// What sending a message needs of this node.
+    pub fn sending(&self) -> crate::seal::Sending {
+        crate::seal::Sending {
+            store: self.store.clone(),
+            link: self.link.clone(),
+            clock: self.clock.clone(),
+            key_log: self.key_log.clone(),
+            bundles: self.bundles.clone(),
+        }
+    }
 }

@@ -54,6 +54,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/0011_timeline.sql")),
     (12, include_str!("migrations/0012_consent_scans.sql")),
     (13, include_str!("migrations/0013_sealing_keys.sql")),
+    (14, include_str!("migrations/0014_sealed_payloads.sql")),
 ];
 
 impl NodeStore {

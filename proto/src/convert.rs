@@ -184,6 +184,7 @@ impl From<pb::Envelope> for RawEnvelope {
             subject_pseudonym: env.subject_pseudonym,
             consent_id: env.consent_id,
             fields,
+            field_names: env.field_names,
             correlation_id: env.correlation_id,
         }
     }

@@ -144,7 +144,40 @@ pub struct RawEnvelope {
     pub consent_id: String,
     /// `None` for a field sent without a value.
     pub fields: Vec<(String, Option<RawValue>)>,
+    /// The names of the fields, when the values travel sealed.
+    pub field_names: Vec<String>,
     pub correlation_id: String,
+}
+
+/// What an envelope carries of its fields: the values (a person's send, at its own node) or only the
+/// names (what the gateway sees of a sealed message).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contents {
+    Values(BTreeMap<String, FieldValue>),
+    Names(std::collections::BTreeSet<String>),
+}
+
+impl Contents {
+    /// The field names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Contents::Values(v) => v.keys().map(String::as_str).collect(),
+            Contents::Names(n) => n.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The values, when the envelope carries them.
+    pub fn values(&self) -> Option<&BTreeMap<String, FieldValue>> {
+        match self {
+            Contents::Values(v) => Some(v),
+            Contents::Names(_) => None,
+        }
+    }
+
+    /// Whether any value is present (an envelope without fields carries none).
+    pub fn has_values(&self) -> bool {
+        matches!(self, Contents::Values(v) if !v.is_empty())
+    }
 }
 
 /// A validated envelope.
@@ -157,7 +190,7 @@ pub struct Envelope {
     /// The subject's pseudonym as the sender knows it (checked for form).
     pub subject: Option<String>,
     pub consent_id: Option<ConsentId>,
-    pub fields: BTreeMap<String, FieldValue>,
+    pub fields: Contents,
     /// A UUID in canonical form, or empty.
     pub correlation_id: String,
 }
@@ -207,6 +240,10 @@ pub enum EnvelopeError {
     Fields(Vec<FieldProblem>),
     #[error("correlation_id `{given}` is not a UUID")]
     BadCorrelationId { given: String },
+    #[error("give the fields' values or their names (field_names), not both")]
+    ValuesAndNames,
+    #[error("field `{name}` is named twice")]
+    NameTwice { name: String },
 }
 
 /// Parses and validates an envelope from `sender`. `require_id` is false for a dry run, which may
@@ -235,24 +272,40 @@ pub fn parse(env: RawEnvelope, bundle: &Bundle, sender: &OrgId, require_id: bool
     if consent_id.is_some() && subject.is_none() {
         return Err(EnvelopeError::ConsentWithoutSubject);
     }
-    let mut fields = BTreeMap::new();
-    for (name, value) in env.fields {
-        let v = match value {
-            Some(RawValue::Text(s)) => FieldValue::Str(s),
-            Some(RawValue::Integer(i)) => FieldValue::Int(i),
-            Some(RawValue::Date(d)) => {
-                let fmt = time::macros::format_description!("[year]-[month]-[day]");
-                FieldValue::Date(
-                    time::Date::parse(&d, &fmt)
-                        .map_err(|_| EnvelopeError::BadDate { name: untrusted::shown(&name) })?,
-                )
+    let fields = if env.field_names.is_empty() {
+        let mut fields = BTreeMap::new();
+        for (name, value) in env.fields {
+            let v = match value {
+                Some(RawValue::Text(s)) => FieldValue::Str(s),
+                Some(RawValue::Integer(i)) => FieldValue::Int(i),
+                Some(RawValue::Date(d)) => {
+                    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+                    FieldValue::Date(
+                        time::Date::parse(&d, &fmt)
+                            .map_err(|_| EnvelopeError::BadDate { name: untrusted::shown(&name) })?,
+                    )
+                }
+                Some(RawValue::List(items)) => FieldValue::List(items),
+                None => return Err(EnvelopeError::NoValue { name: untrusted::shown(&name) }),
+            };
+            fields.insert(name, v);
+        }
+        bundle.schema().validate(kind.as_str(), &fields).map_err(EnvelopeError::Fields)?;
+        Contents::Values(fields)
+    } else {
+        if !env.fields.is_empty() {
+            return Err(EnvelopeError::ValuesAndNames);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for name in env.field_names {
+            if names.contains(&name) {
+                return Err(EnvelopeError::NameTwice { name: untrusted::shown(&name) });
             }
-            Some(RawValue::List(items)) => FieldValue::List(items),
-            None => return Err(EnvelopeError::NoValue { name: untrusted::shown(&name) }),
-        };
-        fields.insert(name, v);
-    }
-    bundle.schema().validate(kind.as_str(), &fields).map_err(EnvelopeError::Fields)?;
+            names.insert(name);
+        }
+        bundle.schema().validate_names(kind.as_str(), &names).map_err(EnvelopeError::Fields)?;
+        Contents::Names(names)
+    };
     let correlation_id = if env.correlation_id.is_empty() {
         String::new()
     } else {
@@ -373,6 +426,35 @@ mod tests {
         assert_eq!(e.to_string(), "field `urgency` has no value");
         let e = refused(&|e| e.correlation_id = "x".into());
         assert_eq!(e.to_string(), "correlation_id `x` is not a UUID");
+        assert_eq!(refused(&|e| e.field_names = vec!["urgency".into()]), EnvelopeError::ValuesAndNames);
+        let names_only = |e: &mut RawEnvelope| {
+            e.field_names = e.fields.drain(..).map(|(n, _)| n).collect();
+        };
+        let e = refused(&|e| {
+            names_only(e);
+            e.field_names.push("urgency".into());
+        });
+        assert_eq!(e.to_string(), "field `urgency` is named twice");
+        let e = refused(&|e| {
+            names_only(e);
+            e.field_names.retain(|n| n != "urgency");
+        });
+        assert_eq!(e.to_string(), "required field `urgency` is missing");
+        let e = refused(&|e| {
+            names_only(e);
+            e.field_names.push("shoe_size".into());
+        });
+        assert!(e.to_string().starts_with("kind `referral` has no field `shoe_size`"), "{e}");
+    }
+
+    #[test]
+    fn an_envelope_may_name_its_fields_without_values() {
+        let b = shipped();
+        let mut env = referral();
+        env.field_names = env.fields.drain(..).map(|(n, _)| n).collect();
+        let env = parse(env, &b, &harbor(), true).unwrap();
+        assert_eq!(env.fields.names(), vec!["safe_to_contact_by", "urgency"]);
+        assert!(env.fields.values().is_none() && !env.fields.has_values());
     }
 
     #[test]

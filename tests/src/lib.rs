@@ -9,4 +9,5 @@
 pub mod fixtures;
 pub mod net;
 pub mod procs;
+pub mod sender;
 pub mod web;

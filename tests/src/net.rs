@@ -324,6 +324,21 @@ impl TestNet {
             .await
     }
 
+    /// The same, making no sealing key at start (as `haven-node serve --no-first-sealing-key`).
+    pub async fn node_without_sealing_key(&self, org: &str, people: &[(&str, haven_trust::ids::Role)]) -> TestNode {
+        TestNode::start_keyed(
+            self.dir.path(),
+            &self.certs,
+            self.url(),
+            org,
+            people,
+            Arc::new(SystemClock),
+            loopback_console(),
+            false,
+        )
+        .await
+    }
+
     /// The same, with a given clock.
     pub async fn node_with_clock(
         &self,
@@ -361,10 +376,26 @@ impl TestNode {
         clock: SharedClock,
         console: haven_node::console::ConsoleConfig,
     ) -> TestNode {
+        TestNode::start_keyed(dir, certs, url, org, people, clock, console, true).await
+    }
+
+    /// [`TestNode::start_with`], making the organization's first sealing key at start or not.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_keyed(
+        dir: &Path,
+        certs: &CertsDir,
+        url: String,
+        org: &str,
+        people: &[(&str, haven_trust::ids::Role)],
+        clock: SharedClock,
+        console: haven_node::console::ConsoleConfig,
+        first_sealing_key: bool,
+    ) -> TestNode {
         let org_id = OrgId::parse(org).expect("org id");
         let node_dir = dir.join("nodes").join(org);
         std::fs::create_dir_all(&node_dir).expect("node dir");
         let config = haven_node::app::NodeConfig {
+            first_sealing_key,
             link: LinkConfig::from_certs_dir(url, certs, org_id),
             database: node_dir.join("node.db").display().to_string(),
             users: node_dir.join("users.toml"),

@@ -1,6 +1,6 @@
-//! What Haven leaves on disk: no acknowledged field value in any of the gateway's SQLite files once it
-//! has stopped or gone idle, database files only their owner may read, and key files that others may
-//! read reported when a server starts.
+//! What Haven leaves on disk: no field value in any of the gateway's SQLite files, queued or delivered
+//! (the values travel sealed), a write-ahead log truncated once the gateway is idle, database files
+//! only their owner may read, and key files that others may read reported when a server starts.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,52 +83,63 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
-/// After every copy was acknowledged (its payload deleted in the same commit) and the gateway stopped
-/// cleanly, no field value of those copies is left in the gateway's database file, its write-ahead
-/// log or its shared-memory index, searched as raw bytes. SQLite's `secure_delete` overwrites deleted
-/// content in the database file, but not the log's older frames, which keep it until the log is
-/// truncated; the gateway truncates it as it stops.
+/// The shelter's node, started once so that its sealing key is in the key log, then stopped: copies
+/// for it rest in the gateway's queue.
+async fn shelter_offline(net: &TestNet) {
+    let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
+    maple.stop().await;
+}
+
+/// Field values never reach the gateway's files: not while their copies rest in its queue, not after
+/// they were delivered and the gateway stopped. The same values are in the recipient's database once
+/// it is back, so the search would have found them. Searched as raw bytes in the database file, its
+/// write-ahead log and its shared-memory index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_values_are_in_none_of_the_gateways_files_after_a_clean_stop() {
+async fn sealed_values_are_in_none_of_the_gateways_files_queued_or_delivered() {
     if db() != Db::Sqlite {
         println!("SKIPPED: the gateway's files are SQLite's; run with HAVEN_TEST_DB=sqlite");
         return;
     }
-    // Never idle long enough to truncate the log on its own: only the shutdown does.
+    // Never idle long enough to truncate the log on its own: what was written stays in it.
     let net = TestNet::start_configured(policies_dir(), Arc::new(SystemClock), |config| {
         config.wal_idle = Duration::from_secs(3600);
     })
     .await;
+    shelter_offline(&net).await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let names = send_referrals(&harbor, 40).await;
     let files = database_files(&net.database);
-    assert!(!found_in(&files, &names).is_empty(), "the queued values were written to the gateway's files");
+    let found = found_in(&files, &names);
+    assert!(found.is_empty(), "values of queued copies in the gateway's files: {found:?}");
 
     let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
     drained(net.gateway.store().pool()).await;
     maple.stop().await;
     harbor.stop().await;
+    let node_db = net.dir.path().join("nodes").join(RECIPIENT).join("node.db");
+    let at_recipient = found_in(&database_files(&node_db.display().to_string()), &names);
+    let mut arrived: Vec<&String> = at_recipient.iter().map(|(n, _)| n).collect();
+    arrived.sort();
+    arrived.dedup();
+    assert_eq!(arrived.len(), names.len(), "every value is at the recipient, where the search finds it");
     let mut net = net;
     net.stop_keeping_files().await;
-
     let left = found_in(&files, &names);
-    assert!(left.is_empty(), "acknowledged values left in the gateway's files after it stopped: {left:?}");
+    assert!(left.is_empty(), "values in the gateway's files after it stopped: {left:?}");
 }
 
-/// The same while the gateway keeps running: once no write has begun for a moment, the log is
-/// truncated, and no acknowledged value is left in any of the files.
+/// Once no write has begun for a moment, the gateway truncates its write-ahead log, so whatever a
+/// deleted row held (a consent's pseudonyms, an acknowledged copy's sealed bytes) leaves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_values_leave_the_gateways_files_once_it_is_idle() {
+async fn an_idle_gateway_truncates_its_write_ahead_log() {
     if db() != Db::Sqlite {
         println!("SKIPPED: the gateway's files are SQLite's; run with HAVEN_TEST_DB=sqlite");
         return;
     }
     let net = TestNet::start().await;
+    shelter_offline(&net).await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
-    let names = send_referrals(&harbor, 40).await;
-    let files = database_files(&net.database);
-    assert!(!found_in(&files, &names).is_empty(), "the queued values were written to the gateway's files");
-
+    send_referrals(&harbor, 40).await;
     let store = net.gateway.store().clone();
     let maple = net.node(RECIPIENT, &[("sam", Role::Caseworker)]).await;
     drained(store.pool()).await;
@@ -140,9 +151,6 @@ async fn acknowledged_values_leave_the_gateways_files_once_it_is_idle() {
         .await
         .expect("the idle gateway truncated its write-ahead log within 60 s")
         .unwrap();
-
-    let left = found_in(&files, &names);
-    assert!(left.is_empty(), "acknowledged values left in the idle gateway's files: {left:?}");
     maple.stop().await;
     harbor.stop().await;
     net.stop().await;

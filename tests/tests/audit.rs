@@ -1337,6 +1337,7 @@ async fn the_node_cli_queries_exports_and_verifies() {
     let token = users.add(PersonId::parse("ada").unwrap(), Role::Auditor);
     users.save(&dir.join("users.toml")).unwrap();
     let config = haven_node::app::NodeConfig {
+        first_sealing_key: true,
         link: haven_node::link::LinkConfig::from_certs_dir(
             net.url(),
             &net.certs,

@@ -75,11 +75,12 @@ struct Caller {
     link: GatewayLink,
     person: PersonId,
     role: Role,
+    sealed: haven_tests::sender::SealOnce,
 }
 
 impl Caller {
     fn casey(link: GatewayLink) -> Caller {
-        Caller { link, person: PersonId::parse("casey").unwrap(), role: Role::Caseworker }
+        Caller { link, person: PersonId::parse("casey").unwrap(), role: Role::Caseworker, sealed: Default::default() }
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -118,12 +119,14 @@ impl Caller {
         (record.into_inner().consent_id, receipt.subject)
     }
 
+    /// Seals `env` as harbor's node would (once: a resubmission sends the same bytes) and submits it.
     async fn submit(&self, env: Envelope) -> Result<SubmitResponse, tonic::Status> {
-        self.gateway().submit(self.req(SubmitRequest { envelope: Some(env) })).await.map(|r| r.into_inner())
+        self.sealed.submit(&self.link, &self.person, self.role, &env).await
     }
 
     async fn decide(&self, env: Envelope) -> Result<DecideResponse, tonic::Status> {
-        self.gateway().decide(self.req(DecideRequest { envelope: Some(env) })).await.map(|r| r.into_inner())
+        let envelope = Some(haven_tests::sender::names_only(&env));
+        self.gateway().decide(self.req(DecideRequest { envelope })).await.map(|r| r.into_inner())
     }
 
     async fn revoke(&self, consent_id: &str, reason: &str) -> Result<ConsentRecord, tonic::Status> {

@@ -74,8 +74,8 @@ fn check_log(net: &TestNet, log: &KeyLogResponse) {
 #[tokio::test]
 async fn statements_are_published_withdrawn_and_covered_by_signed_checkpoints_anyone_can_recompute() {
     let net = TestNet::start().await;
-    let harbor = net.node("harbor", &[]).await;
-    let maple = net.node("maple-house", &[]).await;
+    let harbor = net.node_without_sealing_key("harbor", &[]).await;
+    let maple = net.node_without_sealing_key("maple-house", &[]).await;
     assert!(read_log(&harbor).await.entries.is_empty() && read_log(&harbor).await.checkpoint.is_none());
 
     let first = publish(&net, "harbor", [1; 32]);
@@ -116,8 +116,8 @@ async fn statements_are_published_withdrawn_and_covered_by_signed_checkpoints_an
 #[tokio::test]
 async fn bad_statements_are_refused_with_their_reason_and_nothing_is_stored() {
     let net = TestNet::start().await;
-    let harbor = net.node("harbor", &[]).await;
-    let maple = net.node("maple-house", &[]).await;
+    let harbor = net.node_without_sealing_key("harbor", &[]).await;
+    let maple = net.node_without_sealing_key("maple-house", &[]).await;
     let now = now_secs(&net);
     let good = publish(&net, "harbor", [4; 32]);
 
@@ -197,8 +197,8 @@ fn verified(round: haven_node::keylog::Round) -> (u64, u64) {
 #[tokio::test]
 async fn keys_made_at_the_node_are_published_rotated_and_withdrawn_and_every_node_witnesses_them() {
     let net = TestNet::start().await;
-    let harbor = net.node("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
-    let maple = net.node("maple-house", &[("ada", Role::Admin)]).await;
+    let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
+    let maple = net.node_without_sealing_key("maple-house", &[("ada", Role::Admin)]).await;
     let harbor_org = OrgId::parse("harbor").unwrap();
 
     // `keys init`: the private half in a 0600 file beside the signing key, the statement in the log.
@@ -327,8 +327,8 @@ async fn append_behind_the_gateways_checks(net: &TestNet, jws: &str) {
 #[tokio::test]
 async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certificate_raises_its_alarm() {
     let net = TestNet::start().await;
-    let harbor = net.node("harbor", &[("ada", Role::Admin)]).await;
-    let maple = net.node("maple-house", &[]).await;
+    let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin)]).await;
+    let maple = net.node_without_sealing_key("maple-house", &[]).await;
     make_key(&harbor, true).await.unwrap();
     assert_eq!(
         verified(harbor.state.key_log.check_now().await).0,
@@ -387,8 +387,8 @@ async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certific
 #[tokio::test]
 async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_nothing_is_kept() {
     let net = TestNet::start().await;
-    let harbor = net.node("harbor", &[("ada", Role::Admin)]).await;
-    let maple = net.node("maple-house", &[]).await;
+    let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin)]).await;
+    let maple = net.node_without_sealing_key("maple-house", &[]).await;
     make_key(&harbor, true).await.unwrap();
     assert_eq!(
         verified(maple.state.key_log.check_now().await).0,

@@ -24,6 +24,7 @@ async fn a_node_user_reaches_the_gateway_as_themselves_and_the_stream_opens() {
     let token = users.add(PersonId::parse("casey").unwrap(), Role::Caseworker);
     users.save(&users_path).unwrap();
     let config = NodeConfig {
+        first_sealing_key: true,
         link: LinkConfig::from_certs_dir(net.url(), &net.certs, org),
         database: net.dir.path().join("node.db").display().to_string(),
         users: users_path,
@@ -68,6 +69,7 @@ async fn a_node_user_reaches_the_gateway_as_themselves_and_the_stream_opens() {
 async fn a_node_refuses_to_serve_its_api_beyond_loopback_without_tls() {
     let net = TestNet::start().await;
     let config = NodeConfig {
+        first_sealing_key: true,
         link: LinkConfig::from_certs_dir(net.url(), &net.certs, OrgId::parse("harbor").unwrap()),
         database: net.dir.path().join("node.db").display().to_string(),
         users: net.dir.path().join("users.toml"),

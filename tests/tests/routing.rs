@@ -197,22 +197,20 @@ async fn a_referral_is_delivered_minimized_and_follows_its_lifecycle() {
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     assert!(err.message().contains("cannot read back"), "{err:?}");
 
-    // Resubmitting the same message id: same content replays, different content is refused.
-    let mut again = referral("maple-house", "housing", &subject, &consent_id);
-    again.message_id = sent.message_id.clone();
+    // Resubmitting the same message id: the same sealed bytes (what the node kept, and sends on every
+    // retry) replay; different content is refused.
+    let kept = haven_node::mailbox::sealed_submit(&harbor.state.store, &sent.message_id).await.unwrap().unwrap();
     let link = net.link("harbor");
-    let req = link
-        .request(&"casey".parse().unwrap(), Role::Caseworker, SubmitRequest { envelope: Some(again.clone()) })
-        .unwrap();
+    let casey: haven_trust::ids::PersonId = "casey".parse().unwrap();
+    let req = link.request(&casey, Role::Caseworker, kept).unwrap();
     let replay =
         haven_proto::v1::gateway_client::GatewayClient::new(link.channel()).submit(req).await.unwrap().into_inner();
     assert!(replay.replayed);
     assert_eq!(replay.outcomes[0].delivery_id, sent.outcomes[0].delivery_id, "nothing queued twice");
-    again.purpose = "medical".into();
-    let req =
-        link.request(&"casey".parse().unwrap(), Role::Caseworker, SubmitRequest { envelope: Some(again) }).unwrap();
-    let err = haven_proto::v1::gateway_client::GatewayClient::new(link.channel()).submit(req).await.unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
+    let mut again = referral("maple-house", "housing", &subject, &consent_id);
+    again.message_id = sent.message_id.clone();
+    let err = haven_tests::sender::submit(&link, &casey, Role::Caseworker, &again).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "sealed again, the copies differ: {err:?}");
     harbor.stop().await;
     maple.stop().await;
     net.stop().await;

@@ -218,6 +218,9 @@ pub enum Action {
     /// A person at a recipient organization was shown a received message's fields, as that
     /// organization asserts in a signed batch of view records (names, never values).
     Viewed,
+    /// A recipient's node refused a sealed copy that failed its checks (manifest, hash, content), as
+    /// that organization reports it; nobody there saw it.
+    IntegrityFailure,
 }
 
 impl Action {
@@ -248,11 +251,12 @@ impl Action {
             Action::SubjectReport => "subject_report",
             Action::GatewayStarted => "gateway_started",
             Action::Viewed => "viewed",
+            Action::IntegrityFailure => "integrity_failure",
         }
     }
 
     /// Every action, for validating query filters.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::AuthRejected,
         Action::Decided,
         Action::Submitted,
@@ -277,6 +281,7 @@ impl Action {
         Action::SubjectReport,
         Action::GatewayStarted,
         Action::Viewed,
+        Action::IntegrityFailure,
     ];
 
     /// Parses a code.

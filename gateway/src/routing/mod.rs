@@ -6,6 +6,7 @@ pub mod prefetch;
 pub mod pseudonym;
 pub mod queue;
 pub mod rows;
+pub mod sealed;
 pub mod submit;
 
 use std::sync::Arc;
@@ -95,7 +96,7 @@ pub fn decide_with(
             .filter(|org| reachable(&bundle, org))
             .collect(),
     };
-    let names: Vec<&str> = env.fields.keys().map(String::as_str).collect();
+    let names: Vec<&str> = env.fields.names();
     let state = consent.as_ref().map(|c| effective_state(c, now_micros));
     let outcomes = recipients
         .into_iter()

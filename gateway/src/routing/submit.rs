@@ -16,21 +16,30 @@ use time::OffsetDateTime;
 
 use super::queue::{self, CountChanges, NewItem};
 use super::rows::{DeliveryRow, MessageRow};
+use super::sealed::Copies;
 use super::{decide_with, decision_entry, micros, pseudonym};
 use crate::commit::{Committer, Effects, Prefetched, Reads};
 use crate::envelope::{Envelope, Recipients};
 use crate::error::{Error, SubmitError};
 use crate::policy::{Bundle, DenyReason};
 
-/// What makes two submissions with one id the same: everything the sender chose.
-fn content_hash(env: &Envelope) -> String {
+/// What makes two submissions with one id the same: everything the sender chose, its sealed copies
+/// included (a node seals once and sends the same bytes on every retry).
+fn content_hash(env: &Envelope, copies: &Copies) -> String {
     let recipients = match &env.recipients {
         Recipients::Named(list) => list.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","),
         Recipients::AllPermitted => "*".into(),
     };
     let canonical = format!(
-        "{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}",
-        env.kind, recipients, env.purpose, env.subject, env.consent_id, env.fields, env.correlation_id
+        "{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}\n{}",
+        env.kind,
+        recipients,
+        env.purpose,
+        env.subject,
+        env.consent_id,
+        env.fields.names(),
+        env.correlation_id,
+        copies.digest()
     );
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
@@ -62,13 +71,14 @@ pub async fn submit(
     pseudonym_key: [u8; 32],
     caller: &Caller,
     env: Envelope,
+    copies: Copies,
 ) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
     let reads = reads(caller, &env);
     let (clock, who) = (clock.clone(), caller.clone());
     commits
         .run(reads, move |seen, fx| {
             let cx = Context { now: clock.now(), bundle, pseudonym_key: &pseudonym_key };
-            submit_in(seen, fx, &cx, &who, env)
+            submit_in(seen, fx, &cx, &who, env, &copies)
         })
         .await
 }
@@ -88,8 +98,9 @@ pub fn submit_in(
     cx: &Context<'_>,
     caller: &Caller,
     env: Envelope,
+    copies: &Copies,
 ) -> Result<(pb::SubmitResponse, Vec<String>), Error> {
-    let hash = content_hash(&env);
+    let hash = content_hash(&env, copies);
     let now = micros(cx.now);
     let message_id = env.message_id.to_string();
     let sender = caller.org.as_str();
@@ -124,7 +135,9 @@ pub fn submit_in(
     let mut outcomes = Vec::with_capacity(decided.outcomes.len());
     let mut entries: Vec<(AuditEntry, String)> = Vec::with_capacity(decided.outcomes.len());
     let mut woken = Vec::new();
-    for (recipient, mut d) in decided.outcomes {
+    for (recipient, d) in decided.outcomes {
+        // The copy the sender sealed for this recipient must fit the decision, or the recipient is refused.
+        let (mut d, sealed) = copies.apply(&recipient, d);
         let mut outcome =
             if d.allowed() { pb::recipient_outcome::Outcome::Queued } else { pb::recipient_outcome::Outcome::Denied };
         // Committed, plus what this shared commit queued before this submission. The batch's changes
@@ -149,11 +162,6 @@ pub fn submit_in(
                 .as_deref()
                 .map(|s| pseudonym::for_recipient(cx.pseudonym_key, recipient.as_str(), sender, s))
                 .unwrap_or_default();
-            let fields = d
-                .released()
-                .iter()
-                .filter_map(|name| env.fields.get(name).map(|v| (name.clone(), pb::FieldValue::from(v))))
-                .collect();
             let delivery = pb::Delivery {
                 message_id: message_id.clone(),
                 kind: env.kind.to_string(),
@@ -161,12 +169,13 @@ pub fn submit_in(
                 sender_person: caller.person.to_string(),
                 purpose: env.purpose.to_string(),
                 subject_pseudonym: recipient_subject.clone(),
-                fields,
+                fields: Default::default(),
                 withheld_fields: d.withheld().to_vec(),
                 rule_ids: d.rule_ids().to_vec(),
                 bundle_version: d.bundle_version().to_owned(),
                 expires_at_micros: now + ttl,
                 correlation_id: env.correlation_id.clone(),
+                sealed,
             };
             fx.rows.deliveries.push(DeliveryRow {
                 delivery_id: delivery_id.clone(),
@@ -236,9 +245,8 @@ mod tests {
     //! The submission's plan, on facts written by hand: no database. The bundle is the shipped sample,
     //! with made-up pins so that every organization can connect.
 
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
-    use haven_proto::v1::{FieldValue, field_value};
     use haven_trust::ids::{OrgId, OrgType, PersonId, Role};
     use haven_trust::registry::{Fingerprint, PinSet, PinsFile};
 
@@ -275,8 +283,14 @@ mod tests {
         }
     }
 
-    fn text(s: &str) -> FieldValue {
-        FieldValue { value: Some(field_value::Value::Text(s.into())) }
+    /// Copies as the sender's node seals them: to each police organization the fields its own decision
+    /// releases (never the victim's name), to the shelter a referral's.
+    fn copies() -> Copies {
+        Copies::assumed(&[
+            ("metro-police", &["incident_type", "location_area"]),
+            ("county-sheriff", &["incident_type", "location_area"]),
+            ("maple-house", &["safe_to_contact_by", "survivor_first_name", "urgency"]),
+        ])
     }
 
     /// A safety alert to both police organizations, naming a (fictional) victim the rules withhold.
@@ -286,11 +300,7 @@ mod tests {
             kind: "alert".into(),
             recipients: vec!["metro-police".into(), "county-sheriff".into()],
             purpose: "safety_alert".into(),
-            fields: HashMap::from([
-                ("incident_type".into(), text("suspected_trafficking")),
-                ("location_area".into(), text("Fictional Quay, dock 4")),
-                ("victim_name".into(), text("Nobody Real")),
-            ]),
+            field_names: vec!["incident_type".into(), "location_area".into(), "victim_name".into()],
             ..Default::default()
         };
         crate::envelope::parse(Some(env), bundle, &caseworker().org, true).unwrap()
@@ -314,7 +324,8 @@ mod tests {
     fn a_new_alert_queues_a_minimized_copy_per_recipient_with_its_entries() {
         let b = bundle();
         let mut fx = Effects::default();
-        let (resp, woken) = submit_in(&fresh(), &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let (resp, woken) =
+            submit_in(&fresh(), &mut fx, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap();
         assert_eq!(woken, ["metro-police", "county-sheriff"]);
         assert_eq!(outcome(&resp, "metro-police"), pb::recipient_outcome::Outcome::Queued);
         assert!(!resp.replayed);
@@ -333,16 +344,19 @@ mod tests {
     fn the_same_message_again_replays_the_stored_reply_and_queues_nothing() {
         let b = bundle();
         let mut first = Effects::default();
-        let (resp, _) = submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let (resp, _) =
+            submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap();
         let stored = (first.rows.messages[0].content_sha256.clone(), first.rows.messages[0].response.clone());
         let seen = Prefetched::held().with_message("harbor", MESSAGE, Some(stored)).with_counts("harbor", &[]);
         let mut fx = Effects::default();
-        let (again, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let (again, woken) =
+            submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap();
         assert!(again.replayed && woken.is_empty());
         assert_eq!(again.outcomes, resp.outcomes);
         assert!(fx.rows.messages.is_empty() && fx.rows.deliveries.is_empty() && fx.audit.is_empty());
         // An earlier unit of the same batch counts as well.
-        let (again, _) = submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let (again, _) =
+            submit_in(&fresh(), &mut first, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap();
         assert!(again.replayed);
         assert_eq!(first.rows.messages.len(), 1);
     }
@@ -352,7 +366,7 @@ mod tests {
         let b = bundle();
         let seen = Prefetched::held().with_message("harbor", MESSAGE, Some(("other".into(), Vec::new())));
         let mut fx = Effects::default();
-        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap_err();
+        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap_err();
         assert!(matches!(&e, Error::Submit(SubmitError::MessageIdReused { id }) if id == MESSAGE), "{e:?}");
         assert!(fx.rows.messages.is_empty() && fx.audit.is_empty());
     }
@@ -364,7 +378,8 @@ mod tests {
         let seen =
             Prefetched::held().with_message("harbor", MESSAGE, None).with_counts("harbor", &[("metro-police", quota)]);
         let mut fx = Effects::default();
-        let (resp, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap();
+        let (resp, woken) =
+            submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), alert(&b), &copies()).unwrap();
         assert_eq!(outcome(&resp, "metro-police"), pb::recipient_outcome::Outcome::QuotaExceeded);
         assert_eq!(outcome(&resp, "county-sheriff"), pb::recipient_outcome::Outcome::Queued);
         assert_eq!(woken, ["county-sheriff"]);
@@ -384,17 +399,13 @@ mod tests {
             purpose: "housing".into(),
             subject_pseudonym: "s-fictional-subject-000007".into(),
             consent_id: consent.into(),
-            fields: HashMap::from([
-                ("urgency".into(), text("high")),
-                ("safe_to_contact_by".into(), text("through_caseworker")),
-                ("survivor_first_name".into(), text("Rosa (fictional)")),
-            ]),
+            field_names: vec!["urgency".into(), "safe_to_contact_by".into(), "survivor_first_name".into()],
             ..Default::default()
         };
         let env = crate::envelope::parse(Some(env), &b, &caseworker().org, true).unwrap();
         let seen = fresh().with_consent(consent, None);
         let mut fx = Effects::default();
-        let (resp, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env).unwrap();
+        let (resp, woken) = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env, &copies()).unwrap();
         assert_eq!(outcome(&resp, "maple-house"), pb::recipient_outcome::Outcome::Denied);
         assert!(woken.is_empty() && fx.rows.deliveries.is_empty() && fx.counts.is_empty());
         assert_eq!(fx.rows.messages.len(), 1, "the reply is kept, so a retry gets the same answer");
@@ -409,7 +420,7 @@ mod tests {
         env.consent_id = Some(crate::envelope::ConsentId::parse(consent).unwrap());
         let seen = fresh().with_damaged_consent(consent, "a stored consent receipt cannot be decoded");
         let mut fx = Effects::default();
-        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env).unwrap_err();
+        let e = submit_in(&seen, &mut fx, &context(b.clone()), &caseworker(), env, &copies()).unwrap_err();
         assert!(
             matches!(&e, Error::Store(crate::store::StoreError::Unreadable(why)) if why.contains("decoded")),
             "{e:?}"
@@ -422,8 +433,34 @@ mod tests {
     fn facts_the_batch_did_not_read_are_a_bug_not_a_guess() {
         let b = bundle();
         let mut fx = Effects::default();
-        let e = submit_in(&Prefetched::held(), &mut fx, &context(b.clone()), &caseworker(), alert(&b)).unwrap_err();
+        let e = submit_in(&Prefetched::held(), &mut fx, &context(b.clone()), &caseworker(), alert(&b), &copies())
+            .unwrap_err();
         assert!(matches!(e, Error::Submit(SubmitError::FactsUnread { .. })), "{e:?}");
         assert_eq!(crate::error::code(&e), tonic::Code::Internal, "a bug, not a retry");
+    }
+
+    #[test]
+    fn a_copy_that_does_not_fit_the_decision_refuses_its_recipient_only() {
+        let b = bundle();
+        let exceeding = Copies::assumed(&[
+            ("metro-police", &["incident_type", "location_area", "victim_name"]),
+            ("county-sheriff", &["incident_type"]),
+        ]);
+        let mut fx = Effects::default();
+        let (resp, woken) =
+            submit_in(&fresh(), &mut fx, &context(b.clone()), &caseworker(), alert(&b), &exceeding).unwrap();
+        assert_eq!(outcome(&resp, "metro-police"), pb::recipient_outcome::Outcome::Denied);
+        let d = resp.outcomes.iter().find(|o| o.recipient == "metro-police").unwrap().decision.clone().unwrap();
+        assert_eq!(d.reason_code, "manifest_exceeds_grant");
+        assert!(d.reason_detail.contains("victim_name"), "{}", d.reason_detail);
+        assert_eq!(woken, ["county-sheriff"]);
+        let sheriff = fx.rows.deliveries.iter().find(|r| r.recipient == "county-sheriff").unwrap();
+        assert_eq!(sheriff.released_fields, r#"["incident_type"]"#, "what was sealed is what is released");
+
+        let none = Copies::assumed(&[("county-sheriff", &["incident_type"])]);
+        let mut fx = Effects::default();
+        let (resp, _) = submit_in(&fresh(), &mut fx, &context(b.clone()), &caseworker(), alert(&b), &none).unwrap();
+        let d = resp.outcomes.iter().find(|o| o.recipient == "metro-police").unwrap().decision.clone().unwrap();
+        assert_eq!(d.reason_code, "no_sealed_copy");
     }
 }

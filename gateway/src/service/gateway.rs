@@ -46,10 +46,16 @@ impl GatewayRpc for GatewayService {
 
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let caller = caller(&req)?;
-        let env = envelope::parse(req.into_inner().envelope, &self.gateway.bundle(), &caller.org, true)?;
         let g = &self.gateway;
+        // One bundle for the whole submission: the copies are checked against it and it decides.
+        let bundle = g.bundle();
+        let r = req.into_inner();
+        let env = envelope::parse(r.envelope, &bundle, &caller.org, true)?;
+        let now = g.clock().now_micros().div_euclid(1_000_000);
+        let copies =
+            routing::sealed::check(g.store(), &bundle, &caller, &env, &r.bundle_version, r.copies, now).await?;
         let (resp, woken) =
-            routing::submit::submit(g.commits(), g.clock(), g.bundle(), *g.pseudonym_key(), &caller, env).await?;
+            routing::submit::submit(g.commits(), g.clock(), bundle, *g.pseudonym_key(), &caller, env, copies).await?;
         g.wake(&woken);
         Ok(Response::new(resp))
     }
@@ -176,6 +182,30 @@ impl GatewayRpc for GatewayService {
         let r = req.into_inner();
         let read = crate::keys::read(self.gateway.store(), r.from_seq, r.limit).await?;
         Ok(Response::new(super::settle(self.gateway.store(), read).await?))
+    }
+
+    async fn policy_bundle(&self, req: Request<PolicyBundleRequest>) -> Result<Response<PolicyBundleResponse>, Status> {
+        caller(&req)?;
+        let bundle = self.gateway.bundle();
+        Ok(Response::new(PolicyBundleResponse {
+            bundle_version: bundle.version_id().to_owned(),
+            files: bundle.files().iter().cloned().collect(),
+        }))
+    }
+
+    async fn report_integrity_failure(
+        &self,
+        req: Request<ReportIntegrityFailureRequest>,
+    ) -> Result<Response<ReportIntegrityFailureResponse>, Status> {
+        let caller = caller(&req)?;
+        let g = &self.gateway;
+        let r = req.into_inner();
+        let sender = r.sender.clone();
+        let resp = crate::integrity::report(g.store(), g.commits(), &g.stamp(), &caller, r).await?;
+        if resp.recorded {
+            g.wake(&[sender]);
+        }
+        Ok(Response::new(resp))
     }
 
     async fn network_info(&self, req: Request<NetworkInfoRequest>) -> Result<Response<NetworkInfoResponse>, Status> {

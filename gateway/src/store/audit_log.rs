@@ -299,3 +299,15 @@ pub async fn view_recorded(pool: &sqlx::AnyPool, org: &str, view_id: &str) -> Re
     .await?;
     Ok(n > 0)
 }
+
+/// Whether `org` already reported an integrity failure of message `message_id`.
+pub async fn integrity_failure_recorded(pool: &sqlx::AnyPool, org: &str, message_id: &str) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'integrity_failure' AND actor_org = $1 AND object_id = $2",
+    )
+    .bind(org)
+    .bind(message_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}

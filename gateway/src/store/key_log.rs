@@ -115,3 +115,15 @@ pub async fn entries(pool: &sqlx::AnyPool, from: u64, limit: u32) -> Result<Vec<
         })
         .collect()
 }
+
+/// The statements of one organization, in log order: `(key id, action, statement)`.
+pub(crate) async fn statements_of(
+    pool: &sqlx::AnyPool,
+    org: &str,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT key_id, action, statement FROM key_log WHERE org = $1 ORDER BY seq")
+        .bind(org)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("action")?, r.try_get("statement")?))).collect()
+}

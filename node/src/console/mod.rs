@@ -95,6 +95,8 @@ pub struct Console {
     pub keep_scans: bool,
     /// Where the organization's sealing keys' private halves are kept.
     pub sealing_keys: crate::sealing::KeyFolder,
+    /// What sending a message needs (sealing it first).
+    pub sending: crate::seal::Sending,
     pub origin: PublicOrigin,
     /// Becomes true when the node stops: live-update streams end so connections can close.
     pub stopping: watch::Receiver<bool>,

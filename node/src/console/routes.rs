@@ -1173,7 +1173,7 @@ async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> R
     }
     let who = &signed.session.person;
     if value("step") == "send" {
-        return match actions::send(&console.store, &console.link, &console.clock, who, env).await {
+        return match actions::send(&console.sending, who, env).await {
             Ok(sent) => Redirect::to(&format!("/messages/{}", pages::urlencode(&sent.message_id))).into_response(),
             Err(s) => {
                 let problems = [(String::new(), s.message().to_owned())];
@@ -1181,7 +1181,7 @@ async fn message_form(console: &Console, posted: Posted<Pairs>, kind: &str) -> R
             }
         };
     }
-    match actions::preview(&console.network, &console.link, who, env).await {
+    match actions::preview(&console.sending, &console.network, who, env).await {
         Ok(decided) => html(render(&[], Some(&decided))),
         Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::FailedPrecondition => {
             let problems = [(String::new(), s.message().to_owned())];

@@ -85,6 +85,9 @@ pub struct Bundle {
     /// (no pins), a rule naming a type no organization has yet. `policy check` prints them and the
     /// gateway logs them; they never stop a bundle.
     warnings: Vec<Located>,
+    /// The files the version hashes, by path inside the bundle, as read (empty for a bundle built in
+    /// memory). The gateway serves them to nodes, which decide on the same bundle before sealing.
+    files: Vec<(String, String)>,
 }
 
 /// The files of a bundle, in the order the version hashes them.
@@ -149,6 +152,7 @@ impl Bundle {
             let name = src.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             content.push((format!("rules/{name}"), src.text.as_str()));
         }
+        let files: Vec<(String, String)> = content.iter().map(|(n, t)| (n.clone(), (*t).to_owned())).collect();
         let digest = digest_files(content);
         // The rules that did parse are checked even when something else is wrong (with default network
         // parameters if network.toml is broken), so one run lists every problem.
@@ -156,6 +160,7 @@ impl Bundle {
         match assemble(parts, &spans, &rule_sources, digest) {
             Ok(mut bundle) if problems.is_empty() => {
                 bundle.warnings = files::in_order(warnings);
+                bundle.files = files;
                 Ok(bundle)
             }
             Ok(_) => Err(files::in_order(problems)),
@@ -195,6 +200,32 @@ impl Bundle {
     /// What a reviewer should see but does not stop the bundle, in reading order (see the field).
     pub fn warnings(&self) -> &[Located] {
         &self.warnings
+    }
+
+    /// The files the version hashes, by path inside the bundle (`network.toml`, `rules/<name>.toml`,
+    /// ...). Empty for a bundle built in memory.
+    pub fn files(&self) -> &[(String, String)] {
+        &self.files
+    }
+
+    /// Writes the bundle's files under `dir` (which must exist), so that [`Bundle::load`] reads the
+    /// same bundle there: how a node keeps the bundles it decided under.
+    pub fn write_files(files: &[(String, String)], dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("rules"))?;
+        for (name, text) in files {
+            let ok = TOP_FILES.contains(&name.as_str())
+                || name.strip_prefix("rules/").is_some_and(|f| {
+                    !f.is_empty() && !f.contains(['/', '\\']) && !f.starts_with('.') && f.ends_with(".toml")
+                });
+            if !ok {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("`{}` is not a file of a policy bundle", haven_trust::untrusted::shown(name)),
+                ));
+            }
+            std::fs::write(dir.join(name), text)?;
+        }
+        Ok(())
     }
 
     /// The organization registry.
@@ -396,6 +427,7 @@ fn assemble(
         version_id: version.id(),
         version,
         warnings: Vec::new(),
+        files: Vec::new(),
         registry: parts.registry,
         network: parts.network,
         purposes: parts.purposes,

@@ -127,6 +127,26 @@ impl Decision {
         }
     }
 
+    /// An allow narrowed to the fields the sender sealed: those become the released fields and the rest
+    /// of the release joins the withheld ones. `Err` names the sealed fields the decision does not
+    /// release (the copy exceeds the grant). A deny stays a deny.
+    pub fn narrowed_to(self, sealed: &[String]) -> Result<Decision, Vec<String>> {
+        match self {
+            Decision::Allow { rule_ids, released, mut withheld, bundle_version } => {
+                let exceeding: Vec<String> = sealed.iter().filter(|f| !released.contains(f)).cloned().collect();
+                if !exceeding.is_empty() {
+                    return Err(exceeding);
+                }
+                let (kept, dropped): (Vec<String>, Vec<String>) =
+                    released.into_iter().partition(|f| sealed.contains(f));
+                withheld.extend(dropped);
+                withheld.sort_unstable();
+                Ok(Decision::Allow { rule_ids, released: kept, withheld, bundle_version })
+            }
+            deny @ Decision::Deny { .. } => Ok(deny),
+        }
+    }
+
     /// The same recipient refused after the rules allowed it, for a reason outside them (the queue
     /// quota): nothing released, every field present withheld, the rules kept.
     pub fn refused(self, reason: DenyReason, detail: Option<String>) -> Decision {
@@ -212,6 +232,14 @@ deny_reasons! {
     /// The registry pins no TLS or no signing certificate of the recipient, so its node can never
     /// connect and nothing is queued for it. Decided by the router, never by [`decide`].
     RecipientNotPinned = "recipient_not_pinned", "the recipient has no pinned certificates, so its node cannot connect";
+    /// The sealed copy's manifest lists a field the decision withholds. Decided by the router.
+    ManifestExceedsGrant = "manifest_exceeds_grant", "the sealed copy lists a field the policy does not release to this recipient";
+    /// The sealed copy's manifest does not verify or does not match the envelope. Decided by the router.
+    ManifestMismatch = "manifest_mismatch", "the sealed copy's manifest does not verify or does not match the message";
+    /// The sealed copy is sealed to a key that is not the recipient's current sealing key. Decided by the router.
+    UnknownSealingKey = "unknown_sealing_key", "the sealed copy is not sealed to the recipient's current sealing key";
+    /// The policy allows the recipient but the sender sealed no copy for it. Decided by the router.
+    NoSealedCopy = "no_sealed_copy", "the sender sealed no copy for this recipient";
 }
 
 impl DenyReason {

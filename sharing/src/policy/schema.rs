@@ -354,6 +354,24 @@ impl Schema {
 
     /// Checks a message's fields against its kind, reporting every problem.
     pub fn validate(&self, kind: &str, fields: &BTreeMap<String, FieldValue>) -> Result<(), Vec<FieldProblem>> {
+        self.validate_items(kind, fields.iter().map(|(n, v)| (n, Some(v))))
+    }
+
+    /// Checks the names of a message's fields without their values (the gateway's view of a sealed
+    /// message): every name known for `kind`, every required field present.
+    pub fn validate_names<'a>(
+        &self,
+        kind: &str,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), Vec<FieldProblem>> {
+        self.validate_items(kind, names.into_iter().map(|n| (n, None)))
+    }
+
+    fn validate_items<'a>(
+        &self,
+        kind: &str,
+        items: impl Iterator<Item = (&'a String, Option<&'a FieldValue>)>,
+    ) -> Result<(), Vec<FieldProblem>> {
         let Some(def) = self.kind(kind) else {
             let did_you_mean = haven_trust::source::near_miss(kind, self.kinds.iter().map(|k| k.name.as_str()));
             return Err(vec![FieldProblem::UnknownKind {
@@ -362,7 +380,9 @@ impl Schema {
             }]);
         };
         let mut problems = Vec::new();
-        for (name, value) in fields {
+        let mut present = BTreeSet::new();
+        for (name, value) in items {
+            present.insert(name.as_str());
             match def.field(name) {
                 None => problems.push(FieldProblem::UnknownField {
                     kind: kind.to_owned(),
@@ -373,10 +393,14 @@ impl Schema {
                         .then(|| haven_trust::source::near_miss(name, def.field_names()).map(str::to_owned))
                         .flatten(),
                 }),
-                Some(f) => check_value(f, value, &mut problems),
+                Some(f) => {
+                    if let Some(value) = value {
+                        check_value(f, value, &mut problems)
+                    }
+                }
             }
         }
-        for f in def.fields.iter().filter(|f| f.required && !fields.contains_key(&f.name)) {
+        for f in def.fields.iter().filter(|f| f.required && !present.contains(f.name.as_str())) {
             problems.push(FieldProblem::MissingRequired { field: f.name.clone() });
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }

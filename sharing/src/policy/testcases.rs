@@ -540,7 +540,14 @@ mod tests {
             assert!(rules.contains(rule.id.as_str()), "no case exercises rule `{}`", rule.id);
         }
         let reasons: BTreeSet<DenyReason> = decisions.iter().filter_map(|d| d.reason()).collect();
-        let by_the_router = [DenyReason::QuotaExceeded, DenyReason::RecipientNotPinned];
+        let by_the_router = [
+            DenyReason::QuotaExceeded,
+            DenyReason::RecipientNotPinned,
+            DenyReason::ManifestExceedsGrant,
+            DenyReason::ManifestMismatch,
+            DenyReason::UnknownSealingKey,
+            DenyReason::NoSealedCopy,
+        ];
         for reason in DenyReason::all().iter().filter(|r| !by_the_router.contains(r)) {
             assert!(reasons.contains(reason), "no case produces `{}`", reason.code());
         }

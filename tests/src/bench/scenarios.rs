@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use haven_tests::sender::Sender;
+
 use super::echo;
 use super::load::{self, Load, Window};
 use super::network::{BenchNet, Db, FreshDb, MANY_SENDERS, Proc};
@@ -218,11 +220,17 @@ async fn referrals(link: &GatewayLink, to: &OrgId, n: usize) -> anyhow::Result<V
     Ok(out)
 }
 
-/// Submits `env` as it is (message id included) and checks that `want` recipients were queued.
-async fn submit(link: &GatewayLink, person: &PersonId, env: pb::Envelope, want: usize) -> Result<(), String> {
-    let req = link
-        .request(person, Role::Caseworker, pb::SubmitRequest { envelope: Some(env) })
-        .map_err(|s| status_text(&s))?;
+/// Seals `env` as the sender's node would (message id included), submits it and checks that `want`
+/// recipients were queued. Sealing is in the figures, as it is at a node.
+async fn submit(
+    sender: &Sender,
+    link: &GatewayLink,
+    person: &PersonId,
+    env: pb::Envelope,
+    want: usize,
+) -> Result<(), String> {
+    let sealed = sender.seal(person, Role::Caseworker, &env).await.map_err(|s| status_text(&s))?;
+    let req = link.request(person, Role::Caseworker, sealed).map_err(|s| status_text(&s))?;
     let resp = GatewayClient::new(link.channel()).submit(req).await.map_err(|s| status_text(&s))?.into_inner();
     let queued = pb::recipient_outcome::Outcome::Queued as i32;
     let n = resp.outcomes.iter().filter(|o| o.outcome == queued).count();
@@ -236,6 +244,26 @@ async fn submit(link: &GatewayLink, person: &PersonId, env: pb::Envelope, want: 
         return Err(format!("{n} of {} recipients queued, {want} expected ({why})", resp.outcomes.len()));
     }
     Ok(())
+}
+
+/// A sealing sender for `link`'s organization, after publishing a sealing key for each of `recipients`
+/// (organizations with no node in the benchmark, as `haven-node keys init` would for theirs).
+async fn sender_for(b: &Bench, url: &str, link: &GatewayLink, recipients: &[OrgId]) -> anyhow::Result<Arc<Sender>> {
+    for r in recipients {
+        haven_tests::sender::publish_key(&b.link(url, r)?)
+            .await
+            .map_err(|s| anyhow::anyhow!("a sealing key for {r}: {}", status_text(&s)))?;
+    }
+    Ok(Arc::new(Sender::new(link.clone()).await.map_err(|s| anyhow::anyhow!("the sender: {}", status_text(&s)))?))
+}
+
+/// The liaisons of the bench network: the sample's two and the bench's own.
+fn liaisons() -> anyhow::Result<Vec<OrgId>> {
+    let mut out = vec![org("metro-police")?, org("county-sheriff")?];
+    for i in 1..=super::network::EXTRA_LIAISONS {
+        out.push(org(&format!("bench-le-{i:02}"))?);
+    }
+    Ok(out)
 }
 
 /// Operations waiting for their message to reach its recipient, by message id.
@@ -275,6 +303,7 @@ impl Waiters {
 
 /// Submits a referral and waits until the recipient has it; returns when it arrived.
 async fn submit_and_wait(
+    sender: &Sender,
     link: &GatewayLink,
     person: &PersonId,
     mut env: pb::Envelope,
@@ -284,7 +313,7 @@ async fn submit_and_wait(
     let id = Uuid::now_v7().to_string();
     env.message_id = id.clone();
     let arrived = waiters.expect(&id);
-    if let Err(e) = submit(link, person, env, 1).await {
+    if let Err(e) = submit(sender, link, person, env, 1).await {
         waiters.forget(&id);
         return Err(e);
     }
@@ -344,13 +373,14 @@ pub async fn submit_only(b: &Bench) -> anyhow::Result<Vec<Figures>> {
     let result = async {
         let link = b.link(&gw.url(), &org(SENDER)?)?;
         let envs = referrals(&link, &org(RECIPIENT)?, b.settings.concurrency).await?;
+        let sender = sender_for(b, &gw.url(), &link, &[org(RECIPIENT)?]).await?;
         let person = PersonId::parse(PERSON)?;
         let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, move |i| {
             let env = envs[(i % envs.len() as u64) as usize].clone();
-            let (link, person, mut env) = (link.clone(), person.clone(), env);
+            let (link, person, mut env, sender) = (link.clone(), person.clone(), env, sender.clone());
             async move {
                 env.message_id = Uuid::now_v7().to_string();
-                submit(&link, &person, env, 1).await?;
+                submit(&sender, &link, &person, env, 1).await?;
                 Ok(Instant::now())
             }
         })
@@ -379,6 +409,7 @@ impl InProcessNode {
         users.add(PersonId::parse("sam-caseworker")?, Role::Caseworker);
         users.save(&dir.join("users.toml"))?;
         let config = NodeConfig {
+            first_sealing_key: true,
             link: LinkConfig::from_certs_dir(url.to_owned(), &b.net.certs, org.clone()),
             database: dir.join("node.db").display().to_string(),
             users: dir.join("users.toml"),
@@ -454,14 +485,16 @@ pub async fn e2e(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         let watcher = tokio::spawn(watch_arrivals(node.state.clone(), waiters.clone()));
         let link = b.link(&gw.url(), &org(SENDER)?)?;
         let envs = Arc::new(referrals(&link, &org(RECIPIENT)?, b.settings.concurrency).await?);
+        // The recipient's node published its own key when it started.
+        let sender = sender_for(b, &gw.url(), &link, &[]).await?;
         let person = PersonId::parse(PERSON)?;
         let timeout = b.settings.e2e_timeout;
         let op = {
             let waiters = waiters.clone();
             move |i| {
                 let env = envs[(i % envs.len() as u64) as usize].clone();
-                let (link, person, waiters) = (link.clone(), person.clone(), waiters.clone());
-                async move { submit_and_wait(&link, &person, env, &waiters, timeout).await }
+                let (link, person, waiters, sender) = (link.clone(), person.clone(), waiters.clone(), sender.clone());
+                async move { submit_and_wait(&sender, &link, &person, env, &waiters, timeout).await }
             }
         };
         let closed = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, op.clone()).await;
@@ -495,10 +528,25 @@ pub async fn fanout(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         let person = PersonId::parse(PERSON)?;
         // The first alert checks the fan-out (and connects).
         let mut first = Err(String::new());
+        let mut sender = None;
         for _ in 0..50 {
+            let s = match sender.clone() {
+                Some(s) => s,
+                None => match sender_for(b, &gw.url(), &link, &liaisons()?).await {
+                    Ok(s) => {
+                        sender = Some(s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        first = Err(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
             let mut env = alert();
             env.message_id = Uuid::now_v7().to_string();
-            first = submit(&link, &person, env, ALERT_RECIPIENTS).await;
+            first = submit(&s, &link, &person, env, ALERT_RECIPIENTS).await;
             if first.as_ref().is_ok() || !first.as_ref().is_err_and(|e| e.starts_with("Unavailable")) {
                 break;
             }
@@ -507,12 +555,13 @@ pub async fn fanout(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         if let Err(e) = first {
             bail!("the first alert: {e}");
         }
+        let sender = sender.context("no sender")?;
         let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, move |_| {
-            let (link, person) = (link.clone(), person.clone());
+            let (link, person, sender) = (link.clone(), person.clone(), sender.clone());
             async move {
                 let mut env = alert();
                 env.message_id = Uuid::now_v7().to_string();
-                submit(&link, &person, env, ALERT_RECIPIENTS).await?;
+                submit(&sender, &link, &person, env, ALERT_RECIPIENTS).await?;
                 Ok(Instant::now())
             }
         })
@@ -617,18 +666,22 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         let harbor = b.link(&url, &org(SENDER)?)?;
         let person = PersonId::parse(PERSON)?;
         let alerts = b.settings.queued.div_ceil(ALERT_RECIPIENTS);
+        let shelters: Vec<OrgId> = many[MANY_SENDERS..2 * MANY_SENDERS].to_vec();
+        let mut keyed = liaisons()?;
+        keyed.extend(shelters);
+        let harbor_sender = sender_for(b, &url, &harbor, &keyed).await?;
         // Fewer writers than the measured scenarios: this is set-up, and on SQLite a crowd of writers
         // can starve one past its busy timeout. A submission refused as unavailable committed
         // nothing, so it is sent again.
         let results: Vec<Result<u32, String>> = futures::stream::iter(0..alerts)
             .map(|_| {
-                let (link, person) = (harbor.clone(), person.clone());
+                let (link, person, sender) = (harbor.clone(), person.clone(), harbor_sender.clone());
                 async move {
                     let mut retries = 0;
                     loop {
                         let mut env = alert();
                         env.message_id = Uuid::now_v7().to_string();
-                        match submit(&link, &person, env, ALERT_RECIPIENTS).await {
+                        match submit(&sender, &link, &person, env, ALERT_RECIPIENTS).await {
                             Ok(()) => return Ok(retries),
                             Err(e) if e.starts_with("Unavailable") && retries < 5 => {
                                 retries += 1;
@@ -686,19 +739,27 @@ pub async fn many_orgs(b: &Bench) -> anyhow::Result<Vec<Figures>> {
         extra.insert("rss_mib_idle_all_connected".into(), json!(status_mib(pid, "VmRSS").map(|m| m.round())));
 
         // 4. Traffic among ten of them: NGO i refers to shelter i and waits for the shelter's stream.
+        let mut senders = Vec::new();
+        for link in links.iter().take(MANY_SENDERS) {
+            senders.push(sender_for(b, &url, link, &[]).await?);
+        }
         let mut pairs = Vec::new();
         for w in 0..b.settings.concurrency {
             let i = w % MANY_SENDERS;
             let (consent_id, subject) = register_consent(&links[i], &["housing"], &["shelter"]).await?;
-            pairs.push((links[i].clone(), referral(&many[MANY_SENDERS + i], &subject, &consent_id)));
+            pairs.push((
+                senders[i].clone(),
+                links[i].clone(),
+                referral(&many[MANY_SENDERS + i], &subject, &consent_id),
+            ));
         }
         let timeout = b.settings.e2e_timeout;
         let load = load::closed_loop(b.settings.concurrency, b.settings.window, &probe, {
             let waiters = waiters.clone();
             move |i| {
-                let (link, env) = pairs[(i % pairs.len() as u64) as usize].clone();
+                let (sender, link, env) = pairs[(i % pairs.len() as u64) as usize].clone();
                 let (person, waiters) = (person.clone(), waiters.clone());
-                async move { submit_and_wait(&link, &person, env, &waiters, timeout).await }
+                async move { submit_and_wait(&sender, &link, &person, env, &waiters, timeout).await }
             }
         })
         .await;

@@ -116,6 +116,7 @@ async fn run_node(dir: &Path, org: OrgId, gateway: String) -> anyhow::Result<()>
     let node_dir = dir.join("nodes").join(org.as_str());
     let link = haven_node::link::LinkConfig::from_certs_dir(gateway, &CertsDir(dir.join("certs")), org);
     let config = haven_node::app::NodeConfig {
+        first_sealing_key: true,
         link,
         database: node_dir.join("node.db").display().to_string(),
         users: node_dir.join("users.toml"),

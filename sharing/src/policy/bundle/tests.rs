@@ -468,3 +468,18 @@ fn every_label_and_description_has_each_language_the_network_lists() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_bundle_written_from_its_files_loads_with_the_same_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bundle::load(&shipped_dir(), None).unwrap();
+    assert!(b.files().iter().any(|(n, _)| n == "network.toml"));
+    assert!(b.files().iter().any(|(n, _)| n.starts_with("rules/")));
+    Bundle::write_files(b.files(), dir.path()).unwrap();
+    let again = Bundle::load(dir.path(), None).unwrap();
+    assert_eq!(again.version_id(), b.version_id());
+    for bad in ["../orgs.toml", "rules/../../x.toml", "rules/.hidden.toml", "secrets.txt", "rules/"] {
+        let e = Bundle::write_files(&[(bad.to_owned(), String::new())], dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is not a file of a policy bundle"), "{bad}: {e}");
+    }
+}

@@ -379,7 +379,7 @@ fn names_the_bundle_does_not_know_are_denied_without_looking_at_rules() {
 #[test]
 fn reason_codes_are_stable_unique_snake_case_and_round_trip() {
     let all = DenyReason::all();
-    assert_eq!(all.len(), 20);
+    assert_eq!(all.len(), 24);
     let mut codes: Vec<&str> = all.iter().map(|r| r.code()).collect();
     for (reason, code) in all.iter().zip(&codes) {
         assert_eq!(DenyReason::from_code(code), Some(*reason));
@@ -491,4 +491,23 @@ fn an_allow_refused_for_a_reason_outside_the_rules_releases_nothing_and_keeps_it
     assert_eq!(d.bundle_version(), "sha256:00");
     let again = d.clone().refused(DenyReason::NoRuleMatched, None);
     assert_eq!(again, d, "a deny stays the deny it was");
+}
+
+#[test]
+fn an_allow_narrows_to_the_sealed_fields_and_refuses_more() {
+    let allow = Decision::Allow {
+        rule_ids: vec!["r1".into()],
+        released: vec!["survivor_first_name".into(), "urgency".into()],
+        withheld: vec!["date_of_birth".into()],
+        bundle_version: "sha256:00".into(),
+    };
+    let narrowed = allow.clone().narrowed_to(&["urgency".into()]).unwrap();
+    assert_eq!(narrowed.released(), &["urgency".to_owned()][..]);
+    assert_eq!(narrowed.withheld(), &["date_of_birth".to_owned(), "survivor_first_name".to_owned()][..]);
+    assert_eq!(
+        allow.clone().narrowed_to(&["date_of_birth".into(), "urgency".into()]),
+        Err(vec!["date_of_birth".into()])
+    );
+    let deny = allow.refused(DenyReason::QuotaExceeded, None);
+    assert_eq!(deny.clone().narrowed_to(&["urgency".into()]), Ok(deny));
 }

@@ -1,0 +1,120 @@
+//! The policy bundles this node decides and checks under. A sender's node decides each send on the
+//! bundle in force before it seals anything, so a gateway that lied about the policy could only
+//! withhold, never widen; a recipient's node checks a copy's values against the schema of the bundle
+//! the copy names.
+//!
+//! A bundle comes from the gateway (`Gateway.PolicyBundle`) as its files. The node writes them to a
+//! private temporary folder, loads them with the same code the gateway uses, and keeps the bundle only
+//! if its version (the SHA-256 of the files) is the one the gateway named. Bundles are kept in the
+//! node's database by version, so old ones stay available.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use haven_proto::v1::gateway_client::GatewayClient;
+use haven_proto::v1::{PolicyBundleRequest, PolicyBundleResponse};
+use haven_sharing::policy::Bundle;
+use haven_trust::ids::{PersonId, Role};
+use tonic::Status;
+
+use crate::link::GatewayLink;
+use crate::store::NodeStore;
+
+/// The bundles loaded so far, by version, and the newest one fetched. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Bundles {
+    inner: Arc<Mutex<Loaded>>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    by_version: HashMap<String, Arc<Bundle>>,
+    newest: Option<Arc<Bundle>>,
+}
+
+impl Bundles {
+    /// The bundle this node last learned is in force, fetched if it knows none.
+    pub async fn current(&self, store: &NodeStore, link: &GatewayLink) -> Result<Arc<Bundle>, Status> {
+        let newest = self.inner.lock().map(|l| l.newest.clone()).unwrap_or_default();
+        match newest {
+            Some(b) => Ok(b),
+            None => self.refresh(store, link).await,
+        }
+    }
+
+    /// Fetches the bundle in force from the gateway, checks its version and keeps it.
+    pub async fn refresh(&self, store: &NodeStore, link: &GatewayLink) -> Result<Arc<Bundle>, Status> {
+        let request = link.request(&PersonId::node(), Role::Node, PolicyBundleRequest {})?;
+        let PolicyBundleResponse { bundle_version, files } =
+            GatewayClient::new(link.channel()).policy_bundle(request).await.map_err(|s| link.relay(s))?.into_inner();
+        let files: BTreeMap<String, String> = files.into_iter().collect();
+        let bundle = Arc::new(load(&files, &bundle_version)?);
+        let json = serde_json::to_string(&files).map_err(|e| Status::internal(e.to_string()))?;
+        sqlx::query("INSERT INTO policy_bundle (version, files, fetched_at_micros) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING")
+            .bind(&bundle_version)
+            .bind(json)
+            .bind(link.clock().now_micros())
+            .execute(store.pool())
+            .await
+            .map_err(crate::store::status)?;
+        if let Ok(mut l) = self.inner.lock() {
+            l.by_version.insert(bundle_version, bundle.clone());
+            l.newest = Some(bundle.clone());
+        }
+        Ok(bundle)
+    }
+
+    /// The bundle of `version`: loaded before, kept in the database, or the one in force if that is it.
+    /// `None` when this node never had it.
+    pub async fn by_version(
+        &self,
+        store: &NodeStore,
+        link: &GatewayLink,
+        version: &str,
+    ) -> Result<Option<Arc<Bundle>>, Status> {
+        if let Some(b) = self.inner.lock().ok().and_then(|l| l.by_version.get(version).cloned()) {
+            return Ok(Some(b));
+        }
+        let kept: Option<String> = sqlx::query_scalar("SELECT files FROM policy_bundle WHERE version = $1")
+            .bind(version)
+            .fetch_optional(store.pool())
+            .await
+            .map_err(crate::store::status)?;
+        if let Some(json) = kept {
+            let files: BTreeMap<String, String> = serde_json::from_str(&json)
+                .map_err(|e| Status::internal(format!("a kept policy bundle is unreadable: {e}")))?;
+            let bundle = Arc::new(load(&files, version)?);
+            if let Ok(mut l) = self.inner.lock() {
+                l.by_version.insert(version.to_owned(), bundle.clone());
+            }
+            return Ok(Some(bundle));
+        }
+        let current = self.refresh(store, link).await?;
+        Ok((current.version_id() == version).then_some(current))
+    }
+}
+
+/// Loads a bundle from its files and checks that it is `version`.
+fn load(files: &BTreeMap<String, String>, version: &str) -> Result<Bundle, Status> {
+    let dir = tempfile::tempdir()
+        .map_err(|e| Status::internal(format!("cannot make a folder for the policy bundle: {e}")))?;
+    let files: Vec<(String, String)> = files.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+    Bundle::write_files(&files, dir.path()).map_err(|e| {
+        Status::failed_precondition(format!("the gateway served a policy bundle this node cannot keep: {e}"))
+    })?;
+    let bundle = Bundle::load(dir.path(), None).map_err(|problems| {
+        let first = problems.first().map(|p| p.message.clone()).unwrap_or_default();
+        Status::failed_precondition(format!(
+            "the gateway served a policy bundle that does not load ({} problems; the first: {first})",
+            problems.len()
+        ))
+    })?;
+    if bundle.version_id() != version {
+        return Err(Status::failed_precondition(format!(
+            "the gateway served files whose version is {}, but named them {}: this node does not decide on them",
+            bundle.version_id(),
+            haven_trust::untrusted::shown(version)
+        )));
+    }
+    Ok(bundle)
+}
