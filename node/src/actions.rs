@@ -166,14 +166,14 @@ pub async fn send(kit: &Sending, who: &Person, mut env: Envelope) -> Result<Send
         env.message_id = uuid::Uuid::now_v7().to_string();
     }
     // The values are checked against the schema before anything is kept: a wrong value is named now.
-    let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
-    haven_sharing::envelope::parse(
-        haven_sharing::envelope::RawEnvelope::from(env.clone()),
-        &bundle,
-        kit.link.signer().org(),
-        true,
-    )
-    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // A gateway that cannot be asked for the bundle leaves the send pending, checked when it is sealed.
+    match kit.bundles.current(&kit.store, &kit.link).await {
+        Ok(bundle) => {
+            crate::seal::parse(&env, kit.link.signer().org(), &bundle)?;
+        }
+        Err(s) if retryable(&s) => {}
+        Err(s) => return Err(kit.link.relay(s)),
+    }
     mailbox::record_sent(&kit.store, &env, who.name.as_str(), who.role.as_str(), kit.clock.now_micros())
         .await
         .map_err(db)?;
@@ -245,7 +245,7 @@ pub async fn submit(kit: &Sending, env: Envelope, who: &Person) -> Result<SendRe
                     && !resealed =>
             {
                 tracing::info!(%message_id, "the network's policy changed since this message was sealed; sealing it again under the new one");
-                kit.bundles.refresh(&kit.store, &kit.link).await?;
+                kit.bundles.refresh(&kit.store, &kit.link).await.map_err(|s| kit.link.relay(s))?;
                 mailbox::forget_sealed(&kit.store, &message_id).await.map_err(db)?;
                 resealed = true;
             }
@@ -495,7 +495,7 @@ pub async fn network_info(
 /// wrong value is named before anything leaves the node.
 pub async fn preview(kit: &Sending, network: &Network, who: &Person, env: Envelope) -> Result<DecideResponse, Status> {
     may_send(who)?;
-    let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
+    let bundle = kit.bundles.current(&kit.store, &kit.link).await.map_err(|s| kit.link.relay(s))?;
     let mut env = env;
     haven_sharing::envelope::parse(
         haven_sharing::envelope::RawEnvelope::from(env.clone()),

@@ -42,11 +42,12 @@ impl Bundles {
         }
     }
 
-    /// Fetches the bundle in force from the gateway, checks its version and keeps it.
+    /// Fetches the bundle in force from the gateway, checks its version and keeps it. A failed call is
+    /// returned as the gateway (or the transport) said it, for the caller to describe.
     pub async fn refresh(&self, store: &NodeStore, link: &GatewayLink) -> Result<Arc<Bundle>, Status> {
         let request = link.request(&PersonId::node(), Role::Node, PolicyBundleRequest {})?;
         let PolicyBundleResponse { bundle_version, files } =
-            GatewayClient::new(link.channel()).policy_bundle(request).await.map_err(|s| link.relay(s))?.into_inner();
+            GatewayClient::new(link.channel()).policy_bundle(request).await?.into_inner();
         let files: BTreeMap<String, String> = files.into_iter().collect();
         let bundle = Arc::new(load(&files, &bundle_version)?);
         let json = serde_json::to_string(&files).map_err(|e| Status::internal(e.to_string()))?;

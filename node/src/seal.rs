@@ -132,7 +132,10 @@ impl Sealer<'_> {
                         let r = r.into_inner();
                         (r.receipt_jws, r.state)
                     }
-                    Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+                    // Another organization's consent, or none: the decision refuses it either way.
+                    Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
+                        return Ok(None);
+                    }
                     Err(s) => return Err(self.link.relay(s)),
                 }
             }

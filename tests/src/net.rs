@@ -117,6 +117,14 @@ impl TestNet {
 
     /// The same, with the gateway's configuration adjusted by `adjust` before it opens.
     pub async fn start_configured(policies: PathBuf, clock: SharedClock, adjust: impl FnOnce(&mut Config)) -> TestNet {
+        let net = Self::start_unkeyed(policies, clock, adjust).await;
+        provision_sealing_keys(net.dir.path(), &net.certs, &net.url(), net.clock.clone()).await;
+        net
+    }
+
+    /// [`TestNet::start_configured`], without the organizations' sealing keys: the key log starts
+    /// empty (for the key log's own tests).
+    pub async fn start_unkeyed(policies: PathBuf, clock: SharedClock, adjust: impl FnOnce(&mut Config)) -> TestNet {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs_path = dir.path().join("certs");
         haven_certs::init_with_gateway_names(
@@ -294,6 +302,31 @@ pub fn loopback_console() -> haven_node::console::ConsoleConfig {
         help_phone: Some("+1 555 0100 (fictional)".into()),
         keep_scans: false,
     }
+}
+
+/// Makes each organization's sealing key at its node's database (`dir/nodes/<org>/node.db`, where
+/// [`TestNode`] and a node process keep it) and registers it with the gateway at `url`, as an admin
+/// running `haven-node keys init` before the node first serves would: senders can seal to every
+/// organization from the start, and a node started later finds its key its own. An organization whose
+/// node cannot connect (no pins) keeps its statement pending.
+pub async fn provision_sealing_keys(dir: &Path, certs: &CertsDir, url: &str, clock: SharedClock) {
+    let registry = haven_trust::registry::Registry::load(&policies_dir().join("orgs.toml"), None).expect("orgs.toml");
+    let made = registry.iter().map(|o| {
+        let (org, clock) = (o.id.clone(), clock.clone());
+        async move {
+            let node_dir = dir.join("nodes").join(org.as_str());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let store = haven_node::store::NodeStore::open(&node_dir.join("node.db").display().to_string())
+                .await
+                .expect("node database");
+            let config = LinkConfig::from_certs_dir(url.to_owned(), certs, org.clone());
+            let link = GatewayLink::new(&config, clock.clone()).expect("link");
+            let folder = haven_node::sealing::KeyFolder::beside(&config.signing_key);
+            haven_node::sealing::make(&store, &link, &clock, &folder, "ada", true).await.expect("a sealing key");
+            store.pool().close().await;
+        }
+    });
+    futures::future::join_all(made).await;
 }
 
 /// A node running in this process against a [`TestNet`], with people signed up.

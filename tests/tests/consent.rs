@@ -52,7 +52,11 @@ async fn decide(net: &TestNet, org: &str, to: &str, purpose: &str, subject: &str
         ..Default::default()
     };
     let req = link
-        .request(&PersonId::parse("casey").unwrap(), Role::Caseworker, DecideRequest { envelope: Some(env) })
+        .request(
+            &PersonId::parse("casey").unwrap(),
+            Role::Caseworker,
+            DecideRequest { envelope: Some(haven_tests::sender::names_only(&env)) },
+        )
         .unwrap();
     let mut resp = GatewayClient::new(link.channel()).decide(req).await.expect("decide").into_inner();
     assert_eq!(resp.outcomes.len(), 1);

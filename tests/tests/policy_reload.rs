@@ -25,7 +25,11 @@ async fn alert_to_metro(net: &TestNet) -> DecideResponse {
         ..Default::default()
     };
     let req = link
-        .request(&PersonId::parse("casey").unwrap(), Role::Caseworker, DecideRequest { envelope: Some(env) })
+        .request(
+            &PersonId::parse("casey").unwrap(),
+            Role::Caseworker,
+            DecideRequest { envelope: Some(haven_tests::sender::names_only(&env)) },
+        )
         .unwrap();
     GatewayClient::new(link.channel()).decide(req).await.expect("decide").into_inner()
 }
@@ -126,7 +130,11 @@ async fn a_flood_of_problems_gets_a_bounded_error_that_lists_twenty() {
         );
     }
     let req = link
-        .request(&PersonId::parse("casey").unwrap(), Role::Caseworker, DecideRequest { envelope: Some(env) })
+        .request(
+            &PersonId::parse("casey").unwrap(),
+            Role::Caseworker,
+            DecideRequest { envelope: Some(haven_tests::sender::names_only(&env)) },
+        )
         .unwrap();
     let err = GatewayClient::new(link.channel()).decide(req).await.expect_err("unknown fields");
     assert_eq!(err.code(), Code::InvalidArgument);
