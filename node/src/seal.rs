@@ -79,9 +79,14 @@ impl Sealer<'_> {
             Some(id) => self.consent(id.as_str(), clock.now_micros()).await?,
             None => None,
         };
+        // A round first, so a rotation or a withdrawal registered since the last one is seen now; a
+        // gateway that cannot be asked leaves the log this node verified last.
+        self.key_log.check_now().await;
         let mut keys = BTreeMap::new();
         for recipient in recipients(&parsed, signer.org(), role, &bundle) {
-            if let Some(key) = self.recipient_key(&recipient, clock.now_secs()).await? {
+            let key =
+                keylog::recipient_key(self.store, &recipient, clock.now_secs()).await.map_err(crate::store::status)?;
+            if let Some(key) = key {
                 keys.insert(recipient, key);
             }
         }
@@ -95,16 +100,6 @@ impl Sealer<'_> {
             now: clock.now(),
         };
         seal_with(signer, env, &facts)
-    }
-
-    /// The key to seal to for `org`: from the key log this node verified, after one more round when it
-    /// knows none (the organization may have registered its key since the last round).
-    async fn recipient_key(&self, org: &OrgId, now: i64) -> Result<Option<SealingKeyStatement>, Status> {
-        if let Some(k) = keylog::recipient_key(self.store, org, now).await.map_err(crate::store::status)? {
-            return Ok(Some(k));
-        }
-        self.key_log.check_now().await;
-        keylog::recipient_key(self.store, org, now).await.map_err(crate::store::status)
     }
 
     /// The consent as this node holds it, or as the gateway holds it when this node does not (its

@@ -89,3 +89,20 @@ pub async fn stream_end(
     .await
     .unwrap_or_else(|_| panic!("{what}: the stream is still open after {within:?}"))
 }
+
+/// Polls `check` (every 20 ms) until it yields a value; fails after `limit`, naming `what`. For facts
+/// that only a database holds (a row written by another process); an event a test can await, it awaits.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

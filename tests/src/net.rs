@@ -150,6 +150,45 @@ impl TestNet {
         }
     }
 
+    /// Writes a statement into the gateway's key log directly, with a checkpoint signed by the gateway's
+    /// key, as an operator who holds the gateway's database and keys could: what a node must catch.
+    pub async fn append_to_key_log_behind_its_checks(&self, jws: &str) {
+        let pool = self.gateway.store().pool();
+        let leaves: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT leaf_hash FROM key_log ORDER BY seq").fetch_all(pool).await.unwrap();
+        let mut tree = haven_trust::merkle::MemoryTree::new();
+        for l in &leaves {
+            tree.push(l.as_slice().try_into().unwrap()).unwrap();
+        }
+        let seq = tree.size();
+        let at = self.clock.now_micros();
+        let sha = haven_trust::sealing::statement_sha256(jws);
+        let leaf = haven_trust::keylog::leaf_hash(seq, at, &sha);
+        tree.push(leaf).unwrap();
+        sqlx::query("INSERT INTO key_log (seq, registered_at_micros, org, key_id, action, statement, statement_sha256, leaf_hash) VALUES ($1, $2, 'forged', 'x', 'publish', $3, $4, $5)")
+            .bind(i64::try_from(seq).unwrap())
+            .bind(at)
+            .bind(jws)
+            .bind(sha.to_vec())
+            .bind(leaf.to_vec())
+            .execute(pool)
+            .await
+            .unwrap();
+        let key_pem = std::fs::read_to_string(self.certs.gateway_signing_key()).unwrap();
+        let cert = haven_trust::pki::load_certs(&self.certs.gateway_signing_cert()).unwrap()[0].to_vec();
+        let signer = haven_trust::audit::CheckpointSigner::new(&key_pem, &cert).unwrap();
+        let cp = signer.sign_of(haven_trust::keylog::KEY_LOG_ORIGIN, tree.size(), &tree.root(), at);
+        sqlx::query("INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(i64::try_from(cp.tree_size).unwrap())
+            .bind(at)
+            .bind(tree.root().to_vec())
+            .bind(hex::decode(&cp.signature).unwrap())
+            .bind(cp.key_id.clone())
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
     /// A second gateway serving this network on the same database, as a replica does: the same
     /// certificates, bundle and clock, its own connections, streams and listener (127.0.0.1:0).
     pub async fn replica(&self) -> Replica {

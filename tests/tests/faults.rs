@@ -18,7 +18,6 @@
 //! deadline; nothing sleeps and hopes.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +28,7 @@ use haven_node::link::{GatewayLink, LinkConfig};
 use haven_proto::v1::audit_client::AuditClient;
 use haven_proto::v1::gateway_client::GatewayClient;
 use haven_proto::v1::*;
-use haven_tests::fixtures::{self, stream_end, text};
+use haven_tests::fixtures::{self, stream_end, text, wait_for};
 use haven_tests::net::{Db, TestNet, TestNode, db, fresh_database, policies_dir};
 use haven_tests::procs::{Proc, node_users, open_node_db};
 use haven_trust::audit::AuditEntry;
@@ -137,22 +136,6 @@ impl Caller {
 
 fn queued(resp: &SubmitResponse) -> bool {
     resp.outcomes.len() == 1 && resp.outcomes[0].outcome == recipient_outcome::Outcome::Queued as i32
-}
-
-/// Polls `check` (every 20 ms) until it yields a value; fails after `limit`, naming `what`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until an in-process node's delivery stream is open.

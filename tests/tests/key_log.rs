@@ -300,45 +300,6 @@ async fn keys_made_at_the_node_are_published_rotated_and_withdrawn_and_every_nod
     assert_eq!(maple.state.witness.report().state, haven_node::witness::WitnessState::Fork);
 }
 
-/// Writes a statement into the gateway's key log directly, with a checkpoint signed by the gateway's
-/// key, as an operator who holds the gateway's database and keys could: what a node must catch.
-async fn append_behind_the_gateways_checks(net: &TestNet, jws: &str) {
-    let pool = net.gateway.store().pool();
-    let leaves: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT leaf_hash FROM key_log ORDER BY seq").fetch_all(pool).await.unwrap();
-    let mut tree = MemoryTree::new();
-    for l in &leaves {
-        tree.push(l.as_slice().try_into().unwrap()).unwrap();
-    }
-    let seq = tree.size();
-    let at = net.clock.now_micros();
-    let sha = sealing::statement_sha256(jws);
-    let leaf = keylog::leaf_hash(seq, at, &sha);
-    tree.push(leaf).unwrap();
-    sqlx::query("INSERT INTO key_log (seq, registered_at_micros, org, key_id, action, statement, statement_sha256, leaf_hash) VALUES ($1, $2, 'harbor', 'x', 'publish', $3, $4, $5)")
-        .bind(i64::try_from(seq).unwrap())
-        .bind(at)
-        .bind(jws)
-        .bind(sha.to_vec())
-        .bind(leaf.to_vec())
-        .execute(pool)
-        .await
-        .unwrap();
-    let key_pem = std::fs::read_to_string(net.certs.gateway_signing_key()).unwrap();
-    let cert = haven_trust::pki::load_certs(&net.certs.gateway_signing_cert()).unwrap()[0].to_vec();
-    let signer = haven_trust::audit::CheckpointSigner::new(&key_pem, &cert).unwrap();
-    let cp = signer.sign_of(KEY_LOG_ORIGIN, tree.size(), &tree.root(), at);
-    sqlx::query("INSERT INTO key_log_checkpoint (tree_size, timestamp_micros, root_hash, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
-        .bind(i64::try_from(cp.tree_size).unwrap())
-        .bind(at)
-        .bind(tree.root().to_vec())
-        .bind(hex::decode(&cp.signature).unwrap())
-        .bind(cp.key_id.clone())
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certificate_raises_its_alarm() {
     let net = TestNet::start_unkeyed(
@@ -369,7 +330,7 @@ async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certific
         haven_trust::token::OrgSigner::new(harbor_org.clone(), &std::fs::read(&key).unwrap(), &signing_der, &tls_der)
             .unwrap();
     let jws = forger.sign_typed(STATEMENT_TYP, &publish(&net, "harbor", [6; 32])).unwrap();
-    append_behind_the_gateways_checks(&net, &jws).await;
+    net.append_to_key_log_behind_its_checks(&jws).await;
 
     // The statement verifies by the CA, so another node takes it...
     assert_eq!(
@@ -426,7 +387,7 @@ async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_noth
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     let other = signed(&harbor, &publish(&net, "harbor", [8; 32]));
     parts[1] = other.split('.').nth(1).unwrap().to_owned();
-    append_behind_the_gateways_checks(&net, &parts.join(".")).await;
+    net.append_to_key_log_behind_its_checks(&parts.join(".")).await;
     let round = maple.state.key_log.check_now().await;
     assert!(
         matches!(&round, haven_node::keylog::Round::Alarm(haven_node::witness::WitnessState::BadSignature, d) if d.contains("does not verify by the network CA")),
