@@ -113,6 +113,7 @@ impl Node {
             witness.clone(),
             config.link.org.clone(),
             ca.clone(),
+            crate::sealing::KeyFolder::beside(&config.link.signing_key),
         );
         let sealing_keys = crate::sealing::KeyFolder::beside(&config.link.signing_key);
         if config.first_sealing_key {

@@ -51,9 +51,10 @@ impl Bundles {
         let files: BTreeMap<String, String> = files.into_iter().collect();
         let bundle = Arc::new(load(&files, &bundle_version)?);
         let json = serde_json::to_string(&files).map_err(|e| Status::internal(e.to_string()))?;
-        sqlx::query("INSERT INTO policy_bundle (version, files, fetched_at_micros) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING")
+        sqlx::query("INSERT INTO policy_bundle (version, files, delivery_ttl_days, fetched_at_micros) VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING")
             .bind(&bundle_version)
             .bind(json)
+            .bind(i64::from(bundle.network().delivery_ttl_days))
             .bind(link.clock().now_micros())
             .execute(store.pool())
             .await

@@ -86,6 +86,8 @@ pub struct KeyLogWitness {
     org: OrgId,
     /// DER of the network CA certificate the node trusts.
     ca: Vec<u8>,
+    /// Where the organization's private keys are: retired ones are destroyed at the end of a round.
+    folder: crate::sealing::KeyFolder,
     /// One round at a time: the background rounds and one asked for must not both append.
     busy: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -105,8 +107,9 @@ impl KeyLogWitness {
         witness: Witness,
         org: OrgId,
         ca: Vec<u8>,
+        folder: crate::sealing::KeyFolder,
     ) -> Self {
-        KeyLogWitness { store, link, clock, witness, org, ca, busy: Default::default() }
+        KeyLogWitness { store, link, clock, witness, org, ca, folder, busy: Default::default() }
     }
 
     /// Runs a round: reads and verifies the log, checks this organization's own statements in it and
@@ -126,6 +129,9 @@ impl KeyLogWitness {
         }
         if let Err(e) = crate::sealing::register_pending(&self.store, &self.link, &self.clock).await {
             tracing::warn!(error = %e.message(), "a sealing-key statement is still waiting for the gateway");
+        }
+        if let Err(e) = crate::sealing::destroy_retired(&self.store, &self.folder, &self.clock).await {
+            tracing::warn!(error = %e, "retired sealing keys could not be checked");
         }
         match &round {
             // A foreign statement's alarm is raised where it is found, so that it is raised once.

@@ -55,6 +55,19 @@ impl KeyFolder {
         Ok(path)
     }
 
+    /// Destroys a private key: its file is overwritten, then removed. A key already gone is no error.
+    fn destroy(&self, kid: &str) -> std::io::Result<()> {
+        let path = self.file_of(kid);
+        match std::fs::metadata(&path) {
+            Ok(_) => {
+                std::fs::write(&path, "0".repeat(65))?;
+                std::fs::remove_file(&path)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads a private key back (for unsealing).
     pub fn read(&self, kid: &str) -> Result<[u8; 32], String> {
         let path = self.file_of(kid);
@@ -77,11 +90,17 @@ pub struct SealingKey {
     /// When it was withdrawn, and the key-log position of the withdrawal once the gateway took it.
     pub withdrawn_at_micros: Option<i64>,
     pub withdrawn_seq: Option<i64>,
+    /// When its private half was destroyed (its window and the longest delivery TTL over).
+    pub destroyed_at_micros: Option<i64>,
 }
 
 impl SealingKey {
-    /// `pending`, `published`, `withdrawing` (withdrawn here, not yet in the log) or `withdrawn`.
+    /// `pending`, `published`, `withdrawing` (withdrawn here, not yet in the log), `withdrawn` or
+    /// `destroyed`.
     pub fn state(&self) -> &'static str {
+        if self.destroyed_at_micros.is_some() {
+            return "destroyed";
+        }
         match (self.published_seq, self.withdrawn_at_micros, self.withdrawn_seq) {
             (_, Some(_), Some(_)) => "withdrawn",
             (_, Some(_), None) => "withdrawing",
@@ -97,7 +116,7 @@ fn db(e: sqlx::Error) -> Status {
 
 /// Every key, newest first.
 pub async fn list(store: &NodeStore) -> Result<Vec<SealingKey>, sqlx::Error> {
-    let rows = sqlx::query("SELECT kid, not_before, not_after, created_at_micros, created_by, published_seq, withdrawn_at_micros, withdrawn_seq FROM sealing_key ORDER BY created_at_micros DESC, kid")
+    let rows = sqlx::query("SELECT kid, not_before, not_after, created_at_micros, created_by, published_seq, withdrawn_at_micros, withdrawn_seq, destroyed_at_micros FROM sealing_key ORDER BY created_at_micros DESC, kid")
         .fetch_all(store.pool())
         .await?;
     rows.iter()
@@ -111,9 +130,51 @@ pub async fn list(store: &NodeStore) -> Result<Vec<SealingKey>, sqlx::Error> {
                 published_seq: r.try_get(5)?,
                 withdrawn_at_micros: r.try_get(6)?,
                 withdrawn_seq: r.try_get(7)?,
+                destroyed_at_micros: r.try_get(8)?,
             })
         })
         .collect()
+}
+
+/// The longest delivery TTL this node may still receive copies under, in seconds: the longest of the
+/// bundles it kept, or the network ceiling (3660 days) when it kept none.
+async fn longest_ttl_secs(store: &NodeStore) -> Result<i64, sqlx::Error> {
+    let days: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(delivery_ttl_days) FROM policy_bundle").fetch_one(store.pool()).await?;
+    Ok(days.unwrap_or(3660).saturating_mul(86_400))
+}
+
+/// Destroys the private half of every key whose window ended longer ago than the longest delivery TTL
+/// (whatever the gateway says: a copy sealed to the key within its window has expired by then), and
+/// records when. Returns the keys destroyed.
+pub async fn destroy_retired(
+    store: &NodeStore,
+    folder: &KeyFolder,
+    clock: &SharedClock,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ttl = longest_ttl_secs(store).await?;
+    let now = clock.now_micros();
+    let cutoff = now.div_euclid(1_000_000).saturating_sub(ttl);
+    let kids: Vec<String> =
+        sqlx::query_scalar("SELECT kid FROM sealing_key WHERE destroyed_at_micros IS NULL AND not_after <= $1")
+            .bind(cutoff)
+            .fetch_all(store.pool())
+            .await?;
+    let mut destroyed = Vec::new();
+    for kid in kids {
+        if let Err(e) = folder.destroy(&kid) {
+            tracing::error!(key = %kid, error = %e, "a retired sealing key could not be destroyed; it is tried again at the next round");
+            continue;
+        }
+        sqlx::query("UPDATE sealing_key SET destroyed_at_micros = $1 WHERE kid = $2")
+            .bind(now)
+            .bind(&kid)
+            .execute(store.pool())
+            .await?;
+        tracing::info!(key = %kid, "a retired sealing key was destroyed: its window ended and the longest delivery TTL has passed since");
+        destroyed.push(kid);
+    }
+    Ok(destroyed)
 }
 
 /// The SHA-256 (hex) of every statement this node made: what its key-log witness recognizes as its
@@ -316,4 +377,55 @@ async fn register_one(
     };
     sqlx::query(sql).bind(i64::try_from(seq).unwrap_or(i64::MAX)).bind(kid).execute(store.pool()).await.map_err(db)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_trust::clock::ManualClock;
+
+    const DAY: i64 = 86_400;
+
+    async fn key(store: &NodeStore, folder: &KeyFolder, kid: &str, not_after: i64) {
+        sqlx::query("INSERT INTO sealing_key (kid, public_key, not_before, not_after, created_at_micros, created_by, statement, statement_sha256) VALUES ($1, '', 0, $2, 0, 'ada', '', '')")
+            .bind(kid)
+            .bind(not_after)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        folder.write(kid, &[1u8; 32]).unwrap();
+    }
+
+    /// A retired key's private half is kept until its window has ended and the longest delivery TTL
+    /// of the bundles the node knows has passed since; then it is destroyed and the time recorded. A
+    /// key still in its window is kept.
+    #[tokio::test]
+    async fn a_retired_key_is_destroyed_only_once_its_window_and_the_longest_ttl_are_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db").display().to_string()).await.unwrap();
+        let folder = KeyFolder(dir.path().join("sealing"));
+        let t0 = 1_900_000_000;
+        key(&store, &folder, "x25519:old", t0).await;
+        key(&store, &folder, "x25519:new", t0 + 365 * DAY).await;
+        for (version, ttl) in [("sha256:a", 30), ("sha256:b", 45)] {
+            sqlx::query("INSERT INTO policy_bundle (version, files, delivery_ttl_days, fetched_at_micros) VALUES ($1, '{}', $2, 0)")
+                .bind(version)
+                .bind(ttl)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let clock = ManualClock::at((t0 + 44 * DAY) * 1_000_000);
+        let shared: SharedClock = std::sync::Arc::new(clock.clone());
+        assert!(destroy_retired(&store, &folder, &shared).await.unwrap().is_empty(), "45 days have not passed");
+        assert!(folder.read("x25519:old").is_ok());
+        clock.advance_secs(2 * DAY);
+        assert_eq!(destroy_retired(&store, &folder, &shared).await.unwrap(), ["x25519:old"]);
+        assert!(folder.read("x25519:old").is_err(), "the file is gone");
+        assert!(folder.read("x25519:new").is_ok(), "a key in its window is kept");
+        let states: Vec<(String, &str)> =
+            list(&store).await.unwrap().iter().map(|k| (k.kid.clone(), k.state())).collect();
+        assert!(states.contains(&("x25519:old".into(), "destroyed")), "{states:?}");
+        assert!(destroy_retired(&store, &folder, &shared).await.unwrap().is_empty(), "once");
+    }
 }

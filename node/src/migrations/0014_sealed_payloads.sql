@@ -8,6 +8,8 @@ ALTER TABLE sent ADD COLUMN sealed_submit BLOB;
 CREATE TABLE policy_bundle (
     version TEXT PRIMARY KEY,
     files TEXT NOT NULL,
+    -- The bundle's delivery TTL: a retired sealing key is kept until the longest has passed.
+    delivery_ttl_days BIGINT NOT NULL,
     fetched_at_micros BIGINT NOT NULL
 );
 
@@ -34,3 +36,7 @@ CREATE TABLE integrity_report (
     found_at_micros BIGINT NOT NULL,
     reported_at_micros BIGINT
 );
+
+-- When a retired key's private half was destroyed: its window had ended and the longest delivery TTL
+-- of the bundles this node knows had passed since, so no copy sealed to it can still arrive.
+ALTER TABLE sealing_key ADD COLUMN destroyed_at_micros BIGINT;
