@@ -107,6 +107,7 @@ pub fn row(i: &InboxItem) -> InboxRow {
                 Ok(sender_notice::Kind::Delivered) => "delivered",
                 Ok(sender_notice::Kind::Cancelled) => "cancelled",
                 Ok(sender_notice::Kind::Expired) => "expired",
+                Ok(sender_notice::Kind::Rejected) => "rejected",
                 _ => "unknown",
             }
             .into();

@@ -277,6 +277,9 @@ catalog! {
     StWithdrawn => "withdrawn", "retirado";
     StCancelled => "cancelled (consent ended)", "cancelado (terminó el consentimiento)";
     StExpired => "expired", "caducado";
+    StRejected => "rejected by the recipient's node (integrity)", "rechazado por el nodo del destinatario (integridad)";
+    DenyNoSealedCopy => "This node could not seal a copy for them: they have no sealing key in the key log, or this node's own decision refused them.", "Este nodo no pudo sellar una copia para ellos: no tienen clave de sellado en el registro de claves, o la decisión de este nodo los rechazó.";
+    DenyManifest => "The gateway refused the sealed copy (it did not match the message or the policy). The error is in the node's log.", "La pasarela rechazó la copia sellada (no coincidía con el mensaje o la política). El error está en el registro del nodo.";
     StDenied => "denied", "denegado";
     StPending => "waiting at this node", "en espera en este nodo";
     StSubmitted => "taken by the gateway", "aceptado por la pasarela";
@@ -316,6 +319,7 @@ pub fn status_words(status: &str) -> Option<Msg> {
         "withdrawn" => Msg::StWithdrawn,
         "revoked" | "cancelled" => Msg::StCancelled,
         "expired" => Msg::StExpired,
+        "rejected" => Msg::StRejected,
         "denied" => Msg::StDenied,
         "pending" => Msg::StPending,
         "submitted" => Msg::StSubmitted,
@@ -338,6 +342,8 @@ pub fn deny_words(code: &str) -> Option<Msg> {
         "consent_missing" => Msg::DenyConsentMissing,
         "required_field_not_released" => Msg::DenyRequiredField,
         "quota_exceeded" => Msg::DenyQuota,
+        "no_sealed_copy" | "unknown_sealing_key" => Msg::DenyNoSealedCopy,
+        "manifest_exceeds_grant" | "manifest_mismatch" => Msg::DenyManifest,
         _ => return None,
     })
 }

@@ -431,6 +431,20 @@ fn referral(to: &str, purpose: &str, subject: &str, consent: &str, extra: &[(&st
     }
 }
 
+/// Which of `values` occur, as raw bytes, in any of `files` (a missing file holds nothing).
+fn values_in(files: &[PathBuf], values: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files {
+        let Ok(bytes) = std::fs::read(file) else { continue };
+        for v in values {
+            if bytes.windows(v.len()).any(|w| w == v.as_bytes()) {
+                found.push(format!("{v} in {}", file.display()));
+            }
+        }
+    }
+    found
+}
+
 async fn send(p: &Person, env: pb::Envelope) -> anyhow::Result<pb::SendResponse> {
     p.client()
         .await?
@@ -517,6 +531,14 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
         d.withheld_fields
     );
     println!("    pseudonym {}, and accepts. Harbor sees `accepted`.", d.subject_pseudonym);
+    let values = ["Rosa (fictional)", "fictional notes"];
+    let held = values_in(&[dir.join("gateway.db"), dir.join("gateway.db-wal")], &values);
+    if !held.is_empty() {
+        bail!("the gateway's database holds field values: {held:?}");
+    }
+    println!("    The gateway saw field names only: Harbor's node decided and sealed the values to Maple House's key");
+    println!("    from the key log; the gateway checked the signed manifest and routed a copy it cannot open (none of");
+    println!("    the values is in its database); Maple House's node verified the signature, then opened it.");
 
     let to_clinic = send(
         casey,
@@ -585,7 +607,9 @@ async fn story_steps(people: &[Person], nodes: &mut Vec<(OrgId, Proc)>, dir: &Pa
     println!(
         " 6. Lantern Legal's node is stopped and a referral waits for it in the queue. Rosa withdraws her consent:"
     );
-    println!("    the waiting referral is cancelled (payload deleted) and Maple House, which holds her data, is told;");
+    println!(
+        "    the waiting referral is cancelled (its sealed copy deleted) and Maple House, which holds her data, is told;"
+    );
     println!("    its node now hides those fields from its staff.");
 
     let officer = who(people, "harbor", "pat-privacy")?;
