@@ -235,7 +235,7 @@ impl Gateway {
             closing: watch::channel(false).0,
         }));
         let started = gateway.system_entry(Action::GatewayStarted, "ok", "");
-        gateway.record(started, accepted_crl.as_ref()).await?;
+        gateway.record(started, accepted_crl.as_ref(), Some(&gateway.bundle())).await?;
         Ok(gateway)
     }
 
@@ -285,7 +285,7 @@ impl Gateway {
             Ok(_) => entry(Action::PolicyReloaded, "ok", "", bundle.version_id()),
             Err(_) => entry(Action::PolicyReloadRejected, "refused", "bundle_invalid", bundle.version_id()),
         };
-        if let Err(e) = self.record(entry, tls.crl.as_ref()).await {
+        if let Err(e) = self.record(entry, tls.crl.as_ref(), loaded.as_ref().ok().map(|_| bundle.as_ref())).await {
             tracing::error!(
                 error = %e,
                 "reload refused: its audit entry could not be written; the previous certificates, CRL and bundle stay in force"
@@ -326,17 +326,28 @@ impl Gateway {
             reason = e.code(),
             "reload refused: the TLS material cannot be used; the previous certificates, CRL and bundle stay in force"
         );
-        if let Err(w) = self.record(entry, None).await {
+        if let Err(w) = self.record(entry, None, None).await {
             tracing::error!(error = %w, "could not write the trust_reload_rejected audit entry");
         }
         e
     }
 
     /// Writes `entry` in its own transaction, with the CRL now in force when it is one to record.
-    async fn record(&self, entry: AuditEntry, crl: Option<&crl::AcceptedCrl>) -> Result<(), StoreError> {
+    async fn record(
+        &self,
+        entry: AuditEntry,
+        crl: Option<&crl::AcceptedCrl>,
+        bundle: Option<&Bundle>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.0.store.begin().await?;
         if let Some(crl) = crl {
             crl::record(&mut tx, crl, self.0.clock.now_micros()).await?;
+        }
+        if let Some(b) = bundle {
+            let files: std::collections::BTreeMap<&str, &str> =
+                b.files().iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+            let json = serde_json::to_string(&files).map_err(|e| StoreError::Commit(e.to_string()))?;
+            crate::store::bundles::keep(&mut tx, b.version_id(), &json, self.0.clock.now_micros()).await?;
         }
         audit::append_one(&mut tx, entry).await?;
         tx.commit().await?;

@@ -55,22 +55,18 @@ pub async fn report(
     uuid::Uuid::parse_str(&r.message_id).map_err(|_| {
         Error::InvalidArgument(format!("message_id `{}` is not a UUID", untrusted::shown(&r.message_id)))
     })?;
-    let Some((sender, sender_subject, _)) =
-        deliveries::received_by(store.pool(), &r.message_id, caller.org.as_str()).await?
+    let sender = haven_trust::ids::OrgId::parse(&r.sender)
+        .map_err(|e| Error::InvalidArgument(format!("sender: {e}")))?
+        .to_string();
+    let Some(sender_subject) =
+        deliveries::received_from(store.pool(), &r.message_id, caller.org.as_str(), &sender).await?
     else {
         return Err(Error::NotFound(format!(
-            "organization `{}` received no message `{}`; only a delivered copy can be reported",
+            "organization `{}` received no message `{}` from `{sender}`; only a delivered copy can be reported",
             caller.org, r.message_id
         )));
     };
-    if sender != r.sender {
-        return Err(Error::InvalidArgument(format!(
-            "message `{}` came from `{sender}`, not `{}`",
-            r.message_id,
-            untrusted::shown(&r.sender)
-        )));
-    }
-    if audit_log::integrity_failure_recorded(store.pool(), caller.org.as_str(), &r.message_id).await? {
+    if audit_log::integrity_failure_recorded(store.pool(), caller.org.as_str(), &r.message_id, &sender).await? {
         return Ok(ReportIntegrityFailureResponse { recorded: false });
     }
     let detail: String = r.detail.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect();

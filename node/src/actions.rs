@@ -174,9 +174,15 @@ pub async fn send(kit: &Sending, who: &Person, mut env: Envelope) -> Result<Send
         Err(s) if retryable(&s) => {}
         Err(s) => return Err(kit.link.relay(s)),
     }
-    mailbox::record_sent(&kit.store, &env, who.name.as_str(), who.role.as_str(), kit.clock.now_micros())
+    let earlier = mailbox::record_sent(&kit.store, &env, who.name.as_str(), who.role.as_str(), kit.clock.now_micros())
         .await
         .map_err(db)?;
+    if earlier.is_some_and(|e| e != env) {
+        return Err(Status::already_exists(format!(
+            "message id {} was used for another message at this node; a retry must carry the same content, and a new message a new id (or none)",
+            env.message_id
+        )));
+    }
     submit(kit, env, who).await
 }
 
@@ -504,16 +510,34 @@ pub async fn preview(kit: &Sending, network: &Network, who: &Person, env: Envelo
         false,
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // What this node would not seal, it says too: the send would refuse those recipients.
+    let mut local = env.clone();
+    if local.message_id.is_empty() {
+        local.message_id = uuid::Uuid::now_v7().to_string();
+    }
+    let (_, unsealed) = kit.sealer().seal(&local, who.role, bundle).await?;
     // The gateway decides on the names; the values never leave the node unsealed.
     env.field_names = env.fields.drain().map(|(name, _)| name).collect();
     env.field_names.sort();
     let link = &kit.link;
     let mut gw = GatewayClient::new(link.channel());
-    let resp = gw
+    let mut resp = gw
         .decide(link.request(&who.name, who.role, DecideRequest { envelope: Some(env) })?)
         .await
         .map_err(|s| link.relay(s))?
         .into_inner();
+    for o in &mut resp.outcomes {
+        let Some(u) = unsealed.iter().find(|u| u.recipient == o.recipient) else { continue };
+        if let Some(d) = o.decision.as_mut().filter(|d| d.allowed) {
+            d.allowed = false;
+            d.withheld_fields.append(&mut d.released_fields);
+            d.withheld_fields.sort();
+            d.reason = DenyReason::NoSealedCopy as i32;
+            d.reason_code = "no_sealed_copy".into();
+            d.reason_detail = u.why.clone();
+            o.outcome = recipient_outcome::Outcome::Denied as i32;
+        }
+    }
     network.saw(&resp.bundle_version).await;
     Ok(resp)
 }

@@ -45,9 +45,25 @@ impl Bundles {
     /// Fetches the bundle in force from the gateway, checks its version and keeps it. A failed call is
     /// returned as the gateway (or the transport) said it, for the caller to describe.
     pub async fn refresh(&self, store: &NodeStore, link: &GatewayLink) -> Result<Arc<Bundle>, Status> {
-        let request = link.request(&PersonId::node(), Role::Node, PolicyBundleRequest {})?;
+        let bundle = self.fetch(store, link, "").await?;
+        if let Ok(mut l) = self.inner.lock() {
+            l.newest = Some(bundle.clone());
+        }
+        Ok(bundle)
+    }
+
+    /// Fetches a bundle (`""`: the one in force) from the gateway, checks its version and keeps it.
+    async fn fetch(&self, store: &NodeStore, link: &GatewayLink, version: &str) -> Result<Arc<Bundle>, Status> {
+        let request =
+            link.request(&PersonId::node(), Role::Node, PolicyBundleRequest { version: version.to_owned() })?;
         let PolicyBundleResponse { bundle_version, files } =
             GatewayClient::new(link.channel()).policy_bundle(request).await?.into_inner();
+        if !version.is_empty() && bundle_version != version {
+            return Err(Status::failed_precondition(format!(
+                "asked for bundle {version}, the gateway served {}",
+                haven_trust::untrusted::shown(&bundle_version)
+            )));
+        }
         let files: BTreeMap<String, String> = files.into_iter().collect();
         let bundle = Arc::new(load(&files, &bundle_version)?);
         let json = serde_json::to_string(&files).map_err(|e| Status::internal(e.to_string()))?;
@@ -61,13 +77,12 @@ impl Bundles {
             .map_err(crate::store::status)?;
         if let Ok(mut l) = self.inner.lock() {
             l.by_version.insert(bundle_version, bundle.clone());
-            l.newest = Some(bundle.clone());
         }
         Ok(bundle)
     }
 
-    /// The bundle of `version`: loaded before, kept in the database, or the one in force if that is it.
-    /// `None` when this node never had it.
+    /// The bundle of `version`: loaded before, kept in the database, or fetched from the gateway (which
+    /// keeps every bundle it put in force). `None` when the gateway never put it in force.
     pub async fn by_version(
         &self,
         store: &NodeStore,
@@ -91,8 +106,11 @@ impl Bundles {
             }
             return Ok(Some(bundle));
         }
-        let current = self.refresh(store, link).await?;
-        Ok((current.version_id() == version).then_some(current))
+        match self.fetch(store, link, version).await {
+            Ok(b) => Ok(Some(b)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
     }
 }
 

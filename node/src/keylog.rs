@@ -130,6 +130,9 @@ impl KeyLogWitness {
         if let Err(e) = crate::sealing::register_pending(&self.store, &self.link, &self.clock).await {
             tracing::warn!(error = %e.message(), "a sealing-key statement is still waiting for the gateway");
         }
+        if let Err(e) = crate::sealing::rotate_if_due(&self.store, &self.link, &self.clock, &self.folder).await {
+            tracing::warn!(error = %e.message(), "the organization's sealing key is due for rotation, and could not be rotated");
+        }
         if let Err(e) = crate::sealing::destroy_retired(&self.store, &self.folder, &self.clock).await {
             tracing::warn!(error = %e, "retired sealing keys could not be checked");
         }

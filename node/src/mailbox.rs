@@ -269,14 +269,15 @@ pub async fn item(store: &NodeStore, item_id: &str) -> Result<Option<pb::InboxIt
     row.as_ref().map(view).transpose()
 }
 
-/// Records a send before the gateway is asked, so it survives a crash or an outage.
+/// Records a send before the gateway is asked, so it survives a crash or an outage. A message id
+/// recorded before is kept as it was; returns the envelope recorded under it then, if it was.
 pub async fn record_sent(
     store: &NodeStore,
     env: &pb::Envelope,
     person: &str,
     role: &str,
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<pb::Envelope>, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
     let new = sqlx::query("INSERT INTO sent (message_id, kind, purpose, envelope, person, role, state, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (message_id) DO NOTHING")
         .bind(&env.message_id)
@@ -295,7 +296,17 @@ pub async fn record_sent(
             .record(&mut tx)
             .await?;
     }
-    tx.commit().await
+    let earlier = if new {
+        None
+    } else {
+        let bytes: Vec<u8> = sqlx::query_scalar("SELECT envelope FROM sent WHERE message_id = $1")
+            .bind(&env.message_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        Some(pb::Envelope::decode(bytes.as_slice()).unwrap_or_default())
+    };
+    tx.commit().await?;
+    Ok(earlier)
 }
 
 /// Records the gateway's answer to a send.

@@ -39,12 +39,14 @@ pub struct Sending {
     pub clock: haven_trust::clock::SharedClock,
     pub key_log: KeyLogWitness,
     pub bundles: crate::bundles::Bundles,
+    /// DER of the network CA certificate.
+    pub ca: Vec<u8>,
 }
 
 impl Sending {
     /// The sealer of this node.
     pub fn sealer(&self) -> Sealer<'_> {
-        Sealer { store: &self.store, link: &self.link, key_log: &self.key_log }
+        Sealer { store: &self.store, link: &self.link, key_log: &self.key_log, ca: &self.ca }
     }
 }
 
@@ -53,6 +55,8 @@ pub struct Sealer<'a> {
     pub store: &'a NodeStore,
     pub link: &'a GatewayLink,
     pub key_log: &'a KeyLogWitness,
+    /// DER of the network CA certificate.
+    pub ca: &'a [u8],
 }
 
 /// Why a recipient got no copy; kept for the person's view of the send.
@@ -135,20 +139,28 @@ impl Sealer<'_> {
                 }
             }
         };
-        Ok(consent_fact(&jws, &state, self.link.signer(), now_micros))
+        Ok(consent_fact(&jws, &state, self.link.signer(), Some(self.ca), now_micros))
     }
 }
 
 /// A consent as a decision takes it: the receipt, if `signer`'s organization signed it (with the key
-/// `signer` holds), and its state as of `now_micros`.
+/// `signer` holds, or, when `ca` is given, with any signing certificate the network CA issued to the
+/// organization: one from before a rotation), and its state as of `now_micros`.
 pub fn consent_fact(
     receipt_jws: &str,
     state: &str,
     signer: &haven_trust::token::OrgSigner,
+    ca: Option<&[u8]>,
     now_micros: i64,
 ) -> Option<(ConsentReceipt, ConsentState)> {
     let (receipt, der) = haven_trust::token::verify_with_x5c::<ConsentReceipt>(receipt_jws).ok()?;
-    if Some(Fingerprint::of_der(&der).to_hex()) != signer.header().kid {
+    let own_key = Some(Fingerprint::of_der(&der).to_hex()) == signer.header().kid;
+    let own_org = || {
+        ca.and_then(|ca| haven_trust::token::verify_by_ca::<ConsentReceipt>(receipt_jws, ca).ok())
+            .and_then(|(_, cert)| cert.org().ok())
+            .is_some_and(|org| &org == signer.org())
+    };
+    if !own_key && !own_org() {
         return None;
     }
     let state = ConsentState::parse(state)?;

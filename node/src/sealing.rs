@@ -136,6 +136,29 @@ pub async fn list(store: &NodeStore) -> Result<Vec<SealingKey>, sqlx::Error> {
         .collect()
 }
 
+/// How long before its newest key expires a node makes the next one.
+pub const ROTATE_BEFORE_SECS: i64 = 30 * 86_400;
+
+/// Makes a new key when every key the organization has not withdrawn ends within
+/// [`ROTATE_BEFORE_SECS`], so that senders always have a key to seal to. An organization that never
+/// made a key, or withdrew all of them, is left to its admin. Returns the new key, if one was made.
+pub async fn rotate_if_due(
+    store: &NodeStore,
+    link: &GatewayLink,
+    clock: &SharedClock,
+    folder: &KeyFolder,
+) -> Result<Option<SealingKey>, Status> {
+    let now = clock.now_micros().div_euclid(1_000_000);
+    let keys = list(store).await.map_err(db)?;
+    let kept: Vec<&SealingKey> = keys.iter().filter(|k| k.withdrawn_at_micros.is_none()).collect();
+    if kept.is_empty() || kept.iter().any(|k| k.not_after > now + ROTATE_BEFORE_SECS) {
+        return Ok(None);
+    }
+    let (key, _) = make(store, link, clock, folder, "node", false).await?;
+    tracing::info!(key = %key.kid, "the organization's sealing keys end within 30 days: a new one is made and published");
+    Ok(Some(key))
+}
+
 /// The longest delivery TTL this node may still receive copies under, in seconds: the longest of the
 /// bundles it kept, or the network ceiling (3660 days) when it kept none.
 async fn longest_ttl_secs(store: &NodeStore) -> Result<i64, sqlx::Error> {
@@ -198,7 +221,9 @@ pub async fn make(
     created_by: &str,
     only_if_none: bool,
 ) -> Result<(SealingKey, Option<Status>), Status> {
-    if only_if_none && list(store).await.map_err(db)?.iter().any(|k| k.withdrawn_at_micros.is_none()) {
+    let now_secs = clock.now_micros().div_euclid(1_000_000);
+    let live = |k: &SealingKey| k.withdrawn_at_micros.is_none() && k.not_after > now_secs;
+    if only_if_none && list(store).await.map_err(db)?.iter().any(live) {
         return Err(Status::already_exists(
             "this organization already has a sealing key; `haven-node keys rotate` makes a new one",
         ));

@@ -62,6 +62,7 @@ impl NodeState {
             clock: self.clock.clone(),
             key_log: self.key_log.clone(),
             bundles: self.bundles.clone(),
+            ca: self.ca_cert.clone(),
         }
     }
 }

@@ -4,10 +4,10 @@
 //!
 //! The checks, in order: the manifest's signature by a signing certificate the network CA issued to
 //! the sender; the manifest names this organization, the delivery's sender, message, kind, purpose and
-//! bundle; its window; the hash of `enc` and ciphertext; the key it was sealed to is one of this
-//! organization's; the copy opens with the manifest as `aad`; the opened field names are the manifest's;
-//! every value type-checks against the schema of the manifest's bundle; and the sender's key-log
-//! checkpoint is the log this node verified (a gateway showing two logs is caught here).
+//! bundle; its window; the hash of `enc` and ciphertext; the sender's key-log checkpoint is the log
+//! this node verified (a gateway showing two logs is caught here); the key it was sealed to is one of
+//! this organization's; the copy opens with the manifest as `aad`; the opened field names are the
+//! manifest's; and every value type-checks against the schema of the manifest's bundle.
 
 use std::collections::BTreeMap;
 
@@ -104,6 +104,17 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
             )));
         }
     }
+    // The sender's view of the key log first: a split view is caught whatever else is wrong.
+    match &b.key_log {
+        None => {
+            return Ok(Err(Rejection::new("manifest_mismatch", "the manifest carries no key-log checkpoint")));
+        }
+        Some(cp) => match node.key_log.check_peer(cp).await.map_err(|e| format!("node database: {e}"))? {
+            PeerView::Consistent | PeerView::Ahead { .. } => {}
+            PeerView::Unsigned(why) => return Ok(Err(Rejection::new("manifest_mismatch", why))),
+            PeerView::Split(why) => return Ok(Err(Rejection::new("key_log_split", why))),
+        },
+    }
     let Ok(secret) = node.sealing_keys.read(&b.recipient_kid) else {
         return Ok(Err(Rejection::new(
             "unknown_sealing_key",
@@ -162,16 +173,6 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
             "fields_invalid",
             format!("the values do not fit the schema of {}: {first}", b.bundle_version),
         )));
-    }
-    match &b.key_log {
-        None => {
-            return Ok(Err(Rejection::new("manifest_mismatch", "the manifest carries no key-log checkpoint")));
-        }
-        Some(cp) => match node.key_log.check_peer(cp).await.map_err(|e| format!("node database: {e}"))? {
-            PeerView::Consistent | PeerView::Ahead { .. } => {}
-            PeerView::Unsigned(why) => return Ok(Err(Rejection::new("manifest_mismatch", why))),
-            PeerView::Split(why) => return Ok(Err(Rejection::new("key_log_split", why))),
-        },
     }
     d.fields = opened.fields;
     Ok(Ok(()))

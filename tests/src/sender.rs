@@ -23,7 +23,7 @@ fn loaded() -> &'static Mutex<HashMap<String, Arc<Bundle>>> {
 
 /// The bundle in force at the gateway `link` reaches.
 pub async fn bundle(link: &GatewayLink) -> Result<Arc<Bundle>, tonic::Status> {
-    let req = link.request(&PersonId::node(), Role::Node, pb::PolicyBundleRequest {})?;
+    let req = link.request(&PersonId::node(), Role::Node, pb::PolicyBundleRequest::default())?;
     let resp = GatewayClient::new(link.channel()).policy_bundle(req).await?.into_inner();
     if let Some(b) = loaded().lock().ok().and_then(|l| l.get(&resp.bundle_version).cloned()) {
         return Ok(b);
@@ -93,7 +93,7 @@ pub async fn seal(
         match GatewayClient::new(link.channel()).get_consent(req).await {
             Ok(r) => {
                 let r = r.into_inner();
-                haven_node::seal::consent_fact(&r.receipt_jws, &r.state, link.signer(), clock.now_micros())
+                haven_node::seal::consent_fact(&r.receipt_jws, &r.state, link.signer(), None, clock.now_micros())
             }
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => None,
             Err(s) => return Err(s),
@@ -198,8 +198,13 @@ impl Sender {
                 let req =
                     self.link.request(person, role, pb::GetConsentRequest { consent_id: env.consent_id.clone() })?;
                 let r = GatewayClient::new(self.link.channel()).get_consent(req).await?.into_inner();
-                let c =
-                    haven_node::seal::consent_fact(&r.receipt_jws, &r.state, self.link.signer(), clock.now_micros());
+                let c = haven_node::seal::consent_fact(
+                    &r.receipt_jws,
+                    &r.state,
+                    self.link.signer(),
+                    None,
+                    clock.now_micros(),
+                );
                 if let Ok(mut m) = self.consents.lock() {
                     m.insert(env.consent_id.clone(), c.clone());
                 }

@@ -402,3 +402,34 @@ async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_noth
         .unwrap();
     assert_ne!(key.public_key, publish(&net, "harbor", [8; 32]).public_key, "the forged key is never sealed to");
 }
+
+/// A node makes its next sealing key 30 days before its keys end, so senders always have one to seal
+/// to; while a key has longer to live, nothing is made.
+#[tokio::test]
+async fn a_key_due_to_end_is_rotated_by_the_node_itself() {
+    let net = TestNet::start_unkeyed(
+        haven_tests::net::policies_dir(),
+        std::sync::Arc::new(haven_trust::clock::SystemClock),
+        |_| {},
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = haven_node::store::NodeStore::open(&dir.path().join("node.db").display().to_string()).await.unwrap();
+    let clock = haven_trust::clock::ManualClock::starting_now();
+    let shared: haven_trust::clock::SharedClock = std::sync::Arc::new(clock.clone());
+    let harbor = OrgId::parse("harbor").unwrap();
+    let config = haven_node::link::LinkConfig::from_certs_dir(net.url(), &net.certs, harbor.clone());
+    let link = haven_node::link::GatewayLink::new(&config, shared.clone()).unwrap();
+    let folder = haven_node::sealing::KeyFolder(dir.path().join("sealing"));
+    let rotate = || haven_node::sealing::rotate_if_due(&store, &link, &shared, &folder);
+    assert_eq!(rotate().await.unwrap(), None, "no key was ever made: the admin's to make");
+    let (first, _) = haven_node::sealing::make(&store, &link, &shared, &folder, "ada", true).await.unwrap();
+    assert_eq!(rotate().await.unwrap(), None, "a year to live");
+    clock.advance_secs(340 * 86_400);
+    let next = rotate().await.unwrap().expect("rotated 25 days before the end");
+    assert_ne!(next.kid, first.kid);
+    assert_eq!(rotate().await.unwrap(), None, "once");
+    let err = haven_node::sealing::make(&store, &link, &shared, &folder, "ada", true).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "`keys init` finds the live key: {err:?}");
+    net.stop().await;
+}

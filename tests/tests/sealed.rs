@@ -677,3 +677,86 @@ async fn a_split_view_of_the_key_log_is_caught_when_a_copy_passes() {
     harbor.stop().await;
     net.stop().await;
 }
+
+/// A copy sealed under one bundle, then the policy reloaded before its recipient's node (which never
+/// had the first bundle) comes back: the node fetches the first bundle by version from the gateway,
+/// checks its files hash to it, and opens the copy against its schema.
+#[tokio::test]
+async fn a_copy_sealed_under_an_earlier_bundle_is_checked_against_that_bundle() {
+    let policies = tempfile::tempdir().unwrap();
+    haven_tests::net::copy_policies(policies.path());
+    let net = TestNet::start_with(policies.path().to_owned(), Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent, subject) = housing_consent(&harbor).await;
+    let sent = send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.unwrap();
+    let first = sent.bundle_version.clone();
+
+    let network = policies.path().join("network.toml");
+    let mut changed = std::fs::read_to_string(&network).unwrap();
+    changed.push_str("\n# Reloaded while a copy waited.\n");
+    std::fs::write(&network, changed).unwrap();
+    net.gateway.reload(None).await.unwrap();
+    assert_ne!(net.gateway.bundle().version_id(), first, "a new bundle is in force");
+
+    let maple = net.node(SHELTER, &[("sam", Role::Caseworker)]).await;
+    drained(net.gateway.store().pool(), SHELTER).await;
+    let got = inbox(&maple, "sam").await;
+    assert_eq!(got[&sent.message_id].bundle_version, first);
+    assert_eq!(got[&sent.message_id].fields.get("urgency"), Some(&text("high")));
+    assert!(entries_of(net.gateway.store().pool(), "integrity_failure", SHELTER).await.is_empty());
+    maple.stop().await;
+    harbor.stop().await;
+    net.stop().await;
+}
+
+/// Copies sealed under a bundle that is no longer in force: a new submission is refused whole
+/// (`bundle_changed`, nothing stored) and the sender's node seals again under the new one, with the
+/// same message id; a submission stored before the change, sent again, gets its first reply.
+#[tokio::test]
+async fn copies_sealed_under_a_replaced_bundle_are_refused_whole_and_sealed_again() {
+    let policies = tempfile::tempdir().unwrap();
+    haven_tests::net::copy_policies(policies.path());
+    let net = TestNet::start_with(policies.path().to_owned(), Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent, subject) = housing_consent(&harbor).await;
+    let link = net.link("harbor");
+    let casey = PersonId::parse("casey").unwrap();
+    let mut stored = referral(SHELTER, "housing", &subject, &consent);
+    stored.message_id = Uuid::now_v7().to_string();
+    let (stored_request, _) = sender::seal(&link, &casey, Role::Caseworker, &stored).await.unwrap();
+    let gw = || GatewayClient::new(link.channel());
+    let first = gw().submit(link.request(&casey, Role::Caseworker, stored_request.clone()).unwrap()).await.unwrap();
+    let mut fresh = referral(SHELTER, "housing", &subject, &consent);
+    fresh.message_id = Uuid::now_v7().to_string();
+    let (fresh_request, _) = sender::seal(&link, &casey, Role::Caseworker, &fresh).await.unwrap();
+
+    let network = policies.path().join("network.toml");
+    let mut changed = std::fs::read_to_string(&network).unwrap();
+    changed.push_str("\n# A new bundle.\n");
+    std::fs::write(&network, changed).unwrap();
+    net.gateway.reload(None).await.unwrap();
+
+    let err = gw().submit(link.request(&casey, Role::Caseworker, fresh_request).unwrap()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().starts_with("bundle_changed: "), "{err:?}");
+    let kept: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE message_id = $1")
+        .bind(&fresh.message_id)
+        .fetch_one(net.gateway.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0, "nothing stored");
+    let again =
+        gw().submit(link.request(&casey, Role::Caseworker, stored_request).unwrap()).await.unwrap().into_inner();
+    assert!(again.replayed, "a retry of what was stored before the change is answered, not refused");
+    assert_eq!(again.outcomes, first.into_inner().outcomes);
+
+    // The node: its kept bundle is the old one; the gateway's refusal makes it fetch the new one and
+    // seal again, and the send goes through.
+    let sent = send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.unwrap();
+    assert_eq!(sent.state, "submitted", "{sent:?}");
+    assert_eq!(sent.bundle_version, net.gateway.bundle().version_id());
+    assert_eq!(sent.outcomes[0].outcome, recipient_outcome::Outcome::Queued as i32);
+    harbor.stop().await;
+    net.stop().await;
+}

@@ -13,7 +13,7 @@ use ::hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 
 type Kem = X25519HkdfSha256;
 
-/// The implementation, as the docs and `haven-node keys list` name it.
+/// The implementation, as the docs name it.
 pub const IMPLEMENTATION: &str = "hpke 0.15 (rozbb/rust-hpke, RustCrypto)";
 
 /// The length of an encapsulated key (`enc`) for X25519.

@@ -39,6 +39,8 @@ pub struct Copies {
     by_recipient: BTreeMap<OrgId, Checked>,
     /// What makes two submissions' copies the same: each recipient, manifest and sealed hash.
     digest: String,
+    /// Why the copies cannot be used, when they were sealed under another bundle than the one in force.
+    stale: Option<String>,
 }
 
 impl Copies {
@@ -47,9 +49,16 @@ impl Copies {
         &self.digest
     }
 
+    /// The `bundle_changed` refusal, when the copies were sealed under another bundle than the one in
+    /// force.
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_deref()
+    }
+
     /// `decision` for `recipient`, with its copy: an allow narrowed to the fields sealed, or refused
-    /// when the copy is missing, unsound or exceeds the grant. Returns the copy that goes.
-    pub fn apply(&self, recipient: &OrgId, decision: Decision) -> (Decision, Option<pb::SealedCopy>) {
+    /// when the copy is missing, unsound or exceeds the grant. Returns the copy that goes, with its
+    /// manifest's `not_after` (Unix seconds), past which its recipient would refuse it.
+    pub fn apply(&self, recipient: &OrgId, decision: Decision) -> (Decision, Option<(pb::SealedCopy, i64)>) {
         if !decision.allowed() {
             return (decision, None);
         }
@@ -61,7 +70,7 @@ impl Copies {
             ),
             Some(Checked::Refused { reason, detail }) => (decision.refused(*reason, Some(detail.clone())), None),
             Some(Checked::Sound { manifest, copy }) => match decision.clone().narrowed_to(&manifest.body.fields) {
-                Ok(narrowed) => (narrowed, Some(copy.clone())),
+                Ok(narrowed) => (narrowed, Some((copy.clone(), manifest.body.not_after))),
                 Err(exceeding) => (
                     decision.refused(
                         DenyReason::ManifestExceedsGrant,
@@ -85,13 +94,15 @@ pub async fn check(
     copies: Vec<pb::SealedCopy>,
     now: i64,
 ) -> Result<Copies, Error> {
-    if bundle_version != bundle.version_id() {
-        return Err(Error::FailedPrecondition(format!(
+    // Refused in the commit, after the message id is looked up: a retry of a submission that was
+    // stored before the bundle changed is answered with its first reply, not refused.
+    let stale = (bundle_version != bundle.version_id()).then(|| {
+        format!(
             "bundle_changed: the copies were sealed under bundle {}, but {} is in force; fetch it (Gateway.PolicyBundle), decide again and seal again under the same message id",
             haven_trust::untrusted::shown(bundle_version),
             bundle.version_id()
-        )));
-    }
+        )
+    });
     let max = bundle.network().max_recipients as usize;
     if copies.len() > max {
         return Err(Error::InvalidArgument(format!(
@@ -141,7 +152,7 @@ pub async fn check(
         };
         by_recipient.insert(recipient, checked);
     }
-    Ok(Copies { by_recipient, digest: hex::encode(digest.finalize()) })
+    Ok(Copies { by_recipient, digest: hex::encode(digest.finalize()), stale })
 }
 
 /// The manifest's own checks and its agreement with the envelope.
@@ -184,6 +195,13 @@ fn verify(
             haven_trust::untrusted::shown(extra)
         )));
     }
+    let missing = bundle
+        .schema()
+        .kind(env.kind.as_str())
+        .and_then(|k| k.fields().iter().find(|f| f.required && !b.fields.contains(&f.name)).map(|f| f.name.clone()));
+    if let Some(field) = missing {
+        return Err(mismatch(format!("the manifest leaves out `{field}`, which the schema requires")));
+    }
     Ok(m)
 }
 
@@ -224,7 +242,7 @@ impl Copies {
                     fields: fields.iter().map(|f| (*f).to_owned()).collect(),
                     recipient_kid: String::new(),
                     created_at: 0,
-                    not_after: 1,
+                    not_after: i64::MAX / 1_000_000,
                     key_log: None,
                 };
                 let manifest = Box::new(Manifest { body, sealed_sha256: String::new() });
@@ -232,6 +250,6 @@ impl Copies {
                 (recipient, Checked::Sound { manifest, copy })
             })
             .collect();
-        Copies { by_recipient, digest: format!("{copies:?}") }
+        Copies { by_recipient, digest: format!("{copies:?}"), stale: None }
     }
 }

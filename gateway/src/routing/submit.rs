@@ -120,6 +120,12 @@ pub fn submit_in(
         return Ok((resp, Vec::new()));
     }
 
+    // Copies sealed under another bundle are refused whole, and nothing is stored: the sender decides
+    // and seals again under the bundle in force, with the same message id.
+    if let Some(why) = copies.stale() {
+        return Err(Error::FailedPrecondition(why.to_owned()));
+    }
+
     // The consent row is locked (by the batch or the unit's own read), so a revocation racing this
     // submission either committed first (and this submission sees it) or waits for this commit (and
     // its cascade sees these copies).
@@ -153,7 +159,12 @@ pub fn submit_in(
         }
         let mut delivery_id = String::new();
         let mut recipient_subject = String::new();
-        if outcome == pb::recipient_outcome::Outcome::Queued {
+        if outcome == pb::recipient_outcome::Outcome::Queued
+            && let Some((sealed, not_after)) = sealed
+        {
+            // Never later than the manifest's own end, past which the recipient would refuse the copy:
+            // a send that waited at its node expires here, and its sender is told.
+            let expires = (now + ttl).min(not_after.saturating_mul(1_000_000));
             delivery_id = Uuid::now_v7().to_string();
             // The sender is the controller of the subject it names: a consent a rule relies on must be
             // the sender's own (the decision checked it).
@@ -173,9 +184,9 @@ pub fn submit_in(
                 withheld_fields: d.withheld().to_vec(),
                 rule_ids: d.rule_ids().to_vec(),
                 bundle_version: d.bundle_version().to_owned(),
-                expires_at_micros: now + ttl,
+                expires_at_micros: expires,
                 correlation_id: env.correlation_id.clone(),
-                sealed,
+                sealed: Some(sealed),
             };
             fx.rows.deliveries.push(DeliveryRow {
                 delivery_id: delivery_id.clone(),
@@ -191,7 +202,7 @@ pub fn submit_in(
                 pseudonym_version: pseudonym::VERSION,
                 released_fields: serde_json::to_string(&d.released()).unwrap_or_default(),
                 updated_at_micros: now,
-                expires_at_micros: now + ttl,
+                expires_at_micros: expires,
             });
             fx.rows.outbox.push(queue::outbox_row(
                 now,
@@ -201,7 +212,7 @@ pub fn submit_in(
                     delivery_id: &delivery_id,
                     consent_id: env.consent_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
                     sender,
-                    expires_at_micros: now + ttl,
+                    expires_at_micros: expires,
                 },
             ));
             fx.counts.push((caller.org.to_string(), recipient.to_string(), 1));

@@ -187,10 +187,26 @@ impl GatewayRpc for GatewayService {
     async fn policy_bundle(&self, req: Request<PolicyBundleRequest>) -> Result<Response<PolicyBundleResponse>, Status> {
         caller(&req)?;
         let bundle = self.gateway.bundle();
-        Ok(Response::new(PolicyBundleResponse {
-            bundle_version: bundle.version_id().to_owned(),
-            files: bundle.files().iter().cloned().collect(),
-        }))
+        let wanted = req.into_inner().version;
+        if wanted.is_empty() || wanted == bundle.version_id() {
+            return Ok(Response::new(PolicyBundleResponse {
+                bundle_version: bundle.version_id().to_owned(),
+                files: bundle.files().iter().cloned().collect(),
+            }));
+        }
+        let store = self.gateway.store();
+        let kept = crate::store::bundles::files(store.pool(), &wanted).await.map_err(crate::error::Error::from)?;
+        let Some(json) = kept else {
+            return Err(crate::error::Error::NotFound(format!(
+                "this gateway never put bundle {} in force",
+                haven_trust::untrusted::shown(&wanted)
+            ))
+            .into());
+        };
+        let files: std::collections::HashMap<String, String> = serde_json::from_str(&json).map_err(|e| {
+            crate::error::Error::Internal(format!("the kept files of bundle {wanted} do not read back: {e}"))
+        })?;
+        Ok(Response::new(PolicyBundleResponse { bundle_version: wanted, files }))
     }
 
     async fn report_integrity_failure(

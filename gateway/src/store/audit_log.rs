@@ -300,13 +300,19 @@ pub async fn view_recorded(pool: &sqlx::AnyPool, org: &str, view_id: &str) -> Re
     Ok(n > 0)
 }
 
-/// Whether `org` already reported an integrity failure of message `message_id`.
-pub async fn integrity_failure_recorded(pool: &sqlx::AnyPool, org: &str, message_id: &str) -> Result<bool, StoreError> {
+/// Whether `org` already reported an integrity failure of message `message_id` from `sender`.
+pub async fn integrity_failure_recorded(
+    pool: &sqlx::AnyPool,
+    org: &str,
+    message_id: &str,
+    sender: &str,
+) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'integrity_failure' AND actor_org = $1 AND object_id = $2",
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'integrity_failure' AND actor_org = $1 AND object_id = $2 AND counterparty = $3",
     )
     .bind(org)
     .bind(message_id)
+    .bind(sender)
     .fetch_one(pool)
     .await?;
     Ok(n > 0)

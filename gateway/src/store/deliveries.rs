@@ -227,3 +227,24 @@ pub async fn received_by(
         None => None,
     })
 }
+
+/// Whether `recipient` received message `message_id` from `sender` (a message id is unique per sender
+/// only): the sender's subject, if it did.
+pub async fn received_from(
+    pool: &sqlx::AnyPool,
+    message_id: &str,
+    recipient: &str,
+    sender: &str,
+) -> Result<Option<String>, super::StoreError> {
+    let row =
+        sqlx::query("SELECT subject FROM deliveries WHERE message_id = $1 AND recipient = $2 AND sender = $3 LIMIT 1")
+            .bind(message_id)
+            .bind(recipient)
+            .bind(sender)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get(0)?),
+        None => None,
+    })
+}

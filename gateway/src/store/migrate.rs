@@ -43,6 +43,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009", "stream_leases"),
     migration!(10, "0010", "accepted_crl"),
     migration!(11, "0011", "key_log"),
+    migration!(12, "0012", "policy_bundles"),
 ];
 
 /// An arbitrary constant naming Haven's migration lock.

@@ -19,6 +19,7 @@
 //! when it shuts down (see `checkpoint_wal` and [`Store::truncate_wal`]).
 
 pub mod audit_log;
+pub mod bundles;
 pub mod consents;
 pub mod crl;
 pub mod deliveries;

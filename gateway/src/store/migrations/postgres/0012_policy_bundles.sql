@@ -1,0 +1,8 @@
+-- Every policy bundle the gateway put in force, by version, with its files (a JSON object of path to
+-- text), written in the transaction of the audit entry that put it in force (`gateway_started` or
+-- `policy_reloaded`). Nodes fetch an older bundle by version to check a copy sealed under it.
+CREATE TABLE policy_bundle (
+    version TEXT PRIMARY KEY,
+    files TEXT NOT NULL,
+    in_force_at_micros BIGINT NOT NULL
+);
