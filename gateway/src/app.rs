@@ -343,13 +343,13 @@ impl Gateway {
         if let Some(crl) = crl {
             crl::record(&mut tx, crl, self.0.clock.now_micros()).await?;
         }
+        let seq = audit::append_one(&mut tx, entry).await?;
         if let Some(b) = bundle {
             let files: std::collections::BTreeMap<&str, &str> =
                 b.files().iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
             let json = serde_json::to_string(&files).map_err(|e| StoreError::Commit(e.to_string()))?;
-            crate::store::bundles::keep(&mut tx, b.version_id(), &json, self.0.clock.now_micros()).await?;
+            crate::store::bundles::keep(&mut tx, b.version_id(), &json, seq, self.0.clock.now_micros()).await?;
         }
-        audit::append_one(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(())
     }

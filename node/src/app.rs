@@ -116,6 +116,7 @@ impl Node {
             crate::sealing::KeyFolder::beside(&config.link.signing_key),
         );
         let sealing_keys = crate::sealing::KeyFolder::beside(&config.link.signing_key);
+        let bundles = crate::bundles::Bundles::new(witness.clone());
         // The first start of an organization that never had a key makes one; an admin who withdrew
         // every key makes the next one (`haven-node keys rotate`).
         let never_keyed = crate::sealing::list(&store).await.map(|k| k.is_empty()).unwrap_or(false);
@@ -145,7 +146,7 @@ impl Node {
                 sealing_keys,
                 arrivals,
                 network: Default::default(),
-                bundles: Default::default(),
+                bundles,
                 ca_cert: ca,
             }),
             config,

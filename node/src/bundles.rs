@@ -19,11 +19,14 @@ use tonic::Status;
 
 use crate::link::GatewayLink;
 use crate::store::NodeStore;
+use crate::witness::Witness;
 
 /// The bundles loaded so far, by version, and the newest one fetched. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Bundles {
     inner: Arc<Mutex<Loaded>>,
+    /// The node's audit witness, which checks the checkpoint covering each bundle's audit entry.
+    witness: Witness,
 }
 
 #[derive(Default)]
@@ -33,6 +36,11 @@ struct Loaded {
 }
 
 impl Bundles {
+    /// No bundle loaded yet; each one fetched is checked against the audit trail with `witness`.
+    pub fn new(witness: Witness) -> Self {
+        Bundles { inner: Default::default(), witness }
+    }
+
     /// The bundle this node last learned is in force, fetched if it knows none.
     pub async fn current(&self, store: &NodeStore, link: &GatewayLink) -> Result<Arc<Bundle>, Status> {
         let newest = self.inner.lock().map(|l| l.newest.clone()).unwrap_or_default();
@@ -56,8 +64,9 @@ impl Bundles {
     async fn fetch(&self, store: &NodeStore, link: &GatewayLink, version: &str) -> Result<Arc<Bundle>, Status> {
         let request =
             link.request(&PersonId::node(), Role::Node, PolicyBundleRequest { version: version.to_owned() })?;
-        let PolicyBundleResponse { bundle_version, files } =
+        let PolicyBundleResponse { bundle_version, files, in_force, in_force_proof, checkpoint } =
             GatewayClient::new(link.channel()).policy_bundle(request).await?.into_inner();
+        self.in_force(&bundle_version, in_force, in_force_proof, checkpoint).await?;
         if !version.is_empty() && bundle_version != version {
             return Err(Status::failed_precondition(format!(
                 "asked for bundle {version}, the gateway served {}",
@@ -111,6 +120,54 @@ impl Bundles {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(s),
         }
+    }
+}
+
+impl Bundles {
+    /// Checks that the audit trail records `version` as put in force: the entry the gateway names is a
+    /// `gateway_started` or `policy_reloaded` entry, outcome `ok`, naming the version; it is included
+    /// in a checkpoint signed by the gateway that this node's audit witness accepts (consistent with
+    /// every checkpoint it saw before). A bundle the gateway serves without such an entry is a policy
+    /// change the logs do not record, and this node does not decide on it.
+    async fn in_force(
+        &self,
+        version: &str,
+        entry: Option<haven_proto::v1::AuditEntry>,
+        proof: Option<haven_proto::v1::InclusionProof>,
+        checkpoint: Option<haven_proto::v1::SignedCheckpoint>,
+    ) -> Result<(), Status> {
+        let refused = |why: String| {
+            Status::failed_precondition(format!(
+                "the gateway served policy bundle {} without proof that the audit trail records it as put in force: {why}; this node does not decide on it",
+                haven_trust::untrusted::shown(version)
+            ))
+        };
+        let (Some(wire), Some(proof), Some(cp)) = (entry, proof, checkpoint) else {
+            return Err(refused("no audit entry, proof or checkpoint came with it".into()));
+        };
+        if let Err(why) = self.witness.vouch_for(cp.clone()).await {
+            return Err(refused(format!("this node's audit witness refuses the checkpoint: {why}")));
+        }
+        let entry = haven_trust::audit::AuditEntry::from(&wire);
+        let names_it = matches!(entry.action.as_str(), "gateway_started" | "policy_reloaded")
+            && entry.outcome == "ok"
+            && entry.bundle_version == version;
+        if !names_it || entry.seq != proof.seq {
+            return Err(refused(format!(
+                "audit entry {} is `{}` ({}) for bundle {}",
+                entry.seq,
+                haven_trust::untrusted::shown(&entry.action),
+                haven_trust::untrusted::shown(&entry.outcome),
+                haven_trust::untrusted::shown(&entry.bundle_version)
+            )));
+        }
+        let cp = haven_trust::audit::Checkpoint::from(&cp);
+        let root = cp.root().map_err(|e| refused(format!("the checkpoint's root: {e}")))?;
+        let hashes = haven_trust::merkle::proof_from_slices(&proof.hashes).map_err(|e| refused(e.to_string()))?;
+        haven_trust::merkle::verify_inclusion(&entry.leaf_hash(), proof.seq, cp.tree_size, &hashes, &root).map_err(
+            |e| refused(format!("audit entry {} is not in the checkpoint of size {}: {e}", proof.seq, cp.tree_size)),
+        )?;
+        Ok(())
     }
 }
 

@@ -247,6 +247,20 @@ impl Witness {
         self.record(finding).await
     }
 
+    /// Observes `cp` as [`Witness::observe`] does, and says whether this checkpoint itself passed (a
+    /// standing alarm from before does not decide it): signed by the gateway, and consistent with every
+    /// checkpoint this node witnessed. `Err` says why not.
+    pub async fn vouch_for(&self, cp: SignedCheckpoint) -> Result<(), String> {
+        let _one_at_a_time = self.0.busy.lock().await;
+        let finding = match self.check(&cp).await {
+            Ok(f) => f,
+            Err(e) => Finding::alarm(WitnessState::Unreachable, format!("node database: {e}")),
+        };
+        let (state, detail) = (finding.state, finding.detail.clone());
+        self.record(finding).await;
+        if state == WitnessState::Ok { Ok(()) } else { Err(detail) }
+    }
+
     async fn check(&self, wire: &SignedCheckpoint) -> Result<Finding, sqlx::Error> {
         let cp = Checkpoint::from(wire);
         let size = cp.tree_size;

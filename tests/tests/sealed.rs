@@ -760,3 +760,59 @@ async fn copies_sealed_under_a_replaced_bundle_are_refused_whole_and_sealed_agai
     harbor.stop().await;
     net.stop().await;
 }
+
+/// A gateway that serves a policy the audit trail does not record as put in force is not decided on:
+/// files changed under the version in force fail their hash, and a bundle under its own version with
+/// no `policy_reloaded` entry for it fails the audit check. The sender's node seals nothing on either.
+#[tokio::test]
+async fn a_gateway_serving_a_policy_the_audit_trail_does_not_record_is_not_decided_on() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent, subject) = housing_consent(&harbor).await;
+    let pool = net.gateway.store().pool().clone();
+    let version = net.gateway.bundle().version_id().to_owned();
+    let widened = |files: &mut std::collections::BTreeMap<String, String>| {
+        let rules = files.keys().find(|k| k.starts_with("rules/")).unwrap().clone();
+        files.get_mut(&rules).unwrap().push_str("\n# widened behind the audit trail's back\n");
+    };
+
+    // 1. Other files under the version in force (what a gateway whose database was edited serves).
+    let json: String = sqlx::query("SELECT files FROM policy_bundle WHERE version = $1")
+        .bind(&version)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    let mut files: std::collections::BTreeMap<String, String> = serde_json::from_str(&json).unwrap();
+    widened(&mut files);
+    sqlx::query("UPDATE policy_bundle SET files = $1 WHERE version = $2")
+        .bind(serde_json::to_string(&files).unwrap())
+        .bind(&version)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("this node does not decide on them"), "{err:?}");
+
+    // 2. A bundle under its own version, with no audit entry that put it in force.
+    let dir = tempfile::tempdir().unwrap();
+    let list: Vec<(String, String)> = files.into_iter().collect();
+    haven_sharing::policy::Bundle::write_files(&list, dir.path()).unwrap();
+    let other = haven_sharing::policy::Bundle::load(dir.path(), None).unwrap();
+    let other_files: std::collections::BTreeMap<&str, &str> =
+        list.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    sqlx::query("INSERT INTO policy_bundle (version, files, in_force_seq, in_force_at_micros) VALUES ($1, $2, 0, 0)")
+        .bind(other.version_id())
+        .bind(serde_json::to_string(&other_files).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let s = &harbor.state;
+    let err = s.bundles.by_version(&s.store, &s.link, other.version_id()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("without proof that the audit trail records it as put in force"), "{err:?}");
+    assert!(err.message().contains("is `gateway_started` (ok) for bundle"), "{err:?}");
+    harbor.stop().await;
+    net.stop().await;
+}

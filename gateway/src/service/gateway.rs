@@ -186,27 +186,44 @@ impl GatewayRpc for GatewayService {
 
     async fn policy_bundle(&self, req: Request<PolicyBundleRequest>) -> Result<Response<PolicyBundleResponse>, Status> {
         caller(&req)?;
-        let bundle = self.gateway.bundle();
+        let g = &self.gateway;
         let wanted = req.into_inner().version;
-        if wanted.is_empty() || wanted == bundle.version_id() {
-            return Ok(Response::new(PolicyBundleResponse {
-                bundle_version: bundle.version_id().to_owned(),
-                files: bundle.files().iter().cloned().collect(),
-            }));
-        }
-        let store = self.gateway.store();
-        let kept = crate::store::bundles::files(store.pool(), &wanted).await.map_err(crate::error::Error::from)?;
-        let Some(json) = kept else {
+        let version = if wanted.is_empty() { g.bundle().version_id().to_owned() } else { wanted };
+        let kept = crate::store::bundles::files(g.store().pool(), &version).await.map_err(crate::error::Error::from)?;
+        let Some((json, seq)) = kept else {
             return Err(crate::error::Error::NotFound(format!(
                 "this gateway never put bundle {} in force",
-                haven_trust::untrusted::shown(&wanted)
+                haven_trust::untrusted::shown(&version)
             ))
             .into());
         };
         let files: std::collections::HashMap<String, String> = serde_json::from_str(&json).map_err(|e| {
-            crate::error::Error::Internal(format!("the kept files of bundle {wanted} do not read back: {e}"))
+            crate::error::Error::Internal(format!("the kept files of bundle {version} do not read back: {e}"))
         })?;
-        Ok(Response::new(PolicyBundleResponse { bundle_version: wanted, files }))
+        // The entry that put it in force, a checkpoint that covers it, and the proof between them.
+        let log = g.audit_log();
+        let checkpoint = settle(g.store(), log.covering_checkpoint().await.map_err(crate::error::Error::from)?).await?;
+        let read = log.inclusion_proof(seq, checkpoint.tree_size).await.map_err(crate::error::Error::from)?;
+        let (proof, leaf) = settle(g.store(), read).await?;
+        let entry = crate::store::audit_log::read_range(g.store().pool(), seq, seq + 1)
+            .await
+            .map_err(crate::error::Error::from)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| crate::error::Error::Internal(format!("audit entry {seq} is missing")))?;
+        let canonical = entry.canonical();
+        Ok(Response::new(PolicyBundleResponse {
+            bundle_version: version,
+            files,
+            in_force: Some(haven_proto::convert::WireEntry { entry: &entry, canonical }.into()),
+            in_force_proof: Some(InclusionProof {
+                seq,
+                tree_size: checkpoint.tree_size,
+                hashes: proof.iter().map(|h| h.to_vec()).collect(),
+                leaf_hash: leaf.to_vec(),
+            }),
+            checkpoint: Some(SignedCheckpoint::from(&checkpoint)),
+        }))
     }
 
     async fn report_integrity_failure(

@@ -4,5 +4,7 @@
 CREATE TABLE policy_bundle (
     version TEXT PRIMARY KEY,
     files TEXT NOT NULL,
+    -- The audit entry that put it in force, which a node checks before it decides on the bundle.
+    in_force_seq BIGINT NOT NULL,
     in_force_at_micros BIGINT NOT NULL
 );
