@@ -120,7 +120,7 @@ impl Node {
         // The first start of an organization that never had a key makes one; an admin who withdrew
         // every key makes the next one (`haven-node keys rotate`).
         let never_keyed = crate::sealing::list(&store).await.map(|k| k.is_empty()).unwrap_or(false);
-        if config.first_sealing_key && never_keyed {
+        if config.first_sealing_key && never_keyed && !crate::sealing::keyed_elsewhere(&link).await {
             match crate::sealing::make(&store, &link, &clock, &sealing_keys, "node", true).await {
                 Ok((key, None)) => {
                     tracing::info!(key = %key.kid, "the organization's first sealing key is made and published")

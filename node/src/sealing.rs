@@ -136,6 +136,41 @@ pub async fn list(store: &NodeStore) -> Result<Vec<SealingKey>, sqlx::Error> {
         .collect()
 }
 
+/// Whether the key log already publishes keys of this organization that this node (which has none)
+/// did not make: another node of the organization, or this one restored without its database. A first
+/// key is then not made: senders would seal to it, and the other node could not open their copies. The
+/// organization's own witness raises `foreign_sealing_key` for keys it did not make. A gateway that
+/// cannot be asked says nothing either way.
+pub async fn keyed_elsewhere(link: &GatewayLink) -> bool {
+    let own = link.signer().org().clone();
+    let mut from = 0;
+    loop {
+        let Ok(request) = link.request(
+            &haven_trust::ids::PersonId::node(),
+            haven_trust::ids::Role::Node,
+            haven_proto::v1::KeyLogRequest { from_seq: from, limit: 0 },
+        ) else {
+            return false;
+        };
+        let Ok(page) = haven_proto::v1::gateway_client::GatewayClient::new(link.channel()).key_log(request).await
+        else {
+            return false;
+        };
+        let page = page.into_inner();
+        if page.entries.iter().filter_map(|e| sealing::verified_payload(&e.statement)).any(|s| s.org == own) {
+            tracing::warn!(
+                %own,
+                "the key log already publishes sealing keys of this organization that this node did not make (another node of the organization runs, or this one was restored without its database): no first key is made; an admin makes one with `haven-node keys init` once this is understood"
+            );
+            return true;
+        }
+        match page.entries.last() {
+            Some(last) if last.seq + 1 > from => from = last.seq + 1,
+            _ => return false,
+        }
+    }
+}
+
 /// How long before its newest key expires a node makes the next one.
 pub const ROTATE_BEFORE_SECS: i64 = 30 * 86_400;
 
