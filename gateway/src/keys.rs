@@ -104,6 +104,7 @@ pub async fn register(
     let cp = signer.sign_of(KEY_LOG_ORIGIN, tree.size(), &tree.root(), now_micros);
     checkpoints::insert_checkpoint(&mut tx, checkpoints::Signed::KeyLog, &StoredCheckpoint::of(&cp)).await?;
     tx.commit().await?;
+    store.sealing_keys.clear();
     tracing::info!(org = %statement.org, key = %statement.kid, action = statement.action.as_str(), seq, "sealing-key statement registered");
     Ok(RegisterSealingKeyResponse {
         seq,

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use haven_proto::v1 as pb;
 use haven_trust::ids::{Caller, OrgId};
 use haven_trust::sealed::{self, Manifest, SealedCopy};
-use haven_trust::sealing::{self, StatementAction};
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{Envelope, Recipients};
@@ -137,7 +136,8 @@ pub async fn check(
             digest.update(part);
         }
         if !keys.contains_key(&recipient) {
-            keys.insert(recipient.clone(), usable_keys(store, &recipient, now).await?);
+            let kids = key_log::usable_keys(store, recipient.as_str(), now.saturating_mul(1_000_000)).await?;
+            keys.insert(recipient.clone(), kids);
         }
         let checked = match verify(&copy, bundle, caller, env, &names, &recipient, now) {
             Err((reason, detail)) => Checked::Refused { reason, detail },
@@ -203,53 +203,4 @@ fn verify(
         return Err(mismatch(format!("the manifest leaves out `{field}`, which the schema requires")));
     }
     Ok(m)
-}
-
-/// The key ids a sender may seal to for `org` at `now`: published, within their window, not withdrawn.
-async fn usable_keys(store: &Store, org: &OrgId, now: i64) -> Result<Vec<String>, Error> {
-    let rows = key_log::statements_of(store.pool(), org.as_str()).await?;
-    let withdrawn: Vec<&str> = rows
-        .iter()
-        .filter(|(_, action, _)| action == StatementAction::Withdraw.as_str())
-        .map(|(kid, _, _)| kid.as_str())
-        .collect();
-    Ok(rows
-        .iter()
-        .filter(|(kid, _, _)| !withdrawn.contains(&kid.as_str()))
-        .filter_map(|(_, _, jws)| sealing::verified_payload(jws))
-        .filter(|s| s.usable_at(now))
-        .map(|s| s.kid)
-        .collect())
-}
-
-#[cfg(test)]
-impl Copies {
-    /// Copies taken as sound, each listing its fields: for the plan's tests, which check no signatures.
-    pub fn assumed(copies: &[(&str, &[&str])]) -> Copies {
-        let by_recipient = copies
-            .iter()
-            .map(|(recipient, fields)| {
-                let recipient = OrgId::parse(recipient).unwrap_or_else(|e| panic!("{e}"));
-                let body = sealed::ManifestBody {
-                    v: sealed::MANIFEST_VERSION,
-                    message_id: String::new(),
-                    sender: recipient.clone(),
-                    recipient: recipient.clone(),
-                    kind: String::new(),
-                    purpose: String::new(),
-                    consent_id: String::new(),
-                    bundle_version: String::new(),
-                    fields: fields.iter().map(|f| (*f).to_owned()).collect(),
-                    recipient_kid: String::new(),
-                    created_at: 0,
-                    not_after: i64::MAX / 1_000_000,
-                    key_log: None,
-                };
-                let manifest = Box::new(Manifest { body, sealed_sha256: String::new() });
-                let copy = pb::SealedCopy { recipient: recipient.to_string(), ..Default::default() };
-                (recipient, Checked::Sound { manifest, copy })
-            })
-            .collect();
-        Copies { by_recipient, digest: format!("{copies:?}"), stale: None }
-    }
 }

@@ -127,3 +127,50 @@ pub(crate) async fn statements_of(
         .await?;
     rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("action")?, r.try_get("statement")?))).collect()
 }
+
+/// How long a read of an organization's usable keys serves submissions (a key registered at another
+/// replica is seen within it; one registered here at once).
+pub(crate) const KEY_CACHE_TTL_MICROS: i64 = 2_000_000;
+
+/// Each organization's usable key ids, with when they were read. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Vec<String>)>>>);
+
+impl KeyCache {
+    /// Forgets every organization's keys (a statement was appended).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut c) = self.0.lock() {
+            c.clear();
+        }
+    }
+}
+
+/// The key ids a sender may seal to for `org` at `now_micros`: published, within their window, not
+/// withdrawn. Read from the key log at most every [`KEY_CACHE_TTL_MICROS`].
+pub(crate) async fn usable_keys(store: &super::Store, org: &str, now_micros: i64) -> Result<Vec<String>, sqlx::Error> {
+    let cached = store.sealing_keys.0.lock().ok().and_then(|c| c.get(org).cloned());
+    if let Some((at, kids)) = cached
+        && now_micros.saturating_sub(at) < KEY_CACHE_TTL_MICROS
+        && at <= now_micros
+    {
+        return Ok(kids);
+    }
+    let now = now_micros.div_euclid(1_000_000);
+    let rows = statements_of(store.pool(), org).await?;
+    let withdrawn: Vec<&str> = rows
+        .iter()
+        .filter(|(_, action, _)| action == haven_trust::sealing::StatementAction::Withdraw.as_str())
+        .map(|(kid, _, _)| kid.as_str())
+        .collect();
+    let kids: Vec<String> = rows
+        .iter()
+        .filter(|(kid, _, _)| !withdrawn.contains(&kid.as_str()))
+        .filter_map(|(_, _, jws)| haven_trust::sealing::verified_payload(jws))
+        .filter(|s| s.usable_at(now))
+        .map(|s| s.kid)
+        .collect();
+    if let Ok(mut c) = store.sealing_keys.0.lock() {
+        c.insert(org.to_owned(), (now_micros, kids.clone()));
+    }
+    Ok(kids)
+}

@@ -191,6 +191,9 @@ pub struct Store {
     wal_idle: Duration,
     /// Fixed when the store opens, from its URL.
     dialect: Dialect,
+    /// Each organization's usable sealing keys as last read from the key log (see
+    /// [`key_log::usable_keys`]).
+    pub(crate) sealing_keys: key_log::KeyCache,
 }
 
 /// A write transaction. Everything that changes state writes its audit entry through the same one.
@@ -403,6 +406,7 @@ impl Store {
             wal,
             wal_idle,
             dialect,
+            sealing_keys: Default::default(),
         };
         migrate::run(&store).await?;
         if dialect == Dialect::Sqlite {
