@@ -204,3 +204,35 @@ fn verify(
     }
     Ok(m)
 }
+
+#[cfg(test)]
+impl Copies {
+    /// Copies taken as sound, each listing its fields: for the plan's tests, which check no signatures.
+    pub fn assumed(copies: &[(&str, &[&str])]) -> Copies {
+        let by_recipient = copies
+            .iter()
+            .map(|(recipient, fields)| {
+                let recipient = OrgId::parse(recipient).unwrap_or_else(|e| panic!("{e}"));
+                let body = sealed::ManifestBody {
+                    v: sealed::MANIFEST_VERSION,
+                    message_id: String::new(),
+                    sender: recipient.clone(),
+                    recipient: recipient.clone(),
+                    kind: String::new(),
+                    purpose: String::new(),
+                    consent_id: String::new(),
+                    bundle_version: String::new(),
+                    fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                    recipient_kid: String::new(),
+                    created_at: 0,
+                    not_after: i64::MAX / 1_000_000,
+                    key_log: None,
+                };
+                let manifest = Box::new(Manifest { body, sealed_sha256: String::new() });
+                let copy = pb::SealedCopy { recipient: recipient.to_string(), ..Default::default() };
+                (recipient, Checked::Sound { manifest, copy })
+            })
+            .collect();
+        Copies { by_recipient, digest: format!("{copies:?}"), stale: None }
+    }
+}

@@ -132,9 +132,12 @@ pub(crate) async fn statements_of(
 /// replica is seen within it; one registered here at once).
 pub(crate) const KEY_CACHE_TTL_MICROS: i64 = 2_000_000;
 
+/// An organization's usable key ids, with when they were read (microseconds).
+type ReadKeys = (i64, Vec<String>);
+
 /// Each organization's usable key ids, with when they were read. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct KeyCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, Vec<String>)>>>);
+pub(crate) struct KeyCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ReadKeys>>>);
 
 impl KeyCache {
     /// Forgets every organization's keys (a statement was appended).
