@@ -122,6 +122,12 @@ impl TestNet {
         net
     }
 
+    /// A gateway on the sample bundle and the system clock, without the organizations' sealing keys: the
+    /// key log starts empty, and each node makes its own key at its first start.
+    pub async fn start_without_keys() -> TestNet {
+        Self::start_unkeyed(policies_dir(), Arc::new(SystemClock), |_| {}).await
+    }
+
     /// [`TestNet::start_configured`], without the organizations' sealing keys: the key log starts
     /// empty (for the key log's own tests).
     pub async fn start_unkeyed(policies: PathBuf, clock: SharedClock, adjust: impl FnOnce(&mut Config)) -> TestNet {

@@ -1150,10 +1150,6 @@ async fn alarm_rows(node: &TestNode) -> Vec<(String, Option<String>, Option<i64>
         .unwrap()
 }
 
-fn net_clock() -> haven_trust::clock::SharedClock {
-    std::sync::Arc::new(haven_trust::clock::SystemClock)
-}
-
 /// The rotation the deployment guide describes (a new certificate by request, pinned next to the old
 /// one; the node reinstalled on it with `haven-certs install --replace` and restarted; the old one
 /// revoked and unpinned) raises `unpinned` while two certificates are pinned, and the alarm clears
@@ -1161,7 +1157,7 @@ fn net_clock() -> haven_trust::clock::SharedClock {
 #[tokio::test]
 async fn after_a_certificate_rotation_the_unpinned_alarm_clears_itself_and_stays_as_history() {
     // The node below is the organization's only one, and makes its own sealing key.
-    let net = TestNet::start_unkeyed(haven_tests::net::policies_dir(), net_clock(), |_| {}).await;
+    let net = TestNet::start_without_keys().await;
     let org = OrgId::parse("maple-house").unwrap();
     let files = |tls_cert: PathBuf, tls_key: PathBuf| haven_certs::InstallFiles {
         tls_cert,

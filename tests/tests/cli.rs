@@ -919,12 +919,7 @@ async fn every_command_family_exits_as_the_readme_promises_when_the_node_or_the_
 #[tokio::test]
 async fn keys_init_rotate_withdraw_and_list_at_the_command_line() {
     // No organization has a key yet: an admin makes the first.
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
     let init = as_person(&harbor, "ada", &["keys", "init"]).await;
     assert_eq!(init.code, 0, "{init:?}");

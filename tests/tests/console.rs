@@ -1107,7 +1107,7 @@ async fn many_failures_from_one_address_make_the_address_wait_whatever_the_names
 #[tokio::test]
 async fn an_administrator_makes_rotates_and_withdraws_sealing_keys_from_node_health() {
     // No organization has a key yet: an admin makes the first.
-    let net = TestNet::start_unkeyed(haven_tests::net::policies_dir(), std::sync::Arc::new(SystemClock), |_| {}).await;
+    let net = TestNet::start_without_keys().await;
     let maple = net.node_without_sealing_key("maple-house", &[("omar", Role::Admin), ("sam", Role::Caseworker)]).await;
     maple.set_password("omar", PASSWORD).await;
     maple.set_password("sam", PASSWORD).await;

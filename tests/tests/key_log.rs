@@ -73,12 +73,7 @@ fn check_log(net: &TestNet, log: &KeyLogResponse) {
 
 #[tokio::test]
 async fn statements_are_published_withdrawn_and_covered_by_signed_checkpoints_anyone_can_recompute() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[]).await;
     let maple = net.node_without_sealing_key("maple-house", &[]).await;
     assert!(read_log(&harbor).await.entries.is_empty() && read_log(&harbor).await.checkpoint.is_none());
@@ -120,12 +115,7 @@ async fn statements_are_published_withdrawn_and_covered_by_signed_checkpoints_an
 
 #[tokio::test]
 async fn bad_statements_are_refused_with_their_reason_and_nothing_is_stored() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[]).await;
     let maple = net.node_without_sealing_key("maple-house", &[]).await;
     let now = now_secs(&net);
@@ -206,12 +196,7 @@ fn verified(round: haven_node::keylog::Round) -> (u64, u64) {
 
 #[tokio::test]
 async fn keys_made_at_the_node_are_published_rotated_and_withdrawn_and_every_node_witnesses_them() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin), ("casey", Role::Caseworker)]).await;
     let maple = net.node_without_sealing_key("maple-house", &[("ada", Role::Admin)]).await;
     let harbor_org = OrgId::parse("harbor").unwrap();
@@ -302,12 +287,7 @@ async fn keys_made_at_the_node_are_published_rotated_and_withdrawn_and_every_nod
 
 #[tokio::test]
 async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certificate_raises_its_alarm() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin)]).await;
     let maple = net.node_without_sealing_key("maple-house", &[]).await;
     make_key(&harbor, true).await.unwrap();
@@ -367,12 +347,7 @@ async fn a_key_registered_behind_an_organizations_back_with_a_ca_issued_certific
 
 #[tokio::test]
 async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_nothing_is_kept() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let harbor = net.node_without_sealing_key("harbor", &[("ada", Role::Admin)]).await;
     let maple = net.node_without_sealing_key("maple-house", &[]).await;
     make_key(&harbor, true).await.unwrap();
@@ -407,12 +382,7 @@ async fn a_forged_statement_or_a_rewritten_log_is_refused_by_the_reader_and_noth
 /// to; while a key has longer to live, nothing is made.
 #[tokio::test]
 async fn a_key_due_to_end_is_rotated_by_the_node_itself() {
-    let net = TestNet::start_unkeyed(
-        haven_tests::net::policies_dir(),
-        std::sync::Arc::new(haven_trust::clock::SystemClock),
-        |_| {},
-    )
-    .await;
+    let net = TestNet::start_without_keys().await;
     let dir = tempfile::tempdir().unwrap();
     let store = haven_node::store::NodeStore::open(&dir.path().join("node.db").display().to_string()).await.unwrap();
     let clock = haven_trust::clock::ManualClock::starting_now();
