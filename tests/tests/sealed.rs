@@ -816,3 +816,80 @@ async fn a_gateway_serving_a_policy_the_audit_trail_does_not_record_is_not_decid
     harbor.stop().await;
     net.stop().await;
 }
+
+/// Bad input to the sealed contract, each refused with its reason and nothing stored: values sent to
+/// the gateway, a copy for a recipient the envelope does not name, two copies for one recipient, an
+/// unknown bundle version, and integrity reports from a person, with an unknown reason, a malformed id,
+/// or about a message the reporter never received.
+#[tokio::test]
+async fn bad_sealed_input_is_refused_with_its_reason() {
+    let net = TestNet::start().await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent, subject) = housing_consent(&harbor).await;
+    let link = net.link("harbor");
+    let casey = PersonId::parse("casey").unwrap();
+    let gw = || GatewayClient::new(link.channel());
+    let mut env = referral(SHELTER, "housing", &subject, &consent);
+    env.message_id = Uuid::now_v7().to_string();
+    let (sealed, _) = sender::seal(&link, &casey, Role::Caseworker, &env).await.unwrap();
+    let refused = |r: Result<tonic::Response<SubmitResponse>, tonic::Status>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        e.message().to_owned()
+    };
+
+    let with_values = SubmitRequest { envelope: Some(env.clone()), ..sealed.clone() };
+    let m = refused(gw().submit(link.request(&casey, Role::Caseworker, with_values).unwrap()).await);
+    assert!(m.starts_with("the gateway takes no field values"), "{m}");
+    let decide = gw()
+        .decide(link.request(&casey, Role::Caseworker, DecideRequest { envelope: Some(env.clone()) }).unwrap())
+        .await;
+    assert_eq!(decide.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let mut elsewhere = sealed.clone();
+    elsewhere.copies[0].recipient = "lantern-legal".into();
+    let m = refused(gw().submit(link.request(&casey, Role::Caseworker, elsewhere).unwrap()).await);
+    assert!(m.contains("which the envelope does not name"), "{m}");
+    let mut twice = sealed.clone();
+    twice.copies.push(twice.copies[0].clone());
+    let m = refused(gw().submit(link.request(&casey, Role::Caseworker, twice).unwrap()).await);
+    assert!(m.contains("two sealed copies for `maple-house`"), "{m}");
+    let stored: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE message_id = $1")
+        .bind(&env.message_id)
+        .fetch_one(net.gateway.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "nothing stored");
+
+    let node = PersonId::node();
+    let unknown = PolicyBundleRequest { version: format!("sha256:{}", "0".repeat(64)) };
+    let e = gw().policy_bundle(link.request(&node, Role::Node, unknown).unwrap()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let report = |reason: &str, message_id: &str| ReportIntegrityFailureRequest {
+        item_id: Uuid::now_v7().to_string(),
+        message_id: message_id.into(),
+        sender: "harbor".into(),
+        reason: reason.into(),
+        detail: "x".repeat(10_000),
+    };
+    let maple = net.link(SHELTER);
+    let integrity = |who: &PersonId, role: Role, r: ReportIntegrityFailureRequest| {
+        let req = maple.request(who, role, r).unwrap();
+        let mut client = GatewayClient::new(maple.channel());
+        async move { client.report_integrity_failure(req).await }
+    };
+    let sam = PersonId::parse("sam").unwrap();
+    let e = integrity(&sam, Role::Caseworker, report("fields_mismatch", &env.message_id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = integrity(&node, Role::Node, report("looked_odd", &env.message_id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = integrity(&node, Role::Node, report("fields_mismatch", "not-a-uuid")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = integrity(&node, Role::Node, report("fields_mismatch", &env.message_id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "never received: {e:?}");
+    assert!(entries_of(net.gateway.store().pool(), "integrity_failure", SHELTER).await.is_empty());
+    harbor.stop().await;
+    net.stop().await;
+}
