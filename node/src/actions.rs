@@ -255,13 +255,22 @@ pub async fn submit(kit: &Sending, env: Envelope, who: &Person) -> Result<SendRe
                 mailbox::forget_sealed(&kit.store, &message_id).await.map_err(db)?;
                 resealed = true;
             }
-            Err(s) if retryable(&s) => return pending(kit, &message_id, &s).await,
+            // The policy changed again (a second reload, or replicas on different bundles): the send
+            // waits and is sealed again on the next retry.
+            Err(s) if retryable(&s) || is_bundle_changed(&s) => {
+                mailbox::forget_sealed(&kit.store, &message_id).await.map_err(db)?;
+                return pending(kit, &message_id, &s).await;
+            }
             Err(s) => {
                 mailbox::record_failure(&kit.store, &message_id, s.message()).await.map_err(db)?;
                 return Err(kit.link.relay(s));
             }
         }
     }
+}
+
+fn is_bundle_changed(s: &Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition && s.message().starts_with("bundle_changed")
 }
 
 /// Seals `env` under the bundle this node knows is in force, and keeps the sealed request.
@@ -271,8 +280,7 @@ async fn seal_and_keep(kit: &Sending, env: &Envelope, who: &Person) -> Result<Su
     for u in &unsealed {
         tracing::info!(message_id = %env.message_id, recipient = %u.recipient, why = %u.why, "no copy sealed for a recipient");
     }
-    mailbox::keep_sealed(&kit.store, &env.message_id, &request).await.map_err(db)?;
-    Ok(request)
+    mailbox::keep_sealed(&kit.store, &env.message_id, request).await.map_err(db)
 }
 
 /// Leaves a send pending, with why, for [`retry_pending`].

@@ -66,7 +66,22 @@ impl Bundles {
             link.request(&PersonId::node(), Role::Node, PolicyBundleRequest { version: version.to_owned() })?;
         let PolicyBundleResponse { bundle_version, files, in_force, in_force_proof, checkpoint } =
             GatewayClient::new(link.channel()).policy_bundle(request).await?.into_inner();
-        self.in_force(&bundle_version, in_force, in_force_proof, checkpoint).await?;
+        let seq = self.in_force(&bundle_version, in_force, in_force_proof, checkpoint).await?;
+        if version.is_empty() {
+            // The bundle in force must have been put in force no earlier than one this node accepted as
+            // in force before: otherwise the gateway is rolling the policy back without recording it.
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(in_force_seq) FROM policy_bundle")
+                .fetch_one(store.pool())
+                .await
+                .map_err(crate::store::status)?;
+            let newest = u64::try_from(newest.unwrap_or(0)).unwrap_or(0);
+            if seq < newest {
+                return Err(Status::failed_precondition(format!(
+                    "the gateway serves policy bundle {} as in force, put in force at audit entry {seq}, but this node accepted a bundle put in force later (audit entry {newest}): a rollback the audit trail does not record; this node does not decide on it",
+                    haven_trust::untrusted::shown(&bundle_version)
+                )));
+            }
+        }
         if !version.is_empty() && bundle_version != version {
             return Err(Status::failed_precondition(format!(
                 "asked for bundle {version}, the gateway served {}",
@@ -76,10 +91,11 @@ impl Bundles {
         let files: BTreeMap<String, String> = files.into_iter().collect();
         let bundle = Arc::new(load(&files, &bundle_version)?);
         let json = serde_json::to_string(&files).map_err(|e| Status::internal(e.to_string()))?;
-        sqlx::query("INSERT INTO policy_bundle (version, files, delivery_ttl_days, fetched_at_micros) VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING")
+        sqlx::query("INSERT INTO policy_bundle (version, files, delivery_ttl_days, in_force_seq, fetched_at_micros) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO UPDATE SET in_force_seq = MAX(policy_bundle.in_force_seq, excluded.in_force_seq)")
             .bind(&bundle_version)
             .bind(json)
             .bind(i64::from(bundle.network().delivery_ttl_days))
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
             .bind(link.clock().now_micros())
             .execute(store.pool())
             .await
@@ -135,7 +151,7 @@ impl Bundles {
         entry: Option<haven_proto::v1::AuditEntry>,
         proof: Option<haven_proto::v1::InclusionProof>,
         checkpoint: Option<haven_proto::v1::SignedCheckpoint>,
-    ) -> Result<(), Status> {
+    ) -> Result<u64, Status> {
         let refused = |why: String| {
             Status::failed_precondition(format!(
                 "the gateway served policy bundle {} without proof that the audit trail records it as put in force: {why}; this node does not decide on it",
@@ -145,8 +161,15 @@ impl Bundles {
         let (Some(wire), Some(proof), Some(cp)) = (entry, proof, checkpoint) else {
             return Err(refused("no audit entry, proof or checkpoint came with it".into()));
         };
-        if let Err(why) = self.witness.vouch_for(cp.clone()).await {
-            return Err(refused(format!("this node's audit witness refuses the checkpoint: {why}")));
+        match self.witness.vouch_for(cp.clone()).await {
+            Ok(()) => {}
+            // The witness could not ask the gateway (or its database): nothing is concluded, try later.
+            Err((crate::witness::WitnessState::Unreachable, why)) => {
+                return Err(Status::unavailable(format!(
+                    "the audit checkpoint of the policy bundle could not be checked: {why}"
+                )));
+            }
+            Err((_, why)) => return Err(refused(format!("this node's audit witness refuses the checkpoint: {why}"))),
         }
         let entry = haven_trust::audit::AuditEntry::from(&wire);
         let names_it = matches!(entry.action.as_str(), "gateway_started" | "policy_reloaded")
@@ -167,7 +190,7 @@ impl Bundles {
         haven_trust::merkle::verify_inclusion(&entry.leaf_hash(), proof.seq, cp.tree_size, &hashes, &root).map_err(
             |e| refused(format!("audit entry {} is not in the checkpoint of size {}: {e}", proof.seq, cp.tree_size)),
         )?;
-        Ok(())
+        Ok(proof.seq)
     }
 }
 

@@ -302,8 +302,19 @@ impl KeyLogWitness {
             Ok(k) => k,
             Err(e) => return Ok(PeerView::Unsigned(format!("the gateway signing certificate: {e}"))),
         };
-        if let Err(e) = key.verify_of(KEY_LOG_ORIGIN, cp) {
-            return Ok(PeerView::Unsigned(format!("the sender's key-log checkpoint of size {}: {e}", cp.tree_size)));
+        match key.verify_of(KEY_LOG_ORIGIN, cp) {
+            Ok(()) => {}
+            // Signed with another gateway key (the gateway's signing certificate was replaced since):
+            // this node cannot check it, and concludes nothing.
+            Err(haven_trust::audit::CheckpointError::WrongKey { .. }) => {
+                return Ok(PeerView::Ahead { held: 0, peer: cp.tree_size });
+            }
+            Err(e) => {
+                return Ok(PeerView::Unsigned(format!(
+                    "the sender's key-log checkpoint of size {}: {e}",
+                    cp.tree_size
+                )));
+            }
         }
         let mut held = self.held().await?;
         if (held.len() as u64) < cp.tree_size {

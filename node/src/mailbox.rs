@@ -379,14 +379,19 @@ pub async fn sealed_submit(store: &NodeStore, message_id: &str) -> Result<Option
     Ok(bytes.flatten().and_then(|b| pb::SubmitRequest::decode(b.as_slice()).ok()))
 }
 
-/// Keeps the sealed request of a send, so every retry sends the same bytes.
-pub async fn keep_sealed(store: &NodeStore, message_id: &str, request: &pb::SubmitRequest) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sent SET sealed_submit = $1 WHERE message_id = $2")
+/// Keeps the sealed request of a send, unless one was kept already (two sealings raced: the first
+/// kept wins, since the gateway takes only the bytes it saw first); returns the request kept.
+pub async fn keep_sealed(
+    store: &NodeStore,
+    message_id: &str,
+    request: pb::SubmitRequest,
+) -> Result<pb::SubmitRequest, sqlx::Error> {
+    sqlx::query("UPDATE sent SET sealed_submit = $1 WHERE message_id = $2 AND sealed_submit IS NULL")
         .bind(request.encode_to_vec())
         .bind(message_id)
         .execute(store.pool())
         .await?;
-    Ok(())
+    Ok(sealed_submit(store, message_id).await?.unwrap_or(request))
 }
 
 /// Drops the sealed request of a send, to seal it again (the network's policy changed).

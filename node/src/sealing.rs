@@ -68,6 +68,22 @@ impl KeyFolder {
         }
     }
 
+    /// The private key `kid`, if this node holds it: `None` for a key id that is not one this node
+    /// could have made (the id comes from a sender's manifest, so it never names a path) or whose file
+    /// does not exist; `Err` for a file that exists but cannot be read now.
+    pub fn read_if_held(&self, kid: &str) -> Result<Option<[u8; 32]>, String> {
+        let well_formed = kid
+            .strip_prefix("x25519:")
+            .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        if !well_formed {
+            return Ok(None);
+        }
+        match std::fs::metadata(self.file_of(kid)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => self.read(kid).map(Some),
+        }
+    }
+
     /// Reads a private key back (for unsealing).
     pub fn read(&self, kid: &str) -> Result<[u8; 32], String> {
         let path = self.file_of(kid);
@@ -164,8 +180,8 @@ pub async fn keyed_elsewhere(link: &GatewayLink) -> bool {
             );
             return true;
         }
-        match page.entries.last() {
-            Some(last) if last.seq + 1 > from => from = last.seq + 1,
+        match page.entries.last().and_then(|last| last.seq.checked_add(1)) {
+            Some(next) if next > from => from = next,
             _ => return false,
         }
     }

@@ -115,14 +115,19 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
             PeerView::Split(why) => return Ok(Err(Rejection::new("key_log_split", why))),
         },
     }
-    let Ok(secret) = node.sealing_keys.read(&b.recipient_kid) else {
-        return Ok(Err(Rejection::new(
-            "unknown_sealing_key",
-            format!(
-                "sealed to {}, which is not a key this node holds",
-                haven_trust::untrusted::shown(&b.recipient_kid)
-            ),
-        )));
+    let secret = match node.sealing_keys.read_if_held(&b.recipient_kid) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Ok(Err(Rejection::new(
+                "unknown_sealing_key",
+                format!(
+                    "sealed to {}, which is not a key this node holds",
+                    haven_trust::untrusted::shown(&b.recipient_kid)
+                ),
+            )));
+        }
+        // The node's own trouble (a key file it cannot read now): nothing is concluded.
+        Err(why) => return Err(format!("a sealing key could not be read: {why}")),
     };
     let plaintext = match sealed::open(&manifest, &copy, &secret) {
         Ok(p) => p,
@@ -156,8 +161,32 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
                 ),
             )));
         }
-        Err(s) => return Err(format!("the policy bundle {} could not be read: {}", b.bundle_version, s.message())),
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::ResourceExhausted
+            ) =>
+        {
+            return Err(format!("the policy bundle {} could not be read: {}", b.bundle_version, s.message()));
+        }
+        // The gateway answered, and this node does not accept that bundle: a permanent refusal.
+        Err(s) => return Ok(Err(Rejection::new("unknown_bundle", s.message().to_owned()))),
     };
+    let longest = i64::from(bundle.network().delivery_ttl_days) * 86_400 + sealed::CREATED_AT_SKEW_SECS;
+    if b.not_after - b.created_at > longest {
+        return Ok(Err(Rejection::new(
+            "manifest_mismatch",
+            format!(
+                "the manifest is valid for {} s, longer than the delivery TTL of {}",
+                b.not_after - b.created_at,
+                b.bundle_version
+            ),
+        )));
+    }
     let mut values = BTreeMap::new();
     for (name, v) in &opened.fields {
         match typed(v) {

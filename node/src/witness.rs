@@ -250,7 +250,7 @@ impl Witness {
     /// Observes `cp` as [`Witness::observe`] does, and says whether this checkpoint itself passed (a
     /// standing alarm from before does not decide it): signed by the gateway, and consistent with every
     /// checkpoint this node witnessed. `Err` says why not.
-    pub async fn vouch_for(&self, cp: SignedCheckpoint) -> Result<(), String> {
+    pub async fn vouch_for(&self, cp: SignedCheckpoint) -> Result<(), (WitnessState, String)> {
         let _one_at_a_time = self.0.busy.lock().await;
         let finding = match self.check(&cp).await {
             Ok(f) => f,
@@ -258,7 +258,7 @@ impl Witness {
         };
         let (state, detail) = (finding.state, finding.detail.clone());
         self.record(finding).await;
-        if state == WitnessState::Ok { Ok(()) } else { Err(detail) }
+        if state == WitnessState::Ok { Ok(()) } else { Err((state, detail)) }
     }
 
     async fn check(&self, wire: &SignedCheckpoint) -> Result<Finding, sqlx::Error> {

@@ -135,15 +135,17 @@ pub(crate) const KEY_CACHE_TTL_MICROS: i64 = 2_000_000;
 /// An organization's usable key ids, with when they were read (microseconds).
 type ReadKeys = (i64, Vec<String>);
 
-/// Each organization's usable key ids, with when they were read. Cheap to clone.
+/// Each organization's usable key ids, with when they were read, and a generation that every append
+/// moves on (a read that began before an append is not kept). Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct KeyCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ReadKeys>>>);
+pub(crate) struct KeyCache(std::sync::Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, ReadKeys>)>>);
 
 impl KeyCache {
     /// Forgets every organization's keys (a statement was appended).
     pub(crate) fn clear(&self) {
         if let Ok(mut c) = self.0.lock() {
-            c.clear();
+            c.0 = c.0.wrapping_add(1);
+            c.1.clear();
         }
     }
 }
@@ -151,7 +153,10 @@ impl KeyCache {
 /// The key ids a sender may seal to for `org` at `now_micros`: published, within their window, not
 /// withdrawn. Read from the key log at most every [`KEY_CACHE_TTL_MICROS`].
 pub(crate) async fn usable_keys(store: &super::Store, org: &str, now_micros: i64) -> Result<Vec<String>, sqlx::Error> {
-    let cached = store.sealing_keys.0.lock().ok().and_then(|c| c.get(org).cloned());
+    let (generation, cached) = match store.sealing_keys.0.lock() {
+        Ok(c) => (c.0, c.1.get(org).cloned()),
+        Err(_) => (0, None),
+    };
     if let Some((at, kids)) = cached
         && now_micros.saturating_sub(at) < KEY_CACHE_TTL_MICROS
         && at <= now_micros
@@ -172,8 +177,10 @@ pub(crate) async fn usable_keys(store: &super::Store, org: &str, now_micros: i64
         .filter(|s| s.usable_at(now))
         .map(|s| s.kid)
         .collect();
-    if let Ok(mut c) = store.sealing_keys.0.lock() {
-        c.insert(org.to_owned(), (now_micros, kids.clone()));
+    if let Ok(mut c) = store.sealing_keys.0.lock()
+        && c.0 == generation
+    {
+        c.1.insert(org.to_owned(), (now_micros, kids.clone()));
     }
     Ok(kids)
 }

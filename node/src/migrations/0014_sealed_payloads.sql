@@ -10,6 +10,9 @@ CREATE TABLE policy_bundle (
     files TEXT NOT NULL,
     -- The bundle's delivery TTL: a retired sealing key is kept until the longest has passed.
     delivery_ttl_days BIGINT NOT NULL,
+    -- The audit entry that put it in force, as the gateway proved it: a bundle served as the one in force
+    -- with an older entry than one this node accepted before is a rollback, and refused.
+    in_force_seq BIGINT NOT NULL DEFAULT 0,
     fetched_at_micros BIGINT NOT NULL
 );
 
