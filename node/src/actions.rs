@@ -276,7 +276,7 @@ fn is_bundle_changed(s: &Status) -> bool {
 /// Seals `env` under the bundle this node knows is in force, and keeps the sealed request.
 async fn seal_and_keep(kit: &Sending, env: &Envelope, who: &Person) -> Result<SubmitRequest, Status> {
     let bundle = kit.bundles.current(&kit.store, &kit.link).await?;
-    let (request, unsealed) = kit.sealer().seal(env, who.role, bundle).await?;
+    let (request, unsealed) = kit.sealer().seal(env, who, bundle).await?;
     for u in &unsealed {
         tracing::info!(message_id = %env.message_id, recipient = %u.recipient, why = %u.why, "no copy sealed for a recipient");
     }
@@ -523,7 +523,7 @@ pub async fn preview(kit: &Sending, network: &Network, who: &Person, env: Envelo
     if local.message_id.is_empty() {
         local.message_id = uuid::Uuid::now_v7().to_string();
     }
-    let (_, unsealed) = kit.sealer().seal(&local, who.role, bundle).await?;
+    let (_, unsealed) = kit.sealer().seal(&local, who, bundle).await?;
     // The gateway decides on the names; the values never leave the node unsealed.
     env.field_names = env.fields.drain().map(|(name, _)| name).collect();
     env.field_names.sort();

@@ -73,9 +73,10 @@ impl Sealer<'_> {
     pub async fn seal(
         &self,
         env: &pb::Envelope,
-        role: Role,
+        who: &crate::people::Person,
         bundle: Arc<Bundle>,
     ) -> Result<(pb::SubmitRequest, Vec<Unsealed>), Status> {
+        let role = who.role;
         let signer = self.link.signer();
         let clock = self.link.clock();
         let parsed = parse(env, signer.org(), &bundle)?;
@@ -96,6 +97,7 @@ impl Sealer<'_> {
         }
         let checkpoint = keylog::newest_checkpoint(self.store).await.map_err(crate::store::status)?;
         let facts = Facts {
+            person: &who.name,
             role,
             bundle: &bundle,
             consent: consent.as_ref(),
@@ -170,7 +172,8 @@ pub fn consent_fact(
 
 /// What a send is decided and sealed on, gathered by the caller.
 pub struct Facts<'a> {
-    /// The sending person's role.
+    /// The sending person, and their role.
+    pub person: &'a haven_trust::ids::PersonId,
     pub role: Role,
     pub bundle: &'a Bundle,
     /// The consent the message names, with its effective state.
@@ -252,10 +255,12 @@ pub fn seal_with(
             v: sealed::MANIFEST_VERSION,
             message_id: parsed.message_id.to_string(),
             sender: org.clone(),
+            sender_person: facts.person.to_string(),
             recipient: recipient.clone(),
             kind: parsed.kind.to_string(),
             purpose: parsed.purpose.to_string(),
             consent_id: parsed.consent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            correlation_id: parsed.correlation_id.clone(),
             bundle_version: bundle.version_id().to_owned(),
             fields: released,
             recipient_kid: key.kid.clone(),

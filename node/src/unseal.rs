@@ -84,9 +84,11 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
     };
     let b = &manifest.body;
     let own = node.link.signer().org().as_str();
-    let checks: [(&str, &str, &str); 6] = [
+    let checks: [(&str, &str, &str); 8] = [
         ("recipient", b.recipient.as_str(), own),
         ("sender", b.sender.as_str(), &d.sender),
+        ("sender person", &b.sender_person, &d.sender_person),
+        ("correlation id", &b.correlation_id, &d.correlation_id),
         ("message id", &b.message_id, &d.message_id),
         ("kind", &b.kind, &d.kind),
         ("purpose", &b.purpose, &d.purpose),

@@ -99,7 +99,8 @@ pub async fn seal(
             Err(s) => return Err(s),
         }
     };
-    let facts = Facts { role, bundle: &bundle, consent: consent.as_ref(), keys: &keys, key_log, now: clock.now() };
+    let facts =
+        Facts { person, role, bundle: &bundle, consent: consent.as_ref(), keys: &keys, key_log, now: clock.now() };
     haven_node::seal::seal_with(link.signer(), env, &facts)
 }
 
@@ -212,6 +213,7 @@ impl Sender {
             }
         };
         let facts = Facts {
+            person,
             role,
             bundle: &self.bundle,
             consent: consent.as_ref(),

@@ -284,10 +284,12 @@ async fn forged(
         v: sealed::MANIFEST_VERSION,
         message_id: env.message_id.clone(),
         sender: OrgId::parse("harbor").unwrap(),
+        sender_person: "casey".into(),
         recipient: OrgId::parse(recipient).unwrap(),
         kind: env.kind.clone(),
         purpose: env.purpose.clone(),
         consent_id: env.consent_id.clone(),
+        correlation_id: env.correlation_id.clone(),
         bundle_version: bundle.version_id().to_owned(),
         fields,
         recipient_kid: key.kid.clone(),
@@ -375,6 +377,16 @@ async fn a_malicious_sender_is_refused_at_the_gateway_or_rejected_at_the_recipie
     let (code, detail) = reason(&submit_copies(&link, &env, vec![copy]).await, "metro-police");
     assert_eq!(code, "manifest_mismatch");
     assert!(detail.contains("recipient"), "{detail}");
+
+    // A manifest naming another person than the one who sends.
+    let (env, values) = alert_to_metro();
+    let copy = forged(&link, &harbor, &env, "metro-police", &without(&values, "victim_name"), |b| {
+        b.sender_person = "mallory".into();
+    })
+    .await;
+    let (code, detail) = reason(&submit_copies(&link, &env, vec![copy]).await, "metro-police");
+    assert_eq!(code, "manifest_mismatch");
+    assert!(detail.contains("sender person"), "{detail}");
 
     // Signed by another organization (a real signing key of the network, not harbor's).
     let (env, values) = alert_to_metro();

@@ -55,11 +55,15 @@ pub struct ManifestBody {
     pub v: u32,
     pub message_id: String,
     pub sender: OrgId,
+    /// The person at the sender who sent it (the gateway checks it is the person it authenticated).
+    pub sender_person: String,
     pub recipient: OrgId,
     pub kind: String,
     pub purpose: String,
     /// Empty when the message names no consent.
     pub consent_id: String,
+    /// The sender's correlation id (a UUID, or empty).
+    pub correlation_id: String,
     /// `sha256:<hex>` of the policy bundle the sender decided under.
     pub bundle_version: String,
     /// The names of the fields sealed in the copy, sorted and unique.

@@ -172,8 +172,11 @@ fn verify(
     let b = &m.body;
     let consent = env.consent_id.as_ref().map(|c| c.as_str()).unwrap_or("");
     let message_id = env.message_id.to_string();
-    let checks: [(&'static str, &str, &str); 7] = [
+    let person = caller.person.to_string();
+    let checks: [(&'static str, &str, &str); 9] = [
         ("sender", b.sender.as_str(), caller.org.as_str()),
+        ("sender person", &b.sender_person, &person),
+        ("correlation id", &b.correlation_id, &env.correlation_id),
         ("recipient", b.recipient.as_str(), recipient.as_str()),
         ("message id", &b.message_id, &message_id),
         ("kind", &b.kind, env.kind.as_str()),
@@ -217,10 +220,12 @@ impl Copies {
                     v: sealed::MANIFEST_VERSION,
                     message_id: String::new(),
                     sender: recipient.clone(),
+                    sender_person: String::new(),
                     recipient: recipient.clone(),
                     kind: String::new(),
                     purpose: String::new(),
                     consent_id: String::new(),
+                    correlation_id: String::new(),
                     bundle_version: String::new(),
                     fields: fields.iter().map(|f| (*f).to_owned()).collect(),
                     recipient_kid: String::new(),
