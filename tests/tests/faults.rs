@@ -82,6 +82,11 @@ impl Caller {
         Caller { link, person: PersonId::parse("casey").unwrap(), role: Role::Caseworker, sealed: Default::default() }
     }
 
+    /// The same person, with what it sealed so far, calling through `link` (a gateway at a new address).
+    fn relinked(&self, link: GatewayLink) -> Caller {
+        Caller { link, ..self.clone() }
+    }
+
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         self.link.request(&self.person, self.role, msg).unwrap()
     }
@@ -577,7 +582,9 @@ async fn a_gateway_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() 
 
     let gw = Proc::gateway(exe(), "gateway-2", dir.path(), &policies_dir(), &database);
     let restarted = killed.elapsed();
-    current.send_replace(Caller::casey(link_to(&gw.url(), &certs, "harbor")));
+    // The same sender at the new address: what it sealed before the kill it sends again byte for byte.
+    let relinked = current.borrow().relinked(link_to(&gw.url(), &certs, "harbor"));
+    current.send_replace(relinked);
     // The node, pointed at the gateway's new address, reconnects on its own database.
     maple.stop().await;
     let maple = start_node(gw.url()).await;
@@ -927,7 +934,8 @@ async fn postgres_replicas_deliver_across_and_survive_one_killed() {
     let maple = start_node(b.url()).await;
     connected(&maple).await;
     let on_a = Caller::casey(link_to(&a.url(), &certs, "harbor"));
-    let on_b = Caller::casey(link_to(&b.url(), &certs, "harbor"));
+    // One sender through either replica: what it sealed it sends again byte for byte, wherever.
+    let on_b = on_a.relinked(link_to(&b.url(), &certs, "harbor"));
     let (to_b, callers_b) = watch::channel(on_b.clone());
     let (consent, subject) = on_a.consent().await;
     // Each replica opens its LISTEN connection once it serves; a notification sent before that is
