@@ -195,7 +195,7 @@ impl Bundles {
 }
 
 /// Loads a bundle from its files and checks that it is `version`.
-fn load(files: &BTreeMap<String, String>, version: &str) -> Result<Bundle, Status> {
+pub fn load(files: &BTreeMap<String, String>, version: &str) -> Result<Bundle, Status> {
     let dir = tempfile::tempdir()
         .map_err(|e| Status::internal(format!("cannot make a folder for the policy bundle: {e}")))?;
     let files: Vec<(String, String)> = files.iter().map(|(n, t)| (n.clone(), t.clone())).collect();

@@ -32,7 +32,7 @@ use haven_trust::clock::SharedClock;
 use haven_trust::ids::{OrgId, PersonId, Role};
 use haven_trust::keylog::{self, KEY_LOG_ORIGIN};
 use haven_trust::merkle::{self, MemoryTree};
-use haven_trust::sealing::{self, SealingKeyStatement, StatementAction};
+use haven_trust::sealing::{self, SealingKeyStatement};
 use sqlx::Row;
 
 use crate::link::GatewayLink;
@@ -316,6 +316,17 @@ impl KeyLogWitness {
                 )));
             }
         }
+        // The usual case: the sender saw a checkpoint this node verified itself (same size, same root).
+        let own: Option<String> = sqlx::query_scalar("SELECT checkpoint FROM key_log_checkpoint WHERE tree_size = $1")
+            .bind(db_int(cp.tree_size))
+            .fetch_optional(self.store.pool())
+            .await?;
+        if own
+            .and_then(|json| serde_json::from_str::<Checkpoint>(&json).ok())
+            .is_some_and(|c| c.root_hash == cp.root_hash)
+        {
+            return Ok(PeerView::Consistent);
+        }
         let mut held = self.held().await?;
         if (held.len() as u64) < cp.tree_size {
             self.check_now().await;
@@ -480,28 +491,10 @@ pub async fn recipient_key(
     org: &OrgId,
     now: i64,
 ) -> Result<Option<SealingKeyStatement>, sqlx::Error> {
-    let rows = sqlx::query("SELECT kid, action, statement FROM key_log_entry WHERE org = $1 ORDER BY seq")
+    let rows: Vec<String> = sqlx::query_scalar("SELECT statement FROM key_log_entry WHERE org = $1 ORDER BY seq")
         .bind(org.as_str())
         .fetch_all(store.pool())
         .await?;
-    let mut withdrawn = std::collections::HashSet::new();
-    let mut published = Vec::new();
-    for r in &rows {
-        let (kid, action, statement): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        if action == StatementAction::Withdraw.as_str() {
-            withdrawn.insert(kid);
-        } else {
-            published.push((kid, statement));
-        }
-    }
-    for (kid, jws) in published.into_iter().rev() {
-        if withdrawn.contains(&kid) {
-            continue;
-        }
-        let Some(statement) = sealing::verified_payload(&jws) else { continue };
-        if statement.usable_at(now) {
-            return Ok(Some(statement));
-        }
-    }
-    Ok(None)
+    let statements = rows.iter().filter_map(|jws| sealing::verified_payload(jws)).collect();
+    Ok(sealing::usable_keys(statements, now).into_iter().next())
 }

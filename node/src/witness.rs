@@ -239,25 +239,25 @@ impl Witness {
     /// Checks a checkpoint the gateway sent (the delivery stream calls this for every `checkpoint`
     /// frame) and returns the report that results.
     pub async fn observe(&self, cp: SignedCheckpoint) -> WitnessReport {
-        let _one_at_a_time = self.0.busy.lock().await;
-        let finding = match self.check(&cp).await {
-            Ok(f) => f,
-            Err(e) => Finding::alarm(WitnessState::Unreachable, format!("node database: {e}")),
-        };
-        self.record(finding).await
+        self.observe_finding(cp).await.0
     }
 
-    /// Observes `cp` as [`Witness::observe`] does, and says whether this checkpoint itself passed (a
-    /// standing alarm from before does not decide it): signed by the gateway, and consistent with every
-    /// checkpoint this node witnessed. `Err` says why not.
-    pub async fn vouch_for(&self, cp: SignedCheckpoint) -> Result<(), (WitnessState, String)> {
+    /// Checks and records `cp`; returns the report and this checkpoint's own finding.
+    async fn observe_finding(&self, cp: SignedCheckpoint) -> (WitnessReport, WitnessState, String) {
         let _one_at_a_time = self.0.busy.lock().await;
         let finding = match self.check(&cp).await {
             Ok(f) => f,
             Err(e) => Finding::alarm(WitnessState::Unreachable, format!("node database: {e}")),
         };
         let (state, detail) = (finding.state, finding.detail.clone());
-        self.record(finding).await;
+        (self.record(finding).await, state, detail)
+    }
+
+    /// Observes `cp` as [`Witness::observe`] does, and says whether this checkpoint itself passed (a
+    /// standing alarm from before does not decide it): signed by the gateway, and consistent with every
+    /// checkpoint this node witnessed. `Err` says why not.
+    pub async fn vouch_for(&self, cp: SignedCheckpoint) -> Result<(), (WitnessState, String)> {
+        let (_, state, detail) = self.observe_finding(cp).await;
         if state == WitnessState::Ok { Ok(()) } else { Err((state, detail)) }
     }
 

@@ -13,7 +13,7 @@ use haven_proto::v1::gateway_client::GatewayClient;
 use haven_sharing::policy::Bundle;
 use haven_trust::audit::Checkpoint;
 use haven_trust::ids::{OrgId, PersonId, Role};
-use haven_trust::sealing::{self, SealingKeyStatement, StatementAction};
+use haven_trust::sealing::{self, SealingKeyStatement};
 
 /// Bundles already loaded, by version (loading one takes milliseconds; tests submit thousands).
 fn loaded() -> &'static Mutex<HashMap<String, Arc<Bundle>>> {
@@ -28,11 +28,8 @@ pub async fn bundle(link: &GatewayLink) -> Result<Arc<Bundle>, tonic::Status> {
     if let Some(b) = loaded().lock().ok().and_then(|l| l.get(&resp.bundle_version).cloned()) {
         return Ok(b);
     }
-    let dir = tempfile::tempdir().map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let files: Vec<(String, String)> = resp.files.into_iter().collect();
-    Bundle::write_files(&files, dir.path()).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let bundle = Arc::new(Bundle::load(dir.path(), None).map_err(|e| tonic::Status::internal(format!("{e:?}")))?);
-    assert_eq!(bundle.version_id(), resp.bundle_version, "the served files are the bundle in force");
+    let files: BTreeMap<String, String> = resp.files.into_iter().collect();
+    let bundle = Arc::new(haven_node::bundles::load(&files, &resp.bundle_version)?);
     if let Ok(mut l) = loaded().lock() {
         l.insert(resp.bundle_version, bundle.clone());
     }
@@ -64,15 +61,14 @@ pub async fn keys(
             break;
         }
     }
-    let statements: Vec<SealingKeyStatement> =
-        entries.iter().filter_map(|e| sealing::verified_payload(&e.statement)).collect();
-    let mut keys = BTreeMap::new();
-    for s in &statements {
-        let withdrawn = statements.iter().any(|w| w.action == StatementAction::Withdraw && w.kid == s.kid);
-        if s.usable_at(now) && !withdrawn {
-            keys.insert(s.org.clone(), s.clone());
-        }
+    let mut by_org: BTreeMap<OrgId, Vec<SealingKeyStatement>> = BTreeMap::new();
+    for s in entries.iter().filter_map(|e| sealing::verified_payload(&e.statement)) {
+        by_org.entry(s.org.clone()).or_default().push(s);
     }
+    let keys = by_org
+        .into_iter()
+        .filter_map(|(org, statements)| Some((org, sealing::usable_keys(statements, now).into_iter().next()?)))
+        .collect();
     Ok((keys, checkpoint))
 }
 

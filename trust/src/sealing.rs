@@ -209,6 +209,15 @@ impl SealingKeyStatement {
     }
 }
 
+/// The keys a sender may seal to at `now`, from one organization's statements in log order: each
+/// publication within its window that no statement withdraws, newest first. The gateway, the nodes and
+/// the tools all choose keys this way.
+pub fn usable_keys(statements: Vec<SealingKeyStatement>, now: i64) -> Vec<SealingKeyStatement> {
+    let withdrawn: std::collections::HashSet<String> =
+        statements.iter().filter(|s| s.action == StatementAction::Withdraw).map(|s| s.kid.clone()).collect();
+    statements.into_iter().rev().filter(|s| s.usable_at(now) && !withdrawn.contains(&s.kid)).collect()
+}
+
 /// The payload of a statement verified before (one a node signed, or stored after verifying it), read
 /// without checking its signature again. `None` for bytes that are not a statement.
 pub fn verified_payload(jws: &str) -> Option<SealingKeyStatement> {
@@ -334,6 +343,17 @@ mod tests {
             assert_eq!(err.code(), code, "{err}");
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn the_usable_keys_are_the_live_publications_not_withdrawn_newest_first() {
+        let old = statement();
+        let new = SealingKeyStatement::publish(org("harbor"), &[9u8; 32], NOW, NOW + 365 * 86_400, NOW);
+        let expired = SealingKeyStatement::publish(org("harbor"), &[3u8; 32], NOW - 400 * 86_400, NOW - 1, NOW);
+        let log = vec![expired, old.clone(), new.clone()];
+        assert_eq!(usable_keys(log.clone(), NOW), [new.clone(), old.clone()]);
+        let withdrawn = [log, vec![SealingKeyStatement::withdrawal(&new, NOW)]].concat();
+        assert_eq!(usable_keys(withdrawn, NOW), [old]);
     }
 
     #[test]

@@ -116,16 +116,9 @@ pub async fn entries(pool: &sqlx::AnyPool, from: u64, limit: u32) -> Result<Vec<
         .collect()
 }
 
-/// The statements of one organization, in log order: `(key id, action, statement)`.
-pub(crate) async fn statements_of(
-    pool: &sqlx::AnyPool,
-    org: &str,
-) -> Result<Vec<(String, String, String)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT key_id, action, statement FROM key_log WHERE org = $1 ORDER BY seq")
-        .bind(org)
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("action")?, r.try_get("statement")?))).collect()
+/// The statements of one organization, in log order.
+pub(crate) async fn statements_of(pool: &sqlx::AnyPool, org: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT statement FROM key_log WHERE org = $1 ORDER BY seq").bind(org).fetch_all(pool).await
 }
 
 /// How long a read of an organization's usable keys serves submissions (a key registered at another
@@ -163,18 +156,10 @@ pub(crate) async fn usable_keys(store: &super::Store, org: &str, now_micros: i64
     {
         return Ok(kids);
     }
-    let now = now_micros.div_euclid(1_000_000);
-    let rows = statements_of(store.pool(), org).await?;
-    let withdrawn: Vec<&str> = rows
-        .iter()
-        .filter(|(_, action, _)| action == haven_trust::sealing::StatementAction::Withdraw.as_str())
-        .map(|(kid, _, _)| kid.as_str())
-        .collect();
-    let kids: Vec<String> = rows
-        .iter()
-        .filter(|(kid, _, _)| !withdrawn.contains(&kid.as_str()))
-        .filter_map(|(_, _, jws)| haven_trust::sealing::verified_payload(jws))
-        .filter(|s| s.usable_at(now))
+    let statements = statements_of(store.pool(), org).await?;
+    let statements = statements.iter().filter_map(|jws| haven_trust::sealing::verified_payload(jws)).collect();
+    let kids: Vec<String> = haven_trust::sealing::usable_keys(statements, now_micros.div_euclid(1_000_000))
+        .into_iter()
         .map(|s| s.kid)
         .collect();
     if let Ok(mut c) = store.sealing_keys.0.lock()
