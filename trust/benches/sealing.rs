@@ -6,6 +6,10 @@
 //! measured for a plaintext of 512 B and one of 16 KiB, on a fictional network made with rcgen: a CA,
 //! the sender `harbor`'s signing certificate and the recipient `maple-house`'s sealing key.
 //!
+//! It also measures the ES256 signature and its verification both ways jsonwebtoken can compute them,
+//! in the same rounds: by its pure-Rust provider (what Haven used before) and by ring, the provider
+//! `haven_trust::es256` installs.
+//!
 //! `cargo bench -p haven-trust --bench sealing` runs criterion's measurements, then prints the median
 //! time of each case, sampled alternately so they see the same machine conditions, and its ratio to
 //! both baselines.
@@ -18,6 +22,8 @@ use haven_trust::hpke;
 use haven_trust::ids::OrgId;
 use haven_trust::sealed::{self, MANIFEST_TYP, MANIFEST_VERSION, Manifest, ManifestBody, SealedCopy};
 use haven_trust::token::OrgSigner;
+use jsonwebtoken::crypto::rust_crypto;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 /// The plaintext sizes, in bytes.
 const SIZES: [usize; 2] = [512, 16 * 1024];
@@ -29,6 +35,9 @@ const NOW: i64 = 1_800_000_000;
 struct Net {
     ca_der: Vec<u8>,
     signer: OrgSigner,
+    /// The signer's key and public point, for ES256 alone.
+    encoding: EncodingKey,
+    decoding: DecodingKey,
     body: ManifestBody,
     secret: [u8; 32],
     public: [u8; 32],
@@ -71,7 +80,9 @@ impl Net {
             not_after: NOW + 30 * 86_400,
             key_log: None,
         };
-        Net { ca_der: ca.der().to_vec(), signer, body, secret, public }
+        let encoding = EncodingKey::from_ec_der(&key.serialize_der());
+        let decoding = DecodingKey::from_ec_der(key.public_key_raw());
+        Net { ca_der: ca.der().to_vec(), signer, encoding, decoding, body, secret, public }
     }
 
     /// (a) One copy, sealed and signed as the sender's node does.
@@ -96,6 +107,27 @@ impl Net {
     /// plaintext's size.
     fn sign(&self, manifest: &Manifest) -> String {
         self.signer.sign_typed(MANIFEST_TYP, manifest).expect("sign")
+    }
+}
+
+/// An ES256 signature of `msg` and its verification, by ring (through jsonwebtoken's installed
+/// provider) or by jsonwebtoken's pure-Rust provider; each builds its key from the key's bytes per
+/// call, as jsonwebtoken does.
+fn es256(net: &Net, msg: &[u8], ring: bool) -> (String, bool) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if ring {
+        haven_trust::es256::install();
+        let sig = jsonwebtoken::crypto::sign(msg, &net.encoding, Algorithm::ES256).expect("ring signs");
+        let ok = jsonwebtoken::crypto::verify(&sig, msg, &net.decoding, Algorithm::ES256).expect("ring verifies");
+        (sig, ok)
+    } else {
+        let signer = (rust_crypto::DEFAULT_PROVIDER.signer_factory)(&Algorithm::ES256, &net.encoding).expect("signer");
+        let sig = signature::Signer::try_sign(&*signer, msg).expect("signs");
+        let verifier =
+            (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(&Algorithm::ES256, &net.decoding).expect("verifier");
+        let ok = signature::Verifier::verify(&*verifier, msg, &sig).is_ok();
+        (b64.encode(sig), ok)
     }
 }
 
@@ -176,7 +208,25 @@ fn medians(net: &Net, cases: &[Case]) {
     // Per size: seal, verify and open, bare HPKE; and the signature, which does not depend on size.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
     let mut signs = Vec::new();
+    // ES256 sign and verify of the manifest's signing input: pure-Rust, then ring.
+    let jws = net.sign(&cases[0].manifest);
+    let input = jws.rsplit_once('.').map(|(input, _)| input.as_bytes().to_vec()).expect("a compact JWS");
+    let (mut pure, mut ring) = (Vec::new(), Vec::new());
     for round in 0..=ROUNDS {
+        let p = one_round(|| {
+            let (sig, ok) = es256(net, black_box(&input), false);
+            assert!(ok, "verifies");
+            black_box(sig);
+        });
+        let r = one_round(|| {
+            let (sig, ok) = es256(net, black_box(&input), true);
+            assert!(ok, "verifies");
+            black_box(sig);
+        });
+        if round > 0 {
+            pure.push(p);
+            ring.push(r);
+        }
         for (case, s) in cases.iter().zip(&mut samples) {
             let seal = one_round(|| {
                 black_box(net.seal(black_box(&case.plaintext)));
@@ -198,8 +248,11 @@ fn medians(net: &Net, cases: &[Case]) {
         }
     }
     let es256 = median(signs);
+    let (pure, ring) = (median(pure), median(ring));
     println!();
     println!("median time per operation, {ROUNDS} rounds of 8 each, cases alternating:");
+    println!("  ES256 sign+verify, jsonwebtoken's pure-Rust P-256  {pure:>8.1} µs");
+    println!("  ES256 sign+verify, ring (haven_trust::es256)       {ring:>8.1} µs  {:>5.2}x pure-Rust", ring / pure);
     println!("  ES256 manifest signature alone (sign_typed)  {es256:>8.1} µs");
     for (case, s) in cases.iter().zip(samples) {
         let [seal, open, bare] = s.map(median);

@@ -6,6 +6,7 @@
 //! - [`source`]: contract files that report problems as `file:line:col`;
 //! - [`pki`]: reading certificates and keys, and building the TLS configurations;
 //! - [`owner_only`]: key and database files that only their owner may read;
+//! - [`es256`]: the signatures of every JWS, by ring;
 //! - [`token`]: the short-lived person tokens a node mints and the gateway verifies;
 //! - [`receipt`]: the signed consent receipt;
 //! - [`audit`]: the audit entry encoding, the Merkle tree and signed checkpoints;
@@ -14,6 +15,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod es256;
 pub mod export;
 pub mod hpke;
 pub mod ids;

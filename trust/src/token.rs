@@ -114,6 +114,7 @@ impl OrgSigner {
 
     /// Signs any serializable payload as a compact JWS with this organization's key.
     pub fn sign<T: Serialize>(&self, payload: &T) -> Result<String, SignerError> {
+        crate::es256::install();
         jsonwebtoken::encode(&self.header(), payload, &self.key).map_err(|e| SignerError::Sign(e.to_string()))
     }
 
@@ -122,6 +123,7 @@ impl OrgSigner {
     pub fn sign_typed<T: Serialize>(&self, typ: &str, payload: &T) -> Result<String, SignerError> {
         let mut header = self.header();
         header.typ = Some(typ.to_owned());
+        crate::es256::install();
         jsonwebtoken::encode(&header, payload, &self.key).map_err(|e| SignerError::Sign(e.to_string()))
     }
 }
@@ -276,6 +278,7 @@ fn x5c_of(x5c: Option<Vec<String>>) -> Result<Vec<u8>, TokenError> {
 fn decode_with_cert<T: serde::de::DeserializeOwned>(jws: &str, der: &[u8]) -> Result<T, TokenError> {
     let info = CertInfo::parse(der).map_err(|e| TokenError::Garbled(e.to_string()))?;
     let key = DecodingKey::from_ec_der(&info.public_key);
+    crate::es256::install();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_exp = false;
     validation.validate_nbf = false;
