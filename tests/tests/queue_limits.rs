@@ -190,6 +190,32 @@ async fn acknowledgements_for_unknown_foreign_or_malformed_items_and_empty_frame
     net.stop().await;
 }
 
+/// On PostgreSQL every session of the gateway plans each statement for the values it is given: a
+/// generic plan kept from the statistics of a nearly empty table could scan a whole table long after
+/// it has grown (`store::postgres_session`).
+#[tokio::test]
+async fn every_postgres_session_plans_each_statement_for_its_values() {
+    use haven_gateway::store::Store;
+    use haven_tests::net::{Db, db, fresh_database};
+
+    if db() != Db::Postgres {
+        eprintln!("skipped: a PostgreSQL setting; run with HAVEN_TEST_DB=postgres");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&fresh_database(dir.path()).await).await.unwrap();
+    // Two connections held at once are two sessions.
+    let mut first = store.pool().acquire().await.unwrap();
+    let mut second = store.pool().acquire().await.unwrap();
+    for conn in [&mut first, &mut second] {
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut **conn).await.unwrap();
+        assert_eq!(mode, "force_custom_plan");
+    }
+    let own: i64 = sqlx::query_scalar("SELECT pg_backend_pid()::bigint").fetch_one(&mut *first).await.unwrap();
+    let other: i64 = sqlx::query_scalar("SELECT pg_backend_pid()::bigint").fetch_one(&mut *second).await.unwrap();
+    assert_ne!(own, other, "two sessions");
+}
+
 /// A stream's read of what it may send next walks the `outbox_pending` index even when the
 /// statistics were taken while much of the queue was pending. A plan that walked the primary key
 /// instead would pass every acknowledged item of every organization before the first pending one.
@@ -222,13 +248,15 @@ async fn a_stream_reads_only_covered_items_through_its_index_whatever_the_statis
     let plan: Vec<String> = if postgres {
         // The plan a prepared statement settles on, made without the parameters' values.
         let mut conn = store.pool().acquire().await.unwrap();
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *conn).await.unwrap();
         sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
         let prepare = format!("PREPARE pending_read(text, text, bigint, bigint) AS {}", queue::SENDABLE_POSTGRES);
         sqlx::query(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.unwrap();
         let rows =
             sqlx::query("EXPLAIN EXECUTE pending_read('org3', '[]', 0, 64)").fetch_all(&mut *conn).await.unwrap();
         sqlx::query("DEALLOCATE pending_read").execute(&mut *conn).await.unwrap();
-        sqlx::query("RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+        // Back to the gateway's own setting, not the server's default.
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}"))).execute(&mut *conn).await.unwrap();
         rows.iter().map(|r| r.get::<String, _>(0)).collect()
     } else {
         let explain = format!("EXPLAIN QUERY PLAN {}", queue::SENDABLE_SQLITE);

@@ -310,7 +310,7 @@ impl Store {
         let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15)).after_release(reusable);
         let pool_opts = match dialect {
             Dialect::Sqlite => sqlite_pragmas(pool_opts.max_connections(4), false),
-            Dialect::Postgres => pool_opts.max_connections(16),
+            Dialect::Postgres => postgres_session(pool_opts.max_connections(16)),
         };
         // One direct connection first, so an unreachable or misconfigured server is reported with
         // its real cause rather than as a pool timeout.
@@ -735,6 +735,28 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
             // Deleted content is overwritten in the database file (payloads once acknowledged).
             conn.execute("PRAGMA secure_delete = ON").await?;
             conn.execute(JOURNAL_SIZE_LIMIT).await?;
+            Ok(())
+        })
+    })
+}
+
+/// Every PostgreSQL session plans each statement for the values it is given
+/// (`plan_cache_mode = force_custom_plan`), never with a generic plan cached for all values.
+///
+/// sqlx prepares every statement, and after five executions PostgreSQL may switch a prepared statement
+/// to a generic plan, chosen from the statistics of that moment and kept for the connection's life. The
+/// gateway's tables start empty and grow by thousands of rows a second, so a generic plan chosen early
+/// could keep scanning a whole table: runs of the same `e2e` bench fell into two groups, one at half the
+/// throughput of the other with 2.6 times the server CPU per message, depending on when each
+/// connection chose. Planning each execution costs the server a little CPU per statement and took every
+/// run to the faster group (docs/performance.md). PostgreSQL 12 or later has the setting; an older
+/// server is told so in the log, and the gateway runs without it.
+fn postgres_session(opts: AnyPoolOptions) -> AnyPoolOptions {
+    opts.after_connect(|conn, _| {
+        Box::pin(async move {
+            if let Err(e) = conn.execute("SET plan_cache_mode = force_custom_plan").await {
+                tracing::warn!(error = %e, "this PostgreSQL server cannot be told to plan each statement for its values (plan_cache_mode needs PostgreSQL 12 or later); statements may keep generic plans");
+            }
             Ok(())
         })
     })
