@@ -842,6 +842,68 @@ async fn a_gateway_serving_a_policy_the_audit_trail_does_not_record_is_not_decid
     net.stop().await;
 }
 
+/// A rollback of the policy: a reload back to earlier files is a new `policy_reloaded` entry, and the
+/// sender's node decides on it; a gateway that serves an earlier bundle as in force under the audit
+/// entry that first put it in force, after this node accepted one put in force later, rolls the policy
+/// back without recording it, and the node refuses to decide on it.
+#[tokio::test]
+async fn a_rollback_the_audit_trail_does_not_record_is_not_decided_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    haven_tests::net::copy_policies(&policies);
+    let net = TestNet::start_with(policies.clone(), Arc::new(SystemClock)).await;
+    let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
+    let (consent, subject) = housing_consent(&harbor).await;
+    let pool = net.gateway.store().pool().clone();
+    let in_force_seq = |version: String| {
+        let pool = pool.clone();
+        async move {
+            let seq: i64 = sqlx::query_scalar("SELECT in_force_seq FROM policy_bundle WHERE version = $1")
+                .bind(version)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            seq
+        }
+    };
+    let first = net.gateway.bundle().version_id().to_owned();
+    let first_seq = in_force_seq(first.clone()).await;
+    send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent))
+        .await
+        .expect("sent under the first bundle");
+
+    // A second bundle, put in force by a recorded reload; the node's next send fetches it.
+    let rules = policies.join("rules/referrals.toml");
+    let original = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(&rules, format!("{original}\n# the second bundle\n")).unwrap();
+    let (_, second) = net.gateway.reload(None).await.expect("reload");
+    assert_ne!(second, first);
+    send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.expect("sent under the second");
+
+    // Back to the first files: the trail records it, so the node decides on it again.
+    std::fs::write(&rules, &original).unwrap();
+    let (_, again) = net.gateway.reload(None).await.expect("reload");
+    assert_eq!(again, first, "the same files are the same version");
+    let recorded = in_force_seq(first.clone()).await;
+    assert!(recorded > first_seq, "put in force again by a later entry ({recorded} after {first_seq})");
+    send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.expect("a recorded rollback");
+
+    // The gateway now claims the first bundle's in force under the entry that first put it in force.
+    sqlx::query("UPDATE policy_bundle SET in_force_seq = $1 WHERE version = $2")
+        .bind(first_seq)
+        .bind(&first)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let s = &harbor.state;
+    let err = s.bundles.refresh(&s.store, &s.link).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("a rollback the audit trail does not record"), "{err:?}");
+    assert!(err.message().contains(&format!("audit entry {first_seq}")), "{err:?}");
+    harbor.stop().await;
+    net.stop().await;
+}
+
 /// Bad input to the sealed contract, each refused with its reason and nothing stored: values sent to
 /// the gateway, a copy for a recipient the envelope does not name, two copies for one recipient, an
 /// unknown bundle version, and integrity reports from a person, with an unknown reason, a malformed id,
