@@ -103,13 +103,19 @@ pub(crate) async fn set_size(tx: &mut Tx<'_>, size: u64) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// The statement of [`entry_leaves`], public for the plan test.
+pub const ENTRY_LEAVES: &str = "SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq";
+
 /// The leaf hashes of the audit entries from `from` on, by seq, at most `limit`.
+///
+/// Seqs are gap-free (assigned under the `audit_head` lock), so this is the primary key's range
+/// `[from, from + limit)`, which a plan reads through the index whatever the statistics say. Written
+/// as `seq >= from ... LIMIT limit` instead, PostgreSQL planned it for a log without statistics yet
+/// (a new gateway's first minutes) as a scan of the whole table and a sort: 3 to 6 ms a read at 10,000
+/// entries during a bench, growing with the log (checked by a plan test in `tests/tests/audit.rs`).
 pub(crate) async fn entry_leaves(tx: &mut Tx<'_>, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
-        .bind(db_int(from))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut **tx)
-        .await?;
+    let to = from.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX));
+    let rows = sqlx::query(ENTRY_LEAVES).bind(db_int(from)).bind(db_int(to)).fetch_all(&mut **tx).await?;
     rows.iter().map(|r| Ok((from_db(r.try_get("seq")?), r.try_get("leaf_hash")?))).collect()
 }
 

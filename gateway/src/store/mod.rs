@@ -27,6 +27,7 @@ pub(crate) mod dialect;
 pub mod key_log;
 pub mod leases;
 pub(crate) mod merkle;
+pub use merkle::ENTRY_LEAVES;
 pub mod messages;
 mod migrate;
 pub mod outbox;
