@@ -182,7 +182,11 @@ impl Node {
             self.state.clock.clone(),
             stop_rx.clone(),
         ));
-        let key_log = tokio::spawn(self.state.key_log.clone().run(stop_rx.clone(), self.state.stream.clone()));
+        let mut stream_state = self.state.stream.clone();
+        let connected = async move {
+            let _ = stream_state.wait_for(|s| s.connected).await;
+        };
+        let key_log = tokio::spawn(self.state.key_log.clone().run(stop_rx.clone(), connected));
         let console = self.console.map(|bound| {
             let s = &self.state;
             let console = Arc::new(Console {

@@ -400,15 +400,12 @@ impl KeyLogWitness {
         }
     }
 
-    /// Runs rounds every [`ROUND`] until `stop` turns true, the first once the node's delivery stream
-    /// has connected (a gateway that refuses this node is reported by the stream, not raced by a round).
-    pub async fn run(
-        self,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-        mut stream: tokio::sync::watch::Receiver<crate::state::StreamState>,
-    ) {
+    /// Runs rounds every [`ROUND`] until `stop` turns true, the first once `connected` completes: when
+    /// the node's delivery stream has connected (a gateway that refuses this node is reported by the
+    /// stream, not raced by a round).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>, connected: impl Future<Output = ()>) {
         tokio::select! {
-            _ = stream.wait_for(|s| s.connected) => {}
+            _ = connected => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         loop {

@@ -65,4 +65,17 @@ impl NodeState {
             ca: self.ca_cert.clone(),
         }
     }
+
+    /// What opening a received copy needs of this node.
+    pub fn opening(&self) -> crate::unseal::Opening<'_> {
+        crate::unseal::Opening {
+            store: &self.store,
+            link: &self.link,
+            clock: &self.clock,
+            ca_cert: &self.ca_cert,
+            key_log: &self.key_log,
+            sealing_keys: &self.sealing_keys,
+            bundles: &self.bundles,
+        }
+    }
 }

@@ -156,7 +156,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
                     s.sessions += 1;
                     s.held_elsewhere = false;
                 });
-                crate::unseal::report_pending(node).await;
+                crate::unseal::report_pending(&node.opening()).await;
             }
             Ok(Some(GatewayFrame { frame: Some(gateway_frame::Frame::Item(item)) })) => {
                 // Items already received with this one are stored with it, in one transaction.
@@ -176,7 +176,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
                 // Stored durably first, then acknowledged: a crash in between means a repeat, which
                 // is stored once and acknowledged again.
                 // Each sealed copy is verified and opened first; one that fails is stored as rejected.
-                let rejected = match crate::unseal::open_items(node, &mut items).await {
+                let rejected = match crate::unseal::open_items(&node.opening(), &mut items).await {
                     Ok(r) => r,
                     Err(e) => return Ended::Lost(format!("cannot check a delivery: {e}")),
                 };
@@ -186,7 +186,7 @@ async fn session(node: &NodeState, state: &watch::Sender<StreamState>) -> Ended 
                     Err(e) => return Ended::Lost(format!("cannot store a delivery: {e}")),
                 };
                 if rejected.iter().any(|r| r.as_ref().is_some_and(|r| r.reason != crate::unseal::DUPLICATE)) {
-                    crate::unseal::report_pending(node).await;
+                    crate::unseal::report_pending(&node.opening()).await;
                 }
                 // Acknowledged at once; then the new ones are shown to whoever watches the inbox.
                 let mut fresh = Vec::new();

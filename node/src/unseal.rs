@@ -19,8 +19,24 @@ use haven_trust::sealed::{self, SealedCopy};
 use prost::Message;
 use sqlx::Row;
 
-use crate::keylog::PeerView;
-use crate::state::NodeState;
+use crate::bundles::Bundles;
+use crate::keylog::{KeyLogWitness, PeerView};
+use crate::link::GatewayLink;
+use crate::sealing::KeyFolder;
+use crate::store::NodeStore;
+use haven_trust::clock::SharedClock;
+
+/// What opening a received copy needs of the node (`NodeState::opening`).
+pub struct Opening<'a> {
+    pub store: &'a NodeStore,
+    pub link: &'a GatewayLink,
+    pub clock: &'a SharedClock,
+    /// DER of the network CA certificate: what a manifest's signer must chain to.
+    pub ca_cert: &'a [u8],
+    pub key_log: &'a KeyLogWitness,
+    pub sealing_keys: &'a KeyFolder,
+    pub bundles: &'a Bundles,
+}
 
 /// The reason stored for a second copy of a message already shown (not reported: the gateway's
 /// retry of a copy this node acknowledged is not an attack, and a replay shows nothing twice).
@@ -49,7 +65,7 @@ impl Rejection {
 /// manifest kept). Returns, for each item, why it was rejected, if it was. `Err` is trouble of this
 /// node's own (its database, or the gateway unreachable for a bundle): nothing is acknowledged then,
 /// and the items come again.
-pub async fn open_items(node: &NodeState, items: &mut [pb::Item]) -> Result<Vec<Option<Rejection>>, String> {
+pub async fn open_items(node: &Opening<'_>, items: &mut [pb::Item]) -> Result<Vec<Option<Rejection>>, String> {
     let mut out = Vec::with_capacity(items.len());
     for item in items.iter_mut() {
         match &mut item.body {
@@ -71,14 +87,14 @@ pub async fn open_items(node: &NodeState, items: &mut [pb::Item]) -> Result<Vec<
     Ok(out)
 }
 
-async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejection>, String> {
+async fn open(node: &Opening<'_>, d: &mut pb::Delivery) -> Result<Result<(), Rejection>, String> {
     let Some(wire) = d.sealed.take() else {
         return Ok(Err(Rejection::new("manifest_mismatch", "the delivery carries no sealed copy")));
     };
     let copy = SealedCopy { manifest: wire.manifest.clone(), enc: wire.enc, ciphertext: wire.ciphertext };
     d.sealed = Some(pb::SealedCopy { recipient: wire.recipient, manifest: wire.manifest, ..Default::default() });
     let now = node.clock.now_secs();
-    let manifest = match sealed::verify_by_ca(&copy, &node.ca_cert, now) {
+    let manifest = match sealed::verify_by_ca(&copy, node.ca_cert, now) {
         Ok(m) => m,
         Err(e) => return Ok(Err(Rejection::new(e.code(), e.to_string()))),
     };
@@ -152,7 +168,7 @@ async fn open(node: &NodeState, d: &mut pb::Delivery) -> Result<Result<(), Rejec
             ),
         )));
     }
-    let bundle = match node.bundles.by_version(&node.store, &node.link, &b.bundle_version).await {
+    let bundle = match node.bundles.by_version(node.store, node.link, &b.bundle_version).await {
         Ok(Some(bundle)) => bundle,
         Ok(None) => {
             return Ok(Err(Rejection::new(
@@ -225,7 +241,7 @@ fn typed(v: &pb::FieldValue) -> Option<FieldValue> {
 
 /// Reports the integrity failures the gateway has not heard of yet; each is marked once the gateway
 /// answers. Runs after every burst that rejected something, and when the stream opens.
-pub async fn report_pending(node: &NodeState) {
+pub async fn report_pending(node: &Opening<'_>) {
     let Ok(rows) = sqlx::query(
         "SELECT item_id, message_id, sender, reason, detail FROM integrity_report WHERE reported_at_micros IS NULL ORDER BY found_at_micros LIMIT 100",
     )
