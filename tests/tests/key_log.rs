@@ -98,8 +98,7 @@ async fn statements_are_published_withdrawn_and_covered_by_signed_checkpoints_an
     check_log(&net, &log);
 
     // What the log already says decides: a key is published once and withdrawn once.
-    // (Another statement, not the same bytes again: signatures are deterministic, so each differs in
-    // `issued_at` from the one registered.)
+    // (Another statement, not the one registered again: each differs from it in `issued_at`.)
     let again = SealingKeyStatement { issued_at: withdrawal.issued_at - 1, ..withdrawal.clone() };
     let err = register(&harbor, signed(&harbor, &again)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");

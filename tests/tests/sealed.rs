@@ -899,7 +899,7 @@ async fn a_rollback_the_audit_trail_does_not_record_is_not_decided_on() {
     let err = s.bundles.refresh(&s.store, &s.link).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("a rollback the audit trail does not record"), "{err:?}");
-    assert!(err.message().contains(&format!("audit entry {first_seq}")), "{err:?}");
+    assert!(err.message().contains(&format!("put in force at audit entry {first_seq},")), "{err:?}");
     harbor.stop().await;
     net.stop().await;
 }

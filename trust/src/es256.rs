@@ -7,21 +7,26 @@
 //! public key it never used; a gateway verifies one manifest per sealed copy, so a 50-copy alert spent
 //! most of its gateway CPU here. `benches/sealing.rs` measures both.
 //!
-//! ES256 keys ring cannot read (a PKCS#8 document without its public key, which some tools write), and
-//! every other algorithm, go to the pure-Rust provider as before: what is accepted does not change, only
-//! how fast. [`install`] is called by every function of [`crate::token`] before it signs or verifies, so
+//! ES256 keys ring does not take (a PKCS#8 document without its public key, which some tools write; a
+//! public key that is not an uncompressed P-256 point; a key of another family), and every other
+//! algorithm, go to the pure-Rust provider as before. What is accepted does not change, only how fast;
+//! one refusal is named differently: a 65-byte point that is not on the curve fails as a bad signature
+//! where it failed as a bad key. [`install`] is called by every function of [`crate::token`] before it signs or verifies, so
 //! no binary or test has to remember it.
 
 use std::sync::OnceLock;
 
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, rust_crypto};
 use jsonwebtoken::errors::Result;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, UnparsedPublicKey};
 
 /// Makes ring's ES256 jsonwebtoken's process-wide provider, once. If another provider was installed
-/// first, that one stays: both compute the same signatures.
+/// first (or jsonwebtoken was used before this, which installs its pure-Rust one), that one stays: it
+/// accepts the same signatures, only more slowly. Signatures are not byte for byte the same: ring
+/// draws each nonce at random where the pure-Rust signer derives it from the key and message (RFC
+/// 6979), so signing one payload twice gives two different, equally valid, signatures.
 pub fn install() {
     static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -69,6 +74,7 @@ impl JwtVerifier for Verifier {
 
 fn signer_factory(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
     if *alg == Algorithm::ES256
+        && key.family() == AlgorithmFamily::Ec
         && let Ok(pair) =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.as_bytes(), &SystemRandom::new())
     {
@@ -77,9 +83,15 @@ fn signer_factory(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigne
     (rust_crypto::DEFAULT_PROVIDER.signer_factory)(alg, key)
 }
 
+/// ring takes an EC key given as an uncompressed P-256 point (65 bytes, `0x04`, x, y); any other key
+/// (another family, a compressed point, another curve) goes to the pure-Rust provider, which refuses
+/// or accepts it as it always did.
 fn verifier_factory(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
     if *alg == Algorithm::ES256
+        && key.family() == AlgorithmFamily::Ec
         && let Ok(point) = key.try_get_as_bytes()
+        && point.len() == 65
+        && point[0] == 0x04
     {
         return Ok(Box::new(Verifier(point.to_vec())));
     }
@@ -120,6 +132,38 @@ mod tests {
         assert!(signature::Verifier::verify(&*verifier, msg, &tampered).is_err(), "a changed signature fails");
         assert!(signature::Verifier::verify(&*verifier, b"another message", &by_p256.to_vec()).is_err());
         assert!(signature::Verifier::verify(&*verifier, msg, &by_p256.to_vec()[..63].to_vec()).is_err());
+    }
+
+    #[test]
+    fn after_install_ring_is_the_process_provider() {
+        install();
+        // ring draws each nonce at random; the pure-Rust signer's (RFC 6979) would sign alike twice.
+        let enc = EncodingKey::from_ec_der(&pkcs8());
+        let sign = || jsonwebtoken::crypto::sign(b"a message", &enc, Algorithm::ES256).expect("signs");
+        assert_ne!(sign(), sign(), "signed by ring");
+        let pure = (rust_crypto::DEFAULT_PROVIDER.signer_factory)(&Algorithm::ES256, &enc).expect("signer");
+        let pure_sign = || signature::Signer::try_sign(&*pure, b"a message").expect("signs");
+        assert_eq!(
+            pure_sign(),
+            pure_sign(),
+            "the pure-Rust signer is deterministic, so the check above means something"
+        );
+    }
+
+    #[test]
+    fn keys_ring_does_not_take_are_judged_by_the_pure_rust_provider_as_before() {
+        let der = pkcs8();
+        let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&der).expect("p256 reads it");
+        let msg = b"a message";
+        let sig: p256::ecdsa::Signature = sk.sign(msg);
+        // A compressed point: the pure-Rust verifier reads it, ring would not.
+        let compressed = sk.verifying_key().to_encoded_point(true);
+        let v =
+            verifier_factory(&Algorithm::ES256, &DecodingKey::from_ec_der(compressed.as_bytes())).expect("verifier");
+        signature::Verifier::verify(&*v, msg, &sig.to_vec()).expect("accepted as before");
+        // A key of another family is refused, as before, whatever its bytes.
+        let hmac = DecodingKey::from_secret(compressed.as_bytes()).expect("an HMAC key");
+        assert!(verifier_factory(&Algorithm::ES256, &hmac).is_err(), "an HMAC key is no EC key");
     }
 
     #[test]

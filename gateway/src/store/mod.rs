@@ -753,12 +753,21 @@ fn sqlite_pragmas(opts: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
 /// run to the faster group (docs/performance.md). PostgreSQL 12 or later has the setting; an older
 /// server is told so in the log, and the gateway runs without it.
 fn postgres_session(opts: AnyPoolOptions) -> AnyPoolOptions {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     opts.after_connect(|conn, _| {
         Box::pin(async move {
-            if let Err(e) = conn.execute("SET plan_cache_mode = force_custom_plan").await {
-                tracing::warn!(error = %e, "this PostgreSQL server cannot be told to plan each statement for its values (plan_cache_mode needs PostgreSQL 12 or later); statements may keep generic plans");
+            match conn.execute("SET plan_cache_mode = force_custom_plan").await {
+                Ok(_) => Ok(()),
+                // 42704, undefined_object: a server without the setting. Any other failure is the
+                // connection's, and the pool tries another.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
+                    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "this PostgreSQL server cannot be told to plan each statement for its values (plan_cache_mode needs PostgreSQL 12 or later); statements may keep generic plans");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
-            Ok(())
         })
     })
 }
