@@ -15,6 +15,7 @@ use tonic::Status;
 
 use crate::access::{self, Shown, Source};
 use crate::consent;
+use crate::failure::retryable;
 use crate::link::GatewayLink;
 use crate::mailbox;
 use crate::network::Network;
@@ -196,20 +197,6 @@ pub fn may_send(who: &Person) -> Result<(), Status> {
             who.role
         )))
     }
-}
-
-/// Whether a failed submission should stay pending and be retried (the gateway could not be reached,
-/// did not answer, or its database disk is full), as opposed to a refusal of the message itself.
-fn retryable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Aborted
-    )
 }
 
 /// Seals a recorded send (once: the sealed request is kept, and every retry sends the same bytes),

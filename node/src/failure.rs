@@ -128,6 +128,21 @@ pub fn gateway_transport(e: &(dyn Error + 'static)) -> String {
     }
 }
 
+/// Whether a failed call to the gateway is worth trying again (the gateway could not be reached, did
+/// not answer, or was short of a resource such as its database disk), as opposed to an answer about
+/// what was asked.
+pub fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

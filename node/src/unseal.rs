@@ -179,16 +179,7 @@ async fn open(node: &Opening<'_>, d: &mut pb::Delivery) -> Result<Result<(), Rej
                 ),
             )));
         }
-        Err(s)
-            if matches!(
-                s.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Unknown
-                    | tonic::Code::Cancelled
-                    | tonic::Code::ResourceExhausted
-            ) =>
-        {
+        Err(s) if crate::failure::retryable(&s) => {
             return Err(format!("the policy bundle {} could not be read: {}", b.bundle_version, s.message()));
         }
         // The gateway answered, and this node does not accept that bundle: a permanent refusal.

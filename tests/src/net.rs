@@ -106,6 +106,15 @@ impl TestNet {
     }
 
     /// The same, with a given clock.
+    /// A network started from a copy of the repository's policies, in a folder (returned, kept as long
+    /// as the test holds it) that the test may edit before a reload.
+    pub async fn start_with_own_policies() -> (TempDir, TestNet) {
+        let policies = tempfile::tempdir().expect("tempdir");
+        copy_policies(policies.path());
+        let net = Self::start_with(policies.path().to_owned(), Arc::new(haven_trust::clock::SystemClock)).await;
+        (policies, net)
+    }
+
     pub async fn start_with_clock(clock: SharedClock) -> TestNet {
         Self::start_with(policies_dir(), clock).await
     }

@@ -708,9 +708,7 @@ async fn a_split_view_of_the_key_log_is_caught_when_a_copy_passes() {
 /// checks its files hash to it, and opens the copy against its schema.
 #[tokio::test]
 async fn a_copy_sealed_under_an_earlier_bundle_is_checked_against_that_bundle() {
-    let policies = tempfile::tempdir().unwrap();
-    haven_tests::net::copy_policies(policies.path());
-    let net = TestNet::start_with(policies.path().to_owned(), Arc::new(SystemClock)).await;
+    let (policies, net) = TestNet::start_with_own_policies().await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let (consent, subject) = housing_consent(&harbor).await;
     let sent = send(&harbor, "casey", referral(SHELTER, "housing", &subject, &consent)).await.unwrap();
@@ -739,9 +737,7 @@ async fn a_copy_sealed_under_an_earlier_bundle_is_checked_against_that_bundle() 
 /// same message id; a submission stored before the change, sent again, gets its first reply.
 #[tokio::test]
 async fn copies_sealed_under_a_replaced_bundle_are_refused_whole_and_sealed_again() {
-    let policies = tempfile::tempdir().unwrap();
-    haven_tests::net::copy_policies(policies.path());
-    let net = TestNet::start_with(policies.path().to_owned(), Arc::new(SystemClock)).await;
+    let (policies, net) = TestNet::start_with_own_policies().await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let (consent, subject) = housing_consent(&harbor).await;
     let link = net.link("harbor");
@@ -848,10 +844,7 @@ async fn a_gateway_serving_a_policy_the_audit_trail_does_not_record_is_not_decid
 /// back without recording it, and the node refuses to decide on it.
 #[tokio::test]
 async fn a_rollback_the_audit_trail_does_not_record_is_not_decided_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    haven_tests::net::copy_policies(&policies);
-    let net = TestNet::start_with(policies.clone(), Arc::new(SystemClock)).await;
+    let (policies, net) = TestNet::start_with_own_policies().await;
     let harbor = net.node("harbor", &[("casey", Role::Caseworker)]).await;
     let (consent, subject) = housing_consent(&harbor).await;
     let pool = net.gateway.store().pool().clone();
@@ -873,7 +866,7 @@ async fn a_rollback_the_audit_trail_does_not_record_is_not_decided_on() {
         .expect("sent under the first bundle");
 
     // A second bundle, put in force by a recorded reload; the node's next send fetches it.
-    let rules = policies.join("rules/referrals.toml");
+    let rules = policies.path().join("rules/referrals.toml");
     let original = std::fs::read_to_string(&rules).unwrap();
     std::fs::write(&rules, format!("{original}\n# the second bundle\n")).unwrap();
     let (_, second) = net.gateway.reload(None).await.expect("reload");

@@ -61,6 +61,12 @@ const SQLITE_MAX_CHUNK: usize = 64;
 /// in one transaction cost one round trip each and no stall.
 pub(crate) const PG_INSERT_CHUNK: usize = 8;
 
+/// The bytes of payload one statement carries at most on PostgreSQL, where its rows say how large they
+/// are ([`insert_weighed`]; a row larger than this alone goes alone): well inside one TLS record
+/// (16 KiB) with the statement's other parameters, for the reason [`PG_INSERT_CHUNK`] gives. Sealed
+/// copies are a few KiB each, so eight of them would not fit.
+pub(crate) const PG_STATEMENT_BYTES: usize = 12 * 1024;
+
 /// The chunks a statement of many rows (or keys) takes `rows` in: on PostgreSQL, `pg` at a time.
 ///
 /// On SQLite a compiled statement is cached by its text, which changes with its number of rows; a
@@ -71,7 +77,7 @@ pub(crate) const PG_INSERT_CHUNK: usize = 8;
 /// (sqlx keeps the 100 most recently used statements per connection, so under a load that uses
 /// every shape of every kind the rarest shapes are parsed again now and then.)
 pub(crate) fn chunks<T>(rows: &[T], dialect: Dialect, pg: usize) -> Chunks<'_, T> {
-    Chunks { rest: rows, dialect, pg: pg.max(1) }
+    Chunks { rest: rows, dialect, pg: pg.max(1), weight: None }
 }
 
 /// The iterator of [`chunks`].
@@ -79,6 +85,15 @@ pub(crate) struct Chunks<'r, T> {
     rest: &'r [T],
     dialect: Dialect,
     pg: usize,
+    /// On PostgreSQL, each row's payload bytes, of which a chunk takes at most [`PG_STATEMENT_BYTES`].
+    weight: Option<fn(&T) -> usize>,
+}
+
+impl<T> Chunks<'_, T> {
+    /// On PostgreSQL, chunks of at most [`PG_STATEMENT_BYTES`] by `weight` too (at least one row each).
+    pub(crate) fn weighed(self, weight: fn(&T) -> usize) -> Self {
+        Chunks { weight: Some(weight), ..self }
+    }
 }
 
 impl<'r, T> Iterator for Chunks<'r, T> {
@@ -90,7 +105,21 @@ impl<'r, T> Iterator for Chunks<'r, T> {
         }
         let n = match self.dialect {
             Dialect::Sqlite => 1 << self.rest.len().min(SQLITE_MAX_CHUNK).ilog2(),
-            Dialect::Postgres => self.rest.len().min(self.pg),
+            Dialect::Postgres => {
+                let most = self.rest.len().min(self.pg);
+                match self.weight {
+                    None => most,
+                    Some(weight) => {
+                        let mut bytes = weight(&self.rest[0]);
+                        let mut n = 1;
+                        while n < most && bytes + weight(&self.rest[n]) <= PG_STATEMENT_BYTES {
+                            bytes += weight(&self.rest[n]);
+                            n += 1;
+                        }
+                        n
+                    }
+                }
+            }
         };
         let (chunk, rest) = self.rest.split_at(n);
         self.rest = rest;
@@ -111,9 +140,22 @@ pub(crate) async fn with_rows<'r, R>(
     rows: &'r [R],
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<u64, sqlx::Error> {
+    let chunks = chunks(rows, tx.dialect(), pg);
+    run_chunks(tx, head, columns, tail, chunks, bind).await
+}
+
+/// Runs `head`, the placeholders of each chunk and `tail`, binding each row of the chunk.
+async fn run_chunks<'r, R>(
+    tx: &mut Tx<'_>,
+    head: &str,
+    columns: usize,
+    tail: &str,
+    chunks: Chunks<'r, R>,
+    bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
+) -> Result<u64, sqlx::Error> {
     let dialect = tx.dialect();
     let mut affected = 0;
-    for chunk in chunks(rows, dialect, pg) {
+    for chunk in chunks {
         let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * columns * 5);
         sql.push_str(head);
         for i in 0..chunk.len() {
@@ -140,6 +182,21 @@ pub(crate) async fn insert_many<'r, R>(
     bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
 ) -> Result<(), sqlx::Error> {
     with_rows(tx, head, columns, "", PG_INSERT_CHUNK, rows, bind).await?;
+    Ok(())
+}
+
+/// [`insert_many`] for rows that carry payloads of their own size (`weight`, in bytes): on PostgreSQL a
+/// statement also takes at most [`PG_STATEMENT_BYTES`] of them.
+pub(crate) async fn insert_weighed<'r, R>(
+    tx: &mut Tx<'_>,
+    head: &str,
+    columns: usize,
+    rows: &'r [R],
+    weight: fn(&R) -> usize,
+    bind: impl Fn(Query<'r, Any, AnyArguments>, &'r R) -> Query<'r, Any, AnyArguments>,
+) -> Result<(), sqlx::Error> {
+    let chunks = chunks(rows, tx.dialect(), PG_INSERT_CHUNK).weighed(weight);
+    run_chunks(tx, head, columns, "", chunks, bind).await?;
     Ok(())
 }
 
@@ -170,5 +227,17 @@ mod tests {
             assert!(s.iter().all(|c| c.is_power_of_two() && *c <= SQLITE_MAX_CHUNK), "{n}: {s:?}");
             assert!(s.len() <= n / SQLITE_MAX_CHUNK + 6, "{n} rows in {} statements", s.len());
         }
+    }
+
+    /// On PostgreSQL, rows that say their size fill a statement up to [`PG_STATEMENT_BYTES`] (and at
+    /// most the row count); a row larger than that goes alone. SQLite takes no notice.
+    #[test]
+    fn weighed_rows_fill_a_postgres_statement_up_to_its_bytes() {
+        let kib = |n: &usize| *n * 1024;
+        let rows = [5, 5, 2, 20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4];
+        let got: Vec<&[usize]> = chunks(&rows, Dialect::Postgres, 8).weighed(kib).collect();
+        assert_eq!(got, [&[5, 5, 2][..], &[20], &[1, 1, 1, 1, 1, 1, 1, 1], &[1, 4]]);
+        let sqlite: Vec<usize> = chunks(&rows, Dialect::Sqlite, 8).weighed(kib).map(<[usize]>::len).collect();
+        assert_eq!(sqlite, [8, 4, 2]);
     }
 }

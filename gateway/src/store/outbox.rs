@@ -9,7 +9,7 @@ use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::deliveries::{COPY_COLUMNS, Copy, copy_from};
-use super::dialect::{PG_INSERT_CHUNK, insert_many, push_row, with_rows};
+use super::dialect::{PG_INSERT_CHUNK, insert_weighed, push_row, with_rows};
 use super::{Dialect, Store, StoreError, Tx, Unsettled};
 
 /// The channel name for PostgreSQL wake-ups.
@@ -31,39 +31,9 @@ pub struct OutboxRow {
 /// Inserts queued items and, on PostgreSQL, sends one `pg_notify` per organization (delivered at
 /// commit, so a stream on another replica hears of them).
 pub async fn insert(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
-    if tx.dialect() == Dialect::Postgres {
-        // A statement larger than one TLS record goes out in more than one write, and the second waits
-        // for the server's delayed ACK (sqlx does not set TCP_NODELAY): 40 ms a statement. Sealed
-        // copies are a few KiB each, so on PostgreSQL each statement takes as many rows as fit.
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start + 1;
-            let mut bytes = rows[start].payload.len();
-            while end < rows.len() && bytes + rows[end].payload.len() <= PG_STATEMENT_BYTES {
-                bytes += rows[end].payload.len();
-                end += 1;
-            }
-            insert_rows(tx, &rows[start..end]).await?;
-            start = end;
-        }
-    } else {
-        insert_rows(tx, rows).await?;
-    }
-    if tx.dialect() == Dialect::Postgres {
-        let orgs: BTreeSet<&str> = rows.iter().map(|r| r.org.as_str()).collect();
-        for org in orgs {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(org).execute(&mut **tx).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The payload bytes one outbox statement carries at most on PostgreSQL (beside a row that is larger
-/// alone): well inside one TLS record (16 KiB) with the statement's other parameters.
-const PG_STATEMENT_BYTES: usize = 12 * 1024;
-
-async fn insert_rows(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
-    insert_many(tx, "INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES", 10, rows, |q, r| {
+    // Sealed copies are a few KiB each: on PostgreSQL a statement takes as many as fit in one TLS
+    // record (`dialect::PG_STATEMENT_BYTES`).
+    insert_weighed(tx, "INSERT INTO outbox (item_id, org, item_kind, delivery_id, consent_id, sender, payload, queued_at_micros, expires_at_micros, state) VALUES", 10, rows, |r| r.payload.len(), |q, r| {
         q.bind(r.item_id.as_str())
             .bind(r.org.as_str())
             .bind(r.item_kind)
@@ -76,6 +46,12 @@ async fn insert_rows(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> Result<(), sqlx::Er
             .bind(ItemState::Pending.as_str())
     })
     .await?;
+    if tx.dialect() == Dialect::Postgres {
+        let orgs: BTreeSet<&str> = rows.iter().map(|r| r.org.as_str()).collect();
+        for org in orgs {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(PG_CHANNEL).bind(org).execute(&mut **tx).await?;
+        }
+    }
     Ok(())
 }
 
